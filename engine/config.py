@@ -1,0 +1,392 @@
+"""The one training configuration: schema, YAML load/save, `--set` overrides.
+
+Light module: pydantic and yaml only. The TUI builds its settings form from this schema
+(field types, defaults, descriptions, bounds), and the CLI and trainer validate with it, so
+the same value is refused the same way everywhere.
+
+Errors name the key (``train.learning_rate``), the allowed values, and, when the config
+came from a file, ``file:line``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SECTIONS = ("model", "data", "method", "train", "output")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "tiny",
+        description="'tiny' (built-in demo model), a local folder, or a Hugging Face id "
+        "(must already be in the local cache when offline).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="Load the base weights quantised with bitsandbytes."
+    )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantise the quantisation constants too.")
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="dtype of the matmuls on 4-bit weights (auto: bf16 where supported)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype (auto: bf16 on a GPU that supports it, else fp32)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel (auto: sdpa)."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+
+
+DATA_FORMATS = ("auto", "text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference")
+
+
+class DataConfig(_Section):
+    path: str = Field(
+        "sample:finetui_faq",
+        description="File, folder, Hugging Face id, 'sample:NAME' or a dataset_info.json "
+        "entry as DIR/dataset_info.json:NAME.",
+    )
+    format: Literal[DATA_FORMATS] = Field("auto", description="Record format (auto-detected).")  # type: ignore[valid-type]
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Column mapping for unusual names, e.g. {question: prompt}."
+    )
+    split: str = Field("train", description="Split to read from a hub dataset or a folder.")
+    subset: str | None = Field(None, description="Hub dataset configuration (subset) name.")
+    streaming: bool = Field(False, description="Stream a hub dataset instead of downloading it.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
+    template: str = Field(
+        "auto",
+        description="auto (tokenizer's own, else chatml), tokenizer, chatml, qa, alpaca, plain, "
+        "or a path to a .jinja file.",
+    )
+    train_on: Literal["assistant", "all"] = Field(
+        "assistant", description="Train on assistant turns only, or on every token."
+    )
+    max_length: int = Field(512, ge=16, le=1_048_576, description="Tokens per example; longer ones are truncated.")
+    test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for evaluation.")
+    test_split: str | None = Field(None, description="Use this existing split as the test set instead.")
+    packing: bool = Field(
+        False, description="Pack several examples into one row without padding (position_ids reset)."
+    )
+    on_error: Literal["skip", "strict"] = Field(
+        "skip", description="skip: drop bad records and report them; strict: stop at the first."
+    )
+    num_proc: int = Field(1, ge=1, le=256, description="Processes for tokenisation.")
+
+
+class MethodConfig(_Section):
+    type: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="full: all weights; lora: adapters on a 16-bit base; qlora: adapters on a 4-bit base."
+    )
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters: all-linear or a list of names."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Extra modules trained in full and saved with the adapter."
+    )
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3.0, gt=0, le=10_000, description="Passes over the training set.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(8, ge=1, le=65_536, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=65_536, description="Steps summed before an update.")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of steps spent warming up.")
+    warmup_steps: int = Field(0, ge=0, description="Warm-up steps (overrides warmup_ratio when > 0).")
+    optimizer: Literal["adamw_torch", "paged_adamw_32bit", "adamw_8bit"] = Field(
+        "adamw_torch", description="paged_adamw_32bit and adamw_8bit need CUDA."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping (0: off).")
+    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Mixed precision (auto: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
+    eval_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to evaluate.")
+    eval_steps: int = Field(50, ge=1, description="Evaluate every N steps (eval_strategy: steps).")
+    save_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to save checkpoints.")
+    save_steps: int = Field(100, ge=1, description="Save every N steps (save_strategy: steps).")
+    save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints.")
+    logging_steps: int = Field(1, ge=1, description="Emit a step event every N steps.")
+    seed: int = Field(42, description="Seed for data order, init and dropout.")
+    dataloader_num_workers: int = Field(0, ge=0, le=64, description="Data-loading worker processes.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+
+
+class OutputConfig(_Section):
+    runs_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
+    run_name: str | None = Field(None, description="Name in the run id (default: the config file's name).")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.method.type == "qlora" and self.model.quantization == "none":
+            # QLoRA means a 4-bit base; say so rather than silently training 16-bit LoRA.
+            object.__setattr__(self.model, "quantization", "4bit")
+        if self.method.type == "full" and self.model.quantization != "none":
+            raise ValueError(
+                "method.type: full fine-tuning cannot update quantised weights; "
+                "use method.type: qlora (or lora) with model.quantization: "
+                f"{self.model.quantization}, or set model.quantization: none"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased for the user: one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*path, str(key_node.value))
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+
+    walk(root, ())
+    return lines
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _field_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _phrase(err: dict[str, Any]) -> str:
+    loc = tuple(str(p) for p in err.get("loc", ()))
+    key = ".".join(loc) if loc else "(config)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        parent = _field_model(loc)
+        hint = ""
+        if parent is not None:
+            close = difflib.get_close_matches(loc[-1], _known_keys(parent), n=1)
+            if close:
+                hint = f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
+            else:
+                hint = f" (known keys: {', '.join(_known_keys(parent))})"
+        return f"{key}: unknown key{hint}"
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        if ":" in msg.split(" ", 1)[0]:
+            return msg  # already names its key
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    return f"{key}: {msg}{shown}"
+
+
+def validate(data: dict[str, Any], source: str | None = None, text: str | None = None) -> Config:
+    """Build a Config from plain data; raise ConfigError with key-naming messages."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"{source}: " if source else ""
+        raise ConfigError([f"{where}a config must be a mapping of sections (model, data, method, train, output)"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(text) if text else {}
+        problems = []
+        for err in exc.errors():
+            phrase = _phrase(err)
+            loc = tuple(str(p) for p in err.get("loc", ()))
+            where = ""
+            if source:
+                line = None
+                for n in range(len(loc), 0, -1):
+                    line = lines.get(loc[:n])
+                    if line:
+                        break
+                where = f"{source}:{line}: " if line else f"{source}: "
+            problems.append(where + phrase)
+        raise ConfigError(problems) from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate(data, source=str(path), text=text)
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    return validate(data, source=source, text=text)
+
+
+def save(config: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_yaml(), encoding="utf-8")
+    return path
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to plain config data (values parsed as YAML scalars)."""
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"--set {item}: expected key=value, e.g. train.batch_size=4"])
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if len(parts) < 2:
+            raise ConfigError([f"--set {item}: key must be section.name, e.g. train.batch_size (sections: {', '.join(SECTIONS)})"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def set_value(config: Config, key: str, value: Any) -> Config:
+    """Return a new Config with one dotted key changed, validated as a whole."""
+    return validate(apply_overrides(config.to_dict(), [f"{key}={_yaml_scalar(value)}"]))
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def field_specs() -> list[dict[str, Any]]:
+    """Flat description of every setting, for generated forms and docs.
+
+    Each item: key ('train.batch_size'), section, name, type name, default, description,
+    choices (for Literal fields) and numeric bounds.
+    """
+    import typing
+
+    specs = []
+    for section in SECTIONS:
+        model = Config.model_fields[section].annotation
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            choices = None
+            kind = getattr(ann, "__name__", str(ann))
+            args = typing.get_args(ann)
+            if typing.get_origin(ann) is Literal:
+                choices, kind = list(args), "choice"
+            elif ann is bool:
+                kind = "bool"
+            elif ann is int or (args and int in args and float not in args and str not in args):
+                kind = "int"
+            elif ann is float:
+                kind = "float"
+            elif ann in (str, str | None):
+                kind = "str"
+            else:
+                kind = "yaml"
+            bounds = {}
+            for meta in field.metadata:
+                for attr in ("ge", "gt", "le", "lt"):
+                    if getattr(meta, attr, None) is not None:
+                        bounds[attr] = getattr(meta, attr)
+            default = field.get_default(call_default_factory=True)
+            specs.append(
+                {
+                    "key": f"{section}.{name}",
+                    "section": section,
+                    "name": name,
+                    "kind": kind,
+                    "optional": type(None) in args,
+                    "default": default,
+                    "description": field.description or "",
+                    "choices": choices,
+                    "bounds": bounds,
+                }
+            )
+    return specs

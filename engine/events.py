@@ -1,0 +1,201 @@
+"""The event stream: one JSON object per line, shared by trainer, CLI and UI.
+
+Light module (stdlib only). The trainer writes each event to its stdout *and* appends it to
+``runs/<id>/events.jsonl``; readers use :func:`decode` for both, so a live pipe and a file
+written by a run started elsewhere look the same.
+
+Every event carries ``v`` (schema version), ``type``, ``time`` (unix seconds) and
+``run_id``. The required fields of each type are listed in :data:`SCHEMA`; extra fields are
+allowed (readers ignore what they do not know), so adding a field does not bump ``v``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+VERSION = 1
+
+# type -> required fields (beyond v/type/time/run_id)
+SCHEMA: dict[str, tuple[str, ...]] = {
+    # config: the validated config dict; footprint: params_total, params_trainable,
+    # size_bytes, flops_per_token; datasets: {train: n, test: n}; devices: [str]
+    "run_started": ("config", "footprint", "datasets", "devices"),
+    # memory: {allocated_bytes, peak_bytes, rss_bytes}
+    "step": (
+        "step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm",
+        "tokens_per_s", "samples_per_s", "elapsed_s", "eta_s", "memory",
+    ),
+    "eval": ("step", "eval_loss", "perplexity", "metrics"),
+    "checkpoint": ("path", "step"),
+    "log": ("level", "message"),
+    "error": ("kind", "message", "hint"),
+    # status: completed | stopped | failed; metrics: final numbers; outputs: {name: path}
+    "finished": ("status", "metrics", "outputs"),
+}
+
+ERROR_KINDS = ("oom", "data", "config", "model", "internal")
+FINISH_STATUSES = ("completed", "stopped", "failed")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class EventError(ValueError):
+    pass
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: send them as null so every reader can parse the line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def make(type_: str, run_id: str, **fields: Any) -> dict[str, Any]:
+    """Build a valid event dict; raises EventError if a required field is missing."""
+    if type_ not in SCHEMA:
+        raise EventError(f"unknown event type {type_!r} (known: {', '.join(SCHEMA)})")
+    missing = [f for f in SCHEMA[type_] if f not in fields]
+    if missing:
+        raise EventError(f"{type_} event lacks {', '.join(missing)}")
+    event = {"v": VERSION, "type": type_, "time": round(time.time(), 3), "run_id": run_id}
+    event.update(_clean(fields))
+    return event
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(line: str | bytes) -> dict[str, Any] | None:
+    """Parse one line of the stream. Returns None for blank lines and for non-event
+    output (a stray print from a library); raises nothing, so one bad line cannot stop a
+    reader."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or "type" not in event or "v" not in event:
+        return None
+    if event["v"] > VERSION:
+        # A newer trainer: keep what we understand.
+        event.setdefault("_newer_schema", True)
+    return event
+
+
+def validate(event: dict[str, Any]) -> None:
+    """Raise EventError if the event does not follow the schema."""
+    for key in ("v", "type", "time", "run_id"):
+        if key not in event:
+            raise EventError(f"event lacks {key}")
+    required = SCHEMA.get(event["type"])
+    if required is None:
+        raise EventError(f"unknown event type {event['type']!r}")
+    missing = [f for f in required if f not in event]
+    if missing:
+        raise EventError(f"{event['type']} event lacks {', '.join(missing)}")
+    if event["type"] == "error" and event["kind"] not in ERROR_KINDS:
+        raise EventError(f"error kind {event['kind']!r} not in {ERROR_KINDS}")
+    if event["type"] == "finished" and event["status"] not in FINISH_STATUSES:
+        raise EventError(f"finished status {event['status']!r} not in {FINISH_STATUSES}")
+
+
+class EventWriter:
+    """Writes events to stdout (the pipe to whoever started us) and to events.jsonl.
+
+    If the pipe breaks (UI gone, SSH dropped) stdout is dropped and the file goes on:
+    training must never die because nobody is watching.
+    """
+
+    def __init__(self, run_id: str, path: str | Path | None, stream: IO[str] | None = sys.stdout):
+        self.run_id = run_id
+        self.path = Path(path) if path else None
+        self.stream = stream
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1) if self.path else None
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        event = make(type_, self.run_id, **fields)
+        line = encode(event) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        if self.stream is not None:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._drop_stream()
+        return event
+
+    def _drop_stream(self) -> None:
+        # Point fd 1 at /dev/null so later prints from libraries cannot raise either.
+        self.stream = None
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_file(path: str | Path) -> list[dict[str, Any]]:
+    """All events in a file (a partly written last line is skipped)."""
+    events = []
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                event = decode(raw)
+                if event is not None:
+                    events.append(event)
+    except FileNotFoundError:
+        pass
+    return events
+
+
+def follow(path: str | Path, poll_s: float = 0.2, stop: Any = None) -> Iterator[dict[str, Any]]:
+    """Yield every event in the file, then new ones as they are appended.
+
+    Ends after a ``finished`` event, or when ``stop()`` returns true (checked while idle).
+    A partial line at the end is held back until its newline arrives.
+    """
+    path = Path(path)
+    while not path.exists():
+        if stop is not None and stop():
+            return
+        time.sleep(poll_s)
+    with open(path, "rb") as fh:
+        pending = b""
+        while True:
+            chunk = fh.readline()
+            if chunk:
+                pending += chunk
+                if not pending.endswith(b"\n"):
+                    continue
+                event = decode(pending)
+                pending = b""
+                if event is not None:
+                    yield event
+                    if event.get("type") == "finished":
+                        return
+                continue
+            if stop is not None and stop():
+                return
+            time.sleep(poll_s)

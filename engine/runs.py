@@ -1,0 +1,261 @@
+"""The runs registry: ``runs/<id>/`` folders, their status, and the trainer process.
+
+Light module (stdlib, psutil, yaml via engine.config). Layout of a run folder::
+
+    config.yaml      exactly what ran (validated, defaults filled in)
+    events.jsonl     the event stream (see engine.events)
+    stdout.log       the trainer's stderr: library warnings, tracebacks
+    trainer.pid      pid of the trainer process (rank 0's launcher)
+    checkpoints/     HF Trainer checkpoints (checkpoint-<step>/)
+    adapter/         LoRA adapter (lora/qlora) or full model (full) at the end
+    merged/          merged model (finetui merge)
+    eval/            evaluation results (finetui eval)
+
+Status comes from the events plus process liveness: a ``finished`` event decides; without
+one, a live trainer process means *running* and a dead one means *failed* (it crashed or
+was killed before it could say so).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import events as ev
+from engine.config import Config
+
+PID_FILE = "trainer.pid"
+TRAINER_MODULE = "engine.train"
+
+
+class RunError(ValueError):
+    pass
+
+
+@dataclass
+class RunInfo:
+    id: str
+    path: str
+    status: str  # running | completed | stopped | failed | created
+    started: float | None = None
+    ended: float | None = None
+    duration_s: float | None = None
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    last_loss: float | None = None
+    best_eval_loss: float | None = None
+    method: str | None = None
+    model: str | None = None
+    pid: int | None = None
+    error: str | None = None
+    hint: str | None = None
+    checkpoints: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def runs_dir(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("FINETUI_RUNS_DIR", "runs"))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "run"
+
+
+def new_run(config: Config, name: str | None = None, root: str | Path | None = None) -> Path:
+    """Create ``runs/<id>/`` with its config.yaml and return the folder."""
+    root = runs_dir(root or config.output.runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(name or config.output.run_name or 'run')}"
+    run_id, n = base, 1
+    while True:
+        try:
+            (root / run_id).mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            run_id = f"{base}-{n}"
+    run_dir = root / run_id
+    (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    return run_dir
+
+
+def resolve(run: str | Path, root: str | Path | None = None) -> Path:
+    """A run id (or unique prefix), or a path to a run folder -> the folder."""
+    path = Path(run)
+    if (path / "config.yaml").exists():
+        return path
+    root = runs_dir(root)
+    exact = root / str(run)
+    if (exact / "config.yaml").exists():
+        return exact
+    matches = sorted(p for p in root.glob(f"{run}*") if (p / "config.yaml").exists()) if root.exists() else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise RunError(f"run {run!r} is ambiguous: {', '.join(p.name for p in matches[:5])}")
+    raise RunError(f"no run {run!r} in {root}/ (see `finetui runs list`)")
+
+
+def read_pid(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # Guard against pid reuse: the process must be one of ours.
+        cmd = " ".join(proc.cmdline())
+        return TRAINER_MODULE in cmd or "torchrun" in cmd or "finetui" in cmd
+    except Exception:
+        return False
+
+
+def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -> RunInfo:
+    """Everything the runs list shows, from the events file and the process table."""
+    run_dir = Path(run_dir)
+    if events is None:
+        events = ev.read_file(run_dir / "events.jsonl")
+    info = RunInfo(id=run_dir.name, path=str(run_dir), status="created")
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        info.method = (cfg.get("method") or {}).get("type")
+        info.model = (cfg.get("model") or {}).get("name_or_path")
+    except Exception:
+        pass
+    finished = None
+    for e in events:
+        t = e.get("type")
+        if t == "run_started":
+            info.started = info.started or e.get("time")
+        elif t == "step":
+            info.step = e.get("step", info.step)
+            info.total_steps = e.get("total_steps", info.total_steps)
+            info.epoch = e.get("epoch", info.epoch)
+            if e.get("loss") is not None:
+                info.last_loss = e["loss"]
+        elif t == "eval":
+            loss = e.get("eval_loss")
+            if loss is not None and (info.best_eval_loss is None or loss < info.best_eval_loss):
+                info.best_eval_loss = loss
+        elif t == "checkpoint":
+            info.checkpoints.append(e.get("path"))
+        elif t == "error":
+            info.error = e.get("message")
+            info.hint = e.get("hint")
+        elif t == "finished":
+            finished = e
+    if events:
+        info.ended = events[-1].get("time")
+    info.pid = read_pid(run_dir)
+    if finished is not None:
+        info.status = finished.get("status", "failed")
+        info.outputs = finished.get("outputs") or {}
+        info.ended = finished.get("time")
+    elif pid_alive(info.pid):
+        info.status = "running"
+        info.ended = time.time()
+    elif events or info.pid:
+        info.status = "failed"
+        info.error = info.error or "trainer process ended without a finished event (killed or crashed)"
+    if info.started and info.ended:
+        info.duration_s = max(0.0, info.ended - info.started)
+    return info
+
+
+def list_runs(root: str | Path | None = None) -> list[RunInfo]:
+    root = runs_dir(root)
+    if not root.exists():
+        return []
+    dirs = [p for p in root.iterdir() if (p / "config.yaml").exists()]
+    return [summarize(p) for p in sorted(dirs, key=lambda p: p.name, reverse=True)]
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = sorted(
+        (p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    return ckpts[-1] if ckpts else None
+
+
+def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1) -> list[str]:
+    args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}", "-m", TRAINER_MODULE, *args]
+    return [sys.executable, "-m", TRAINER_MODULE, *args]
+
+
+def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
+           env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the trainer for a run folder in its own session (survives our death).
+
+    stdout is a pipe carrying the event stream; stderr goes to stdout.log; stdin is closed.
+    """
+    run_dir = Path(run_dir).resolve()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PYTHONUNBUFFERED"] = "1"
+    # Make `engine` importable when running from a source checkout.
+    root = str(Path(__file__).resolve().parent.parent)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
+    log = open(run_dir / "stdout.log", "ab")
+    proc = subprocess.Popen(
+        trainer_command(run_dir, resume=resume, nproc=nproc),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
+        env=full_env,
+        cwd=os.getcwd(),
+    )
+    log.close()
+    (run_dir / PID_FILE).write_text(str(proc.pid))
+    return proc
+
+
+def stop(run_dir: str | Path, kill: bool = False) -> bool:
+    """Ask a running trainer to stop (SIGTERM: checkpoint + finished event) or kill it."""
+    pid = read_pid(Path(run_dir))
+    if not pid_alive(pid):
+        return False
+    sig = signal.SIGKILL if kill else signal.SIGTERM
+    try:
+        if kill:
+            os.killpg(os.getpgid(pid), sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def delete(run_dir: str | Path) -> None:
+    import shutil
+
+    run_dir = Path(run_dir)
+    if pid_alive(read_pid(run_dir)):
+        raise RunError(f"run {run_dir.name} is still running: stop it first")
+    shutil.rmtree(run_dir)
