@@ -1,0 +1,129 @@
+"""`finetui runs [list|show ID|attach ID|stop ID|kill ID] [--json]`.
+
+Light: reads run folders and events files; never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from engine import events as ev
+from engine import runs
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def format_event(event: dict[str, Any]) -> str | None:
+    """One plain line for an event (used by attach and by `finetui train` off a terminal)."""
+    t = event.get("type")
+    if t == "run_started":
+        fp = event.get("footprint") or {}
+        ds = event.get("datasets") or {}
+        return (f"started: {fp.get('params_total', '?')} params ({fp.get('params_trainable', '?')} trainable), "
+                f"train {ds.get('train', '?')} / test {ds.get('test', '?')} examples, "
+                f"devices {', '.join(event.get('devices') or []) or '?'}")
+    if t == "step":
+        return (f"step {event['step']}/{event['total_steps']}  epoch {_fmt_num(event.get('epoch'), 3)}  "
+                f"loss {_fmt_num(event.get('loss'))}  lr {_fmt_num(event.get('learning_rate'), 3)}  "
+                f"{_fmt_num(event.get('tokens_per_s'), 4)} tok/s  eta {_fmt_duration(event.get('eta_s'))}")
+    if t == "eval":
+        return f"eval  step {event['step']}  eval_loss {_fmt_num(event.get('eval_loss'))}  ppl {_fmt_num(event.get('perplexity'))}"
+    if t == "checkpoint":
+        return f"checkpoint  step {event['step']}  {event['path']}"
+    if t == "log":
+        return f"[{event.get('level')}] {event.get('message')}"
+    if t == "error":
+        hint = f"\n  hint: {event['hint']}" if event.get("hint") else ""
+        return f"error ({event.get('kind')}): {event.get('message')}{hint}"
+    if t == "finished":
+        metrics = event.get("metrics") or {}
+        shown = "  ".join(f"{k} {_fmt_num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        return f"finished: {event.get('status')}  {shown}"
+    return None
+
+
+def _table(infos: list[runs.RunInfo]) -> str:
+    head = ("RUN", "STATUS", "METHOD", "MODEL", "STEP", "LOSS", "EVAL", "TIME")
+    rows = [head]
+    for i in infos:
+        step = f"{i.step}/{i.total_steps}" if i.total_steps else str(i.step)
+        rows.append((i.id, i.status, i.method or "-", (i.model or "-")[-28:], step,
+                     _fmt_num(i.last_loss), _fmt_num(i.best_eval_loss), _fmt_duration(i.duration_s)))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def attach(run_dir, out=sys.stdout) -> int:
+    """Print the run's history, then follow it live until it finishes or its process dies."""
+    pid = runs.read_pid(run_dir)
+    status = "failed"
+    dead_since: list[float] = []
+
+    def gone() -> bool:
+        # The trainer may die without a finished event (kill -9): stop following after a
+        # grace period in which the last lines can still land.
+        if runs.pid_alive(runs.read_pid(run_dir) or pid):
+            dead_since.clear()
+            return False
+        dead_since.append(time.time())
+        return time.time() - dead_since[0] > 1.0
+
+    finished = False
+    for event in ev.follow(run_dir / "events.jsonl", stop=gone):
+        line = format_event(event)
+        if line:
+            print(line, file=out, flush=True)
+        if event.get("type") == "finished":
+            status = event.get("status", "failed")
+            finished = True
+    if not finished:
+        print(f"run {run_dir.name}: trainer process is gone without a finished event "
+              f"(resume with `finetui train --resume {run_dir.name}`)", file=out)
+    return 0 if status in ("completed", "stopped") else 1
+
+
+def command(args) -> int:
+    action = args.action
+    if action == "list":
+        infos = runs.list_runs()
+        if args.json:
+            print(json.dumps([i.to_dict() for i in infos], indent=1))
+        elif not infos:
+            print(f"no runs in {runs.runs_dir()}/ (start one with `finetui train CONFIG.yaml`)")
+        else:
+            print(_table(infos))
+        return 0
+    if not args.run:
+        raise runs.RunError(f"`finetui runs {action}` needs a run id (see `finetui runs list`)")
+    run_dir = runs.resolve(args.run)
+    if action == "show":
+        info = runs.summarize(run_dir)
+        if args.json:
+            print(json.dumps(info.to_dict(), indent=1))
+        else:
+            for key, value in info.to_dict().items():
+                if value not in (None, [], {}):
+                    print(f"{key:15} {value}")
+        return 0
+    if action == "attach":
+        return attach(run_dir)
+    if action in ("stop", "kill"):
+        if not runs.stop(run_dir, kill=action == "kill"):
+            raise runs.RunError(f"run {run_dir.name} is not running")
+        print(f"{'killed' if action == 'kill' else 'stopping (a checkpoint is being saved)'}: {run_dir.name}")
+        return 0
+    raise runs.RunError(f"unknown action {action}")
