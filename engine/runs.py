@@ -91,8 +91,15 @@ def new_run(config: Config, name: str | None = None, root: str | Path | None = N
 
 
 def resolve(run: str | Path, root: str | Path | None = None) -> Path:
-    """A run id (or unique prefix), or a path to a run folder -> the folder."""
+    """A run id (or unique prefix), ``last`` (the newest run), or a path to a run folder
+    -> the folder."""
     path = Path(run)
+    if str(run) == "last":
+        newest = sorted((p for p in runs_dir(root).glob("*") if (p / "config.yaml").exists()),
+                        key=lambda p: p.name) if runs_dir(root).exists() else []
+        if not newest:
+            raise RunError(f"no runs in {runs_dir(root)}/ yet (start one with `finetui train CONFIG.yaml`)")
+        return newest[-1]
     if (path / "config.yaml").exists():
         return path
     root = runs_dir(root)
