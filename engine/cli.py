@@ -24,6 +24,7 @@ HANDLERS = {
     "chat": "engine.chat",
     "eval": "engine.evaluate",
     "bench": "engine.bench",
+    "demo": "engine.demo",
 }
 
 
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=64)
     e.add_argument("--limit", type=int, help="at most this many examples")
     e.add_argument("--json", action="store_true")
+
+    dm = sub.add_parser("demo", help="offline demo: train the tiny model on the sample FAQ, merge, chat, evaluate")
+    dm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     b = sub.add_parser("bench", help="training speed benchmark against peers")
     b.add_argument("rest", nargs=argparse.REMAINDER)
