@@ -1,0 +1,927 @@
+"""Talk to a model: the chat worker process and `finetui chat`.
+
+Heavy module (torch, transformers, peft): worker processes and the CLI only. The TUI talks
+to the worker through :mod:`engine.chat_protocol` (the JSON-lines protocol and
+``ChatClient``), never by importing this module.
+
+- ``python -m engine.chat --serve MODEL_OR_RUN [--base]`` (also ``finetui chat X --serve``):
+  the worker. Loads one model, says ``ready``, then answers ``generate`` requests one at a
+  time, streaming ``token`` fragments; the main thread keeps reading stdin so ``cancel``
+  stops a reply mid-way. It ends on ``shutdown`` or when its stdin closes (the UI died).
+- ``finetui chat MODEL_OR_RUN --prompt TEXT [--prompt ...]``: one-shot answers.
+- ``finetui chat MODEL_OR_RUN``: an interactive chat on the terminal (Ctrl-C stops a reply,
+  Ctrl-D quits).
+
+What gets loaded (:func:`load`): for a run, its merged model if there is one, else its base
+plus its LoRA adapter (or the full fine-tuned model in ``adapter/``); with ``--base``, the
+run's base alone. Anything else is a model: ``tiny``, a folder (a model, or an adapter
+folder whose ``adapter_config.json`` names its base), or a Hugging Face id already in the
+local cache. A run's prompts are rendered with the template the run was trained with
+(``data.template`` of its config.yaml, resolved the same way as in training), and
+generation stops at that template's end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engine import chat_protocol as proto
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says why and what to do."""
+
+
+class InputError(ValueError):
+    """The request cannot be answered as given (empty prompt, too long, bad params)."""
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ChatModel:
+    """A loaded model ready to answer: tokenizer, template, stop tokens, context size."""
+
+    model: Any
+    tokenizer: Any
+    template: str  # the configured name: auto, tokenizer, chatml, qa, alpaca, plain, or a .jinja path
+    chat_template: str | None  # the Jinja source actually applied (None: the tokenizer's own)
+    eos_token_ids: list[int]
+    context: int
+    info: dict[str, Any] = field(default_factory=dict)
+    render_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of the prompt for the next assistant turn, rendered exactly as in
+        training (same template, same BOS handling)."""
+        return render_prompt(self.tokenizer, messages, self.chat_template, self.render_kwargs)
+
+    # ------------------------------------------------------------------ generation
+
+    def warmup(self) -> None:
+        """One short generation, so the first real reply does not pay for lazy set-up
+        (kernel selection, allocator growth, the generation machinery's first call)."""
+        try:
+            self.generate([{"role": "user", "content": "hi"}], {"max_new_tokens": 2})
+        except Exception:  # noqa: BLE001 - a real request will report the problem
+            pass
+
+    def generate(
+        self,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """Answer one conversation. Streams text fragments to ``on_token``; returns the
+        ``done`` fields (text, counts, timings, stop_reason). Raises InputError."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        params = check_params(params)
+        check_messages(messages)
+        started = time.perf_counter()
+        ids = self.prompt_ids(messages)
+        n_prompt = len(ids)
+        if n_prompt == 0:
+            raise InputError("empty prompt: the template rendered no tokens")
+        if n_prompt >= self.context:
+            raise InputError(
+                f"prompt is {n_prompt} tokens but the model's context is {self.context} tokens "
+                f"(leave room for the reply: shorten the conversation or the system prompt)"
+            )
+        max_new = min(params["max_new_tokens"], self.context - n_prompt)
+        cancel = cancel or threading.Event()
+        device = _device_of(self.model)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        gen_config = self.generation_config(params, max_new)
+        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                if params.get("seed") is not None:
+                    torch.manual_seed(int(params["seed"]))
+                with torch.inference_mode():
+                    outcome["sequences"] = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        generation_config=gen_config,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_CancelFlag(cancel)]),
+                    )
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome["error"] = exc
+                streamer.end()  # unblock the reader below
+
+        thread = threading.Thread(target=run, name="generate", daemon=True)
+        thread.start()
+        for text in streamer:
+            if text and on_token is not None:
+                on_token(text)
+        thread.join()
+        ended = time.perf_counter()
+        if "error" in outcome:
+            raise outcome["error"]
+        new_ids = outcome["sequences"][0, n_prompt:].tolist()
+        if cancel.is_set():
+            stop_reason = "cancelled"
+        elif new_ids and new_ids[-1] in self.eos_token_ids:
+            stop_reason = "eos"
+        else:
+            stop_reason = "length"
+        elapsed = ended - started
+        first = streamer.first_token_at
+        return {
+            "text": self.tokenizer.decode(new_ids, skip_special_tokens=True),
+            "prompt_tokens": n_prompt,
+            "new_tokens": len(new_ids),
+            "time_to_first_token_s": round(first - started, 4) if first else None,
+            "tokens_per_s": round(len(new_ids) / elapsed, 2) if elapsed > 0 else None,
+            "elapsed_s": round(elapsed, 4),
+            "stop_reason": stop_reason,
+        }
+
+    def generation_config(self, params: dict[str, Any], max_new_tokens: int):
+        gc = copy.deepcopy(self.model.generation_config)
+        sample = params["temperature"] > 0
+        gc.do_sample = sample
+        gc.max_new_tokens = max_new_tokens
+        gc.max_length = None
+        gc.min_new_tokens = min(params["min_new_tokens"], max_new_tokens) or None
+        if sample:
+            gc.temperature = params["temperature"]
+            gc.top_p = params["top_p"]
+            gc.top_k = params["top_k"] or None
+        else:  # greedy: sampling knobs would only draw warnings
+            gc.temperature = gc.top_p = gc.top_k = None
+        gc.repetition_penalty = params["repetition_penalty"]
+        gc.eos_token_id = list(self.eos_token_ids)
+        if gc.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            gc.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+        return gc
+
+
+def _device_of(model: Any):
+    try:
+        return model.device
+    except AttributeError:
+        return next(model.parameters()).device
+
+
+def _streamer_class():
+    from transformers import TextIteratorStreamer
+
+    class Streamer(TextIteratorStreamer):
+        """TextIteratorStreamer that also notes when the first new token arrived (the
+        text itself comes out at word boundaries, later than the token)."""
+
+        first_token_at: float | None = None
+
+        def put(self, value):
+            if not self.next_tokens_are_prompt and self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            super().put(value)
+
+    return Streamer
+
+
+def _Streamer(*args: Any, **kwargs: Any):
+    global _STREAMER
+    if _STREAMER is None:
+        _STREAMER = _streamer_class()
+    return _STREAMER(*args, **kwargs)
+
+
+_STREAMER = None
+
+
+class _CancelFlag:
+    """A StoppingCriteria that stops every sequence once ``event`` is set (checked after
+    each new token, so a cancel costs at most one more forward pass)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def check_params(raw: dict[str, Any] | None) -> dict[str, Any]:
+    params = dict(proto.PARAMS)
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise InputError("params must be an object")
+    unknown = sorted(set(raw) - set(params))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {', '.join(unknown)} (known: {', '.join(params)})")
+    params.update({k: v for k, v in raw.items() if v is not None})
+
+    def number(key: str, kind: type, ok: Callable[[float], bool], rule: str) -> None:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value):
+            raise InputError(f"{key} must be {'an integer' if kind is int else 'a number'} (got {value!r})")
+        params[key] = kind(value)
+        if not ok(params[key]):
+            raise InputError(f"{key} must be {rule} (got {value!r})")
+
+    number("max_new_tokens", int, lambda v: v >= 1, ">= 1")
+    number("min_new_tokens", int, lambda v: v >= 0, ">= 0")
+    number("temperature", float, lambda v: v >= 0, ">= 0 (0 = greedy)")
+    number("top_p", float, lambda v: 0 < v <= 1, "in (0, 1]")
+    number("top_k", int, lambda v: v >= 0, ">= 0 (0 = off)")
+    number("repetition_penalty", float, lambda v: v > 0, "> 0 (1 = off)")
+    if params.get("seed") is not None:
+        number("seed", int, lambda v: True, "an integer")
+    return params
+
+
+def check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InputError("empty prompt: no messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content", ""), str):
+            raise InputError(f"messages[{i}] must be an object with a role and a text content")
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise InputError(f"messages[{i}].role {m['role']!r} is not system, user, assistant or tool")
+    if all(m["role"] == "system" for m in messages):
+        raise InputError("empty prompt: only a system message")
+    last = messages[-1]
+    if not (last.get("content") or "").strip() and not last.get("tool_calls"):
+        raise InputError("empty prompt: the last message has no text")
+
+
+# ---------------------------------------------------------------------------- templates
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], chat_template: str | None,
+                  render_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """The generation prompt's token ids. Templates without an ``add_generation_prompt``
+    branch (qa, alpaca, plain) already end where the reply starts."""
+    out = tokenizer.apply_chat_template(
+        messages,
+        chat_template=chat_template,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+        **(render_kwargs or {}),
+    )
+    if hasattr(out, "keys"):  # some versions still hand back a BatchEncoding
+        out = out["input_ids"]
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return list(out)
+
+
+# Common end-of-turn tokens of chat templates; the one a template writes right after an
+# assistant reply is the reply's stop token.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>",
+                "<|endoftext|>", "</s>", "<|eom_id|>")
+
+
+def resolve_template(tokenizer: Any, name: str) -> tuple[str | None, dict[str, Any]]:
+    """(Jinja source or None for the tokenizer's own, extra render variables) for a
+    configured template name, the same way training resolves it."""
+    try:
+        from engine.data import render as render_mod
+    except ImportError:
+        render_mod = None
+    if render_mod is not None and hasattr(render_mod, "resolve_template"):
+        resolved = render_mod.resolve_template(tokenizer, name)
+        return _unpack_template(resolved, tokenizer)
+    # Until engine.data.render lands: the documented rules of data.template.
+    from engine.data import templates
+
+    if name in ("auto", "tokenizer"):
+        if getattr(tokenizer, "chat_template", None):
+            return None, {}
+        if name == "tokenizer":
+            raise ModelLoadError("data.template: tokenizer, but this tokenizer has no chat template")
+        name = "chatml"
+    if name in templates.BUILTIN:
+        return templates.BUILTIN[name], {"finetui_bos": _bos_for_plain_text(tokenizer)}
+    path = Path(name)
+    if path.suffix == ".jinja" and path.exists():
+        return path.read_text(encoding="utf-8"), {"finetui_bos": _bos_for_plain_text(tokenizer)}
+    raise ModelLoadError(f"data.template {name!r}: not auto, tokenizer, {', '.join(templates.BUILTIN)} or a .jinja file")
+
+
+def _unpack_template(resolved: Any, tokenizer: Any) -> tuple[str | None, dict[str, Any]]:
+    """engine.data.render.resolve_template's answer -> (Jinja source, render kwargs)."""
+    if resolved is None or isinstance(resolved, str):
+        return resolved, {"finetui_bos": _bos_for_plain_text(tokenizer)} if resolved else {}
+    if isinstance(resolved, tuple):
+        source = resolved[0]
+        extra = resolved[1] if len(resolved) > 1 and isinstance(resolved[1], dict) else {}
+        return source, dict(extra)
+    source = None
+    for attr in ("source", "chat_template", "jinja", "template"):
+        value = getattr(resolved, attr, None)
+        if isinstance(value, str):
+            source = value
+            break
+    extra: dict[str, Any] = {}
+    for attr in ("render_kwargs", "variables", "kwargs", "template_kwargs"):
+        value = getattr(resolved, attr, None)
+        if isinstance(value, dict):
+            extra = dict(value)
+            break
+    if source is not None and "finetui_bos" in source and "finetui_bos" not in extra:
+        extra["finetui_bos"] = _bos_for_plain_text(tokenizer)
+    return source, extra
+
+
+def _bos_for_plain_text(tokenizer: Any) -> str:
+    """The BOS token when the tokenizer adds one to plain text (Llama-style), else ""."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos:
+        return ""
+    try:
+        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    except Exception:
+        return ""
+    return bos if ids and ids[0] == tokenizer.bos_token_id else ""
+
+
+def end_of_turn_ids(tokenizer: Any, model: Any, chat_template: str | None,
+                    render_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """Token ids that end a reply: the model's and tokenizer's eos, plus the special token
+    the template writes right after an assistant message (<|im_end|>, <|eot_id|>, ...)."""
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        if value is None:
+            return
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and v >= 0 and v not in ids:
+                ids.append(v)
+
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    add(getattr(tokenizer, "eos_token_id", None))
+    marker = "FINETUI-END-OF-REPLY"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+            chat_template=chat_template, tokenize=False, **(render_kwargs or {}),
+        )
+        after = text.split(marker, 1)[1] if marker in text else ""
+    except Exception:
+        after = ""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(_END_OF_TURN)
+    specials |= set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    stripped = after.lstrip()
+    for token in sorted(specials, key=len, reverse=True):
+        if token and stripped.startswith(token):
+            tid = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+                add(tid)
+            break
+    if not ids:
+        raise ModelLoadError("the model has no end-of-turn token (no eos_token in its tokenizer or generation config)")
+    return ids
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def as_run(target: str) -> Path | None:
+    """The run folder ``target`` names (id, unique prefix, ``last``, a run folder), or None
+    when it names no run (then it is a model)."""
+    from engine import runs
+
+    try:
+        return runs.resolve(target)
+    except runs.RunError as exc:
+        if target == "last" or "ambiguous" in str(exc):
+            raise ModelLoadError(str(exc)) from None
+        return None
+
+
+def _run_config(run_dir: Path):
+    from engine import config as cfg
+
+    try:
+        return cfg.load(run_dir / "config.yaml")
+    except cfg.ConfigError as exc:
+        raise ModelLoadError(f"run {run_dir.name}: {exc}") from None
+
+
+def load(target: str, base: bool = False, progress: Callable[[str, str], None] | None = None) -> ChatModel:
+    """Load what ``target`` names for chatting. Raises ModelLoadError with a clear line."""
+    progress = progress or (lambda stage, message: None)
+    started = time.perf_counter()
+    target = str(target)
+    run_dir = as_run(target)
+    template_name = "auto"
+    info: dict[str, Any] = {"name": target}
+    if run_dir is not None:
+        config = _run_config(run_dir)
+        template_name = config.data.template
+        info.update(run_id=run_dir.name, base_model=config.model.name_or_path)
+    else:
+        if base:
+            raise ModelLoadError(f"--base needs a run; {target!r} is a model, not a run")
+        parent = Path(target).resolve().parent
+        if Path(target).is_dir() and (parent / "config.yaml").exists():
+            # A run's merged/ or adapter/ folder: same template as the run.
+            template_name = _run_config(parent).data.template
+            info.update(run_id=parent.name)
+    model, tokenizer, where = _load_weights(target, run_dir, base, progress)
+    info.update(where)
+    progress("template", f"template {template_name}")
+    chat_template, render_kwargs = resolve_template(tokenizer, template_name)
+    eos = end_of_turn_ids(tokenizer, model, chat_template, render_kwargs)
+    context = _context_length(model, tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    info.update(
+        template=template_name,
+        eos=[tokenizer.convert_ids_to_tokens(i) for i in eos],
+        eos_token_ids=eos,
+        context=context,
+        params=params,
+        device=str(_device_of(model)),
+        dtype=str(getattr(model, "dtype", "")).replace("torch.", ""),
+        load_s=round(time.perf_counter() - started, 3),
+    )
+    return ChatModel(model, tokenizer, template_name, chat_template, eos, context, info, render_kwargs)
+
+
+def _context_length(model: Any, tokenizer: Any) -> int:
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 10_000_000:
+        return value
+    return 2048
+
+
+def _load_weights(target: str, run_dir: Path | None, base: bool, progress: Callable[[str, str], None]):
+    """(model, tokenizer, info) — through engine.modeling when it is there, so chat, eval
+    and merge load models the same way."""
+    try:
+        from engine import modeling
+    except ImportError:
+        modeling = None
+    if modeling is not None and hasattr(modeling, "load_for_inference"):
+        progress("model", f"loading {run_dir.name if run_dir else target}")
+        try:
+            model, tokenizer = modeling.load_for_inference(str(run_dir) if run_dir else target, use_adapter=not base)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(_one_line(exc)) from None
+        model.eval()
+        return model, tokenizer, {"source": _source_of(model, run_dir, base)}
+    return _fallback_load(target, run_dir, base, progress)
+
+
+def _source_of(model: Any, run_dir: Path | None, base: bool) -> str:
+    if run_dir is None:
+        return "model"
+    if base:
+        return "base"
+    if type(model).__name__.startswith("Peft"):
+        return "adapter"
+    if (run_dir / "merged" / "config.json").exists():
+        return "merged"
+    return "full"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _fallback_load(target: str, run_dir: Path | None, base: bool, progress: Callable[[str, str], None]):
+    """Stand-in until engine.modeling.load_for_inference exists."""
+    adapter: Path | None = None
+    if run_dir is not None:
+        config = _run_config(run_dir)
+        merged, trained = run_dir / "merged", run_dir / "adapter"
+        if base:
+            source, model_path = "base", config.model.name_or_path
+        elif (merged / "config.json").exists():
+            source, model_path = "merged", str(merged)
+        elif (trained / "adapter_config.json").exists():
+            source, model_path, adapter = "adapter", config.model.name_or_path, trained
+        elif (trained / "config.json").exists():
+            source, model_path = "full", str(trained)
+        else:
+            raise ModelLoadError(
+                f"run {run_dir.name} has no trained model yet (no merged/ or adapter/ folder); "
+                f"chat with its base model with --base"
+            )
+    else:
+        source, model_path = "model", target
+        folder = Path(target).expanduser()
+        if (folder / "adapter_config.json").exists():
+            cfg = json.loads((folder / "adapter_config.json").read_text())
+            model_path = cfg.get("base_model_name_or_path")
+            if not model_path:
+                raise ModelLoadError(f"{folder}/adapter_config.json does not name its base model")
+            adapter = folder
+    folder = _model_folder(model_path)
+    tokenizer_from = adapter if adapter is not None and (adapter / "tokenizer_config.json").exists() else folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress("tokenizer", f"tokenizer from {tokenizer_from}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {tokenizer_from}: {_one_line(exc)}") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    progress("model", f"weights from {folder} ({device}, {str(dtype).replace('torch.', '')})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a model from {folder}: {_one_line(exc)}") from None
+    if adapter is not None:
+        progress("adapter", f"adapter from {adapter}")
+        model = attach_adapter(model, adapter, base_name=str(model_path))
+    model.eval()
+    return model, tokenizer, {"source": source, "path": str(adapter or folder)}
+
+
+def attach_adapter(model: Any, adapter: Path, base_name: str = "the base model"):
+    """Base model + LoRA adapter (peft), with a clear error when they do not fit."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except RuntimeError as exc:
+        text = str(exc)
+        if "size mismatch" in text:
+            first = next((line.strip() for line in text.splitlines() if "size mismatch" in line), "")
+            raise ModelLoadError(
+                f"the adapter in {adapter} does not fit {base_name} (was it trained on another base "
+                f"model?): {first}"
+            ) from None
+        raise ModelLoadError(f"cannot apply the adapter in {adapter}: {_one_line(exc)}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot apply the adapter in {adapter}: {_one_line(exc)}") from None
+
+
+def _model_folder(name: str) -> str:
+    """tiny -> the built-in model's folder; a folder stays; a hub id must be cached."""
+    from engine import tiny
+
+    if tiny.is_tiny(name):
+        return str(tiny.path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a model folder (no config.json or adapter_config.json)")
+        return str(path)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelLoadError(f"no such model folder: {name}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:
+        raise ModelLoadError(
+            f"model {name!r} is not in the local Hugging Face cache, and this machine is offline "
+            f"(download it where there is network, or give a local folder)"
+        ) from None
+
+
+# ---------------------------------------------------------------------------- worker
+
+
+class _Output:
+    """Protocol lines to the real stdout, one writer at a time. fd 1 itself is pointed at
+    stderr so a stray print from a library cannot corrupt the stream."""
+
+    def __init__(self) -> None:
+        fd = os.dup(sys.stdout.fileno())
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        sys.stdout = sys.stderr
+        self._stream = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._stream.write(proto.encode(message) + "\n")
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self.broken = True  # nobody listens: the reader loop ends on stdin EOF
+
+
+@dataclass
+class _Job:
+    id: str
+    messages: Any
+    params: Any
+    cancel: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"  # queued | running | finished
+
+
+class Worker:
+    """Serves one loaded model: a thread runs jobs in order; the caller's thread reads
+    requests (so cancel and shutdown are seen while a reply is being generated)."""
+
+    def __init__(self, chat: ChatModel, out: _Output):
+        self.chat = chat
+        self.out = out
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.known: dict[str, _Job] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run_jobs, name="chat-jobs", daemon=True)
+
+    def serve(self, stdin) -> None:
+        self.thread.start()
+        try:
+            for line in stdin:
+                if not line.strip():
+                    continue
+                message = proto.decode(line)
+                if message is None or "op" not in message:
+                    self.out.send(proto.error("input", f"not a request (expected a JSON object with an op): {line.strip()[:80]}"))
+                    continue
+                if self.handle(message) == "shutdown":
+                    break
+        finally:
+            self.stop()
+
+    def handle(self, message: dict[str, Any]) -> str | None:
+        op = message.get("op")
+        rid = message.get("id")
+        rid = None if rid is None else str(rid)
+        if op == "generate":
+            if rid is None:
+                self.out.send(proto.error("input", "generate needs an id"))
+                return None
+            with self.lock:
+                if rid in self.known and self.known[rid].state != "finished":
+                    self.out.send(proto.error("input", f"request {rid} is already in progress", rid))
+                    return None
+                job = _Job(rid, message.get("messages"), message.get("params"))
+                self.known[rid] = job
+            self.jobs.put(job)
+        elif op == "cancel":
+            with self.lock:
+                job = self.known.get(rid) if rid is not None else None
+                if job is None or job.state == "finished":
+                    return None  # already answered: nothing to do
+                job.cancel.set()
+                if job.state == "queued":
+                    job.state = "finished"  # answered now; the job thread skips it
+                    self._done_cancelled(job)
+        elif op == "shutdown":
+            return "shutdown"
+        else:
+            self.out.send(proto.error("input", f"unknown op {op!r} (known: {', '.join(proto.OPS)})", rid))
+        return None
+
+    def stop(self) -> None:
+        with self.lock:
+            for job in self.known.values():
+                job.cancel.set()
+        self.jobs.put(None)
+        self.thread.join(timeout=30)
+
+    def _done_cancelled(self, job: _Job) -> None:
+        self.out.send({"type": "done", "id": job.id, "text": "", "prompt_tokens": 0, "new_tokens": 0,
+                       "time_to_first_token_s": None, "tokens_per_s": None, "elapsed_s": 0.0,
+                       "stop_reason": "cancelled"})
+
+    def _run_jobs(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            with self.lock:
+                if job.state != "queued":
+                    continue
+                job.state = "running"
+            try:
+                done = self.chat.generate(
+                    job.messages, job.params,
+                    on_token=lambda text, rid=job.id: self.out.send({"type": "token", "id": rid, "text": text}),
+                    cancel=job.cancel,
+                )
+                answer = {"type": "done", "id": job.id, **done}
+            except InputError as exc:
+                answer = proto.error("input", str(exc), job.id)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive one bad request
+                answer = proto.error(_error_kind(exc), f"{type(exc).__name__}: {_one_line(exc)}", job.id)
+                if answer["kind"] == "oom":
+                    answer["message"] = "out of memory while generating: " + answer["message"] + \
+                        " (lower max_new_tokens or shorten the conversation)"
+                    _free_cuda()
+            with self.lock:
+                job.state = "finished"
+            self.out.send(answer)
+
+
+def _error_kind(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "oom"
+    return "internal"
+
+
+def _free_cuda() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:
+        pass
+
+
+def serve(target: str, base: bool = False, stdin=None) -> int:
+    """The worker's main: load, say ready, answer until shutdown or stdin EOF."""
+    out = _Output()
+    stdin = stdin or sys.stdin
+    _quiet_libraries()
+    started = time.perf_counter()
+    try:
+        chat = load(target, base, progress=lambda stage, msg: out.send({"type": "loading", "stage": stage, "message": msg}))
+    except ModelLoadError as exc:
+        out.send(proto.error("model", str(exc)))
+        return 2
+    except Exception as exc:  # noqa: BLE001
+        out.send(proto.error(_error_kind(exc) if _error_kind(exc) == "oom" else "model",
+                             f"cannot load {target}: {type(exc).__name__}: {_one_line(exc)}"))
+        return 2
+    out.send({"type": "loading", "stage": "warmup", "message": "first forward pass"})
+    chat.warmup()
+    out.send({"type": "ready", "v": proto.VERSION, "model": chat.info,
+              "load_s": round(time.perf_counter() - started, 3)})
+    Worker(chat, out).serve(stdin)
+    return 0
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+    }
+
+
+def _conversation(system: str | None, history: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + history + [{"role": "user", "content": prompt}]
+
+
+def command(args: argparse.Namespace) -> int:
+    if getattr(args, "serve", False):
+        return serve(args.model, base=args.base)
+    _quiet_libraries()
+    params = _params_from_args(args)
+    check_params(params)  # refuse bad flags before loading anything
+    tty = sys.stderr.isatty()
+    if tty:
+        print(f"loading {args.model}…", file=sys.stderr, flush=True)
+    chat = load(args.model, base=args.base)  # ModelLoadError: one line on stderr (engine.cli)
+    if tty:
+        i = chat.info
+        print(f"{i.get('source')} model, {i['params']:,} params on {i['device']}, template {i['template']}, "
+              f"stops at {' '.join(i['eos'])} ({i['load_s']:.1f}s)", file=sys.stderr, flush=True)
+    if args.prompt:
+        return _one_shot(chat, args, params)
+    return _repl(chat, args, params)
+
+
+def _one_shot(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any]) -> int:
+    status = 0
+    for prompt in args.prompt:
+        messages = _conversation(args.system, [], prompt)
+        if args.json:
+            try:
+                done = chat.generate(messages, params)
+                print(json.dumps({"prompt": prompt, **done}, ensure_ascii=False), flush=True)
+            except InputError as exc:
+                print(json.dumps({"prompt": prompt, "error": {"kind": "input", "message": str(exc)}}), flush=True)
+                status = 1
+            continue
+        print(f"> {prompt}", flush=True)
+        try:
+            done = chat.generate(messages, params, on_token=lambda t: print(t, end="", flush=True))
+        except InputError as exc:
+            print(f"finetui: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print("\n" if done["text"] else "(empty reply)\n", end="", flush=True)
+        if sys.stderr.isatty():
+            print(_stats(done), file=sys.stderr, flush=True)
+    return status
+
+
+def _stats(done: dict[str, Any]) -> str:
+    return (f"  [{done['new_tokens']} tokens, {done['tokens_per_s'] or 0:.1f} tok/s, "
+            f"first token {done['time_to_first_token_s'] or 0:.2f}s, {done['stop_reason']}]")
+
+
+def _repl(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any]) -> int:
+    try:
+        import readline  # noqa: F401 - line editing and history for input()
+    except ImportError:
+        pass
+    print("Chat: type a message; /reset clears the conversation; Ctrl-C stops a reply; Ctrl-D quits.",
+          file=sys.stderr)
+    history: list[dict[str, Any]] = []
+    while True:
+        try:
+            prompt = input("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        if not prompt.strip():
+            continue
+        if prompt.strip() == "/reset":
+            history.clear()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        messages = _conversation(args.system, history, prompt)
+        cancel = threading.Event()
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["done"] = chat.generate(messages, params, on_token=lambda t: print(t, end="", flush=True),
+                                               cancel=cancel)
+            except Exception as exc:  # noqa: BLE001
+                result["error"] = exc
+
+        print("bot> ", end="", flush=True)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            try:
+                thread.join(timeout=0.1)
+            except KeyboardInterrupt:
+                cancel.set()  # stop this reply, keep the chat
+        print()
+        if "error" in result:
+            print(f"finetui: {result['error']}", file=sys.stderr)
+            continue
+        done = result["done"]
+        print(_stats(done), file=sys.stderr)
+        history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": done["text"]}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.chat ...``: the same arguments as ``finetui chat``."""
+    from engine import cli
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = cli.build_parser().parse_args(["chat", *argv])
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ModelLoadError, InputError) as exc:
+        print(f"finetui: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
