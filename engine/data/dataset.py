@@ -1,0 +1,429 @@
+"""Config -> tokenised train/test ``datasets.Dataset`` (cached), a report, and collators.
+
+Heavy module: ``datasets`` and ``transformers`` are imported inside the functions that need
+them, so importing this module (e.g. for :func:`length_stats`) stays cheap.
+
+Pipeline: ``readers.load_records`` -> conversations -> ``Dataset.map`` of
+:func:`engine.data.render.render` (the very function the browser shows) -> drop records
+that failed to render or train no token -> split.
+
+Caching: the map writes ``$FINETUI_CACHE/datasets/<key>.arrow`` (default
+``~/.cache/finetui/datasets``), where the key hashes the conversations themselves, the
+template, the tokenizer (vocabulary, added and special tokens), max_length, train_on and
+the rendering code. The second build with the same inputs loads that file instead of
+tokenising again (``report.cache_hit``); a change to any input is a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from engine.data import render as render_mod
+from engine.data.conversation import Conversation
+
+CACHE_VERSION = 1
+MAX_ISSUES = 200  # issues kept in a report (the total is counted)
+_INTERNAL_COLUMNS = ("place", "error", "notes", "truncated", "full_length", "trains_end")
+MODEL_COLUMNS = ("input_ids", "labels", "length", "n_trained")
+
+
+class DataError(ValueError):
+    """The data cannot be used for training; the message says why, for the user."""
+
+
+@dataclass
+class DataReport:
+    source: str
+    format: str
+    template: str
+    end_token: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # records ok invalid truncated no_trained train test
+    issues: list[str] = field(default_factory=list)  # "file:line: message", first MAX_ISSUES
+    issues_total: int = 0
+    lengths: dict[str, float] = field(default_factory=dict)  # tokens before truncation: min median p95 max mean
+    total_tokens: int = 0  # after truncation, over trained-on records
+    trained_tokens: int = 0
+    warnings: list[str] = field(default_factory=list)
+    cache_hit: bool = False
+    added_tokens: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BuiltData:
+    train: Any  # datasets.Dataset: input_ids, labels, length, n_trained
+    test: Any | None
+    report: DataReport
+    added_tokens: list[str]
+    template: render_mod.Template
+    eos_token_ids: list[int]  # what generation must stop at (set model.generation_config.eos_token_id)
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float]:
+    if not lengths:
+        return {}
+    s = sorted(lengths)
+    n = len(s)
+
+    def pct(p: float) -> int:
+        return s[min(n - 1, max(0, math.ceil(p * n) - 1))]
+
+    median = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+    return {
+        "min": s[0],
+        "median": median,
+        "p95": pct(0.95),
+        "max": s[-1],
+        "mean": round(sum(s) / n, 1),
+    }
+
+
+def histogram(lengths: Sequence[int], bins: int = 10) -> list[dict[str, int]]:
+    """Equal-width bins over [min, max]: [{lo, hi, count}] (hi inclusive)."""
+    if not lengths:
+        return []
+    lo, hi = min(lengths), max(lengths)
+    width = max(1, math.ceil((hi - lo + 1) / bins))
+    out = [{"lo": lo + i * width, "hi": lo + (i + 1) * width - 1, "count": 0} for i in range(bins)]
+    for n in lengths:
+        out[min(bins - 1, (n - lo) // width)]["count"] += 1
+    while out and out[-1]["count"] == 0:
+        out.pop()
+    return out
+
+
+def no_trained_reason(truncated: bool, max_length: int) -> str:
+    if truncated:
+        return f"no trained token within max_length {max_length} (the replies start later; dropped)"
+    return "no trained token (no assistant reply to learn; dropped)"
+
+
+# ------------------------------------------------------------------------ building
+
+
+def cache_dir() -> Path:
+    from engine.tiny import cache_root
+
+    return cache_root() / "datasets"
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(
+        [type(tokenizer).__name__, tokenizer.special_tokens_map, render_mod._bos_prefix(tokenizer)],
+        sort_keys=True, default=str,
+    ).encode())
+    return h.hexdigest()
+
+
+def _code_digest() -> str:
+    h = hashlib.sha256()
+    for module in ("render.py", "templates.py", "conversation.py", "dataset.py"):
+        h.update((Path(__file__).parent / module).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(rows: Sequence[tuple[str, str]], tokenizer, template: render_mod.Template, *, max_length: int, train_on: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, template.name, template.source, max_length, train_on]).encode())
+    h.update(_tokenizer_digest(tokenizer).encode())
+    h.update(_code_digest().encode())
+    for place, conv in rows:
+        h.update(place.encode())
+        h.update(b"\0")
+        h.update(conv.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _render_batch(batch: dict[str, list], tokenizer, template, max_length: int, train_on: str) -> dict[str, list]:
+    """datasets.map function: render each serialised conversation."""
+    end_id = None
+    if template.end_token is not None:
+        end_id = tokenizer.convert_tokens_to_ids(template.end_token)
+    out: dict[str, list] = {k: [] for k in (*MODEL_COLUMNS, *_INTERNAL_COLUMNS)}
+    for place, raw in zip(batch["place"], batch["conversation"]):
+        error, notes = "", ""
+        try:
+            conv = Conversation.from_dict(json.loads(raw))
+            ex = render_mod.render(conv, tokenizer, template, train_on=train_on, max_length=max_length)
+            ids, labels = ex.input_ids, ex.labels
+            full, truncated, n_trained = ex.full_tokens, ex.truncated, ex.n_trained
+            notes = "; ".join(ex.notes)
+            trains_end = end_id is not None and end_id in labels
+        except render_mod.RenderError as exc:
+            ids, labels, full, truncated, n_trained, trains_end = [], [], 0, False, 0, False
+            error = str(exc)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["n_trained"].append(n_trained)
+        out["place"].append(place)
+        out["error"].append(error)
+        out["notes"].append(notes)
+        out["truncated"].append(truncated)
+        out["full_length"].append(full)
+        out["trains_end"].append(trains_end)
+    return out
+
+
+def _place(where: Any) -> str:
+    """A RawRecord's ``file:line`` (or a plain string place)."""
+    return str(getattr(where, "place", where))
+
+
+def _features():
+    from datasets import Features, Sequence as Seq, Value
+
+    return Features({
+        "input_ids": Seq(Value("int32")),
+        "labels": Seq(Value("int32")),
+        "length": Value("int32"),
+        "n_trained": Value("int32"),
+        "place": Value("string"),
+        "error": Value("string"),
+        "notes": Value("string"),
+        "truncated": Value("bool"),
+        "full_length": Value("int32"),
+        "trains_end": Value("bool"),
+    })
+
+
+def tokenise(
+    conversations: Iterable[tuple[str, Conversation]],
+    tokenizer,
+    template: render_mod.Template,
+    *,
+    max_length: int,
+    train_on: str,
+    num_proc: int = 1,
+):
+    """Render and tokenise (place, Conversation) pairs with a cached ``Dataset.map``.
+
+    Returns (dataset with model + internal columns, cache_hit)."""
+    from datasets import Dataset
+
+    render_mod.detect_end_token(tokenizer, template)  # once, before pickling to workers
+    rows = [(_place(where), json.dumps(conv.to_dict(), ensure_ascii=False, sort_keys=True)) for where, conv in conversations]
+    key = cache_key(rows, tokenizer, template, max_length=max_length, train_on=train_on)
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    cache_file = folder / f"render-{key}.arrow"
+    cache_hit = cache_file.exists() or any(folder.glob(f"render-{key}_*.arrow"))
+    source = Dataset.from_dict({"place": [p for p, _ in rows], "conversation": [c for _, c in rows]})
+    mapped = source.map(
+        _render_batch,
+        batched=True,
+        batch_size=256,
+        num_proc=num_proc if num_proc > 1 and len(rows) > 1 else None,
+        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length, "train_on": train_on},
+        remove_columns=source.column_names,
+        features=_features(),
+        cache_file_name=str(cache_file),
+        load_from_cache_file=True,
+        new_fingerprint=key,
+        desc="Tokenising",
+    )
+    return mapped, cache_hit
+
+
+def build(config, tokenizer) -> BuiltData:
+    """Read, render, tokenise and split ``config.data`` (an ``engine.config.Config``)."""
+    from engine.data import readers
+
+    data = config.data
+    template = render_mod.resolve_template(tokenizer, data.template)
+    added = render_mod.prepare_tokenizer(tokenizer, template)
+
+    loaded = _load(readers, data, data.split)
+    train_ds, report = _process(loaded, tokenizer, template, data, source=data.path)
+    report.added_tokens = list(added)
+
+    test_ds = None
+    if data.test_split:
+        test_loaded = _load(readers, data, data.test_split)
+        test_ds, test_report = _process(test_loaded, tokenizer, template, data, source=f"{data.path} [{data.test_split}]")
+        report.issues.extend(test_report.issues[: max(0, MAX_ISSUES - len(report.issues))])
+        report.issues_total += test_report.issues_total
+        report.cache_hit = report.cache_hit and test_report.cache_hit
+        for key in ("invalid", "no_trained", "truncated"):
+            report.counts[f"test_{key}"] = test_report.counts.get(key, 0)
+    elif data.test_size > 0 and len(train_ds) >= 2:
+        n_test = min(len(train_ds) - 1, max(1, round(len(train_ds) * data.test_size)))
+        parts = train_ds.train_test_split(test_size=n_test, seed=config.train.seed, shuffle=True)
+        train_ds, test_ds = parts["train"], parts["test"]
+    report.counts["train"] = len(train_ds)
+    report.counts["test"] = len(test_ds) if test_ds is not None else 0
+    return BuiltData(
+        train=train_ds,
+        test=test_ds,
+        report=report,
+        added_tokens=list(added),
+        template=template,
+        eos_token_ids=render_mod.generation_eos_ids(tokenizer, template),
+    )
+
+
+def _load(readers, data, split: str):
+    try:
+        return readers.load_records(
+            data.path,
+            format=data.format,
+            columns=dict(data.columns) or None,
+            split=split,
+            subset=data.subset,
+            streaming=data.streaming,
+            max_samples=data.max_samples,
+            on_error=data.on_error,
+        )
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc).strip() or type(exc).__name__) from None
+
+
+def _process(loaded, tokenizer, template, data, *, source: str):
+    """Tokenise a LoadResult; drop what cannot train; build its report."""
+    conversations = list(loaded.conversations)
+    issues = [str(issue) for issue in (loaded.issues or [])]
+    n_read_issues = len(issues)
+    read_counts = dict(loaded.counts or {})
+    read_invalid = int(read_counts.get("invalid", read_counts.get("skipped", 0)) or 0)
+    if not conversations:
+        detail = f": {issues[0]}" if issues else ""
+        raise DataError(f"{source}: no usable records{detail}")
+    mapped, cache_hit = tokenise(
+        conversations, tokenizer, template,
+        max_length=data.max_length, train_on=data.train_on, num_proc=data.num_proc,
+    )
+    table = mapped.data
+    col = lambda name: table.column(name).to_pylist()  # noqa: E731 - arrow column, no row decoding
+    places, errors, n_trained = col("place"), col("error"), col("n_trained")
+    truncated, full_length, length = col("truncated"), col("full_length"), col("length")
+    notes, trains_end = col("notes"), col("trains_end")
+
+    if data.on_error == "strict":
+        for place, err in zip(places, errors):
+            if err:
+                raise DataError(f"{place}: {err}")
+
+    keep: list[int] = []
+    render_invalid = no_trained = n_truncated = 0
+    for i, (place, err) in enumerate(zip(places, errors)):
+        if err:
+            render_invalid += 1
+            issues.append(f"{place}: {err}")
+        elif n_trained[i] == 0:
+            no_trained += 1
+            issues.append(f"{place}: {no_trained_reason(truncated[i], data.max_length)}")
+        else:
+            keep.append(i)
+        if truncated[i] and not err:
+            n_truncated += 1
+    if not keep:
+        first = f" (first: {issues[0]})" if issues else ""
+        raise DataError(f"{source}: no record has a trained token{first}")
+
+    rendered = [i for i, err in enumerate(errors) if not err]
+    summary = [
+        {"n_trained": n_trained[i], "truncated": truncated[i], "trains_end": trains_end[i],
+         "notes": [notes[i]] if notes[i] else []}
+        for i in rendered
+    ]
+    warnings = render_mod.preflight(tokenizer, template, summary, max_length=data.max_length)
+
+    ds = mapped if len(keep) == len(mapped) else mapped.select(keep, keep_in_memory=True)
+    ds = ds.remove_columns(list(_INTERNAL_COLUMNS))
+    report = DataReport(
+        source=source,
+        format=str(getattr(loaded, "format", data.format)),
+        template=template.label,
+        end_token=template.end_token,
+        counts={
+            "records": len(conversations) + read_invalid,
+            "ok": len(keep),
+            "invalid": read_invalid + render_invalid,
+            "truncated": n_truncated,
+            "no_trained": no_trained,
+        },
+        issues=issues[:MAX_ISSUES],
+        issues_total=read_invalid + len(issues) - n_read_issues,
+        lengths=length_stats([full_length[i] for i in rendered]),
+        total_tokens=sum(length[i] for i in keep),
+        trained_tokens=sum(n_trained[i] for i in keep),
+        warnings=warnings,
+        cache_hit=cache_hit,
+    )
+    return ds, report
+
+
+# ------------------------------------------------------------------------ collators
+
+
+class ModelInputs:
+    """Pass only the model's columns (input_ids, labels) to the wrapped collator, so
+    bookkeeping columns (length, n_trained) never reach ``model.forward``."""
+
+    def __init__(self, inner, keys: tuple[str, ...] = ("input_ids", "labels")):
+        self.inner = inner
+        self.keys = keys
+
+    def __call__(self, features):
+        return self.inner([{k: f[k] for k in self.keys if k in f} for f in features])
+
+
+def collator(config, tokenizer):
+    """Batches for the trainer.
+
+    padding (default): ``DataCollatorForSeq2Seq`` - input_ids padded with the pad id on the
+    right, labels with -100, attention_mask; to a multiple of 8 on a GPU (tensor cores).
+    packing (``data.packing``): ``DataCollatorWithFlattening`` - the batch as one row
+    without padding, position_ids restarting per example and -100 on each example's first
+    label, so no token attends to or predicts across examples (sdpa/eager get a
+    block-diagonal mask from the position_ids; flash_attention_2 gets cu_seq_lens).
+    """
+    import copy
+
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if config.data.packing:
+        flash = config.model.attn_implementation == "flash_attention_2"
+        return ModelInputs(DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=render_mod.IGNORE, return_flash_attn_kwargs=flash,
+        ))
+    if tokenizer.pad_token is None:
+        raise DataError("tokenizer has no pad token (call engine.data.render.prepare_tokenizer first)")
+    tok = copy.copy(tokenizer)
+    tok.padding_side = "right"  # left padding would shift position ids in training
+    return ModelInputs(DataCollatorForSeq2Seq(
+        tok,
+        padding=True,
+        label_pad_token_id=render_mod.IGNORE,
+        pad_to_multiple_of=8 if _on_gpu(config) else None,
+        return_tensors="pt",
+    ))
+
+
+def _on_gpu(config) -> bool:
+    if config.model.device == "cpu":
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,365 @@
+"""``finetui data inspect``: what a dataset becomes once rendered for training.
+
+Prints the source and detected format, record counts (ok / invalid / truncated / no
+trained token), the first issues with ``file:line``, token length statistics with a text
+histogram, pre-flight warnings, and one rendered example with its trained tokens marked
+(green on a terminal, ``«»`` elsewhere). ``--json`` prints all of it as one JSON object.
+
+The CLI imports this module for every ``finetui data ...`` call, so it imports nothing
+heavy at module level: the tokenizer, readers and renderer are imported in
+:func:`command`. Rendering is :func:`engine.data.render.render`, the same function that
+builds the training set, so what is shown is what is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SHOW_ISSUES = 5
+HIST_BINS = 10
+BAR_WIDTH = 36
+OPEN_MARK, CLOSE_MARK = "\u00ab", "\u00bb"  # « »
+
+
+class InspectError(ValueError):
+    """Unusable input, phrased for the user (engine.cli prints it on one line)."""
+
+
+def command(args) -> int:
+    if getattr(args, "data_command", "inspect") not in (None, "inspect"):
+        raise InspectError(f"unknown data command: {args.data_command}")
+    result = inspect(
+        args.path,
+        format=args.format,
+        template=args.template,
+        model=args.model,
+        max_length=args.max_length,
+        train_on=args.train_on,
+        columns=parse_columns(args.columns),
+        dataset_dir=args.dataset_dir,
+        split=args.split,
+        subset=args.subset,
+        example=args.example,
+        strict=args.strict,
+    )
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        print_report(result)
+    return 0
+
+
+def parse_columns(items: list[str] | None) -> dict[str, str]:
+    columns: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise InspectError(f"--column {item}: expected CANON=NAME, e.g. --column question=prompt")
+        canon, name = (part.strip() for part in item.split("=", 1))
+        if not canon or not name:
+            raise InspectError(f"--column {item}: expected CANON=NAME, e.g. --column question=prompt")
+        columns[canon] = name
+    return columns
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of ``tiny``, a local folder, or a model in the Hugging Face cache.
+
+    Uses ``engine.modeling.load_tokenizer`` when that module exists (the trainer's loader,
+    so inspect sees exactly the training tokenizer); else loads it here."""
+    import importlib.util
+
+    if importlib.util.find_spec("engine.modeling") is not None:
+        from engine import modeling
+
+        loader = getattr(modeling, "load_tokenizer", None)
+        if loader is not None:
+            return loader(name_or_path)
+    return _load_tokenizer(name_or_path)
+
+
+def _load_tokenizer(name_or_path: str):
+    import os
+
+    from engine import tiny
+
+    if tiny.is_tiny(name_or_path):
+        name_or_path = str(tiny.path())
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InspectError(f"--model {name_or_path}: not a model folder")
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as exc:
+            raise InspectError(f"--model {name_or_path}: cannot load its tokenizer: {_first_line(exc)}") from None
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise InspectError(
+            f"--model {name_or_path}: not a local folder and not in the Hugging Face cache "
+            "(offline: HF_HUB_OFFLINE is set)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise InspectError(
+            f"--model {name_or_path}: not a local folder, not in the Hugging Face cache, and "
+            f"not downloadable ({_first_line(exc)})"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def inspect(
+    path: str,
+    *,
+    format: str = "auto",
+    template: str = "auto",
+    model: str = "tiny",
+    max_length: int = 512,
+    train_on: str = "assistant",
+    columns: dict[str, str] | None = None,
+    dataset_dir: str | None = None,
+    split: str = "train",
+    subset: str | None = None,
+    example: int = 0,
+    strict: bool = False,
+    tokenizer=None,
+) -> dict[str, Any]:
+    """Everything ``finetui data inspect`` shows, as plain data (what ``--json`` prints)."""
+    from engine.data import dataset as data_mod
+    from engine.data import readers, render
+
+    if max_length < 1:
+        raise InspectError(f"--max-length {max_length}: must be at least 1")
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model)
+    try:
+        tmpl = render.resolve_template(tokenizer, template)
+    except render.TemplateError as exc:
+        raise InspectError(str(exc).replace("data.template", "--template", 1)) from None
+    added = render.prepare_tokenizer(tokenizer, tmpl)
+    loaded = readers.load_records(
+        path,
+        format=format,
+        columns=columns or None,
+        dataset_dir=dataset_dir,
+        split=split,
+        subset=subset,
+        on_error="strict" if strict else "skip",
+    )
+    loaded.require_records()
+    if example < 0 or example >= len(loaded.conversations):
+        raise InspectError(f"--example {example}: the dataset has {len(loaded.conversations)} usable records (0-based)")
+
+    issues = [str(issue) for issue in loaded.issues]
+    read_invalid = int(loaded.counts.get("invalid", 0))
+    end_id = tokenizer.convert_tokens_to_ids(tmpl.end_token) if tmpl.end_token else None
+    summaries: list[dict[str, Any]] = []
+    full_lengths: list[int] = []
+    render_invalid = no_trained = truncated = total_tokens = trained_tokens = ok = 0
+    shown: dict[str, Any] | None = None
+    for i, (record, conv) in enumerate(loaded.conversations):
+        place = str(getattr(record, "place", record))
+        try:
+            ex = render.render(conv, tokenizer, tmpl, train_on=train_on, max_length=max_length)
+        except render.RenderError as exc:
+            if strict:
+                raise InspectError(f"{place}: {exc}") from None
+            render_invalid += 1
+            issues.append(f"{place}: {exc}")
+            if i == example:
+                shown = {"index": i, "place": place, "error": str(exc)}
+            continue
+        full_lengths.append(ex.full_tokens)
+        summaries.append({
+            "n_trained": ex.n_trained,
+            "truncated": ex.truncated,
+            "notes": ex.notes,
+            "trains_end": end_id is not None and end_id in ex.labels,
+        })
+        truncated += ex.truncated
+        if ex.n_trained == 0:
+            no_trained += 1
+            issues.append(f"{place}: {data_mod.no_trained_reason(ex.truncated, max_length)}")
+        else:
+            ok += 1
+            total_tokens += ex.n_tokens
+            trained_tokens += ex.n_trained
+        if i == example:
+            shown = {"index": i, "place": place, **_example_dict(ex, tokenizer)}
+
+    warnings = render.preflight(tokenizer, tmpl, summaries, max_length=max_length)
+    if added:
+        warnings.append(
+            f"the tokenizer lacks the template's tokens {', '.join(added)}: training adds them "
+            "(and trains the embeddings)"
+        )
+    source_info = dict(getattr(loaded, "source_info", {}) or {})
+    return {
+        "source": str(source_info.get("spec") or path),
+        "source_info": source_info,
+        "format": loaded.format,
+        "format_requested": format,
+        "model": model,
+        "template": tmpl.label,
+        "template_origin": tmpl.origin,
+        "end_token": tmpl.end_token,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "added_tokens": added,
+        "max_length": max_length,
+        "train_on": train_on,
+        "counts": {
+            "records": len(loaded.conversations) + read_invalid,
+            "ok": ok,
+            "invalid": read_invalid + render_invalid,
+            "truncated": truncated,
+            "no_trained": no_trained,
+        },
+        "issues": issues[:data_mod.MAX_ISSUES],
+        "issues_total": read_invalid + len(issues) - len(loaded.issues),
+        "lengths": data_mod.length_stats(full_lengths),
+        "histogram": data_mod.histogram(full_lengths, HIST_BINS),
+        "total_tokens": total_tokens,
+        "trained_tokens": trained_tokens,
+        "warnings": warnings,
+        "example": shown,
+    }
+
+
+def _example_dict(ex, tokenizer) -> dict[str, Any]:
+    trained_ids = [t for t in ex.labels if t != -100]
+    return {
+        "text": ex.text,
+        "trained_spans": [list(s) for s in ex.trained_spans],
+        "trained_text": ex.trained_text(),
+        "trained_decoded": tokenizer.decode(trained_ids, skip_special_tokens=False) if trained_ids else "",
+        "input_ids": ex.input_ids,
+        "labels": ex.labels,
+        "n_tokens": ex.n_tokens,
+        "full_tokens": ex.full_tokens,
+        "n_trained": ex.n_trained,
+        "truncated": ex.truncated,
+        "kept_chars": ex.kept_chars,
+        "notes": ex.notes,
+    }
+
+
+# ------------------------------------------------------------------------ printing
+
+
+def print_report(result: dict[str, Any], file=None) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    file = file or sys.stdout
+    tty = file.isatty()
+    console = Console(file=file, highlight=False, soft_wrap=True, emoji=False, markup=False)
+
+    def line(*parts: tuple[str, str] | str) -> None:
+        text = Text()
+        for part in parts:
+            if isinstance(part, tuple):
+                text.append(part[0], style=part[1])
+            else:
+                text.append(part)
+        console.print(text)
+
+    c = result["counts"]
+    fmt = result["format"]
+    fmt_note = " (detected)" if result.get("format_requested", "auto") == "auto" else ""
+    line(("source    ", "bold"), result["source"])
+    line(("format    ", "bold"), f"{fmt}{fmt_note}")
+    template = result["template"] + (" (the tokenizer's own)" if result["template_origin"] == "tokenizer" else "")
+    line(("template  ", "bold"), f"{template}, model {result['model']}, end of turn {result['end_token']}, "
+         f"eos {result['eos_token']}")
+    line(("records   ", "bold"), f"{c['records']}: {c['ok']} ok, {c['invalid']} invalid, "
+         f"{c['truncated']} truncated, {c['no_trained']} with no trained token")
+    lengths = result["lengths"]
+    if lengths:
+        line(("tokens    ", "bold"), f"min {lengths['min']}  median {_num(lengths['median'])}  "
+             f"p95 {lengths['p95']}  max {lengths['max']}  (max_length {result['max_length']})")
+    if result["total_tokens"]:
+        share = 100 * result["trained_tokens"] / result["total_tokens"]
+        line(("trained   ", "bold"), f"{result['trained_tokens']:,} of {result['total_tokens']:,} tokens "
+             f"({share:.0f}%, train_on {result['train_on']})")
+
+    hist = result["histogram"]
+    if hist:
+        console.print()
+        line(("length histogram", "bold"), " (tokens per record before truncation; ", ("▒", "yellow"),
+             " = over max_length)")
+        top = max(b["count"] for b in hist) or 1
+        lo_w = len(str(hist[-1]["hi"]))
+        for b in hist:
+            bar_len = max(1 if b["count"] else 0, round(BAR_WIDTH * b["count"] / top))
+            over = b["lo"] > result["max_length"]
+            bar = ("▒" if over else "█") * bar_len
+            line(f"  {b['lo']:>{lo_w}}-{b['hi']:<{lo_w}} ", (bar, "yellow" if over else "cyan"),
+                 f" {b['count']}")
+
+    if result["issues"]:
+        console.print()
+        total = result["issues_total"]
+        shown = result["issues"][:SHOW_ISSUES]
+        line(("issues", "bold"), f" (first {len(shown)} of {total})" if total > len(shown) else "")
+        for issue in shown:
+            line("  ", (issue, "red"))
+    if result["warnings"]:
+        console.print()
+        line(("warnings", "bold"))
+        for warning in result["warnings"]:
+            line(("  ! ", "yellow bold"), (warning, "yellow"))
+
+    ex = result["example"]
+    if ex is None:
+        return
+    console.print()
+    if "error" in ex:
+        line((f"example {ex['index']}", "bold"), f" ({ex['place']}): ", (ex["error"], "red"))
+        return
+    marks = "green" if tty and console.color_system else f"between {OPEN_MARK} {CLOSE_MARK}"
+    line((f"example {ex['index']}", "bold"), f" ({ex['place']}): {ex['n_tokens']} tokens, "
+         f"{ex['n_trained']} trained (shown {marks})")
+    console.print(_marked(ex, styled=bool(tty and console.color_system)))
+    if ex["truncated"]:
+        rest = len(ex["text"]) - ex["kept_chars"]
+        line((f"[... {rest} more characters ({ex['full_tokens'] - ex['n_tokens']} tokens) over "
+              f"max_length {result['max_length']}: not trained]", "yellow"))
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def _marked(ex: dict[str, Any], styled: bool):
+    """The kept part of the rendered text, trained spans green (styled) or in « »."""
+    from rich.text import Text
+
+    text, end = ex["text"], ex["kept_chars"]
+    out = Text()
+    pos = 0
+    for a, b in ex["trained_spans"]:
+        a, b = min(a, end), min(b, end)
+        if a > pos:
+            out.append(text[pos:a], style="dim" if styled else "")
+        if b > a:
+            if styled:
+                out.append(text[a:b], style="bold green")
+            else:
+                out.append(OPEN_MARK + text[a:b] + CLOSE_MARK)
+        pos = max(pos, b)
+    if pos < end:
+        out.append(text[pos:end], style="dim" if styled else "")
+    return out

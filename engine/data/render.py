@@ -1,0 +1,635 @@
+"""Conversation -> rendered text, token ids and labels (-100 where not trained).
+
+Heavy module (a tokenizer is passed in; transformers is not imported here at module
+level, but callers hold one). The dataset browser, ``finetui data inspect`` and the trainer
+all call :func:`render`, so what the user sees highlighted is exactly what is trained.
+
+Every template is rendered by ``tokenizer.apply_chat_template(..., chat_template=...)``;
+finetui's own templates are Jinja strings in :mod:`engine.data.templates`.
+
+Which tokens are trained (``train_on="assistant"``): every assistant turn's reply *and the
+token that ends it* (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``, eos),
+nothing else: not the role header, not the newline the template writes after the end token.
+
+- Templates with ``{% generation %}`` markers: ``return_assistant_tokens_mask=True``, then
+  whitespace after the end token inside the markers is untrained (Qwen 3's training
+  template puts ``<|im_end|>\\n`` inside).
+- Templates without markers (the real Llama 3.1, Qwen 2.5, Gemma 3, Phi 3.5 ones):
+  incremental rendering. For assistant turn *i*, the prompt ``messages[:i]`` rendered with
+  ``add_generation_prompt=True`` is a prefix of the full text; the turn ends where the
+  rendering of ``messages[:i+1]`` parts from the full text, cut after the end token.
+  Templates that render earlier turns differently from the last one (Qwen 3's original
+  template drops earlier reasoning) are not prefix-preserving: there the turn is found in
+  the full text as rendered in context, and the example carries a note saying so.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine.data import templates as builtin
+from engine.data.conversation import Conversation
+
+IGNORE = -100
+TEMPLATE_NAMES = ("auto", "tokenizer", "chatml", "qa", "alpaca", "plain")
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>")
+
+
+class RenderError(ValueError):
+    """A conversation this template cannot render (the message says why)."""
+
+
+class TemplateError(ValueError):
+    """A template name or file that cannot be used."""
+
+
+@dataclass
+class Template:
+    name: str  # what the user asked for resolved: tokenizer | chatml | qa | alpaca | plain | file path
+    source: str  # the Jinja string
+    origin: str  # "tokenizer" | "builtin" | "file"
+    has_generation: bool = False
+    required_tokens: tuple[str, ...] = ()
+    end_token: str | None = None  # closes an assistant turn; filled by detect_end_token
+    _end_detected: bool = field(default=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.origin != "file" else Path(self.name).name
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    text: str  # the full rendered string (also when the ids were truncated)
+    trained_spans: list[tuple[int, int]]  # character spans of ``text`` whose tokens are trained
+    n_tokens: int
+    n_trained: int
+    truncated: bool
+    kept_chars: int = 0  # characters of ``text`` covered by the kept (untruncated) tokens
+    full_tokens: int = 0  # tokens before truncation
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trained_spans"] = [list(s) for s in self.trained_spans]
+        return d
+
+    def trained_text(self) -> str:
+        return "".join(self.text[a:b] for a, b in self.trained_spans)
+
+
+# ------------------------------------------------------------------------ templates
+
+
+def resolve_template(tokenizer, name: str) -> Template:
+    """Turn ``data.template`` into a :class:`Template`.
+
+    auto: the tokenizer's own chat template if it has one, else chatml. tokenizer: its own
+    (error if none). chatml/qa/alpaca/plain: finetui's. Anything else: a .jinja file.
+    """
+    name = (name or "auto").strip()
+    key = name.lower()
+    if key in ("auto", "tokenizer"):
+        own = _own_template(tokenizer)
+        if own is not None:
+            return _make("tokenizer", own, "tokenizer")
+        if key == "tokenizer":
+            raise TemplateError(
+                "data.template: tokenizer has no chat template of its own; "
+                f"use one of {', '.join(TEMPLATE_NAMES[2:])} or a .jinja file"
+            )
+        key = "chatml"
+    if key in builtin.BUILTIN:
+        return _make(key, builtin.BUILTIN[key], "builtin", builtin.REQUIRED_TOKENS.get(key, ()))
+    path = Path(name).expanduser()
+    if path.is_file():
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"data.template: cannot read {path}: {exc}") from None
+        return _make(str(path), source, "file")
+    if name.endswith((".jinja", ".j2", ".jinja2")) or "/" in name:
+        raise TemplateError(f"data.template: no such template file: {name}")
+    raise TemplateError(
+        f"data.template: unknown template {name!r} (choose {', '.join(TEMPLATE_NAMES)} or a .jinja file)"
+    )
+
+
+def _own_template(tokenizer) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the default one
+        template = template.get("default") or next(iter(template.values()), None)
+    return template or None
+
+
+def _make(name: str, source: str, origin: str, required: tuple[str, ...] = ()) -> Template:
+    return Template(
+        name=name,
+        source=source,
+        origin=origin,
+        has_generation=bool(_GENERATION_RE.search(source)),
+        required_tokens=tuple(required),
+    )
+
+
+def _has_token(tokenizer, token: str) -> bool:
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    return len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == token
+
+
+def prepare_tokenizer(tokenizer, template: Template) -> list[str]:
+    """Make ``tokenizer`` able to render ``template`` and to stop. Returns added tokens.
+
+    - tokens the template writes literally and the tokenizer lacks (ChatML's
+      ``<|im_start|>``/``<|im_end|>`` on a base model) are added as special tokens;
+    - for ChatML, ``<|im_end|>`` becomes ``tokenizer.eos_token`` (the trainer then sets
+      ``model.generation_config.eos_token_id`` from :func:`generation_eos_ids`);
+    - an eos is added when the template ends turns with eos and there is none;
+    - a missing pad token is set to an existing pad-like token, else ``<|pad|>`` is added
+      (never eos: a collator that masks pad would then hide the stop token).
+
+    When the returned list is not empty the caller must resize the embeddings (and, for
+    LoRA, train and save ``embed_tokens``/``lm_head``).
+    """
+    added: list[str] = []
+
+    def add(token: str) -> None:
+        from tokenizers import AddedToken
+
+        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
+        added.append(token)
+
+    for token in template.required_tokens:
+        if not _has_token(tokenizer, token):
+            add(token)
+    wanted_end = builtin.END_TOKENS.get(template.name) if template.origin == "builtin" else None
+    if wanted_end and tokenizer.eos_token != wanted_end:
+        tokenizer.eos_token = wanted_end
+    if tokenizer.eos_token is None:
+        add("<|endoftext|>")
+        tokenizer.eos_token = "<|endoftext|>"
+    if tokenizer.pad_token is None:
+        for candidate in PAD_CANDIDATES:
+            if candidate != tokenizer.eos_token and _has_token(tokenizer, candidate):
+                tokenizer.pad_token = candidate
+                break
+        else:
+            add("<|pad|>")
+            tokenizer.pad_token = "<|pad|>"
+    template._end_detected = False  # the vocabulary may have changed
+    detect_end_token(tokenizer, template)
+    return added
+
+
+def generation_eos_ids(tokenizer, template: Template) -> list[int]:
+    """Token ids generation must stop at: the template's end-of-turn token and eos."""
+    ids: list[int] = []
+    end = detect_end_token(tokenizer, template)
+    for token in (end, tokenizer.eos_token):
+        if token is not None and _has_token(tokenizer, token):
+            tid = tokenizer.convert_tokens_to_ids(token)
+            if tid not in ids:
+                ids.append(tid)
+    return ids
+
+
+_PROBE = "OK"
+
+
+def detect_end_token(tokenizer, template: Template) -> str | None:
+    """The special token that closes an assistant turn in this template, found by
+    rendering a probe conversation: the first special/added token after the reply."""
+    if template._end_detected:
+        return template.end_token
+    end = None
+    try:
+        prompt = _apply(tokenizer, template, [{"role": "user", "content": "Hi"}], None, True)
+        full = _apply(
+            tokenizer, template,
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], None, False,
+        )
+        start = len(prompt) if full.startswith(prompt) else 0
+        at = full.find(_PROBE, start)
+        if at >= 0:
+            tail = full[at + len(_PROBE):]
+            special = _special_ids(tokenizer)
+            for tid in tokenizer.encode(tail, add_special_tokens=False):
+                if tid in special:
+                    end = tokenizer.convert_ids_to_tokens(tid)
+                    break
+    except RenderError:
+        end = None
+    template.end_token = end
+    template._end_detected = True
+    return end
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    ids.update(getattr(tokenizer, "added_tokens_decoder", {}).keys())
+    return ids
+
+
+# ------------------------------------------------------------------------ rendering
+
+
+def template_kwargs(tokenizer, template: Template) -> dict[str, Any]:
+    """Extra variables to pass to ``apply_chat_template`` with this template (the chat
+    worker renders prompts with them, exactly as training does)."""
+    if template.origin == "tokenizer" or template.origin == "file":
+        return {}
+    return {"finetui_bos": _bos_prefix(tokenizer)}
+
+
+_template_kwargs = template_kwargs
+
+
+def _bos_prefix(tokenizer) -> str:
+    """The BOS string when this tokenizer puts one in front of plain text, else ""."""
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        return ""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token if ids and ids[0] == bos_id else ""
+
+
+def _apply(tokenizer, template: Template, messages, tools, add_generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            tools=tools,
+            chat_template=template.source,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            **_template_kwargs(tokenizer, template),
+        )
+    except Exception as exc:  # jinja raise_exception, TemplateError, TypeError on odd data
+        raise RenderError(f"template {template.label}: {_exc_text(exc)}") from None
+
+
+def _exc_text(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _tools(tools: Any) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise RenderError("tools: not valid JSON") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    return list(tools) or None
+
+
+def _messages(conv: Conversation) -> list[dict[str, Any]]:
+    out = copy.deepcopy(conv.to_messages())  # arguments are parsed in place below
+    for message in out:
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            # templates index arguments as a mapping (Llama's | items, tojson): parse JSON text
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                try:
+                    fn["arguments"] = json.loads(fn["arguments"])
+                except json.JSONDecodeError:
+                    pass
+    return out
+
+
+def render(
+    conv: Conversation,
+    tokenizer,
+    template: Template,
+    *,
+    train_on: str = "assistant",
+    max_length: int = 512,
+) -> Example:
+    """Render one conversation; labels are -100 everywhere but trained tokens."""
+    if train_on not in ("assistant", "all"):
+        raise ValueError(f"train_on: expected assistant or all, got {train_on!r}")
+    end_token = detect_end_token(tokenizer, template)
+    notes: list[str] = []
+    if conv.kind == "text":
+        eos = tokenizer.eos_token or ""
+        text = _bos_prefix(tokenizer) + (conv.text or "") + eos
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        trained = [True] * len(ids)
+    else:
+        messages = _messages(conv)
+        if not messages:
+            raise RenderError("conversation has no messages")
+        tools = _tools(conv.tools)
+        text = _apply(tokenizer, template, messages, tools, False)
+        notes.extend(_ignored_parts(tokenizer, template, messages, tools, text))
+        if train_on == "all":
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            trained = [True] * len(ids)
+        elif template.has_generation:
+            enc = _apply_with_mask(tokenizer, template, messages, tools)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            trained = [bool(m) for m in enc["assistant_masks"]]
+            trained = _untrain_after_end(tokenizer, ids, offsets, text, trained, end_token)
+        else:
+            spans = _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes)
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            trained = _tokens_in_spans(offsets, spans)
+
+    ids = list(ids)
+    full_tokens = len(ids)
+    truncated = len(ids) > max_length
+    if truncated:
+        ids, offsets, trained = ids[:max_length], offsets[:max_length], trained[:max_length]
+    labels = [tid if t else IGNORE for tid, t in zip(ids, trained)]
+    kept_chars = max((int(e) for _, e in offsets), default=0)
+    return Example(
+        input_ids=ids,
+        labels=labels,
+        text=text,
+        trained_spans=_spans_of(offsets, trained),
+        n_tokens=len(ids),
+        n_trained=sum(trained),
+        truncated=truncated,
+        kept_chars=kept_chars if truncated else len(text),
+        full_tokens=full_tokens,
+        notes=notes,
+    )
+
+
+def _ignored_parts(tokenizer, template: Template, messages, tools, text: str) -> list[str]:
+    """Notes for tool calls / tool lists the template silently leaves out (it renders the
+    same text without them), so the browser and pre-flight can say so."""
+    notes = []
+    if any(m.get("tool_calls") for m in messages):
+        bare = [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages]
+        try:
+            if _apply(tokenizer, template, bare, tools, False) == text:
+                notes.append(f"template {template.label} ignores tool calls")
+        except RenderError:
+            pass
+    if tools:
+        try:
+            if _apply(tokenizer, template, messages, None, False) == text:
+                notes.append(f"template {template.label} ignores the tool list")
+        except RenderError:
+            pass
+    return notes
+
+
+def _apply_with_mask(tokenizer, template: Template, messages, tools):
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            tools=tools,
+            chat_template=template.source,
+            add_generation_prompt=False,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            tokenizer_kwargs={"return_offsets_mapping": True, "verbose": False},
+            **_template_kwargs(tokenizer, template),
+        )
+    except Exception as exc:
+        raise RenderError(f"template {template.label}: {_exc_text(exc)}") from None
+
+
+def _untrain_after_end(tokenizer, ids, offsets, text, trained, end_token) -> list[bool]:
+    """Inside each trained run, whitespace after the run's last end token is untrained:
+    the model never generates what follows its stop token."""
+    if end_token is None:
+        return trained
+    end_id = tokenizer.convert_tokens_to_ids(end_token)
+    trained = list(trained)
+    i, n = 0, len(ids)
+    while i < n:
+        if not trained[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and trained[j]:
+            j += 1
+        last_end = max((k for k in range(i, j) if ids[k] == end_id), default=None)
+        if last_end is not None:
+            for k in range(last_end + 1, j):
+                a, b = offsets[k]
+                if text[a:b].strip() == "":
+                    trained[k] = False
+        i = j
+    return trained
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # binary search on the first difference
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _cut_at_end(segment: str, end_token: str | None) -> int:
+    """Length of ``segment`` up to and including its last end token (else without the
+    trailing whitespace)."""
+    if end_token:
+        k = segment.rfind(end_token)
+        if k >= 0:
+            return k + len(end_token)
+    return len(segment.rstrip())
+
+
+def _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    turn = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        turn += 1
+        through = _apply(tokenizer, template, messages[: i + 1], tools, False)
+        prompt = _apply(tokenizer, template, messages[:i], tools, True) if i > 0 else ""
+        if i > 0 and text.startswith(prompt) and len(prompt) >= cursor:
+            start = len(prompt)
+            stop = _common_prefix_len(text, through)
+            if stop > start:
+                stop = start + _cut_at_end(text[start:stop], end_token)
+                if stop > start:
+                    spans.append((start, stop))
+                    cursor = stop
+                    continue
+        # Not prefix-preserving here: find the turn as the template renders it in context.
+        if i > 0 and through.startswith(prompt):
+            reply = through[len(prompt):]
+        else:
+            reply = _reply_in(through, message)
+        reply = reply[: _cut_at_end(reply, end_token)]
+        found = _find_reply(text, reply, cursor)
+        if found is None:
+            notes.append(f"assistant turn {turn} is rendered differently in context and was not trained")
+            continue
+        start, stop, exact = found
+        if not exact:
+            notes.append(
+                f"assistant turn {turn} is rendered differently in context (e.g. reasoning dropped); "
+                "trained as rendered in context"
+            )
+        spans.append((start, stop))
+        cursor = stop
+    return spans
+
+
+def _reply_in(through: str, message: dict[str, Any]) -> str:
+    """Fallback for a first-message reply: from its content to the end of the text."""
+    content = (message.get("content") or "").strip()
+    at = through.rfind(content) if content else -1
+    return through[at:] if at >= 0 else ""
+
+
+def _find_reply(text: str, reply: str, cursor: int) -> tuple[int, int, bool] | None:
+    """Where ``reply`` occurs in ``text`` after ``cursor``: (start, stop, exact). Not
+    exact: only its longest tail that starts at a line start was found."""
+    if not reply.strip():
+        return None
+    at = text.find(reply, cursor)
+    if at >= 0:
+        return at, at + len(reply), True
+    for line in re.finditer(r"\n", reply):
+        tail = reply[line.end():]
+        if not tail.strip():
+            break
+        at = text.find(tail, cursor)
+        if at >= 0:
+            return at, at + len(tail), False
+    return None
+
+
+def _tokens_in_spans(offsets, spans: list[tuple[int, int]]) -> list[bool]:
+    """A token is trained when any of its characters lies in a trained span (a
+    zero-width token: when its position does)."""
+    spans = sorted(spans)
+    starts = [s for s, _ in spans]
+    trained = []
+    for a, b in offsets:
+        if b > a:
+            k = bisect.bisect_left(starts, b) - 1  # last span starting before the token ends
+            trained.append(k >= 0 and spans[k][1] > a)
+        else:
+            k = bisect.bisect_right(starts, a) - 1
+            trained.append(k >= 0 and spans[k][1] > a)
+    return trained
+
+
+def _spans_of(offsets, trained: list[bool]) -> list[tuple[int, int]]:
+    """Character spans covered by trained tokens, merged."""
+    spans: list[tuple[int, int]] = []
+    for (a, b), t in zip(offsets, trained):
+        a, b = int(a), int(b)
+        if not t or b <= a:
+            continue
+        if spans and a <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+        else:
+            spans.append((a, b))
+    return spans
+
+
+# ------------------------------------------------------------------------ pre-flight
+
+
+def _get(example: Any, key: str, default: Any = None) -> Any:
+    if isinstance(example, dict):
+        return example.get(key, default)
+    return getattr(example, key, default)
+
+
+_NOTE_HINTS = {
+    "ignores tool calls": " (their calls render as empty replies; use --template chatml or a template with tool support)",
+    "ignores the tool list": " (the model never sees the tools; use --template chatml or a template with tool support)",
+    "rendered differently in context; trained as rendered in context": (
+        " (the template renders earlier assistant turns differently from the last one, e.g. it drops "
+        "their reasoning; a training template with {% generation %} markers such as "
+        "qwen3_training.jinja avoids this)"
+    ),
+    "rendered differently in context and was not trained": (
+        " (a training template with {% generation %} markers avoids this)"
+    ),
+}
+
+
+def _note_kind(note: str) -> str:
+    """A note without its particulars ("assistant turn 3 is ..." -> "... "), to count alike ones."""
+    note = re.sub(r"^assistant turn \d+ is ", "", note)
+    return re.sub(r" \(e\.g\. [^)]*\)", "", note)
+
+
+def preflight(tokenizer, template: Template, examples: Iterable[Any], *, max_length: int | None = None) -> list[str]:
+    """Warnings worth reading before a run. ``examples``: :class:`Example` objects or
+    mappings with n_trained / truncated (and optionally labels)."""
+    warnings: list[str] = []
+    eos, pad = tokenizer.eos_token, tokenizer.pad_token
+    if pad is not None and pad == eos:
+        warnings.append(
+            f"pad token is the eos token ({eos}): a collator or tool that masks padding by id also "
+            "masks the stop token, and the model may never learn to stop (finetui's labels are not "
+            "affected; set a distinct pad token to be safe)"
+        )
+    end = detect_end_token(tokenizer, template)
+    if end is None:
+        warnings.append(
+            f"template {template.label}: no special token closes the assistant reply, so the model "
+            "will not learn to stop (use a template that ends turns with eos or an end-of-turn token)"
+        )
+    elif end != eos:
+        warnings.append(
+            f"template {template.label} ends assistant turns with {end} but the tokenizer's eos is "
+            f"{eos}: a model that stops only at eos would never stop; generation must also stop at "
+            f"{end} (finetui sets generation_config.eos_token_id to both)"
+        )
+    end_id = tokenizer.convert_tokens_to_ids(end) if end is not None else None
+    n = no_trained = truncated = no_end = 0
+    noted: dict[str, int] = {}
+    for ex in examples:
+        n += 1
+        if not _get(ex, "n_trained", 0):
+            no_trained += 1
+        if _get(ex, "truncated", False):
+            truncated += 1
+        if end_id is not None and _get(ex, "n_trained", 0) and not _get(ex, "truncated"):
+            trains_end = _get(ex, "trains_end")
+            if trains_end is None and _get(ex, "labels") is not None:
+                trains_end = end_id in _get(ex, "labels")
+            if trains_end is False:
+                no_end += 1
+        for note in {_note_kind(note) for note in (_get(ex, "notes") or ())}:
+            noted[note] = noted.get(note, 0) + 1
+    if no_trained:
+        warnings.append(f"{no_trained} of {n} records have no trained token (dropped from training)")
+    if truncated:
+        limit = f" {max_length}" if max_length else ""
+        warnings.append(f"{truncated} of {n} records are longer than max_length{limit} tokens (truncated)")
+    if no_end:
+        warnings.append(
+            f"{no_end} of {n} records train no {end} token: the model will not learn to stop after them"
+        )
+    for note, count in noted.items():
+        hint = _NOTE_HINTS.get(note.split(" ", 2)[-1] if note.startswith("template ") else note, "")
+        warnings.append(f"{count} of {n} records: {note}{hint}")
+    return warnings
