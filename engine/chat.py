@@ -256,7 +256,8 @@ def check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise InputError("empty prompt: no messages")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content", ""), str):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
+                or not isinstance(m.get("content") or "", str):
             raise InputError(f"messages[{i}] must be an object with a role and a text content")
         if m["role"] not in ("system", "user", "assistant", "tool"):
             raise InputError(f"messages[{i}].role {m['role']!r} is not system, user, assistant or tool")
@@ -289,109 +290,34 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], chat_template:
     return list(out)
 
 
-# Common end-of-turn tokens of chat templates; the one a template writes right after an
-# assistant reply is the reply's stop token.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>",
-                "<|endoftext|>", "</s>", "<|eom_id|>")
+def resolve_template(tokenizer: Any, name: str) -> tuple[Any, str, dict[str, Any]]:
+    """(render.Template, Jinja source, extra render variables) for a configured
+    ``data.template``, resolved exactly as training resolves it."""
+    from engine.data import render
 
-
-def resolve_template(tokenizer: Any, name: str) -> tuple[str | None, dict[str, Any]]:
-    """(Jinja source or None for the tokenizer's own, extra render variables) for a
-    configured template name, the same way training resolves it."""
     try:
-        from engine.data import render as render_mod
-    except ImportError:
-        render_mod = None
-    if render_mod is not None and hasattr(render_mod, "resolve_template"):
-        resolved = render_mod.resolve_template(tokenizer, name)
-        return _unpack_template(resolved, tokenizer)
-    # Until engine.data.render lands: the documented rules of data.template.
-    from engine.data import templates
-
-    if name in ("auto", "tokenizer"):
-        if getattr(tokenizer, "chat_template", None):
-            return None, {}
-        if name == "tokenizer":
-            raise ModelLoadError("data.template: tokenizer, but this tokenizer has no chat template")
-        name = "chatml"
-    if name in templates.BUILTIN:
-        return templates.BUILTIN[name], {"finetui_bos": _bos_for_plain_text(tokenizer)}
-    path = Path(name)
-    if path.suffix == ".jinja" and path.exists():
-        return path.read_text(encoding="utf-8"), {"finetui_bos": _bos_for_plain_text(tokenizer)}
-    raise ModelLoadError(f"data.template {name!r}: not auto, tokenizer, {', '.join(templates.BUILTIN)} or a .jinja file")
+        template = render.resolve_template(tokenizer, name)
+    except render.TemplateError as exc:
+        raise ModelLoadError(str(exc)) from None
+    kwargs_of = getattr(render, "template_kwargs", None) or getattr(render, "_template_kwargs")
+    return template, template.source, dict(kwargs_of(tokenizer, template))
 
 
-def _unpack_template(resolved: Any, tokenizer: Any) -> tuple[str | None, dict[str, Any]]:
-    """engine.data.render.resolve_template's answer -> (Jinja source, render kwargs)."""
-    if resolved is None or isinstance(resolved, str):
-        return resolved, {"finetui_bos": _bos_for_plain_text(tokenizer)} if resolved else {}
-    if isinstance(resolved, tuple):
-        source = resolved[0]
-        extra = resolved[1] if len(resolved) > 1 and isinstance(resolved[1], dict) else {}
-        return source, dict(extra)
-    source = None
-    for attr in ("source", "chat_template", "jinja", "template"):
-        value = getattr(resolved, attr, None)
-        if isinstance(value, str):
-            source = value
-            break
-    extra: dict[str, Any] = {}
-    for attr in ("render_kwargs", "variables", "kwargs", "template_kwargs"):
-        value = getattr(resolved, attr, None)
-        if isinstance(value, dict):
-            extra = dict(value)
-            break
-    if source is not None and "finetui_bos" in source and "finetui_bos" not in extra:
-        extra["finetui_bos"] = _bos_for_plain_text(tokenizer)
-    return source, extra
+def end_of_turn_ids(tokenizer: Any, model: Any, template: Any) -> list[int]:
+    """Token ids that end a reply: the template's end-of-turn token and eos (as training
+    set them), plus whatever the model's generation config already stops at."""
+    from engine.data import render
 
-
-def _bos_for_plain_text(tokenizer: Any) -> str:
-    """The BOS token when the tokenizer adds one to plain text (Llama-style), else ""."""
-    bos = getattr(tokenizer, "bos_token", None)
-    if not bos:
-        return ""
-    try:
-        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
-    except Exception:
-        return ""
-    return bos if ids and ids[0] == tokenizer.bos_token_id else ""
-
-
-def end_of_turn_ids(tokenizer: Any, model: Any, chat_template: str | None,
-                    render_kwargs: dict[str, Any] | None = None) -> list[int]:
-    """Token ids that end a reply: the model's and tokenizer's eos, plus the special token
-    the template writes right after an assistant message (<|im_end|>, <|eot_id|>, ...)."""
     ids: list[int] = []
 
     def add(value: Any) -> None:
-        if value is None:
-            return
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, int) and v >= 0 and v not in ids:
                 ids.append(v)
 
+    add(render.generation_eos_ids(tokenizer, template))
     add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     add(getattr(tokenizer, "eos_token_id", None))
-    marker = "FINETUI-END-OF-REPLY"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
-            chat_template=chat_template, tokenize=False, **(render_kwargs or {}),
-        )
-        after = text.split(marker, 1)[1] if marker in text else ""
-    except Exception:
-        after = ""
-    specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(_END_OF_TURN)
-    specials |= set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
-    stripped = after.lstrip()
-    for token in sorted(specials, key=len, reverse=True):
-        if token and stripped.startswith(token):
-            tid = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
-                add(tid)
-            break
     if not ids:
         raise ModelLoadError("the model has no end-of-turn token (no eos_token in its tokenizer or generation config)")
     return ids
@@ -445,12 +371,12 @@ def load(target: str, base: bool = False, progress: Callable[[str, str], None] |
     model, tokenizer, where = _load_weights(target, run_dir, base, progress)
     info.update(where)
     progress("template", f"template {template_name}")
-    chat_template, render_kwargs = resolve_template(tokenizer, template_name)
-    eos = end_of_turn_ids(tokenizer, model, chat_template, render_kwargs)
+    template, chat_template, render_kwargs = resolve_template(tokenizer, template_name)
+    eos = end_of_turn_ids(tokenizer, model, template)
     context = _context_length(model, tokenizer)
     params = sum(p.numel() for p in model.parameters())
     info.update(
-        template=template_name,
+        template=template_name if template_name == template.label else f"{template_name} ({template.label})",
         eos=[tokenizer.convert_ids_to_tokens(i) for i in eos],
         eos_token_ids=eos,
         context=context,
