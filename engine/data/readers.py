@@ -1,0 +1,1035 @@
+"""Readers: a data source -> raw records, each with its place (``file:line``).
+
+Light module: stdlib (+ pyarrow for parquet, ``datasets`` for hub ids, both imported only
+inside the functions that need them). Sources:
+
+* local ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` / ``.parquet`` / ``.txt`` files, and
+  folders of them (recursive, sorted, hidden files skipped; when file names carry split
+  names such as ``train.jsonl`` / ``test-0001.parquet``, only the requested split is read);
+* ``sample:NAME``: a file of the installed ``sample_data`` package;
+* ``DIR/dataset_info.json:NAME`` (or ``NAME`` with ``dataset_dir``): a LLaMA-Factory
+  registry entry, with its formatting, columns, tags and ranking;
+* Hugging Face dataset ids (``org/name``, or ``hf:name``) through ``datasets.load_dataset``.
+
+Bad input never crashes and is never dropped silently: every problem becomes an
+:class:`Issue` (``data.jsonl:17: field 'conversations[2].value': empty turn``). With
+``on_error="skip"`` issues are collected and counted; with ``"strict"`` the first one
+raises :class:`DataError`.
+
+:func:`load_records` is the high-level entry (records -> format detection -> Conversation);
+:func:`iter_records` and :func:`iter_conversations` are the streaming generators underneath.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import re
+import socket
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import urlparse
+
+from engine.data.conversation import Conversation
+from engine.data.formats import (
+    DETECT_SAMPLE,
+    FORMATS,
+    DataError,
+    RecordError,
+    detect,
+    detect_one,
+    registry_format,
+    to_conversation,
+)
+
+__all__ = [
+    "DataError",
+    "Issue",
+    "LoadResult",
+    "RawRecord",
+    "RegistryEntry",
+    "Source",
+    "iter_conversations",
+    "iter_records",
+    "load_records",
+    "read_registry",
+    "resolve_source",
+]
+
+MB = 1_000_000
+# A 10 MB line (a long document, a base64 blob) must load; only something absurd is refused,
+# and even then it is skipped in chunks rather than read into memory.
+DEFAULT_MAX_LINE_BYTES = 64 * MB
+DEFAULT_MAX_ISSUES_KEPT = 1000
+BINARY_SNIFF_BYTES = 1024
+TXT_SNIFF_BYTES = 1 << 20
+HUB_PROBE_TIMEOUT_S = 2.0
+
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
+SAMPLE_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".parquet")
+SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "eval")
+REGISTRY_FILE = "dataset_info.json"
+# Keys under which a JSON object commonly holds its list of records.
+CONTAINER_KEYS = ("data", "train", "rows", "records", "examples", "instances", "items", "samples")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_REGISTRY_SPEC = re.compile(r"^(?P<file>.*dataset_info\.json):(?P<name>[^/\\]+)$")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_BLANK_LINE_BETWEEN = re.compile(rb"\S[ \t]*\r?\n[ \t]*\r?\n[ \t\r\n]*\S")
+_decoder = json.JSONDecoder()
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as read, with where it came from.
+
+    ``line`` is 1-based (for a JSON array: the line where the element starts; for CSV:
+    the line where the row starts). Sources without lines (parquet, hub datasets) leave
+    it None and give the 0-based ``row`` instead.
+    """
+
+    index: int
+    source: str
+    line: int | None
+    data: Any
+    row: int | None = None
+
+    @property
+    def place(self) -> str:
+        if self.line is not None:
+            return f"{self.source}:{self.line}"
+        if self.row is not None:
+            return f"{self.source}#{self.row}"
+        return self.source
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem with the input; ``str()`` is the line shown to the user."""
+
+    source: str
+    line: int | None
+    field: str | None
+    message: str
+    row: int | None = None
+
+    @property
+    def place(self) -> str:
+        if self.line is not None:
+            return f"{self.source}:{self.line}"
+        if self.row is not None:
+            return f"{self.source}#{self.row}"
+        return self.source
+
+    @property
+    def kind(self) -> str:
+        """The message without its particulars, for counting alike problems."""
+        return self.message.split(" (")[0].split(": ")[0]
+
+    def __str__(self) -> str:
+        where = f"field '{self.field}': " if self.field else ""
+        return f"{self.place}: {where}{self.message}"
+
+
+@dataclass
+class RegistryEntry:
+    """A LLaMA-Factory ``dataset_info.json`` entry."""
+
+    name: str
+    dataset_dir: Path
+    raw: dict[str, Any]
+
+    @property
+    def file_name(self) -> str | None:
+        return self.raw.get("file_name")
+
+    @property
+    def hf_hub_url(self) -> str | None:
+        return self.raw.get("hf_hub_url")
+
+    @property
+    def formatting(self) -> str:
+        return self.raw.get("formatting", "alpaca")
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return dict(self.raw.get("columns") or {})
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.raw.get("tags") or {})
+
+    @property
+    def ranking(self) -> bool:
+        return bool(self.raw.get("ranking"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dataset_dir": str(self.dataset_dir), **self.raw}
+
+
+@dataclass
+class Source:
+    """What a data path resolved to."""
+
+    kind: str  # file | folder | sample | registry | hub
+    spec: str
+    paths: list[Path] = field(default_factory=list)
+    hub_id: str | None = None
+    split: str = "train"
+    subset: str | None = None
+    hub_data_dir: str | None = None
+    streaming: bool = False
+    entry: RegistryEntry | None = None
+    format: str | None = None  # implied by a registry entry
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    skipped_files: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": self.kind, "spec": self.spec, "paths": [str(p) for p in self.paths]}
+        if self.hub_id:
+            info.update(hub_id=self.hub_id, split=self.split, subset=self.subset)
+        if self.entry is not None:
+            info["entry"] = self.entry.to_dict()
+        if self.skipped_files:
+            info["skipped_files"] = list(self.skipped_files)
+        return info
+
+
+@dataclass
+class LoadResult:
+    """Records normalised to conversations, plus everything that went wrong.
+
+    ``counts``: ``ok`` conversations and ``invalid`` issues (every issue is one thing that
+    could not be used: a record, a line, a whole file). ``issues`` keeps the first
+    ``DEFAULT_MAX_ISSUES_KEPT``; ``issue_kinds`` counts all of them by kind.
+    """
+
+    conversations: list[tuple[RawRecord, Conversation]]
+    format: str
+    issues: list[Issue]
+    counts: dict[str, int]
+    source_info: dict[str, Any]
+    formats: dict[str, str] = field(default_factory=dict)
+    issue_kinds: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        lines = [f"{self.counts['ok']} records ok ({self.format}), {self.counts['invalid']} invalid"]
+        for kind, n in self.issue_kinds.most_common():
+            lines.append(f"  {n} x {kind}")
+        return "\n".join(lines)
+
+    def require_records(self) -> "LoadResult":
+        """Raise DataError when nothing usable was read (training cannot start on it)."""
+        if self.counts["ok"] == 0:
+            first = f": {self.issues[0]}" if self.issues else ""
+            more = f" (+{self.counts['invalid'] - 1} more issues)" if self.counts["invalid"] > 1 else ""
+            raise DataError(f"{self.source_info.get('spec')}: no usable records{first}{more}")
+        return self
+
+
+Reporter = Callable[[Issue], None]
+
+
+class IssueCollector:
+    """The ``on_error`` policy: ``skip`` keeps and counts issues, ``strict`` raises."""
+
+    def __init__(self, on_error: str = "skip", max_kept: int = DEFAULT_MAX_ISSUES_KEPT):
+        if on_error not in ("skip", "strict"):
+            raise DataError(f"data.on_error: expected skip or strict, got {on_error!r}")
+        self.on_error = on_error
+        self.max_kept = max_kept
+        self.issues: list[Issue] = []
+        self.count = 0
+        self.kinds: Counter[str] = Counter()
+
+    def __call__(self, issue: Issue) -> None:
+        if self.on_error == "strict":
+            raise DataError(str(issue))
+        self.count += 1
+        self.kinds[issue.kind] += 1
+        if len(self.issues) < self.max_kept:
+            self.issues.append(issue)
+
+
+def _strict(issue: Issue) -> None:
+    raise DataError(str(issue))
+
+
+# ---------------------------------------------------------------------- resolving
+
+
+def read_registry(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
+    path = Path(dataset_dir) / REGISTRY_FILE
+    try:
+        registry = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(registry, dict):
+        raise DataError(f"{path}: expected an object of dataset entries")
+    return registry
+
+
+def _registry_entry(dataset_dir: Path, name: str) -> RegistryEntry:
+    registry = read_registry(dataset_dir)
+    if name not in registry:
+        close = difflib.get_close_matches(name, list(registry), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise DataError(f"{dataset_dir / REGISTRY_FILE}: no dataset named {name!r}{hint}")
+    raw = registry[name]
+    if not isinstance(raw, dict):
+        raise DataError(f"{dataset_dir / REGISTRY_FILE}: entry {name!r} is not an object")
+    return RegistryEntry(name, dataset_dir, raw)
+
+
+def _sample_path(name: str) -> Path:
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files("sample_data")
+    except ModuleNotFoundError:
+        raise DataError(f"sample:{name}: the sample_data package is not installed") from None
+    candidates = [name] if Path(name).suffix in SUFFIXES else [name + s for s in SAMPLE_SUFFIXES]
+    for candidate in candidates:
+        item = root / candidate
+        if item.is_file():
+            return Path(str(item))
+    available = sorted(
+        {Path(p.name).stem for p in root.iterdir() if Path(p.name).suffix in SAMPLE_SUFFIXES and p.is_file()}
+    )
+    raise DataError(f"sample:{name}: no such sample (available: {', '.join(available) or 'none'})")
+
+
+def _split_of(rel: Path) -> str | None:
+    for part in rel.parts:
+        stem = part.split(".")[0].lower()
+        for split in SPLIT_NAMES:
+            if stem == split or stem.startswith((f"{split}-", f"{split}_")):
+                return split
+    return None
+
+
+def _folder_files(folder: Path, split: str) -> tuple[list[Path], list[str]]:
+    files, skipped = [], []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in SUFFIXES or path.name == REGISTRY_FILE:
+            skipped.append(str(path))
+            continue
+        files.append(path)
+    if not files:
+        kinds = ", ".join(sorted(SUFFIXES))
+        raise DataError(f"{folder}: no data files in this folder (looked for {kinds}, hidden files skipped)")
+    splits = {p: _split_of(p.relative_to(folder)) for p in files}
+    if any(splits.values()):
+        chosen = [p for p in files if splits[p] == split]
+        if not chosen:
+            found = ", ".join(sorted({s for s in splits.values() if s}))
+            raise DataError(f"{folder}: files are named by split ({found}) but none is {split!r}; set data.split")
+        skipped.extend(str(p) for p in files if p not in chosen)
+        files = chosen
+    return files, skipped
+
+
+def _local(path: Path, spec: str, kind: str, split: str) -> Source:
+    if path.is_dir():
+        files, skipped = _folder_files(path, split)
+        return Source(kind="folder" if kind == "file" else kind, spec=spec, paths=files, skipped_files=skipped, split=split)
+    return Source(kind=kind, spec=spec, paths=[path], split=split)
+
+
+def _from_entry(entry: RegistryEntry, spec: str, split: str, subset: str | None) -> Source:
+    fmt, columns, tags = registry_format(entry.raw)
+    if entry.file_name:
+        path = entry.dataset_dir / entry.file_name
+        if not path.exists():
+            raise DataError(f"{spec}: file_name {entry.file_name!r} not found in {entry.dataset_dir}")
+        source = _local(path, spec, "registry", entry.raw.get("split", split))
+    elif entry.hf_hub_url:
+        source = Source(
+            kind="registry",
+            spec=spec,
+            hub_id=entry.hf_hub_url,
+            split=entry.raw.get("split", split),
+            subset=entry.raw.get("subset", subset),
+            hub_data_dir=entry.raw.get("folder"),
+        )
+    else:
+        hubs = [k for k in ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name") if k in entry.raw]
+        raise DataError(
+            f"{spec}: entry has no file_name or hf_hub_url (only {', '.join(hubs) or 'nothing'}); "
+            "finetui reads local files and Hugging Face datasets"
+        )
+    source.entry, source.format, source.columns, source.tags = entry, fmt, columns, tags
+    return source
+
+
+def resolve_source(
+    spec: str | Path, *, dataset_dir: str | Path | None = None, split: str = "train", subset: str | None = None
+) -> Source:
+    """Work out what a ``data.path`` names, without reading records yet."""
+    text = str(spec).strip()
+    if not text:
+        raise DataError("data.path is empty")
+    if text.startswith("sample:"):
+        return _local(_sample_path(text[len("sample:"):]), text, "sample", split)
+    match = _REGISTRY_SPEC.match(text)
+    if match and not Path(text).exists():
+        registry = Path(match["file"]).expanduser()
+        return _from_entry(_registry_entry(registry.parent, match["name"]), text, split, subset)
+    path = Path(text).expanduser()
+    if path.name == REGISTRY_FILE and path.is_file():
+        raise DataError(f"{text}: a dataset registry; name an entry as {text}:NAME")
+    if path.exists():
+        return _local(path, text, "file", split)
+    if dataset_dir is not None and (Path(dataset_dir) / REGISTRY_FILE).is_file():
+        registry = read_registry(dataset_dir)
+        if text in registry:
+            return _from_entry(_registry_entry(Path(dataset_dir), text), f"{dataset_dir}/{REGISTRY_FILE}:{text}", split, subset)
+    if text.startswith("hf:"):
+        return Source(kind="hub", spec=text, hub_id=text[3:], split=split, subset=subset)
+    if _HUB_ID.match(text) and path.suffix.lower() not in SUFFIXES:
+        return Source(kind="hub", spec=text, hub_id=text, split=split, subset=subset)
+    if dataset_dir is not None:
+        raise DataError(f"{text}: no such file, folder, or entry in {Path(dataset_dir) / REGISTRY_FILE}")
+    raise DataError(f"{text}: no such file or folder")
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def _file_problem(path: Path) -> str | None:
+    """A reason the file cannot be read as text data, or None."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "file is empty"
+        with open(path, "rb") as fh:
+            head = fh.read(BINARY_SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if b"\0" in head:
+        return "binary file, not text (NUL bytes in the first KB; save it as UTF-8 text)"
+    return None
+
+
+def _bad_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+
+
+def _too_long(size: int, limit: int) -> str:
+    return f"line too long ({size / MB:.1f} MB > limit {limit / MB:.1f} MB)"
+
+
+def _drain_line(fh) -> int:
+    """Skip the rest of an over-long line in bounded chunks; return the bytes skipped."""
+    skipped = 0
+    while True:
+        chunk = fh.readline(1 << 20)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+def _iter_lines(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str):
+    """(line_no, text) for each line of a file, bad lines reported; bounded memory."""
+    with open(path, "rb") as fh:
+        line_no = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            line_no += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                report(Issue(src, line_no, None, _too_long(len(raw) + _drain_line(fh), max_line_bytes)))
+                yield line_no, None
+                continue
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if encoding_errors != "replace":
+                    report(Issue(src, line_no, None, _bad_utf8(raw, exc)))
+                    yield line_no, None
+                    continue
+                text = raw.decode("utf-8", errors="replace")
+            yield line_no, text.rstrip("\r\n")
+
+
+def _read_jsonl(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str):
+    content = False
+    for line_no, text in _iter_lines(path, src, report, max_line_bytes, encoding_errors):
+        if text is None:
+            content = True
+            continue
+        if not text.strip():
+            continue
+        content = True
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report(Issue(src, line_no, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        yield line_no, None, data
+    if not content:
+        report(Issue(src, None, None, "file is empty"))
+
+
+class _JsonSyntax(Exception):
+    def __init__(self, pos: int, msg: str):
+        self.pos, self.msg = pos, msg
+
+
+class _LineCounter:
+    """Line of a character position, counted incrementally (positions mostly increase)."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def __call__(self, pos: int) -> int:
+        if pos < self.pos:
+            self.pos, self.line = 0, 1
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    return _JSON_WS.match(text, pos).end()
+
+
+def _scan_array(text: str, pos: int) -> Iterator[tuple[int, int, Any]]:
+    """(start, end, value) for each element of the JSON array at ``pos``."""
+    pos = _skip_ws(text, pos + 1)
+    if text.startswith("]", pos):
+        return
+    while True:
+        try:
+            value, end = _decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise _JsonSyntax(exc.pos, exc.msg) from None
+        yield pos, end, value
+        pos = _skip_ws(text, end)
+        if pos >= len(text):
+            raise _JsonSyntax(pos, "unterminated array (missing ']')")
+        if text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+        elif text[pos] == "]":
+            return
+        else:
+            raise _JsonSyntax(pos, "expected ',' or ']' after an array element")
+
+
+def _member_position(text: str, pos: int, wanted: str) -> int:
+    """Position of the value of key ``wanted`` in the (valid) JSON object at ``pos``."""
+    pos = _skip_ws(text, pos + 1)
+    while not text.startswith("}", pos):
+        key, pos = _decoder.raw_decode(text, pos)
+        pos = _skip_ws(text, _skip_ws(text, pos) + 1)  # past ':'
+        if key == wanted:
+            return pos
+        _, pos = _decoder.raw_decode(text, pos)
+        pos = _skip_ws(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip_ws(text, pos + 1)
+    raise KeyError(wanted)
+
+
+def _records_key(obj: dict[str, Any], split: str) -> str | None:
+    """Which list in a JSON object holds the records, or None for a single record."""
+    if detect_one(obj) is not None:
+        return None
+    lists = [k for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+    if not lists:
+        return None
+    if len(lists) == 1:
+        return lists[0]
+    for key in (split, *CONTAINER_KEYS):
+        if key in lists:
+            return key
+    raise DataError(f"a JSON object with several lists ({', '.join(lists)}); cannot tell which holds the records")
+
+
+def _read_json(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str, split: str):
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    bad_bytes = False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Keep going so one bad byte costs one record, not the file; records that hold
+        # undecodable bytes are found by their surrogate escapes and reported below.
+        bad_bytes = encoding_errors != "replace"
+        text = raw.decode("utf-8", errors="surrogateescape" if bad_bytes else "replace")
+    del raw
+    line_of = _LineCounter(text)
+    pos = _skip_ws(text, 0)
+    if pos >= len(text):
+        report(Issue(src, None, None, "file is empty"))
+        return
+
+    def checked(start: int, end: int, value: Any):
+        if bad_bytes:
+            bad = _SURROGATE.search(text, start, end)
+            if bad:
+                line = line_of(bad.start())
+                report(Issue(src, line, None, f"invalid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})"))
+                return None
+        return (line_of(start), None, value)
+
+    def syntax(pos: int, msg: str, after: str = "") -> Issue:
+        line = line_of(pos)
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        return Issue(src, line, None, f"invalid JSON: {msg} (column {column}){after}")
+
+    try:
+        if text[pos] == "[":
+            for start, end, value in _scan_array(text, pos):
+                item = checked(start, end, value)
+                if item:
+                    yield item
+            return
+        if text[pos] != "{":
+            value, _ = _decoder.raw_decode(text, pos)
+            report(Issue(src, line_of(pos), None, f"top-level JSON is {type(value).__name__}; expected a list of records or an object"))
+            return
+        value, end = _decoder.raw_decode(text, pos)
+    except _JsonSyntax as exc:
+        report(syntax(exc.pos, exc.msg, "; the rest of the file could not be read"))
+        return
+    except json.JSONDecodeError as exc:
+        report(syntax(exc.pos, exc.msg))
+        return
+    rest = _skip_ws(text, end)
+    if rest < len(text):
+        if text[rest] == "{":
+            # JSON lines in a .json file: read it as such.
+            yield from _read_jsonl(path, src, report, max_line_bytes, encoding_errors)
+        else:
+            report(syntax(rest, "extra data after the top-level object"))
+        return
+    try:
+        key = _records_key(value, split)
+    except DataError as exc:
+        report(Issue(src, line_of(pos), None, str(exc)))
+        return
+    if key is None:
+        item = checked(pos, end, value)
+        if item:
+            yield item
+        return
+    for start, end_, element in _scan_array(text, _member_position(text, pos, key)):
+        item = checked(start, end_, element)
+        if item:
+            yield item
+
+
+def _read_csv(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str):
+    csv.field_size_limit(max(csv.field_size_limit(), max_line_bytes))
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    errors = "replace" if encoding_errors == "replace" else "surrogateescape"
+    with open(path, newline="", encoding="utf-8-sig", errors=errors) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            report(Issue(src, 1, None, f"invalid CSV header: {exc}"))
+            return
+        if not header or not any(h.strip() for h in header):
+            report(Issue(src, None, None, "file is empty" if header is None else "CSV header is empty"))
+            return
+        header = [h.strip() for h in header]
+        end_line = reader.line_num
+        while True:
+            start = end_line + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                end_line = reader.line_num
+                report(Issue(src, start, None, f"invalid CSV: {exc}"))
+                continue
+            end_line = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            bad = next((c for c in row if _SURROGATE.search(c)), None)
+            if bad is not None:
+                byte = ord(_SURROGATE.search(bad).group()) - 0xDC00
+                report(Issue(src, start, None, f"invalid UTF-8 (byte 0x{byte:02x})"))
+                continue
+            if len(row) != len(header):
+                report(Issue(src, start, None, f"expected {len(header)} columns, got {len(row)}"))
+                continue
+            yield start, None, dict(zip(header, row))
+
+
+def _read_txt(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str):
+    """One document per line, or per blank-line-separated block when the file has any."""
+    with open(path, "rb") as fh:
+        blocks = bool(_BLANK_LINE_BETWEEN.search(fh.read(TXT_SNIFF_BYTES)))
+    content = False
+    if not blocks:
+        for line_no, text in _iter_lines(path, src, report, max_line_bytes, encoding_errors):
+            if text is None or text.strip():
+                content = True
+            if text and text.strip():
+                yield line_no, None, {"text": text}
+    else:
+        block: list[str] = []
+        start, size, broken = 0, 0, False
+        for line_no, text in _iter_lines(path, src, report, max_line_bytes, encoding_errors):
+            if text is not None and not text.strip():
+                if block and not broken:
+                    yield start, None, {"text": "\n".join(block)}
+                block, size, broken = [], 0, False
+                continue
+            content = True
+            if not block and not broken:
+                start = line_no
+            if text is None:
+                # Already reported; the rest of its block is unusable too.
+                broken, block = True, []
+                continue
+            if broken:
+                continue
+            size += len(text) + 1
+            if size > max_line_bytes:
+                report(Issue(src, start, None, f"block too long (over {max_line_bytes / MB:.1f} MB)"))
+                broken, block = True, []
+                continue
+            block.append(text)
+        if block and not broken:
+            yield start, None, {"text": "\n".join(block)}
+    if not content:
+        report(Issue(src, None, None, "file is empty"))
+
+
+def _read_parquet(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{src}: reading parquet needs the 'pyarrow' package") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        report(Issue(src, None, None, f"not a valid parquet file: {str(exc).splitlines()[0]}"))
+        return
+    if parquet.metadata.num_rows == 0:
+        report(Issue(src, None, None, "file is empty"))
+        return
+    row = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for data in batch.to_pylist():
+            yield None, row, data
+            row += 1
+
+
+def _sniff_kind(path: Path) -> str:
+    """Kind of a file with an unknown suffix, from its first non-blank character."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"["):
+        return "json"
+    if head.startswith(b"{"):
+        return "jsonl"
+    return "txt"
+
+
+def _iter_file(path: Path, report: Reporter, max_line_bytes: int, encoding_errors: str, split: str):
+    src = str(path)
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind != "parquet":
+        problem = _file_problem(path)
+        if problem:
+            report(Issue(src, None, None, problem))
+            return
+    if kind is None:
+        kind = _sniff_kind(path)
+    if kind == "parquet" and path.stat().st_size == 0:
+        report(Issue(src, None, None, "file is empty"))
+        return
+    if kind == "json":
+        rows = _read_json(path, src, report, max_line_bytes, encoding_errors, split)
+    else:
+        reader = {"jsonl": _read_jsonl, "csv": _read_csv, "txt": _read_txt, "parquet": _read_parquet}[kind]
+        rows = reader(path, src, report, max_line_bytes, encoding_errors)
+    for line, row, data in rows:
+        yield src, line, row, data
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def _hub_endpoint() -> tuple[str, int]:
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _env_offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """A quick TCP probe of the hub: ``datasets`` retries for ~25 s before giving up."""
+    try:
+        with socket.create_connection(_hub_endpoint(), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class _ForcedOffline:
+    """Put datasets/huggingface_hub in offline mode for one call: they read the setting
+    at import, so the environment alone is not enough once they are imported."""
+
+    def __enter__(self):
+        import datasets.config
+        import huggingface_hub.constants
+
+        self.saved = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+        datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return self
+
+    def __exit__(self, *exc):
+        import datasets.config
+        import huggingface_hub.constants
+
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = self.saved
+        return False
+
+
+def _open_hub(hub_id: str, subset: str | None, split: str, streaming: bool, data_dir: str | None):
+    offline_reason = "HF_HUB_OFFLINE=1" if _env_offline() else None
+    if offline_reason is None and not hub_reachable():
+        offline_reason = "no network"
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"hub dataset {hub_id!r}: reading hub datasets needs the 'datasets' package") from None
+    kwargs: dict[str, Any] = {"split": split, "streaming": streaming}
+    if data_dir:
+        kwargs["data_dir"] = data_dir
+    try:
+        if offline_reason:
+            with _ForcedOffline():
+                return datasets.load_dataset(hub_id, subset, **kwargs)
+        return datasets.load_dataset(hub_id, subset, **kwargs)
+    except Exception as exc:  # datasets raises many types; all mean "cannot read it"
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if offline_reason and isinstance(exc, (ConnectionError, FileNotFoundError, OSError)):
+            raise DataError(
+                f"hub dataset {hub_id!r} is not in the local cache and the network is unreachable "
+                f"({offline_reason}): download it on a connected machine or point data.path at a local file"
+            ) from None
+        if "split" in message.lower() and split in message:
+            raise DataError(f"hub dataset {hub_id!r}: {message}; set data.split") from None
+        raise DataError(f"hub dataset {hub_id!r}: {message}") from None
+
+
+def _iter_hub(source: Source):
+    dataset = _open_hub(source.hub_id, source.subset, source.split, source.streaming, source.hub_data_dir)
+    src = f"hf:{source.hub_id}[{source.split}]"
+    for row, data in enumerate(dataset):
+        yield src, None, row, data
+
+
+# ------------------------------------------------------------------------ public
+
+
+def iter_records(
+    source: Source | str | Path,
+    *,
+    report: Reporter | None = None,
+    dataset_dir: str | Path | None = None,
+    split: str = "train",
+    subset: str | None = None,
+    streaming: bool = False,
+    encoding_errors: str = "strict",
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[RawRecord]:
+    """Every raw record of a source, in order, with its place.
+
+    ``report`` receives each Issue; without one the first issue raises DataError.
+    ``encoding_errors="replace"`` decodes bad UTF-8 with U+FFFD instead of reporting it.
+    """
+    report = report or _strict
+    if not isinstance(source, Source):
+        source = resolve_source(source, dataset_dir=dataset_dir, split=split, subset=subset)
+    if source.hub_id:
+        source.streaming = streaming
+        rows = _iter_hub(source)
+    else:
+        rows = (
+            item
+            for path in source.paths
+            for item in _iter_file(path, report, max_line_bytes, encoding_errors, source.split)
+        )
+    for index, (src, line, row, data) in enumerate(rows):
+        yield RawRecord(index, src, line, data, row)
+
+
+def _normalise(
+    records: Iterator[RawRecord],
+    fmt: str,
+    columns: Mapping[str, str],
+    tags: Mapping[str, str],
+    report: Reporter,
+    formats_seen: dict[str, str],
+) -> Iterator[tuple[RawRecord, Conversation]]:
+    """Conversations from raw records; the format is detected per source file (a folder may
+    mix formats) from its first DETECT_SAMPLE records."""
+    pending: list[RawRecord] = []
+
+    def decide(source: str, sample: list[RawRecord]) -> None:
+        if fmt != "auto":
+            formats_seen[source] = fmt
+            return
+        try:
+            formats_seen[source] = detect([r.data for r in sample], columns, tags)
+        except DataError as exc:
+            # A format problem is a configuration problem: stop under either policy.
+            raise DataError(f"{source}: {exc}") from None
+
+    def convert(record: RawRecord) -> Conversation | None:
+        try:
+            return to_conversation(record.data, formats_seen[record.source], columns, tags)
+        except RecordError as exc:
+            report(Issue(record.source, record.line, exc.field, exc.message, record.row))
+            return None
+
+    def flush() -> Iterator[tuple[RawRecord, Conversation]]:
+        decide(pending[0].source, pending)
+        for record in pending:
+            conversation = convert(record)
+            if conversation is not None:
+                yield record, conversation
+        pending.clear()
+
+    for record in records:
+        if pending and pending[0].source != record.source:
+            yield from flush()
+        if record.source in formats_seen:
+            conversation = convert(record)
+            if conversation is not None:
+                yield record, conversation
+            continue
+        pending.append(record)
+        if fmt != "auto" or len(pending) >= DETECT_SAMPLE:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def iter_conversations(
+    path: str | Path | Source,
+    *,
+    format: str = "auto",
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    report: Reporter | None = None,
+    formats_seen: dict[str, str] | None = None,
+    **read_options: Any,
+) -> Iterator[tuple[RawRecord, Conversation]]:
+    """Streaming form of :func:`load_records`: (record, conversation) pairs; problems go to
+    ``report`` (strict when None). ``read_options`` are :func:`iter_records`'s."""
+    if format != "auto" and format not in FORMATS:
+        raise DataError(f"data.format: unknown format {format!r} (known: auto, {', '.join(FORMATS)})")
+    report = report or _strict
+    source = path if isinstance(path, Source) else resolve_source(
+        path,
+        dataset_dir=read_options.pop("dataset_dir", None),
+        split=read_options.pop("split", "train"),
+        subset=read_options.pop("subset", None),
+    )
+    for key in ("dataset_dir", "split", "subset"):
+        read_options.pop(key, None)
+    if format == "auto" and source.format:
+        format = source.format
+    merged_columns = {**source.columns, **(columns or {})}
+    merged_tags = {**source.tags, **(tags or {})}
+    records = iter_records(source, report=report, **read_options)
+    yield from _normalise(records, format, merged_columns, merged_tags, report, formats_seen if formats_seen is not None else {})
+
+
+def load_records(
+    path: str | Path,
+    *,
+    format: str = "auto",
+    columns: Mapping[str, str] | None = None,
+    dataset_dir: str | Path | None = None,
+    split: str = "train",
+    subset: str | None = None,
+    streaming: bool = False,
+    max_samples: int | None = None,
+    on_error: str = "skip",
+    encoding_errors: str = "strict",
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    keep_raw: bool = False,
+) -> LoadResult:
+    """Read a data source and normalise every record to a Conversation.
+
+    ``on_error="skip"`` collects issues and goes on; ``"strict"`` raises DataError at the
+    first. A source whose format cannot be detected raises DataError under both. The
+    RawRecords kept in the result carry their place only (``data=None``) unless
+    ``keep_raw``, so a large dataset is not held twice.
+    """
+    collector = IssueCollector(on_error)
+    source = resolve_source(path, dataset_dir=dataset_dir, split=split, subset=subset)
+    formats_seen: dict[str, str] = {}
+    conversations: list[tuple[RawRecord, Conversation]] = []
+    pairs = iter_conversations(
+        source,
+        format=format,
+        columns=columns,
+        report=collector,
+        formats_seen=formats_seen,
+        streaming=streaming,
+        encoding_errors=encoding_errors,
+        max_line_bytes=max_line_bytes,
+    )
+    for record, conversation in pairs:
+        conversations.append((record if keep_raw else replace(record, data=None), conversation))
+        if max_samples is not None and len(conversations) >= max_samples:
+            pairs.close()
+            break
+    distinct = sorted(set(formats_seen.values()))
+    fmt = distinct[0] if len(distinct) == 1 else ("mixed" if distinct else (source.format or format))
+    return LoadResult(
+        conversations=conversations,
+        format=fmt,
+        issues=collector.issues,
+        counts={"ok": len(conversations), "invalid": collector.count},
+        source_info=source.describe(),
+        formats=formats_seen,
+        issue_kinds=collector.kinds,
+    )
