@@ -28,3 +28,51 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def shared_datasets(shared: Path) -> Path:
     return shared / "datasets"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The built-in tiny model (engine.tiny), built once per session in its own cache
+    folder, so tests that point FINETUI_CACHE at a tmp dir do not rebuild it."""
+    import os
+
+    from engine import tiny
+
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    previous = os.environ.get("FINETUI_CACHE")
+    os.environ["FINETUI_CACHE"] = str(cache)
+    try:
+        return tiny.path()
+    finally:
+        if previous is None:
+            os.environ.pop("FINETUI_CACHE", None)
+        else:
+            os.environ["FINETUI_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def finetui_cache_dir(tmp_path_factory) -> Path:
+    """A FINETUI_CACHE folder for the session with the tiny model already built in it, for
+    tests that start worker processes (they inherit or are given this folder)."""
+    import os
+
+    from engine import tiny
+
+    cache = tmp_path_factory.mktemp("finetui-cache")
+    previous = os.environ.get("FINETUI_CACHE")
+    os.environ["FINETUI_CACHE"] = str(cache)
+    try:
+        tiny.path()
+    finally:
+        if previous is None:
+            os.environ.pop("FINETUI_CACHE", None)
+        else:
+            os.environ["FINETUI_CACHE"] = previous
+    return cache
+
+
+@pytest.fixture
+def finetui_cache(finetui_cache_dir: Path, monkeypatch) -> Path:
+    """FINETUI_CACHE pointed at the session's cache for one test (and its subprocesses)."""
+    monkeypatch.setenv("FINETUI_CACHE", str(finetui_cache_dir))
+    return finetui_cache_dir

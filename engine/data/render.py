@@ -469,12 +469,14 @@ def _incremental_spans(tokenizer, template, messages, tools, text, end_token, no
         if i > 0 and text.startswith(prompt) and len(prompt) >= cursor:
             start = len(prompt)
             stop = _common_prefix_len(text, through)
-            if stop > start:
-                stop = start + _cut_at_end(text[start:stop], end_token)
-                if stop > start:
-                    spans.append((start, stop))
-                    cursor = stop
-                    continue
+            segment = text[start:stop]
+            # The turn must reach its end token; a shorter common part means the full text
+            # renders this turn differently (handled below).
+            if segment.strip() and (end_token is None or end_token in segment):
+                stop = start + _cut_at_end(segment, end_token)
+                spans.append((start, stop))
+                cursor = stop
+                continue
         # Not prefix-preserving here: find the turn as the template renders it in context.
         if i > 0 and through.startswith(prompt):
             reply = through[len(prompt):]
@@ -515,6 +517,8 @@ def _find_reply(text: str, reply: str, cursor: int) -> tuple[int, int, bool] | N
         tail = reply[line.end():]
         if not tail.strip():
             break
+        if tail[0].isspace():  # would also take the header's newline
+            continue
         at = text.find(tail, cursor)
         if at >= 0:
             return at, at + len(tail), False
