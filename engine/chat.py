@@ -187,15 +187,44 @@ def _streamer_class():
     from transformers import TextIteratorStreamer
 
     class Streamer(TextIteratorStreamer):
-        """TextIteratorStreamer that also notes when the first new token arrived (the
-        text itself comes out at word boundaries, later than the token)."""
+        """TextIteratorStreamer that hands out text token by token instead of word by word
+        (a reply without spaces — code, CJK, a confused model — would otherwise arrive in
+        one piece at the end), and notes when the first new token arrived.
+
+        Incremental detokenisation as in text-generation-inference: decode a short window
+        before and after the newest token and emit the difference, holding it back while it
+        ends in an incomplete UTF-8 sequence; so each token costs two short decodes rather
+        than decoding the whole reply again.
+        """
 
         first_token_at: float | None = None
+        _prefix = 0  # window start (token index in token_cache)
+        _read = 0  # tokens already turned into text
 
         def put(self, value):
-            if not self.next_tokens_are_prompt and self.first_token_at is None:
+            if len(value.shape) > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-            super().put(value)
+            self.token_cache.extend(value.tolist())
+            before = self.tokenizer.decode(self.token_cache[self._prefix:self._read], **self.decode_kwargs)
+            after = self.tokenizer.decode(self.token_cache[self._prefix:], **self.decode_kwargs)
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                self._prefix, self._read = self._read, len(self.token_cache)
+                self.on_finalized_text(after[len(before):])
+
+        def end(self):
+            tail = ""
+            if len(self.token_cache) > self._read:
+                before = self.tokenizer.decode(self.token_cache[self._prefix:self._read], **self.decode_kwargs)
+                after = self.tokenizer.decode(self.token_cache[self._prefix:], **self.decode_kwargs)
+                tail = after[len(before):]
+            self.token_cache, self._prefix, self._read = [], 0, 0
+            self.next_tokens_are_prompt = True
+            self.on_finalized_text(tail, stream_end=True)
 
     return Streamer
 
@@ -401,134 +430,54 @@ def _context_length(model: Any, tokenizer: Any) -> int:
 
 
 def _load_weights(target: str, run_dir: Path | None, base: bool, progress: Callable[[str, str], None]):
-    """(model, tokenizer, info) — through engine.modeling when it is there, so chat, eval
-    and merge load models the same way."""
+    """(model, tokenizer, info) through engine.modeling, so chat, eval and merge load a
+    run's result the same way (merged, else base + adapter, else full, else checkpoint)."""
+    from engine import modeling
+    from engine.errors import ModelError
+
+    what = f"run {run_dir.name}" + (" (base model)" if base else "") if run_dir else target
+    progress("model", f"loading {what}")
     try:
-        from engine import modeling
-    except ImportError:
-        modeling = None
-    if modeling is not None and hasattr(modeling, "load_for_inference"):
-        progress("model", f"loading {run_dir.name if run_dir else target}")
-        try:
-            model, tokenizer = modeling.load_for_inference(str(run_dir) if run_dir else target, use_adapter=not base)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelLoadError(_one_line(exc)) from None
-        model.eval()
-        return model, tokenizer, {"source": _source_of(model, run_dir, base)}
-    return _fallback_load(target, run_dir, base, progress)
+        model, tokenizer = modeling.load_for_inference(str(run_dir) if run_dir else target, use_adapter=not base)
+    except (ModelError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(_load_message(exc)) from None
+    model.eval()
+    return model, tokenizer, {"source": _source_of(model, run_dir, base), "path": _path_of(model)}
+
+
+def _load_message(exc: BaseException) -> str:
+    """One clear line; an adapter whose tensors do not fit the base says so."""
+    text = _one_line(exc).removeprefix("model.name_or_path: ")
+    cause = exc.__cause__ or exc.__context__
+    detail = str(cause) if cause is not None else str(exc)
+    if "size mismatch" in detail:
+        first = next((ln.strip() for ln in detail.splitlines() if "size mismatch" in ln), "")
+        where = text.split(": cannot load the adapter", 1)[0]
+        return (f"the adapter in {where} does not fit its base model (trained on a different model "
+                f"or size?): {first}")
+    return text
 
 
 def _source_of(model: Any, run_dir: Path | None, base: bool) -> str:
     if run_dir is None:
-        return "model"
+        return "adapter" if type(model).__name__.startswith("Peft") else "model"
     if base:
         return "base"
-    if type(model).__name__.startswith("Peft"):
-        return "adapter"
     if (run_dir / "merged" / "config.json").exists():
         return "merged"
-    return "full"
+    if type(model).__name__.startswith("Peft"):
+        return "adapter" if (run_dir / "adapter").is_dir() else "checkpoint"
+    return "full" if (run_dir / "adapter" / "config.json").exists() else "checkpoint"
+
+
+def _path_of(model: Any) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", ""))
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
-
-
-def _fallback_load(target: str, run_dir: Path | None, base: bool, progress: Callable[[str, str], None]):
-    """Stand-in until engine.modeling.load_for_inference exists."""
-    adapter: Path | None = None
-    if run_dir is not None:
-        config = _run_config(run_dir)
-        merged, trained = run_dir / "merged", run_dir / "adapter"
-        if base:
-            source, model_path = "base", config.model.name_or_path
-        elif (merged / "config.json").exists():
-            source, model_path = "merged", str(merged)
-        elif (trained / "adapter_config.json").exists():
-            source, model_path, adapter = "adapter", config.model.name_or_path, trained
-        elif (trained / "config.json").exists():
-            source, model_path = "full", str(trained)
-        else:
-            raise ModelLoadError(
-                f"run {run_dir.name} has no trained model yet (no merged/ or adapter/ folder); "
-                f"chat with its base model with --base"
-            )
-    else:
-        source, model_path = "model", target
-        folder = Path(target).expanduser()
-        if (folder / "adapter_config.json").exists():
-            cfg = json.loads((folder / "adapter_config.json").read_text())
-            model_path = cfg.get("base_model_name_or_path")
-            if not model_path:
-                raise ModelLoadError(f"{folder}/adapter_config.json does not name its base model")
-            adapter = folder
-    folder = _model_folder(model_path)
-    tokenizer_from = adapter if adapter is not None and (adapter / "tokenizer_config.json").exists() else folder
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    progress("tokenizer", f"tokenizer from {tokenizer_from}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a tokenizer from {tokenizer_from}: {_one_line(exc)}") from None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    progress("model", f"weights from {folder} ({device}, {str(dtype).replace('torch.', '')})")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a model from {folder}: {_one_line(exc)}") from None
-    if adapter is not None:
-        progress("adapter", f"adapter from {adapter}")
-        model = attach_adapter(model, adapter, base_name=str(model_path))
-    model.eval()
-    return model, tokenizer, {"source": source, "path": str(adapter or folder)}
-
-
-def attach_adapter(model: Any, adapter: Path, base_name: str = "the base model"):
-    """Base model + LoRA adapter (peft), with a clear error when they do not fit."""
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    except RuntimeError as exc:
-        text = str(exc)
-        if "size mismatch" in text:
-            first = next((line.strip() for line in text.splitlines() if "size mismatch" in line), "")
-            raise ModelLoadError(
-                f"the adapter in {adapter} does not fit {base_name} (was it trained on another base "
-                f"model?): {first}"
-            ) from None
-        raise ModelLoadError(f"cannot apply the adapter in {adapter}: {_one_line(exc)}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot apply the adapter in {adapter}: {_one_line(exc)}") from None
-
-
-def _model_folder(name: str) -> str:
-    """tiny -> the built-in model's folder; a folder stays; a hub id must be cached."""
-    from engine import tiny
-
-    if tiny.is_tiny(name):
-        return str(tiny.path())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"{path} is not a model folder (no config.json or adapter_config.json)")
-        return str(path)
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise ModelLoadError(f"no such model folder: {name}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, local_files_only=True)
-    except Exception:
-        raise ModelLoadError(
-            f"model {name!r} is not in the local Hugging Face cache, and this machine is offline "
-            f"(download it where there is network, or give a local folder)"
-        ) from None
 
 
 # ---------------------------------------------------------------------------- worker
