@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.data.formats import DataError
-from engine.data.readers import DEFAULT_MAX_LINE_BYTES, MB, Issue, RawRecord, _read_json
+from engine.data.readers import DEFAULT_MAX_LINE_BYTES, MB, Issue, RawRecord, _read_json, too_long_message
 
 INDEX_CHUNK_BYTES = 4 << 20
 SEARCH_CHUNK_BYTES = 4 << 20
@@ -109,6 +109,7 @@ class PagedFile:
         cache_rows: int = CACHE_ROWS,
         chunk_bytes: int = INDEX_CHUNK_BYTES,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        start_index: bool = True,
     ):
         self.path = Path(path)
         self.source = str(path)
@@ -134,10 +135,17 @@ class PagedFile:
             self._load_json()
         else:
             self._fh = open(self.path, "rb")
-            self._thread = threading.Thread(target=self._build_index, name=f"index {self.path.name}", daemon=True)
-            self._thread.start()
+            if start_index:
+                self.start_index()
 
     # ------------------------------------------------------------------ lifecycle
+
+    def start_index(self) -> None:
+        """Start building the offset index (done by the constructor unless
+        ``start_index=False``, for a caller that wants the first page before any I/O)."""
+        if self._thread is None and self._json_rows is None:
+            self._thread = threading.Thread(target=self._build_index, name=f"index {self.path.name}", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
@@ -237,11 +245,17 @@ class PagedFile:
         return int(self.indexed_lines / fraction) if fraction > 0 else 0
 
     @property
+    def cached_rows(self) -> int:
+        return len(self._cache)
+
+    @property
     def error(self) -> str | None:
         return self._error
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the index is complete; return ``done``."""
+        if self._thread is None:
+            return self._done
         with self._cond:
             self._cond.wait_for(lambda: self._done or self._error is not None or self._stop.is_set(), timeout)
         return self._done
@@ -251,8 +265,7 @@ class PagedFile:
     def _make_row(self, index: int, raw_bytes: bytes | None, too_long: int | None = None) -> PagedRow:
         line = index + 1
         if too_long is not None:
-            message = f"line too long ({too_long / MB:.1f} MB > limit {self.max_line_bytes / MB:.1f} MB)"
-            return PagedRow(index, line, "", None, message, self.source)
+            return PagedRow(index, line, "", None, too_long_message(too_long, self.max_line_bytes), self.source)
         raw_bytes = raw_bytes.rstrip(b"\r\n")
         if index == 0 and raw_bytes.startswith(b"\xef\xbb\xbf"):
             raw_bytes = raw_bytes[3:]
@@ -336,7 +349,7 @@ class PagedFile:
             return cached  # type: ignore[return-value]
         if self._covered(stop):
             rows = self._rows_from_index(start, stop)
-        elif stop <= DIRECT_SCAN_ROWS:
+        elif stop <= DIRECT_SCAN_ROWS or self._thread is None:
             rows = self._rows_by_scan(start, stop)
         else:
             with self._cond:

@@ -439,8 +439,13 @@ def _bad_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
     return f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
 
 
-def _too_long(size: int, limit: int) -> str:
-    return f"line too long ({size / MB:.1f} MB > limit {limit / MB:.1f} MB)"
+def format_size(n: int) -> str:
+    """'10.0 MB', or kB below 0.1 MB so small limits (tests, odd configs) read sensibly."""
+    return f"{n / MB:.1f} MB" if n >= MB // 10 else f"{n / 1000:.1f} kB"
+
+
+def too_long_message(size: int, limit: int) -> str:
+    return f"line too long ({format_size(size)} > limit {format_size(limit)})"
 
 
 def _drain_line(fh) -> int:
@@ -463,7 +468,7 @@ def _iter_lines(path: Path, src: str, report: Reporter, max_line_bytes: int, enc
                 return
             line_no += 1
             if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-                report(Issue(src, line_no, None, _too_long(len(raw) + _drain_line(fh), max_line_bytes)))
+                report(Issue(src, line_no, None, too_long_message(len(raw) + _drain_line(fh), max_line_bytes)))
                 yield line_no, None
                 continue
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -719,7 +724,7 @@ def _read_txt(path: Path, src: str, report: Reporter, max_line_bytes: int, encod
                 continue
             size += len(text) + 1
             if size > max_line_bytes:
-                report(Issue(src, start, None, f"block too long (over {max_line_bytes / MB:.1f} MB)"))
+                report(Issue(src, start, None, f"block too long (over {format_size(max_line_bytes)})"))
                 broken, block = True, []
                 continue
             block.append(text)
