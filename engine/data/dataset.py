@@ -376,14 +376,18 @@ def _process(loaded, tokenizer, template, data, *, source: str):
 
 class ModelInputs:
     """Pass only the model's columns (input_ids, labels) to the wrapped collator, so
-    bookkeeping columns (length, n_trained) never reach ``model.forward``."""
+    bookkeeping columns (length, n_trained) never reach ``model.forward``; add ``extra``
+    keyword arguments to every batch."""
 
-    def __init__(self, inner, keys: tuple[str, ...] = ("input_ids", "labels")):
+    def __init__(self, inner, keys: tuple[str, ...] = ("input_ids", "labels"), extra: dict[str, Any] | None = None):
         self.inner = inner
         self.keys = keys
+        self.extra = dict(extra or {})
 
     def __call__(self, features):
-        return self.inner([{k: f[k] for k in self.keys if k in f} for f in features])
+        batch = self.inner([{k: f[k] for k in self.keys if k in f} for f in features])
+        batch.update(self.extra)
+        return batch
 
 
 def collator(config, tokenizer):
@@ -394,7 +398,8 @@ def collator(config, tokenizer):
     packing (``data.packing``): ``DataCollatorWithFlattening`` - the batch as one row
     without padding, position_ids restarting per example and -100 on each example's first
     label, so no token attends to or predicts across examples (sdpa/eager get a
-    block-diagonal mask from the position_ids; flash_attention_2 gets cu_seq_lens).
+    block-diagonal mask from the position_ids; flash_attention_2 gets cu_seq_lens). Packed
+    batches carry ``use_cache=False`` (see below).
     """
     import copy
 
@@ -402,9 +407,15 @@ def collator(config, tokenizer):
 
     if config.data.packing:
         flash = config.model.attn_implementation == "flash_attention_2"
-        return ModelInputs(DataCollatorWithFlattening(
-            return_position_ids=True, separator_id=render_mod.IGNORE, return_flash_attn_kwargs=flash,
-        ))
+        # use_cache=False: with a KV cache object present, transformers does not derive the
+        # block-diagonal mask from position_ids, and examples would attend to each other
+        # (tests/test_packing_equivalence.py shows the difference).
+        return ModelInputs(
+            DataCollatorWithFlattening(
+                return_position_ids=True, separator_id=render_mod.IGNORE, return_flash_attn_kwargs=flash,
+            ),
+            extra={"use_cache": False},
+        )
     if tokenizer.pad_token is None:
         raise DataError("tokenizer has no pad token (call engine.data.render.prepare_tokenizer first)")
     tok = copy.copy(tokenizer)
