@@ -95,6 +95,12 @@ CASES = {
         1,
         ["{f}:3: invalid JSON: Expecting ',' delimiter (column 20); the rest of the file could not be read"],
     ),
+    "json_lines_in_json_file_bad_first_line": (
+        "d.json",
+        jsonl('{"question": "q", "answer": }', good(), good()),
+        2,
+        ["{f}:1: invalid JSON: Expecting value (column 29)"],
+    ),
     "csv_wrong_column_count": (
         "d.csv",
         b"question,answer\nq1,a1\nq2,a2,extra\n",

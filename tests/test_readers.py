@@ -343,6 +343,7 @@ def test_hub_reader_rows_and_places(tmp_path, monkeypatch):
     pq.write_table(pa.table({"question": ["q0", "q1"], "answer": ["a0", "a1"]}), data / "train.parquet")
     source = resolve_source("hf:parquet")
     source.hub_data_dir = str(data)
-    pairs = list(iter_conversations(source))
-    assert [r.place for r, _ in pairs] == ["hf:parquet[train]#0", "hf:parquet[train]#1"]
-    assert pairs[1][1].messages[1].content == "a1"
+    for streaming in (False, True):
+        pairs = list(iter_conversations(source, streaming=streaming))
+        assert [r.place for r, _ in pairs] == ["hf:parquet[train]#0", "hf:parquet[train]#1"]
+        assert pairs[1][1].messages[1].content == "a1"

@@ -341,12 +341,12 @@ class PagedFile:
                 PagedRow(i, line, json.dumps(data, ensure_ascii=False), data, None, self.source)
                 for i, (line, data) in enumerate(self._json_rows[start:stop], start)
             ]
-        cached = [self._cache.get(i) for i in range(start, stop)]
-        if all(row is not None for row in cached) and cached:
-            with self._read_lock:
+        with self._read_lock:
+            cached = [self._cache.get(i) for i in range(start, stop)]
+            if cached and all(row is not None for row in cached):
                 for i in range(start, stop):
                     self._cache.move_to_end(i)
-            return cached  # type: ignore[return-value]
+                return cached  # type: ignore[return-value]
         if self._covered(stop):
             rows = self._rows_from_index(start, stop)
         elif stop <= DIRECT_SCAN_ROWS or self._thread is None:

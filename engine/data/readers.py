@@ -563,6 +563,15 @@ def _member_position(text: str, pos: int, wanted: str) -> int:
     raise KeyError(wanted)
 
 
+def _looks_like_json_lines(text: str, pos: int) -> bool:
+    """Whether the text from ``pos`` reads as one object per line (first two lines)."""
+    first_end = text.find("\n", pos)
+    if first_end == -1:
+        return False
+    second = _skip_ws(text, first_end)
+    return text[pos:first_end].rstrip().endswith("}") and text.startswith("{", second)
+
+
 def _records_key(obj: dict[str, Any], split: str) -> str | None:
     """Which list in a JSON object holds the records, or None for a single record."""
     if detect_one(obj) is not None:
@@ -627,7 +636,11 @@ def _read_json(path: Path, src: str, report: Reporter, max_line_bytes: int, enco
         report(syntax(exc.pos, exc.msg, "; the rest of the file could not be read"))
         return
     except json.JSONDecodeError as exc:
-        report(syntax(exc.pos, exc.msg))
+        if _looks_like_json_lines(text, pos):
+            # A bad first line of JSON lines saved as .json: read the lines one by one.
+            yield from _read_jsonl(path, src, report, max_line_bytes, encoding_errors)
+        else:
+            report(syntax(exc.pos, exc.msg))
         return
     rest = _skip_ws(text, end)
     if rest < len(text):
