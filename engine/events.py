@@ -141,13 +141,15 @@ class EventWriter:
         return event
 
     def _drop_stream(self) -> None:
-        # Point fd 1 at /dev/null so later prints from libraries cannot raise either.
-        self.stream = None
+        # Point the stream's own fd (fd 1 when it is stdout) at /dev/null, so what is still
+        # buffered, and later prints from libraries, cannot raise either.
+        stream, self.stream = self.stream, None
         try:
+            fd = stream.fileno()
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, fd)
             os.close(devnull)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
 
     def close(self) -> None:

@@ -1,0 +1,230 @@
+"""What the trainer adds to the Hugging Face ``Trainer``: callbacks, nothing else.
+
+Heavy module (transformers, torch): imported by engine/train.py once the process is set up.
+
+- :class:`TokenCounter` wraps the data collator and records each batch's real tokens;
+- :class:`EventCallback` turns the Trainer's logs, evaluations and saves into events;
+- :class:`StopOnSignal` turns a SIGTERM (a flag set by engine/train.py) into "save a
+  checkpoint at the end of this step, then stop".
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from engine import events as ev
+
+MAX_FORWARDED_WARNINGS = 20
+
+
+class TokenCounter:
+    """Wraps the data collator; counts real (non-pad) tokens and samples per batch.
+
+    Counting here, on the CPU tensors the collator has just built, costs the GPU nothing;
+    counting later would take a ``.item()`` host sync on every step.
+
+    The dataloader builds batches ahead of their use (accelerate looks one batch ahead,
+    evaluation builds its own), so built batches wait in a queue and the callback takes
+    them off as the Trainer reports micro-batches done. With dataloader worker processes
+    the counts come through shared totals instead: right on average, less exact per step.
+    """
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.built: collections.deque[tuple[int, int]] = collections.deque()
+        self.tokens = 0  # consumed by training so far
+        self.samples = 0
+        self._worker_tokens = multiprocessing.Value("q", 0)
+        self._worker_samples = multiprocessing.Value("q", 0)
+
+    def __call__(self, features):
+        import torch.utils.data
+
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        # Packed batches have no padding and no mask: every position is a real token.
+        tokens = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        if torch.utils.data.get_worker_info() is None:
+            self.built.append((tokens, len(features)))
+        else:
+            with self._worker_tokens.get_lock():
+                self._worker_tokens.value += tokens
+            with self._worker_samples.get_lock():
+                self._worker_samples.value += len(features)
+        return batch
+
+    def consume(self, batches: int = 1) -> None:
+        """Training used the next ``batches`` built batches."""
+        for _ in range(min(batches, len(self.built))):
+            tokens, samples = self.built.popleft()
+            self.tokens += tokens
+            self.samples += samples
+
+    def discard_after(self, keep: int) -> None:
+        """Forget batches built after the first ``keep`` (evaluation's)."""
+        while len(self.built) > keep:
+            self.built.pop()
+
+    def read(self) -> tuple[int, int]:
+        return self.tokens + self._worker_tokens.value, self.samples + self._worker_samples.value
+
+
+def memory_now(device: str) -> dict[str, int | None]:
+    """GPU allocator figures on CUDA; on a CPU the process memory is the device memory.
+    Host-side counters only: no device sync."""
+    import resource
+
+    import psutil
+    import torch
+
+    rss = psutil.Process().memory_info().rss
+    if device.startswith("cuda"):
+        return {
+            "allocated_bytes": torch.cuda.memory_allocated(device),
+            "peak_bytes": torch.cuda.max_memory_allocated(device),
+            "rss_bytes": rss,
+        }
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {"allocated_bytes": rss, "peak_bytes": max(peak, rss), "rss_bytes": rss}
+
+
+class EventCallback(TrainerCallback):
+    """The Trainer's logs, evaluations and saves as events (rank 0 writes; the writer of
+    other ranks is mute).
+
+    Throughput is measured between two step events; evaluation and checkpoint time reset
+    the window, so they never read as slow training.
+    """
+
+    def __init__(self, events: ev.EventWriter, counter: TokenCounter, device: str, world_size: int,
+                 meta: dict[str, Any]):
+        self.events = events
+        self.counter = counter
+        self.device = device
+        self.world_size = world_size
+        self.meta = meta  # for finetui.json in each checkpoint (engine.modeling.write_meta)
+        self.last_eval_loss: float | None = None
+        self.built_at_step_end = 0
+
+    def _reset_window(self) -> None:
+        self.window_start = time.time()
+        self.window_tokens, self.window_samples = self.counter.read()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_start = time.time()
+        self.first_step = state.global_step  # > 0 when resuming
+        self._reset_window()
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.counter.consume(1)  # a gradient-accumulation micro-batch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.counter.consume(1)  # the micro-batch that ended the optimizer step
+        self.built_at_step_end = len(self.counter.built)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or not state.is_world_process_zero:
+            return  # evaluation metrics come through on_evaluate; the closing summary via train()
+        now = time.time()
+        tokens, samples = self.counter.read()
+        window = max(now - self.window_start, 1e-9)
+        # Each rank counts its own batches and ranks get equal shares: scale rank 0's.
+        tokens_per_s = (tokens - self.window_tokens) * self.world_size / window
+        samples_per_s = (samples - self.window_samples) * self.world_size / window
+        done = state.global_step - self.first_step
+        elapsed = now - self.train_start
+        eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+        self.events.emit(
+            "step",
+            step=state.global_step,
+            total_steps=state.max_steps,
+            epoch=round(float(logs.get("epoch", state.epoch or 0.0)), 4),
+            loss=logs["loss"],
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            tokens_per_s=round(tokens_per_s, 1),
+            samples_per_s=round(samples_per_s, 2),
+            elapsed_s=round(elapsed, 3),
+            eta_s=round(eta, 1) if eta is not None else None,
+            memory=memory_now(self.device),
+            tokens=tokens * self.world_size,
+        )
+        self._reset_window()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.counter.discard_after(self.built_at_step_end)  # evaluation's batches are not training
+        metrics = metrics or {}
+        loss = metrics.get("eval_loss")
+        if state.is_world_process_zero and loss is not None:
+            self.last_eval_loss = loss
+            others = {k: v for k, v in metrics.items() if k != "eval_loss" and isinstance(v, (int, float))}
+            self.events.emit("eval", step=state.global_step, eval_loss=loss,
+                             perplexity=math.exp(min(loss, 50.0)), metrics=others)
+        self._reset_window()
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero:
+            from engine.modeling import write_meta
+
+            # With its finetui.json a checkpoint loads like the final adapter (chat mid-run).
+            if path.is_dir():
+                write_meta(path, **self.meta)
+            self.events.emit("checkpoint", path=str(path), step=state.global_step)
+        self._reset_window()
+
+
+class StopOnSignal(TrainerCallback):
+    """A stop request -> save a checkpoint at the end of this step, then stop.
+
+    Under several processes every rank must stop at the same step or the next gradient
+    all-reduce would hang, so the ranks agree on the flag (one one-element all-reduce per
+    step; single-process runs skip it).
+    """
+
+    def __init__(self, stop):
+        self.stop = stop  # engine.train.StopRequest
+
+    def _agreed(self, args) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.stop.requested
+        flag = torch.tensor([1 if self.stop.requested else 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop.requested = bool(flag.item())
+        return self.stop.requested
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._agreed(args):
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class WarningsToEvents(logging.Handler):
+    """Forward a few distinct library warnings (transformers, peft) as log events."""
+
+    def __init__(self, events: ev.EventWriter):
+        super().__init__(level=logging.WARNING)
+        self.events = events
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().strip().splitlines()[0][:500]
+        except Exception:
+            return
+        if not message or message in self.seen or len(self.seen) >= MAX_FORWARDED_WARNINGS:
+            return
+        self.seen.add(message)
+        self.events.emit("log", level="warning", message=message)

@@ -1,0 +1,532 @@
+"""Load tokenizers and models: the built-in tiny model, a local folder, the Hugging Face
+cache or a hub id; in 16/32-bit or quantised (bitsandbytes 4-bit NF4 / 8-bit); with LoRA
+adapters for training; and a run's result for inference.
+
+Heavy module (torch, transformers, peft): worker processes only (trainer, merge, chat).
+
+Where a model comes from (:func:`resolve_model_path`), in this order:
+
+1. ``tiny``: the built-in demo model (:func:`engine.tiny.path`);
+2. an existing folder with a ``config.json``;
+3. a hub id already in the Hugging Face cache (no network touched);
+4. a hub id not cached: downloaded only when the hub answers within a few seconds; offline
+   (``HF_HUB_OFFLINE=1`` or no route) it is one clear line, never a long retry loop.
+
+Every failure is a :class:`engine.errors.ModelError` whose message names the setting
+(``model.name_or_path``) so the trainer can send it as an ``error`` event of kind ``model``.
+
+Public API (also used by engine/chat.py and engine/merge.py):
+
+- ``resolve_model_path(name, revision=None) -> Path``
+- ``load_tokenizer(name_or_path, revision=None, trust_remote_code=False)``
+- ``load_model(model_cfg, method_cfg=None, *, tokenizer=None, added_tokens=(), eos_token_ids=None,
+  gradient_checkpointing=False, device=None, quantization=None) -> model``
+- ``fit_tokenizer(model, tokenizer, eos_token_ids=None)``: grow embeddings for added tokens,
+  set eos/pad ids (training and merge call it the same way, so shapes always agree)
+- ``footprint(model) -> dict``: params total/trainable, bytes, FLOPs per token
+- ``load_for_inference(run_dir_or_model, use_adapter=True, device="auto") -> (model, tokenizer)``
+- ``write_meta(folder, ...)`` / ``read_meta(folder)``: ``finetui.json`` beside an adapter
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from engine import tiny
+from engine.errors import ModelError
+
+META_FILE = "finetui.json"  # written beside every adapter/model the trainer saves
+HUB_TIMEOUT_S = 3.0
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+# --------------------------------------------------------------------------- where
+
+
+def _offline_message(name: str) -> str:
+    return (
+        f"model '{name}' is not in the Hugging Face cache and the hub cannot be reached (offline): "
+        "download it on a connected machine or set model.name_or_path to a local folder"
+    )
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    # "org/name" or a legacy single name ("gpt2"); anything with ./, ~, .. or more
+    # slashes is meant as a path.
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+def _hub_offline() -> bool:
+    if os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """One TCP connect to the hub's host. Run in a thread because the DNS lookup itself
+    has no timeout and can hang for a long time on a box without a resolver."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # a malformed id: treat as not cached
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _download(repo_id: str, revision: str | None, trust_remote_code: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    # safetensors preferred: fetch pickled *.bin weights only when a repo has nothing else.
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    if trust_remote_code:
+        patterns.append("*.py")
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns + ["*.bin"]))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"model.name_or_path: cannot download '{repo_id}': {first}") from None
+    return folder
+
+
+def resolve_model_path(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """``model.name_or_path`` -> a local folder holding config.json (see module docstring)."""
+    name = str(name).strip()
+    if tiny.is_tiny(name):
+        return tiny.path()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(
+                f"model.name_or_path: '{name}' has no config.json (not a Hugging Face model folder)"
+            )
+        return path
+    if path.exists():
+        raise ModelError(f"model.name_or_path: '{name}' is a file; expected a model folder")
+    if not _looks_like_hub_id(name):
+        raise ModelError(f"model.name_or_path: no such folder '{name}'")
+    cached = _cached_snapshot(name, revision)
+    if cached is not None:
+        return cached
+    if _hub_offline() or not _hub_reachable():
+        raise ModelError(_offline_message(name))
+    return _download(name, revision, trust_remote_code)
+
+
+# --------------------------------------------------------------------------- what on
+
+
+def pick_device(device: str = "auto") -> str:
+    """'cuda:<local rank>' or 'cpu'. auto: CUDA when present."""
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device == "cuda":
+        raise ModelError(
+            "model.device: cuda was asked for but no CUDA GPU is visible (set model.device: auto or cpu)",
+            hint="check nvidia-smi and CUDA_VISIBLE_DEVICES",
+        )
+    return "cpu"
+
+
+def bf16_supported(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+
+def pick_dtype(dtype: str, device: str):
+    """model.dtype -> torch dtype. auto: bf16 on a GPU that has it, else fp32 (a CPU, or
+    an older GPU where fp16 mixed precision needs fp32 master weights)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _quantization_config(model_cfg, quantization: str, device: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = model_cfg.bnb_4bit_compute_dtype
+    compute_dtype = (
+        (torch.bfloat16 if bf16_supported(device) else torch.float32)
+        if compute == "auto"
+        else {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[compute]
+    )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_cfg.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of a model (tiny, folder, cache, hub id)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(str(name_or_path), revision, trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelError(
+                f"model {name_or_path}: its tokenizer ships its own code; set model.trust_remote_code: true "
+                "if you trust it"
+            ) from None
+        raise ModelError(f"model {name_or_path}: cannot load the tokenizer: {_first_line(exc)}") from None
+
+
+def fit_tokenizer(model, tokenizer, eos_token_ids: list[int] | None = None) -> None:
+    """Make the model agree with a tokenizer that may have gained tokens.
+
+    Embeddings only ever grow: a model whose matrix is already padded past the vocabulary
+    (Qwen, Llama 3) keeps its size; new rows start at the mean of the old ones
+    (transformers' mean_resizing), so a new token's first logits are ordinary. Training,
+    merge and inference all call this, so adapter and base shapes always match.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    model.config.eos_token_id = eos
+    model.config.pad_token_id = pad
+    if getattr(model, "generation_config", None) is not None:
+        ids = [i for i in (eos_token_ids or []) if i is not None] or ([eos] if eos is not None else [])
+        model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else ids
+        model.generation_config.pad_token_id = pad
+
+
+def _embedding_module_names(model) -> list[str]:
+    """Short names (e.g. embed_tokens, lm_head) of the input/output embeddings, as peft's
+    modules_to_save matches them by suffix."""
+    wanted = [model.get_input_embeddings(), model.get_output_embeddings()]
+    names = []
+    for full, module in model.named_modules():
+        if any(module is w for w in wanted if w is not None):
+            short = full.rsplit(".", 1)[-1]
+            if short not in names:
+                names.append(short)
+    return names
+
+
+def _embeddings_tied(model) -> bool:
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def apply_lora(model, method_cfg, train_embeddings: bool, gradient_checkpointing: bool = False):
+    """Wrap the model with LoRA adapters (QLoRA: after k-bit preparation)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        # Casts norms/embeddings to fp32 and enables input grads so LoRA on a frozen
+        # quantised base trains stably; gradient checkpointing is switched on here when
+        # asked (non-reentrant, so frozen inputs need no grad).
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    modules_to_save = list(method_cfg.modules_to_save)
+    if train_embeddings:
+        # New tokens (ChatML on a base model) have untrained rows: the adapter must carry
+        # the whole embedding and output matrices, or the model can never emit <|im_end|>.
+        for name in _embedding_module_names(model):
+            if name not in modules_to_save:
+                modules_to_save.append(name)
+    target = method_cfg.target_modules
+    lora = LoraConfig(
+        r=method_cfg.lora_r,
+        lora_alpha=method_cfg.lora_alpha,
+        lora_dropout=method_cfg.lora_dropout,
+        target_modules=target if target == "all-linear" else list(target),
+        modules_to_save=modules_to_save or None,
+        ensure_weight_tying=bool(train_embeddings and _embeddings_tied(model)),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ModelError(f"method.target_modules: {_first_line(exc)}") from None
+    if gradient_checkpointing:
+        # With a frozen base, the checkpointed blocks' inputs need requires_grad.
+        model.enable_input_require_grads()
+    return model
+
+
+def load_model(
+    model_cfg,
+    method_cfg=None,
+    *,
+    tokenizer=None,
+    added_tokens: list[str] | tuple[str, ...] = (),
+    eos_token_ids: list[int] | None = None,
+    gradient_checkpointing: bool = False,
+    device: str | None = None,
+    quantization: str | None = None,
+):
+    """Load ``model_cfg`` (an engine.config.ModelConfig) ready for ``method_cfg``.
+
+    method_cfg None (or type full) returns the plain model; lora/qlora return a peft model
+    with only the adapters (and, when ``added_tokens``, the embeddings) trainable.
+    ``quantization`` overrides model_cfg.quantization (merge loads the base unquantised).
+    With a tokenizer, embeddings and eos/pad ids are fitted to it (:func:`fit_tokenizer`).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device(model_cfg.device)
+    quantization = quantization if quantization is not None else model_cfg.quantization
+    path = resolve_model_path(model_cfg.name_or_path, model_cfg.revision, model_cfg.trust_remote_code)
+    kwargs: dict[str, Any] = {
+        "dtype": pick_dtype(model_cfg.dtype, device),
+        "device_map": {"": device},
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+    if model_cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if any(path.glob("*.safetensors")):
+        kwargs["use_safetensors"] = True  # never unpickle *.bin when safetensors exist
+    if quantization != "none":
+        kwargs["quantization_config"] = _quantization_config(model_cfg, quantization, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        text = _first_line(exc)
+        if "out of memory" in str(exc).lower():
+            raise
+        if "trust_remote_code" in str(exc):
+            raise ModelError(
+                f"model {model_cfg.name_or_path}: it ships its own code; set model.trust_remote_code: true "
+                "if you trust it"
+            ) from None
+        raise ModelError(f"model {model_cfg.name_or_path}: cannot load: {text}") from None
+    if tokenizer is not None:
+        fit_tokenizer(model, tokenizer, eos_token_ids)
+    method = getattr(method_cfg, "type", "full") if method_cfg is not None else "full"
+    if method in ("lora", "qlora"):
+        model = apply_lora(model, method_cfg, bool(added_tokens), gradient_checkpointing)
+    elif method_cfg is None:
+        model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def footprint(model) -> dict[str, int]:
+    """Parameter counts, bytes held, and 6*N training FLOPs per token.
+
+    bitsandbytes packs two 4-bit weights per byte, so a Params4bit of n elements stands for
+    2n weights; bytes are what the tensors really occupy.
+    """
+    total = trainable = size = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n = n * 2 * param.element_size()
+        total += n
+        if param.requires_grad:
+            trainable += n
+        size += param.numel() * param.element_size()
+    return {
+        "params_total": total,
+        "params_trainable": trainable,
+        "size_bytes": size,
+        "flops_per_token": 6 * total,
+    }
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eos_token_ids: list[int]) -> None:
+    """``finetui.json`` beside a saved adapter/model: how to rebuild its base (by the name the
+    user gave, e.g. ``tiny``, not a cache path that differs between machines)."""
+    meta = {
+        "base_model": model_cfg.name_or_path,
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "quantization": model_cfg.quantization,
+        "dtype": model_cfg.dtype,
+        "method": method,
+        "added_tokens": list(added_tokens),
+        "eos_token_ids": list(eos_token_ids),
+    }
+    (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def base_config_for_adapter(adapter_dir: Path):
+    """A ModelConfig for the base an adapter was trained on (finetui.json, else peft's
+    adapter_config.json)."""
+    from engine.config import ModelConfig
+
+    meta = read_meta(adapter_dir)
+    if meta.get("base_model"):
+        return ModelConfig(
+            name_or_path=meta["base_model"],
+            revision=meta.get("revision"),
+            trust_remote_code=bool(meta.get("trust_remote_code")),
+            quantization=meta.get("quantization") or "none",
+        )
+    try:
+        peft_cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)") from None
+    base = peft_cfg.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{adapter_dir}/adapter_config.json does not name its base model")
+    return ModelConfig(name_or_path=base, revision=peft_cfg.get("revision"))
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def is_model_dir(path: Path) -> bool:
+    return (Path(path) / "config.json").exists()
+
+
+def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: str = "none",
+                       dtype: str | None = None, trainable: bool = False):
+    """Base + LoRA adapter, fitted exactly as in training: the tokenizer saved with the
+    adapter (added tokens, eos) decides the embedding size before the adapter loads."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    base_cfg = base_config_for_adapter(adapter_dir)
+    if dtype is not None:
+        base_cfg = base_cfg.model_copy(update={"dtype": dtype})
+    meta = read_meta(adapter_dir)
+    tokenizer = load_tokenizer(adapter_dir, trust_remote_code=base_cfg.trust_remote_code) \
+        if (adapter_dir / "tokenizer_config.json").exists() \
+        else load_tokenizer(base_cfg.name_or_path, base_cfg.revision, base_cfg.trust_remote_code)
+    base = load_model(base_cfg, None, device=device, quantization=quantization)
+    fit_tokenizer(base, tokenizer, meta.get("eos_token_ids"))
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    except Exception as exc:
+        raise ModelError(f"{adapter_dir}: cannot load the adapter: {_first_line(exc)}") from None
+    model.eval()
+    return model, tokenizer
+
+
+def _load_folder(folder: Path, device: str, trust_remote_code: bool = False):
+    from engine.config import ModelConfig
+
+    cfg = ModelConfig(name_or_path=str(folder), trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = load_model(cfg, None, device=device)
+    return model, tokenizer
+
+
+def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = True, device: str = "auto",
+                       quantization: str | None = None):
+    """(model, tokenizer) in eval mode for chat and evaluation.
+
+    - a run (id, prefix, ``last`` or folder): ``merged/`` if present, else base + ``adapter/``
+      (or the full fine-tune in ``adapter/``), else its last checkpoint; with
+      ``use_adapter=False`` the run's base model. A LoRA run's base is loaded as trained
+      (4-bit for QLoRA) unless ``quantization`` says otherwise;
+    - an adapter folder: its base + the adapter;
+    - ``tiny``, a model folder, a cached hub id: that model.
+    """
+    device = pick_device(device)
+    target = str(run_dir_or_model)
+    path = Path(target).expanduser()
+    if tiny.is_tiny(target) or (path.is_dir() and is_model_dir(path) and not (path / "config.yaml").exists()):
+        return _load_folder(resolve_model_path(target), device)
+    if path.is_dir() and is_adapter_dir(path):
+        q = quantization if quantization is not None else (read_meta(path).get("quantization") or "none")
+        return load_adapter_model(path, device=device, quantization=q)
+
+    from engine import runs
+
+    try:
+        run_dir = runs.resolve(target)
+    except runs.RunError:
+        run_dir = None
+    if run_dir is None:
+        return _load_folder(resolve_model_path(target), device)  # hub id or a clear error
+
+    from engine.config import load as load_config
+
+    config = load_config(run_dir / "config.yaml")
+    if not use_adapter:
+        tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+        model = load_model(config.model, None, device=device, quantization=quantization)
+        return model, tokenizer
+    candidates = [run_dir / "merged", run_dir / "adapter"]
+    last = runs.last_checkpoint(run_dir)
+    if last is not None:
+        candidates.append(last)
+    for folder in candidates:
+        if is_adapter_dir(folder):
+            q = quantization if quantization is not None else config.model.quantization
+            return load_adapter_model(folder, device=device, quantization=q)
+        if is_model_dir(folder):
+            return _load_folder(folder, device, config.model.trust_remote_code)
+    raise ModelError(
+        f"run {run_dir.name} has no trained weights yet (no merged/, adapter/ or checkpoint); "
+        f"use --base to talk to its base model"
+    )

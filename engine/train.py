@@ -1,0 +1,339 @@
+"""The trainer process: ``python -m engine.train --run-dir runs/<id> [--resume]``.
+
+Read top to bottom:
+
+1. :func:`main` takes over the process: SIGHUP ignored (a dropped SSH session must not end
+   a run), SIGTERM turned into a stop request, stdout kept for events only. Every failure
+   ends in one ``error`` event and a ``finished`` event with status ``failed``.
+2. :func:`train` loads the run's ``config.yaml``, the tokenizer and data
+   (``engine.data.dataset.build``) and the model (``engine.modeling``), and hands them to the
+   plain Hugging Face ``Trainer``. What we add are callbacks (engine/callbacks.py): events
+   from the Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM.
+3. At the end the adapter (LoRA/QLoRA) or the full model is saved to ``runs/<id>/adapter/``
+   with its tokenizer and ``finetui.json``, and a ``finished`` event says how it went.
+
+Why the plain ``Trainer`` and not TRL's ``SFTTrainer``: our data path already renders,
+masks and packs (``engine.data``) exactly as the dataset browser shows it; SFTTrainer would
+re-tokenise and re-mask by its own rules, and TRL would be one more pinned dependency for
+nothing we need.
+
+Only rank 0 speaks: under ``torchrun`` the other ranks write no events (their stdout goes
+to stderr, i.e. the run's stdout.log).
+
+This module imports only the standard library and light engine modules at the top, so
+the first event goes out before the seconds that torch and transformers take to import.
+
+Exit status: 0 when completed or stopped, 1 when failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine import errors
+from engine import events as ev
+
+CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
+
+
+# --------------------------------------------------------------------------- process
+
+
+class StopRequest:
+    """Set by SIGTERM; engine.callbacks.StopOnSignal reads it at the end of each step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handler(self, signum, frame) -> None:  # a signal handler must be quick: a flag
+        self.requested = True
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _event_writer(run_dir: Path, rank: int) -> ev.EventWriter:
+    """Rank 0: events go to the original stdout (the pipe) and to events.jsonl. Then fd 1
+    points at stderr on every rank, so a stray print from a library lands in stdout.log
+    instead of splicing itself into a JSON line."""
+    if rank != 0:
+        os.dup2(2, 1)
+        return ev.EventWriter(run_dir.name, None, stream=None)
+    events_fd = os.dup(1)
+    os.dup2(2, 1)
+    stream = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
+    return ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=stream)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.train", description="finetui trainer process")
+    parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    args = parser.parse_args(argv)
+
+    # The launcher starts us in our own session already; ignoring SIGHUP also covers a
+    # trainer started by hand in a terminal that then goes away.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop.handler)
+
+    run_dir = Path(args.run_dir).resolve()
+    rank = _rank()
+    events = _event_writer(run_dir, rank)
+    try:
+        status = train(run_dir, events, resume=args.resume, stop=stop)
+        return 0 if status in ("completed", "stopped") else 1
+    except BaseException as exc:  # noqa: BLE001 - every failure must end in events
+        kind, message, hint = errors.classify(exc)
+        if kind == "internal" or os.environ.get("FINETUI_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
+        else:
+            print(f"finetui trainer (rank {rank}): {kind}: {message}", file=sys.stderr)
+        events.emit("error", kind=kind, message=message, hint=hint)
+        events.emit("finished", status="failed", metrics={},
+                    outputs={"checkpoints": str(run_dir / "checkpoints")})
+        return 1
+    finally:
+        events.close()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _precision(requested: str, device: str) -> tuple[bool, bool]:
+    """train.precision -> (bf16, fp16) for TrainingArguments."""
+    from engine.modeling import bf16_supported
+
+    on_gpu = device.startswith("cuda")
+    if requested == "auto":
+        if not on_gpu:
+            return False, False
+        return (True, False) if bf16_supported(device) else (False, True)
+    if requested == "fp16" and not on_gpu:
+        raise errors.SetupError("train.precision: fp16 needs a CUDA GPU; use auto, bf16 or fp32 on the CPU")
+    if requested == "bf16" and on_gpu and not bf16_supported(device):
+        raise errors.SetupError("train.precision: this GPU has no bf16; use auto or fp16")
+    return requested == "bf16", requested == "fp16"
+
+
+def check_setup(config, device: str) -> None:
+    """Settings that validate on paper but cannot run on this machine."""
+    t = config.train
+    if t.optimizer in CUDA_ONLY_OPTIMIZERS and not device.startswith("cuda"):
+        raise errors.SetupError(
+            f"train.optimizer: {t.optimizer} needs a CUDA GPU (bitsandbytes' paged and 8-bit optimizers); "
+            "use adamw_torch on the CPU"
+        )
+    if config.method.type == "full" and config.model.dtype == "float16" and t.precision in ("auto", "fp16"):
+        raise errors.SetupError(
+            "model.dtype: float16 weights cannot be fully fine-tuned with fp16 mixed precision (the optimizer "
+            "needs fp32 master weights); set model.dtype: auto or float32, or train.precision: bf16"
+        )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _devices(device: str, world_size: int) -> list[str]:
+    import torch
+
+    if device.startswith("cuda"):
+        n = min(world_size, torch.cuda.device_count())
+        return [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(max(n, 1))]
+    return ["cpu"] if world_size == 1 else [f"cpu (rank {r})" for r in range(world_size)]
+
+
+def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world_size: int):
+    """engine.config.TrainConfig -> transformers.TrainingArguments."""
+    from transformers import TrainingArguments
+
+    t = config.train
+    bf16, fp16 = _precision(t.precision, device)
+    scheduler = t.lr_scheduler
+    if scheduler == "constant" and (t.warmup_steps or t.warmup_ratio):
+        scheduler = "constant_with_warmup"
+    # warmup_steps > 0 wins; else the ratio (TrainingArguments reads a float < 1 as one).
+    warmup: int | float = t.warmup_steps if t.warmup_steps > 0 else min(t.warmup_ratio, 0.999)
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
+        bf16=bf16,
+        fp16=fp16,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        eval_strategy=t.eval_strategy if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        # The Trainer's NaN filter tests the loss tensor on every step: a host sync.
+        logging_nan_inf_filter=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=device.startswith("cuda"),
+        torch_compile=t.torch_compile,
+        # Our collator picks the model's columns itself; keeping the rest lets
+        # group_by_length read the precomputed "length" column.
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        use_cpu=not device.startswith("cuda"),
+        ddp_backend="gloo" if world_size > 1 and not device.startswith("cuda") else None,
+        ddp_find_unused_parameters=False,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def _quiet_libraries(events: ev.EventWriter) -> None:
+    """Progress bars off (they would fill stdout.log); a few warnings become log events."""
+    import logging
+
+    import datasets
+    import transformers
+
+    from engine.callbacks import WarningsToEvents
+
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    forward = WarningsToEvents(events)
+    for name in ("transformers", "peft"):
+        logging.getLogger(name).addHandler(forward)
+
+
+def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: StopRequest | None = None) -> str:
+    """Train the run in ``run_dir``; return the finished status (completed | stopped)."""
+    from engine import config as config_mod
+    from engine import runs
+
+    stop = stop or StopRequest()
+    rank, world_size = _rank(), _world_size()
+    config = config_mod.load(run_dir / "config.yaml")
+    events.emit("log", level="info", message=f"loading {config.model.name_or_path} and {config.data.path}")
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # dataloader workers fork
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _quiet_libraries(events)
+    from transformers import PrinterCallback, Trainer, set_seed
+
+    from engine import modeling
+    from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
+    from engine.data import dataset as dataset_mod
+
+    device = modeling.pick_device(config.model.device)
+    check_setup(config, device)
+    set_seed(config.train.seed)  # before the model: LoRA's initial weights are drawn from it
+
+    tokenizer = modeling.load_tokenizer(config.model.name_or_path, config.model.revision,
+                                        config.model.trust_remote_code)
+    data = dataset_mod.build(config, tokenizer)  # may add tokens to the tokenizer
+    for warning in data.report.warnings:
+        events.emit("log", level="warning", message=f"data: {warning}")
+    if data.added_tokens:
+        events.emit("log", level="info",
+                    message=f"added tokens {', '.join(data.added_tokens)} (embeddings resized and trained)")
+
+    model = modeling.load_model(
+        config.model, config.method,
+        tokenizer=tokenizer,
+        added_tokens=data.added_tokens,
+        eos_token_ids=data.eos_token_ids,
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        device=device,
+    )
+    meta = {"model_cfg": config.model, "method": config.method.type,
+            "added_tokens": data.added_tokens, "eos_token_ids": data.eos_token_ids}
+
+    has_eval = data.test is not None and len(data.test) > 0
+    if config.train.eval_strategy != "no" and not has_eval:
+        events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
+    args = training_arguments(config, run_dir, device, has_eval, world_size)
+    counter = TokenCounter(dataset_mod.collator(config, tokenizer))
+    reporter = EventCallback(events, counter, device, world_size, meta)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=counter,
+        train_dataset=data.train,
+        eval_dataset=data.test if has_eval else None,
+        processing_class=tokenizer,  # saved beside every checkpoint and the final adapter
+        callbacks=[reporter, StopOnSignal(stop)],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+
+    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        events.emit("log", level="warning", message="no checkpoint to resume from: starting at step 0")
+    events.emit(
+        "run_started",
+        config=config.to_dict(),
+        footprint=modeling.footprint(model),
+        datasets={"train": len(data.train), "test": len(data.test) if has_eval else 0},
+        devices=_devices(device, world_size),
+        data={k: getattr(data.report, k) for k in ("format", "template", "counts", "lengths",
+                                                   "total_tokens", "trained_tokens", "added_tokens")},
+        precision={"dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                   "bf16": args.bf16, "fp16": args.fp16},
+        world_size=world_size,
+        resumed_from=str(checkpoint) if checkpoint else None,
+    )
+
+    started = time.time()
+    train_loss = None
+    if stop.requested:  # SIGTERM while loading: nothing trained, nothing to save
+        status = "stopped"
+    else:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        status = "stopped" if stop.requested else "completed"
+        train_loss = result.training_loss
+
+    outputs = {"checkpoints": str(run_dir / "checkpoints")}
+    if trainer.state.global_step > 0:
+        adapter_dir = run_dir / "adapter"
+        trainer.save_model(str(adapter_dir))  # adapter or full model, + tokenizer
+        if rank == 0:
+            modeling.write_meta(adapter_dir, **meta)
+        outputs["adapter"] = str(adapter_dir)
+    events.emit(
+        "finished",
+        status=status,
+        metrics={
+            "train_loss": train_loss,
+            "eval_loss": reporter.last_eval_loss,
+            "runtime_s": round(time.time() - started, 3),
+            "steps": trainer.state.global_step,
+            "epoch": round(float(trainer.state.epoch or 0.0), 4),
+        },
+        outputs=outputs,
+    )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
