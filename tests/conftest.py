@@ -31,23 +31,14 @@ def shared_datasets(shared: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """The built-in tiny model (engine.tiny), built once per session in its own cache
-    folder, so tests that point FINETUI_CACHE at a tmp dir do not rebuild it."""
-    import os
-
+def tiny_model_dir(finetui_cache_dir: Path) -> Path:
+    """The built-in tiny model's folder (engine.tiny) in the session's cache, so tests that
+    point FINETUI_CACHE at a tmp dir do not rebuild it."""
     from engine import tiny
 
-    cache = tmp_path_factory.mktemp("tiny-cache")
-    previous = os.environ.get("FINETUI_CACHE")
-    os.environ["FINETUI_CACHE"] = str(cache)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FINETUI_CACHE", str(finetui_cache_dir))
         return tiny.path()
-    finally:
-        if previous is None:
-            os.environ.pop("FINETUI_CACHE", None)
-        else:
-            os.environ["FINETUI_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
