@@ -74,7 +74,8 @@ def _slug(name: str) -> str:
 
 def new_run(config: Config, name: str | None = None, root: str | Path | None = None) -> Path:
     """Create ``runs/<id>/`` with its config.yaml and return the folder."""
-    root = runs_dir(root or config.output.runs_dir)
+    # --runs-dir (FINETUI_RUNS_DIR) beats the config file: the command line is the most specific.
+    root = runs_dir(root or os.environ.get("FINETUI_RUNS_DIR") or config.output.runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(name or config.output.run_name or 'run')}"
     run_id, n = base, 1

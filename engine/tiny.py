@@ -23,25 +23,17 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-VERSION = 1
+from engine.data.templates import CHATML
+
+VERSION = 2
 SEED = 1234
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
-# ChatML with generation markers so `return_assistant_tokens_mask` works; the
+# finetui's own ChatML (system, tools, Hermes tool calls) with generation markers, so
+# `return_assistant_tokens_mask` works and tool-call data trains as it renders; the
 # assistant turn's <|im_end|> is inside the markers because the model must learn to stop.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = CHATML
 
 MODEL_SETTINGS = dict(
     hidden_size=64,
