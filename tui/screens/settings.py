@@ -54,7 +54,7 @@ class SettingsScreen(FinetuiScreen):
     AUTO_FOCUS = "FieldRow"
     HELP_CLASSES = [SettingsForm, FieldRow, RowEditor, PathDialog, PathInput, PickDialog, ConfirmDialog]
     BINDINGS = [
-        Binding("p", "presets", "Presets", id="settings.presets"),
+        Binding("p", "presets", "Preset", id="settings.presets"),
         Binding("o", "load", "Open", id="settings.load"),
         Binding("w", "save", "Save", id="settings.save"),
         Binding("v", "preview", "Preview", id="settings.preview"),

@@ -106,7 +106,7 @@ class FieldRow(Widget, can_focus=True):
         Binding("enter", "edit", "Edit", id="form.edit"),
         Binding("right,l,space", "cycle(1)", "Next value", show=False, id="form.next_value"),
         Binding("left,h", "cycle(-1)", "Previous value", show=False, id="form.prev_value"),
-        Binding("x", "reset", "Default", id="form.reset"),
+        Binding("x", "reset", "Reset", id="form.reset"),
     ]
 
     DEFAULT_CSS = """
@@ -280,6 +280,8 @@ class SettingsForm(VerticalScroll, can_focus=False):
         Binding("up,k", "move(-1)", "Previous", show=False, id="form.prev"),
         Binding("pagedown", "move(10)", "Page down", show=False, id="form.page_down"),
         Binding("pageup", "move(-10)", "Page up", show=False, id="form.page_up"),
+        Binding("home", "move(-1000)", "First setting", show=False, id="form.first"),
+        Binding("end", "move(1000)", "Last setting", show=False, id="form.last"),
         Binding("right_square_bracket", "section(1)", "Next section", show=False, id="form.next_section"),
         Binding("left_square_bracket", "section(-1)", "Previous section", show=False, id="form.prev_section"),
     ]
@@ -289,6 +291,9 @@ class SettingsForm(VerticalScroll, can_focus=False):
         self.specs = specs
         self.rows: list[FieldRow] = [FieldRow(s, values.get(s["key"]), s["key"] in changed) for s in specs]
         self.by_key = {row.key: row for row in self.rows}
+        self.by_row = {row: i for i, row in enumerate(self.rows)}
+        self._cursor = -1  # index of the row the keyboard is on
+        self._requested: FieldRow | None = None  # focus asked for, not yet arrived
         self.titles: dict[str, SectionTitle] = {}
         self._later: list[Widget] = []
 
@@ -320,9 +325,19 @@ class SettingsForm(VerticalScroll, can_focus=False):
         self.mount_all(later)
 
     def on_descendant_focus(self, event) -> None:
+        widget = event.widget.row if isinstance(event.widget, RowEditor) else event.widget
+        if widget not in self.by_row:
+            return
+        index = self.by_row[widget]
+        if self._requested is not None:
+            # Focus arrives after the key that asked for it; keys typed faster than that
+            # (key repeat, tmux send-keys) already moved the cursor further: keep it.
+            if widget is self._requested:
+                self._requested = None
+        else:
+            self._cursor = index  # focused some other way (tab, mouse)
         # The first row of a section brings its title into view too.
-        index = self.current_index()
-        if index >= 0 and (index == 0 or self.rows[index - 1].spec["section"] != self.rows[index].spec["section"]):
+        if index == 0 or self.rows[index - 1].spec["section"] != self.rows[index].spec["section"]:
             title = self.titles.get(self.rows[index].spec["section"])
             if title is not None:
                 self.call_after_refresh(title.scroll_visible, animate=False)
@@ -332,13 +347,13 @@ class SettingsForm(VerticalScroll, can_focus=False):
             row.set_value(values.get(row.key), row.key in changed)
 
     def current_index(self) -> int:
+        """The row the keyboard is on (ahead of focus, which follows a moment later)."""
+        if self._requested is not None or self._cursor >= 0:
+            return self._cursor
         focused = self.screen.focused
         if isinstance(focused, RowEditor):
             focused = focused.row
-        for i, row in enumerate(self.rows):
-            if focused is row:
-                return i
-        return -1
+        return self.by_row.get(focused, -1)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if isinstance(event.input, RowEditor):
@@ -347,6 +362,8 @@ class SettingsForm(VerticalScroll, can_focus=False):
 
     def focus_row(self, index: int) -> None:
         index = max(0, min(index, len(self.rows) - 1))
+        self._cursor = index
+        self._requested = self.rows[index]
         self.rows[index].focus()
 
     def action_move(self, step: int) -> None:
