@@ -270,7 +270,7 @@ class ChatClient:
             start_new_session=True,
             env=env,
             cwd=self.cwd,
-            bufsize=0,
+            bufsize=-1,  # buffered: readline on a raw pipe would read byte by byte
         )
         for target in (self._read_stdout, self._read_stderr):
             t = threading.Thread(target=target, name=f"chat-{target.__name__}", daemon=True)
