@@ -77,12 +77,23 @@ def tmux(tmp_path):
 
 
 def test_tui_in_tmux_by_keyboard(tmux):
+    # It opens on the sample dataset.
+    screen = tmux.wait_for("What is finetui?")
+    lines = screen.rstrip("\n").split("\n")
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+    assert "Datasets" in lines[0] and "sample:finetui_faq" in screen and "272 rows" in screen
+    assert "Search" in lines[-1] and "Help" in lines[-1] and "Palette" in lines[-1]  # this screen's keys
+
+    tmux.keys("/", literal=True)
+    tmux.keys("LoRA", literal=True)
+    tmux.keys("Enter")
+    tmux.wait_for("matches for 'LoRA'")
+
+    tmux.keys("s", literal=True)
     tmux.wait_for("name_or_path")
     screen = tmux.wait_for("quickstart")
     lines = screen.rstrip("\n").split("\n")
-    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
-    assert "Settings" in lines[0] and "quickstart" in screen
-    assert "Preset" in lines[-1] and "Help" in lines[-1] and "Palette" in lines[-1]  # this screen's keys
+    assert "Preset" in lines[-1] and "Start" in lines[-1]
     assert "tiny" in screen
 
     tmux.keys("?", literal=True)

@@ -16,6 +16,14 @@ from tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
 from tui.widgets.fieldform import FieldRow, RowEditor, RowError, SettingsForm
 
 
+async def open_settings(pilot, app) -> None:
+    """The app opens on Datasets; s goes to Settings."""
+    await settle(pilot, app)
+    await pilot.press("s")
+    await settle(pilot, app)
+    assert isinstance(app.screen, SettingsScreen)
+
+
 async def goto_field(pilot, app, key: str) -> FieldRow:
     """Walk the form with j until ``key`` has focus (the way a user would)."""
     form = app.screen.query_one(SettingsForm)
@@ -54,7 +62,7 @@ async def edit(pilot, app, key: str, text: str) -> FieldRow:
 async def test_opens_on_tiny_model_and_sample_data(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         assert isinstance(app.screen, SettingsScreen)
         config = app.settings_state.config
         assert config.model.name_or_path == "tiny"
@@ -71,7 +79,7 @@ async def test_opens_on_tiny_model_and_sample_data(tui_env):
 async def test_invalid_value_is_refused_inline_then_valid_value_accepted(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         before = app.settings_state.config.train.batch_size
         row = await edit(pilot, app, "train.batch_size", "0")
         errors = [text_of(e) for e in app.screen.query(RowError)]
@@ -99,7 +107,7 @@ async def test_invalid_value_is_refused_inline_then_valid_value_accepted(tui_env
 async def test_text_garbage_and_yaml_fields(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await edit(pilot, app, "train.learning_rate", "fast")
         assert "train.learning_rate" in text_of(app.screen.query_one(RowError))
         await pilot.press("escape")  # cancel the edit
@@ -112,7 +120,7 @@ async def test_text_garbage_and_yaml_fields(tui_env):
 async def test_choice_fields_cycle_and_cross_field_rules_are_explained(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         assert app.settings_state.config.method.type == "full"
         await goto_field(pilot, app, "model.quantization")
         await pilot.press("l")  # none -> 4bit: impossible with full fine-tuning
@@ -133,7 +141,7 @@ async def test_save_and_reload_yaml(tui_env):
     app = FinetuiApp()
     target = tui_env / "work" / "mine.yaml"
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await edit(pilot, app, "train.batch_size", "4")
         await pilot.press("w")
         await pilot.pause()
@@ -177,7 +185,7 @@ async def test_bad_files_show_the_place_and_keep_the_settings(tui_env):
     (work / "range.yaml").write_text("model:\n  name_or_path: tiny\ntrain:\n  batch_size: -3\n")
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await edit(pilot, app, "train.batch_size", "3")
         for name, expected in [
             ("missing.yaml", "missing.yaml: no such config file"),
@@ -210,7 +218,7 @@ async def test_bad_files_show_the_place_and_keep_the_settings(tui_env):
 async def test_preview_shows_yaml_and_equivalent_command(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await edit(pilot, app, "train.batch_size", "4")
         await edit(pilot, app, "data.max_length", "256")
         await pilot.press("v")
@@ -232,7 +240,7 @@ async def test_preview_shows_yaml_and_equivalent_command(tui_env):
 async def test_preset_picker_loads_a_preset(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await pilot.press("p")
         await pilot.pause()
         assert isinstance(app.screen, PickDialog)
@@ -257,7 +265,7 @@ async def test_start_launches_a_run_and_keeps_its_process(tui_env, monkeypatch):
     monkeypatch.setattr(runs, "launch", fake_launch)
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await pilot.press("g")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
@@ -280,7 +288,7 @@ async def test_start_refuses_a_missing_data_file(tui_env, monkeypatch):
     monkeypatch.setattr(runs, "launch", lambda *a, **k: (_ for _ in ()).throw(AssertionError("launched")))
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await edit(pilot, app, "data.path", "./nowhere.jsonl")
         await pilot.press("g")
         await pilot.pause()
@@ -297,7 +305,7 @@ async def test_start_refuses_a_missing_data_file(tui_env, monkeypatch):
 async def test_unknown_model_folder_is_named_in_the_footprint(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot, app)
+        await open_settings(pilot, app)
         await edit(pilot, app, "model.name_or_path", "./no-model-here")
         await settle(pilot, app)
         assert "model.name_or_path: ./no-model-here: no such folder" in text_of(app.screen.query_one("#footprint"))

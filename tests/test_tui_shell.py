@@ -34,6 +34,10 @@ async def test_footer_shows_the_current_screens_keys(tui_env):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, app)
         footer_keys = {key.description for key in app.screen.query("FooterKey")}
+        assert {"View", "Open", "Search", "Lengths", "Help", "Quit"} <= footer_keys
+        await pilot.press("s")
+        await settle(pilot, app)
+        footer_keys = {key.description for key in app.screen.query("FooterKey")}
         assert {"Preset", "Open", "Save", "Preview", "Start", "Help", "Quit"} <= footer_keys
         await pilot.press("r")
         await settle(pilot, app)
@@ -101,7 +105,7 @@ async def test_remap_keys_from_the_config_file(tui_env):
         assert app.current_mode == "settings"
         await pilot.press("ctrl+y")
         await settle(pilot, app)
-        assert app.screen.query_one("ContentSwitcher").current == "preview"
+        assert app.screen.query_one("#switcher").current == "preview"
         assert " f2 Settings" in text_of(app.screen.query_one("ScreenBar"))
         assert not [n for n in notifications(app) if "keys" in n]
 
@@ -135,7 +139,7 @@ async def test_help_lists_every_binding(tui_env):
         assert "f9" in eval_line
         await pilot.press("escape")
         await pilot.pause()
-        assert isinstance(app.screen, SettingsScreen)
+        assert not isinstance(app.screen, HelpScreen)
 
 
 def test_every_finetui_binding_has_an_id():

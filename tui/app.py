@@ -24,6 +24,7 @@ User settings (theme, key remaps) live in ``$XDG_CONFIG_HOME/finetui/config.yaml
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,13 +50,13 @@ class ScreenEntry:
 
 
 SCREEN_TABLE: tuple[ScreenEntry, ...] = (
-    ScreenEntry("datasets", "Datasets", "d", "tui.screens.placeholder:DatasetsScreen"),
+    ScreenEntry("datasets", "Datasets", "d", "tui.screens.datasets:DatasetsScreen"),
     ScreenEntry("settings", "Settings", "s", "tui.screens.settings:SettingsScreen"),
     ScreenEntry("runs", "Runs", "r", "tui.screens.runs:RunsScreen"),
     ScreenEntry("chat", "Chat", "c", "tui.screens.placeholder:ChatScreen"),
     ScreenEntry("eval", "Eval", "e", "tui.screens.placeholder:EvalScreen"),
 )
-START_MODE = "settings"
+START_MODE = "datasets"  # `finetui` opens on the config's dataset (the sample FAQ)
 
 
 def screen_class(entry: ScreenEntry) -> type:
@@ -83,8 +84,6 @@ class FinetuiApp(App):
 
     def __init__(self) -> None:
         super().__init__()
-        from tui.session import SettingsState
-
         self.run_processes: dict[str, subprocess.Popen] = {}  # run id -> trainer started here
         self.run_dirs: dict[str, Path] = {}
         self.startup_problems: list[tuple[str, str]] = []  # (title, message)
@@ -92,10 +91,36 @@ class FinetuiApp(App):
         for problem in self.user_config.problems:
             self.startup_problems.append(("config file", problem))
         self._load_themes()
-        self.settings_state, problems = SettingsState.initial()
-        for problem in problems:
-            self.startup_problems.append(("settings", problem))
+        self._settings_state = None
+        self._settings_lock = threading.Lock()
         self._clashes_reported: set[frozenset[str]] = set()
+
+    @property
+    def settings_state(self):
+        """The config being edited (tui.session.SettingsState), shared by every screen.
+
+        Made on first use, which may be a worker thread: it imports engine.config
+        (pydantic), which the first frame of the Datasets screen does not need."""
+        if self._settings_state is None:
+            with self._settings_lock:
+                if self._settings_state is None:
+                    from tui.session import SettingsState
+
+                    state, problems = SettingsState.initial()
+                    for problem in problems:
+                        self._notify_any_thread(problem, "settings")
+                    self._settings_state = state
+        return self._settings_state
+
+    @settings_state.setter
+    def settings_state(self, state) -> None:
+        self._settings_state = state
+
+    def _notify_any_thread(self, message: str, title: str) -> None:
+        if threading.get_ident() == self._thread_id:
+            self.notify(message, title=title, severity="error", timeout=15)
+        else:
+            self.call_from_thread(self.notify, message, title=title, severity="error", timeout=15)
 
     # ------------------------------------------------------------------ start-up
 

@@ -38,10 +38,3 @@ class EvalScreen(PlaceholderScreen):
     TITLE_TEXT = "Eval"
     BODY = ("Held-out evaluation of a run, with the base model for comparison.\n"
             "Not built into the TUI yet: use `finetui eval RUN_ID --compare-base`.")
-
-
-class DatasetsScreen(PlaceholderScreen):
-    MODE = "datasets"
-    TITLE_TEXT = "Datasets"
-    BODY = ("Browse a dataset and see exactly what the model is trained on.\n"
-            "Coming with the data readers: use `finetui data inspect PATH` meanwhile.")

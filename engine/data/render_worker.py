@@ -1,0 +1,266 @@
+"""JSON-lines render server for the dataset browser: the tokenizer lives here, not in the UI.
+
+Heavy (transformers via the tokenizer; ``datasets`` for hub ids): a worker process only.
+The TUI starts one per (model, template, max_length, train_on) and talks to it on
+stdin/stdout, one JSON object a line::
+
+    python -m engine.data.render_worker --model tiny [--revision R] [--template auto]
+                                        [--max-length 512] [--train-on assistant]
+
+It answers ``{"type": "ready", "template", "end_token", "model"}`` once the tokenizer is
+loaded (or ``{"type": "fatal", "message"}`` and exits 1), then serves requests, each with an
+``id`` the answer repeats:
+
+``{"op": "render", "record": {...}, "format": "auto", "columns": {}, "tags": {}}``
+    -> ``{"type": "rendered", "format", "text", "trained_spans", "n_tokens", "n_trained",
+    "full_tokens", "truncated", "kept_chars", "notes", "messages"}`` (engine.data.render.render,
+    the function that builds the training set: what is shown is what is trained)
+``{"op": "lengths", "path", "format", "columns", "split", "subset", "dataset_dir", "limit"}``
+    -> ``progress`` lines, then ``{"type": "lengths", "counts", "stats", "histogram",
+    "total_tokens", "trained_tokens", "records_seen", "limited", "issues"}``
+``{"op": "records", "path", "split", "subset", "dataset_dir", "limit"}``
+    -> ``{"type": "records", "records": [{"place", "data"}], "limited"}`` (hub datasets,
+    which need ``datasets``)
+``{"op": "cancel", "target": ID}`` stops a running ``lengths``/``records`` job.
+
+Errors are ``{"type": "error", "message"}`` naming the place (``file:line: field ...``).
+Render requests are served between chunks of a long job, so browsing stays responsive
+while the histogram is computed. Closing stdin ends the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import threading
+from typing import Any
+
+CHUNK = 25  # records of a long job between looks at the request queue
+DEFAULT_LIMIT = 5000
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out_lock = threading.Lock()
+        self.requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.cancelled: set[Any] = set()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, ensure_ascii=False, default=str)
+        with self.out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def read_stdin(self) -> None:
+        for line in sys.stdin:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as exc:
+                self.send({"type": "error", "id": None, "message": f"bad request: {exc.msg}"})
+                continue
+            if request.get("op") == "cancel":
+                self.cancelled.add(request.get("target"))
+                continue
+            self.requests.put(request)
+        self.requests.put(None)
+
+    # ----------------------------------------------------------------- start-up
+
+    def load(self) -> None:
+        from engine.data import render
+        from engine.data.inspect import load_tokenizer
+
+        self.render_mod = render
+        self.tokenizer = load_tokenizer(self.args.model)
+        self.template = render.resolve_template(self.tokenizer, self.args.template)
+        self.added = render.prepare_tokenizer(self.tokenizer, self.template)
+        self.end_token = render.detect_end_token(self.tokenizer, self.template)
+
+    # ----------------------------------------------------------------- requests
+
+    def render_record(self, record: Any, fmt: str, columns: dict, tags: dict) -> dict[str, Any]:
+        from engine.data.formats import RecordError, detect_one, to_conversation
+
+        if fmt in (None, "", "auto"):
+            fmt = detect_one(record, columns or None, tags or None)
+            if fmt is None:
+                keys = ", ".join(list(record)[:12]) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"cannot tell this record's format from its keys ({keys}); set data.format")
+        try:
+            conv = to_conversation(record, fmt, columns or None, tags or None)
+        except RecordError as exc:
+            raise ValueError(str(exc)) from None
+        ex = self.render_mod.render(conv, self.tokenizer, self.template, train_on=self.args.train_on,
+                                    max_length=self.args.max_length)
+        return {
+            "format": fmt,
+            "text": ex.text,
+            "trained_spans": [list(s) for s in ex.trained_spans],
+            "n_tokens": ex.n_tokens,
+            "n_trained": ex.n_trained,
+            "full_tokens": ex.full_tokens,
+            "truncated": ex.truncated,
+            "kept_chars": ex.kept_chars,
+            "notes": ex.notes,
+            "messages": [m.to_dict() for m in conv.messages],
+            "system": conv.system,
+            "kind": conv.kind,
+        }
+
+    def serve_render(self, request: dict[str, Any]) -> None:
+        try:
+            result = self.render_record(request.get("record"), request.get("format", "auto"),
+                                        request.get("columns") or {}, request.get("tags") or {})
+        except Exception as exc:  # a bad record is an answer, not a crash
+            self.send({"type": "error", "id": request.get("id"), "message": _one_line(exc)})
+            return
+        self.send({"type": "rendered", "id": request.get("id"), **result})
+
+    def pending_renders(self) -> None:
+        """Serve queued render requests (they jump ahead of a long job)."""
+        held = []
+        while True:
+            try:
+                request = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if request is None or request.get("op") != "render":
+                held.append(request)
+            else:
+                self.serve_render(request)
+        for request in held:
+            self.requests.put(request)
+
+    def job_lengths(self, request: dict[str, Any]) -> None:
+        from engine.data import dataset as data_mod
+        from engine.data import readers
+
+        rid = request.get("id")
+        limit = int(request.get("limit") or DEFAULT_LIMIT)
+        collector = readers.IssueCollector("skip")
+        pairs = readers.iter_conversations(
+            request["path"],
+            format=request.get("format") or "auto",
+            columns=request.get("columns") or None,
+            report=collector,
+            dataset_dir=request.get("dataset_dir"),
+            split=request.get("split") or "train",
+            subset=request.get("subset"),
+        )
+        lengths: list[int] = []
+        counts = {"records": 0, "ok": 0, "invalid": 0, "truncated": 0, "no_trained": 0}
+        total_tokens = trained_tokens = 0
+        issues: list[str] = []
+        limited = False
+        for n, (record, conv) in enumerate(pairs):
+            if rid in self.cancelled:
+                self.send({"type": "cancelled", "id": rid})
+                return
+            if n >= limit:
+                limited = True
+                break
+            counts["records"] += 1
+            try:
+                ex = self.render_mod.render(conv, self.tokenizer, self.template, train_on=self.args.train_on,
+                                            max_length=self.args.max_length)
+            except Exception as exc:
+                counts["invalid"] += 1
+                if len(issues) < 50:
+                    issues.append(f"{record.place}: {_one_line(exc)}")
+                continue
+            lengths.append(ex.full_tokens)
+            counts["truncated"] += ex.truncated
+            if ex.n_trained == 0:
+                counts["no_trained"] += 1
+            else:
+                counts["ok"] += 1
+                total_tokens += ex.n_tokens
+                trained_tokens += ex.n_trained
+            if n % CHUNK == CHUNK - 1:
+                self.send({"type": "progress", "id": rid, "done": n + 1})
+                self.pending_renders()
+        counts["invalid"] += collector.count
+        counts["records"] += collector.count
+        issues = [str(i) for i in collector.issues[:50]] + issues
+        self.send({
+            "type": "lengths", "id": rid, "counts": counts,
+            "stats": data_mod.length_stats(lengths), "histogram": data_mod.histogram(lengths, 10),
+            "total_tokens": total_tokens, "trained_tokens": trained_tokens, "records_seen": len(lengths),
+            "limited": limited, "limit": limit, "issues": issues[:50], "max_length": self.args.max_length,
+        })
+
+    def job_records(self, request: dict[str, Any]) -> None:
+        from engine.data import readers
+
+        rid = request.get("id")
+        limit = int(request.get("limit") or DEFAULT_LIMIT)
+        collector = readers.IssueCollector("skip")
+        out = []
+        limited = False
+        for n, record in enumerate(readers.iter_records(request["path"], report=collector,
+                                                        dataset_dir=request.get("dataset_dir"),
+                                                        split=request.get("split") or "train",
+                                                        subset=request.get("subset"), streaming=True)):
+            if rid in self.cancelled:
+                self.send({"type": "cancelled", "id": rid})
+                return
+            if n >= limit:
+                limited = True
+                break
+            out.append({"place": record.place, "data": record.data})
+            if n % CHUNK == CHUNK - 1:
+                self.pending_renders()
+        self.send({"type": "records", "id": rid, "records": out, "limited": limited,
+                   "issues": [str(i) for i in collector.issues[:50]]})
+
+    def run(self) -> int:
+        try:
+            self.load()
+        except Exception as exc:
+            self.send({"type": "fatal", "message": _one_line(exc)})
+            return 1
+        self.send({"type": "ready", "model": self.args.model, "template": self.template.label,
+                   "end_token": self.end_token, "added_tokens": self.added})
+        threading.Thread(target=self.read_stdin, daemon=True).start()
+        jobs = {"lengths": self.job_lengths, "records": self.job_records}
+        while True:
+            request = self.requests.get()
+            if request is None:
+                return 0
+            op = request.get("op")
+            if op == "render":
+                self.serve_render(request)
+            elif op in jobs:
+                try:
+                    jobs[op](request)
+                except Exception as exc:
+                    self.send({"type": "error", "id": request.get("id"), "message": _one_line(exc)})
+            else:
+                self.send({"type": "error", "id": request.get("id"), "message": f"unknown op {op!r}"})
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.data.render_worker", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--template", default="auto")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--train-on", choices=("assistant", "all"), default="assistant")
+    args = p.parse_args(argv)
+    return Worker(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

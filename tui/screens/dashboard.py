@@ -1,0 +1,630 @@
+"""A run's live dashboard: progress, loss/eval-loss chart, learning rate, grad norm,
+tokens/s, GPUs and host, checkpoints, the log; and the run's controls (stop, kill,
+resume, its config, chat with its result, the likely fix when it failed).
+
+Pushed on top of the Runs screen (enter on a run). Data comes from the run's feed
+(``tui.runfeed``): the trainer's pipe when this UI started it, ``events.jsonl`` otherwise.
+Feeds apply events to a state in a thread; this screen looks at it on a 0.5 s timer and
+hands the widgets copies of what changed, so a burst of events costs one redraw and the
+screen never redraws more than twice a second (friendly to SSH). NVML, psutil, the
+checkpoints folder and stdout.log are read in a thread worker once a second.
+
+Layout at 80x24 (22 rows between the screen bar and the footer)::
+
+    ● running  <run id>  full · tiny · cpu · live
+    ━━━━━━━━━━━━━━━━━━━━━━━━━━━ 24/40 60%  ep 1.50  0:28  eta 0:19
+    loss 5.56  eval 5.78 (best 5.63@20)  lr 1.3e-3  gnorm 0.83  tok/s 2,054
+    <chart: title row + plot rows>                        (grows with the window)
+    <failure / stopped banner with its fix>               (only when it applies)
+    host cpu … ram … trainer rss … peak …
+    GPU rows (or one line saying why there are none)
+    checkpoints 10 20 30 (last checkpoint-30)
+    <log: the last events, or stdout.log, or the checkpoints list>   (grows too)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.worker import get_current_worker
+from textual.widgets import Static
+
+from engine import runs
+from tui.runfeed import RunFeed, RunState, feeds
+from tui.screens.base import FinetuiScreen, PaletteCommand
+from tui.widgets.dialogs import ConfirmDialog
+from tui.widgets.gpupanel import GpuPanel
+from tui.widgets.logview import LogView
+from tui.widgets.lossplot import LossPlot, Series, theme_colors
+from tui.widgets.runprogress import MetricsLine, RunProgress, fmt_duration
+
+TICK_S = 0.5  # widgets refresh at most this often (2 Hz)
+HW_POLL_S = 1.0
+PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
+VIEWS = ("log", "stdout.log", "checkpoints")
+STDOUT_TAIL_BYTES = 16384
+
+STATUS_MARK = {
+    "running": ("●", "good"), "starting": ("…", "dim"), "completed": ("✔", "train"),
+    "stopped": ("■", "eval"), "failed": ("✖", "bad"), "created": ("·", "dim"),
+}
+
+
+@dataclass
+class HwSnapshot:
+    """What the poll thread read, handed to the UI in one assignment."""
+
+    gpus: list[Any] = field(default_factory=list)
+    problem: str | None = None
+    host: Any = None
+    last_checkpoint: Path | None = None
+    existing_checkpoints: set[str] = field(default_factory=set)
+    stdout_lines: list[str] = field(default_factory=list)
+    newer_session_pid: int | None = None  # a trainer for this run started elsewhere
+    thread: str = ""
+
+
+@dataclass
+class Fix:
+    """What the dashboard offers when a run failed (the ``f`` key)."""
+
+    kind: str  # settings | resume | stdout
+    text: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def likely_fix(state: RunState, last_checkpoint: Path | None) -> Fix | None:
+    """The most likely way out of a failed run, from its error event."""
+    if state.status != "failed":
+        return None
+    error = state.error
+    if error is None:  # killed or crashed without a word: pick up where it left off
+        where = f"from {last_checkpoint.name}" if last_checkpoint else "from step 0 (no checkpoint yet)"
+        return Fix("resume", f"resume {where}")
+    kind = error.get("kind")
+    train = (state.config or {}).get("train") or {}
+    data = (state.config or {}).get("data") or {}
+    if kind == "oom":
+        batch = int(train.get("batch_size") or 1)
+        accum = int(train.get("gradient_accumulation_steps") or 1)
+        if batch > 1:
+            return Fix("settings", f"open Settings with train.batch_size {batch // 2} (was {batch}) and "
+                                   f"gradient_accumulation_steps {accum * 2}: same effective batch",
+                       {"train.batch_size": batch // 2, "train.gradient_accumulation_steps": accum * 2})
+        if not train.get("gradient_checkpointing"):
+            return Fix("settings", "open Settings with train.gradient_checkpointing on (batch is already 1)",
+                       {"train.gradient_checkpointing": True})
+        length = int(data.get("max_length") or 512)
+        return Fix("settings", f"open Settings with data.max_length {max(16, length // 2)} (was {length})",
+                   {"data.max_length": max(16, length // 2)})
+    if kind in ("config", "data", "model"):
+        return Fix("settings", f"open this run's config in Settings to change what the {kind} error names")
+    return Fix("stdout", "show stdout.log (the traceback is there)")
+
+
+def apply_to_settings(app, run_dir: Path, overrides: dict[str, Any] | None = None, note: str = "") -> str | None:
+    """Load a run's config.yaml (plus overrides) into ``app.settings_state`` and go to
+    Settings. Returns a problem, or None."""
+    from engine import config as cfg
+
+    path = run_dir / "config.yaml"
+    try:
+        base = cfg.load(path)
+        config = base
+        for key, value in (overrides or {}).items():
+            config = cfg.set_value(config, key, value)
+    except cfg.ConfigError as exc:
+        return str(exc)
+    state = app.settings_state
+    state.config, state.base_path, state.base_config = config, path, base
+    state.origin = f"run {run_dir.name}" + (f" ({note})" if note else "")
+    app.action_goto("settings")
+
+    def reload() -> None:
+        screen = app.screen
+        if getattr(screen, "MODE", "") == "settings" and hasattr(screen, "reload_form") and screen.is_mounted:
+            screen.reload_form()
+
+    app.call_after_refresh(reload)
+    return None
+
+
+class DashboardScreen(FinetuiScreen):
+    MODE = "runs"  # it sits on the Runs screen's stack: the screen bar shows Runs
+    BINDINGS = [
+        Binding("escape,backspace", "back", "Runs", id="dashboard.back"),
+        Binding("S", "stop", "Stop", id="dashboard.stop"),
+        Binding("K", "kill", "Kill", id="dashboard.kill"),
+        Binding("R", "resume", "Resume", id="dashboard.resume"),
+        Binding("f", "fix", "Fix", id="dashboard.fix"),
+        Binding("o", "config", "Config", id="dashboard.config"),
+        Binding("t", "chat", "Chat", id="dashboard.chat"),
+        Binding("m", "smooth", "Smooth", id="dashboard.smooth"),
+        Binding("l", "log_scale", "Log-y", id="dashboard.log_scale"),
+        Binding("p", "plot", "Plot", id="dashboard.plot"),
+        Binding("v", "view", "View", show=False, id="dashboard.view"),
+    ]
+    DEFAULT_CSS = """
+    DashboardScreen #dash-head { height: 1; padding: 0 1; background: $surface; }
+    DashboardScreen RunProgress, DashboardScreen MetricsLine { padding: 0 1; }
+    DashboardScreen #chart { height: 2fr; min-height: 6; padding: 0 1 0 0; }
+    DashboardScreen #problem { height: auto; max-height: 5; padding: 0 1; display: none; }
+    DashboardScreen #problem.-failed { display: block; background: $error 15%; }
+    DashboardScreen #problem.-stopped { display: block; background: $warning 10%; }
+    DashboardScreen GpuPanel { padding: 0 1; background: $surface; }
+    DashboardScreen #ckpts { height: 1; padding: 0 1; background: $surface; }
+    DashboardScreen #log { height: 1fr; min-height: 3; padding: 0 1; }
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.run_id = self.run_dir.name
+        self.feed: RunFeed | None = None
+        self.plot = 0  # index in PLOTS
+        self.view = 0  # index in VIEWS
+        self._version = -1
+        self._hw: HwSnapshot | None = None
+        self._hw_seen: HwSnapshot | None = None
+        self._status = ""
+        self._fix: Fix | None = None
+        self._wake = threading.Event()
+        self.ticks = 0  # timer ticks that changed something on screen (redraw-rate benchmark)
+        self.shown_steps: list[tuple[int, float]] = []  # (step, wall time it reached the widgets)
+        self.state: RunState | None = None  # the state last shown (tests read it)
+
+    # ------------------------------------------------------------------ layout
+
+    def compose_body(self):
+        yield Static("", id="dash-head")
+        yield RunProgress(id="progress")
+        yield MetricsLine(id="metrics")
+        yield LossPlot(title="loss", id="chart")
+        yield Static("", id="problem")
+        yield GpuPanel(id="gpus")
+        yield Static("", id="ckpts")
+        yield LogView(id="log")
+
+    def on_mount(self) -> None:
+        self.feed = feeds(self.app).feed(self.run_dir)
+        self.set_interval(TICK_S, self.tick, name="dashboard tick")
+        self.poll_hardware()
+        self.call_after_refresh(self.tick)
+
+    def on_unmount(self) -> None:
+        self._wake.set()
+        if self.feed is not None:
+            feeds(self.app).release(self.feed)
+
+    # ------------------------------------------------------------------ the timer
+
+    def tick(self) -> None:
+        """Everything that arrived since the last tick, in one redraw."""
+        if self.feed is None:
+            return
+        registry = feeds(self.app)
+        if self.is_current:
+            for run_id in registry.take_new_launches():
+                if run_id == self.run_id:
+                    self._switch_feed(registry.feed(self.run_dir))
+                else:  # a run started from Settings meanwhile: show that one
+                    self.app.switch_screen(DashboardScreen(registry.feeds[run_id].run_dir))
+                    return
+        hw = self._hw
+        if hw is not None and hw.newer_session_pid and self.feed.ended:
+            self._switch_feed(registry.feed(self.run_dir))
+        feed = self.feed
+        changed_hw = hw is not None and hw is not self._hw_seen
+        with feed.lock:  # the feed's thread appends to the state under this lock
+            state = feed.state
+            changed = state.version != self._version
+            if changed:
+                self._version = state.version
+                self._show_state(state, hw)
+            elif changed_hw:
+                self._show_hw_parts(state, hw)
+        if changed_hw:
+            self._hw_seen = hw
+            self._show_gpus(hw)
+        if changed or changed_hw:
+            self.ticks += 1
+
+    def _switch_feed(self, feed: RunFeed) -> None:
+        if feed is self.feed:
+            return
+        if self.feed is not None:
+            feeds(self.app).release(self.feed)
+        self.feed = feed
+        self._version = -1
+        self._wake.set()
+
+    # ------------------------------------------------------------------ state -> widgets
+
+    def _show_state(self, st: RunState, hw: HwSnapshot | None) -> None:
+        """Called with the feed's lock held: copy what the widgets keep."""
+        self.state = st
+        colors = theme_colors(self.app)
+        status = st.status
+        last = st.last_step or {}
+        cfg = st.config or {}
+        self._status = status
+
+        # header
+        mark, color = STATUS_MARK.get(status, ("?", "dim"))
+        head = Text(no_wrap=True, overflow="ellipsis")
+        head.append(f"{mark} {status}", style=f"bold {colors.get(color, color)}")
+        head.append(f"  {self.run_id}", style="bold")
+        method = (cfg.get("method") or {}).get("type") or ""
+        model = (cfg.get("model") or {}).get("name_or_path") or ""
+        devices = ((st.started or {}).get("devices") or [])
+        bits = [b for b in (method, str(model)[-24:], devices[0].split(" ")[0] if devices else "") if b]
+        if len(devices) > 1:
+            bits[-1] += f"×{len(devices)}"
+        bits.append("live" if st.source == "pipe" else "events.jsonl")
+        if st.sessions > 1:
+            bits.append(f"resumed ×{st.sessions - 1}")
+        head.append("  " + " · ".join(bits), style="dim")
+        self.query_one("#dash-head", Static).update(head)
+
+        # progress + numbers
+        note = {"starting": "starting: loading model and data…", "created": "never started"}.get(status, "")
+        if status == "running" and st.last_step is None:
+            note = "loading model and data…"
+        self.query_one(RunProgress).show(
+            last.get("step"), last.get("total_steps"), last.get("epoch"), last.get("elapsed_s"),
+            last.get("eta_s"), note=note, bar_color=colors["good"] if status == "completed" else colors["train"])
+        self.query_one(MetricsLine).show(
+            loss=last.get("loss"), eval_loss=(st.last_eval or {}).get("eval_loss"), best_eval=st.best_eval,
+            learning_rate=last.get("learning_rate"), grad_norm=last.get("grad_norm"),
+            tokens_per_s=last.get("tokens_per_s"))
+        if last.get("step") is not None and (not self.shown_steps or self.shown_steps[-1][0] != last["step"]):
+            self.shown_steps.append((int(last["step"]), time.time()))
+            del self.shown_steps[:-1000]
+
+        self._show_chart(st)
+        self._show_problem(st, hw)
+        self._show_checkpoints(st, hw)
+        self._show_log(st, hw)
+        self.refresh_bindings()
+
+    def _show_chart(self, st: RunState) -> None:
+        colors = theme_colors(self.app)
+        chart = self.query_one(LossPlot)
+        name = PLOTS[self.plot]
+        steps = list(st.steps)
+        if name == "loss":
+            series = [Series("train", steps, list(st.loss), colors["train"]),
+                      Series("eval", list(st.eval_steps), list(st.eval_loss), colors["eval"], markers=True)]
+        else:
+            values = {"learning rate": st.learning_rate, "grad norm": st.grad_norm,
+                      "tokens/s": st.tokens_per_s}[name]
+            series = [Series(name, steps, list(values), colors["train"])]
+        chart.set_series(series, title=name)
+
+    def _show_problem(self, st: RunState, hw: HwSnapshot | None) -> None:
+        banner = self.query_one("#problem", Static)
+        colors = theme_colors(self.app)
+        status = st.status
+        last_ckpt = hw.last_checkpoint if hw else None
+        self._fix = likely_fix(st, last_ckpt)
+        banner.set_class(status == "failed", "-failed")
+        banner.set_class(status == "stopped", "-stopped")
+        text = Text()
+        if status == "failed":
+            error = st.error
+            text.append("✖ failed: ", style=f"bold {colors['bad']}")
+            if error is not None:
+                text.append(f"{error.get('kind')} error: ", style="bold")
+                text.append(str(error.get("message") or ""))
+                if error.get("hint"):
+                    text.append("\nhint: ", style="bold")
+                    text.append(str(error["hint"]))
+            else:
+                text.append("the trainer process is gone without a finished event (killed or crashed)")
+            if self._fix is not None:
+                key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
+                    app_key(self.app, "dashboard.resume", "R")
+                text.append(f"\n{key}: ", style=f"bold {colors['eval']}")
+                text.append(self._fix.text)
+        elif status == "stopped":
+            text.append("■ stopped", style=f"bold {colors['eval']}")
+            step = (st.last_step or {}).get("step")
+            if step is not None:
+                text.append(f" at step {step}")
+            key = app_key(self.app, "dashboard.resume", "R")
+            where = last_ckpt.name if last_ckpt else "step 0 (no checkpoint)"
+            text.append(f"  ·  {key}: resume from {where}")
+        banner.update(text)
+
+    def _show_checkpoints(self, st: RunState, hw: HwSnapshot | None) -> None:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("checkpoints ", style="bold")
+        if st.checkpoints:
+            line.append(" ".join(str(step) for step, _path in st.checkpoints[-12:]))
+            last = hw.last_checkpoint if hw else None
+            if last is not None:
+                line.append(f"  (last on disk: {last.name})", style="dim")
+        else:
+            every = ((st.config or {}).get("train") or {}).get("save_steps")
+            line.append("none yet" + (f" (every {every} steps)" if every else ""), style="dim")
+        self.query_one("#ckpts", Static).update(line)
+
+    def _show_log(self, st: RunState | None, hw: HwSnapshot | None) -> None:
+        log = self.query_one(LogView)
+        colors = theme_colors(self.app)
+        view = VIEWS[self.view]
+        key = app_key(self.app, "dashboard.view", "v")
+        if view == "log":
+            lines = []
+            for when, kind, message in list(st.lines if st else [])[-200:]:
+                line = Text(time.strftime("%H:%M:%S ", time.localtime(when)), style="dim")
+                style = {"error": colors["bad"], "checkpoint": "dim", "eval": colors["eval"]}.get(kind, "")
+                line.append(message.replace("\n", "  "), style=style)
+                lines.append(line)
+            log.show(f"log  ({key}: stdout.log, checkpoints)", lines, empty="no log events yet")
+        elif view == "stdout.log":
+            lines = [Text(s) for s in (hw.stdout_lines if hw else [])]
+            log.show(f"stdout.log (the trainer's stderr)  ({key}: checkpoints)", lines, empty="stdout.log is empty")
+        else:
+            existing = hw.existing_checkpoints if hw else set()
+            lines = []
+            for step, path in (st.checkpoints if st else []):
+                name = Path(path).name
+                line = Text(f"step {step:>7}  {path}")
+                if hw is not None and name not in existing:
+                    line.append("  (removed: save_total_limit)", style="dim")
+                lines.append(line)
+            log.show(f"checkpoints  ({key}: log)", lines, empty="no checkpoints yet")
+
+    def _show_hw_parts(self, st: RunState, hw: HwSnapshot) -> None:
+        """What depends on the poll (checkpoints on disk, stdout.log); lock held."""
+        self._show_problem(st, hw)
+        self._show_checkpoints(st, hw)
+        self._show_log(st, hw)
+        self.refresh_bindings()
+
+    def _show_gpus(self, hw: HwSnapshot) -> None:
+        st = self.state
+        devices = ((st.started or {}).get("devices") or []) if st else []
+        on_gpu = any(str(d).startswith("cuda") for d in devices)
+        memory = dict((st.last_step or {}).get("memory") or {}) if st else {}
+        self.query_one(GpuPanel).show(hw.gpus, hw.problem, hw.host, memory, st.peak_bytes if st else None, on_gpu)
+
+    # ------------------------------------------------------------------ polling (thread)
+
+    @work(thread=True, exclusive=True, group="dashboard-hw")
+    def poll_hardware(self) -> None:
+        """NVML, psutil, checkpoints and stdout.log, once a second, off the UI thread."""
+        from engine import hardware
+
+        worker = get_current_worker()
+        backend = hardware.gpu_backend()
+        stdout_path = self.run_dir / "stdout.log"
+        stdout_size = -1
+        stdout_lines: list[str] = []
+        while not worker.is_cancelled:
+            feed = self.feed
+            pid = feed.pid if feed is not None else runs.read_pid(self.run_dir)
+            snap = HwSnapshot(thread=threading.current_thread().name)
+            try:
+                snap.gpus = backend.read()
+            except Exception as exc:  # a driver hiccup is a reading, not a crash
+                snap.gpus = []
+                snap.problem = f"NVML read failed: {exc}"
+            snap.problem = snap.problem or backend.problem
+            try:
+                snap.host = hardware.read_host(pid if runs.pid_alive(pid) else None)
+            except Exception:
+                snap.host = None
+            snap.last_checkpoint = runs.last_checkpoint(self.run_dir)
+            ckpt_dir = self.run_dir / "checkpoints"
+            snap.existing_checkpoints = {p.name for p in ckpt_dir.glob("checkpoint-*")} if ckpt_dir.is_dir() else set()
+            try:
+                size = stdout_path.stat().st_size
+            except OSError:
+                size = 0
+            if size != stdout_size:
+                stdout_size = size
+                stdout_lines = _tail_lines(stdout_path, STDOUT_TAIL_BYTES)
+            snap.stdout_lines = stdout_lines
+            if feed is not None and feed.ended:
+                file_pid = runs.read_pid(self.run_dir)
+                if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid):
+                    snap.newer_session_pid = file_pid
+            self._hw = snap
+            self._wake.wait(HW_POLL_S)
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        status = self._status
+        if action in ("stop", "kill"):
+            return status in ("running", "starting")
+        if action == "resume":
+            return status in ("stopped", "failed", "completed", "created")
+        if action == "fix":
+            return self._fix is not None
+        if action == "chat":
+            return status in ("completed", "stopped") or None
+        return True
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_stop(self) -> None:
+        if self._status not in ("running", "starting"):
+            self.notify("the run is not running", title="Stop", severity="warning")
+            return
+        self._signal(kill=False)
+
+    def action_kill(self) -> None:
+        if self._status not in ("running", "starting"):
+            self.notify("the run is not running", title="Kill", severity="warning")
+            return
+        hw = self._hw
+        last = hw.last_checkpoint if hw else None
+        body = Text()
+        body.append(f"SIGKILL to the trainer of {self.run_id} and its children.\n\n", style="bold")
+        body.append("No checkpoint is saved and no finished event is written; ")
+        body.append(f"resume later from {last.name}." if last else "there is no checkpoint yet.")
+        body.append("\nStop (graceful: checkpoint, then exit) is ")
+        body.append(app_key(self.app, "dashboard.stop", "S"), style="bold")
+        body.append(".")
+        self.app.push_screen(ConfirmDialog(f"Kill run {self.run_id}?", body, verb="kill"),
+                             lambda ok: self._signal(kill=True) if ok else None)
+
+    @work(thread=True, group="dashboard-control")
+    def _signal(self, kill: bool) -> None:
+        try:
+            sent = runs.stop(self.run_dir, kill=kill)
+        except Exception as exc:
+            sent, problem = False, str(exc)
+        else:
+            problem = None if sent else "the trainer process is not running"
+        if sent:
+            message = "killed" if kill else "stopping: a checkpoint is being saved, then the trainer exits"
+            self.app.call_from_thread(self.notify, message, title="Kill" if kill else "Stop")
+        else:
+            self.app.call_from_thread(self.notify, problem or "not sent", title="Kill" if kill else "Stop",
+                                      severity="error")
+        self._wake.set()
+
+    def action_resume(self) -> None:
+        if self._status in ("running", "starting"):
+            self.notify("the run is still running", title="Resume", severity="warning")
+            return
+        resume_run(self, self.run_dir)
+
+    def action_fix(self) -> None:
+        fix = self._fix
+        if fix is None:
+            self.notify("nothing to fix: the run did not fail", title="Fix")
+            return
+        if fix.kind == "resume":
+            self.action_resume()
+        elif fix.kind == "stdout":
+            self.view = VIEWS.index("stdout.log") - 1
+            self.action_view()
+        else:
+            note = "fix: " + ", ".join(f"{k} {v}" for k, v in fix.overrides.items()) if fix.overrides else ""
+            problem = apply_to_settings(self.app, self.run_dir, fix.overrides, note)
+            if problem:
+                self.notify(problem, title="Fix", severity="error", timeout=10)
+            else:
+                self.app.notify(f"{fix.text}; Start (g) makes a new run", title="Fix", timeout=8)
+
+    def action_config(self) -> None:
+        show_config(self, self.run_dir)
+
+    def action_chat(self) -> None:
+        self.app.chat_target = self.run_id
+        self.app.action_goto("chat")
+
+    def action_smooth(self) -> None:
+        self.query_one(LossPlot).cycle_smoothing()
+
+    def action_log_scale(self) -> None:
+        chart = self.query_one(LossPlot)
+        chart.set_options(log_scale=not chart.log_scale)
+
+    def action_plot(self) -> None:
+        self.plot = (self.plot + 1) % len(PLOTS)
+        if self.feed is not None:
+            with self.feed.lock:
+                self._show_chart(self.feed.state)
+
+    def action_view(self) -> None:
+        self.view = (self.view + 1) % len(VIEWS)
+        if self.feed is not None:
+            with self.feed.lock:
+                self._show_log(self.feed.state, self._hw)
+
+    def palette_commands(self) -> list[PaletteCommand]:
+        return [
+            ("Run: stop (checkpoint, then exit)", self.run_id, self.action_stop),
+            ("Run: kill", self.run_id, self.action_kill),
+            ("Run: resume from the last checkpoint", self.run_id, self.action_resume),
+            ("Run: show / load its config", self.run_id, self.action_config),
+            ("Run: chat with its result", self.run_id, self.action_chat),
+            ("Chart: cycle smoothing", "off → 0.6 → 0.9", self.action_smooth),
+            ("Chart: log scale", "toggle", self.action_log_scale),
+            ("Chart: next plot", "loss, learning rate, grad norm, tokens/s", self.action_plot),
+            ("Log: next view", "events, stdout.log, checkpoints", self.action_view),
+        ]
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def app_key(app, binding_id: str, default: str) -> str:
+    """The key a binding has now (after the user's keymap), as shown to the user."""
+    key_for = getattr(app, "key_for", None)
+    return key_for(binding_id, default) if callable(key_for) else default
+
+
+def _tail_lines(path: Path, size: int) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            end = fh.tell()
+            fh.seek(max(0, end - size))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if end > size and lines:
+        lines = lines[1:]  # the first one is cut
+    return [line.rstrip() for line in lines if line.strip()][-200:]
+
+
+def show_config(screen, run_dir: Path) -> None:
+    """The run's config.yaml in a dialog; enter loads it into Settings."""
+    try:
+        text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    except OSError as exc:
+        screen.notify(f"cannot read {run_dir / 'config.yaml'}: {exc}", severity="error")
+        return
+    body = Text(text.rstrip())
+
+    def done(ok: bool | None) -> None:
+        if ok:
+            problem = apply_to_settings(screen.app, run_dir)
+            if problem:
+                screen.app.notify(problem, title="config", severity="error", timeout=10)
+            else:
+                screen.app.notify(f"config of {run_dir.name} loaded; Start (g) makes a new run", title="Settings")
+
+    screen.app.push_screen(ConfirmDialog(f"{run_dir.name}/config.yaml", body, verb="load into Settings"), done)
+
+
+def resume_run(screen, run_dir: Path) -> None:
+    """Start the trainer again with --resume (from the last checkpoint), from this UI."""
+    last = runs.last_checkpoint(run_dir)
+    if last is None:
+        screen.notify("no checkpoint yet: the run starts again at step 0", title="Resume", severity="warning")
+    _launch_resume(screen, run_dir)
+
+
+def _launch_resume(screen, run_dir: Path) -> None:
+    app = screen.app
+    screen.run_worker(partial(_resume_in_thread, app, run_dir), thread=True, group="run-control")
+
+
+def _resume_in_thread(app, run_dir: Path) -> None:
+    try:
+        if runs.pid_alive(runs.read_pid(run_dir)):
+            raise runs.RunError(f"run {run_dir.name} is still running")
+        proc = runs.launch(run_dir, resume=True)
+    except Exception as exc:
+        app.call_from_thread(app.notify, f"could not resume: {exc}", title="Resume", severity="error", timeout=10)
+        return
+    app.call_from_thread(app.run_launched, run_dir, proc)

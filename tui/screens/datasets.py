@@ -1,0 +1,585 @@
+"""Datasets: open a dataset, page through it, see each record as it will be trained.
+
+* open (``o``): a file, folder, ``sample:NAME``, ``DIR/dataset_info.json:NAME`` or a Hugging
+  Face id, with path completion; starts on the config's ``data.path`` (the sample FAQ);
+* the table pages through any size (``engine.data.paged`` for JSONL/JSON/text, the
+  readers for CSV/parquet/folders, the render worker for hub datasets);
+* a record (``enter``): the raw record and the rendered training text with the trained
+  tokens highlighted. Rendering needs the tokenizer, so it happens in the render worker
+  subprocess (``engine.data.render_worker``, the same ``render`` as training) with the
+  model/template/max_length/train_on of the Settings;
+* token lengths (``i``): counts and a histogram, computed by the same worker;
+* search (``/``): filters the table to the matching rows, with the match count.
+
+File reading and searching run in worker threads; the tokenizer never enters this process.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import ContentSwitcher, Input, Static
+
+from engine.data import formats
+from tui import datasource
+from tui.render_client import RenderClient
+from tui.screens.base import FinetuiScreen, PaletteCommand
+from tui.widgets.dialogs import PathDialog
+from tui.widgets.pathinput import PathInput
+from tui.widgets.rowtable import RowTable
+
+RAW_MAX_CHARS = 20_000
+
+
+def _short_place(place: str) -> str:
+    """file:line with the file relative to the working directory when inside it."""
+    from tui.session import display_path
+
+    path, sep, line = place.rpartition(":")
+    if not sep or not line.isdigit():
+        return place
+    return f"{display_path(path)}:{line}"
+BAR_WIDTH = 40
+HINT = "⏎ view record · / search · i token lengths · u use in Settings · o open"
+
+
+class SearchInput(Input):
+    BINDINGS = [Binding("escape", "close", "Close search", id="datasets.search_close")]
+
+    def action_close(self) -> None:
+        self.screen.close_search()
+
+
+class DatasetsScreen(FinetuiScreen):
+    MODE = "datasets"
+    AUTO_FOCUS = "RowTable"
+    HELP_CLASSES = [RowTable, SearchInput, PathDialog, PathInput]
+    BINDINGS = [
+        Binding("o", "open", "Open", id="datasets.open"),
+        Binding("slash", "search", "Search", id="datasets.search"),
+        Binding("i", "stats", "Lengths", id="datasets.stats"),
+        Binding("u", "use", "Use", id="datasets.use"),
+        Binding("escape", "back", "Back", id="datasets.back"),
+        Binding("left,h", "step(-1)", "Previous record", show=False, id="datasets.prev"),
+        Binding("right,l", "step(1)", "Next record", show=False, id="datasets.next"),
+    ]
+    DEFAULT_CSS = """
+    DatasetsScreen #ds-source { height: 1; padding: 0 1; background: $surface; color: $text-muted; }
+    DatasetsScreen #ds-switcher { height: 1fr; }
+    DatasetsScreen #ds-record, DatasetsScreen #ds-stats { padding: 0 1; }
+    DatasetsScreen .ds-heading { text-style: bold; color: $primary; margin-top: 1; }
+    DatasetsScreen #ds-record-head { margin-top: 0; }
+    DatasetsScreen #ds-search { dock: bottom; display: none; }
+    DatasetsScreen #ds-search.-open { display: block; }
+    DatasetsScreen #ds-status { height: 1; padding: 0 1; background: $panel; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec: str | None = None
+        self.source = None  # engine.data.readers.Source
+        self.rows: datasource.RowSource | None = None
+        self.format: str | None = None
+        self.format_how = ""
+        self.follow_settings = True  # show the config's data.path until the user opens another
+        self.client: RenderClient | None = None
+        self.record_index: int | None = None
+        self.search_text = ""
+        self._search_stop: threading.Event | None = None
+        self._stats_cache: dict[tuple, dict[str, Any]] = {}
+        self._stats_request: int | None = None
+        self._render_request: int | None = None
+        self._timer = None
+
+    def compose_body(self):
+        yield Static("opening…", id="ds-source")
+        with ContentSwitcher(initial="ds-table", id="ds-switcher"):
+            yield RowTable(id="ds-table")
+            with VerticalScroll(id="ds-record"):
+                yield Static("", id="ds-record-head", classes="ds-heading")
+                yield Static("", id="ds-raw")
+                yield Static("rendered for training", id="ds-rendered-head", classes="ds-heading")
+                yield Static("", id="ds-rendered")
+            with VerticalScroll(id="ds-stats"):
+                yield Static("", id="ds-stats-text")
+        yield SearchInput(placeholder="search the records (enter: filter, esc: close)", id="ds-search", compact=True)
+        yield Static(HINT, id="ds-status")
+
+    @property
+    def table(self) -> RowTable:
+        return self.query_one(RowTable)
+
+    @property
+    def view(self) -> str:
+        return self.query_one(ContentSwitcher).current or "ds-table"
+
+    def on_mount(self) -> None:
+        # Reading the config (pydantic) and the file happen after the first frame.
+        self.call_after_refresh(self.open_from_settings)
+
+    def on_screen_resume(self) -> None:
+        if self.follow_settings and self.spec is not None:
+            data = self.app.settings_state.config.data
+            if data.path != self.spec:
+                self.open_from_settings()
+
+    def on_unmount(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._search_stop is not None:
+            self._search_stop.set()
+
+    def status(self, message: str | Text, error: bool = False) -> None:
+        text = message if isinstance(message, Text) else Text(message, style="bold red" if error else "")
+        text.no_wrap, text.overflow = True, "ellipsis"
+        self.query_one("#ds-status", Static).update(text)
+
+    # ------------------------------------------------------------------ opening
+
+    @work(thread=True, exclusive=True, group="open")
+    def open_from_settings(self) -> None:
+        state = self.app.settings_state  # first use imports engine.config: off the UI thread
+        data = state.config.data
+        try:
+            source = datasource.resolve(data.path, data.split, data.subset)
+        except formats.DataError as exc:
+            self.app.call_from_thread(self.open_failed, data.path, str(exc))
+            return
+        self._open(data.path, source)
+
+    @work(thread=True, exclusive=True, group="open")
+    def open_resolved(self, spec: str, source) -> None:
+        self._open(spec, source)
+
+    def _open(self, spec: str, source) -> None:
+        """Thread: build the row source, detect the format, hand both to the UI."""
+        if source.hub_id:
+            self.app.call_from_thread(self.open_hub, spec, source)
+            return
+        try:
+            rows = datasource.open_rows(source)
+        except (formats.DataError, OSError) as exc:
+            self.app.call_from_thread(self.open_failed, spec, str(exc))
+            return
+        configured, columns = self._configured(spec)
+        fmt, how = datasource.detect_format(rows, source, configured, columns)
+        self.app.call_from_thread(self.opened, spec, source, rows, fmt, how)
+
+    def _configured(self, spec: str) -> tuple[str, dict[str, str]]:
+        data = self.app.settings_state.config.data
+        if spec == data.path:
+            return data.format, dict(data.columns)
+        return "auto", {}
+
+    def open_failed(self, spec: str, message: str) -> None:
+        if self.rows is None:
+            self.query_one("#ds-source", Static).update(Text(f"{spec}: not opened", style="bold red"))
+            self.table.set_source(None, empty_text="o: open a dataset (file, folder, sample:NAME, org/name)")
+        self.status(message, error=True)
+        self.notify(message, title="dataset", severity="error", timeout=10)
+
+    def opened(self, spec: str, source, rows: datasource.RowSource, fmt: str | None, how: str) -> None:
+        old, self.rows = self.rows, rows
+        if old is not None and old is not rows:
+            threading.Thread(target=old.close, daemon=True).start()
+        self.spec, self.source, self.format, self.format_how = spec, source, fmt, how
+        self.record_index = None
+        self.search_text = ""
+        self.table.set_source(rows, empty_text="no records")
+        self.switch_to("ds-table")
+        self.table.focus()
+        self.show_source_line()
+        if fmt is None:
+            self.status(f"format: {how}", error=True)
+        else:
+            self.status(HINT)
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_interval(0.25, self.tick)
+        if not self.app.is_headless:
+            self.set_timer(1.5, self.warm_worker)  # the tokenizer loads while the user looks
+
+    def open_hub(self, spec: str, source) -> None:
+        self.status(f"{spec}: reading through the render worker (Hugging Face datasets)…")
+        configured, columns = self._configured(spec)
+
+        def answered(message: dict[str, Any]) -> None:
+            if message.get("type") != "records":
+                self.open_failed(spec, f"{spec}: {message.get('message', 'cannot read')}")
+                return
+            rows = datasource.ListSource.from_worker(message["records"], f"hub {source.hub_id}[{source.split}]",
+                                                     message.get("limited", False), message.get("issues", []))
+            fmt, how = datasource.detect_format(rows, source, configured, columns)
+            self.opened(spec, source, rows, fmt, how)
+
+        self.render_client().request("records", answered, path=spec, split=source.split, subset=source.subset,
+                                     limit=5000)
+
+    def tick(self) -> None:
+        if self.rows is None:
+            return
+        self.table.update_count()
+        self.show_source_line()
+        if self.rows.total is not None and self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def show_source_line(self) -> None:
+        rows = self.rows
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(self.spec or "", style="bold")
+        if rows is not None:
+            line.append(f" · {rows.description}")
+            if self.format:
+                line.append(f" · {self.format} ({self.format_how})")
+            else:
+                line.append(" · format unknown", style="bold red")
+            total = rows.total
+            if total is None:
+                line.append(f" · ≈{rows.estimated_total:,} rows, indexing {rows.progress:.0%}")
+            else:
+                line.append(f" · {total:,} rows" + (" (first ones only)" if rows.limited else ""))
+            if self.table.filter is not None:
+                line.append(f" · {len(self.table.filter):,} match", style="bold")
+        self.query_one("#ds-source", Static).update(line)
+
+    def action_open(self) -> None:
+        self.app.push_screen(
+            PathDialog("Open dataset: file, folder, sample:NAME, DIR/dataset_info.json:NAME or org/name",
+                       self.spec or "", self._check_open),
+            self._after_open)
+
+    def _check_open(self, path) -> str | None:
+        spec = str(path) if not str(path).startswith("sample:") else str(path)
+        data = self.app.settings_state.config.data
+        try:
+            self._pending = (spec, datasource.resolve(spec, data.split, data.subset))
+        except formats.DataError as exc:
+            return str(exc)
+        return None
+
+    def _after_open(self, path) -> None:
+        if path is None:
+            return
+        spec, source = self._pending
+        self.follow_settings = spec == self.app.settings_state.config.data.path
+        self.status(f"opening {spec}…")
+        self.open_resolved(spec, source)
+
+    def action_use(self) -> None:
+        """Point the config's data.path at the open dataset."""
+        if not self.spec:
+            return
+        from engine import config as cfg
+
+        state = self.app.settings_state
+        data = state.config.to_dict()
+        data["data"]["path"] = self.spec
+        try:
+            state.config = cfg.validate(data)
+        except cfg.ConfigError as exc:
+            self.notify(str(exc), title="Use dataset", severity="error")
+            return
+        self.follow_settings = True
+        self.notify(f"data.path = {self.spec}", title="Settings")
+
+    # ------------------------------------------------------------------ rendering worker
+
+    def render_client(self) -> RenderClient:
+        config = self.app.settings_state.config
+        key = (config.model.name_or_path, config.data.template, config.data.max_length, config.data.train_on)
+        if self.client is None or self.client.key != key:
+            if self.client is not None:
+                self.client.close()
+            self.client = RenderClient(self.app, *key, on_state=self.worker_state)
+        return self.client
+
+    def warm_worker(self) -> None:
+        self.render_client().start()
+
+    def worker_state(self, state: str, message: str) -> None:
+        if state == "failed":
+            self.status(f"render worker: {message}", error=True)
+            if self.view == "ds-record":
+                self.query_one("#ds-rendered", Static).update(Text(message, style="bold red"))
+
+    # ------------------------------------------------------------------ record view
+
+    def on_row_table_selected(self, message: RowTable.Selected) -> None:
+        self.show_record(message.index)
+
+    def show_record(self, index: int) -> None:
+        self.record_index = index
+        self.switch_to("ds-record")
+        self.query_one("#ds-record").focus()
+        self.query_one("#ds-record").scroll_home(animate=False)
+        row = self.table.row(index)
+        if row is None:
+            self.query_one("#ds-raw", Static).update("reading…")
+            self.read_row(index)
+            return
+        self.fill_record(row)
+
+    @work(thread=True, exclusive=True, group="row")
+    def read_row(self, index: int) -> None:
+        rows = self.rows.fetch(index, 1) if self.rows is not None else []
+        if rows:
+            self.app.call_from_thread(self.fill_record, rows[0])
+
+    def fill_record(self, row: datasource.Row) -> None:
+        if row.index != self.record_index:
+            return
+        head = Text(f"record {row.index + 1}", style="bold")
+        head.append(f"  {_short_place(row.place)}", style="dim")
+        self.query_one("#ds-record-head", Static).update(head)
+        rendered = self.query_one("#ds-rendered", Static)
+        if row.error:
+            raw = Text(row.raw[:RAW_MAX_CHARS])
+            raw.append(f"\n{row.place}: {row.error}", style="bold red")
+            self.query_one("#ds-raw", Static).update(raw)
+            rendered.update(Text("not rendered: the record cannot be read", style="red"))
+            return
+        pretty = json.dumps(row.data, ensure_ascii=False, indent=2, default=str)
+        raw = Text(pretty[:RAW_MAX_CHARS])
+        if len(pretty) > RAW_MAX_CHARS:
+            raw.append(f"\n… {len(pretty) - RAW_MAX_CHARS:,} more characters", style="dim")
+        self.query_one("#ds-raw", Static).update(raw)
+        client = self.render_client()
+        waiting = "rendering…" if client.state == "ready" else f"{client.message or 'starting the render worker…'}"
+        rendered.update(Text(waiting, style="dim"))
+        if self._render_request is not None and self.client is not None:
+            self.client.cancel(self._render_request)
+        source = self.source
+        columns = {**(source.columns if source else {}), **self._configured(self.spec or "")[1]}
+        self._render_request = client.request(
+            "render", lambda answer, index=row.index: self.show_rendered(index, answer),
+            record=row.data, format=self.format or "auto", columns=columns, tags=(source.tags if source else {}))
+
+    def show_rendered(self, index: int, answer: dict[str, Any]) -> None:
+        if index != self.record_index:
+            return
+        widget = self.query_one("#ds-rendered", Static)
+        if answer.get("type") == "error":
+            place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
+            widget.update(Text(f"{place}: {answer.get('message')}", style="bold red"))
+            return
+        info = self.client.info if self.client else {}
+        head = Text(f"{answer['n_tokens']} tokens, {answer['n_trained']} trained", style="bold")
+        head.append(" (highlighted)", style=f"bold {self._color('success')}")
+        head.append(f" · format {answer['format']} · template {info.get('template', '?')} · "
+                    f"model {info.get('model', '?')}", style="dim")
+        if answer.get("truncated"):
+            head.append(f"\ntruncated: {answer['full_tokens']} tokens > max_length", style=f"bold {self._color('warning')}")
+        for note in answer.get("notes") or []:
+            head.append(f"\nnote: {note}", style=self._color("warning"))
+        head.append("\n\n")
+        head.append_text(self.marked(answer))
+        widget.update(head)
+
+    def _color(self, name: str) -> str:
+        return self.app.theme_variables.get(name, "green")
+
+    def marked(self, answer: dict[str, Any]) -> Text:
+        """The rendered text: trained tokens highlighted, the rest dim, the cut-off struck."""
+        text, end = answer["text"], answer.get("kept_chars", len(answer["text"]))
+        trained = f"bold {self._color('success')}"
+        out = Text()
+        pos = 0
+        for a, b in answer["trained_spans"]:
+            a, b = min(a, end), min(b, end)
+            if a > pos:
+                out.append(text[pos:a], style="dim")
+            if b > a:
+                out.append(text[a:b], style=trained)
+            pos = max(pos, b)
+        if pos < end:
+            out.append(text[pos:end], style="dim")
+        if end < len(text):
+            out.append("\n✂ max_length: the rest is not trained\n", style=f"bold {self._color('warning')}")
+            out.append(text[end:], style="dim strike")
+        return out
+
+    def action_step(self, step: int) -> None:
+        if self.view != "ds-record" or self.record_index is None:
+            return
+        line = self.table.filter.index(self.record_index) if self.table.filter is not None and \
+            self.record_index in self.table.filter else self.record_index
+        line = max(0, min(line + step, self.table.count - 1))
+        self.table.cursor = line
+        index = self.table.source_index(line)
+        if index is not None:
+            self.table.ensure_row(index)
+            self.show_record(index)
+
+    def action_back(self) -> None:
+        if self.view != "ds-table":
+            self.switch_to("ds-table")
+            self.table.focus()
+            return
+        if self.table.filter is not None:
+            self.table.set_filter(None)
+            self.refresh_bindings()
+            self.search_text = ""
+            self.status(HINT)
+            self.show_source_line()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "step":
+            return self.view == "ds-record"
+        if action == "back":
+            return self.view != "ds-table" or self.table.filter is not None
+        return True
+
+    def switch_to(self, view: str) -> None:
+        self.query_one(ContentSwitcher).current = view
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------ token lengths
+
+    def action_stats(self) -> None:
+        if self.view == "ds-stats":
+            self.action_back()
+            return
+        self.switch_to("ds-stats")
+        self.query_one("#ds-stats").focus()
+        if not self.spec:
+            return
+        client = self.render_client()
+        key = (self.spec, client.key, self.format)
+        if key in self._stats_cache:
+            self.show_stats(self._stats_cache[key])
+            return
+        if self._stats_request is not None:
+            client.cancel(self._stats_request)
+        self.query_one("#ds-stats-text", Static).update(Text(
+            f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…", style="dim"))
+        data = self.app.settings_state.config.data
+        columns = self._configured(self.spec)[1]
+
+        def answered(message: dict[str, Any]) -> None:
+            kind = message.get("type")
+            if kind == "progress":
+                self.query_one("#ds-stats-text", Static).update(Text(f"rendered {message['done']:,} records…", style="dim"))
+                return
+            self._stats_request = None
+            if kind == "lengths":
+                self._stats_cache[key] = message
+                self.show_stats(message)
+            else:
+                self.query_one("#ds-stats-text", Static).update(Text(str(message.get("message")), style="bold red"))
+
+        self._stats_request = client.request(
+            "lengths", answered, path=self.spec, format=self.format or "auto", columns=columns,
+            split=data.split, subset=data.subset, limit=5000)
+
+    def show_stats(self, result: dict[str, Any]) -> None:
+        c = result["counts"]
+        text = Text()
+        text.append("records   ", style="bold")
+        text.append(f"{c['records']:,}: {c['ok']:,} ok, {c['invalid']:,} invalid, {c['truncated']:,} truncated, "
+                    f"{c['no_trained']:,} with nothing to train")
+        if result.get("limited"):
+            text.append(f"  (first {result['limit']:,} records)", style="dim")
+        stats = result.get("stats") or {}
+        if stats:
+            text.append("\ntokens    ", style="bold")
+            text.append(f"min {stats['min']}  median {stats['median']:g}  p95 {stats['p95']}  max {stats['max']}  "
+                        f"(max_length {result['max_length']})")
+        if result.get("total_tokens"):
+            share = 100 * result["trained_tokens"] / result["total_tokens"]
+            text.append("\ntrained   ", style="bold")
+            text.append(f"{result['trained_tokens']:,} of {result['total_tokens']:,} tokens ({share:.0f}%)")
+        hist = result.get("histogram") or []
+        if hist:
+            text.append("\n\ntoken length histogram", style="bold")
+            text.append(" (per record, before truncation; ▒ = over max_length)\n", style="dim")
+            top = max(b["count"] for b in hist) or 1
+            width = len(str(hist[-1]["hi"]))
+            for b in hist:
+                bar_len = max(1 if b["count"] else 0, round(BAR_WIDTH * b["count"] / top))
+                over = b["lo"] > result["max_length"]
+                text.append(f"  {b['lo']:>{width}}-{b['hi']:<{width}} ")
+                text.append(("▒" if over else "█") * bar_len, style=self._color("warning" if over else "primary"))
+                text.append(f" {b['count']:,}\n")
+        for issue in result.get("issues", [])[:10]:
+            text.append(f"\n{issue}", style="red")
+        self.query_one("#ds-stats-text", Static).update(text)
+
+    # ------------------------------------------------------------------ search
+
+    def action_search(self) -> None:
+        box = self.query_one(SearchInput)
+        box.add_class("-open")
+        box.value = self.search_text
+        box.focus()
+
+    def close_search(self) -> None:
+        box = self.query_one(SearchInput)
+        box.remove_class("-open")
+        self.switch_to("ds-table")
+        self.table.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not isinstance(event.input, SearchInput):
+            return
+        event.stop()
+        query = event.value.strip()
+        self.close_search()
+        if not query:
+            self.action_back()
+            return
+        if self.rows is None:
+            return
+        if self._search_stop is not None:
+            self._search_stop.set()
+        self._search_stop = threading.Event()
+        self.search_text = query
+        self.status(f"searching for {query!r}…")
+        self.run_search(self.rows, query, self._search_stop)
+
+    @work(thread=True, exclusive=True, group="search")
+    def run_search(self, rows: datasource.RowSource, query: str, stop: threading.Event) -> None:
+        matches: list[int] = []
+        last = [0.0]
+
+        def progress(fraction: float, count: int) -> None:
+            if fraction - last[0] >= 0.05:
+                last[0] = fraction
+                self.app.call_from_thread(self.status, f"searching for {query!r}: {fraction:.0%}, {count:,} matches…")
+
+        try:
+            for index in rows.search(query, progress=progress, stop=stop):
+                matches.append(index)
+        except Exception as exc:
+            self.app.call_from_thread(self.status, f"search failed: {exc}", True)
+            return
+        if not stop.is_set():
+            self.app.call_from_thread(self.search_done, rows, query, matches)
+
+    def search_done(self, rows: datasource.RowSource, query: str, matches: list[int]) -> None:
+        if rows is not self.rows:
+            return
+        if not matches:
+            self.status(f"no match for {query!r}", error=True)
+            return
+        self.table.set_filter(matches)
+        self.refresh_bindings()
+        self.show_source_line()
+        self.status(Text.assemble((f"{len(matches):,} matches", "bold"), f" for {query!r} · esc clears · ⏎ view"))
+
+    # ------------------------------------------------------------------ palette
+
+    def palette_commands(self) -> list[PaletteCommand]:
+        return [
+            ("Open dataset…", "A file, folder, sample:NAME, dataset_info entry or hub id", self.action_open),
+            ("Dataset: search…", "Filter the records to those containing a text", self.action_search),
+            ("Dataset: token lengths", "Counts and a token length histogram (renders every record)",
+             self.action_stats),
+            ("Dataset: use in Settings", "Set data.path to this dataset", self.action_use),
+        ]

@@ -1,0 +1,145 @@
+"""GPU and host readings: one row per visible GPU (NVML through ``engine.hardware``), one
+host row (CPU, RAM, the trainer's RSS) with the trainer's own peak allocated memory from
+its step events.
+
+The widget only renders; the dashboard polls NVML and psutil in a thread worker and hands
+the readings over (:meth:`GpuPanel.show`). Missing readings show as N/A; without NVML or
+without GPUs the panel says why in one plain line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widget import Widget
+
+GIB = 1024 ** 3
+
+
+def fmt_bytes(value: float | None) -> str:
+    if not isinstance(value, (int, float)):
+        return "N/A"
+    for unit, size in (("GiB", GIB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{int(value)} B"
+
+
+def fmt_pair(used: float | None, total: float | None) -> str:
+    """'61.2/80.0 GiB' (one unit for both) or N/A."""
+    if not isinstance(used, (int, float)) or not isinstance(total, (int, float)):
+        return "N/A" if not isinstance(used, (int, float)) else fmt_bytes(used)
+    if total >= GIB:
+        return f"{used / GIB:.1f}/{total / GIB:.1f} GiB"
+    return f"{used / 1024 ** 2:.0f}/{total / 1024 ** 2:.0f} MiB"
+
+
+def _pct_style(value: float | None) -> str:
+    if not isinstance(value, (int, float)):
+        return "dim"
+    return "bold red" if value >= 95 else "bold yellow" if value >= 80 else "bold"
+
+
+def _bar(fraction: float | None, width: int) -> Text:
+    text = Text()
+    if not isinstance(fraction, (int, float)):
+        text.append("·" * width, style="grey30")
+        return text
+    done = round(min(max(fraction, 0.0), 1.0) * width)
+    text.append("▮" * done, style="cyan")
+    text.append("▯" * (width - done), style="grey30")
+    return text
+
+
+class GpuPanel(Widget):
+    DEFAULT_CSS = """
+    GpuPanel { height: auto; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.gpus: list[Any] = []  # engine.hardware.GpuReading
+        self.problem: str | None = None
+        self.host: Any = None  # engine.hardware.HostReading
+        self.trainer_memory: dict[str, Any] = {}  # from the last step event
+        self.peak_bytes: int | None = None
+        self.on_gpu = False
+        self.polled = False
+
+    def show(self, gpus: list[Any], problem: str | None, host: Any, trainer_memory: dict[str, Any] | None,
+             peak_bytes: int | None, on_gpu: bool) -> None:
+        self.gpus, self.problem, self.host = gpus, problem, host
+        self.trainer_memory = trainer_memory or {}
+        self.peak_bytes, self.on_gpu, self.polled = peak_bytes, on_gpu, True
+        lines = 1 + max(len(gpus), 1)
+        if self.styles.height is None or self.size.height != lines:
+            self.styles.height = lines
+        self.refresh()
+
+    def render(self) -> Text:
+        width = max(self.size.width, 20)
+        lines: list[Text] = [self._host_line(width)]
+        if not self.polled:
+            lines.append(Text("GPU  reading…", style="dim"))
+        elif not self.gpus:
+            line = Text(no_wrap=True, overflow="ellipsis")
+            line.append("GPU  ", style="bold")
+            line.append(f"N/A: {self.problem or 'no GPU found'}", style="dim")
+            lines.append(line)
+        for g in self.gpus:
+            lines.append(self._gpu_line(g, width))
+        for line in lines:
+            line.truncate(width, overflow="ellipsis")
+        return Text("\n").join(lines)
+
+    def _host_line(self, width: int) -> Text:
+        h = self.host
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("host ", style="bold")
+        if h is None:
+            line.append("reading…", style="dim")
+            return line
+        line.append("cpu ", style="dim")
+        line.append(f"{h.cpu_percent:.0f}%", style=_pct_style(h.cpu_percent))
+        line.append("  ram ", style="dim")
+        line.append(fmt_pair(h.ram_used_bytes, h.ram_total_bytes))
+        line.append("  trainer rss ", style="dim")
+        line.append(fmt_bytes(h.process_rss_bytes) if h.process_rss_bytes else "N/A")
+        mem = self.trainer_memory
+        label = "alloc" if self.on_gpu else "peak rss"
+        if self.on_gpu:
+            line.append(f"  {label} ", style="dim")
+            line.append(f"{fmt_bytes(mem.get('allocated_bytes'))}")
+            line.append(" peak ", style="dim")
+            line.append(fmt_bytes(self.peak_bytes), style="bold")
+        else:
+            line.append(f"  {label} ", style="dim")
+            line.append(fmt_bytes(self.peak_bytes))
+        return line
+
+    def _gpu_line(self, g: Any, width: int) -> Text:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        name = (g.name or "GPU").replace("NVIDIA ", "")
+        line.append(f"{g.index} ", style="bold")
+        line.append(f"{name[:12]:<12} ")
+        line.append("util ", style="dim")
+        util = g.util_percent
+        line.append(f"{util:>3.0f}%" if isinstance(util, (int, float)) else " N/A", style=_pct_style(util))
+        line.append(" ")
+        line.append_text(_bar(util / 100 if isinstance(util, (int, float)) else None, 5))
+        line.append("  mem ", style="dim")
+        used, total = g.memory_used_bytes, g.memory_total_bytes
+        mem_pct = used / total * 100 if isinstance(used, (int, float)) and total else None
+        line.append(f"{fmt_pair(used, total):>15}", style=_pct_style(mem_pct))
+        line.append("  ")
+        temp = g.temperature_c
+        line.append(f"{temp:.0f}°C" if isinstance(temp, (int, float)) else "N/A°C",
+                    style="bold red" if isinstance(temp, (int, float)) and temp >= 85 else "")
+        line.append("  ")
+        power, limit = g.power_w, g.power_limit_w
+        if isinstance(power, (int, float)):
+            line.append(f"{power:.0f}/{limit:.0f} W" if isinstance(limit, (int, float)) else f"{power:.0f}/N/A W")
+        else:
+            line.append("N/A W", style="dim")
+        return line
