@@ -208,10 +208,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer of a model (tiny, folder, cache, hub id)."""
+    """The tokenizer of a model (tiny, folder, cache, hub id), or of any folder holding
+    tokenizer files (an adapter saves the tokenizer it was trained with)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(str(name_or_path), revision, trust_remote_code)
+    path = Path(str(name_or_path)).expanduser()
+    if not (path.is_dir() and any((path / f).exists() for f in ("tokenizer_config.json", "tokenizer.json"))):
+        path = resolve_model_path(str(name_or_path), revision, trust_remote_code)
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except Exception as exc:

@@ -1,0 +1,184 @@
+"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID] [--nproc N] [--name NAME]`.
+
+Light module (no torch): validates the config, creates the run folder, starts the trainer
+(``engine.runs.launch``: its own session, so it outlives this command) and follows its
+event pipe: a progress bar on a terminal, one plain line per event otherwise.
+
+stdout's first line is the run id, so scripts can ``ID=$(finetui train --detach c.yaml)``.
+Exit status: 0 completed or stopped, 1 failed (the error event's message and hint on
+stderr), 2 an invalid config (one line per problem, naming the key). Ctrl-C detaches: the
+run goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from engine import config as cfg
+from engine import events as ev
+from engine import runs
+from engine.runs_cli import format_event
+
+CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
+
+
+def _no_gpu_visible() -> bool:
+    """NVML says no NVIDIA GPU (cheap; no torch). Unknown counts as "maybe a GPU"."""
+    from engine.hardware import NvmlBackend
+
+    backend = NvmlBackend()
+    return not backend.read() and backend.problem is not None
+
+
+def preflight(config: cfg.Config) -> None:
+    """Problems we can see before starting a process that takes seconds to import torch."""
+    if config.train.optimizer in CUDA_ONLY_OPTIMIZERS and config.model.device != "cuda" and _no_gpu_visible():
+        raise cfg.ConfigError([
+            f"train.optimizer: {config.train.optimizer} needs a CUDA GPU (bitsandbytes' paged and 8-bit "
+            "optimizers) and none is visible; use adamw_torch on the CPU"
+        ])
+    if config.model.device == "cuda" and _no_gpu_visible():
+        raise cfg.ConfigError(["model.device: cuda was asked for but no CUDA GPU is visible (use auto or cpu)"])
+
+
+def prepare_run(args) -> tuple[Path, bool]:
+    """A new run folder from CONFIG (+ --set), or the run to resume. Returns (run_dir, resume)."""
+    if args.resume:
+        run_dir = runs.resolve(args.resume)
+        if runs.pid_alive(runs.read_pid(run_dir)):
+            raise runs.RunError(f"run {run_dir.name} is still running (`finetui runs attach {run_dir.name}`)")
+        if args.overrides:  # e.g. more steps: config.yaml keeps saying exactly what ran
+            cfg.save(cfg.load(run_dir / "config.yaml", args.overrides), run_dir / "config.yaml")
+        else:
+            cfg.load(run_dir / "config.yaml")  # still valid?
+        if runs.last_checkpoint(run_dir) is None:
+            print(f"finetui: run {run_dir.name} has no checkpoint yet: it starts again at step 0", file=sys.stderr)
+        return run_dir, True
+    if not args.config:
+        raise cfg.ConfigError(["finetui train: give a CONFIG.yaml (see sample_data/quickstart.yaml) "
+                               "or --resume RUN_ID"])
+    config = cfg.load(args.config, args.overrides)
+    preflight(config)
+    name = getattr(args, "name", None) or config.output.run_name or Path(args.config).stem
+    return runs.new_run(config, name=name), False
+
+
+def command(args) -> int:
+    try:
+        run_dir, resume = prepare_run(args)
+    except cfg.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    proc = runs.launch(run_dir, resume=resume, nproc=max(1, getattr(args, "nproc", 1) or 1))
+    print(run_dir.name, flush=True)
+    if args.detach:
+        proc.stdout.close()  # the trainer notices nothing: it keeps writing events.jsonl
+        print(f"detached: follow with `finetui runs attach {run_dir.name}`, "
+              f"stop with `finetui runs stop {run_dir.name}`", file=sys.stderr)
+        return 0
+    try:
+        finished = follow(proc.stdout, fancy=sys.stdout.isatty())
+    except KeyboardInterrupt:
+        print(f"\ndetached; the run continues — `finetui runs attach {run_dir.name}`", file=sys.stderr)
+        return 0
+    finally:
+        proc.stdout.close()
+    code = proc.wait()
+    return report_end(run_dir, finished, code)
+
+
+def report_end(run_dir: Path, finished: dict[str, Any] | None, code: int) -> int:
+    """Exit status from the finished event; the error's message and hint on stderr."""
+    if finished is None:
+        print(f"finetui: trainer exited with status {code} without a finished event; "
+              f"see {run_dir / 'stdout.log'}", file=sys.stderr)
+        return 1
+    status = finished.get("status")
+    if status in ("completed", "stopped"):
+        return 0
+    error = next((e for e in reversed(ev.read_file(run_dir / "events.jsonl")) if e.get("type") == "error"), None)
+    if error is not None:
+        print(f"finetui: {error.get('kind')} error: {error.get('message')}", file=sys.stderr)
+        if error.get("hint"):
+            print(f"hint: {error['hint']}", file=sys.stderr)
+    else:
+        print(f"finetui: run failed; see {run_dir / 'stdout.log'}", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------- following
+
+
+def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None) -> dict[str, Any] | None:
+    """Print the events arriving on the trainer's pipe until it closes. Returns the
+    ``finished`` event (None if the trainer died without one)."""
+    out = out or sys.stdout
+    if fancy:
+        return _follow_progress(pipe)
+    finished = None
+    for raw in iter(pipe.readline, b""):
+        event = ev.decode(raw)
+        if event is None:
+            continue
+        line = format_event(event)
+        if line:
+            print(line, file=out, flush=True)
+        if event.get("type") == "finished":
+            finished = event
+    return finished
+
+
+def _follow_progress(pipe: IO[bytes]) -> dict[str, Any] | None:
+    """A rich progress bar for steps; other events print above it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console()
+    progress = Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  {task.fields[speed]}  eta {task.fields[eta]}"),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("train", total=None, loss="-", speed="-", eta="-")
+    finished = None
+    with progress:
+        for raw in iter(pipe.readline, b""):
+            event = ev.decode(raw)
+            if event is None:
+                continue
+            kind = event.get("type")
+            if kind == "step":
+                loss = event.get("loss")
+                speed = event.get("tokens_per_s")
+                eta = event.get("eta_s")
+                progress.update(
+                    task,
+                    completed=event.get("step", 0),
+                    total=event.get("total_steps"),
+                    loss=f"{loss:.4g}" if isinstance(loss, (int, float)) else "-",
+                    speed=f"{speed:,.0f} tok/s" if isinstance(speed, (int, float)) else "-",
+                    eta=_duration(eta),
+                )
+                continue
+            line = format_event(event)
+            if line:
+                style = "red" if kind == "error" else "dim" if kind in ("log", "checkpoint") else None
+                progress.console.print(line, style=style, markup=False, highlight=False)
+            if kind == "finished":
+                finished = event
+    return finished
+
+
+def _duration(seconds: float | None) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    seconds = int(seconds)
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
