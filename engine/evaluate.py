@@ -291,7 +291,7 @@ def evaluate(
     compare_base: bool = False,
     limit: int | None = None,
     max_new_tokens: int = 64,
-    batch_size: int = 8,
+    batch_size: int = 16,
     save: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -505,7 +505,7 @@ def command(args: argparse.Namespace) -> int:
         compare_base=args.compare_base,
         limit=args.limit,
         max_new_tokens=args.max_new_tokens,
-        batch_size=getattr(args, "batch_size", None) or 8,
+        batch_size=getattr(args, "batch_size", None) or 16,
         progress=progress,
     )
     if args.json:
