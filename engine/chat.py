@@ -682,8 +682,16 @@ def _free_cuda() -> None:
 
 
 def _quiet_libraries() -> None:
+    """Keep the terminal (and the worker's stderr) to what matters: no progress bars, no
+    deprecation chatter, no note that an optional CPU 4-bit kernel package is absent."""
+    import logging
+    import warnings
+
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

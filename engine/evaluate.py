@@ -22,6 +22,7 @@ row per example: prompt, target, outputs, matches, losses).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -276,7 +277,7 @@ def _fit_vocab(model: Any, tokenizer: Any) -> bool:
     (ChatML markers on a base model), grow its embeddings to match."""
     n = len(tokenizer)
     if model.get_input_embeddings().num_embeddings < n:
-        model.resize_token_embeddings(n)
+        model.resize_token_embeddings(n, mean_resizing=True)  # as engine.modeling.fit_tokenizer
         return True
     return False
 
@@ -361,7 +362,15 @@ def evaluate(
 
     scores = [score(tuned, "tuned", items, max_new_tokens, batch_size, labels, progress)]
     eos_ids = list(tuned.eos_token_ids)
-    if compare_base:
+    if compare_base and hasattr(tuned.model, "disable_adapter"):
+        # A LoRA run: its base is already in memory under the adapter; switching the
+        # adapter off gives exactly the base as trained (4-bit for QLoRA, embeddings
+        # fitted to the tokenizer) without loading it a second time.
+        base = dataclasses.replace(tuned, info={**tuned.info, "source": "base (adapter off)", "load_s": 0.0})
+        with tuned.model.disable_adapter():
+            scores.insert(0, score(base, "base", items, max_new_tokens, batch_size, labels, progress))
+        _release(tuned)
+    elif compare_base:
         _release(tuned)
         progress(f"loading the base model {config.model.name_or_path}")
         try:

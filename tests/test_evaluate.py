@@ -177,3 +177,37 @@ def test_split_matches_the_trainers_eval(finetui_cache, tmp_path):
 
     result = E.evaluate(str(run_dir), max_new_tokens=8)
     assert result["examples"] == 12 and result["metrics"]["tuned"]["source"] == "full"
+
+
+@pytest.mark.slow
+def test_lora_run_compares_with_its_base_by_switching_the_adapter_off(finetui_cache, tmp_path):
+    pytest.importorskip("engine.train")
+    from engine import config as cfg
+    from engine import runs
+
+    c = cfg.validate({
+        "model": {"name_or_path": "tiny"}, "method": {"type": "lora", "lora_r": 8},
+        "data": {"path": "sample:finetui_faq", "format": "qa", "max_length": 96, "max_samples": 32,
+                 "test_size": 0.25},
+        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "eval_strategy": "no", "save_strategy": "no"},
+        "output": {"runs_dir": str(tmp_path)},
+    })
+    run_dir = runs.new_run(c, name="evallora", root=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "engine.train", "--run-dir", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    result = E.evaluate(str(run_dir), compare_base=True, max_new_tokens=4)
+    base, tuned = result["metrics"]["base"], result["metrics"]["tuned"]
+    assert tuned["source"] == "adapter" and base["source"] == "base (adapter off)"
+    assert tuned["eval_loss"] != base["eval_loss"]
+
+    # The adapter switched off is the untouched base: same loss as tiny loaded on its own.
+    from engine import chat
+    from engine.data import dataset
+
+    plain = chat.load("tiny")
+    built = dataset.build(cfg.load(run_dir / "config.yaml"), plain.tokenizer)
+    items = E.make_items(plain.tokenizer, list(zip(built.test["input_ids"], built.test["labels"])))
+    losses = E.token_losses(plain.model, items, plain.tokenizer.pad_token_id)
+    assert math.isclose(sum(s for s, _ in losses) / sum(n for _, n in losses), base["eval_loss"], rel_tol=1e-5)
