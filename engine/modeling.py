@@ -63,8 +63,10 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _hub_offline() -> bool:
-    if os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
+    # The environment is read here too: huggingface_hub reads it once, at its import.
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").lower() in ("1", "true", "yes", "on"):
+            return True
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
@@ -305,6 +307,23 @@ def apply_lora(model, method_cfg, train_embeddings: bool, gradient_checkpointing
     return model
 
 
+def _cpu_4bit_packing_guard(model, training: bool) -> None:
+    """bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first
+    no-grad forward (evaluation, generation). Its repacking needs out_features % 32 == 0 and
+    in_features % blocksize == 0 (tiny's 176-wide MLP has neither), and a repacked weight
+    in the middle of training (the Trainer evaluates between steps) is not what the
+    training path expects: keep training, and layers that cannot be repacked, on the
+    ordinary 4-bit path."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = getattr(module.weight, "quant_state", None)
+            block = getattr(state, "blocksize", 64) or 64
+            if training or module.out_features % 32 or module.in_features % block:
+                module.support_avx512bf16_for_cpu = False
+
+
 def load_model(
     model_cfg,
     method_cfg=None,
@@ -354,9 +373,11 @@ def load_model(
                 "if you trust it"
             ) from None
         raise ModelError(f"model {model_cfg.name_or_path}: cannot load: {text}") from None
+    method = getattr(method_cfg, "type", "full") if method_cfg is not None else "full"
+    if quantization == "4bit" and device == "cpu":
+        _cpu_4bit_packing_guard(model, training=method_cfg is not None)
     if tokenizer is not None:
         fit_tokenizer(model, tokenizer, eos_token_ids)
-    method = getattr(method_cfg, "type", "full") if method_cfg is not None else "full"
     if method in ("lora", "qlora"):
         model = apply_lora(model, method_cfg, bool(added_tokens), gradient_checkpointing)
     elif method_cfg is None:

@@ -1,0 +1,152 @@
+"""The trainer process end to end on the tiny model (CPU): full, LoRA, QLoRA; the event
+stream; a closed pipe; SIGTERM; resume equality; two processes under torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from engine import events as ev
+from engine import runs
+from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train
+
+pytestmark = pytest.mark.slow
+
+
+def _assert_valid_stream(pipe_events, run_dir):
+    """Every event follows the schema, and the pipe and events.jsonl carry the same events."""
+    for event in pipe_events:
+        ev.validate(event)
+        assert ev.decode(ev.encode(event)) == event
+    assert file_events(run_dir) == pipe_events
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_train_end_to_end(tmp_path, finetui_cache, method):
+    run_dir, rc, events = train(tmp_path, method, method={"type": method})
+    assert rc == 0, stdout_log(run_dir)
+    _assert_valid_stream(events, run_dir)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "log" and kinds[-1] == "finished"
+    assert kinds.index("run_started") < kinds.index("step")
+
+    started = of_type(events, "run_started")[0]
+    fp = started["footprint"]
+    assert fp["flops_per_token"] == 6 * fp["params_total"]
+    assert (fp["params_trainable"] == fp["params_total"]) == (method == "full")
+    assert started["datasets"] == {"train": 32, "test": 8}
+    assert started["devices"] == ["cpu"]
+
+    steps = of_type(events, "step")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4] and steps[-1]["total_steps"] == 4
+    for s in steps:
+        assert math.isfinite(s["loss"]) and s["learning_rate"] is not None and s["grad_norm"] is not None
+        assert s["tokens_per_s"] > 0 and s["samples_per_s"] > 0
+        assert s["memory"]["rss_bytes"] > 0
+    # 32 examples of 8: every sample counted once, as real (unpadded) tokens.
+    assert steps[-1]["tokens"] <= 4 * 8 * 64
+
+    evals = of_type(events, "eval")
+    assert [e["step"] for e in evals] == [2, 4]
+    assert all(e["perplexity"] == pytest.approx(math.exp(e["eval_loss"])) for e in evals)
+    assert [c["step"] for c in of_type(events, "checkpoint")] == [2, 4]
+
+    finished = events[-1]
+    assert finished["status"] == "completed"
+    assert finished["metrics"]["train_loss"] > 0 and finished["metrics"]["eval_loss"] == evals[-1]["eval_loss"]
+    adapter = run_dir / "adapter"
+    assert finished["outputs"]["adapter"] == str(adapter)
+    assert (adapter / ("model.safetensors" if method == "full" else "adapter_model.safetensors")).exists()
+    assert (adapter / "tokenizer.json").exists()
+    meta = json.loads((adapter / "finetui.json").read_text())
+    assert meta["base_model"] == "tiny" and meta["method"] == method
+    assert runs.summarize(run_dir).status == "completed"
+
+
+def test_training_survives_a_closed_pipe(tmp_path, finetui_cache):
+    run_dir = new_run(tmp_path, "pipe", train={"max_steps": 30, "eval_strategy": "no", "save_strategy": "no"})
+    proc = launch(run_dir)
+    first = ev.decode(proc.stdout.readline())
+    assert first is not None and first["type"] == "log"
+    proc.stdout.close()  # the UI died / SSH dropped
+    assert proc.wait(timeout=300) == 0, stdout_log(run_dir)
+    events = file_events(run_dir)
+    assert events[-1]["type"] == "finished" and events[-1]["status"] == "completed"
+    assert of_type(events, "step")[-1]["step"] == 30
+
+
+def _stop_after_step(proc, run_dir, step: int) -> list[dict]:
+    """Read the pipe until a step event >= ``step``, then SIGTERM (engine.runs.stop)."""
+    seen = []
+    for line in iter(proc.stdout.readline, b""):
+        event = ev.decode(line)
+        if event is None:
+            continue
+        seen.append(event)
+        if event["type"] == "step" and event["step"] >= step:
+            assert runs.stop(run_dir)
+            break
+    return seen
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, finetui_cache):
+    run_dir = new_run(tmp_path, "stop", train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
+    proc = launch(run_dir)
+    seen = _stop_after_step(proc, run_dir, 2)
+    rc, rest = finish(proc)
+    events = seen + rest
+    assert rc == 0, stdout_log(run_dir)
+    _assert_valid_stream(events, run_dir)
+    finished = events[-1]
+    assert finished["type"] == "finished" and finished["status"] == "stopped"
+    last_step = of_type(events, "step")[-1]["step"]
+    (checkpoint,) = of_type(events, "checkpoint")
+    assert checkpoint["step"] == last_step < 100000
+    assert runs.last_checkpoint(run_dir).name == f"checkpoint-{last_step}"
+    assert (run_dir / "adapter" / "model.safetensors").exists()
+    assert runs.summarize(run_dir).status == "stopped"
+
+
+def test_resume_continues_with_the_same_losses(tmp_path, finetui_cache):
+    # LoRA with dropout: the resumed run must restore optimizer, scheduler, data order
+    # (4 steps per epoch, so 12 steps cross epoch boundaries) and the RNG.
+    setup = dict(method={"type": "lora", "lora_dropout": 0.1},
+                 train={"max_steps": 12, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 4,
+                        "learning_rate": 5e-3, "lr_scheduler": "cosine", "warmup_steps": 2})
+    whole_dir, rc, whole = train(tmp_path, "whole", **setup)
+    assert rc == 0, stdout_log(whole_dir)
+    expected = {s["step"]: s["loss"] for s in of_type(whole, "step")}
+
+    run_dir = new_run(tmp_path, "cut", **setup)
+    proc = launch(run_dir)
+    seen = _stop_after_step(proc, run_dir, 2)
+    rc, rest = finish(proc)
+    assert rc == 0 and (seen + rest)[-1]["status"] == "stopped", stdout_log(run_dir)
+    stopped_at = of_type(seen + rest, "step")[-1]["step"]
+    assert stopped_at < 12, "the run finished before SIGTERM landed"
+
+    rc, resumed = finish(launch(run_dir, resume=True))
+    assert rc == 0, stdout_log(run_dir)
+    started = of_type(resumed, "run_started")[0]
+    assert started["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+    steps = of_type(resumed, "step")
+    assert [s["step"] for s in steps] == list(range(stopped_at + 1, 13))
+    for s in steps:
+        assert s["loss"] == pytest.approx(expected[s["step"]], abs=1e-5), s["step"]
+    assert resumed[-1]["status"] == "completed"
+    # One file for the whole life of the run: both sessions appended to it.
+    assert len(of_type(file_events(run_dir), "run_started")) == 2
+
+
+def test_torchrun_two_processes_one_stream(tmp_path, finetui_cache):
+    run_dir = new_run(tmp_path, "ddp", train={"max_steps": 3, "eval_steps": 3, "save_steps": 3})
+    rc, events = finish(launch(run_dir, nproc=2), timeout=400)
+    assert rc == 0, stdout_log(run_dir)
+    _assert_valid_stream(events, run_dir)  # rank 1 wrote nothing to the pipe or the file
+    (started,) = of_type(events, "run_started")
+    assert started["world_size"] == 2 and len(started["devices"]) == 2
+    assert [s["step"] for s in of_type(events, "step")] == [1, 2, 3]
+    assert len(of_type(events, "finished")) == 1 and events[-1]["status"] == "completed"
+    assert (run_dir / "adapter" / "model.safetensors").exists()

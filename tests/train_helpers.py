@@ -1,0 +1,70 @@
+"""Helpers for the tests that start real trainer processes on the tiny model.
+
+Runs are kept short: 40 FAQ records, 64 tokens, a handful of steps. The trainer is started
+exactly as the CLI starts it (engine.runs.launch: own session, stdout pipe, stderr to
+stdout.log), and inherits FINETUI_CACHE from the ``finetui_cache`` fixture.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from engine import config as cfg
+from engine import events as ev
+from engine import runs
+
+BASE: dict[str, Any] = {
+    "model": {"name_or_path": "tiny"},
+    "method": {"type": "full", "lora_r": 8, "lora_alpha": 16},
+    "data": {"path": "sample:finetui_faq", "format": "qa", "max_samples": 40, "max_length": 64,
+             "test_size": 0.2},
+    "train": {"max_steps": 4, "batch_size": 8, "learning_rate": 1e-3, "eval_strategy": "steps",
+              "eval_steps": 2, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 2,
+              "logging_steps": 1},
+}
+
+
+def make_config(**sections: dict[str, Any]) -> cfg.Config:
+    data = copy.deepcopy(BASE)
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return cfg.validate(data)
+
+
+def new_run(root: Path, name: str = "t", **sections: dict[str, Any]) -> Path:
+    return runs.new_run(make_config(**sections), name=name, root=root)
+
+
+def launch(run_dir: Path, resume: bool = False, nproc: int = 1) -> subprocess.Popen:
+    return runs.launch(run_dir, resume=resume, nproc=nproc)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, list[dict[str, Any]]]:
+    """Wait for the trainer; return (exit status, events read from its pipe)."""
+    out, _ = proc.communicate(timeout=timeout)
+    events = [e for e in (ev.decode(line) for line in out.splitlines()) if e is not None]
+    return proc.returncode, events
+
+
+def file_events(run_dir: Path) -> list[dict[str, Any]]:
+    return ev.read_file(run_dir / "events.jsonl")
+
+
+def train(root: Path, name: str = "t", **sections: dict[str, Any]) -> tuple[Path, int, list[dict[str, Any]]]:
+    run_dir = new_run(root, name, **sections)
+    rc, events = finish(launch(run_dir))
+    return run_dir, rc, events
+
+
+def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]
+
+
+def stdout_log(run_dir: Path) -> str:
+    try:
+        return (run_dir / "stdout.log").read_text(errors="replace")[-3000:]
+    except OSError:
+        return ""
