@@ -626,8 +626,13 @@ class Worker:
         return None
 
     def stop(self) -> None:
+        """Shutdown or stdin closed: the running reply stops after its current token,
+        queued ones are answered as cancelled without starting."""
         with self.lock:
             for job in self.known.values():
+                if job.state == "queued":
+                    job.state = "finished"
+                    self._done_cancelled(job)
                 job.cancel.set()
         self.jobs.put(None)
         self.thread.join(timeout=30)

@@ -220,6 +220,20 @@ def test_worker_exits_when_its_client_goes_away(finetui_cache_dir):
     assert c.proc.wait(timeout=15) == 0
 
 
+def test_shutdown_cancels_what_is_running_and_queued(finetui_cache_dir):
+    # Both requests wait in the pipe while the model loads; shutdown right behind them.
+    requests = [proto.generate_request(rid, USER, max_new_tokens=900, min_new_tokens=900) for rid in ("a", "b")]
+    lines = "".join(proto.encode(r) + "\n" for r in [*requests, proto.shutdown_request()])
+    proc = subprocess.run([sys.executable, "-m", "engine.chat", "--serve", "tiny"], input=lines, cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FINETUI_CACHE": str(finetui_cache_dir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = {m["id"]: m for m in map(proto.decode, proc.stdout.splitlines()) if m and m["type"] == "done"}
+    assert set(done) == {"a", "b"}
+    assert all(d["stop_reason"] == "cancelled" and d["new_tokens"] < 900 for d in done.values())
+    assert done["b"]["new_tokens"] == 0  # never started
+
+
 # ---------------------------------------------------------------------------- CLI
 
 
