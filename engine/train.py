@@ -145,6 +145,22 @@ def check_setup(config, device: str) -> None:
 # --------------------------------------------------------------------------- training
 
 
+def _keep_template(tokenizer, template) -> None:
+    """Save the chat template we trained with inside the tokenizer (it is saved beside
+    every checkpoint, the adapter and the merged model), so any tool renders prompts as
+    training did. finetui's templates take render variables (the BOS to write); they are
+    fixed here with Jinja ``set`` lines."""
+    import json
+
+    from engine.data import render
+
+    if template.origin == "tokenizer":
+        return  # it is already the tokenizer's own
+    kwargs_of = getattr(render, "template_kwargs", None) or render._template_kwargs
+    preamble = "".join(f"{{%- set {k} = {json.dumps(v)} %}}" for k, v in kwargs_of(tokenizer, template).items())
+    tokenizer.chat_template = preamble + template.source
+
+
 def _cpu_threads() -> None:
     """Training on the CPU: leave one core to the UI, the data loader and the rest of the
     box. Measured on 2 cores: one busy neighbour makes 2 spinning OpenMP threads 4x slower,
@@ -273,6 +289,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if data.added_tokens:
         events.emit("log", level="info",
                     message=f"added tokens {', '.join(data.added_tokens)} (embeddings resized and trained)")
+    _keep_template(tokenizer, data.template)
 
     model = modeling.load_model(
         config.model, config.method,

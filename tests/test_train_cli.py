@@ -1,0 +1,130 @@
+"""`finetui train` as a user types it: config errors name the key (exit 2), model errors
+are one clear line (exit 1), --detach returns at once, --resume continues a run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine import events as ev
+from train_helpers import BASE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    full_env.pop("FINETUI_RUNS_DIR", None)
+    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(folder: Path, name: str = "job", **sections) -> Path:
+    data = {k: dict(v) for k, v in BASE.items()}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def the_run(folder: Path) -> Path:
+    (run,) = [p for p in (folder / "runs").iterdir() if (p / "config.yaml").exists()]
+    return run
+
+
+def test_invalid_configs_name_the_key(tmp_path):
+    path = write_config(tmp_path)
+    cases = {
+        "train.lr=3": "train.lr: unknown key",
+        "train.batch_size=0": "train.batch_size",
+        "method.type=adapterz": "method.type",
+        "train.lr_scheduler=exp": "train.lr_scheduler",
+    }
+    for override, key in cases.items():
+        proc = finetui("train", str(path), "--set", override, cwd=tmp_path)
+        assert proc.returncode == 2, (override, proc.stderr)
+        assert key in proc.stderr, (override, proc.stderr)
+        assert not (tmp_path / "runs").exists()  # nothing was started
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: many\n")
+    proc = finetui("train", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and f"{bad}:2: train.epochs" in proc.stderr
+    proc = finetui("train", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert proc.returncode == 2 and "no such config file" in proc.stderr
+
+
+def test_cuda_only_optimizer_on_cpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the optimizer is allowed")
+    proc = finetui("train", str(write_config(tmp_path)), "--set", "train.optimizer=paged_adamw_32bit", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("train.optimizer: paged_adamw_32bit needs a CUDA GPU")
+
+
+@pytest.mark.slow
+def test_missing_model_folder_is_one_clear_line(tmp_path, finetui_cache):
+    path = write_config(tmp_path, model={"name_or_path": str(tmp_path / "no-model")})
+    proc = finetui("train", str(path), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"finetui: model error: model.name_or_path: no such folder '{tmp_path / 'no-model'}'"
+    events = ev.read_file(the_run(tmp_path) / "events.jsonl")
+    assert [e["type"] for e in events][-2:] == ["error", "finished"]
+    assert events[-2]["kind"] == "model" and events[-1]["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_offline_hub_id_is_one_clear_line(tmp_path, finetui_cache):
+    path = write_config(tmp_path, model={"name_or_path": "some-org/some-model-not-cached"})
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    started = time.time()
+    proc = finetui("train", str(path), cwd=tmp_path, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "finetui: model error: model 'some-org/some-model-not-cached' is not in the Hugging Face cache and the "
+        "hub cannot be reached (offline): download it on a connected machine or set model.name_or_path to a "
+        "local folder"
+    )
+    assert time.time() - started < 120
+
+
+@pytest.mark.slow
+def test_plain_output_then_resume(tmp_path, finetui_cache):
+    path = write_config(tmp_path, train={"max_steps": 2, "eval_strategy": "no", "save_steps": 2})
+    proc = finetui("train", str(path), "--name", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    run = the_run(tmp_path)
+    assert lines[0] == run.name and run.name.endswith("-demo")
+    assert any(line.startswith("step 2/2") for line in lines)
+    assert lines[-1].startswith("finished: completed")
+
+    # More steps for the same run: continues from checkpoint-2 in the same events file.
+    proc = finetui("train", "--resume", run.name, "--set", "train.max_steps=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    steps = [e["step"] for e in ev.read_file(run / "events.jsonl") if e["type"] == "step"]
+    assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_detach_returns_at_once_and_the_run_goes_on(tmp_path, finetui_cache):
+    path = write_config(tmp_path, train={"max_steps": 3, "eval_strategy": "no", "save_strategy": "no"})
+    started = time.time()
+    proc = finetui("train", str(path), "--detach", cwd=tmp_path)
+    assert proc.returncode == 0 and time.time() - started < 15
+    run = the_run(tmp_path)
+    assert proc.stdout.strip() == run.name and "finetui runs attach" in proc.stderr
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        events = ev.read_file(run / "events.jsonl")
+        if events and events[-1]["type"] == "finished":
+            break
+        time.sleep(0.5)
+    assert events[-1]["status"] == "completed"
