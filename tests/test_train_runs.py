@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,72 @@ def test_torchrun_two_processes_one_stream(tmp_path, finetui_cache):
     assert [s["step"] for s in of_type(events, "step")] == [1, 2, 3]
     assert len(of_type(events, "finished")) == 1 and events[-1]["status"] == "completed"
     assert (run_dir / "adapter" / "model.safetensors").exists()
+
+
+def test_training_options(tmp_path, finetui_cache):
+    """Epochs instead of max_steps, gradient accumulation, gradient checkpointing,
+    group_by_length, a constant schedule with warm-up, eval and save each epoch, SIGHUP."""
+    run_dir = new_run(tmp_path, "opts", method={"type": "lora"}, train={
+        "max_steps": -1, "epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2,
+        "gradient_checkpointing": True, "group_by_length": True, "lr_scheduler": "constant",
+        "warmup_steps": 2, "eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 1,
+        "weight_decay": 0.01, "max_grad_norm": 0.5})
+    proc = launch(run_dir)
+    first = ev.decode(proc.stdout.readline())
+    assert first is not None
+    import os
+    import signal
+
+    os.kill(proc.pid, signal.SIGHUP)  # a closed terminal must not end the run
+    rc, events = finish(proc)
+    assert rc == 0, stdout_log(run_dir)
+    steps = of_type(events, "step")
+    assert [s["step"] for s in steps] == list(range(1, 9))  # 32 examples / (4 x 2) x 2 epochs
+    lrs = [s["learning_rate"] for s in steps]
+    assert lrs[0] < lrs[1] < lrs[2] == lrs[-1] == 1e-3  # 2 warm-up steps, then constant
+    assert [e["step"] for e in of_type(events, "eval")] == [4, 8]
+    assert [c["step"] for c in of_type(events, "checkpoint")] == [4, 8]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["checkpoint-8"]  # save_total_limit
+    assert events[-1]["status"] == "completed"
+
+
+def test_packing_counts_real_tokens(tmp_path, finetui_cache):
+    run_dir, rc, events = train(tmp_path, "pack", data={"packing": True},
+                                train={"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"})
+    assert rc == 0, stdout_log(run_dir)
+    _, _, padded = train(tmp_path, "pad", train={"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"})
+    # The same 16 examples either way: packed or padded, the real tokens are the same.
+    assert of_type(events, "step")[-1]["tokens"] == of_type(padded, "step")[-1]["tokens"]
+
+
+def test_out_of_memory_is_reported_with_a_hint(tmp_path, finetui_cache):
+    import subprocess
+    import sys
+
+    run_dir = new_run(tmp_path, "oom")
+    code = (
+        "import sys, torch, engine.train as t\n"
+        "def boom(*a, **k): raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')\n"
+        "t.train = boom\n"
+        f"sys.exit(t.main(['--run-dir', {str(run_dir)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert proc.returncode == 1
+    events = file_events(run_dir)
+    error, finished = events[-2], events[-1]
+    assert error["type"] == "error" and error["kind"] == "oom" and "out of memory" in error["message"]
+    assert "batch_size" in error["hint"] and "gradient_checkpointing" in error["hint"]
+    assert finished["status"] == "failed"
+    assert [ev.decode(line) for line in proc.stdout.splitlines()] == events  # the pipe saw the same
+
+
+def test_cuda_only_optimizer_is_a_config_error_in_the_trainer(tmp_path, finetui_cache):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    run_dir = new_run(tmp_path, "opt", train={"optimizer": "adamw_8bit"})
+    rc, events = finish(launch(run_dir))
+    assert rc == 1
+    assert events[-2]["kind"] == "config" and events[-2]["message"].startswith("train.optimizer: adamw_8bit needs a CUDA GPU")
