@@ -7,7 +7,10 @@ tokenizer through ``engine.data.dataset.build`` (same records, same template, sa
 max_length, same seed, hence the same split). Each example is scored on
 
 - loss / perplexity: mean cross-entropy over the trained tokens (labels != -100), summed
-  over the split and divided by their count (a token-weighted mean; perplexity = exp);
+  over the split and divided by their count (a token-weighted mean; perplexity = exp).
+  The trainer's ``eval`` events average per-batch means instead, so on the demo split they
+  read 5.73 where this reads 5.81; tests/test_evaluate.py recomputes the trainer's number
+  from this split to prove the split is the same;
 - exact match: the last assistant reply is generated greedily from everything before it
   (batched, left padding) and compared with the reference, whitespace stripped;
 - accuracy, when every reference is a short class label (0/1, positive/negative, ...):
