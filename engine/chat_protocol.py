@@ -308,8 +308,8 @@ class ChatClient:
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Ask the worker to shut down; after ``timeout`` s terminate, then kill, its
-        process group. Returns the exit status. Pending requests raise WorkerCrashed-free
-        ChatError(kind='closed')."""
+        process group. Returns the exit status. Generations still being iterated raise
+        ChatError with kind 'closed'."""
         proc = self.proc
         if proc is None:
             return None
