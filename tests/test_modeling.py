@@ -122,3 +122,39 @@ def test_error_kinds():
 
     assert errors.classify(DataError("no usable records"))[0] == "data"
     assert errors.classify(KeyError("boom"))[0] == "internal"
+
+
+def test_cached_hub_id_loads_offline(tmp_path, tiny_model_dir):
+    """A hub id already in the Hugging Face cache resolves to its snapshot, no network."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = tmp_path / "hub" / "models--some-org--tiny-cached"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    code = ("from engine import modeling; print(modeling.resolve_model_path('some-org/tiny-cached')); "
+            "print(len(modeling.load_tokenizer('some-org/tiny-cached')))")
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    path, vocab = proc.stdout.split()
+    assert Path(path) == snapshot and int(vocab) > 0
+
+
+def test_lora_on_an_8bit_base_on_cpu(finetui_cache):
+    bnb = pytest.importorskip("bitsandbytes")
+    import torch
+
+    tok = modeling.load_tokenizer("tiny")
+    model = modeling.load_model(ModelConfig(quantization="8bit"), MethodConfig(type="lora", lora_r=4),
+                                tokenizer=tok, device="cpu")
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    ids = torch.randint(0, 1000, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)

@@ -220,3 +220,20 @@ def test_cuda_only_optimizer_is_a_config_error_in_the_trainer(tmp_path, finetui_
     rc, events = finish(launch(run_dir))
     assert rc == 1
     assert events[-2]["kind"] == "config" and events[-2]["message"].startswith("train.optimizer: adamw_8bit needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+def test_qlora_on_a_gpu_with_bf16_and_a_paged_optimizer(tmp_path, finetui_cache):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    run_dir, rc, events = train(tmp_path, "gpu", method={"type": "qlora"},
+                                train={"optimizer": "paged_adamw_32bit", "eval_strategy": "no"})
+    assert rc == 0, stdout_log(run_dir)
+    started = of_type(events, "run_started")[0]
+    assert started["devices"][0].startswith("cuda:0")
+    assert started["precision"]["bf16"] == torch.cuda.is_bf16_supported()
+    memory = of_type(events, "step")[-1]["memory"]
+    assert 0 < memory["allocated_bytes"] <= memory["peak_bytes"]
+    assert events[-1]["status"] == "completed"
