@@ -254,10 +254,28 @@ def stop(run_dir: str | Path, kill: bool = False) -> bool:
         if kill:
             os.killpg(os.getpgid(pid), sig)
         else:
-            os.kill(pid, sig)
+            for target in _stop_targets(pid):
+                os.kill(target, sig)
     except ProcessLookupError:
         return False
     return True
+
+
+def _stop_targets(pid: int) -> list[int]:
+    """Who gets the SIGTERM. Under torchrun, its workers themselves: torchrun would
+    forward the signal but SIGKILL them 30 s later, cutting a slow checkpoint short; when
+    the workers end on their own, torchrun exits cleanly."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if "torch.distributed.run" in " ".join(proc.cmdline()):
+            workers = [c.pid for c in proc.children() if TRAINER_MODULE in " ".join(c.cmdline())]
+            if workers:
+                return workers
+    except Exception:
+        pass
+    return [pid]
 
 
 def delete(run_dir: str | Path) -> None:

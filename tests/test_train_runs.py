@@ -237,3 +237,15 @@ def test_qlora_on_a_gpu_with_bf16_and_a_paged_optimizer(tmp_path, finetui_cache)
     memory = of_type(events, "step")[-1]["memory"]
     assert 0 < memory["allocated_bytes"] <= memory["peak_bytes"]
     assert events[-1]["status"] == "completed"
+
+
+def test_torchrun_stop_checkpoints_and_exits_cleanly(tmp_path, finetui_cache):
+    run_dir = new_run(tmp_path, "ddpstop", train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
+    proc = launch(run_dir, nproc=2)
+    seen = _stop_after_step(proc, run_dir, 2)  # SIGTERM goes to both ranks, which agree on the step
+    rc, rest = finish(proc, timeout=400)
+    events = seen + rest
+    assert rc == 0, stdout_log(run_dir)  # torchrun saw its workers end on their own
+    (checkpoint,) = of_type(events, "checkpoint")
+    assert checkpoint["step"] == of_type(events, "step")[-1]["step"]
+    assert events[-1]["status"] == "stopped" and runs.last_checkpoint(run_dir) is not None
