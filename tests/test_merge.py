@@ -59,10 +59,12 @@ def test_lora_merge_answers_like_base_plus_adapter(tmp_path, finetui_cache):
     run_dir, rc, events = train(tmp_path, "lora", method={"type": "lora"},
                                 train={"learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no"})
     assert rc == 0, stdout_log(run_dir)
-    out = merge(run_dir)
-    assert out == run_dir / "merged"
+    stages = []
+    out = merge(run_dir, shard_size="500KB", progress=lambda stage, done: stages.append((stage, done)))
+    assert out == run_dir / "merged" and stages[-1] == ("done", 1.0)
     assert (out / "config.json").exists() and (out / "generation_config.json").exists()
-    assert list(out.glob("*.safetensors")) and (out / "tokenizer.json").exists()
+    assert len(list(out.glob("*.safetensors"))) > 1 and (out / "model.safetensors.index.json").exists()
+    assert (out / "tokenizer.json").exists()
 
     merged, merged_tok = modeling.load_for_inference(run_dir, device="cpu")  # merged/ wins
     assert not hasattr(merged, "peft_config")
@@ -123,3 +125,15 @@ def test_full_fine_tune_merge_is_a_link_and_cli(tmp_path, finetui_cache):
     assert os.stat(weights).st_ino == os.stat(run_dir / "adapter" / "model.safetensors").st_ino
     model, tok = modeling.load_for_inference(run_dir, device="cpu")
     assert greedy(model, tok, PROMPTS[0], n=4)
+
+
+def test_qlora_merges_into_an_unquantised_base(tmp_path, finetui_cache):
+    run_dir, rc, _ = train(tmp_path, "qlora", method={"type": "qlora"},
+                           train={"learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no"})
+    assert rc == 0, stdout_log(run_dir)
+    out = merge(run_dir)
+    merged_cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in merged_cfg
+    model, tok = modeling.load_for_inference(run_dir, device="cpu")
+    assert not any("4bit" in type(m).__name__ for m in model.modules())
+    assert len(greedy(model, tok, PROMPTS[0], n=4)) == 4

@@ -128,3 +128,29 @@ def test_detach_returns_at_once_and_the_run_goes_on(tmp_path, finetui_cache):
             break
         time.sleep(0.5)
     assert events[-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_ctrl_c_detaches_and_the_run_goes_on(tmp_path, finetui_cache):
+    import signal
+
+    from engine import runs
+
+    path = write_config(tmp_path, train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("FINETUI_RUNS_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step "):
+            break
+    proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal that follows the run
+    out, err = proc.communicate(timeout=60)
+    run = the_run(tmp_path)
+    assert proc.returncode == 0 and f"detached; the run continues — `finetui runs attach {run.name}`" in err
+    assert runs.summarize(run).status == "running"
+    assert runs.stop(run)
+    deadline = time.time() + 120
+    while runs.summarize(run).status == "running" and time.time() < deadline:
+        time.sleep(0.3)
+    assert runs.summarize(run).status == "stopped"
