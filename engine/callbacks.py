@@ -31,19 +31,20 @@ class TokenCounter:
     Counting here, on the CPU tensors the collator has just built, costs the GPU nothing;
     counting later would take a ``.item()`` host sync on every step.
 
-    The dataloader builds batches ahead of their use (accelerate looks one batch ahead,
-    evaluation builds its own), so built batches wait in a queue and the callback takes
-    them off as the Trainer reports micro-batches done. With dataloader worker processes
-    the counts come through shared totals instead: right on average, less exact per step.
+    Batches are built ahead of their use (accelerate looks one batch ahead, dataloader
+    workers prefetch), so each built batch's count waits in a queue and the callback takes
+    one off per micro-batch the Trainer reports done. Batches built for evaluation are not
+    training: in the main process the callback drops them after each evaluation; in worker
+    processes they are told apart by their dataset.
     """
 
-    def __init__(self, collate):
+    def __init__(self, collate, train_dataset=None):
         self.collate = collate
+        self.train_dataset = train_dataset
         self.built: collections.deque[tuple[int, int]] = collections.deque()
         self.tokens = 0  # consumed by training so far
         self.samples = 0
-        self._worker_tokens = multiprocessing.Value("q", 0)
-        self._worker_samples = multiprocessing.Value("q", 0)
+        self._from_workers = multiprocessing.SimpleQueue()  # made before the workers fork
 
     def __call__(self, features):
         import torch.utils.data
@@ -51,30 +52,37 @@ class TokenCounter:
         batch = self.collate(features)
         mask = batch.get("attention_mask")
         # Packed batches have no padding and no mask: every position is a real token.
-        tokens = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-        if torch.utils.data.get_worker_info() is None:
-            self.built.append((tokens, len(features)))
-        else:
-            with self._worker_tokens.get_lock():
-                self._worker_tokens.value += tokens
-            with self._worker_samples.get_lock():
-                self._worker_samples.value += len(features)
+        entry = (int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()), len(features))
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            self.built.append(entry)
+        elif self._is_train(worker.dataset):
+            self._from_workers.put(entry)
         return batch
+
+    def _is_train(self, dataset) -> bool:
+        if self.train_dataset is None or dataset is self.train_dataset:
+            return True
+        # A worker started by spawn holds a copy: compare the datasets' fingerprints.
+        mine = getattr(self.train_dataset, "_fingerprint", None)
+        return mine is not None and getattr(dataset, "_fingerprint", None) == mine
 
     def consume(self, batches: int = 1) -> None:
         """Training used the next ``batches`` built batches."""
+        while not self._from_workers.empty():
+            self.built.append(self._from_workers.get())
         for _ in range(min(batches, len(self.built))):
             tokens, samples = self.built.popleft()
             self.tokens += tokens
             self.samples += samples
 
     def discard_after(self, keep: int) -> None:
-        """Forget batches built after the first ``keep`` (evaluation's)."""
+        """Forget batches built after the first ``keep`` (evaluation's, in the main process)."""
         while len(self.built) > keep:
             self.built.pop()
 
     def read(self) -> tuple[int, int]:
-        return self.tokens + self._worker_tokens.value, self.samples + self._worker_samples.value
+        return self.tokens, self.samples
 
 
 def memory_now(device: str) -> dict[str, int | None]:

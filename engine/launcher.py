@@ -46,6 +46,9 @@ def preflight(config: cfg.Config) -> None:
 def prepare_run(args) -> tuple[Path, bool]:
     """A new run folder from CONFIG (+ --set), or the run to resume. Returns (run_dir, resume)."""
     if args.resume:
+        if args.config:
+            raise cfg.ConfigError([f"finetui train: --resume continues {args.resume} with its own config.yaml; "
+                                   "drop CONFIG (change settings with --set)"])
         run_dir = runs.resolve(args.resume)
         if runs.pid_alive(runs.read_pid(run_dir)):
             raise runs.RunError(f"run {run_dir.name} is still running (`finetui runs attach {run_dir.name}`)")

@@ -306,7 +306,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
-    counter = TokenCounter(dataset_mod.collator(config, tokenizer))
+    counter = TokenCounter(dataset_mod.collator(config, tokenizer), train_dataset=data.train)
     reporter = EventCallback(events, counter, device, world_size, meta)
     trainer = Trainer(
         model=model,
