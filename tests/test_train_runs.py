@@ -187,6 +187,11 @@ def test_packing_counts_real_tokens(tmp_path, finetui_cache):
     _, _, padded = train(tmp_path, "pad", train={"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"})
     # The same 16 examples either way: packed or padded, the real tokens are the same.
     assert of_type(events, "step")[-1]["tokens"] == of_type(padded, "step")[-1]["tokens"]
+    # Batches built ahead by dataloader workers (evaluation's included) count once, when used.
+    _, rc, workers = train(tmp_path, "workers", train={"max_steps": 2, "eval_steps": 1, "save_strategy": "no",
+                                                       "dataloader_num_workers": 2})
+    assert rc == 0
+    assert of_type(workers, "step")[-1]["tokens"] == of_type(padded, "step")[-1]["tokens"]
 
 
 def test_out_of_memory_is_reported_with_a_hint(tmp_path, finetui_cache):
