@@ -14,9 +14,10 @@ Two sources, one decoder (``engine.events.decode``) and one consumer (``RunState
   event, unlike ``engine.events.follow``: a resumed run's file has a ``finished`` in the
   middle and its new session after it.
 
-Both readers run in thread workers and only append to the state under its lock; the
-screens look at ``state.version`` on a timer (0.5 s) and redraw when it moved. Nothing
-here touches a widget.
+Reading happens in short thread workers (one every 0.25 s for all feeds, never blocking:
+``select`` on the pipe, a seek+read on the file) that apply events to the state under its
+lock; screens are told on the UI thread which runs changed and redraw at most twice a
+second. Nothing here touches a widget.
 
 Liveness: a feed also says whether the trainer process is alive (``Popen.poll`` for a
 pipe, ``engine.runs.pid_alive`` of ``trainer.pid`` for a file). A run whose process is gone
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
     import subprocess
 
 LOG_LINES = 500
-POLL_S = 0.2  # file tail poll while idle; also how fast a reader notices it is closed
+PUMP_S = 0.25  # how often pipes and files are read (a short worker each time)
 LIVENESS_S = 1.0  # process table look-ups (psutil) at most this often
+MAX_READ = 4 << 20  # bytes per feed per pump: a huge history arrives in slices, never a freeze
 
 
 class RunState:
@@ -193,7 +195,14 @@ def read_state(run_dir: str | Path) -> RunState:
 
 
 class RunFeed:
-    """One run's events, from a pipe or a file, applied to ``self.state`` in a thread."""
+    """One run's events, from a pipe or a file, applied to ``self.state``.
+
+    :meth:`pump` reads what is there *now* (never blocks) and is called from a short thread
+    worker a few times a second (:class:`FeedRegistry`). Short workers rather than one
+    reader thread per run: Textual's thread pool has cpu+4 threads (6 on a 2-core box),
+    and a blocked reader would hold one for the whole run and keep the app from exiting
+    while the trainer is silent.
+    """
 
     def __init__(self, run_dir: str | Path, proc: subprocess.Popen | None = None) -> None:
         self.run_dir = Path(run_dir)
@@ -202,11 +211,18 @@ class RunFeed:
         self.source = "pipe" if proc is not None and proc.stdout is not None else "file"
         self.state = RunState(self.run_id)
         self.state.source = self.source
-        self.lock = threading.Lock()
-        self.closed = False  # asked to stop reading (screen gone, app exiting)
-        self.ended = False  # the reader returned
+        self.lock = threading.Lock()  # held while the state changes and while it is drawn
+        self._pump_lock = threading.Lock()
+        self.closed = False  # no one needs it any more
+        self.ended = False  # the source is exhausted for good (pipe EOF and process reaped)
         self.problem: str | None = None
-        self.worker = None
+        self._started = False
+        self._pending = b""
+        self._offset = 0  # file: bytes read so far
+        self._history: list[dict[str, Any]] = []  # pipe: what the file held when we started
+        self._matched: int | None = None
+        self._eof = False
+        self._checked = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -216,18 +232,31 @@ class RunFeed:
     def events_path(self) -> Path:
         return self.run_dir / "events.jsonl"
 
-    def start(self, node) -> RunFeed:
-        """Read in a thread worker owned by ``node`` (the app for pipe feeds)."""
-        self.worker = node.run_worker(self.run, thread=True, group=f"feed-{self.run_id}",
-                                      name=f"feed {self.run_id} ({self.source})", exit_on_error=False)
-        return self
-
     def close(self) -> None:
         self.closed = True
 
-    def _stopping(self) -> bool:
-        worker = self.worker
-        return self.closed or (worker is not None and worker.is_cancelled)
+    def pump(self) -> bool:
+        """Read and apply what has arrived; True when the state changed. Thread-safe."""
+        if self.closed or self.ended:
+            return False
+        if not self._pump_lock.acquire(blocking=False):
+            return False  # another worker is at it
+        try:
+            before = self.state.version
+            if self.source == "pipe":
+                self._pump_pipe()
+            else:
+                self._pump_file()
+            return self.state.version != before
+        except Exception as exc:  # a reader must never take the UI down
+            self.problem = f"{type(exc).__name__}: {exc}"
+            self.ended = True
+            with self.lock:
+                self.state.lines.append((time.time(), "error", f"reading this run stopped: {self.problem}"))
+                self.state.version += 1
+            return True
+        finally:
+            self._pump_lock.release()
 
     def _push(self, events: list[dict[str, Any]]) -> None:
         if not events:
@@ -242,103 +271,85 @@ class RunFeed:
                 self.state.process_alive = alive
                 self.state.version += 1
 
-    def run(self) -> None:
-        try:
-            if self.source == "pipe":
-                self._read_pipe()
-            else:
-                self._tail_file()
-        except Exception as exc:  # a reader must never take the UI down
-            self.problem = f"{type(exc).__name__}: {exc}"
-            with self.lock:
-                self.state.lines.append((time.time(), "error", f"feed stopped: {self.problem}"))
-                self.state.version += 1
-        finally:
-            self.ended = True
+    def _lines(self, data: bytes) -> list[dict[str, Any]]:
+        """Complete lines of ``data`` (after what was pending) decoded; a partial last
+        line waits for its newline."""
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        return [e for e in map(ev.decode, lines) if e is not None]
 
     # ------------------------------------------------------------------ pipe
 
-    def _read_pipe(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        self._set_alive(self.proc.poll() is None)
-        history = ev.read_file(self.events_path)
-        self._push(history)
-        matched: int | None = None  # where the pipe's first events sit in the history
-        fd = self.proc.stdout.fileno()
-        pending = b""
-        while not self._stopping():
-            # select with a timeout, not a blocking read: the thread must notice that the
-            # app is exiting even while the trainer is silent (a long evaluation).
-            ready, _, _ = select.select([fd], [], [], POLL_S)
-            if not ready:
+    def _pump_pipe(self) -> None:
+        proc = self.proc
+        assert proc is not None and proc.stdout is not None
+        if not self._started:
+            self._started = True
+            self._set_alive(proc.poll() is None)
+            # Sessions before this one (a resume) are only in the file.
+            self._history = ev.read_file(self.events_path)
+            self._push(self._history)
+        if not self._eof:
+            fd = proc.stdout.fileno()
+            budget = MAX_READ
+            while budget > 0 and select.select([fd], [], [], 0)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self._eof = True
+                    break
+                budget -= len(chunk)
+                self._push(self._fresh(self._lines(chunk)))
+        if self._eof:
+            code = proc.poll()
+            if code is not None:  # reaped: the run's process is over
+                self._set_alive(False)
+                proc.stdout.close()
+                self.ended = True
+
+    def _fresh(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop the pipe's first events if the file (read at start) already had them."""
+        history, fresh = self._history, []
+        for event in events:
+            if self._matched is None:
+                found = _find(history, event)
+                self._matched = len(history) if found is None else found + 1
+                if found is not None:
+                    continue
+            elif self._matched < len(history) and history[self._matched] == event:
+                self._matched += 1
                 continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break  # EOF: the trainer exited (or closed its end)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            fresh = []
-            for raw in lines:
-                event = ev.decode(raw)
-                if event is None:
-                    continue
-                if matched is None:
-                    matched = _find(history, event)
-                    if matched is not None:
-                        matched += 1
-                        continue
-                    matched = len(history)
-                elif matched < len(history) and history[matched] == event:
-                    matched += 1
-                    continue
-                else:
-                    matched = len(history)
-                fresh.append(event)
-            self._push(fresh)
-        if self._stopping():
-            return
-        try:
-            self.proc.wait(timeout=10)
-        except Exception:
-            pass
-        self._set_alive(self.proc.poll() is None)
-        self.proc.stdout.close()
+            else:
+                self._matched = len(history)
+            fresh.append(event)
+        return fresh
 
     # ------------------------------------------------------------------ file
 
-    def _tail_file(self) -> None:
-        """events.jsonl from the start, then as it grows, until closed. Liveness of the
-        trainer is checked while idle; before a run is declared gone the rest of the file
-        is read, so its last lines are never mistaken for missing."""
-        pid_alive = runs.pid_alive(self.pid)
-        self._set_alive(pid_alive)
+    def _pump_file(self) -> None:
+        """events.jsonl from where we were; liveness of the trainer from the process table
+        (at most once a second, and never before the file's last lines are read: a run is
+        only declared gone once everything it wrote is in)."""
         path = self.events_path
-        offset = 0
-        pending = b""
-        checked = time.monotonic()
-        while not self._stopping():
-            grew = False
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read(1 << 20)
-            except FileNotFoundError:
-                data = b""
-            if data:
-                grew = True
-                offset += len(data)
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                self._push([e for e in map(ev.decode, lines) if e is not None])
-            now = time.monotonic()
-            if not grew and now - checked >= LIVENESS_S:
-                checked = now
-                alive = runs.pid_alive(self.pid)
-                # Before a run is declared gone, whatever it wrote last must be read.
-                if alive != self.state.process_alive and (alive or _size(path) <= offset):
-                    self._set_alive(alive)
-            if not grew:
-                time.sleep(POLL_S)
+        if not self._started:
+            self._started = True
+            self._set_alive(runs.pid_alive(self.pid))
+        grew = False
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read(MAX_READ)
+        except FileNotFoundError:
+            data = b""
+        if data:
+            grew = True
+            self._offset += len(data)
+            self._push(self._lines(data))
+        now = time.monotonic()
+        if not grew and now - self._checked >= LIVENESS_S:
+            self._checked = now
+            alive = runs.pid_alive(self.pid)
+            if alive != self.state.process_alive and (alive or _size(path) <= self._offset):
+                self._set_alive(alive)
 
 
 def _size(path: Path) -> int:
@@ -357,15 +368,54 @@ def _find(history: list[dict[str, Any]], event: dict[str, Any]) -> int | None:
 
 
 class FeedRegistry:
-    """The app's feeds: one per run being watched, pipe feeds for every trainer this UI
-    started (kept for the app's lifetime so the pipe is always drained)."""
+    """The app's feeds, pumped together by one short thread worker every PUMP_S.
+
+    Pipe feeds of trainers this UI started live as long as the app (their pipe must be
+    drained whether or not a dashboard shows them); file feeds live while a screen holds
+    them. Screens :meth:`watch` for changes: the callback runs on the UI thread right after
+    a pump that changed something.
+    """
 
     def __init__(self, app) -> None:
         self.app = app
         self.feeds: dict[str, RunFeed] = {}
         self.new_launches: list[str] = []  # run ids adopted from app.run_processes, not yet shown
         self._adopted: dict[str, int] = {}  # run id -> id() of the Popen being read
-        self.timer = app.set_interval(0.5, self.sync, name="run feeds")
+        self._watchers: list[Any] = []
+        self._pumping = False
+        self.pumps = 0
+        self.timer = app.set_interval(PUMP_S, self._tick, name="run feeds")
+
+    def _tick(self) -> None:
+        self.sync()
+        if self._pumping or not self.feeds:
+            return
+        self._pumping = True
+        self.app.run_worker(self._pump_all, thread=True, group="run-feeds", name="pump run feeds",
+                            exit_on_error=False)
+
+    def _pump_all(self) -> None:
+        try:
+            changed = {feed.run_id for feed in list(self.feeds.values()) if feed.pump()}
+        finally:
+            self._pumping = False
+            self.pumps += 1
+        if changed:
+            try:
+                self.app.call_from_thread(self._notify, changed)
+            except Exception:  # the app is closing
+                pass
+
+    def _notify(self, changed: set[str]) -> None:
+        for callback in list(self._watchers):
+            callback(changed)
+
+    def watch(self, callback) -> None:
+        self._watchers.append(callback)
+
+    def unwatch(self, callback) -> None:
+        if callback in self._watchers:
+            self._watchers.remove(callback)
 
     def sync(self) -> list[str]:
         """Start a pipe feed for each trainer the app launched since the last look."""
@@ -380,7 +430,7 @@ class FeedRegistry:
             old = self.feeds.get(run_id)
             if old is not None:
                 old.close()
-            self.feeds[run_id] = RunFeed(run_dir, proc).start(self.app)
+            self.feeds[run_id] = RunFeed(run_dir, proc)
             adopted.append(run_id)
         self.new_launches.extend(adopted)
         return adopted
@@ -395,11 +445,16 @@ class FeedRegistry:
         self.sync()
         run_dir = Path(run_dir)
         feed = self.feeds.get(run_dir.name)
-        if feed is not None and not (feed.source == "file" and (feed.closed or feed.ended)):
+        if feed is not None and not (feed.source == "file" and feed.closed):
             return feed
-        feed = RunFeed(run_dir).start(self.app)
+        feed = RunFeed(run_dir)
         self.feeds[run_dir.name] = feed
+        self.pump_soon()
         return feed
+
+    def pump_soon(self) -> None:
+        """Pump now rather than at the next tick (a screen just opened a feed)."""
+        self._tick()
 
     def release(self, feed: RunFeed) -> None:
         """A screen is done with a feed: file feeds stop (the file keeps the history);

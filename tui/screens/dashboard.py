@@ -81,8 +81,9 @@ class Fix:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def likely_fix(state: RunState, last_checkpoint: Path | None) -> Fix | None:
-    """The most likely way out of a failed run, from its error event."""
+def likely_fix(state: RunState, last_checkpoint: Path | None, config: dict[str, Any] | None = None) -> Fix | None:
+    """The most likely way out of a failed run, from its error event. ``config`` is the
+    run's config.yaml, for runs that failed before their run_started event."""
     if state.status != "failed":
         return None
     error = state.error
@@ -90,23 +91,24 @@ def likely_fix(state: RunState, last_checkpoint: Path | None) -> Fix | None:
         where = f"from {last_checkpoint.name}" if last_checkpoint else "from step 0 (no checkpoint yet)"
         return Fix("resume", f"resume {where}")
     kind = error.get("kind")
-    train = (state.config or {}).get("train") or {}
-    data = (state.config or {}).get("data") or {}
+    config = state.config or config or {}
+    train = config.get("train") or {}
+    data = config.get("data") or {}
     if kind == "oom":
         batch = int(train.get("batch_size") or 1)
         accum = int(train.get("gradient_accumulation_steps") or 1)
         if batch > 1:
-            return Fix("settings", f"open Settings with train.batch_size {batch // 2} (was {batch}) and "
-                                   f"gradient_accumulation_steps {accum * 2}: same effective batch",
+            return Fix("settings", f"Settings with train.batch_size {batch // 2} (was {batch}) and "
+                                   f"gradient_accumulation_steps {accum * 2} (same effective batch)",
                        {"train.batch_size": batch // 2, "train.gradient_accumulation_steps": accum * 2})
         if not train.get("gradient_checkpointing"):
-            return Fix("settings", "open Settings with train.gradient_checkpointing on (batch is already 1)",
+            return Fix("settings", "Settings with train.gradient_checkpointing on (batch size is already 1)",
                        {"train.gradient_checkpointing": True})
         length = int(data.get("max_length") or 512)
-        return Fix("settings", f"open Settings with data.max_length {max(16, length // 2)} (was {length})",
+        return Fix("settings", f"Settings with data.max_length {max(16, length // 2)} (was {length})",
                    {"data.max_length": max(16, length // 2)})
     if kind in ("config", "data", "model"):
-        return Fix("settings", f"open this run's config in Settings to change what the {kind} error names")
+        return Fix("settings", f"open this run's config in Settings and change what the {kind} error names")
     return Fix("stdout", "show stdout.log (the traceback is there)")
 
 
@@ -156,7 +158,7 @@ class DashboardScreen(FinetuiScreen):
     DashboardScreen #dash-head { height: 1; padding: 0 1; background: $surface; }
     DashboardScreen RunProgress, DashboardScreen MetricsLine { padding: 0 1; }
     DashboardScreen #chart { height: 2fr; min-height: 6; padding: 0 1 0 0; }
-    DashboardScreen #problem { height: auto; max-height: 5; padding: 0 1; display: none; }
+    DashboardScreen #problem { height: auto; max-height: 6; padding: 0 1; display: none; }
     DashboardScreen #problem.-failed { display: block; background: $error 15%; }
     DashboardScreen #problem.-stopped { display: block; background: $warning 10%; }
     DashboardScreen GpuPanel { padding: 0 1; background: $surface; }
@@ -176,8 +178,13 @@ class DashboardScreen(FinetuiScreen):
         self._hw_seen: HwSnapshot | None = None
         self._status = ""
         self._fix: Fix | None = None
-        self._wake = threading.Event()
-        self.ticks = 0  # timer ticks that changed something on screen (redraw-rate benchmark)
+        self._draw_timer = None
+        self._last_draw = 0.0
+        self._backend = None  # engine.hardware backend, made in the poll worker
+        self._stdout_size = -1
+        self._stdout_lines: list[str] = []
+        self._config: dict[str, Any] | None = None  # config.yaml, read by the poll worker
+        self.draws = 0  # draws that changed something on screen (redraw-rate benchmark)
         self.shown_steps: list[tuple[int, float]] = []  # (step, wall time it reached the widgets)
         self.state: RunState | None = None  # the state last shown (tests read it)
 
@@ -194,26 +201,35 @@ class DashboardScreen(FinetuiScreen):
         yield LogView(id="log")
 
     def on_mount(self) -> None:
-        self.feed = feeds(self.app).feed(self.run_dir)
-        self.set_interval(TICK_S, self.tick, name="dashboard tick")
+        registry = feeds(self.app)
+        self.feed = registry.feed(self.run_dir)
+        registry.watch(self._feeds_changed)
+        self.set_interval(TICK_S, self._tick, name="dashboard tick")
+        self.set_interval(HW_POLL_S, self.poll_hardware, name="dashboard hardware")
         self.poll_hardware()
-        self.call_after_refresh(self.tick)
+        self.call_after_refresh(self.request_draw)
 
     def on_unmount(self) -> None:
-        self._wake.set()
+        registry = feeds(self.app)
+        registry.unwatch(self._feeds_changed)
         if self.feed is not None:
-            feeds(self.app).release(self.feed)
+            registry.release(self.feed)
 
-    # ------------------------------------------------------------------ the timer
+    # ------------------------------------------------------------------ when to draw
 
-    def tick(self) -> None:
-        """Everything that arrived since the last tick, in one redraw."""
+    def _feeds_changed(self, changed: set[str]) -> None:
+        if self.feed is not None and self.feed.run_id in changed:
+            self.request_draw()
+
+    def _tick(self) -> None:
+        """Twice a second: runs launched from this UI, a newer session started elsewhere,
+        new hardware readings."""
         if self.feed is None:
             return
         registry = feeds(self.app)
         if self.is_current:
             for run_id in registry.take_new_launches():
-                if run_id == self.run_id:
+                if run_id == self.run_id:  # our own resume: its pipe feed takes over
                     self._switch_feed(registry.feed(self.run_dir))
                 else:  # a run started from Settings meanwhile: show that one
                     self.app.switch_screen(DashboardScreen(registry.feeds[run_id].run_dir))
@@ -221,9 +237,33 @@ class DashboardScreen(FinetuiScreen):
         hw = self._hw
         if hw is not None and hw.newer_session_pid and self.feed.ended:
             self._switch_feed(registry.feed(self.run_dir))
+        if hw is not None and hw is not self._hw_seen:
+            self.request_draw()
+
+    def request_draw(self) -> None:
+        """Draw now, or as soon as half a second has passed since the last draw: bursts of
+        events cost one redraw and the screen never redraws more than twice a second."""
+        if self._draw_timer is not None:
+            return
+        wait = self._last_draw + TICK_S - time.monotonic()
+        if wait <= 0:
+            self.draw()
+        else:
+            self._draw_timer = self.set_timer(wait, self._deferred_draw)
+
+    def _deferred_draw(self) -> None:
+        self._draw_timer = None
+        self.draw()
+
+    def draw(self) -> None:
+        """Everything that changed since the last draw, in one go."""
         feed = self.feed
+        if feed is None or not self.is_attached:
+            return
+        self._last_draw = time.monotonic()
+        hw = self._hw
         changed_hw = hw is not None and hw is not self._hw_seen
-        with feed.lock:  # the feed's thread appends to the state under this lock
+        with feed.lock:  # the feed's worker appends to the state under this lock
             state = feed.state
             changed = state.version != self._version
             if changed:
@@ -235,7 +275,7 @@ class DashboardScreen(FinetuiScreen):
             self._hw_seen = hw
             self._show_gpus(hw)
         if changed or changed_hw:
-            self.ticks += 1
+            self.draws += 1
 
     def _switch_feed(self, feed: RunFeed) -> None:
         if feed is self.feed:
@@ -244,7 +284,7 @@ class DashboardScreen(FinetuiScreen):
             feeds(self.app).release(self.feed)
         self.feed = feed
         self._version = -1
-        self._wake.set()
+        feeds(self.app).pump_soon()
 
     # ------------------------------------------------------------------ state -> widgets
 
@@ -280,7 +320,7 @@ class DashboardScreen(FinetuiScreen):
             note = "loading model and data…"
         self.query_one(RunProgress).show(
             last.get("step"), last.get("total_steps"), last.get("epoch"), last.get("elapsed_s"),
-            last.get("eta_s"), note=note, bar_color=colors["good"] if status == "completed" else colors["train"])
+            last.get("eta_s") if status == "running" else None, note=note, bar_color=colors["good"] if status == "completed" else colors["train"])
         self.query_one(MetricsLine).show(
             loss=last.get("loss"), eval_loss=(st.last_eval or {}).get("eval_loss"), best_eval=st.best_eval,
             learning_rate=last.get("learning_rate"), grad_norm=last.get("grad_norm"),
@@ -298,6 +338,8 @@ class DashboardScreen(FinetuiScreen):
     def _show_chart(self, st: RunState) -> None:
         colors = theme_colors(self.app)
         chart = self.query_one(LossPlot)
+        # A run that failed before its first step has no curve: give the room to the log.
+        chart.display = bool(st.steps) or st.status in ("running", "starting")
         name = PLOTS[self.plot]
         steps = list(st.steps)
         if name == "loss":
@@ -314,26 +356,24 @@ class DashboardScreen(FinetuiScreen):
         colors = theme_colors(self.app)
         status = st.status
         last_ckpt = hw.last_checkpoint if hw else None
-        self._fix = likely_fix(st, last_ckpt)
+        self._fix = likely_fix(st, last_ckpt, self._config)
         banner.set_class(status == "failed", "-failed")
         banner.set_class(status == "stopped", "-stopped")
         text = Text()
+        width = max(self.size.width - 2, 20)
         if status == "failed":
             error = st.error
-            text.append("✖ failed: ", style=f"bold {colors['bad']}")
             if error is not None:
-                text.append(f"{error.get('kind')} error: ", style="bold")
-                text.append(str(error.get("message") or ""))
-                if error.get("hint"):
-                    text.append("\nhint: ", style="bold")
-                    text.append(str(error["hint"]))
+                head = f"✖ failed: {error.get('kind')} error: {error.get('message') or ''}"
             else:
-                text.append("the trainer process is gone without a finished event (killed or crashed)")
+                head = "✖ failed: the trainer process is gone without a finished event (killed or crashed)"
+            text.append(_clip(head, width, 2), style=f"bold {colors['bad']}")
+            if error is not None and error.get("hint"):
+                text.append("\n" + _clip(f"hint: {error['hint']}", width, 2))
             if self._fix is not None:
                 key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
                     app_key(self.app, "dashboard.resume", "R")
-                text.append(f"\n{key}: ", style=f"bold {colors['eval']}")
-                text.append(self._fix.text)
+                text.append("\n" + _clip(f"{key}: {self._fix.text}", width, 2), style=f"bold {colors['eval']}")
         elif status == "stopped":
             text.append("■ stopped", style=f"bold {colors['eval']}")
             step = (st.last_step or {}).get("step")
@@ -405,43 +445,41 @@ class DashboardScreen(FinetuiScreen):
         """NVML, psutil, checkpoints and stdout.log, once a second, off the UI thread."""
         from engine import hardware
 
-        worker = get_current_worker()
-        backend = hardware.gpu_backend()
+        if self._backend is None:
+            self._backend = hardware.gpu_backend()
+        if self._config is None:
+            self._config = _read_yaml(self.run_dir / "config.yaml")
+        backend = self._backend
+        feed = self.feed
+        pid = feed.pid if feed is not None else runs.read_pid(self.run_dir)
+        snap = HwSnapshot(thread=threading.current_thread().name)
+        try:
+            snap.gpus = backend.read()
+        except Exception as exc:  # a driver hiccup is a reading, not a crash
+            snap.problem = f"NVML read failed: {exc}"
+        snap.problem = snap.problem or backend.problem
+        alive = runs.pid_alive(pid)
+        try:
+            snap.host = hardware.read_host(pid if alive else None)
+        except Exception:
+            snap.host = None
+        snap.last_checkpoint = runs.last_checkpoint(self.run_dir)
+        ckpt_dir = self.run_dir / "checkpoints"
+        snap.existing_checkpoints = {p.name for p in ckpt_dir.glob("checkpoint-*")} if ckpt_dir.is_dir() else set()
         stdout_path = self.run_dir / "stdout.log"
-        stdout_size = -1
-        stdout_lines: list[str] = []
-        while not worker.is_cancelled:
-            feed = self.feed
-            pid = feed.pid if feed is not None else runs.read_pid(self.run_dir)
-            snap = HwSnapshot(thread=threading.current_thread().name)
-            try:
-                snap.gpus = backend.read()
-            except Exception as exc:  # a driver hiccup is a reading, not a crash
-                snap.gpus = []
-                snap.problem = f"NVML read failed: {exc}"
-            snap.problem = snap.problem or backend.problem
-            try:
-                snap.host = hardware.read_host(pid if runs.pid_alive(pid) else None)
-            except Exception:
-                snap.host = None
-            snap.last_checkpoint = runs.last_checkpoint(self.run_dir)
-            ckpt_dir = self.run_dir / "checkpoints"
-            snap.existing_checkpoints = {p.name for p in ckpt_dir.glob("checkpoint-*")} if ckpt_dir.is_dir() else set()
-            try:
-                size = stdout_path.stat().st_size
-            except OSError:
-                size = 0
-            if size != stdout_size:
-                stdout_size = size
-                stdout_lines = _tail_lines(stdout_path, STDOUT_TAIL_BYTES)
-            snap.stdout_lines = stdout_lines
-            if feed is not None and feed.ended:
-                file_pid = runs.read_pid(self.run_dir)
-                if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid):
-                    snap.newer_session_pid = file_pid
-            self._hw = snap
-            self._wake.wait(HW_POLL_S)
-            self._wake.clear()
+        try:
+            size = stdout_path.stat().st_size
+        except OSError:
+            size = 0
+        if size != self._stdout_size:
+            self._stdout_size = size
+            self._stdout_lines = _tail_lines(stdout_path, STDOUT_TAIL_BYTES)
+        snap.stdout_lines = self._stdout_lines
+        if feed is not None and feed.ended:
+            file_pid = runs.read_pid(self.run_dir)
+            if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid):
+                snap.newer_session_pid = file_pid
+        self._hw = snap
 
     # ------------------------------------------------------------------ actions
 
@@ -450,7 +488,7 @@ class DashboardScreen(FinetuiScreen):
         if action in ("stop", "kill"):
             return status in ("running", "starting")
         if action == "resume":
-            return status in ("stopped", "failed", "completed", "created")
+            return status in ("stopped", "failed", "created")
         if action == "fix":
             return self._fix is not None
         if action == "chat":
@@ -496,7 +534,6 @@ class DashboardScreen(FinetuiScreen):
         else:
             self.app.call_from_thread(self.notify, problem or "not sent", title="Kill" if kill else "Stop",
                                       severity="error")
-        self._wake.set()
 
     def action_resume(self) -> None:
         if self._status in ("running", "starting"):
@@ -565,10 +602,30 @@ class DashboardScreen(FinetuiScreen):
 # --------------------------------------------------------------------------- shared
 
 
+def _clip(text: str, width: int, max_lines: int) -> str:
+    """``text`` wrapped to ``width``, at most ``max_lines`` lines (the last one cut with …)."""
+    import textwrap
+
+    lines = textwrap.wrap(" ".join(text.split()), width) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: width - 1].rstrip() + "…"
+    return "\n".join(lines)
+
+
 def app_key(app, binding_id: str, default: str) -> str:
     """The key a binding has now (after the user's keymap), as shown to the user."""
     key_for = getattr(app, "key_for", None)
     return key_for(binding_id, default) if callable(key_for) else default
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        import yaml
+
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except Exception:
+        return {}
 
 
 def _tail_lines(path: Path, size: int) -> list[str]:

@@ -34,7 +34,7 @@ from tui.widgets.runprogress import fmt_duration, fmt_num
 RELOAD_S = 2.0
 # (key, label, width incl. one space of gap); run and model share what is left
 FIXED_COLUMNS = (("mark", "", 2), ("status", "status", 12), ("run", "run", 0), ("started", "started", 12),
-                 ("time", "time", 8), ("steps", "steps", 10), ("eval", "best ev", 8), ("method", "method", 6),
+                 ("time", "time", 8), ("steps", "steps", 10), ("eval", "best ev", 8), ("method", "method", 7),
                  ("model", "model", 0))
 
 
