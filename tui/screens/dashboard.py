@@ -11,7 +11,7 @@ checkpoints folder and stdout.log are read in a thread worker once a second.
 
 Layout at 80x24 (22 rows between the screen bar and the footer)::
 
-    ● running  <run id>  full · tiny · cpu · live
+    ● running  <run id>  full · tiny · cpu · live (or attached)
     ━━━━━━━━━━━━━━━━━━━━━━━━━━━ 24/40 60%  ep 1.50  0:28  eta 0:19
     loss 5.56  eval 5.78 (best 5.63@20)  lr 1.3e-3  gnorm 0.83  tok/s 2,054
     <chart: title row + plot rows>                        (grows with the window)
@@ -227,7 +227,7 @@ class DashboardScreen(FinetuiScreen):
         if self.feed is None:
             return
         registry = feeds(self.app)
-        if self.is_current:
+        if self.is_active:
             for run_id in registry.take_new_launches():
                 if run_id == self.run_id:  # our own resume: its pipe feed takes over
                     self._switch_feed(registry.feed(self.run_dir))
@@ -308,9 +308,10 @@ class DashboardScreen(FinetuiScreen):
         bits = [b for b in (method, str(model)[-24:], devices[0].split(" ")[0] if devices else "") if b]
         if len(devices) > 1:
             bits[-1] += f"×{len(devices)}"
-        bits.append("live" if st.source == "pipe" else "events.jsonl")
         if st.sessions > 1:
             bits.append(f"resumed ×{st.sessions - 1}")
+        # live: reading the pipe of a trainer started here; attached: following events.jsonl
+        bits.append("live" if st.source == "pipe" else "attached")
         head.append("  " + " · ".join(bits), style="dim")
         self.query_one("#dash-head", Static).update(head)
 
@@ -403,11 +404,14 @@ class DashboardScreen(FinetuiScreen):
         view = VIEWS[self.view]
         key = app_key(self.app, "dashboard.view", "v")
         if view == "log":
+            prefix = f"{self.run_dir.resolve()}/"
             lines = []
             for when, kind, message in list(st.lines if st else [])[-200:]:
                 line = Text(time.strftime("%H:%M:%S ", time.localtime(when)), style="dim")
                 style = {"error": colors["bad"], "checkpoint": "dim", "eval": colors["eval"]}.get(kind, "")
-                line.append(message.replace("\n", "  "), style=style)
+                # Paths inside the run folder are shown relative to it: the name is what matters.
+                message = message.replace(prefix, "").replace("\n", "  ")
+                line.append(message, style=style)
                 lines.append(line)
             log.show(f"log  ({key}: stdout.log, checkpoints)", lines, empty="no log events yet")
         elif view == "stdout.log":
@@ -418,9 +422,11 @@ class DashboardScreen(FinetuiScreen):
             lines = []
             for step, path in (st.checkpoints if st else []):
                 name = Path(path).name
-                line = Text(f"step {step:>7}  {path}")
+                line = Text(f"step {step:>7}  {name}")
                 if hw is not None and name not in existing:
-                    line.append("  (removed: save_total_limit)", style="dim")
+                    line.append("  removed (save_total_limit)", style="dim")
+                else:
+                    line.append(f"  {Path(path).parent}/", style="dim")
                 lines.append(line)
             log.show(f"checkpoints  ({key}: log)", lines, empty="no checkpoints yet")
 

@@ -136,7 +136,7 @@ class RunsScreen(FinetuiScreen):
     # ------------------------------------------------------------------ reading
 
     def tick(self) -> None:
-        if not self.is_current:
+        if not self.is_active:  # a dashboard or dialog on top takes launches itself
             return
         launched = feeds(self.app).take_new_launches()
         if launched:
