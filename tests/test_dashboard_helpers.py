@@ -160,10 +160,12 @@ def screen_text(app) -> str:
     return console.export_text()
 
 
-def widget_text(widget) -> str:
+def widget_text(widget, width: int | None = None) -> str:
+    """What a widget renders, as plain text (at its own width unless told)."""
     from rich.console import Console
 
-    console = Console(width=max(widget.size.width, 20), record=True, file=io.StringIO(), color_system=None)
+    console = Console(width=width or max(widget.size.width, 20), record=True, file=io.StringIO(),
+                      color_system=None)
     console.print(widget.render())
     return console.export_text()
 

@@ -39,18 +39,22 @@ FIXED_COLUMNS = (("mark", "", 2), ("status", "status", 12), ("run", "run", 0), (
 
 
 def column_widths(width: int) -> list[tuple[str, str, int]]:
-    """Columns that fit ``width`` cells: run gets 60% of what the fixed ones leave, model
-    the rest; below 70 cells model, then method, are dropped."""
+    """Columns that fit ``width`` cells. Run and model share what the fixed ones leave
+    (run 60%); when that is too little, model, started, method, time and eval are dropped
+    in that order."""
     cols = list(FIXED_COLUMNS)
-    if width < 70:
-        cols = [c for c in cols if c[0] != "model"]
-    if width < 60:
-        cols = [c for c in cols if c[0] not in ("method", "started")]
-    fixed = sum(w for _k, _l, w in cols)
-    free = max(width - fixed, 12)
-    flex = [k for k, _l, w in cols if w == 0]
-    run_w = free if len(flex) == 1 else max(10, int(free * 0.6))
-    model_w = max(free - run_w, 6)
+    for drop in ("model", "started", "method", "time", "eval"):
+        free = width - sum(w for _k, _l, w in cols)
+        needed = 20 if any(k == "model" for k, _l, _w in cols) else 12
+        if free >= needed:
+            break
+        cols = [c for c in cols if c[0] != drop]
+    free = max(width - sum(w for _k, _l, w in cols), 12)
+    if any(k == "model" for k, _l, _w in cols):
+        run_w = max(12, int(free * 0.6))
+        model_w = free - run_w
+    else:
+        run_w, model_w = free, 0
     return [(k, label, w or (run_w if k == "run" else model_w)) for k, label, w in cols]
 
 
@@ -237,15 +241,18 @@ class RunsScreen(FinetuiScreen):
         return Text(value)
 
     def _show_title(self) -> None:
+        from tui.session import display_path
+
         title = Text(no_wrap=True, overflow="ellipsis")
-        title.append(f"runs in {self.root}/", style="bold")
         counts: dict[str, int] = {}
         for info in self.infos:
             counts[info.status] = counts.get(info.status, 0) + 1
+        title.append(f"{len(self.infos)} run{'s' if len(self.infos) != 1 else ''}", style="bold")
         if self.infos:
-            title.append("  " + " · ".join(f"{n} {s}" for s, n in counts.items()), style="dim")
+            title.append(": " + " · ".join(f"{n} {s}" for s, n in counts.items()))
         if self.marked:
             title.append(f"  ◆ {len(self.marked)} marked", style="bold")
+        title.append(f"  in {display_path(self.root)}/", style="dim")
         self.query_one("#runs-title", Static).update(title)
 
     def current_info(self) -> runs.RunInfo | None:
