@@ -103,10 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bench_position(argv: list[str]) -> int | None:
+    """Index of a `bench` sub-command (after global options only), else None."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "bench":
+            return i
+        if argv[i] == "--runs-dir":
+            i += 2
+        elif argv[i].startswith("--runs-dir="):
+            i += 1
+        else:
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    bench_at = _bench_position(argv)
+    if bench_at is not None:
+        # Everything after `bench` is the benchmark script's (argparse's REMAINDER would
+        # refuse a leading --flag).
+        args = parser.parse_args(argv[:bench_at + 1])
+        args.rest = argv[bench_at + 1:]
+    else:
+        args = parser.parse_args(argv)
     if args.runs_dir:
         os.environ["FINETUI_RUNS_DIR"] = args.runs_dir
     try:
