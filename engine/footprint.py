@@ -32,7 +32,8 @@ plus the full size of ``modules_to_save``.
 
 Memory estimate in bytes (:func:`estimate`), all terms reported separately::
 
-    weights     = params * bytes_per_param(dtype)      fp32 4, bf16/fp16 2 (auto: 2, or 4 on cpu)
+    weights     = params * bytes_per_param(dtype)      fp32 4, bf16/fp16 2 (auto: 2 on a GPU,
+                                                        4 on the CPU)
                   4-bit: the decoder's linear weights take 0.5 bytes + the quantisation
                   constants (one fp32 absmax per 64 weights: +0.0625; with double
                   quantisation ~+0.016); 8-bit: ~1.03 bytes; embeddings, norms and
@@ -372,11 +373,14 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def estimate(config: Any, model_config: dict[str, Any] | None = None, source: str | None = None) -> MemoryEstimate:
+def estimate(config: Any, model_config: dict[str, Any] | None = None, source: str | None = None,
+             gpu: bool | None = None) -> MemoryEstimate:
     """Footprint + memory estimate for a training config (engine.config.Config or its dict).
 
     ``model_config`` is the model's config.json as a dict; read from ``model.name_or_path``
-    when not given (raises FootprintError when it cannot be found locally).
+    when not given (raises FootprintError when it cannot be found locally). ``gpu`` says
+    whether a GPU is present (the caller probes; None: assume one), which decides what
+    ``model.dtype: auto`` means (bf16 on a GPU, fp32 on the CPU).
     """
     name = str(_get(config, "model.name_or_path", "tiny"))
     revision = _get(config, "model.revision")
@@ -392,9 +396,10 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
         quant = "4bit"
     device = str(_get(config, "model.device", "auto"))
     dtype = str(_get(config, "model.dtype", "auto"))
+    on_cpu = device == "cpu" or (device == "auto" and gpu is False)
     if dtype == "auto":
-        dtype = "float32" if device == "cpu" else "bfloat16"
-        notes.append(f"dtype auto taken as {dtype}" + ("" if device == "cpu" else " (fp32 on a CPU)"))
+        dtype = "float32" if on_cpu else "bfloat16"
+        notes.append(f"dtype auto: {dtype} " + ("(no GPU: trains on the CPU)" if on_cpu else "(on a GPU; fp32 on a CPU)"))
     wbytes = _DTYPE_BYTES.get(dtype, 2)
 
     # Weights as loaded: quantisation applies to the decoder's linear layers only.

@@ -16,15 +16,21 @@ SCRIPT = r"""
 import asyncio, json, sys
 from tui.app import FinetuiApp, SCREEN_TABLE
 
+async def settle(app):
+    try:
+        await asyncio.wait_for(app.workers.wait_for_complete(), 15)
+    except asyncio.TimeoutError:
+        pass  # a screen may follow a live run for good
+
 async def main():
     app = FinetuiApp()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        await app.workers.wait_for_complete()
+        await settle(app)
         for entry in SCREEN_TABLE:
             await pilot.press(entry.key)
             await pilot.pause()
-            await app.workers.wait_for_complete()
+            await settle(app)
         await pilot.press("s", "v")          # settings preview (YAML, command, estimate)
         await pilot.pause()
         await pilot.press("v", "question_mark")
@@ -32,7 +38,7 @@ async def main():
         await pilot.press("escape", "ctrl+p")
         await pilot.pause()
         await pilot.press("escape")
-        await app.workers.wait_for_complete()
+        await settle(app)
         await pilot.pause()
     print(json.dumps(sorted(sys.modules)))
 

@@ -42,7 +42,7 @@ async def test_footer_shows_the_current_screens_keys(tui_env):
         await pilot.press("r")
         await settle(pilot, app)
         footer_keys = {key.description for key in app.screen.query("FooterKey")}
-        assert "Preset" not in footer_keys and "Reload" in footer_keys
+        assert "Preset" not in footer_keys and "Help" in footer_keys
 
 
 async def test_palette_switches_screen_and_offers_screen_commands(tui_env):
@@ -143,10 +143,12 @@ async def test_help_lists_every_binding(tui_env):
 
 
 def test_every_finetui_binding_has_an_id():
-    from tui.widgets import dialogs, fieldform, pathinput
+    from tui.screens import datasets
+    from tui.widgets import dialogs, fieldform, pathinput, rowtable
 
     classes = [FinetuiApp, HelpScreen, fieldform.FieldRow, fieldform.RowEditor, fieldform.SettingsForm,
-               pathinput.PathInput, dialogs.PathDialog, dialogs.PickDialog, dialogs.ConfirmDialog]
+               pathinput.PathInput, dialogs.PathDialog, dialogs.PickDialog, dialogs.ConfirmDialog,
+               rowtable.RowTable, datasets.SearchInput]
     classes += [screen_class(e) for e in SCREEN_TABLE]
     for cls in classes:
         for binding in keymap._as_bindings(cls.__dict__.get("BINDINGS", [])):

@@ -77,6 +77,7 @@ class SettingsScreen(FinetuiScreen):
         super().__init__()
         self.estimate = None  # engine.footprint.MemoryEstimate of the current config
         self.estimate_problem: str | None = None
+        self._gpus: list | None = None  # engine.hardware.GpuReading, probed once
 
     @property
     def state(self) -> SettingsState:
@@ -160,12 +161,24 @@ class SettingsScreen(FinetuiScreen):
 
     # ------------------------------------------------------------------ footprint
 
+    def probe_gpus(self) -> list:
+        """GPUs this box has (NVML, cached for the screen's life); [] on a CPU-only box."""
+        if self._gpus is None:
+            try:
+                from engine import hardware
+
+                self._gpus = hardware.gpu_backend().read()
+            except Exception:
+                self._gpus = []
+        return self._gpus
+
     @work(thread=True, exclusive=True, group="footprint")
     def compute_footprint(self, config: cfg.Config) -> None:
         from engine import footprint
 
+        gpus = self.probe_gpus()
         try:
-            estimate, problem = footprint.estimate(config), None
+            estimate, problem = footprint.estimate(config, gpu=bool(gpus)), None
         except footprint.FootprintError as exc:
             estimate, problem = None, f"model.name_or_path: {exc}"
         except Exception as exc:  # a strange config.json must not take the screen down
@@ -187,9 +200,25 @@ class SettingsScreen(FinetuiScreen):
             line.append(f" │ {estimate.method} {human_count(estimate.params_trainable)} trainable")
             line.append(f" │ est. {human_bytes(estimate.total_bytes)}", style="bold")
             line.append(f" (bs {config.train.batch_size} × {config.data.max_length})", style="dim")
+            fit = self.fit_text(estimate)
+            if fit is not None:
+                line.append(" │ ")
+                line.append_text(fit)
         self.query_one("#footprint", Static).update(line)
         if self.query_one(ContentSwitcher).current == "preview":
             self.render_preview()
+
+    def fit_text(self, estimate) -> Text | None:
+        """Whether the estimate fits the first GPU's memory (None without a GPU reading)."""
+        from engine.footprint import human_bytes
+
+        gpus = self._gpus or []
+        total = gpus[0].memory_total_bytes if gpus else None
+        if not total:
+            return None
+        fits = estimate.total_bytes <= total * 0.95
+        colour = self.app.theme_variables.get("success" if fits else "error", "")
+        return Text(f"{'fits' if fits else 'exceeds'} GPU0 {human_bytes(total)}", style=f"bold {colour}")
 
     def footprint_text(self) -> Text:
         from engine.footprint import human_bytes, human_count
@@ -214,6 +243,13 @@ class SettingsScreen(FinetuiScreen):
         for label, value in rows:
             text.append(f"{label:<14}", style="bold" if not label.startswith(" ") else "")
             text.append(value + "\n")
+        fit = self.fit_text(est)
+        if fit is not None:
+            text.append(f"{'GPU':<14}")
+            text.append_text(fit)
+            text.append("\n")
+        elif self._gpus is not None:
+            text.append(f"{'GPU':<14}none found: trains on the CPU\n")
         for note in est.notes:
             text.append(f"note: {note}\n", style="dim")
         return text
