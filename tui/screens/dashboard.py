@@ -265,7 +265,8 @@ class DashboardScreen(FinetuiScreen):
         changed_hw = hw is not None and hw is not self._hw_seen
         with feed.lock:  # the feed's worker appends to the state under this lock
             state = feed.state
-            changed = state.version != self._version
+            # The first readings bring config.yaml too: draw everything once more then.
+            changed = state.version != self._version or (changed_hw and self._hw_seen is None)
             if changed:
                 self._version = state.version
                 self._show_state(state, hw)
@@ -294,7 +295,7 @@ class DashboardScreen(FinetuiScreen):
         colors = theme_colors(self.app)
         status = st.status
         last = st.last_step or {}
-        cfg = st.config or {}
+        cfg = st.config or self._config or {}  # config.yaml until run_started brings the real one
         self._status = status
 
         # header
@@ -394,7 +395,7 @@ class DashboardScreen(FinetuiScreen):
             if last is not None:
                 line.append(f"  (last on disk: {last.name})", style="dim")
         else:
-            every = ((st.config or {}).get("train") or {}).get("save_steps")
+            every = ((st.config or self._config or {}).get("train") or {}).get("save_steps")
             line.append("none yet" + (f" (every {every} steps)" if every else ""), style="dim")
         self.query_one("#ckpts", Static).update(line)
 
