@@ -28,9 +28,11 @@ async def main():
         await pilot.pause()
         await settle(app)
         for entry in SCREEN_TABLE:
+            app.screen.set_focus(None)  # a chat prompt would take the letter
             await pilot.press(entry.key)
             await pilot.pause()
             await settle(app)
+        app.screen.set_focus(None)
         await pilot.press("s", "v")          # settings preview (YAML, command, estimate)
         await pilot.pause()
         await pilot.press("v", "question_mark")

@@ -19,11 +19,15 @@ async def test_screens_switch_by_key(tui_env):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, app)
         for entry in SCREEN_TABLE:
+            # A screen may focus a text box (chat prompt) that takes letters; the user
+            # leaves it first, as here.
+            app.screen.set_focus(None)
             await pilot.press(entry.key)
             await settle(pilot, app)
             assert app.current_mode == entry.mode
             assert type(app.screen) is screen_class(entry)
             assert entry.title in text_of(app.screen.query_one("ScreenBar"))
+        app.screen.set_focus(None)
         await pilot.press("s")
         await pilot.pause()
         assert isinstance(app.screen, SettingsScreen)

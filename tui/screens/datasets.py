@@ -102,10 +102,11 @@ class DatasetsScreen(FinetuiScreen):
         with ContentSwitcher(initial="ds-table", id="ds-switcher"):
             yield RowTable(id="ds-table")
             with VerticalScroll(id="ds-record"):
+                # What trains comes first; the raw record under it.
                 yield Static("", id="ds-record-head", classes="ds-heading")
-                yield Static("", id="ds-raw")
-                yield Static("rendered for training", id="ds-rendered-head", classes="ds-heading")
                 yield Static("", id="ds-rendered")
+                yield Static("raw record", id="ds-raw-head", classes="ds-heading")
+                yield Static("", id="ds-raw")
             with VerticalScroll(id="ds-stats"):
                 yield Static("", id="ds-stats-text")
         yield SearchInput(placeholder="search the records (enter: filter, esc: close)", id="ds-search", compact=True)
@@ -317,6 +318,7 @@ class DatasetsScreen(FinetuiScreen):
     def show_record(self, index: int) -> None:
         self.record_index = index
         self.switch_to("ds-record")
+        self.status(f"record {index + 1} · ←/→ (h/l) previous/next · ↑/↓ scroll · esc back to the table")
         self.query_one("#ds-record").focus()
         self.query_one("#ds-record").scroll_home(animate=False)
         row = self.table.row(index)
@@ -421,6 +423,8 @@ class DatasetsScreen(FinetuiScreen):
         if self.view != "ds-table":
             self.switch_to("ds-table")
             self.table.focus()
+            if self.table.filter is None:
+                self.status(HINT)
             return
         if self.table.filter is not None:
             self.table.set_filter(None)
