@@ -56,6 +56,8 @@ SCREEN_TABLE: tuple[ScreenEntry, ...] = (
     ScreenEntry("chat", "Chat", "c", "tui.screens.placeholder:ChatScreen"),
     ScreenEntry("eval", "Eval", "e", "tui.screens.placeholder:EvalScreen"),
 )
+# Textual's own app keys (no id, not remappable) as the help screen names them.
+UNNAMED_ACTIONS = {"help_quit": "How to quit (ctrl+c copies in text boxes)", "quit": "Quit"}
 START_MODE = "datasets"  # `finetui` opens on the config's dataset (the sample FAQ)
 
 
@@ -241,7 +243,8 @@ class FinetuiApp(App):
                     if not binding.id and not with_unnamed:
                         continue
                     ident = binding.id or f"({binding.action})"
-                    entry = seen.setdefault(ident, [[], binding.description or binding.action, binding.id or "—"])
+                    description = binding.description or UNNAMED_ACTIONS.get(binding.action, binding.action)
+                    entry = seen.setdefault(ident, [[], description, binding.id or "—"])
                     for key in keymaps.keys_for(binding, self._keymap):
                         shown = self.get_key_display(Binding(key, ""))
                         if shown not in entry[0]:
