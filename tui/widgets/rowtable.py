@@ -192,6 +192,14 @@ class RowTable(ScrollView, can_focus=True):
         if self.count:
             self.cursor = self.count - 1 if where < 0 else 0
 
+    def on_click(self, event) -> None:
+        # Mouse is optional: a click puts the cursor on the row, a double click opens it.
+        line = self.scroll_offset.y + event.y
+        if 0 <= line < self.count:
+            self.cursor = line
+            if event.chain >= 2:
+                self.action_select()
+
     def action_select(self) -> None:
         index = self.source_index()
         if index is not None:
