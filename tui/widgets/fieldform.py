@@ -81,7 +81,10 @@ def describe(spec: dict[str, Any]) -> str:
 class RowEditor(Input):
     """The inline editor under a row (mounted only while editing)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="form.cancel")]
+    BINDINGS = [
+        Binding("enter", "submit", "Apply", id="form.apply"),
+        Binding("escape", "cancel", "Cancel", id="form.cancel"),
+    ]
 
     def __init__(self, row: "FieldRow", value: str) -> None:
         super().__init__(value=value, compact=True, classes="row-editor", placeholder=describe(row.spec))
