@@ -303,7 +303,9 @@ class ChatClient:
                 self.ready = message
                 return message
             elif kind == "error":
-                self.close(timeout=2)
+                # The worker exits by itself after a load error; give a loaded machine
+                # time for that before falling back to signals.
+                self.close(timeout=15)
                 raise ChatError(message.get("kind", "internal"), message.get("message", ""))
 
     def close(self, timeout: float = 5.0) -> int | None:
