@@ -53,8 +53,8 @@ SCREEN_TABLE: tuple[ScreenEntry, ...] = (
     ScreenEntry("datasets", "Datasets", "d", "tui.screens.datasets:DatasetsScreen"),
     ScreenEntry("settings", "Settings", "s", "tui.screens.settings:SettingsScreen"),
     ScreenEntry("runs", "Runs", "r", "tui.screens.runs:RunsScreen"),
-    ScreenEntry("chat", "Chat", "c", "tui.screens.placeholder:ChatScreen"),
-    ScreenEntry("eval", "Eval", "e", "tui.screens.placeholder:EvalScreen"),
+    ScreenEntry("chat", "Chat", "c", "tui.screens.chat:ChatScreen"),
+    ScreenEntry("eval", "Eval", "e", "tui.screens.evaluate:EvalScreen"),
 )
 # Textual's own app keys (no id, not remappable) as the help screen names them.
 UNNAMED_ACTIONS = {"help_quit": "How to quit (ctrl+c copies in text boxes)", "quit": "Quit"}

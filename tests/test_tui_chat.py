@@ -1,0 +1,449 @@
+"""Chat screen, by keyboard through Textual's Pilot at 80x24, against real chat workers on
+the tiny model: load with progress, streamed replies batched on a timer, esc, retry, undo,
+clear, settings, saving a record, side by side (base vs tuned of a trained run, handed over
+as the dashboard does), and the faults: a missing model, an adapter that does not fit its
+base, a worker killed mid-reply, an empty prompt, a prompt longer than the context."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_tui_eval import copy_run, train_tiny_run
+from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
+
+from engine.data import formats
+from tui.app import FinetuiApp
+from tui.screens.chat import FLUSH_S, ChatScreen
+from tui.widgets.chatdialogs import LoadDialog, ParamsDialog, SaveRecordDialog
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, finetui_cache_dir) -> Path:
+    return train_tiny_run(tmp_path_factory, finetui_cache_dir)
+
+
+async def wait_until(pilot, predicate, timeout: float = 120.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
+        await pilot.pause()
+
+
+async def open_chat(pilot, app) -> ChatScreen:
+    await settle(pilot, app)
+    await pilot.press("c")
+    await pilot.pause()
+    assert isinstance(app.screen, ChatScreen)
+    return app.screen
+
+
+async def load_from_dialog(pilot, app, screen: ChatScreen, title: str) -> None:
+    """ctrl+o, then arrow down to the option whose title starts with ``title`` and enter."""
+    await pilot.press("ctrl+o")
+    await wait_until(pilot, lambda: isinstance(app.screen, LoadDialog), 20, "the load dialog")
+    options = app.screen.query_one("OptionList")
+    wanted = next(i for i in range(options.option_count) if str(options.get_option_at_index(i).prompt).startswith(title))
+    for _ in range(wanted - (options.highlighted or 0)):
+        await pilot.press("down")
+    await pilot.press("enter")
+    await pilot.pause()
+    assert isinstance(app.screen, ChatScreen)
+
+
+async def ready(pilot, screen: ChatScreen, pane=None) -> None:
+    pane = pane or screen.main
+    await wait_until(pilot, lambda: pane.state in ("ready", "failed"), 180, f"{pane.side} to load")
+    assert pane.state == "ready", pane.problem
+
+
+async def say(pilot, screen: ChatScreen, text: str, wait: bool = True) -> None:
+    screen.prompt.focus()
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await pilot.pause()
+    if wait:
+        await wait_until(pilot, lambda: not screen.busy, 120, "the reply")
+
+
+def status(screen: ChatScreen) -> str:
+    return text_of(screen.query_one("#chat-status"))
+
+
+def header(screen: ChatScreen, pane) -> str:
+    return text_of(pane.view.query_one(".pane-header"))
+
+
+def roles(pane) -> list[str]:
+    return [m.role for m in pane.log.messages()]
+
+
+def close_workers(screen: ChatScreen) -> list:
+    """The worker processes of the screen, for the test to see them end."""
+    return [p.client.proc for p in (screen.main, screen.base) if p.client is not None and p.client.proc]
+
+
+async def unloaded(pilot, procs) -> None:
+    await wait_until(pilot, lambda: all(p.poll() is not None for p in procs), 30, "the workers to end")
+
+
+# ---------------------------------------------------------------------------- tiny
+
+
+async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        assert app.focused is screen.prompt
+        assert "no model" in header(screen, screen.main)
+
+        # Nothing loaded: enter says what to do, nothing is sent.
+        await say(pilot, screen, "hello", wait=False)
+        assert "no model loaded: ctrl+o" in status(screen) and screen.turns == []
+        assert screen.prompt.value == "hello"  # kept for when a model is there
+        await pilot.press("ctrl+u")
+
+        # Load tiny from the dialog; the header shows loading progress, then the model.
+        await load_from_dialog(pilot, app, screen, "tiny")
+        assert screen.main.state == "loading" and "loading tiny" in header(screen, screen.main)
+        await ready(pilot, screen)
+        assert "tiny" in header(screen, screen.main) and "ctx 1024" in header(screen, screen.main)
+        assert app.focused is screen.prompt
+
+        # Empty prompt: refused, nothing sent.
+        await pilot.press("space", "space", "enter")
+        await pilot.pause()
+        assert "empty prompt" in status(screen) and screen.turns == []
+        await pilot.press("ctrl+u")
+
+        # A streamed reply: its widget is refreshed on the 50 ms timer, not per token.
+        screen.params.update(max_new_tokens=400, min_new_tokens=400)
+        started = time.monotonic()
+        await say(pilot, screen, "How do I start a run?")
+        elapsed = time.monotonic() - started
+        job = screen.main.last_job
+        reply = job.widget
+        assert roles(screen.main)[-2:] == ["user", "assistant"]
+        assert reply.done["new_tokens"] == 400 and reply.done["stop_reason"] == "length"
+        assert reply.text == reply.done["text"] and screen.main.replies[0] == reply.text
+        assert reply.updates <= elapsed / FLUSH_S + 5, (reply.updates, elapsed)
+        if job.fragments >= 20:
+            assert reply.updates < job.fragments
+        assert "400 tok" in reply.stats and "max tokens" in reply.stats
+
+        # The log follows the bottom while the reader is there, and not after they scroll up.
+        log = screen.main.log
+        assert log.following and log.scroll_y == log.max_scroll_y
+        log.focus()
+        await pilot.press("home")
+        await pilot.pause()
+        assert not log.following and log.scroll_y == 0
+        log.note("something new at the bottom")
+        await pilot.pause()
+        assert log.scroll_y == 0  # the reader's place is kept
+        await pilot.press("end")
+        await pilot.pause()
+        assert log.following
+
+        # Esc stops a long reply mid-way; the partial reply is kept, the UI answers.
+        screen.params.update(max_new_tokens=900, min_new_tokens=900)
+        await say(pilot, screen, "Tell me everything.", wait=False)
+        await wait_until(pilot, lambda: screen.main.job is not None and screen.main.job.fragments > 0, 60, "tokens")
+        assert "esc stops" in status(screen)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not screen.busy, 30, "the stop")
+        stopped = screen.main.last_job.widget
+        assert stopped.done["stop_reason"] == "cancelled" and 0 < stopped.done["new_tokens"] < 900
+        assert "stopped" in stopped.stats and screen.main.replies[1] == stopped.text
+        assert len(screen.turns) == 2
+
+        # Retry asks the last message again: same turn, a new reply in place of the old.
+        screen.params.update(max_new_tokens=8, min_new_tokens=0)
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not screen.busy, 60, "the retry")
+        assert len(screen.turns) == 2 and screen.main.last_job.widget is not stopped
+        assert stopped not in screen.main.log.messages()
+        assert screen.main.last_job.widget.done["new_tokens"] <= 8
+
+        # Undo takes the last message back into the prompt box; clear empties the chat.
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert screen.turns == ["How do I start a run?"] and screen.prompt.value == "Tell me everything."
+        assert roles(screen.main).count("user") == 1
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert screen.turns == [] and screen.main.log.messages() == []
+        assert screen.main.state == "ready"  # the model stays loaded
+
+        procs = close_workers(screen)
+        await load_from_dialog(pilot, app, screen, "Unload")
+        assert screen.main.state == "empty" and "no model" in header(screen, screen.main)
+        await unloaded(pilot, procs)
+
+
+async def test_settings_dialog_and_save_as_a_training_record(tui_env, finetui_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        screen.load("tiny")
+        # Settings while the model loads: a bad value is refused with the rule, esc keeps the old ones.
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert isinstance(app.screen, ParamsDialog)
+        await type_text(pilot, "You answer questions about finetui.")
+        await pilot.press("down", "ctrl+a", "ctrl+k")
+        await type_text(pilot, "6")
+        await pilot.press("down", "ctrl+a", "ctrl+k")
+        await type_text(pilot, "-1")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "temperature: -1 must be a number >= 0" in text_of(app.screen.query_one("#error"))
+        await pilot.press("ctrl+a", "ctrl+k", "0")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ChatScreen)
+        assert screen.params["system"] == "You answer questions about finetui."
+        assert screen.params["max_new_tokens"] == 6 and screen.params["temperature"] == 0
+        assert "max 6" in status(screen) or "settings apply" in status(screen)
+
+        await ready(pilot, screen)
+        # Saving before anything was said: nothing to save.
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, ChatScreen) and "nothing to save" in status(screen)
+
+        await say(pilot, screen, "What is finetui?")
+        await say(pilot, screen, "And the Eval screen?")
+        assert screen.messages_for(screen.main, 1)[0] == {"role": "system", "content": "You answer questions about finetui."}
+        assert all(r["new_tokens"] <= 6 for r in (w.done for w in screen.main.log.messages() if w.done))
+
+        # Save: a .json path is refused, a missing folder too; a .jsonl is appended to.
+        target = tui_env / "work" / "my_records.jsonl"
+        target.write_text('{"messages": [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "x"}]}')
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SaveRecordDialog)
+        for bad, problem in (("records.json", "use a .jsonl file"), ("nowhere/records.jsonl", "no such folder")):
+            await pilot.press("ctrl+a", "ctrl+k")
+            await type_text(pilot, bad)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert problem in text_of(app.screen.query_one("#error"))
+        await pilot.press("ctrl+a", "ctrl+k")
+        await type_text(pilot, "my_records.jsonl")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ChatScreen)
+        assert any("appended a record of 5 messages" in n for n in notifications(app))
+        lines = target.read_text().splitlines()
+        assert len(lines) == 2  # the old last line had no newline: not glued onto
+        record = json.loads(lines[1])
+        assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+        assert record["messages"][3]["content"] == "And the Eval screen?"
+        assert record["messages"][4]["content"] == screen.main.replies[1]
+        assert formats.detect([json.loads(line) for line in lines]) == "messages"
+        conversation = formats.to_conversation(record, "messages")
+        assert conversation.system == "You answer questions about finetui."
+        procs = close_workers(screen)
+    await asyncio.sleep(0)
+    for proc in procs:  # leaving the app ends its workers
+        proc.wait(timeout=30)
+
+
+async def test_prompt_too_long_and_worker_killed_keep_the_conversation(tui_env, finetui_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        screen.load("tiny")
+        await ready(pilot, screen)
+        screen.params.update(max_new_tokens=4)
+        await say(pilot, screen, "What is finetui?")
+        first_reply = screen.main.replies[0]
+
+        # Longer than the 1024-token context: a clear message, the text back in the prompt box.
+        long_prompt = "word " * 1500
+        screen.prompt.value = long_prompt
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not screen.busy, 60, "the refusal")
+        notes = [m.text for m in screen.main.log.messages() if m.role == "error"]
+        assert any("context is 1024 tokens" in n for n in notes)
+        assert screen.prompt.value == long_prompt and screen.turns == ["What is finetui?"]
+        assert screen.main.replies == {0: first_reply} and screen.main.state == "ready"
+        assert any("Prompt not sent" in n for n in notifications(app))
+
+        # The worker is killed mid-reply: the partial reply stays, marked; the chat goes on.
+        screen.prompt.value = ""
+        screen.params.update(max_new_tokens=900, min_new_tokens=900)
+        await say(pilot, screen, "Tell me everything.", wait=False)
+        await wait_until(pilot, lambda: screen.main.job is not None and screen.main.job.fragments > 0, 60, "tokens")
+        pid = screen.main.client.pid
+        os.killpg(pid, signal.SIGKILL)
+        await wait_until(pilot, lambda: not screen.busy, 30, "the crash to be noticed")
+        broken = screen.main.last_job.widget
+        assert broken.text and "killed by SIGKILL" in broken.problem
+        assert screen.main.state == "crashed" and "worker stopped" in header(screen, screen.main)
+        assert any("conversation is kept" in m.text for m in screen.main.log.messages() if m.role == "error")
+        assert screen.turns == ["What is finetui?", "Tell me everything."]
+        assert screen.main.replies[0] == first_reply and screen.main.replies[1] is None
+
+        # Sending now says what to do; reload, and retry answers the interrupted message.
+        await say(pilot, screen, "hello?", wait=False)
+        assert "ctrl+o" in status(screen) and len(screen.turns) == 2
+        await pilot.press("ctrl+u")
+        screen.load("tiny")
+        await ready(pilot, screen)
+        screen.params.update(max_new_tokens=4, min_new_tokens=0)
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not screen.busy, 60, "the retry")
+        assert screen.main.replies[1] is not None and screen.main.last_job.widget.done["new_tokens"] <= 4
+        assert screen.messages_for(screen.main, 1)[-1] == {"role": "user", "content": "Tell me everything."}
+        procs = close_workers(screen)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def _foreign_adapter(folder: Path) -> Path:
+    """A LoRA adapter trained on a Llama with another hidden size, claiming tiny as its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
+    get_peft_model(other, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(folder)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "tiny"
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+async def test_models_that_cannot_load(tui_env, finetui_cache):
+    (tui_env / "work" / "runs").mkdir()  # a runs folder beside: absolute model paths still load
+    adapter = _foreign_adapter(tui_env / "work" / "foreign-adapter")
+    empty = tui_env / "work" / "not-a-model"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        # A path that does not exist never leaves the dialog.
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, LoadDialog), 20)
+        await pilot.press("tab")
+        await type_text(pilot, "./models/nowhere")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, LoadDialog)
+        assert "./models/nowhere: no such folder" in text_of(app.screen.query_one("#error"))
+        await pilot.press("escape")
+        await pilot.pause()
+
+        # An adapter that does not fit its base: the worker says so; the screen stays usable.
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, LoadDialog), 20)
+        await pilot.press("tab")
+        await type_text(pilot, str(adapter))
+        await pilot.press("enter")
+        await pilot.pause()
+        await wait_until(pilot, lambda: screen.main.state != "loading", 120, "the adapter to fail")
+        assert screen.main.state == "failed"
+        assert "does not fit its base model" in screen.main.problem and "size mismatch" in screen.main.problem
+        assert "could not load" in header(screen, screen.main)
+        assert any("does not fit" in n for n in notifications(app))
+
+        # A folder with a broken config.json: the worker's error, not a hang.
+        screen.load(str(empty))
+        await wait_until(pilot, lambda: screen.main.state != "loading", 120, "the folder to fail")
+        assert screen.main.state == "failed" and screen.main.problem
+        errors = [m.text for m in screen.main.log.messages() if m.role == "error"]
+        assert len(errors) == 2 and errors[1].startswith("cannot load not-a-model")
+
+        # And after all that, tiny loads and answers.
+        screen.load("tiny")
+        await ready(pilot, screen)
+        screen.params.update(max_new_tokens=3)
+        await say(pilot, screen, "hi")
+        assert screen.main.replies[0] is not None
+        procs = close_workers(screen)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------- a run
+
+
+async def test_side_by_side_base_and_tuned_from_the_dashboard(tui_env, finetui_cache, trained_run):
+    run_dir = copy_run(trained_run, tui_env / "runs")
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        # What the dashboard's "chat with this run" does:
+        app.chat_target = run_dir.name
+        app.action_goto("chat")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ChatScreen) and app.chat_target is None
+        await ready(pilot, screen)
+        assert screen.run_dir == run_dir.resolve()
+        assert f"tuned · {run_dir.name} (adapter)" in header(screen, screen.main)
+
+        # Side by side: the run's base in a second worker; the same prompt goes to both.
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert screen.compare and screen.base.state == "loading"
+        await ready(pilot, screen, screen.base)
+        assert header(screen, screen.base).startswith("● base · tiny")
+        screen.params.update(max_new_tokens=12)
+        await say(pilot, screen, "How do I start a run?")
+        for pane in (screen.base, screen.main):
+            assert roles(pane)[-2:] == ["user", "assistant"] and pane.replies[0] is not None
+        base_view, main_view = screen.base.view.region, screen.main.view.region
+        assert base_view.width >= 38 and main_view.width >= 38 and base_view.x < main_view.x  # two columns
+        assert base_view.y == main_view.y
+        assert screen.base.client.base and not screen.main.client.base
+        assert screen.base.client.pid != screen.main.client.pid
+
+        # Narrow terminal: stacked, still both readable.
+        await pilot.resize_terminal(60, 24)
+        await pilot.pause()
+        await pilot.pause()
+        base_view, main_view = screen.base.view.region, screen.main.view.region
+        assert base_view.width == main_view.width == 60 and base_view.y < main_view.y
+
+        # Save the base side's conversation.
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SaveRecordDialog)
+        app.screen.query_one("RadioSet").query("RadioButton")[1].value = True
+        app.screen.query_one("#path").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        record = json.loads((tui_env / "work" / "chat_records.jsonl").read_text())
+        assert record["messages"][-1]["content"] == screen.base.replies[0]
+
+        # Loading another model closes the base pane and its worker.
+        base_proc = screen.base.client.proc
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert not screen.compare and screen.base.client is None
+        base_proc.wait(timeout=30)
+        procs = close_workers(screen)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+async def test_side_by_side_needs_a_run(tui_env, finetui_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert not screen.compare and "needs a run" in status(screen)

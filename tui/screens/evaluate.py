@@ -1,0 +1,773 @@
+"""Eval: a run's held-out evaluation, tuned against base, and Export (merge).
+
+* a run (``o``; on arrival the newest run with a result, or the one the dashboard or Chat
+  handed over in ``app.eval_target``); its saved results (``runs/<id>/eval/results.json``
+  and ``results.jsonl``) show at once when present;
+* evaluate (``g``): ``finetui eval RUN --json [--compare-base] [--limit N]`` as a
+  subprocess, never in this process (it needs torch). Its stderr is a pseudo-terminal, so
+  the evaluator prints its progress lines (``· tuned: generating 27 replies``), shown live;
+  the JSON on stdout becomes the metrics (eval loss, perplexity, exact match, and
+  accuracy when the targets are class labels) and the table of prompt / target / base /
+  tuned, where enter opens one example;
+* export (``x``): ``finetui merge RUN --out DIR --shard-size S`` as a subprocess, with
+  its progress lines; the result is an ordinary model folder
+  (``AutoModelForCausalLM.from_pretrained(DIR)``);
+* ``S`` stops the running evaluation or merge; ``t`` chats with the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import ContentSwitcher, DataTable, RichLog, Static
+
+from tui.screens.base import FinetuiScreen, PaletteCommand
+from tui.widgets.dialogs import PickDialog
+from tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
+from tui.widgets.pathinput import PathInput
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+MERGE_STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
+BAR_LINE = re.compile(r"\d+%\|")  # a tqdm bar: the last one is kept, not every redraw
+HINT = "⏎ example · g evaluate · x export (merge) · o run · t chat · v log"
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_results(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str | None]:
+    """A run's saved evaluation: (summary, rows, problem). (None, [], None) when there is
+    none yet."""
+    folder = run_dir / "eval"
+    summary_path = folder / "results.json"
+    if not summary_path.exists():
+        return None, [], None
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, [], f"{summary_path}: cannot read ({exc})"
+    rows: list[dict[str, Any]] = []
+    problem = None
+    try:
+        with open(folder / "results.jsonl", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        problem = f"results.jsonl line {n}: not JSON (skipped)"
+    except OSError:
+        problem = "results.jsonl is missing: metrics only"
+    return summary, rows, problem
+
+
+def run_choices() -> list[tuple[str, str, str]]:
+    """(run folder, id, description) for every run, newest first."""
+    from engine import runs
+
+    items = []
+    for info in runs.list_runs():
+        run_dir = Path(info.path)
+        done = "evaluated" if (run_dir / "eval" / "results.json").exists() else "not evaluated"
+        has = "merged" if (run_dir / "merged" / "config.json").exists() else \
+            "adapter" if (run_dir / "adapter").is_dir() else "no result yet"
+        items.append((str(run_dir.resolve()), info.id,
+                      f"{info.status} · {info.method or '?'} · {info.model or '?'} · {has} · {done}"))
+    return items
+
+
+def default_run() -> Path | None:
+    """The newest run with a result to evaluate (adapter/), else the newest run."""
+    from engine import runs
+
+    found = runs.list_runs()
+    for info in found:
+        if (Path(info.path) / "adapter").is_dir():
+            return Path(info.path).resolve()
+    return Path(found[0].path).resolve() if found else None
+
+
+def folder_summary(path: Path) -> str:
+    try:
+        files = [p for p in path.iterdir() if p.is_file()]
+    except OSError:
+        return ""
+    size = sum(p.stat().st_size for p in files)
+    shards = sum(1 for p in files if p.suffix == ".safetensors")
+    return f"{len(files)} files, {shards} safetensors shard{'s' if shards != 1 else ''}, {_human(size)}"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _fmt(value: float | None, pattern: str = "{:.4f}") -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+# ---------------------------------------------------------------------------- subprocess
+
+
+@dataclass
+class Job:
+    """An evaluation or a merge running as a subprocess."""
+
+    kind: str  # eval | merge
+    run_dir: Path
+    command: list[str]
+    out: Path | None = None
+    proc: subprocess.Popen | None = None
+    started: float = field(default_factory=time.monotonic)
+    stage: str = "starting"
+    fraction: float | None = None
+    errors: list[str] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+
+def job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _open_stderr() -> tuple[int | None, int | None]:
+    """A pseudo-terminal for the child's stderr (the evaluator prints its progress only to a
+    terminal), or (None, None) where there is none."""
+    try:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.ONLCR  # plain \n line ends
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        return master, slave
+    except (ImportError, OSError):
+        return None, None
+
+
+# ---------------------------------------------------------------------------- the screen
+
+
+class EvalScreen(FinetuiScreen):
+    MODE = "eval"
+    AUTO_FOCUS = "#ev-table"
+    HELP_CLASSES = [PickDialog, EvalDialog, ExportDialog, PathInput]
+    BINDINGS = [
+        Binding("o", "pick", "Run", id="eval.pick"),
+        Binding("g", "evaluate", "Evaluate", id="eval.run"),
+        Binding("x", "export", "Export", id="eval.export"),
+        Binding("v", "log", "Log", id="eval.log"),
+        Binding("t", "chat", "Chat", id="eval.chat"),
+        Binding("S", "stop", "Stop", id="eval.stop"),
+        Binding("escape", "back", "Back", show=False, id="eval.back"),
+        Binding("left,h", "step(-1)", "Previous example", show=False, id="eval.prev"),
+        Binding("right,l", "step(1)", "Next example", show=False, id="eval.next"),
+    ]
+    DEFAULT_CSS = """
+    EvalScreen #ev-run { height: 1; padding: 0 1; background: $surface; }
+    EvalScreen #ev-metrics { height: auto; max-height: 7; padding: 0 1; }
+    EvalScreen #ev-switcher { height: 1fr; }
+    EvalScreen #ev-table { height: 1fr; scrollbar-size-vertical: 1; }
+    EvalScreen #ev-detail { padding: 0 1; }
+    EvalScreen #ev-log { height: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
+    EvalScreen #ev-status { height: 1; padding: 0 1; background: $panel; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_dir: Path | None = None
+        self.result: dict[str, Any] | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.job: Job | None = None
+        self.options = EvalOptions()
+        self.detail_index: int | None = None
+        self._bar = ""  # the latest progress-bar redraw of the job
+        self._tick_n = 0
+        self._timer = None
+        self._message: Text | None = None  # last outcome, shown until the next job
+        self.log_lines: list[str] = []  # what the log shows, unwrapped
+
+    def compose_body(self):
+        yield Static("", id="ev-run")
+        yield Static("", id="ev-metrics")
+        with ContentSwitcher(initial="ev-table", id="ev-switcher"):
+            yield DataTable(id="ev-table", cursor_type="row", zebra_stripes=True)
+            with VerticalScroll(id="ev-detail"):
+                yield Static("", id="ev-detail-text")
+            yield RichLog(id="ev-log", wrap=True, markup=False, max_lines=5000)
+        yield Static("", id="ev-status")
+
+    def on_mount(self) -> None:
+        self._timer = self.set_interval(0.2, self._tick, pause=True)
+        self.query_one("#ev-metrics", Static).update(Text("reading the runs…", style="dim"))
+        self.show_status()
+        self.call_after_refresh(self._choose_initial)
+
+    def on_screen_resume(self) -> None:
+        target = getattr(self.app, "eval_target", None)
+        if target:
+            self.app.eval_target = None
+            self._choose(target)
+
+    def on_unmount(self) -> None:
+        if self.job is not None:
+            self._signal_job(signal.SIGKILL)
+
+    def on_resize(self) -> None:
+        if self.result is not None:
+            self.fill_table()
+
+    @property
+    def view(self) -> str:
+        return self.query_one(ContentSwitcher).current or "ev-table"
+
+    def switch_to(self, view: str) -> None:
+        self.query_one(ContentSwitcher).current = view
+        self.query_one(f"#{view}").focus()
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------ choosing a run
+
+    def _choose_initial(self) -> None:
+        if getattr(self.app, "eval_target", None):
+            return  # on_screen_resume takes it
+        self.run_worker(self._initial_thread, thread=True, group="eval-read", exclusive=True)
+
+    def _initial_thread(self) -> None:
+        try:
+            run_dir = default_run()
+        except Exception as exc:  # noqa: BLE001 - a broken runs folder: say so
+            self.app.call_from_thread(self.show_problem, f"runs: {exc}")
+            return
+        if run_dir is None:
+            self.app.call_from_thread(self.no_runs)
+            return
+        self._read_thread(run_dir)
+
+    def _choose(self, target: str | Path) -> None:
+        from engine import runs
+
+        try:
+            run_dir = runs.resolve(str(target)).resolve()
+        except runs.RunError as exc:
+            self.show_problem(str(exc))
+            return
+        self.run_worker(lambda: self._read_thread(run_dir), thread=True, group="eval-read", exclusive=True)
+
+    def _read_thread(self, run_dir: Path) -> None:
+        from engine import runs
+
+        info = runs.summarize(run_dir)
+        summary, rows, problem = read_results(run_dir)
+        self.app.call_from_thread(self.show_run, run_dir, info, summary, rows, problem)
+
+    def no_runs(self) -> None:
+        self.run_dir = None
+        self.query_one("#ev-run", Static).update(Text("no runs yet", style="bold"))
+        self.query_one("#ev-metrics", Static).update(Text(
+            "Train one first (Settings, g), then evaluate it here on its held-out split.", style="dim"))
+        self.show_status()
+
+    def show_problem(self, message: str) -> None:
+        self.notify(message, title="Eval", severity="error", timeout=10)
+        self._message = Text(message, style="bold red")
+        self.show_status()
+
+    def show_run(self, run_dir: Path, info, summary: dict | None, rows: list[dict], problem: str | None) -> None:
+        self.run_dir = run_dir
+        self.info = info
+        self.result, self.rows = summary, rows
+        self.detail_index = None
+        self.show_run_line()
+        self.show_metrics()
+        self.fill_table()
+        if self.view == "ev-detail":
+            self.switch_to("ev-table")
+        if problem:
+            self.show_problem(problem)
+        self.show_status()
+
+    def show_run_line(self) -> None:
+        info = getattr(self, "info", None)
+        line = Text(no_wrap=True, overflow="ellipsis")
+        if self.run_dir is None:
+            line.append("no run", style="bold")
+        else:
+            line.append(self.run_dir.name, style="bold")
+            if info is not None:
+                line.append(f" · {info.status} · {info.method or '?'} · {info.model or '?'}", style="dim")
+        r = self.result
+        if r:
+            when = time.strftime("%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else "?"
+            of = f"{r['examples']}" + (f" of {r['split_size']}" if r.get("split_size", 0) > r.get("examples", 0) else "")
+            line.append(f" · {r.get('split', 'test')} split, {of} examples, {when}", style="dim")
+        self.query_one("#ev-run", Static).update(line)
+
+    def action_pick(self) -> None:
+        self.run_worker(self._pick_thread, thread=True, group="eval-pick", exclusive=True)
+
+    def _pick_thread(self) -> None:
+        try:
+            items = run_choices()
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.show_problem, f"runs: {exc}")
+            return
+        self.app.call_from_thread(
+            self.app.push_screen, PickDialog("Evaluate which run?", items, empty="no runs yet: train one first"),
+            self._after_pick)
+
+    def _after_pick(self, run_dir: str | None) -> None:
+        if run_dir:
+            self._choose(run_dir)
+
+    # ------------------------------------------------------------------ results
+
+    def show_metrics(self) -> None:
+        widget = self.query_one("#ev-metrics", Static)
+        r = self.result
+        if not r:
+            text = Text("No evaluation yet. ", style="bold")
+            text.append("g runs `finetui eval` on the run's held-out split (tuned, and base to compare);\n"
+                        "x exports a merged model.", style="dim")
+            widget.update(text)
+            return
+        metrics = r.get("metrics", {})
+        names = [n for n in ("base", "tuned") if n in metrics]
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, expand=False, pad_edge=False)
+        table.add_column("metric", style="bold")
+        for n in names:
+            table.add_column(n, justify="right")
+        if len(names) == 2:
+            table.add_column("tuned − base", justify="right", style="dim")
+
+        def delta(key: str, pattern: str) -> str:
+            a, b = metrics["base"].get(key), metrics["tuned"].get(key)
+            return "" if a is None or b is None else pattern.format(b - a)
+
+        def em(n: str) -> str:
+            m = metrics[n]
+            if m.get("exact_match") is None:
+                return "—"
+            return f"{m['n_exact']}/{m['n_generated']} ({100 * m['exact_match']:.0f}%)"
+
+        rows = [
+            ("eval loss", [_fmt(metrics[n].get("eval_loss")) for n in names], delta("eval_loss", "{:+.4f}")),
+            ("perplexity", [_fmt(metrics[n].get("perplexity"), "{:.2f}") for n in names],
+             delta("perplexity", "{:+.2f}")),
+            ("exact match", [em(n) for n in names], delta("exact_match", "{:+.0%}")),
+        ]
+        if r.get("labels"):
+            labels = ", ".join(r["labels"][:6]) + (" …" if len(r["labels"]) > 6 else "")
+            rows.append((f"accuracy ({labels})", [_fmt(metrics[n].get("accuracy"), "{:.1%}") for n in names],
+                         delta("accuracy", "{:+.1%}")))
+        for label, values, d in rows:
+            table.add_row(label, *values, *([d] if len(names) == 2 else []))
+        widget.update(table)
+
+    def fill_table(self) -> None:
+        table = self.query_one("#ev-table", DataTable)
+        table.clear(columns=True)
+        if not self.rows:
+            return
+        names = [n for n in ("base", "tuned") if self.result and n in self.result.get("metrics", {})]
+        width = max(self.query_one("#ev-switcher").size.width or self.size.width, 40)
+        cols = 2 + len(names)
+        text_width = max(8, (width - 1 - 5 - cols * 2) // cols)
+        table.add_column("#", width=3, key="index")
+        for key in ("prompt", "target", *names):
+            table.add_column(key if key in ("prompt", "target") else f"{key} out", width=text_width, key=key)
+        good, bad = self._color("success"), self._color("error")
+        for i, row in enumerate(self.rows):
+            cells: list[Any] = [Text(str(row.get("index", i)), style="dim")]
+            for key in ("prompt", "target"):
+                cells.append(_cell(row.get(key) or ""))
+            for n in names:
+                out = row.get(n)
+                mark = Text("✓ " if row.get(f"{n}_match") else "✗ ", style=good if row.get(f"{n}_match") else bad)
+                cell = _cell(out if out is not None else "—")
+                cells.append(mark + cell if out is not None else cell)
+            table.add_row(*cells, key=str(i))
+
+    def _color(self, name: str) -> str:
+        return self.app.theme_variables.get(name, "")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.show_detail(event.cursor_row)
+
+    def show_detail(self, index: int) -> None:
+        if not self.rows:
+            return
+        index = max(0, min(index, len(self.rows) - 1))
+        self.detail_index = index
+        row = self.rows[index]
+        names = [n for n in ("base", "tuned") if n in row]
+        head, good, bad = self._color("primary"), self._color("success"), self._color("error")
+        text = Text()
+        text.append(f"example {row.get('index', index)}", style="bold")
+        text.append(f"  ({index + 1} of {len(self.rows)} · ←/→ previous/next · esc back)\n", style="dim")
+
+        def section(title: str, body: str, extra: Text | None = None) -> None:
+            text.append(f"\n{title}", style=f"bold {head}")
+            if extra is not None:
+                text.append("  ")
+                text.append_text(extra)
+            text.append("\n")
+            text.append(body if body else "(empty)", style="" if body else "dim italic")
+            text.append("\n")
+
+        section("prompt", row.get("prompt") or "")
+        section("target", row.get("target") or "")
+        for n in names:
+            extra = Text()
+            match = row.get(f"{n}_match")
+            if match is not None:
+                extra.append("✓ exact match" if match else "✗ differs", style=good if match else bad)
+            loss = row.get(f"{n}_loss")
+            if loss is not None:
+                extra.append(f"  loss {loss:.4f}", style="dim")
+            out = row.get(n)
+            section(f"{n} output", out if out is not None else "(not generated: no prompt before the target)",
+                    extra)
+        if row.get("prompt_text"):
+            section("prompt as the model saw it (chat template)", row["prompt_text"])
+        self.query_one("#ev-detail-text", Static).update(text)
+        if self.view != "ev-detail":
+            self.switch_to("ev-detail")
+        self.query_one("#ev-detail").scroll_home(animate=False)
+
+    def action_step(self, step: int) -> None:
+        if self.view == "ev-detail" and self.detail_index is not None:
+            self.show_detail(self.detail_index + step)
+            self.query_one("#ev-table", DataTable).move_cursor(row=self.detail_index)
+
+    def action_back(self) -> None:
+        if self.view != "ev-table":
+            self.switch_to("ev-table")
+
+    def action_log(self) -> None:
+        self.switch_to("ev-table" if self.view == "ev-log" else "ev-log")
+
+    def action_chat(self) -> None:
+        if self.run_dir is None:
+            self.show_problem("no run chosen: o picks one")
+            return
+        self.app.chat_target = str(self.run_dir)
+        self.app.action_goto("chat")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "step":
+            return self.view == "ev-detail"
+        if action == "back":
+            return self.view != "ev-table"
+        if action == "stop":
+            return self.job is not None
+        if action in ("evaluate", "export"):
+            return self.job is None or None  # shown dimmed while a job runs
+        return True
+
+    # ------------------------------------------------------------------ status line
+
+    def show_status(self) -> None:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        job = self.job
+        if job is not None:
+            spin = SPINNER[self._tick_n % len(SPINNER)]
+            line.append(f"{spin} {'evaluating' if job.kind == 'eval' else 'merging'} ", style="bold")
+            if job.fraction is not None:
+                filled = round(10 * job.fraction)
+                line.append("█" * filled + "░" * (10 - filled) + f" {job.fraction:.0%} ",
+                            style=self._color("accent"))
+            line.append(f"{time.monotonic() - job.started:.0f}s · {job.stage}")
+            line.append(" · S stops", style="dim")
+        elif self._message is not None:
+            line.append_text(self._message)
+        else:
+            line.append(HINT, style="dim")
+        self.query_one("#ev-status", Static).update(line)
+
+    def _tick(self) -> None:
+        self._tick_n += 1
+        self.show_status()
+
+    # ------------------------------------------------------------------ evaluate
+
+    def action_evaluate(self) -> None:
+        if self.job is not None:
+            self.show_problem(f"a {self.job.kind} is running: S stops it")
+            return
+        if self.run_dir is None:
+            self.show_problem("no run to evaluate: o picks one (or train one first)")
+            return
+        self.app.push_screen(EvalDialog(self.run_dir.name, self.options), self._after_eval_dialog)
+
+    def _after_eval_dialog(self, options: EvalOptions | None) -> None:
+        if options is None or self.run_dir is None:
+            return
+        self.options = options
+        command = [sys.executable, "-m", "engine.cli", "eval", str(self.run_dir), "--json",
+                   "--max-new-tokens", str(options.max_new_tokens)]
+        if options.compare_base:
+            command.append("--compare-base")
+        if options.limit is not None:
+            command += ["--limit", str(options.limit)]
+        self.start_job(Job("eval", self.run_dir, command))
+
+    # ------------------------------------------------------------------ export
+
+    def action_export(self) -> None:
+        if self.job is not None:
+            self.show_problem(f"a {self.job.kind} is running: S stops it")
+            return
+        run_dir = self.run_dir
+        if run_dir is None:
+            self.show_problem("no run to export: o picks one")
+            return
+        adapter = run_dir / "adapter"
+        if not adapter.is_dir():
+            self.show_problem(f"run {run_dir.name} has no adapter/ yet (saved when training ends or is stopped)")
+            return
+        from tui.session import display_path
+
+        if (adapter / "adapter_config.json").exists():
+            title = f"Export {run_dir.name}: merge its LoRA adapter into the base model"
+            note = "An ordinary model folder (safetensors, tokenizer): AutoModelForCausalLM.from_pretrained loads it."
+        else:
+            title = f"Export {run_dir.name}: its full fine-tune as a model folder"
+            note = "A full fine-tune is already a plain model: its files are linked (or copied) into the folder."
+        self.app.push_screen(ExportDialog(title, display_path(run_dir / "merged"), "2GB", note),
+                             self._after_export_dialog)
+
+    def _after_export_dialog(self, options: ExportOptions | None) -> None:
+        if options is None or self.run_dir is None:
+            return
+        out = options.out.resolve()
+        command = [sys.executable, "-m", "engine.cli", "merge", str(self.run_dir), "--out", str(out),
+                   "--shard-size", options.shard_size]
+        self.start_job(Job("merge", self.run_dir, command, out=out))
+
+    # ------------------------------------------------------------------ jobs
+
+    def start_job(self, job: Job) -> None:
+        self.job = job
+        self._message = None
+        self._bar = ""
+        self.write_log(Text(f"$ finetui {' '.join(job.command[3:])}", style="bold"))
+        self.switch_to("ev-log")
+        self._timer.resume()
+        self.refresh_bindings()
+        self.show_status()
+        self.run_worker(lambda: self._job_thread(job), thread=True, group="eval-job")
+
+    def _job_thread(self, job: Job) -> None:
+        """Thread: run the subprocess; its stderr lines go to the log as they come."""
+        master, slave = _open_stderr()
+        try:
+            job.proc = subprocess.Popen(
+                job.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=slave if slave is not None else subprocess.PIPE,
+                start_new_session=True, env=job_env(), cwd=os.getcwd(),
+            )
+        except OSError as exc:
+            for fd in (master, slave):
+                if fd is not None:
+                    os.close(fd)
+            self._ui(self.job_done, job, None, "", f"cannot start: {exc}")
+            return
+        if slave is not None:
+            os.close(slave)
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.append(job.proc.stdout.read()), daemon=True)
+        reader.start()
+        if master is not None:
+            self._read_pty(job, master)
+        else:
+            for raw in job.proc.stderr:
+                self._line(job, raw.decode("utf-8", errors="replace"))
+        returncode = job.proc.wait()
+        reader.join()
+        self._ui(self.job_done, job, returncode, b"".join(out).decode("utf-8", errors="replace"), None)
+
+    def _read_pty(self, job: Job, master: int) -> None:
+        pending = ""
+        try:
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed its end
+                    break
+                if not chunk:
+                    break
+                pending += chunk.decode("utf-8", errors="replace")
+                *lines, pending = re.split(r"\r\n|\r|\n", pending)
+                for line in lines:
+                    self._line(job, line)
+        finally:
+            os.close(master)
+        if pending:
+            self._line(job, pending)
+
+    def _line(self, job: Job, raw: str) -> None:
+        line = ANSI.sub("", raw).rstrip()
+        if not line.strip():
+            return
+        if BAR_LINE.search(line):
+            self._bar = line  # shown in the status line only
+            job.stage = line.strip()[:60]
+            return
+        self._ui(self.job_line, job, line)
+
+    def _ui(self, fn, *args) -> None:
+        try:
+            self.app.call_from_thread(fn, *args)
+        except Exception:  # noqa: BLE001 - the app is gone
+            pass
+
+    def write_log(self, text: Text) -> None:
+        self.log_lines = (self.log_lines + [text.plain])[-5000:]
+        self.query_one("#ev-log", RichLog).write(text)
+
+    def job_line(self, job: Job, line: str) -> None:
+        job.tail = (job.tail + [line])[-20:]
+        style = ""
+        if line.startswith("finetui: "):
+            job.errors.append(line.removeprefix("finetui: "))
+            style = "bold red"
+        elif line.startswith("· "):
+            job.stage = line[2:]
+            style = "bold"
+        elif (m := MERGE_STEP.match(line)) is not None:
+            job.fraction, job.stage = int(m.group(1)) / 100, m.group(2)
+            style = "bold"
+        else:
+            style = "dim"
+        self.write_log(Text(line, style=style))
+        self.show_status()
+
+    def job_done(self, job: Job, returncode: int | None, stdout: str, problem: str | None) -> None:
+        if self.job is job:
+            self.job = None
+        self._timer.pause()
+        self.refresh_bindings()
+        took = time.monotonic() - job.started
+        if job.stopped:
+            self._outcome(f"{job.kind} stopped after {took:.0f}s", "warning")
+        elif problem or returncode != 0:
+            reason = problem or "; ".join(job.errors) or (job.tail[-1] if job.tail else "") \
+                or f"exited with status {returncode}"
+            self._outcome(f"{job.kind} failed: {reason}", "error")
+            self.notify(reason, title=f"{'Evaluation' if job.kind == 'eval' else 'Export'} failed",
+                        severity="error", timeout=15)
+        elif job.kind == "eval":
+            self._eval_done(job, stdout, took)
+        else:
+            self._merge_done(job, stdout, took)
+        self.show_status()
+
+    def _outcome(self, message: str, color: str) -> None:
+        style = f"bold {self._color(color)}"
+        self.write_log(Text(message, style=style))
+        self._message = Text(message, style=style)
+
+    def _eval_done(self, job: Job, stdout: str, took: float) -> None:
+        line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("{")), "")
+        try:
+            result = json.loads(line)
+        except ValueError:
+            self._outcome("evaluation finished but printed no JSON result (see the log)", "error")
+            return
+        rows = result.pop("rows", [])
+        if job.run_dir != self.run_dir:
+            self._outcome(f"evaluated {job.run_dir.name} ({took:.0f}s); o shows it", "success")
+            return
+        self.result, self.rows = result, rows
+        self.show_run_line()
+        self.show_metrics()
+        self.fill_table()
+        tuned = result.get("metrics", {}).get("tuned", {})
+        summary = f"evaluated {result.get('examples')} examples in {took:.0f}s: tuned loss {_fmt(tuned.get('eval_loss'))}"
+        if tuned.get("exact_match") is not None:
+            summary += f", exact match {tuned['n_exact']}/{tuned['n_generated']}"
+        saved = result.get("saved", {}).get("results")
+        for note in result.get("notes", []):
+            self.write_log(Text(f"note: {note}", style=self._color("warning")))
+        if saved:
+            self.write_log(Text(f"saved {saved}", style="dim"))
+        self._outcome(summary, "success")
+        self.switch_to("ev-table")
+
+    def _merge_done(self, job: Job, stdout: str, took: float) -> None:
+        printed = next((ln.strip() for ln in reversed(stdout.splitlines()) if ln.strip()), "")
+        out = Path(printed) if printed else job.out
+        if out is None or not (out / "config.json").exists():
+            self._outcome(f"merge finished but {out} holds no config.json (see the log)", "error")
+            return
+        job.fraction = 1.0
+        self.write_log(Text(f"merged model: {out} ({folder_summary(out)})", style="bold"))
+        self.write_log(Text(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}); "
+                       f"Chat (c, ctrl+o) can load it too", style="dim"))
+        self._outcome(f"exported to {out} in {took:.0f}s", "success")
+        self.notify(f"merged model in {out}", title="Export", timeout=12)
+
+    def action_stop(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        job.stopped = True
+        job.stage = "stopping"
+        self._signal_job(signal.SIGTERM)
+        self.set_timer(5.0, lambda: self._signal_job(signal.SIGKILL, job))
+        self.show_status()
+
+    def _signal_job(self, sig: int, job: Job | None = None) -> None:
+        job = job or self.job
+        proc = job.proc if job is not None else None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # ------------------------------------------------------------------ palette
+
+    def palette_commands(self) -> list[PaletteCommand]:
+        return [
+            ("Eval: pick a run…", "Which run's evaluation to show or run", self.action_pick),
+            ("Eval: evaluate on the held-out split…", "finetui eval RUN --compare-base, in a subprocess",
+             self.action_evaluate),
+            ("Export: merge into a model folder…", "finetui merge RUN --out DIR --shard-size S",
+             self.action_export),
+            ("Eval: chat with this run", "Load the run's model on the Chat screen", self.action_chat),
+        ]
+
+
+def _cell(text: str) -> Text:
+    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
