@@ -182,6 +182,14 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         assert screen.turns == [] and screen.main.log.messages() == []
         assert screen.main.state == "ready"  # the model stays loaded
 
+        # Esc with nothing to stop leaves the prompt box (screen keys work again); i comes back.
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.focused is screen.main.log
+        await pilot.press("i")
+        await pilot.pause()
+        assert app.focused is screen.prompt and screen.prompt.value == "Tell me everything."
+
         procs = close_workers(screen)
         await load_from_dialog(pilot, app, screen, "Unload")
         assert screen.main.state == "empty" and "no model" in header(screen, screen.main)

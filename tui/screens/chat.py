@@ -108,12 +108,9 @@ def load_choices() -> list[tuple[str, str, str]]:
         run_dir = Path(info.path).resolve()
         what = f"{info.status} · {info.method or '?'} · {info.model or '?'}"
         merged, adapter = run_dir / "merged", run_dir / "adapter"
-        if (merged / "config.json").exists():
-            items.append((str(merged), f"{info.id} · merged model", what))
-        if (adapter / "adapter_config.json").exists():
-            items.append((str(adapter), f"{info.id} · base + adapter", what))
-        elif (adapter / "config.json").exists():
-            items.append((str(adapter), f"{info.id} · fine-tuned model", what))
+        for folder in (merged, adapter):
+            if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+                items.append((str(folder), f"{info.id} · {_folder_kind(folder)}", what))
     items.append(("tiny", "tiny", "the built-in demo model (untrained)"))
     return items
 
@@ -439,7 +436,7 @@ class ChatScreen(FinetuiScreen):
         if base:
             return f"base model of {self.run_dir.name if self.run_dir else target}"
         if path.name in ("merged", "adapter") and (path.parent / "config.yaml").exists():
-            return f"{path.parent.name} ({'merged' if path.name == 'merged' else 'adapter'})"
+            return f"{path.parent.name} ({_folder_kind(path)})"
         if target != "tiny" and path.exists():
             return path.name
         return target
@@ -862,6 +859,13 @@ class ChatScreen(FinetuiScreen):
              self.action_save),
             ("Chat: clear", "Start a new conversation (the model stays loaded)", self.action_clear),
         ]
+
+
+def _folder_kind(path: Path) -> str:
+    """What a run's merged/ or adapter/ folder holds, as the load dialog names it."""
+    if path.name == "merged":
+        return "merged"
+    return "base + adapter" if (path / "adapter_config.json").exists() else "full fine-tune"
 
 
 def _count(n: int) -> str:

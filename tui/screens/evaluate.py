@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
@@ -192,7 +193,7 @@ class EvalScreen(FinetuiScreen):
     ]
     DEFAULT_CSS = """
     EvalScreen #ev-run { height: 1; padding: 0 1; background: $surface; }
-    EvalScreen #ev-metrics { height: auto; max-height: 7; padding: 0 1; }
+    EvalScreen #ev-metrics { height: auto; max-height: 8; padding: 0 1; }
     EvalScreen #ev-switcher { height: 1fr; }
     EvalScreen #ev-table { height: 1fr; scrollbar-size-vertical: 1; }
     EvalScreen #ev-detail { padding: 0 1; }
@@ -323,11 +324,6 @@ class EvalScreen(FinetuiScreen):
             line.append(self.run_dir.name, style="bold")
             if info is not None:
                 line.append(f" · {info.status} · {info.method or '?'} · {info.model or '?'}", style="dim")
-        r = self.result
-        if r:
-            when = time.strftime("%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else "?"
-            of = f"{r['examples']}" + (f" of {r['split_size']}" if r.get("split_size", 0) > r.get("examples", 0) else "")
-            line.append(f" · {r.get('split', 'test')} split, {of} examples, {when}", style="dim")
         self.query_one("#ev-run", Static).update(line)
 
     def action_pick(self) -> None:
@@ -354,8 +350,8 @@ class EvalScreen(FinetuiScreen):
         r = self.result
         if not r:
             text = Text("No evaluation yet. ", style="bold")
-            text.append("g runs `finetui eval` on the run's held-out split (tuned, and base to compare);\n"
-                        "x exports a merged model.", style="dim")
+            text.append("g evaluates the run on its held-out split (`finetui eval`, tuned and base); "
+                        "x exports it as a merged model folder.", style="dim")
             widget.update(text)
             return
         metrics = r.get("metrics", {})
@@ -389,7 +385,13 @@ class EvalScreen(FinetuiScreen):
                          delta("accuracy", "{:+.1%}")))
         for label, values, d in rows:
             table.add_row(label, *values, *([d] if len(names) == 2 else []))
-        widget.update(table)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else "?"
+        of = f"{r.get('examples')}" + (f" of {r['split_size']}" if r.get("split_size", 0) > r.get("examples", 0) else "")
+        split = "held-out test split" if r.get("split", "test") == "test" else f"{r['split']} split"
+        head = Text(f"{split} · {of} examples · evaluated {when}", style="dim", no_wrap=True, overflow="ellipsis")
+        if r.get("total_s"):
+            head.append(f" in {r['total_s']:.0f}s")
+        widget.update(Group(head, table))
 
     def fill_table(self) -> None:
         table = self.query_one("#ev-table", DataTable)

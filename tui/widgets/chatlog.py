@@ -24,7 +24,7 @@ class ChatMessage(Static):
 
     DEFAULT_CSS = """
     ChatMessage { height: auto; padding: 0 1 0 1; }
-    ChatMessage.-user { background: $boost; }
+    ChatMessage.-user { background: $boost; margin-top: 1; }
     ChatMessage.-note { color: $text-warning; }
     ChatMessage.-error { color: $text-error; }
     """
