@@ -23,7 +23,8 @@ class FinetuiCommands(Provider):
         for mode, title, key in app.screen_entries():
             if mode != getattr(screen, "MODE", None):
                 commands.append((f"Go to {title}", f"Switch screen (key {key})", partial(app.action_goto, mode)))
-        for name in sorted(app.available_themes):
+        own = getattr(app, "theme_files", {})  # finetui's and the user's theme files first
+        for name in sorted(app.available_themes, key=lambda n: (n not in own, n)):
             mark = " (current)" if name == app.theme else ""
             commands.append((f"Theme: {name}{mark}", "Switch theme (remembered in your config file)",
                              partial(app.choose_theme, name)))
