@@ -33,9 +33,11 @@ class TokenCounter:
 
     Batches are built ahead of their use (accelerate looks one batch ahead, dataloader
     workers prefetch), so each built batch's count waits in a queue and the callback takes
-    one off per micro-batch the Trainer reports done. Batches built for evaluation are not
-    training: in the main process the callback drops them after each evaluation; in worker
-    processes they are told apart by their dataset.
+    one off per micro-batch the Trainer reports done. Dataloader workers send their counts
+    through a pipe; the DataLoader hands batches out round-robin from worker 0 at the start
+    of each epoch, so taking counts in that order matches them to batches exactly. Batches
+    built for evaluation are not training: in the main process the callback drops them
+    after each evaluation; in worker processes they are told apart by their dataset.
     """
 
     def __init__(self, collate, train_dataset=None):
@@ -45,6 +47,9 @@ class TokenCounter:
         self.tokens = 0  # consumed by training so far
         self.samples = 0
         self._from_workers = multiprocessing.SimpleQueue()  # made before the workers fork
+        self._per_worker: dict[int, collections.deque[tuple[int, int]]] = {}
+        self._workers = 1
+        self._next_worker = 0
 
     def __call__(self, features):
         import torch.utils.data
@@ -57,7 +62,7 @@ class TokenCounter:
         if worker is None:
             self.built.append(entry)
         elif self._is_train(worker.dataset):
-            self._from_workers.put(entry)
+            self._from_workers.put((worker.id, worker.num_workers, entry))
         return batch
 
     def _is_train(self, dataset) -> bool:
@@ -67,12 +72,24 @@ class TokenCounter:
         mine = getattr(self.train_dataset, "_fingerprint", None)
         return mine is not None and getattr(dataset, "_fingerprint", None) == mine
 
+    def new_epoch(self) -> None:
+        """A new dataloader iterator: its first batch comes from worker 0."""
+        self._next_worker = 0
+
     def consume(self, batches: int = 1) -> None:
         """Training used the next ``batches`` built batches."""
         while not self._from_workers.empty():
-            self.built.append(self._from_workers.get())
-        for _ in range(min(batches, len(self.built))):
-            tokens, samples = self.built.popleft()
+            worker, self._workers, entry = self._from_workers.get()
+            self._per_worker.setdefault(worker, collections.deque()).append(entry)
+        for _ in range(batches):
+            if self.built:
+                tokens, samples = self.built.popleft()
+            else:
+                queue = self._per_worker.get(self._next_worker)
+                if not queue:
+                    return
+                tokens, samples = queue.popleft()
+                self._next_worker = (self._next_worker + 1) % self._workers
             self.tokens += tokens
             self.samples += samples
 
@@ -130,6 +147,9 @@ class EventCallback(TrainerCallback):
         self.train_start = time.time()
         self.first_step = state.global_step  # > 0 when resuming
         self._reset_window()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.counter.new_epoch()
 
     def on_substep_end(self, args, state, control, **kwargs):
         self.counter.consume(1)  # a gradient-accumulation micro-batch

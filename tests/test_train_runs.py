@@ -187,11 +187,15 @@ def test_packing_counts_real_tokens(tmp_path, finetui_cache):
     _, _, padded = train(tmp_path, "pad", train={"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"})
     # The same 16 examples either way: packed or padded, the real tokens are the same.
     assert of_type(events, "step")[-1]["tokens"] == of_type(padded, "step")[-1]["tokens"]
-    # Batches built ahead by dataloader workers (evaluation's included) count once, when used.
-    _, rc, workers = train(tmp_path, "workers", train={"max_steps": 2, "eval_steps": 1, "save_strategy": "no",
-                                                       "dataloader_num_workers": 2})
-    assert rc == 0
-    assert of_type(workers, "step")[-1]["tokens"] == of_type(padded, "step")[-1]["tokens"]
+    # Batches built ahead by dataloader workers (evaluation's too) count once, at the step
+    # that uses them, across epochs (32 examples: 4 steps per epoch).
+    counts = {}
+    for workers in (0, 2):
+        _, rc, events = train(tmp_path, f"workers{workers}", train={
+            "max_steps": 6, "eval_steps": 1, "save_strategy": "no", "dataloader_num_workers": workers})
+        assert rc == 0
+        counts[workers] = [s["tokens"] for s in of_type(events, "step")]
+    assert counts[2] == counts[0] and len(set(counts[0])) == 6
 
 
 def test_out_of_memory_is_reported_with_a_hint(tmp_path, finetui_cache):
