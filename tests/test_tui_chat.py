@@ -157,6 +157,8 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         await say(pilot, screen, "Tell me everything.", wait=False)
         await wait_until(pilot, lambda: screen.main.job is not None and screen.main.job.fragments > 0, 60, "tokens")
         assert "esc stops" in status(screen)
+        await type_text(pilot, "abc")  # the UI takes keys while a reply streams
+        assert screen.prompt.value == "abc" and screen.busy
         await pilot.press("escape")
         await wait_until(pilot, lambda: not screen.busy, 30, "the stop")
         stopped = screen.main.last_job.widget
@@ -172,8 +174,11 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         assert stopped not in screen.main.log.messages()
         assert screen.main.last_job.widget.done["new_tokens"] <= 8
 
-        # Undo takes the last message back into the prompt box; clear empties the chat.
+        # Undo takes the last message back into the prompt box (not over a draft); clear empties the chat.
         await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert "holds a draft" in status(screen) and len(screen.turns) == 2
+        await pilot.press("ctrl+u", "ctrl+z")
         await pilot.pause()
         assert screen.turns == ["How do I start a run?"] and screen.prompt.value == "Tell me everything."
         assert roles(screen.main).count("user") == 1
@@ -189,6 +194,19 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         await pilot.press("i")
         await pilot.pause()
         assert app.focused is screen.prompt and screen.prompt.value == "Tell me everything."
+
+        # Clear in the middle of a reply: the reply stops, the chat is empty, the next one works.
+        await pilot.press("ctrl+u")
+        screen.params.update(max_new_tokens=900, min_new_tokens=900)
+        await say(pilot, screen, "Again, everything.", wait=False)
+        await wait_until(pilot, lambda: screen.main.job is not None and screen.main.job.fragments > 0, 60, "tokens")
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert not screen.busy and screen.turns == [] and screen.main.log.messages() == []
+        screen.params.update(max_new_tokens=3, min_new_tokens=0)
+        await say(pilot, screen, "hi")
+        assert screen.turns == ["hi"] and screen.main.replies[0] is not None
+        assert roles(screen.main) == ["user", "assistant"]
 
         procs = close_workers(screen)
         await load_from_dialog(pilot, app, screen, "Unload")

@@ -380,7 +380,7 @@ class ChatScreen(FinetuiScreen):
     def _flush(self, job: Job | None) -> None:
         if job is not None:
             text = job.take()
-            if text:
+            if text and job.widget.is_attached:
                 job.widget.append(text)
 
     def _ui(self, fn, *args) -> None:
@@ -626,9 +626,9 @@ class ChatScreen(FinetuiScreen):
             self._ui(self._reply_failed, pane, job, ChatError("internal", f"{type(exc).__name__}: {exc}"))
 
     def _reply_done(self, pane: Pane, job: Job, done: dict[str, Any]) -> None:
-        self._flush(job)
         if pane.job is not job:
-            return  # cleared or unloaded meanwhile
+            return  # cleared or unloaded meanwhile: its widget is gone
+        self._flush(job)
         pane.job, pane.last_job = None, job
         text = done.get("text", job.widget.text)
         reason = done.get("stop_reason")
@@ -645,9 +645,9 @@ class ChatScreen(FinetuiScreen):
         self.show_status()
 
     def _reply_failed(self, pane: Pane, job: Job, exc: ChatError) -> None:
-        self._flush(job)
         if pane.job is not job:
             return
+        self._flush(job)
         pane.job, pane.last_job = None, job
         pane.replies[job.turn] = None
         pane.failures[job.turn] = exc.kind
@@ -752,6 +752,9 @@ class ChatScreen(FinetuiScreen):
             return
         if not self.turns:
             self.flash("nothing to undo")
+            return
+        if self.prompt.value.strip():
+            self.flash("the prompt box holds a draft: ctrl+u clears it, then ctrl+z brings the last message back")
             return
         turn = len(self.turns) - 1
         text = self.turns.pop()
