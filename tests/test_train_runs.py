@@ -180,22 +180,22 @@ def test_training_options(tmp_path, finetui_cache):
     assert events[-1]["status"] == "completed"
 
 
-def test_packing_counts_real_tokens(tmp_path, finetui_cache):
-    run_dir, rc, events = train(tmp_path, "pack", data={"packing": True},
-                                train={"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"})
-    assert rc == 0, stdout_log(run_dir)
-    _, _, padded = train(tmp_path, "pad", train={"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"})
-    # The same 16 examples either way: packed or padded, the real tokens are the same.
-    assert of_type(events, "step")[-1]["tokens"] == of_type(padded, "step")[-1]["tokens"]
-    # Batches built ahead by dataloader workers (evaluation's too) count once, at the step
-    # that uses them, across epochs (32 examples: 4 steps per epoch).
+def test_token_counts_packed_padded_and_from_workers(tmp_path, finetui_cache):
+    """The same examples count the same real tokens at the same step: padded, packed, or
+    built ahead by dataloader workers (evaluation's batches too), across epochs (32
+    examples: 4 steps per epoch)."""
     counts = {}
-    for workers in (0, 2):
-        _, rc, events = train(tmp_path, f"workers{workers}", train={
-            "max_steps": 6, "eval_steps": 1, "save_strategy": "no", "dataloader_num_workers": workers})
-        assert rc == 0
-        counts[workers] = [s["tokens"] for s in of_type(events, "step")]
-    assert counts[2] == counts[0] and len(set(counts[0])) == 6
+    for name, data, train_cfg in (
+        ("padded", {}, {"eval_strategy": "no"}),
+        ("packed", {"packing": True}, {"eval_strategy": "no"}),
+        ("workers", {}, {"eval_steps": 1, "dataloader_num_workers": 2}),
+    ):
+        run_dir, rc, events = train(tmp_path, name, data=data,
+                                    train={"max_steps": 6, "save_strategy": "no", **train_cfg})
+        assert rc == 0, stdout_log(run_dir)
+        counts[name] = [s["tokens"] for s in of_type(events, "step")]
+    assert counts["packed"] == counts["padded"] == counts["workers"]
+    assert len(set(counts["padded"])) == 6
 
 
 def test_out_of_memory_is_reported_with_a_hint(tmp_path, finetui_cache):
