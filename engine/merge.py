@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -118,6 +119,12 @@ def command(args) -> int:
         if not args.json:
             print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own stage lines say enough
+    # peft still calls a transformers API deprecated for v6; the user can do nothing about it.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     out = merge(args.run, out=args.out, shard_size=args.shard_size, progress=show)
     if args.json:
         print(json.dumps({"merged": str(out)}))
