@@ -255,7 +255,9 @@ class ChatScreen(FinetuiScreen):
         if target:
             self.app.chat_target = None
             self.load(str(target))
-        self.prompt.focus()
+            self.prompt.focus()
+        elif self.focused is None:
+            self.prompt.focus()
 
     def on_unmount(self) -> None:
         for pane in (self.main, self.base):
