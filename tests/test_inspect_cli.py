@@ -94,10 +94,18 @@ def test_glaive_toolcall_registry_entry(run, shared_datasets):
 
 def test_glaive_with_a_template_that_ignores_tools_warns(run, shared_datasets):
     spec = str(shared_datasets / "llamafactory" / "dataset_info.json") + ":glaive_toolcall_en_demo"
-    result = as_json(run(spec, "--json"))  # the tiny model's own template has no tool support
-    assert result["template"] == "tokenizer"
+    # Phi 3.5's template has no tool support: calls would train as empty replies.
+    phi = str(shared_datasets.parent / "chat_templates" / "phi3_5.jinja")
+    result = as_json(run(spec, "--template", phi, "--json"))
     assert any("ignores tool calls" in w for w in result["warnings"])
     assert any("ignores the tool list" in w for w in result["warnings"])
+
+
+def test_tiny_models_own_template_keeps_tool_calls(run, shared_datasets):
+    spec = str(shared_datasets / "llamafactory" / "dataset_info.json") + ":glaive_toolcall_en_demo"
+    result = as_json(run(spec, "--json"))
+    assert result["template"] == "tokenizer"
+    assert not any("ignores" in w for w in result["warnings"])
 
 
 def test_text_output_marks_trained_spans(run, shared_datasets):
