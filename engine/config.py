@@ -312,6 +312,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            # YAML 1.1 reads no/yes/on/off as booleans; on the command line they are
+            # words (train.save_strategy=no), and real booleans still accept true/false.
+            value = raw.strip()
         node = data
         for part in parts[:-1]:
             child = node.get(part)

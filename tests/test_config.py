@@ -62,3 +62,8 @@ def test_field_specs_cover_every_field():
     assert specs["train.batch_size"]["kind"] == "int" and specs["train.batch_size"]["bounds"]["ge"] == 1
     n_fields = sum(len(cfg.Config.model_fields[s].annotation.model_fields) for s in cfg.SECTIONS)
     assert len(specs) == n_fields
+
+
+def test_yaml_words_no_yes_stay_words_on_the_command_line():
+    c = cfg.validate(cfg.apply_overrides({}, ["train.save_strategy=no", "data.packing=true"]))
+    assert c.train.save_strategy == "no" and c.data.packing is True
