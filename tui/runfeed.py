@@ -14,7 +14,7 @@ Two sources, one decoder (``engine.events.decode``) and one consumer (``RunState
   event, unlike ``engine.events.follow``: a resumed run's file has a ``finished`` in the
   middle and its new session after it.
 
-Reading happens in short thread workers (one every 0.25 s for all feeds, never blocking:
+Reading happens in short thread workers (one every 0.5 s for all feeds, never blocking:
 ``select`` on the pipe, a seek+read on the file) that apply events to the state under its
 lock; screens are told on the UI thread which runs changed and redraw at most twice a
 second. Nothing here touches a widget.
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import subprocess
 
 LOG_LINES = 500
-PUMP_S = 0.25  # how often pipes and files are read (a short worker each time)
+PUMP_S = 0.5  # how often pipes and files are read (one short worker for all feeds)
 LIVENESS_S = 1.0  # process table look-ups (psutil) at most this often
 MAX_READ = 4 << 20  # bytes per feed per pump: a huge history arrives in slices, never a freeze
 

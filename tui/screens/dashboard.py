@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,6 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding
 from textual.worker import get_current_worker
-from textual.widgets import Static
 
 from engine import runs
 from tui.runfeed import RunFeed, RunState, feeds
@@ -45,8 +45,9 @@ from tui.widgets.gpupanel import GpuPanel
 from tui.widgets.logview import LogView
 from tui.widgets.lossplot import LossPlot, Series, theme_colors
 from tui.widgets.runprogress import MetricsLine, RunProgress, fmt_duration
+from tui.widgets.textline import TextLine
 
-TICK_S = 0.5  # widgets refresh at most this often (2 Hz)
+TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
 HW_POLL_S = 1.0
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
 VIEWS = ("log", "stdout.log", "checkpoints")
@@ -175,9 +176,12 @@ class DashboardScreen(FinetuiScreen):
         self.view = 0  # index in VIEWS
         self._version = -1
         self._hw: HwSnapshot | None = None
-        self._hw_seen: HwSnapshot | None = None
+        self._hw_seen: HwSnapshot | None = None  # the readings on screen
+        self._hw_key: tuple = ()
+        self._hw_parts_due = False
         self._status = ""
         self._fix: Fix | None = None
+        self._keys_for: tuple = ()
         self._draw_timer = None
         self._last_draw = 0.0
         self._backend = None  # engine.hardware backend, made in the poll worker
@@ -185,26 +189,26 @@ class DashboardScreen(FinetuiScreen):
         self._stdout_lines: list[str] = []
         self._config: dict[str, Any] | None = None  # config.yaml, read by the poll worker
         self.draws = 0  # draws that changed something on screen (redraw-rate benchmark)
+        self.draw_times: deque[float] = deque(maxlen=1000)  # monotonic time of each such draw
         self.shown_steps: list[tuple[int, float]] = []  # (step, wall time it reached the widgets)
         self.state: RunState | None = None  # the state last shown (tests read it)
 
     # ------------------------------------------------------------------ layout
 
     def compose_body(self):
-        yield Static("", id="dash-head")
+        yield TextLine("", id="dash-head")
         yield RunProgress(id="progress")
         yield MetricsLine(id="metrics")
         yield LossPlot(title="loss", id="chart")
-        yield Static("", id="problem")
+        yield TextLine("", id="problem")
         yield GpuPanel(id="gpus")
-        yield Static("", id="ckpts")
+        yield TextLine("", id="ckpts")
         yield LogView(id="log")
 
     def on_mount(self) -> None:
         registry = feeds(self.app)
         self.feed = registry.feed(self.run_dir)
         registry.watch(self._feeds_changed)
-        self.set_interval(TICK_S, self._tick, name="dashboard tick")
         self.set_interval(HW_POLL_S, self.poll_hardware, name="dashboard hardware")
         self.poll_hardware()
         self.call_after_refresh(self.request_draw)
@@ -216,15 +220,20 @@ class DashboardScreen(FinetuiScreen):
             registry.release(self.feed)
 
     # ------------------------------------------------------------------ when to draw
+    #
+    # Few wake-ups on purpose: on a box whose cores all train, every wake-up of the UI
+    # takes a core from the trainer. Events: the registry pumps all feeds every 0.5 s and
+    # calls _feeds_changed when something arrived. Hardware: one poll a second, whose
+    # worker ends by calling _tick (launches, a newer session, new readings).
 
     def _feeds_changed(self, changed: set[str]) -> None:
         if self.feed is not None and self.feed.run_id in changed:
             self.request_draw()
 
     def _tick(self) -> None:
-        """Twice a second: runs launched from this UI, a newer session started elsewhere,
-        new hardware readings."""
-        if self.feed is None:
+        """After each hardware poll: runs launched from this UI, a newer session started
+        elsewhere, the new readings."""
+        if self.feed is None or not self.is_attached:
             return
         registry = feeds(self.app)
         if self.is_active:
@@ -235,9 +244,19 @@ class DashboardScreen(FinetuiScreen):
                     self.app.switch_screen(DashboardScreen(registry.feeds[run_id].run_dir))
                     return
         hw = self._hw
-        if hw is not None and hw.newer_session_pid and self.feed.ended:
+        if hw is None or hw is self._hw_seen:
+            return
+        if hw.newer_session_pid and self.feed.ended:
             self._switch_feed(registry.feed(self.run_dir))
-        if hw is not None and hw is not self._hw_seen:
+        first = self._hw_seen is None
+        self._hw_seen = hw
+        self._show_gpus(hw)  # its own 1 Hz cadence: a small widget
+        key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]))
+        if first:
+            self._version = -1  # the first poll brings config.yaml: draw everything once more
+        if first or key != self._hw_key:
+            self._hw_key = key
+            self._hw_parts_due = True
             self.request_draw()
 
     def request_draw(self) -> None:
@@ -248,8 +267,8 @@ class DashboardScreen(FinetuiScreen):
         wait = self._last_draw + TICK_S - time.monotonic()
         if wait <= 0:
             self.draw()
-        else:
-            self._draw_timer = self.set_timer(wait, self._deferred_draw)
+        else:  # (+5 ms: asyncio may run a timer up to a clock tick early)
+            self._draw_timer = self.set_timer(wait + 0.005, self._deferred_draw)
 
     def _deferred_draw(self) -> None:
         self._draw_timer = None
@@ -261,22 +280,19 @@ class DashboardScreen(FinetuiScreen):
         if feed is None or not self.is_attached:
             return
         self._last_draw = time.monotonic()
-        hw = self._hw
-        changed_hw = hw is not None and hw is not self._hw_seen
+        hw = self._hw_seen
+        parts_due, self._hw_parts_due = self._hw_parts_due, False
         with feed.lock:  # the feed's worker appends to the state under this lock
             state = feed.state
-            # The first readings bring config.yaml too: draw everything once more then.
-            changed = state.version != self._version or (changed_hw and self._hw_seen is None)
+            changed = state.version != self._version
             if changed:
                 self._version = state.version
                 self._show_state(state, hw)
-            elif changed_hw:
+            elif parts_due and hw is not None:
                 self._show_hw_parts(state, hw)
-        if changed_hw:
-            self._hw_seen = hw
-            self._show_gpus(hw)
-        if changed or changed_hw:
+        if changed or parts_due:
             self.draws += 1
+            self.draw_times.append(self._last_draw)
 
     def _switch_feed(self, feed: RunFeed) -> None:
         if feed is self.feed:
@@ -314,7 +330,7 @@ class DashboardScreen(FinetuiScreen):
         # live: reading the pipe of a trainer started here; attached: following events.jsonl
         bits.append("live" if st.source == "pipe" else "attached")
         head.append("  " + " · ".join(bits), style="dim")
-        self.query_one("#dash-head", Static).update(head)
+        self.query_one("#dash-head", TextLine).show(head)
 
         # progress + numbers
         note = {"starting": "starting: loading model and data…", "created": "never started"}.get(status, "")
@@ -335,13 +351,15 @@ class DashboardScreen(FinetuiScreen):
         self._show_problem(st, hw)
         self._show_checkpoints(st, hw)
         self._show_log(st, hw)
-        self.refresh_bindings()
+        self._refresh_keys()
 
     def _show_chart(self, st: RunState) -> None:
         colors = theme_colors(self.app)
         chart = self.query_one(LossPlot)
         # A run that failed before its first step has no curve: give the room to the log.
-        chart.display = bool(st.steps) or st.status in ("running", "starting")
+        shown = bool(st.steps) or st.status in ("running", "starting")
+        if chart.display != shown:
+            chart.display = shown
         name = PLOTS[self.plot]
         steps = list(st.steps)
         if name == "loss":
@@ -354,13 +372,16 @@ class DashboardScreen(FinetuiScreen):
         chart.set_series(series, title=name)
 
     def _show_problem(self, st: RunState, hw: HwSnapshot | None) -> None:
-        banner = self.query_one("#problem", Static)
+        banner = self.query_one("#problem", TextLine)
         colors = theme_colors(self.app)
         status = st.status
         last_ckpt = hw.last_checkpoint if hw else None
         self._fix = likely_fix(st, last_ckpt, self._config)
-        banner.set_class(status == "failed", "-failed")
-        banner.set_class(status == "stopped", "-stopped")
+        # Class changes restyle the screen: only when they really change.
+        if banner.has_class("-failed") != (status == "failed"):
+            banner.set_class(status == "failed", "-failed")
+        if banner.has_class("-stopped") != (status == "stopped"):
+            banner.set_class(status == "stopped", "-stopped")
         text = Text()
         width = max(self.size.width - 2, 20)
         if status == "failed":
@@ -384,7 +405,7 @@ class DashboardScreen(FinetuiScreen):
             key = app_key(self.app, "dashboard.resume", "R")
             where = last_ckpt.name if last_ckpt else "step 0 (no checkpoint)"
             text.append(f"  ·  {key}: resume from {where}")
-        banner.update(text)
+        banner.show(text)
 
     def _show_checkpoints(self, st: RunState, hw: HwSnapshot | None) -> None:
         line = Text(no_wrap=True, overflow="ellipsis")
@@ -397,7 +418,7 @@ class DashboardScreen(FinetuiScreen):
         else:
             every = ((st.config or self._config or {}).get("train") or {}).get("save_steps")
             line.append("none yet" + (f" (every {every} steps)" if every else ""), style="dim")
-        self.query_one("#ckpts", Static).update(line)
+        self.query_one("#ckpts", TextLine).show(line)
 
     def _show_log(self, st: RunState | None, hw: HwSnapshot | None) -> None:
         log = self.query_one(LogView)
@@ -436,7 +457,7 @@ class DashboardScreen(FinetuiScreen):
         self._show_problem(st, hw)
         self._show_checkpoints(st, hw)
         self._show_log(st, hw)
-        self.refresh_bindings()
+        self._refresh_keys()
 
     def _show_gpus(self, hw: HwSnapshot) -> None:
         st = self.state
@@ -444,6 +465,14 @@ class DashboardScreen(FinetuiScreen):
         on_gpu = any(str(d).startswith("cuda") for d in devices)
         memory = dict((st.last_step or {}).get("memory") or {}) if st else {}
         self.query_one(GpuPanel).show(hw.gpus, hw.problem, hw.host, memory, st.peak_bytes if st else None, on_gpu)
+
+    def _refresh_keys(self) -> None:
+        """The footer shows what fits the run's status; rebuilding it restyles widgets, so
+        only when what check_action answers has changed."""
+        key = (self._status, self._fix is not None)
+        if key != self._keys_for:
+            self._keys_for = key
+            self.refresh_bindings()
 
     # ------------------------------------------------------------------ polling (thread)
 
@@ -487,6 +516,10 @@ class DashboardScreen(FinetuiScreen):
             if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid):
                 snap.newer_session_pid = file_pid
         self._hw = snap
+        try:
+            self.app.call_from_thread(self._tick)
+        except Exception:  # the app is closing
+            pass
 
     # ------------------------------------------------------------------ actions
 

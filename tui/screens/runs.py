@@ -127,11 +127,15 @@ class RunsScreen(FinetuiScreen):
 
     def on_mount(self) -> None:
         feeds(self.app)  # pipes of runs started here are drained from now on
-        self.set_interval(0.5, self.tick, name="runs tick")
+        self._timer = self.set_interval(0.5, self.tick, name="runs tick")
         self.action_reload()
 
     def on_screen_resume(self) -> None:
+        self._timer.resume()
         self.action_reload()
+
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()  # no wake-ups while a dashboard (or another mode) is shown
 
     def on_resize(self) -> None:
         if self.loaded:

@@ -73,8 +73,8 @@ class GpuPanel(Widget):
         self.trainer_memory = trainer_memory or {}
         self.peak_bytes, self.on_gpu, self.polled = peak_bytes, on_gpu, True
         lines = 1 + max(len(gpus), 1)
-        if self.styles.height is None or self.size.height != lines:
-            self.styles.height = lines
+        if self.styles.height is None or self.styles.height.value != lines:
+            self.styles.height = lines  # a layout change: only when the GPU count changes
         self.refresh()
 
     def render(self) -> Text:

@@ -18,6 +18,8 @@ the axis in the original units.
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,18 +124,29 @@ class _Canvas:
             self.color[cy][cx] = color
 
     def rows(self) -> list[Text]:
+        """One Text per cell row; neighbouring cells of one colour share one span (far
+        fewer segments for the terminal and for Textual to handle)."""
         out = []
         for cy in range(self.height):
             text = Text()
+            run: list[str] = []
+            run_style = ""
             for cx in range(self.width):
                 glyph = self.glyph[cy][cx]
                 bits = self.dots[cy][cx]
                 if glyph:
-                    text.append(glyph, style=self.color[cy][cx] or "")
+                    char, style = glyph, self.color[cy][cx] or ""
                 elif bits:
-                    text.append(chr(BRAILLE_BASE + bits), style=self.color[cy][cx] or "")
+                    char, style = chr(BRAILLE_BASE + bits), self.color[cy][cx] or ""
                 else:
-                    text.append(" ")
+                    char, style = " ", ""
+                if style != run_style and run:
+                    text.append("".join(run), style=run_style or None)
+                    run = []
+                run_style = style
+                run.append(char)
+            if run:
+                text.append("".join(run), style=run_style or None)
             out.append(text)
         return out
 
@@ -290,6 +303,7 @@ class LossPlot(Widget):
         self.smoothing = 0.0
         self.x_label = "step"
         self.renders = 0  # how often the chart was drawn (the redraw-rate benchmark reads it)
+        self.render_times: deque[float] = deque(maxlen=1000)
         self._cache: tuple[tuple, Text] | None = None
         self._data_version = 0
 
@@ -318,6 +332,7 @@ class LossPlot(Widget):
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         self.renders += 1
+        self.render_times.append(time.monotonic())
         colors = theme_colors(self.app) if self.is_attached else theme_colors(None)
         text = render_chart(self.series, self.size.width, self.size.height, title=self.title,
                             log_scale=self.log_scale, smoothing=self.smoothing, x_label=self.x_label,

@@ -1,0 +1,33 @@
+"""A few lines of rich text that repaint only when they change.
+
+``Static.update`` always asks for a new layout (its size might change), and a layout pass
+re-renders the whole screen: at two updates a second on a busy dashboard that is most of
+the UI's CPU. :class:`TextLine` repaints just itself, and asks for a layout only when its
+number of lines (its height, with ``height: auto``) changes.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+
+class TextLine(Widget):
+    DEFAULT_CSS = """
+    TextLine { height: auto; }
+    """
+
+    def __init__(self, text: Text | str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = Text(text) if isinstance(text, str) else text
+
+    def show(self, text: Text | str) -> None:
+        text = Text(text) if isinstance(text, str) else text
+        if text == self.text and text.spans == self.text.spans:
+            return
+        relayout = text.plain.count("\n") != self.text.plain.count("\n")
+        self.text = text
+        self.refresh(layout=relayout)
+
+    def render(self) -> Text:
+        return self.text
