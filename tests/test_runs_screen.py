@@ -188,3 +188,25 @@ def test_every_binding_has_an_id_and_is_known_to_help():
         assert all(ids) and all(i.startswith(prefix) for i in ids), ids
         assert set(ids) <= known
         assert own
+
+
+def test_summary_tail_reads_increments_and_a_resumed_run_is_running_again(dash_env):
+    from test_dashboard_helpers import step_event, writer
+
+    from tui.screens.runs import SummaryTail
+
+    run = synthetic_run(name="again", steps=12, total=20, status="stopped", every=5)
+    tail = SummaryTail(run / "events.jsonl")
+    assert runs.summarize(run, events=tail.read()).status == "stopped"
+    assert runs.summarize(run, events=tail.read()) == runs.summarize(run)
+    proc = fake_live_pid()
+    (run / runs.PID_FILE).write_text(str(proc.pid))
+    try:
+        w = writer(run)
+        w.emit("log", level="info", message="resuming")
+        step_event(w, 11, 20)
+        info = runs.summarize(run, events=tail.read())
+        assert info.status == "running" and info.step == 11 and len(info.checkpoints) == 2
+    finally:
+        proc.kill()
+        proc.wait()

@@ -35,7 +35,6 @@ from typing import Any
 from rich.text import Text
 from textual import work
 from textual.binding import Binding
-from textual.worker import get_current_worker
 
 from engine import runs
 from tui.runfeed import RunFeed, RunState, feeds
@@ -44,7 +43,7 @@ from tui.widgets.dialogs import ConfirmDialog
 from tui.widgets.gpupanel import GpuPanel
 from tui.widgets.logview import LogView
 from tui.widgets.lossplot import LossPlot, Series, theme_colors
-from tui.widgets.runprogress import MetricsLine, RunProgress, fmt_duration
+from tui.widgets.runprogress import MetricsLine, RunProgress
 from tui.widgets.textline import TextLine
 
 TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
