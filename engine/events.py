@@ -172,10 +172,17 @@ def read_file(path: str | Path) -> list[dict[str, Any]]:
     return events
 
 
+def _at_end(fh) -> bool:
+    here = fh.tell()
+    more = fh.read(1)
+    fh.seek(here)
+    return not more
+
+
 def follow(path: str | Path, poll_s: float = 0.2, stop: Any = None) -> Iterator[dict[str, Any]]:
     """Yield every event in the file, then new ones as they are appended.
 
-    Ends after a ``finished`` event, or when ``stop()`` returns true (checked while idle).
+    Ends after a ``finished`` event that is the last line so far, or when ``stop()`` returns true (checked while idle).
     A partial line at the end is held back until its newline arrives.
     """
     path = Path(path)
@@ -195,7 +202,9 @@ def follow(path: str | Path, poll_s: float = 0.2, stop: Any = None) -> Iterator[
                 pending = b""
                 if event is not None:
                     yield event
-                    if event.get("type") == "finished":
+                    if event.get("type") == "finished" and _at_end(fh):
+                        # A resumed run appends a new session after an earlier finished
+                        # event: only a finished event at the end of the file ends it.
                         return
                 continue
             if stop is not None and stop():

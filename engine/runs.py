@@ -159,6 +159,7 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
         t = e.get("type")
         if t == "run_started":
             info.started = info.started or e.get("time")
+            finished = None  # a resumed session: an earlier finished event no longer decides
         elif t == "step":
             info.step = e.get("step", info.step)
             info.total_steps = e.get("total_steps", info.total_steps)

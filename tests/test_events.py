@@ -84,3 +84,13 @@ def test_follow_sees_history_then_live_lines_and_holds_partial_lines(tmp_path):
     seen = [e["type"] for e in ev.follow(path, poll_s=0.05)]
     t.join()
     assert seen == ["run_started", "step", "finished"]
+
+
+def test_follow_reads_past_a_finished_event_of_an_earlier_session(tmp_path):
+    path = tmp_path / "events.jsonl"
+    first = sample_events()
+    second = [ev.make("run_started", "r1", config={}, footprint={}, datasets={}, devices=["cpu"]),
+              ev.make("finished", "r1", status="completed", metrics={}, outputs={})]
+    path.write_text("".join(ev.encode(e) + "\n" for e in first + second))
+    seen = [e["type"] for e in ev.follow(path, poll_s=0.05)]
+    assert seen == [e["type"] for e in first + second]

@@ -69,3 +69,20 @@ def test_runs_cli_list_and_show_json(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("finetui: no run 'nope'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_resumed_session_is_not_decided_by_the_earlier_finished_event(tmp_path):
+    run_dir = runs.new_run(cfg.Config(), name="resumed", root=tmp_path)
+    w = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=None)
+    w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
+    w.emit("finished", status="stopped", metrics={}, outputs={})
+    w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "engine.train"])
+    try:
+        (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+        assert runs.summarize(run_dir).status == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+    w.emit("finished", status="completed", metrics={}, outputs={})
+    assert runs.summarize(run_dir).status == "completed"
