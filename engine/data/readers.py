@@ -95,6 +95,15 @@ _decoder = json.JSONDecoder()
 # --------------------------------------------------------------------------- types
 
 
+def _place(source: str, line: int | None, row: int | None) -> str:
+    """``source:line`` (1-based), else ``source#row`` (0-based), else just ``source``."""
+    if line is not None:
+        return f"{source}:{line}"
+    if row is not None:
+        return f"{source}#{row}"
+    return source
+
+
 @dataclass(frozen=True)
 class RawRecord:
     """One record as read, with where it came from.
@@ -112,11 +121,7 @@ class RawRecord:
 
     @property
     def place(self) -> str:
-        if self.line is not None:
-            return f"{self.source}:{self.line}"
-        if self.row is not None:
-            return f"{self.source}#{self.row}"
-        return self.source
+        return _place(self.source, self.line, self.row)
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,7 @@ class Issue:
 
     @property
     def place(self) -> str:
-        if self.line is not None:
-            return f"{self.source}:{self.line}"
-        if self.row is not None:
-            return f"{self.source}#{self.row}"
-        return self.source
+        return _place(self.source, self.line, self.row)
 
     @property
     def kind(self) -> str:
