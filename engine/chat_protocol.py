@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from engine.events import decode_object_line
+
 VERSION = 1
 
 OPS = ("generate", "cancel", "shutdown")
@@ -74,16 +76,8 @@ def encode(message: dict[str, Any]) -> str:
 def decode(line: str | bytes) -> dict[str, Any] | None:
     """Parse one line. None for blank lines and for anything that is not a protocol object
     (a stray print from a library), so one bad line cannot stop a reader."""
-    if isinstance(line, bytes):
-        line = line.decode("utf-8", errors="replace")
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        message = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(message, dict) or not ("type" in message or "op" in message):
+    message = decode_object_line(line)
+    if message is None or not ("type" in message or "op" in message):
         return None
     return message
 

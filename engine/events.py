@@ -75,20 +75,28 @@ def encode(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode(line: str | bytes) -> dict[str, Any] | None:
-    """Parse one line of the stream. Returns None for blank lines and for non-event
-    output (a stray print from a library); raises nothing, so one bad line cannot stop a
-    reader."""
+def decode_object_line(line: str | bytes) -> dict[str, Any] | None:
+    """One JSON-lines line as a JSON object, or None for blank lines, non-JSON output (a
+    stray print from a library) and JSON that is not an object; raises nothing. Shared by
+    the event stream and the chat worker protocol."""
     if isinstance(line, bytes):
         line = line.decode("utf-8", errors="replace")
     line = line.strip()
     if not line.startswith("{"):
         return None
     try:
-        event = json.loads(line)
+        obj = json.loads(line)
     except json.JSONDecodeError:
         return None
-    if not isinstance(event, dict) or "type" not in event or "v" not in event:
+    return obj if isinstance(obj, dict) else None
+
+
+def decode(line: str | bytes) -> dict[str, Any] | None:
+    """Parse one line of the stream. Returns None for blank lines and for non-event
+    output (a stray print from a library); raises nothing, so one bad line cannot stop a
+    reader."""
+    event = decode_object_line(line)
+    if event is None or "type" not in event or "v" not in event:
         return None
     if event["v"] > VERSION:
         # A newer trainer: keep what we understand.
