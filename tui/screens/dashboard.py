@@ -609,8 +609,7 @@ class DashboardScreen(FinetuiScreen):
         self.query_one(LossPlot).cycle_smoothing()
 
     def action_log_scale(self) -> None:
-        chart = self.query_one(LossPlot)
-        chart.set_options(log_scale=not chart.log_scale)
+        self.query_one(LossPlot).toggle_log_scale()
 
     def action_plot(self) -> None:
         self.plot = (self.plot + 1) % len(PLOTS)

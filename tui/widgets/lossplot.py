@@ -322,6 +322,9 @@ class LossPlot(Widget):
         self._data_version += 1
         self.refresh()
 
+    def toggle_log_scale(self) -> None:
+        self.set_options(log_scale=not self.log_scale)
+
     def cycle_smoothing(self) -> float:
         i = SMOOTHING_STEPS.index(self.smoothing) if self.smoothing in SMOOTHING_STEPS else 0
         self.set_options(smoothing=SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)])
