@@ -102,3 +102,69 @@ def test_padding_collator(setup):
         assert set(padded["labels"][i, n:].tolist()) <= {-100}
         assert padded["attention_mask"][i].tolist() == [1] * n + [0] * (longest - n)
     assert set(padded) == {"input_ids", "labels", "attention_mask"}  # no bookkeeping columns
+
+
+@pytest.fixture(scope="module")
+def packed_model(tiny_model_dir):
+    """The tiny model with the trainer's packed attention (engine.attention: sdpa per
+    example instead of one masked sdpa over the row)."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.attention import NAME, use_packed_sdpa
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    assert use_packed_sdpa(model) and model.config._attn_implementation == NAME
+    model.eval()
+    return model
+
+
+def test_packed_attention_equals_padded(setup, packed_model):
+    """sdpa_packed on a packed batch: same per-token loss and the same gradients as
+    plain sdpa on the padded batch; a padded batch through it is plain sdpa."""
+    config, tokenizer, model, batch = setup
+    padded = collate(config, tokenizer, batch, packing=False)
+    packed = collate(config, tokenizer, batch, packing=True)
+
+    out_padded = model(**padded)
+    out_packed = packed_model(**packed)
+    loss_padded = per_token_loss(out_padded.logits, padded["labels"])
+    loss_packed = per_token_loss(out_packed.logits, packed["labels"])
+    assert torch.allclose(loss_padded, loss_packed, atol=TOLERANCE, rtol=0), (
+        (loss_padded - loss_packed).abs().max().item()
+    )
+    out_padded.loss.backward()
+    out_packed.loss.backward()
+    for (name, p), q in zip(model.named_parameters(), packed_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-3), name
+    model.zero_grad(set_to_none=True)
+    packed_model.zero_grad(set_to_none=True)
+
+    with torch.no_grad():  # padded input: the fallback is transformers' own sdpa, mask included
+        same = packed_model(**padded)
+        plain = model(**padded)
+    assert torch.allclose(same.logits, plain.logits, atol=1e-5)
+
+
+def test_packed_attention_grouped_query_heads():
+    """Grouped-query attention (fewer key/value heads): per-example attention equals the
+    block-diagonal mask on a packed row."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.attention import use_packed_sdpa
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    masked = LlamaForCausalLM(cfg).eval()
+    masked.set_attn_implementation("sdpa")
+    per_example = LlamaForCausalLM(cfg).eval()
+    per_example.load_state_dict(masked.state_dict())
+    per_example.set_attn_implementation("sdpa")
+    assert use_packed_sdpa(per_example)
+    lengths = [5, 11, 3, 9]
+    ids = torch.randint(0, 64, (1, sum(lengths)))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        a = masked(input_ids=ids, position_ids=position_ids, use_cache=False).logits
+        b = per_example(input_ids=ids, position_ids=position_ids, use_cache=False).logits
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max().item()
