@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from train_helpers import foreign_adapter
 
 from engine import chat_protocol as proto
 from engine.chat_protocol import ChatClient, ChatError, WorkerCrashed
@@ -144,24 +145,8 @@ def test_missing_model_path(finetui_cache_dir, tmp_path):
     assert c.proc.wait(timeout=10) == 2
 
 
-def _foreign_adapter(folder: Path) -> Path:
-    """A LoRA adapter trained on a Llama with another hidden size, claiming tiny as its base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
-    get_peft_model(other, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(folder)
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = "tiny"
-    (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    return folder
-
-
 def test_adapter_that_does_not_fit_the_base(finetui_cache_dir, tmp_path):
-    adapter = _foreign_adapter(tmp_path / "adapter")
+    adapter = foreign_adapter(tmp_path / "adapter")
     c = ChatClient(str(adapter), env=_env(finetui_cache_dir))
     with pytest.raises(ChatError) as err:
         c.start(timeout=120)

@@ -11,11 +11,19 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
-import pytest
-from test_tui_eval import copy_run, train_tiny_run
-from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
+from train_helpers import foreign_adapter
+from tui_helpers import (  # noqa: F401
+    SIZE,
+    copy_run,
+    notifications,
+    settle,
+    text_of,
+    trained_run,
+    tui_env,
+    type_text,
+)
+from tui_helpers import wait_until as shared_wait_until
 
 from engine.data import formats
 from tui.app import FinetuiApp
@@ -23,18 +31,8 @@ from tui.screens.chat import FLUSH_S, ChatScreen
 from tui.widgets.chatdialogs import LoadDialog, ParamsDialog, SaveRecordDialog
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, finetui_cache_dir) -> Path:
-    return train_tiny_run(tmp_path_factory, finetui_cache_dir)
-
-
 async def wait_until(pilot, predicate, timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.05)
-        await pilot.pause()
+    await shared_wait_until(pilot, predicate, timeout, what, step=0.05)
 
 
 async def open_chat(pilot, app) -> ChatScreen:
@@ -335,25 +333,9 @@ async def test_prompt_too_long_and_worker_killed_keep_the_conversation(tui_env, 
         proc.wait(timeout=30)
 
 
-def _foreign_adapter(folder: Path) -> Path:
-    """A LoRA adapter trained on a Llama with another hidden size, claiming tiny as its base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
-    get_peft_model(other, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(folder)
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = "tiny"
-    (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    return folder
-
-
 async def test_models_that_cannot_load(tui_env, finetui_cache):
     (tui_env / "work" / "runs").mkdir()  # a runs folder beside: absolute model paths still load
-    adapter = _foreign_adapter(tui_env / "work" / "foreign-adapter")
+    adapter = foreign_adapter(tui_env / "work" / "foreign-adapter")
     empty = tui_env / "work" / "not-a-model"
     empty.mkdir()
     (empty / "config.json").write_text("{}")

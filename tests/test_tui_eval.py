@@ -5,66 +5,28 @@ no adapter, a stopped job). The run is a real tiny LoRA run trained once per ses
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
-from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
+from tui_helpers import (  # noqa: F401
+    SIZE,
+    copy_run,
+    notifications,
+    settle,
+    text_of,
+    trained_run,
+    tui_env,
+    type_text,
+    wait_until,
+)
 
 from tui.app import FinetuiApp
 from tui.screens.evaluate import EvalScreen
 from tui.widgets.dialogs import PickDialog
 from tui.widgets.evaldialogs import EvalDialog, ExportDialog, normal_shard_size, shard_size_problem
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def train_tiny_run(tmp_path_factory, cache_dir: Path) -> Path:
-    """A LoRA run of the tiny model on the sample FAQ (20 steps), trained once per session
-    with `finetui train`, whichever test module asks first."""
-    root = tmp_path_factory.getbasetemp() / "tui-trained-run"
-    runs_dir = root / "runs"
-    found = sorted(runs_dir.glob("*/adapter/adapter_config.json")) if runs_dir.exists() else []
-    if found:
-        return found[0].parent.parent
-    command = [sys.executable, "-m", "engine.cli", "--runs-dir", str(runs_dir), "train",
-               str(REPO / "sample_data" / "quickstart.yaml"), "--name", "tui",
-               "--set", "method.type=lora", "--set", "train.max_steps=20",
-               "--set", "train.eval_steps=20", "--set", "train.save_steps=20"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FINETUI_CACHE": str(cache_dir)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = [p for p in runs_dir.iterdir() if (p / "config.yaml").exists()]
-    assert (run_dir / "adapter" / "adapter_config.json").exists()
-    return run_dir
-
-
-def copy_run(run_dir: Path, runs_root: Path, name: str | None = None) -> Path:
-    """A private copy of a trained run (no checkpoints) in a test's runs folder."""
-    target = runs_root / (name or run_dir.name)
-    shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns("checkpoints", "trainer.pid", "eval", "merged"))
-    return target
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, finetui_cache_dir) -> Path:
-    return train_tiny_run(tmp_path_factory, finetui_cache_dir)
-
-
-async def wait_until(pilot, predicate, timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.1)
-        await pilot.pause()
 
 
 async def open_eval(pilot, app) -> EvalScreen:

@@ -8,6 +8,7 @@ stdout.log), and inherits FINETUI_CACHE from the ``finetui_cache`` fixture.
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,19 @@ def stdout_log(run_dir: Path) -> str:
         return (run_dir / "stdout.log").read_text(errors="replace")[-3000:]
     except OSError:
         return ""
+
+
+def foreign_adapter(folder: Path) -> Path:
+    """A LoRA adapter trained on a Llama with another hidden size, claiming tiny as its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
+    get_peft_model(other, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(folder)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "tiny"
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
