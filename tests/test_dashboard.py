@@ -12,7 +12,7 @@ import sys
 import time
 
 from test_dashboard_helpers import (  # noqa: F401
-    REPO, SIZE, dash_env, fake_launch, fake_live_pid, screen_text, started_event, step_event, synthetic_run,
+    REPO, SIZE, dash_env, fake_launch, live_trainer, screen_text, started_event, step_event, synthetic_run,
     wait_for, widget_text, writer,
 )
 
@@ -142,9 +142,7 @@ async def test_completed_run_shows_progress_chart_checkpoints_and_log(dash_env):
 
 async def test_live_file_feed_step_on_screen_within_a_second_then_failed_when_the_process_dies(dash_env):
     run = synthetic_run(steps=12, total=60, status=None, every=10)
-    proc = fake_live_pid()
-    (run / runs.PID_FILE).write_text(str(proc.pid))
-    try:
+    with live_trainer(run) as proc:
         app = FinetuiApp()
         async with app.run_test(size=SIZE) as pilot:
             dash = await open_dashboard(pilot, app, run.name)
@@ -171,9 +169,6 @@ async def test_live_file_feed_step_on_screen_within_a_second_then_failed_when_th
             assert "R: resume from checkpoint-10" in text
             footer = text.splitlines()[-1]
             assert "Resume" in footer and "Stop" not in footer
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 async def test_oom_error_shows_message_hint_and_fix_opens_settings_with_half_the_batch(dash_env):
@@ -338,9 +333,7 @@ async def test_a_run_started_while_another_dashboard_is_open_takes_the_screen(da
 
 async def test_redraws_are_batched_to_two_per_second(dash_env):
     run = synthetic_run(steps=1, total=10_000, status=None)
-    proc = fake_live_pid()
-    (run / runs.PID_FILE).write_text(str(proc.pid))
-    try:
+    with live_trainer(run):
         app = FinetuiApp()
         async with app.run_test(size=SIZE) as pilot:
             dash = await open_dashboard(pilot, app, run.name)
@@ -355,9 +348,6 @@ async def test_redraws_are_batched_to_two_per_second(dash_env):
             seconds = time.monotonic() - start
             assert (dash.draws - draws) <= 2 * seconds + 2
             assert (chart.renders - renders) <= 2 * seconds + 2
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_ui_modules_never_import_torch():

@@ -4,6 +4,7 @@ process that speaks the event stream on a pipe, and a text dump of the screen.""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -91,6 +93,19 @@ def synthetic_run(root: Path | None = None, name: str = "demo", steps: int = 40,
 def fake_live_pid() -> subprocess.Popen:
     """A process that engine.runs.pid_alive takes for a trainer."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "engine.train"])
+
+
+@contextlib.contextmanager
+def live_trainer(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """``fake_live_pid()`` written as ``run_dir``'s trainer.pid, so the run reads as
+    running; the process is killed (and reaped) on the way out."""
+    proc = fake_live_pid()
+    (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 FAKE_TRAINER = textwrap.dedent('''

@@ -4,7 +4,7 @@ with confirmation, resume, new run; and the key table (ids, help)."""
 from __future__ import annotations
 
 from test_dashboard_helpers import (  # noqa: F401
-    SIZE, dash_env, fake_launch, fake_live_pid, screen_text, synthetic_run, wait_for, widget_text,
+    SIZE, dash_env, fake_launch, live_trainer, screen_text, synthetic_run, wait_for, widget_text,
 )
 
 from engine import runs
@@ -51,9 +51,7 @@ async def test_list_shows_every_run_with_status_steps_eval_method_and_model(dash
     failed = synthetic_run(name="broken", error={"kind": "data", "message": "data.path: no such file x.jsonl",
                                                  "hint": "check data.path"})
     live = synthetic_run(name="live", steps=3, total=40, status=None)
-    proc = fake_live_pid()
-    (live / runs.PID_FILE).write_text(str(proc.pid))
-    try:
+    with live_trainer(live):
         app = FinetuiApp()
         async with app.run_test(size=SIZE) as pilot:
             screen = await goto_runs(pilot, app, 4)
@@ -86,9 +84,6 @@ async def test_list_shows_every_run_with_status_steps_eval_method_and_model(dash
             await pilot.pause(0.1)
             assert not isinstance(app.screen, ConfirmDialog)
             assert any("stop it first" in n.message for n in app._notifications)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 async def test_mark_two_and_compare_overlays_curves_and_diffs_configs(dash_env):
@@ -199,14 +194,9 @@ def test_summary_tail_reads_increments_and_a_resumed_run_is_running_again(dash_e
     tail = SummaryTail(run / "events.jsonl")
     assert runs.summarize(run, events=tail.read()).status == "stopped"
     assert runs.summarize(run, events=tail.read()) == runs.summarize(run)
-    proc = fake_live_pid()
-    (run / runs.PID_FILE).write_text(str(proc.pid))
-    try:
+    with live_trainer(run):
         w = writer(run)
         w.emit("log", level="info", message="resuming")
         step_event(w, 11, 20)
         info = runs.summarize(run, events=tail.read())
         assert info.status == "running" and info.step == 11 and len(info.checkpoints) == 2
-    finally:
-        proc.kill()
-        proc.wait()
