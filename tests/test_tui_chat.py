@@ -14,14 +14,7 @@ import time
 
 from train_helpers import foreign_adapter
 from tui_helpers import (  # noqa: F401
-    SIZE,
-    copy_run,
-    notifications,
-    settle,
-    text_of,
-    trained_run,
-    tui_env,
-    type_text,
+    SIZE, copy_run, notifications, settle, text_of, trained_run, tui_env, type_text,
 )
 from tui_helpers import wait_until as shared_wait_until
 

@@ -12,15 +12,7 @@ from pathlib import Path
 
 import yaml
 from tui_helpers import (  # noqa: F401
-    SIZE,
-    copy_run,
-    notifications,
-    settle,
-    text_of,
-    trained_run,
-    tui_env,
-    type_text,
-    wait_until,
+    SIZE, copy_run, notifications, settle, text_of, trained_run, tui_env, type_text, wait_until,
 )
 
 from tui.app import FinetuiApp
