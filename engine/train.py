@@ -29,6 +29,7 @@ Exit status: 0 when completed or stopped, 1 when failed.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
+    # No cyclic garbage collection while torch, transformers, peft and datasets import: their
+    # ~430k objects would be scanned over and over (~0.9 s of a ~3.5 s start-up on 2 cores).
+    # train() freezes what the imports built and turns collection back on.
+    gc.disable()
 
     # The launcher starts us in our own session already; ignoring SIGHUP also covers a
     # trainer started by hand in a terminal that then goes away.
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     outputs={"checkpoints": str(run_dir / "checkpoints")})
         return 1
     finally:
+        gc.enable()
         events.close()
 
 
@@ -288,6 +294,16 @@ def _skip_bitsandbytes(config) -> None:
         sys.modules.setdefault("bitsandbytes", None)
 
 
+def _imports_done() -> None:
+    """After the heavy imports (main() turned collection off): move everything they built
+    to the permanent generation, so no later collection scans it (accelerate's gc.collect()
+    at the start of training took ~0.3 s over it), and collect normally again. The ~10k
+    unreachable objects the imports left (~7 MB) are frozen with the rest: cheaper than a
+    full collection now."""
+    gc.freeze()
+    gc.enable()
+
+
 def _quiet_libraries(events: ev.EventWriter) -> None:
     """Progress bars off (they would fill stdout.log); a few warnings become log events."""
     import logging
@@ -326,6 +342,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
     from engine.data import dataset as dataset_mod
 
+    _imports_done()
     device = modeling.pick_device(config.model.device)
     check_setup(config, device)
     if device == "cpu":
