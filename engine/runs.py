@@ -108,7 +108,7 @@ def resolve(run: str | Path, root: str | Path | None = None) -> Path:
     if (exact / "config.yaml").exists():
         return exact
     if path.is_absolute() or os.sep in str(run):
-        raise RunError(f"{run}: not a run folder (no config.yaml)")
+        raise RunError(f"no run at {run}: not a run folder (no config.yaml)")
     matches = sorted(p for p in root.glob(f"{run}*") if (p / "config.yaml").exists()) if root.exists() else []
     if len(matches) == 1:
         return matches[0]

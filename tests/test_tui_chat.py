@@ -134,7 +134,8 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         assert log.following and log.scroll_y == log.max_scroll_y
         log.focus()
         await pilot.press("home")
-        await pilot.pause()
+        # the scroll may animate over a few frames
+        await wait_until(pilot, lambda: log.scroll_y == 0, 5, "the scroll to the top")
         assert not log.following and log.scroll_y == 0
         log.note("something new at the bottom")
         await pilot.pause()
@@ -147,10 +148,18 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         screen.params.update(max_new_tokens=900, min_new_tokens=900)
         await say(pilot, screen, "Tell me everything.", wait=False)
         await wait_until(pilot, lambda: screen.main.job is not None and screen.main.job.fragments > 0, 60, "tokens")
-        assert "esc stops" in status(screen)
-        await type_text(pilot, "abc")  # the UI takes keys while a reply streams
-        assert screen.prompt.value == "abc" and screen.busy
-        await pilot.press("escape")
+        # Hold the worker still so a fast machine cannot finish 900 tokens before the keys
+        # land; the cancel is queued in its stdin and read as soon as it runs again.
+        worker_pid = screen.main.client.pid
+        os.kill(worker_pid, signal.SIGSTOP)
+        try:
+            assert "esc stops" in status(screen)
+            await type_text(pilot, "abc")  # the UI takes keys while a reply streams
+            assert screen.prompt.value == "abc" and screen.busy
+            await pilot.press("escape")
+            await pilot.pause(0.2)
+        finally:
+            os.kill(worker_pid, signal.SIGCONT)
         await wait_until(pilot, lambda: not screen.busy, 30, "the stop")
         stopped = screen.main.last_job.widget
         assert stopped.done["stop_reason"] == "cancelled" and 0 < stopped.done["new_tokens"] < 900
