@@ -167,17 +167,18 @@ def _keep_template(tokenizer, template) -> None:
     tokenizer.chat_template = preamble + template.source
 
 
-def _cpu_threads() -> None:
-    """Training on the CPU: leave one core to the UI, the data loader and the rest of the
-    box. Measured on 2 cores: one busy neighbour makes 2 spinning OpenMP threads 4x slower,
-    while a single thread loses only ~25% on an idle box. OMP_NUM_THREADS (torchrun sets
-    it to 1 per process) wins."""
-    import torch
+def _cpu_threads(watch) -> list:
+    """Training on the CPU: every core while the box is otherwise idle, one fewer while
+    anything else wants the CPU (engine/threads.py: measured on 2 cores, one busy
+    neighbour makes 2 spinning OpenMP threads 2x slower than 1, while on an idle box 2
+    threads are 1.5-1.8x faster). Re-decided between steps by a callback, returned here.
+    OMP_NUM_THREADS (torchrun sets it to 1 per process) wins: ``watch`` is None then."""
+    if watch is None:
+        return []
+    from engine import threads
 
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores - 1))
+    watch.start()
+    return [threads.callback(watch)]
 
 
 LEAN_MALLOC_MIN_HIDDEN = 256  # below this (the tiny demo model) page faults cost more than the memory saved
@@ -333,6 +334,10 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
 
     _skip_bitsandbytes(config)
     lean_memory = _lean_cpu_memory(config)
+    from engine.threads import CpuThreads
+
+    # Watches what other processes take while we start up: the first thread count.
+    cpu_watch = None if os.environ.get("OMP_NUM_THREADS") else CpuThreads()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # dataloader workers fork
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries(events)
@@ -345,8 +350,9 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     _imports_done()
     device = modeling.pick_device(config.model.device)
     check_setup(config, device)
+    extra_callbacks = []
     if device == "cpu":
-        _cpu_threads()
+        extra_callbacks = _cpu_threads(cpu_watch)
         if lean_memory:
             _lean_malloc()
     set_seed(config.train.seed)  # before the model: LoRA's initial weights are drawn from it
@@ -392,7 +398,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         train_dataset=data.train,
         eval_dataset=data.test if has_eval else None,
         processing_class=tokenizer,  # saved beside every checkpoint and the final adapter
-        callbacks=[reporter, StopOnSignal(stop)],
+        callbacks=[reporter, StopOnSignal(stop), *extra_callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
 
