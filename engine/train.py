@@ -389,7 +389,12 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
-    counter = TokenCounter(dataset_mod.collator(config, tokenizer), train_dataset=data.train)
+    collate = dataset_mod.collator(config, tokenizer)
+    if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):
+        # lm_head and the loss only where a label is trained: same loss, less work and
+        # memory (engine/data/dataset.py TrainedLogitsOnly)
+        collate = dataset_mod.TrainedLogitsOnly(collate)
+    counter = TokenCounter(collate, train_dataset=data.train)
     reporter = EventCallback(events, counter, device, world_size, meta)
     trainer = Trainer(
         model=model,
