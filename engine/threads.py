@@ -71,8 +71,7 @@ class CpuThreads:
     def start(self) -> int:
         """Pick the first thread count from the window since construction (the start-up)."""
         others = self.others()
-        self._set(self.cores if others is not None and others < IDLE_BELOW else max(1, self.cores - 1),
-                  others, quiet=True)
+        self._set(self.cores if others is not None and others < IDLE_BELOW else max(1, self.cores - 1), others)
         self._mark()
         return self.threads
 
@@ -89,14 +88,14 @@ class CpuThreads:
             self._set(self.cores, others)
         self._mark()
 
-    def _set(self, n: int, others: float | None, quiet: bool = False) -> None:
+    def _set(self, n: int, others: float | None) -> None:
         import torch
 
         if n != self.threads:
             torch.set_num_threads(n)
-            if not quiet:
-                print(f"finetui trainer: {n} CPU thread(s) (other processes used "
-                      f"{others:.2f} of {self.cores} cores)", file=sys.stderr, flush=True)
+            used = "?" if others is None else f"{others:.2f}"
+            print(f"finetui trainer: {n} CPU thread(s) (other processes used {used} of {self.cores} cores)",
+                  file=sys.stderr, flush=True)
             self.threads = n
 
 
