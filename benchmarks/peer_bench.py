@@ -15,7 +15,8 @@ happens), no evaluation, no checkpoints (each saves its adapter at the end).
 Systems:
 
 - ``finetui``: ``python -m engine.cli train CONFIG`` (headless; the launcher starts the
-  trainer process) with finetui's fast path: padding-free packing (``data.packing``).
+  trainer process) with finetui's fast path: padding-free packing (``data.packing``) with
+  attention per example, and (always on) lm_head and loss only at trained positions.
 - ``llamafactory``: LLaMA-Factory 0.9.5 with its defaults, through
   ``shared/bench/peer_llamafactory.sh`` (its own venv, ``$PEER_VENV``).
 - ``llamafactory-packing``: the same with ``packing: true`` (LLaMA-Factory packs examples

@@ -78,7 +78,9 @@ class DataConfig(_Section):
     test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for evaluation.")
     test_split: str | None = Field(None, description="Use this existing split as the test set instead.")
     packing: bool = Field(
-        False, description="Pack several examples into one row without padding (position_ids reset)."
+        False,
+        description="Put each batch's examples back to back in one row, without padding; position_ids "
+        "restart per example so none attends to another (same loss as padding, less work).",
     )
     on_error: Literal["skip", "strict"] = Field(
         "skip", description="skip: drop bad records and report them; strict: stop at the first."

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import allocator
 from engine import events as ev
 from engine.config import Config
 
@@ -232,6 +233,7 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
     # Make `engine` importable when running from a source checkout.
     root = str(Path(__file__).resolve().parent.parent)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
+    full_env = allocator.trainer_env(_device(run_dir), full_env)  # mimalloc for CPU training
     log = open(run_dir / "stdout.log", "ab")
     proc = subprocess.Popen(
         trainer_command(run_dir, resume=resume, nproc=nproc),
@@ -245,6 +247,16 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
     log.close()
     (run_dir / PID_FILE).write_text(str(proc.pid))
     return proc
+
+
+def _device(run_dir: Path) -> str:
+    """The run's model.device (auto when the config cannot be read: the trainer reports that)."""
+    from engine import config as config_mod
+
+    try:
+        return config_mod.load(run_dir / "config.yaml").model.device
+    except Exception:  # noqa: BLE001 - the trainer turns a bad config into an error event
+        return "auto"
 
 
 def stop(run_dir: str | Path, kill: bool = False) -> bool:

@@ -189,8 +189,8 @@ def _lean_cpu_memory(config) -> bool:
     Decided before torch is imported (THP_MEM_ALLOC_ENABLE is read once, at its first
     allocation). FINETUI_CPU_MALLOC=system keeps glibc's defaults; =lean forces it."""
     choice = os.environ.get("FINETUI_CPU_MALLOC", "auto")
-    if choice in ("system", "lean") or config.model.device == "cuda":
-        return choice == "lean"
+    if choice in ("system", "lean", "mimalloc") or config.model.device == "cuda":
+        return choice == "lean"  # mimalloc: preloaded by the launcher (engine/allocator.py)
     try:
         from engine.footprint import Architecture, read_model_config
 
@@ -204,14 +204,20 @@ def _lean_cpu_memory(config) -> bool:
     return True
 
 
+def _allocator_name(lean: bool) -> str:
+    from engine.allocator import mimalloc_loaded
+
+    if mimalloc_loaded():
+        return "mimalloc (preloaded)"
+    return "glibc, 256 KB mmap threshold" if lean else "glibc"
+
+
 def _lean_malloc() -> None:
-    """CPU training allocates and frees every activation at every step, each step with
-    another packed length. glibc keeps what is freed (its mmap threshold grows to the
-    largest freed block, and a fragmented heap cannot shrink), so RSS climbs well past the
-    live peak: a 20M Llama at cutoff 1024 reached 3.1 GB where 1.6 GB was ever live. A fixed
-    256 KB threshold serves big blocks from mmap, which go back to the system when freed.
-    The price is page faults (with 2 MB pages where the kernel allows): up to ~20% of step
-    time on that model in isolation, nothing measurable over whole runs (benchmarks/)."""
+    """glibc without mimalloc (engine/allocator.py), large model on the CPU: a fixed 256 KB
+    mmap threshold serves big blocks from mmap, so they go back to the system when freed
+    and RSS stays near what is live (a 20M Llama at cutoff 1024: 1.8 GB instead of 3.3 GB).
+    The price is a page fault per page at every step: ~1.4-1.8x the step time on that
+    model (benchmarks/cpu_allocator.py), so it is the fallback, not the default."""
     import ctypes
 
     try:
@@ -355,6 +361,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         extra_callbacks = _cpu_threads(cpu_watch)
         if lean_memory:
             _lean_malloc()
+        events.emit("log", level="info", message=f"CPU memory allocator: {_allocator_name(lean_memory)}")
     set_seed(config.train.seed)  # before the model: LoRA's initial weights are drawn from it
 
     tokenizer = modeling.load_tokenizer(config.model.name_or_path, config.model.revision,
