@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from engine import allocator
-from tests.train_helpers import of_type, stdout_log, train
+from train_helpers import of_type, stdout_log, train
 
 linux_wheel = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "aarch64"),
