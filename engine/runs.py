@@ -233,7 +233,8 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
     # Make `engine` importable when running from a source checkout.
     root = str(Path(__file__).resolve().parent.parent)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
-    full_env = allocator.trainer_env(_device(run_dir), full_env)  # mimalloc for CPU training
+    device, hidden = _model(run_dir)
+    full_env = allocator.trainer_env(device, full_env, hidden)  # mimalloc for CPU training
     log = open(run_dir / "stdout.log", "ab")
     proc = subprocess.Popen(
         trainer_command(run_dir, resume=resume, nproc=nproc),
@@ -249,14 +250,16 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
     return proc
 
 
-def _device(run_dir: Path) -> str:
-    """The run's model.device (auto when the config cannot be read: the trainer reports that)."""
+def _model(run_dir: Path) -> tuple[str, int | None]:
+    """The run's (model.device, hidden size); (auto, None) when the config cannot be read
+    (the trainer reports that)."""
     from engine import config as config_mod
 
     try:
-        return config_mod.load(run_dir / "config.yaml").model.device
+        model = config_mod.load(run_dir / "config.yaml").model
     except Exception:  # noqa: BLE001 - the trainer turns a bad config into an error event
-        return "auto"
+        return "auto", None
+    return model.device, allocator.hidden_size(model.name_or_path, model.revision)
 
 
 def stop(run_dir: str | Path, kill: bool = False) -> bool:

@@ -181,24 +181,17 @@ def _cpu_threads(watch) -> list:
     return [threads.callback(watch)]
 
 
-LEAN_MALLOC_MIN_HIDDEN = 256  # below this (the tiny demo model) page faults cost more than the memory saved
-
-
 def _lean_cpu_memory(config) -> bool:
     """Whether CPU training should hand big blocks back to the system (see _lean_malloc).
     Decided before torch is imported (THP_MEM_ALLOC_ENABLE is read once, at its first
     allocation). FINETUI_CPU_MALLOC=system keeps glibc's defaults; =lean forces it."""
-    choice = os.environ.get("FINETUI_CPU_MALLOC", "auto")
+    from engine import allocator
+
+    choice = os.environ.get(allocator.MARKER, "auto")
     if choice in ("system", "lean", "mimalloc") or config.model.device == "cuda":
         return choice == "lean"  # mimalloc: preloaded by the launcher (engine/allocator.py)
-    try:
-        from engine.footprint import Architecture, read_model_config
-
-        cfg, _ = read_model_config(config.model.name_or_path, config.model.revision)
-        hidden = Architecture.from_config(cfg).hidden_size
-    except Exception:  # noqa: BLE001 - an unknown layout: keep the defaults
-        return False
-    if hidden < LEAN_MALLOC_MIN_HIDDEN:
+    hidden = allocator.hidden_size(config.model.name_or_path, config.model.revision)
+    if hidden is None or hidden < allocator.MIN_HIDDEN:
         return False
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # torch: 2 MB pages for big CPU tensors
     return True

@@ -67,3 +67,24 @@ def finetui_cache(finetui_cache_dir: Path, monkeypatch) -> Path:
     """FINETUI_CACHE pointed at the session's cache for one test (and its subprocesses)."""
     monkeypatch.setenv("FINETUI_CACHE", str(finetui_cache_dir))
     return finetui_cache_dir
+
+
+@pytest.fixture(scope="session")
+def mixed_length_batch(tiny_model_dir: Path, tmp_path_factory):
+    """(config, tokenizer, four tokenised sample_data records of different lengths) for
+    comparing collators on the tiny model: a padded batch of them really pads."""
+    from transformers import AutoTokenizer
+
+    from engine.config import Config
+    from engine.data import dataset
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FINETUI_CACHE", str(tmp_path_factory.mktemp("mixed-length-cache")))
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        config = Config()
+        config.data.test_size = 0
+        built = dataset.build(config, tokenizer)
+    rows = sorted((built.train[i] for i in range(40)), key=lambda r: r["length"])
+    batch = [rows[0], rows[-1], rows[len(rows) // 2], rows[1]]
+    assert len({r["length"] for r in batch}) > 1
+    return config, tokenizer, batch

@@ -29,8 +29,24 @@ def test_cpu_trainer_env_preloads_mimalloc_without_losing_a_preload():
     assert env["LD_PRELOAD"].split() == [str(allocator.mimalloc_library()), "/opt/other.so"]
     assert env["MIMALLOC_PURGE_DELAY"] == "-1" and env[allocator.MARKER] == "mimalloc"
     assert env["PATH"] == "/bin"
-    # auto with every GPU hidden is a CPU run too
+    # auto with every GPU hidden is a CPU run too; a model of unknown or >= MIN_HIDDEN width gets it
     assert "LD_PRELOAD" in allocator.trainer_env("auto", {"CUDA_VISIBLE_DEVICES": ""})
+    assert "LD_PRELOAD" in allocator.trainer_env("cpu", {}, hidden_size=allocator.MIN_HIDDEN)
+    # asked for twice (a resumed run inherits the env): listed once
+    twice = allocator.trainer_env("cpu", {**env, allocator.MARKER: "mimalloc"})
+    assert twice["LD_PRELOAD"].split() == env["LD_PRELOAD"].split()
+
+
+def test_narrow_models_keep_glibc_unless_asked(tmp_path):
+    from train_helpers import new_run
+
+    from engine import runs
+
+    env = {"PATH": "/bin"}
+    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN - 1) == env
+    run_dir = new_run(tmp_path, model={"device": "cpu"})
+    assert runs._model(run_dir) == ("cpu", 64)  # the tiny model: glibc
+    assert allocator.hidden_size("/nonexistent/model") is None
 
 
 def test_gpu_runs_and_opt_outs_keep_the_environment():
@@ -54,19 +70,21 @@ def allocator_message(events) -> str:
     return logs[0]
 
 
+SHORT = {"max_steps": 2, "eval_strategy": "no", "save_strategy": "no"}
+
+
 @linux_wheel
 def test_a_cpu_run_trains_under_mimalloc(tmp_path, finetui_cache, monkeypatch):
-    monkeypatch.delenv(allocator.MARKER, raising=False)
-    run_dir, rc, events = train(tmp_path, model={"device": "cpu"}, train={"max_steps": 2, "eval_strategy": "no",
-                                                                          "save_strategy": "no"})
+    monkeypatch.setenv(allocator.MARKER, "mimalloc")  # the tiny model would keep glibc
+    run_dir, rc, events = train(tmp_path, model={"device": "cpu"}, train=SHORT)
     assert rc == 0, stdout_log(run_dir)
     assert allocator_message(events) == "CPU memory allocator: mimalloc (preloaded)"
     assert of_type(events, "finished")[-1]["status"] == "completed"
 
 
-def test_opting_out_keeps_glibc(tmp_path, finetui_cache, monkeypatch):
-    monkeypatch.setenv(allocator.MARKER, "system")
-    run_dir, rc, events = train(tmp_path, model={"device": "cpu"}, train={"max_steps": 1, "eval_strategy": "no",
-                                                                          "save_strategy": "no"})
+@pytest.mark.parametrize("choice", ["auto", "system"])
+def test_the_tiny_model_and_opting_out_keep_glibc(tmp_path, finetui_cache, monkeypatch, choice):
+    monkeypatch.setenv(allocator.MARKER, choice)
+    run_dir, rc, events = train(tmp_path, model={"device": "cpu"}, train=SHORT)
     assert rc == 0, stdout_log(run_dir)
     assert allocator_message(events) == "CPU memory allocator: glibc"

@@ -28,6 +28,8 @@ LIGHT_MODULES = (
     "engine.data.paged",
     "engine.hardware",
     "engine.footprint",
+    "engine.allocator",
+    "engine.threads",
 )
 HEAVY_PACKAGES = ("torch", "transformers", "peft", "datasets", "bitsandbytes")
 UI_PACKAGES = ("textual",)

@@ -12,7 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.config import Config  # noqa: E402
 from engine.data import dataset  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -28,19 +27,10 @@ def per_token_loss(logits, labels):
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir, tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def setup(tiny_model_dir, mixed_length_batch):
+    from transformers import AutoModelForCausalLM
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FINETUI_CACHE", str(tmp_path_factory.mktemp("packing-cache")))
-        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        config = Config()
-        config.data.test_size = 0
-        built = dataset.build(config, tokenizer)
-    # examples of different lengths, so the padded batch really pads
-    rows = sorted((built.train[i] for i in range(40)), key=lambda r: r["length"])
-    batch = [rows[0], rows[-1], rows[len(rows) // 2], rows[1]]
-    assert len({r["length"] for r in batch}) > 1
+    config, tokenizer, batch = mixed_length_batch
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
     model.eval()
     return config, tokenizer, model, batch

@@ -13,25 +13,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.config import Config  # noqa: E402
 from engine.data import dataset  # noqa: E402
 
 TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir, tmp_path_factory):
+def setup(tiny_model_dir, mixed_length_batch):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FINETUI_CACHE", str(tmp_path_factory.mktemp("trained-logits-cache")))
-        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        config = Config()
-        config.data.test_size = 0
-        built = dataset.build(config, tokenizer)
-    rows = sorted((built.train[i] for i in range(40)), key=lambda r: r["length"])
-    batch = [rows[0], rows[-1], rows[len(rows) // 2], rows[1]]
+    config, tokenizer, batch = mixed_length_batch
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
