@@ -37,7 +37,6 @@ mimalloc is not installed).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -66,20 +65,9 @@ def trains_on_cpu(device: str, env: dict[str, str]) -> bool:
         return True
     if device != "auto":
         return False
-    if env.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return True
     from engine.hardware import NvmlBackend
 
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    try:
-        if "CUDA_VISIBLE_DEVICES" in env:
-            os.environ["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]
-        return NvmlBackend().problem is not None
-    finally:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return NvmlBackend(env).problem is not None
 
 
 def trainer_env(device: str, env: dict[str, str], hidden_size: int | None = None) -> dict[str, str]:

@@ -43,9 +43,10 @@ class HostReading:
     process_rss_bytes: int | None = None  # the watched process (the trainer), with children
 
 
-def _visible(count: int, uuids: list[str]) -> list[int]:
-    """NVML indices of the devices CUDA_VISIBLE_DEVICES exposes, in CUDA order."""
-    spec = os.environ.get("CUDA_VISIBLE_DEVICES")
+def _visible(count: int, uuids: list[str], env: dict[str, str] | None = None) -> list[int]:
+    """NVML indices of the devices CUDA_VISIBLE_DEVICES (of ``env``, default ours) exposes,
+    in CUDA order."""
+    spec = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
     if spec is None:
         return list(range(count))
     out: list[int] = []
@@ -66,7 +67,8 @@ def _visible(count: int, uuids: list[str]) -> list[int]:
 
 
 class NvmlBackend:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        """``env``: the environment whose CUDA_VISIBLE_DEVICES applies (default: ours)."""
         self.problem: str | None = None
         self._handles: list[tuple[int, Any]] = []
         try:
@@ -82,7 +84,8 @@ class NvmlBackend:
                     uuids.append(_text(pynvml.nvmlDeviceGetUUID(h)))
                 except pynvml.NVMLError:
                     uuids.append("")
-            self._handles = [(cuda_i, all_handles[nvml_i]) for cuda_i, nvml_i in enumerate(_visible(count, uuids))]
+            visible = _visible(count, uuids, env)
+            self._handles = [(cuda_i, all_handles[nvml_i]) for cuda_i, nvml_i in enumerate(visible)]
             if not self._handles:
                 self.problem = "no GPU visible (CUDA_VISIBLE_DEVICES hides them)" if count else "no NVIDIA GPU found"
         except ImportError:

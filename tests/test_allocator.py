@@ -57,10 +57,10 @@ def test_gpu_runs_and_opt_outs_keep_the_environment():
 
 
 def test_auto_with_a_visible_gpu_is_not_a_cpu_run(monkeypatch):
-    monkeypatch.setattr("engine.hardware.NvmlBackend.__init__", lambda self: setattr(self, "problem", None))
+    monkeypatch.setattr("engine.hardware.NvmlBackend.__init__", lambda self, env=None: setattr(self, "problem", None))
     assert not allocator.trains_on_cpu("auto", {})
     monkeypatch.setattr("engine.hardware.NvmlBackend.__init__",
-                        lambda self: setattr(self, "problem", "no NVIDIA GPU found"))
+                        lambda self, env=None: setattr(self, "problem", "no NVIDIA GPU found"))
     assert allocator.trains_on_cpu("auto", {})
 
 

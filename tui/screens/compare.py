@@ -19,6 +19,7 @@ from textual.widgets import Static
 
 from tui.runfeed import RunState, read_state
 from tui.screens.base import FinetuiScreen, PaletteCommand
+from tui.widgets.fieldform import show_value
 from tui.widgets.lossplot import LossPlot, Series, theme_colors
 from tui.widgets.runprogress import fmt_duration, fmt_num, fmt_rate
 
@@ -49,11 +50,8 @@ def load_config(run_dir: Path) -> dict[str, Any]:
 
 
 def show(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    """A config value as the Settings form shows it; — where a run does not have it."""
+    return "—" if value is None else show_value(value)
 
 
 class CompareScreen(FinetuiScreen):

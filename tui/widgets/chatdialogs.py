@@ -20,6 +20,7 @@ from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Sta
 from textual.widgets.option_list import Option
 
 from tui.widgets.dialogs import DIALOG_CSS
+from tui.widgets.fieldform import show_value
 from tui.widgets.pathinput import PathInput
 
 UNLOAD = "\x00unload"  # LoadDialog's answer for "unload what is loaded"
@@ -151,14 +152,6 @@ def parse_params(raw: dict[str, str]) -> tuple[dict[str, Any], str | None]:
     return out, None
 
 
-def show_number(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 class ParamsDialog(ModalScreen[dict | None]):
     """System prompt and sampling settings; enter applies, esc keeps the old ones."""
 
@@ -183,7 +176,7 @@ class ParamsDialog(ModalScreen[dict | None]):
                 with Horizontal(classes="params-row"):
                     yield Label(label)
                     value = self.values.get(key)
-                    yield Input(value if key == "system" else show_number(value), id=f"param-{key}", compact=True,
+                    yield Input(value if key == "system" else show_value(value), id=f"param-{key}", compact=True,
                                 placeholder="(none)" if key in ("system", "seed") else "")
             yield Static("", classes="dialog-error", id="error")
             yield Static("↑/↓ field · enter apply · esc cancel · temperature 0 = greedy", classes="dialog-hint")
