@@ -96,6 +96,13 @@ def test_chart_uses_every_row_for_data_and_handles_log_smoothing_and_gaps():
     assert len(many.plain.split("\n")) == 10
 
 
+def test_a_loss_axis_does_not_go_below_zero():
+    """The headroom below the smallest value stops at 0 for values that cannot be negative."""
+    text = render_chart([Series("train", list(range(1, 101)), [7.2 / x for x in range(1, 101)])], 60, 10)
+    bottom = [line for line in text.plain.split("\n") if "┤" in line][-1].split("┤")[0].strip()
+    assert float(bottom) >= 0.0
+
+
 # --------------------------------------------------------------------------- screens
 
 

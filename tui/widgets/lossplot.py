@@ -216,7 +216,8 @@ def render_chart(series: Sequence[Series], width: int, height: int, *, title: st
         ymin, ymax = ymin - pad, ymax + pad
     else:
         pad = (ymax - ymin) * 0.04
-        ymin, ymax = ymin - pad, ymax + pad
+        # losses, rates and learning rates are never negative: no margin below zero
+        ymin, ymax = (max(ymin - pad, 0.0) if ymin >= 0 and not log_scale else ymin - pad), ymax + pad
     if xmax - xmin < 1e-12:
         xmin, xmax = xmin - 1, xmax + 1
 
