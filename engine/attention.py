@@ -57,10 +57,12 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     dropout = dropout if module.training else 0.0
+    # split, not slicing: the backward of a split is one cat, while each slice's backward
+    # writes its piece into a zero tensor the size of the whole row (8 per layer and tensor)
+    lengths = [e - s for s, e in segments]
     out = torch.cat([
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True)
-        for s, e in segments
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     ], dim=2)
     return out.transpose(1, 2).contiguous(), None
 

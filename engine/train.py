@@ -389,6 +389,14 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
+    from engine import fused_lora
+
+    if fused_lora.wanted(config, mixed_precision=args.bf16 or args.fp16):
+        # LoRA linears sharing an input (q/k/v, gate/up) as one autograd function: same
+        # gradients, fewer and larger matmuls (engine/fused_lora.py)
+        fused = fused_lora.apply(model)
+        if fused:
+            events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together)")
     collate = dataset_mod.collator(config, tokenizer)
     if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):
         # lm_head and the loss only where a label is trained: same loss, less work and

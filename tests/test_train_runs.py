@@ -64,6 +64,20 @@ def test_train_end_to_end(tmp_path, finetui_cache, method):
     meta = json.loads((adapter / "finetui.json").read_text())
     assert meta["base_model"] == "tiny" and meta["method"] == method
     assert runs.summarize(run_dir).status == "completed"
+    fused = [e for e in of_type(events, "log") if "run fused" in e["message"]]
+    assert len(fused) == (method == "lora")  # LoRA without dropout (the default): engine/fused_lora.py
+
+
+def test_fused_lora_trains_as_peft_does(tmp_path, finetui_cache):
+    setup = dict(method={"type": "lora"}, train={"eval_strategy": "no", "save_strategy": "no"})
+    losses = {}
+    for fused in ("1", "0"):
+        run_dir = new_run(tmp_path, f"fused{fused}", **setup)
+        rc, events = finish(runs.launch(run_dir, env={"FINETUI_FUSED_LORA": fused}))
+        assert rc == 0, stdout_log(run_dir)
+        assert any("run fused" in e["message"] for e in of_type(events, "log")) == (fused == "1")
+        losses[fused] = [s["loss"] for s in of_type(events, "step")]
+    assert losses["1"] == pytest.approx(losses["0"], abs=1e-4)
 
 
 def test_training_survives_a_closed_pipe(tmp_path, finetui_cache):

@@ -1,0 +1,191 @@
+"""LoRA linears that read the same input, computed as one: fewer, larger matmuls.
+
+Heavy module (torch, peft): the trainer process only.
+
+peft computes every LoRA linear on its own, ``base(x) + B(A(dropout(x))) * scaling``: three
+matmuls forward and five backward per layer, each with its autograd nodes (views,
+transposes, a scaling multiply, an add). In a Llama block q/k/v read the same tensor, and
+so do gate/up. Here such a group is one autograd function::
+
+    out = x @ [W_q; W_k; W_v]^T + (x @ [A_q; A_k; A_v]^T) @ blockdiag(s_q B_q, s_k B_k, s_v B_v)^T
+
+and the output is split back per linear: 3 matmuls forward and 5 backward for the whole
+group (24 -> 8 for q/k/v), with no other autograd nodes. Linears outside a group (o_proj,
+down_proj, any other target) get the same function for one, which saves the nodes.
+Same maths, same parameters: the gradients match peft's to float rounding
+(tests/test_fused_lora.py), the adapter saves as before, and the frozen base weights are
+re-pointed into the concatenated matrix, so no memory is duplicated.
+
+Whichever linear of a group is called first computes the group and keeps the others'
+outputs, which they take only if they are called with that very tensor (same object, not
+modified since); anything else (another input, adapters disabled or merged, a mixed-adapter
+batch, a dtype change) runs peft's own forward. A group whose members turn out not to
+share their input falls apart into single linears for good.
+
+Used for plain LoRA without dropout on an unquantised model in one dtype (no autocast):
+dropout draws a separate mask per linear, and the quantised and DoRA variants have their
+own forwards. ``FINETUI_FUSED_LORA=0`` switches it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+ENV = "FINETUI_FUSED_LORA"
+# Sibling linears that read one tensor, by name (Llama, Qwen, Mistral, Gemma, Phi-3's
+# MLP, OLMo, ...). Whether they really do is checked on every call.
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("gate_up_proj",), ("w1", "w3"))
+ADAPTER = "default"
+
+
+class _LoraLinears(torch.autograd.Function):
+    """x @ W^T + bias + (x @ A^T) @ BD^T for k linears at once, W and bias frozen, where
+    A = [A_1; ...; A_k] and BD = blockdiag(s_1 B_1, ..., s_k B_k). Arguments: x, W, bias,
+    scalings, A_1..A_k, B_1..B_k; the gradients of the A's and B's are cut from the
+    gradients of A and BD, so concatenating them costs no autograd nodes."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scalings, *lora):
+        k = len(lora) // 2
+        a, b = lora[:k], lora[k:]
+        lora_a = a[0] if k == 1 else torch.cat(a, 0)
+        lora_bd = b[0] * scalings[0] if k == 1 else torch.block_diag(*(w * s for w, s in zip(b, scalings)))
+        x2 = x.reshape(-1, x.shape[-1])
+        h = x2 @ lora_a.t()
+        base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+        out = torch.addmm(base, h, lora_bd.t())
+        ctx.save_for_backward(x2, h, weight, lora_a, lora_bd)
+        ctx.x_shape, ctx.scalings = x.shape, scalings
+        ctx.ranks, ctx.sizes = [w.shape[0] for w in a], [w.shape[0] for w in b]
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, h, weight, lora_a, lora_bd = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        grad_h = g2 @ lora_bd
+        grad_x = torch.addmm(g2 @ weight, grad_h, lora_a).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        grad_a = (grad_h.t() @ x2).split(ctx.ranks, 0)
+        grad_bd = g2.t() @ h  # only its diagonal blocks are wanted: k x the FLOPs of k small matmuls, in one
+        grad_b, row, col = [], 0, 0
+        for size, rank, scaling in zip(ctx.sizes, ctx.ranks, ctx.scalings):
+            grad_b.append(grad_bd[row:row + size, col:col + rank] * scaling)
+            row, col = row + size, col + rank
+        return (grad_x, None, None, None, *grad_a, *grad_b)
+
+
+def fusable(layer) -> bool:
+    """A peft LoRA Linear this module can compute: plain LoRA on an unquantised nn.Linear."""
+    from peft.tuners.lora import Linear
+
+    if type(layer) is not Linear or type(layer.base_layer) is not torch.nn.Linear:
+        return False
+    if list(layer.lora_A.keys()) != [ADAPTER] or ADAPTER in getattr(layer, "lora_variant", {}):
+        return False
+    if layer.fan_in_fan_out or getattr(layer, "lora_bias", {}).get(ADAPTER, False):
+        return False
+    dropout = layer.lora_dropout[ADAPTER]
+    if not isinstance(dropout, torch.nn.Identity):
+        return False
+    dtypes = {layer.base_layer.weight.dtype, layer.lora_A[ADAPTER].weight.dtype, layer.lora_B[ADAPTER].weight.dtype}
+    return len(dtypes) == 1 and layer.base_layer.weight.dtype.is_floating_point
+
+
+class Group:
+    """LoRA linears computed together (see the module docstring)."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+        self.sizes = [layer.base_layer.out_features for layer in layers]
+        self.scalings = [float(layer.scaling[ADAPTER]) for layer in layers]
+        self.pending: tuple | None = None  # (input, its version, grad mode, outputs not yet taken)
+        weights = [layer.base_layer.weight for layer in layers]
+        if len(layers) == 1:
+            self.weight = weights[0].detach()
+        else:
+            # One matrix; each base layer's weight becomes a view of its rows (no copy kept).
+            self.weight = torch.cat([w.detach() for w in weights], 0)
+            start = 0
+            for w, n in zip(weights, self.sizes):
+                w.data = self.weight[start:start + n]
+                start += n
+        biases = [layer.base_layer.bias for layer in layers]
+        self.bias = None
+        if any(b is not None for b in biases):
+            self.bias = torch.cat([b.detach() if b is not None else self.weight.new_zeros(n)
+                                   for b, n in zip(biases, self.sizes)])
+        for i, layer in enumerate(layers):
+            layer.forward = self._forward_of(i, layer)
+
+    def _usable(self, layer, x, args, kwargs) -> bool:
+        return (not args and not kwargs and not layer.disable_adapters and not layer.merged
+                and layer.active_adapters == [ADAPTER] and x.dtype == self.weight.dtype)
+
+    def compute(self, x) -> list:
+        a = [layer.lora_A[ADAPTER].weight for layer in self.layers]
+        b = [layer.lora_B[ADAPTER].weight for layer in self.layers]
+        out = _LoraLinears.apply(x, self.weight, self.bias, self.scalings, *a, *b)
+        return [out] if len(self.layers) == 1 else list(out.split(self.sizes, -1))
+
+    def _forward_of(self, i: int, layer):
+        peft_forward = type(layer).forward
+
+        def forward(x, *args, **kwargs):
+            if not self._usable(layer, x, args, kwargs):
+                return peft_forward(layer, x, *args, **kwargs)
+            pending = self.pending
+            if pending is not None:
+                px, version, grad_mode, outs = pending
+                if px is x and version == x._version and grad_mode == torch.is_grad_enabled() and outs[i] is not None:
+                    out, outs[i] = outs[i], None
+                    if all(o is None for o in outs):
+                        self.pending = None
+                    return out
+                self.pending = None
+                if any(o is not None for j, o in enumerate(outs) if j != i):
+                    self._split_up()  # a member was called with another input: not a group
+                    return layer.forward(x)
+            outs = self.compute(x)
+            out, outs[i] = outs[i], None
+            if len(outs) > 1:
+                self.pending = (x, x._version, torch.is_grad_enabled(), outs)
+            return out
+
+        return forward
+
+    def _split_up(self) -> None:
+        for layer in self.layers:
+            Group([layer])
+
+
+def apply(model) -> int:
+    """Fuse the model's LoRA linears (a peft model, or the model inside it); returns how many
+    linears now run fused (0: none could)."""
+    layers = 0
+    for parent in model.modules():
+        children = dict(parent.named_children())
+        grouped: set[str] = set()
+        for names in GROUPS:
+            members = [children.get(n) for n in names]
+            if len(members) > 1 and all(m is not None and fusable(m) for m in members):
+                same = {(m.in_features, m.base_layer.weight.dtype, m.base_layer.weight.device) for m in members}
+                if len(same) == 1:
+                    Group(members)
+                    grouped.update(names)
+                    layers += len(members)
+        for name, child in children.items():
+            if name not in grouped and fusable(child):
+                Group([child])
+                layers += 1
+    return layers
+
+
+def wanted(config, mixed_precision: bool) -> bool:
+    """Whether a run should use it (see the module docstring for the conditions)."""
+    if os.environ.get(ENV, "1") == "0" or mixed_precision:
+        return False
+    method = config.method
+    return (method.type == "lora" and config.model.quantization == "none"
+            and float(method.lora_dropout) == 0.0 and not getattr(method, "use_dora", False))

@@ -1,0 +1,177 @@
+"""Fused LoRA linears (engine/fused_lora.py) compute what peft computes.
+
+The model is a small random Qwen2 (grouped-query attention, so k/v are narrower than q, and
+biases on q/k/v only), wrapped twice by peft with the same non-zero LoRA weights; one copy
+is fused. Outputs, losses, gradients and a few optimizer steps must agree with peft's to
+float rounding. A wrong block of the block-diagonal B, a missing scaling or a dropped bias
+moves them by orders of magnitude more than the tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine import config as cfg  # noqa: E402
+from engine import fused_lora  # noqa: E402
+
+TOLERANCE = 1e-5
+
+
+def make_model(seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         attn_implementation="sdpa")
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()  # initialised to zero: a dropped bias would go unnoticed
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+    model = get_peft_model(model, lora)  # init_lora_weights=False: B != 0, LoRA changes the output
+    model.train()
+    return model
+
+
+@pytest.fixture
+def pair():
+    return make_model(), make_model()
+
+
+def padded_batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 96, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 5:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def packed_batch():
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 96, (1, 20), generator=g)
+    positions = torch.tensor([list(range(7)) + list(range(9)) + list(range(4))])
+    return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("make_batch", [padded_batch, packed_batch], ids=["padded", "packed"])
+def test_same_outputs_and_gradients(pair, make_batch):
+    peft_model, fused_model = pair
+    assert fused_lora.apply(fused_model) == 2 * 7  # every LoRA linear of both layers
+    batch = make_batch()
+    expected, expected_grads = loss_and_grads(peft_model, batch)
+    got, grads = loss_and_grads(fused_model, batch)
+    assert torch.allclose(got.logits, expected.logits, atol=TOLERANCE)
+    assert abs(float(got.loss) - float(expected.loss)) < TOLERANCE
+    assert largest_difference(grads, expected_grads) < TOLERANCE
+    assert max(float(g.abs().max()) for g in grads.values()) > 100 * TOLERANCE  # the check has teeth
+
+
+def test_training_steps_and_saved_adapter_match(pair, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    peft_model, fused_model = pair
+    fused_lora.apply(fused_model)
+    for model in pair:
+        assert model.base_model.model.model.layers[0].self_attn.k_proj.base_layer.bias is not None
+        # SGD: Adam would blow float rounding in near-zero gradients up to whole steps
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        for batch in (packed_batch(), padded_batch(), packed_batch()):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    expected, got = get_peft_model_state_dict(peft_model), get_peft_model_state_dict(fused_model)
+    assert largest_difference(got, expected) < TOLERANCE
+    fused_model.save_pretrained(tmp_path / "adapter")  # saves like any peft model
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_group_is_one_computation_and_shares_base_weights(pair, monkeypatch):
+    _, model = pair
+    fused_lora.apply(model)
+    attention = model.base_model.model.model.layers[0].self_attn
+    q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+    # the base weights are rows of one matrix: nothing duplicated
+    assert k.base_layer.weight.data_ptr() == q.base_layer.weight.data_ptr() + q.base_layer.weight.numel() * 4
+    calls = []
+    original = fused_lora.Group.compute
+    monkeypatch.setattr(fused_lora.Group, "compute", lambda self, x: calls.append(len(self.layers)) or original(self, x))
+    model(**packed_batch())
+    # per layer: q/k/v once, o once, gate/up once, down once
+    assert calls == [3, 1, 2, 1] * 2
+
+
+def test_member_called_with_another_input_gets_its_own_result(pair):
+    peft_model, model = pair
+    fused_lora.apply(model)
+    fused_attn = model.base_model.model.model.layers[0].self_attn
+    peft_attn = peft_model.base_model.model.model.layers[0].self_attn
+    x, y = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+    assert torch.allclose(fused_attn.q_proj(x), peft_attn.q_proj(x), atol=TOLERANCE)
+    assert torch.allclose(fused_attn.k_proj(y), peft_attn.k_proj(y), atol=TOLERANCE)  # not q's input
+    # the group fell apart into single linears, which stay correct
+    assert torch.allclose(fused_attn.v_proj(x), peft_attn.v_proj(x), atol=TOLERANCE)
+    assert torch.allclose(fused_attn.k_proj(x), peft_attn.k_proj(x), atol=TOLERANCE)
+    # an input modified in place after q read it is not taken for the same input
+    z = torch.randn(1, 5, 32)
+    fused_attn.q_proj(z)
+    z.add_(1.0)
+    assert torch.allclose(fused_attn.k_proj(z), peft_attn.k_proj(z), atol=TOLERANCE)
+
+
+def test_disabled_adapter_gives_the_base_model(pair):
+    peft_model, model = pair
+    fused_lora.apply(model)
+    batch = packed_batch()
+    with torch.no_grad():
+        with peft_model.disable_adapter():
+            base = peft_model(**batch).logits
+        with model.disable_adapter():
+            got = model(**batch).logits
+        tuned = model(**batch).logits
+    assert torch.allclose(got, base, atol=TOLERANCE)
+    assert not torch.allclose(tuned, base, atol=1e-3)
+
+
+def test_dropout_is_left_to_peft():
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+    assert fused_lora.apply(model) == 0  # a dropout mask per linear: not one computation
+
+
+def test_which_runs_use_it(monkeypatch):
+    def config(**method):
+        return cfg.Config.model_validate({"model": {"name_or_path": "tiny"},
+                                          "data": {"path": "sample_data/alpaca_tiny.jsonl"},
+                                          "method": {"type": "lora", **method}})
+
+    assert cfg.Config.model_validate({"model": {"name_or_path": "tiny"}, "data": {"path": "x.jsonl"}}).method.lora_dropout == 0.0
+    assert fused_lora.wanted(config(), mixed_precision=False)
+    assert not fused_lora.wanted(config(), mixed_precision=True)  # autocast: peft's path
+    assert not fused_lora.wanted(config(lora_dropout=0.05), mixed_precision=False)
+    assert not fused_lora.wanted(config(type="qlora"), mixed_precision=False)
+    assert not fused_lora.wanted(config(type="full"), mixed_precision=False)
+    monkeypatch.setenv(fused_lora.ENV, "0")
+    assert not fused_lora.wanted(config(), mixed_precision=False)
