@@ -7,8 +7,10 @@ Read top to bottom:
    ends in one ``error`` event and a ``finished`` event with status ``failed``.
 2. :func:`train` loads the run's ``config.yaml``, the tokenizer and data
    (``engine.data.dataset.build``) and the model (``engine.modeling``), and hands them to the
-   plain Hugging Face ``Trainer``. What we add are callbacks (engine/callbacks.py): events
-   from the Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM.
+   Hugging Face ``Trainer`` (engine/hf_trainer.py: the same, minus its per-step walks over
+   every module). What we add are callbacks (engine/callbacks.py): events from the
+   Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM. LoRA
+   linears that share an input run fused (engine/fused_lora.py).
 3. At the end the adapter (LoRA/QLoRA) or the full model is saved to ``runs/<id>/adapter/``
    with its tokenizer and ``finetui.json``, and a ``finished`` event says how it went.
 
@@ -284,21 +286,6 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
     )
 
 
-def _count_parameters_once(model) -> None:
-    """The Trainer counts the model's parameters after every step (for its FLOs total) by
-    walking every module: ~1% of a step on the tiny model. The count does not change
-    during a run, so each kind of count is taken once."""
-    count, counts = model.num_parameters, {}
-
-    def num_parameters(only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        key = (only_trainable, exclude_embeddings)
-        if key not in counts:
-            counts[key] = count(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
-        return counts[key]
-
-    model.num_parameters = num_parameters
-
-
 def _skip_bitsandbytes(config) -> None:
     """transformers and peft import bitsandbytes whenever it is installed (~1 s of start-up
     and ~45 MB, as it pulls in torch's inductor), though only quantised models and the
@@ -355,11 +342,12 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # dataloader workers fork
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries(events)
-    from transformers import PrinterCallback, Trainer, set_seed
+    from transformers import PrinterCallback, set_seed
 
     from engine import modeling
     from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
     from engine.data import dataset as dataset_mod
+    from engine.hf_trainer import Trainer
 
     _imports_done()
     device = modeling.pick_device(config.model.device)
@@ -418,7 +406,6 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         # memory (engine/data/dataset.py TrainedLogitsOnly)
         collate = dataset_mod.TrainedLogitsOnly(collate)
     counter = TokenCounter(collate, train_dataset=data.train)
-    _count_parameters_once(model)
     reporter = EventCallback(events, counter, device, world_size, meta)
     trainer = Trainer(
         model=model,

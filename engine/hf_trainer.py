@@ -1,0 +1,72 @@
+"""The Hugging Face Trainer, without its per-step walks over every module.
+
+Heavy module (transformers, torch): the trainer process only.
+
+After every step the Trainer calls ``model.train()``, ``model.zero_grad()``, clips the
+gradients of ``model.parameters()`` and counts the parameters for its FLOs total; each of
+those walks the whole module tree, which peft makes several times deeper (every LoRA linear
+adds ~10 modules). On the tiny model that was ~10% of a training step in a profile of
+``Trainer.train``. Here each is done once or over the trained parameters only:
+
+- the parameter count is taken once (it does not change during a run);
+- gradients are clipped over the parameters that train (the others have no gradient, which
+  ``clip_grad_norm_`` skips anyway);
+- ``model.zero_grad()`` clears the trained parameters' gradients (the only ones set);
+- ``model.train()`` returns at once when the model was put in training mode through it
+  and has not been switched to eval since (``model.eval()`` goes through it as well).
+
+Distributed setups whose clipping is special (FSDP, DeepSpeed, XLA, mixed meshes) keep the
+Trainer's own code.
+"""
+
+from __future__ import annotations
+
+import transformers
+from accelerate.utils import DistributedType
+
+PLAIN_CLIPPING = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+
+class Trainer(transformers.Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._trained = [p for p in self.model.parameters() if p.requires_grad]
+        self._parameter_count: int | None = None
+        _quick_mode_and_grads(self.model, self._trained)
+
+    def floating_point_ops(self, inputs) -> int:
+        name = getattr(self.model, "main_input_name", "input_ids")
+        if name not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if self._parameter_count is None:
+            self._parameter_count = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[name].numel() * self._parameter_count
+
+    def _clip_grad_norm(self, model):
+        if (self.accelerator.distributed_type not in PLAIN_CLIPPING or self._has_mixed_mesh_grads(model)
+                or self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_(self._trained, self.args.max_grad_norm)
+
+
+def _quick_mode_and_grads(model, trained: list) -> None:
+    """Instance-level ``train`` and ``zero_grad`` for the model the Trainer steps."""
+    module_train = model.train
+    state = {"training": None}
+
+    def train(mode: bool = True):
+        if state["training"] is mode and model.training == mode:
+            return model
+        module_train(mode)
+        state["training"] = mode
+        return model
+
+    def zero_grad(set_to_none: bool = True) -> None:
+        for p in trained:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
+    model.train = train
+    model.zero_grad = zero_grad
