@@ -251,7 +251,10 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
         learning_rate=t.learning_rate,
         lr_scheduler_type=scheduler,
         warmup_steps=warmup,
-        optim=t.optimizer,
+        # torch's AdamW as one fused kernel over every tensor: the same update; on the CPU
+        # 0.22 instead of 1.0 ms a step for the tiny model's 56 LoRA tensors (the default
+        # there is a loop over tensors)
+        optim="adamw_torch_fused" if t.optimizer == "adamw_torch" else t.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",

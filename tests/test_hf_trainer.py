@@ -89,3 +89,14 @@ def test_modes_switch_between_training_and_evaluation(tmp_path):
     assert not any(m.training for m in model.modules())
     model.train()
     assert all(m.training for m in model.modules())
+
+
+def test_adamw_runs_fused(tmp_path):
+    from engine import config as cfg
+    from engine.train import training_arguments
+
+    config = cfg.Config.model_validate({"model": {"name_or_path": "tiny"}, "data": {"path": "x.jsonl"}})
+    args = training_arguments(config, tmp_path, "cpu", has_eval=False, world_size=1)
+    assert args.optim == "adamw_torch_fused"  # one kernel for every tensor, same update
+    config.train.optimizer = "adamw_8bit"
+    assert training_arguments(config, tmp_path, "cuda", has_eval=False, world_size=1).optim == "adamw_8bit"
