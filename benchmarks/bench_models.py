@@ -39,6 +39,7 @@ SMALL_SETTINGS = dict(
     tie_word_embeddings=False,
 )
 MODELS = ("tiny", "small")
+ALPACA = ROOT.parent / "shared" / "datasets" / "llamafactory" / "dataset_info.json"
 MARKER = "bench_model.json"
 
 
@@ -110,6 +111,24 @@ def ensure(name: str, root: Path | None = None) -> Path:
     (tmp / MARKER).write_text(json.dumps(_marker(name)))
     tmp.rename(folder)
     return folder
+
+
+def alpaca_config(model_dir: Path, cutoff: int, rows: int):
+    """The benchmark job as an ``engine.config.Config``, for the in-process benchmarks:
+    LoRA r8 / alpha 16 all-linear without dropout, ChatML, packed, the first ``rows``
+    records of LLaMA-Factory's alpaca_en_demo cut at ``cutoff`` tokens, no test split."""
+    from engine.config import Config
+
+    config = Config()
+    config.model.name_or_path = str(model_dir)
+    config.data.path = f"{ALPACA}:alpaca_en_demo"
+    config.data.template = "chatml"
+    config.data.max_length = cutoff
+    config.data.max_samples = rows
+    config.data.test_size = 0
+    config.data.packing = True
+    config.method.lora_r, config.method.lora_alpha, config.method.lora_dropout = 8, 16, 0.0
+    return config
 
 
 def params(folder: Path) -> int:

@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-DATA = ROOT.parent / "shared" / "datasets" / "llamafactory" / "dataset_info.json"
 VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora")
 
 
@@ -52,21 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     import bench_models
     from engine import fused_lora, hf_trainer, modeling
     from engine.attention import use_packed_sdpa
-    from engine.config import Config
     from engine.data import dataset
     from engine.train import training_arguments
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model_dir = bench_models.ensure(args.model, None)
-    config = Config()
-    config.model.name_or_path = str(model_dir)
-    config.data.path = f"{DATA}:alpaca_en_demo"
-    config.data.template = "chatml"
-    config.data.max_length = args.cutoff
-    config.data.max_samples = args.rows
-    config.data.test_size = 0
-    config.data.packing = True
-    config.method.lora_r, config.method.lora_alpha, config.method.lora_dropout = 8, 16, 0.0
+    config = bench_models.alpaca_config(model_dir, args.cutoff, args.rows)
     config.train.batch_size, config.train.learning_rate, config.train.lr_scheduler = 8, 1e-3, "cosine"
     config.train.warmup_ratio, config.train.eval_strategy, config.train.save_strategy = 0.0, "no", "no"
     config.train.logging_steps = 1
