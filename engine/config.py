@@ -94,7 +94,7 @@ class MethodConfig(_Section):
     )
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling (alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path (0: LoRA linears sharing an input run fused, engine/fused_lora.py).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path (0: LoRA linears that share an input run as one, faster).")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list of names."
     )
