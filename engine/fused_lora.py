@@ -132,7 +132,8 @@ class Group:
 
     def _usable(self, layer, x, args, kwargs) -> bool:
         return (not args and not kwargs and not layer.disable_adapters and not layer.merged
-                and layer.active_adapters == [ADAPTER] and x.dtype == self.weight.dtype)
+                and layer.active_adapters == [ADAPTER] and x.dtype == self.weight.dtype
+                and x.device == self.weight.device)  # a model moved or cast later: peft's path
 
     def compute(self, x) -> list:
         a = [layer.lora_A[ADAPTER].weight for layer in self.layers]

@@ -175,3 +175,13 @@ def test_which_runs_use_it(monkeypatch):
     assert not fused_lora.wanted(config(type="full"), mixed_precision=False)
     monkeypatch.setenv(fused_lora.ENV, "0")
     assert not fused_lora.wanted(config(), mixed_precision=False)
+
+
+def test_model_cast_after_fusing_falls_back_to_peft(pair):
+    peft_model, model = pair
+    fused_lora.apply(model)
+    peft_model.double()
+    model.double()  # the group's concatenated matrix stays float32: peft's own forward runs
+    batch = packed_batch()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, peft_model(**batch).logits, atol=1e-9)
