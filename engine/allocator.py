@@ -73,7 +73,8 @@ def trains_on_cpu(device: str, env: dict[str, str]) -> bool:
 def trainer_env(device: str, env: dict[str, str], hidden_size: int | None = None) -> dict[str, str]:
     """``env`` for a trainer process, with mimalloc preloaded when it trains on the CPU a
     model at least ``MIN_HIDDEN`` wide (or of unknown width), or when ``FINETUI_CPU_MALLOC``
-    asks for it (see the module docstring). Sets ``FINETUI_CPU_MALLOC=mimalloc`` when it does."""
+    asks for it (see the module docstring). Sets ``FINETUI_CPU_MALLOC=mimalloc`` when it does,
+    ``=lean`` when such a run finds no mimalloc library: the trainer reads only that."""
     choice = env.get(MARKER, "auto")
     if choice == "auto":
         if hidden_size is not None and hidden_size < MIN_HIDDEN:
@@ -84,7 +85,8 @@ def trainer_env(device: str, env: dict[str, str], hidden_size: int | None = None
         return env
     library = mimalloc_library()
     if library is None:
-        return env
+        # no wheel for this platform: glibc with a low mmap threshold (the trainer sets it)
+        return env if choice == "mimalloc" else {**env, MARKER: "lean"}
     out = dict(env)
     preloads = [p for p in env.get("LD_PRELOAD", "").split() if p != str(library)]
     out["LD_PRELOAD"] = " ".join([str(library), *preloads])

@@ -183,17 +183,15 @@ def _cpu_threads(watch) -> list:
     return [threads.callback(watch)]
 
 
-def _lean_cpu_memory(config) -> bool:
-    """Whether CPU training should hand big blocks back to the system (see _lean_malloc).
-    Decided before torch is imported (THP_MEM_ALLOC_ENABLE is read once, at its first
-    allocation). FINETUI_CPU_MALLOC=system keeps glibc's defaults; =lean forces it."""
+def _lean_cpu_memory() -> bool:
+    """Whether CPU training should hand big blocks back to the system (see _lean_malloc):
+    ``FINETUI_CPU_MALLOC=lean``, set by the user or by the launcher for a CPU run of a wide
+    model where mimalloc cannot be preloaded (engine/allocator.py decides; nothing is read
+    twice). Decided before torch is imported (THP_MEM_ALLOC_ENABLE is read once, at its
+    first allocation)."""
     from engine import allocator
 
-    choice = os.environ.get(allocator.MARKER, "auto")
-    if choice in ("system", "lean", "mimalloc") or config.model.device == "cuda":
-        return choice == "lean"  # mimalloc: preloaded by the launcher (engine/allocator.py)
-    hidden = allocator.hidden_size(config.model.name_or_path, config.model.revision)
-    if hidden is None or hidden < allocator.MIN_HIDDEN:
+    if os.environ.get(allocator.MARKER) != "lean":
         return False
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # torch: 2 MB pages for big CPU tensors
     return True
@@ -337,7 +335,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     events.emit("log", level="info", message=f"loading {config.model.name_or_path} and {config.data.path}")
 
     _skip_bitsandbytes(config)
-    lean_memory = _lean_cpu_memory(config)
+    lean_memory = _lean_cpu_memory()
     from engine.threads import CpuThreads
 
     # Watches what other processes take while we start up: the first thread count.

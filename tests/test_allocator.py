@@ -88,3 +88,22 @@ def test_the_tiny_model_and_opting_out_keep_glibc(tmp_path, finetui_cache, monke
     run_dir, rc, events = train(tmp_path, model={"device": "cpu"}, train=SHORT)
     assert rc == 0, stdout_log(run_dir)
     assert allocator_message(events) == "CPU memory allocator: glibc"
+
+
+def test_without_the_library_a_wide_cpu_run_gets_lean_glibc(monkeypatch, tmp_path):
+    monkeypatch.setattr(allocator, "mimalloc_library", lambda: None)
+    env = {"PATH": "/bin"}
+    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN) == {**env, allocator.MARKER: "lean"}
+    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN - 1) == env  # the tiny model
+    assert allocator.trainer_env("cuda", env) == env
+    assert allocator.trainer_env("cpu", {**env, allocator.MARKER: "mimalloc"}) == {**env, allocator.MARKER: "mimalloc"}
+
+
+def test_the_trainer_goes_lean_only_when_told(monkeypatch):
+    from engine.train import _lean_cpu_memory
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    monkeypatch.setenv(allocator.MARKER, "auto")
+    assert not _lean_cpu_memory()
+    monkeypatch.setenv(allocator.MARKER, "lean")
+    assert _lean_cpu_memory() and os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
