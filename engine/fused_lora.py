@@ -64,7 +64,7 @@ class _LoraLinears(torch.autograd.Function):
             return out
         # One tensor per linear, not views of the group's: a view that the model keeps for
         # its backward (v, by attention) would keep the whole q/k/v output alive
-        # (+18% peak RSS on the 20M model at cutoff 1024).
+        # (20M model, cutoff 1024, 20 steps: 2,161 MB peak RSS with views, 2,038 without).
         return tuple(part.contiguous() for part in out.split(ctx.sizes, -1))
 
     @staticmethod
