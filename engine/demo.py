@@ -47,7 +47,7 @@ def command(args) -> int:
     if step("chat with the merged model", ["chat", run_id, *prompts]):
         return 1
     # What the model was taught (memorised FAQ answers: the point of the demo), then what
-    # it was not (held-out questions: a 0.4M-parameter model does not generalise).
+    # it was not (held-out questions: a 0.3M-parameter model does not generalise).
     if step("exact match on 20 training questions", ["eval", run_id, "--split", "train", "--limit", "20",
                                                      "--compare-base"]):
         return 1

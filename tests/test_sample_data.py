@@ -76,7 +76,7 @@ def test_faq_no_duplicate_questions(faq):
 
 
 def test_faq_answers_are_short(faq):
-    # The demo model has ~0.4M parameters and max_length 128: one short sentence each.
+    # The demo model has ~0.3M parameters and max_length 128: one short sentence each.
     for row in faq:
         words = len(row["answer"].split())
         assert words <= 25, f"{words} words: {row['answer']!r}"
