@@ -12,8 +12,12 @@ variant, round after round, so every variant sees the same minutes of the machin
 - ``stock``: transformers' ``Trainer``, peft's LoRA forward, AdamW looping over tensors;
 - ``+fused-adamw``: the same with ``optim=adamw_torch_fused`` (what the trainer uses);
 - ``+lean-trainer``: and ``engine.hf_trainer.Trainer`` (no per-step module walks);
-- ``+fused-lora``: and ``engine.fused_lora`` (q/k/v and gate/up as one computation):
-  finetui's trainer as it runs.
+- ``+fused-lora``: and ``engine.fused_lora`` (q/k/v and gate/up as one computation), with
+  the LoRA product kept apart from the weight, as in 16-bit dtypes;
+- ``+lora-in-weight``: the same with the LoRA product added into the float32 weight (one
+  matmul forward), as finetui runs float32;
+- ``+fused-layers``: and ``engine.fused_layers`` (rotary embedding and RMSNorm as one
+  autograd function each): finetui's trainer as it runs.
 
 Prints the median ms per optimizer step over the rounds, each variant's ratio to the one
 before it and to ``stock``, and the final losses (equal to ~1e-4: the same training).
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora")
+VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora", "+lora-in-weight", "+fused-layers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import bench_models
-    from engine import fused_lora, hf_trainer, modeling
+    from engine import fused_layers, fused_lora, hf_trainer, modeling
     from engine.attention import use_packed_sdpa
     from engine.data import dataset
     from engine.train import training_arguments
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(tempfile.mkdtemp(prefix="finetui-levers-"))
     gc.freeze()
 
+    merged_dtypes = fused_lora.MERGED_DTYPES
+
     def run(variant: str) -> tuple[float, float]:
         level = VARIANTS.index(variant)
         torch.manual_seed(config.train.seed)
@@ -73,13 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         use_packed_sdpa(model)
         if level >= 3:
             fused_lora.apply(model)
+        fused_lora.MERGED_DTYPES = merged_dtypes if level >= 4 else ()
+        if level >= 5:
+            fused_layers.apply(model)
         train_args = training_arguments(config, out_dir, "cpu", False, 1)
         if level < 1:
             train_args.optim = "adamw_torch"
         trainer_class = hf_trainer.Trainer if level >= 2 else transformers.Trainer
         trainer = trainer_class(model=model, args=train_args, train_dataset=built.train, data_collator=collate)
         trainer.remove_callback(transformers.PrinterCallback)
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        finally:
+            fused_layers.restore()  # the rotary embedding is replaced module-wide
         return result.metrics["train_runtime"] / trainer.state.global_step * 1000, result.training_loss
 
     run(VARIANTS[-1])  # warm-up: first-touch costs land on no variant

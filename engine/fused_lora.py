@@ -38,6 +38,8 @@ ENV = "FINETUI_FUSED_LORA"
 # MLP, OLMo, ...). Whether they really do is checked on every call.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("gate_up_proj",), ("w1", "w3"))
 ADAPTER = "default"
+# dtypes precise enough to add the LoRA product into the weight (see _LoraLinears.forward)
+MERGED_DTYPES = (torch.float32, torch.float64)
 
 
 class _LoraLinears(torch.autograd.Function):
@@ -53,10 +55,20 @@ class _LoraLinears(torch.autograd.Function):
         lora_a = a[0] if k == 1 else torch.cat(a, 0)
         lora_bd = b[0] * scalings[0] if k == 1 else torch.block_diag(*(w * s for w, s in zip(b, scalings)))
         x2 = x.reshape(-1, x.shape[-1])
-        h = x2 @ lora_a.t()
-        base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-        out = torch.addmm(base, h, lora_bd.t())
-        ctx.save_for_backward(x2, h, weight, lora_a, lora_bd)
+        # float32: the LoRA product goes into the weight, W + BD @ A, and the input meets one
+        # matrix (one matmul instead of three; BD @ A is out x in x r, nothing next to
+        # tokens x out x in); h = x @ A^T is recomputed in backward. In a 16-bit dtype W + BD @ A
+        # would round the small LoRA term away, so those keep the two products apart.
+        ctx.merged = weight.dtype in MERGED_DTYPES
+        if ctx.merged:
+            merged = torch.addmm(weight, lora_bd, lora_a)
+            out = x2 @ merged.t() if bias is None else torch.addmm(bias, x2, merged.t())
+            ctx.save_for_backward(x2, weight, lora_a, lora_bd)
+        else:
+            h = x2 @ lora_a.t()
+            base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+            out = torch.addmm(base, h, lora_bd.t())
+            ctx.save_for_backward(x2, weight, lora_a, lora_bd, h)
         ctx.x_shape, ctx.scalings = x.shape, scalings
         ctx.ranks, ctx.sizes = [w.shape[0] for w in a], [w.shape[0] for w in b]
         out = out.view(*x.shape[:-1], out.shape[-1])
@@ -69,7 +81,7 @@ class _LoraLinears(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        x2, h, weight, lora_a, lora_bd = ctx.saved_tensors
+        x2, weight, lora_a, lora_bd, *saved_h = ctx.saved_tensors
         if len(grads) == 1:
             grad = grads[0]
         else:  # an output nobody used has no gradient
@@ -77,8 +89,15 @@ class _LoraLinears(torch.autograd.Function):
                               for g, n in zip(grads, ctx.sizes)], -1)
         g2 = grad.reshape(-1, grad.shape[-1])
         grad_h = g2 @ lora_bd
-        grad_x = torch.addmm(g2 @ weight, grad_h, lora_a).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            if ctx.merged:
+                grad_x = g2 @ torch.addmm(weight, lora_bd, lora_a)
+            else:
+                grad_x = torch.addmm(g2 @ weight, grad_h, lora_a)
+            grad_x = grad_x.view(ctx.x_shape)
         grad_a = (grad_h.t() @ x2).split(ctx.ranks, 0)
+        h = saved_h[0] if saved_h else x2 @ lora_a.t()
         grad_bd = g2.t() @ h  # only its diagonal blocks are wanted: k x the FLOPs of k small matmuls, in one
         grad_b, row, col = [], 0, 0
         for size, rank, scaling in zip(ctx.sizes, ctx.ranks, ctx.scalings):

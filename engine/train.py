@@ -10,7 +10,8 @@ Read top to bottom:
    Hugging Face ``Trainer`` (engine/hf_trainer.py: the same, minus its per-step walks over
    every module). What we add are callbacks (engine/callbacks.py): events from the
    Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM. LoRA
-   linears that share an input run fused (engine/fused_lora.py).
+   linears that share an input run fused (engine/fused_lora.py), and so do the rotary
+   embedding and RMSNorm of Llama-family models (engine/fused_layers.py).
 3. At the end the adapter (LoRA/QLoRA) or the full model is saved to ``runs/<id>/adapter/``
    with its tokenizer and ``finetui.json``, and a ``finished`` event says how it went.
 
@@ -401,6 +402,14 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         fused = fused_lora.apply(model)
         if fused:
             events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together)")
+    from engine import fused_layers
+
+    if fused_layers.wanted(mixed_precision=args.bf16 or args.fp16):
+        # rotary embedding and RMSNorm as one autograd function each where the model runs
+        # Llama's code for them: same results, fewer kernels (engine/fused_layers.py)
+        replaced = fused_layers.apply(model)
+        if replaced:
+            events.emit("log", level="info", message=f"{' and '.join(replaced)} run as single functions")
     collate = dataset_mod.collator(config, tokenizer)
     if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):
         # lm_head and the loss only where a label is trained: same loss, less work and

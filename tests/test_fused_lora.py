@@ -72,8 +72,13 @@ def largest_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.parametrize("merged", [True, False], ids=["lora-in-weight", "lora-apart"])
 @pytest.mark.parametrize("make_batch", [padded_batch, packed_batch], ids=["padded", "packed"])
-def test_same_outputs_and_gradients(pair, make_batch):
+def test_same_outputs_and_gradients(pair, make_batch, merged, monkeypatch):
+    """float32 adds the LoRA product into the weight; 16-bit dtypes keep it apart (here
+    forced on float32, where both must equal peft's)."""
+    if not merged:
+        monkeypatch.setattr(fused_lora, "MERGED_DTYPES", ())
     peft_model, fused_model = pair
     assert fused_lora.apply(fused_model) == 2 * 7  # every LoRA linear of both layers
     batch = make_batch()

@@ -66,16 +66,21 @@ def test_train_end_to_end(tmp_path, finetui_cache, method):
     assert runs.summarize(run_dir).status == "completed"
     fused = [e for e in of_type(events, "log") if "run fused" in e["message"]]
     assert len(fused) == (method == "lora")  # LoRA without dropout (the default): engine/fused_lora.py
+    layers = [e for e in of_type(events, "log") if e["message"] == "rotary and RMSNorm run as single functions"]
+    assert len(layers) == 1  # every method; the tiny model is a Llama (engine/fused_layers.py)
 
 
-def test_fused_lora_trains_as_peft_does(tmp_path, finetui_cache):
+def test_fused_code_trains_as_transformers_and_peft_do(tmp_path, finetui_cache):
+    """engine/fused_lora.py and engine/fused_layers.py on, then both off: the same losses."""
     setup = dict(method={"type": "lora"}, train={"eval_strategy": "no", "save_strategy": "no"})
     losses = {}
     for fused in ("1", "0"):
         run_dir = new_run(tmp_path, f"fused{fused}", **setup)
-        rc, events = finish(runs.launch(run_dir, env={"FINETUI_FUSED_LORA": fused}))
+        env = {"FINETUI_FUSED_LORA": fused, "FINETUI_FUSED_LAYERS": fused}
+        rc, events = finish(runs.launch(run_dir, env=env))
         assert rc == 0, stdout_log(run_dir)
         assert any("run fused" in e["message"] for e in of_type(events, "log")) == (fused == "1")
+        assert any("single functions" in e["message"] for e in of_type(events, "log")) == (fused == "1")
         losses[fused] = [s["loss"] for s in of_type(events, "step")]
     assert losses["1"] == pytest.approx(losses["0"], abs=1e-4)
 
