@@ -10,8 +10,11 @@ so do gate/up. Here such a group is one autograd function::
     out = x @ [W_q; W_k; W_v]^T + (x @ [A_q; A_k; A_v]^T) @ blockdiag(s_q B_q, s_k B_k, s_v B_v)^T
 
 and the output is cut back into one tensor per linear: 3 matmuls forward and 5 backward
-for the whole group (24 -> 8 for q/k/v), with no other autograd nodes. Linears outside a group (o_proj,
-down_proj, any other target) get the same function for one, which saves the nodes.
+for the whole group (24 -> 8 for q/k/v), with no other autograd nodes. In float32 the LoRA
+product is added into the weight first, ``x @ (W + BD @ A)^T``: one matmul over the tokens
+forward instead of three (``x @ A^T`` is recomputed in backward, where it is needed).
+Linears outside a group (o_proj, down_proj, any other target) get the same function for
+one, which saves the nodes.
 Same maths, same parameters: the gradients match peft's to float rounding
 (tests/test_fused_lora.py), the adapter saves as before, and the frozen base weights are
 re-pointed into the concatenated matrix, so no memory is duplicated.
