@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
-    # No cyclic garbage collection while torch, transformers, peft and datasets import: their
+    # No cyclic garbage collection while torch, transformers and peft import: their
     # ~430k objects would be scanned over and over (~0.9 s of a ~3.5 s start-up on 2 cores).
     # train() freezes what the imports built and turns collection back on.
     gc.disable()
@@ -298,6 +298,22 @@ def _skip_bitsandbytes(config) -> None:
         sys.modules.setdefault("bitsandbytes", None)
 
 
+def _skip_datasets(config) -> None:
+    """The Trainer imports ``datasets`` whenever it is installed (~0.3 s of start-up with
+    the pandas it pulls in), though only a Hugging Face hub dataset needs it here: the
+    tokenised tables are pyarrow (engine.data.table). For local data, the same None entry
+    in sys.modules as for bitsandbytes. Must run before transformers is imported."""
+    from engine.data import readers
+
+    try:
+        kinds = {readers.resolve_source(config.data.path, split=split).kind
+                 for split in (config.data.split, config.data.test_split) if split}
+    except (OSError, ValueError):
+        return  # the data step reports it, with datasets available as usual
+    if "hub" not in kinds:
+        sys.modules.setdefault("datasets", None)
+
+
 def _imports_done() -> None:
     """After the heavy imports (main() turned collection off): move everything they built
     to the permanent generation, so no later collection scans it (accelerate's gc.collect()
@@ -312,14 +328,16 @@ def _quiet_libraries(events: ev.EventWriter) -> None:
     """Progress bars off (they would fill stdout.log); a few warnings become log events."""
     import logging
 
-    import datasets
     import transformers
 
     from engine.callbacks import WarningsToEvents
 
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    if sys.modules.get("datasets", False) is not None:  # not kept out by _skip_datasets
+        import datasets
+
+        datasets.disable_progress_bars()
     forward = WarningsToEvents(events)
     for name in ("transformers", "peft"):
         logging.getLogger(name).addHandler(forward)
@@ -336,6 +354,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     events.emit("log", level="info", message=f"loading {config.model.name_or_path} and {config.data.path}")
 
     _skip_bitsandbytes(config)
+    _skip_datasets(config)
     lean_memory = _lean_cpu_memory()
     from engine.threads import CpuThreads
 

@@ -1,16 +1,18 @@
-"""Config -> tokenised train/test ``datasets.Dataset`` (cached), a report, and collators.
+"""Config -> tokenised train/test tables (cached), a report, and collators.
 
-Heavy module: ``datasets`` and ``transformers`` are imported inside the functions that need
-them, so importing this module (e.g. for :func:`length_stats`) stays cheap.
+Heavy module: ``transformers`` is imported inside the functions that need it, so importing
+this module (e.g. for :func:`length_stats`) stays cheap. ``datasets`` is not used: the
+tables are :class:`engine.data.table.TokenTable` (pyarrow), so a trainer reading local data
+never imports it (~0.3 s of start-up with pandas).
 
-Pipeline: ``readers.load_records`` -> conversations -> ``Dataset.map`` of
-:func:`engine.data.render.render` (the very function the browser shows) -> drop records
-that failed to render or train no token -> split.
+Pipeline: ``readers.load_records`` -> conversations -> :func:`engine.data.render.render`
+(the very function the browser shows) over every record -> drop records that failed to
+render or train no token -> split.
 
-Caching: the map writes ``$FINETUI_CACHE/datasets/<key>.arrow`` (default
+Caching: the rendered table is written to ``$FINETUI_CACHE/datasets/<key>.arrow`` (default
 ``~/.cache/finetui/datasets``), where the key hashes the conversations themselves, the
 template, the tokenizer (vocabulary, added and special tokens), max_length, train_on and
-the rendering code. The second build with the same inputs loads that file instead of
+the rendering code. The second build with the same inputs memory-maps that file instead of
 tokenising again (``report.cache_hit``); a change to any input is a new key.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -27,7 +29,7 @@ from typing import Any, Iterable, Sequence
 from engine.data import render as render_mod
 from engine.data.conversation import Conversation
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: Arrow IPC files written by engine.data.table (1: datasets.map caches)
 MAX_ISSUES = 200  # issues kept in a report (the total is counted)
 _INTERNAL_COLUMNS = ("place", "error", "notes", "truncated", "full_length", "trains_end")
 MODEL_COLUMNS = ("input_ids", "labels", "length", "n_trained")
@@ -59,7 +61,7 @@ class DataReport:
 
 @dataclass
 class BuiltData:
-    train: Any  # datasets.Dataset: input_ids, labels, length, n_trained
+    train: Any  # engine.data.table.TokenTable: input_ids, labels, length, n_trained
     test: Any | None
     report: DataReport
     added_tokens: list[str]
@@ -134,7 +136,7 @@ def _tokenizer_digest(tokenizer) -> str:
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for module in ("render.py", "templates.py", "conversation.py", "dataset.py"):
+    for module in ("render.py", "templates.py", "conversation.py", "dataset.py", "table.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()
 
@@ -153,7 +155,7 @@ def cache_key(rows: Sequence[tuple[str, str]], tokenizer, template: render_mod.T
 
 
 def _render_batch(batch: dict[str, list], tokenizer, template, max_length: int, train_on: str) -> dict[str, list]:
-    """datasets.map function: render each serialised conversation."""
+    """Render each serialised conversation: the columns of a tokenised table."""
     end_id = None
     if template.end_token is not None:
         end_id = tokenizer.convert_tokens_to_ids(template.end_token)
@@ -188,23 +190,6 @@ def _place(where: Any) -> str:
     return str(getattr(where, "place", where))
 
 
-def _features():
-    from datasets import Features, Sequence as Seq, Value
-
-    return Features({
-        "input_ids": Seq(Value("int32")),
-        "labels": Seq(Value("int32")),
-        "length": Value("int32"),
-        "n_trained": Value("int32"),
-        "place": Value("string"),
-        "error": Value("string"),
-        "notes": Value("string"),
-        "truncated": Value("bool"),
-        "full_length": Value("int32"),
-        "trains_end": Value("bool"),
-    })
-
-
 def tokenise(
     conversations: Iterable[tuple[str, Conversation]],
     tokenizer,
@@ -214,33 +199,56 @@ def tokenise(
     train_on: str,
     num_proc: int = 1,
 ):
-    """Render and tokenise (place, Conversation) pairs with a cached ``Dataset.map``.
+    """Render and tokenise (place, Conversation) pairs, cached by content.
 
-    Returns (dataset with model + internal columns, cache_hit)."""
-    from datasets import Dataset
+    Returns (TokenTable with model + internal columns, cache_hit). A miss renders in this
+    process, or in ``num_proc`` forked processes (contiguous chunks, joined in order), and
+    writes ``render-<key>.arrow``; a hit memory-maps that file."""
+    from engine.data.table import TokenTable
 
-    render_mod.detect_end_token(tokenizer, template)  # once, before pickling to workers
+    render_mod.detect_end_token(tokenizer, template)  # once, before workers fork
     rows = [(_place(where), json.dumps(conv.to_dict(), ensure_ascii=False, sort_keys=True)) for where, conv in conversations]
     key = cache_key(rows, tokenizer, template, max_length=max_length, train_on=train_on)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     cache_file = folder / f"render-{key}.arrow"
-    cache_hit = cache_file.exists() or any(folder.glob(f"render-{key}_*.arrow"))
-    source = Dataset.from_dict({"place": [p for p, _ in rows], "conversation": [c for _, c in rows]})
-    mapped = source.map(
-        _render_batch,
-        batched=True,
-        batch_size=256,
-        num_proc=num_proc if num_proc > 1 and len(rows) > 1 else None,
-        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length, "train_on": train_on},
-        remove_columns=source.column_names,
-        features=_features(),
-        cache_file_name=str(cache_file),
-        load_from_cache_file=True,
-        new_fingerprint=key,
-        desc="Tokenising",
-    )
-    return mapped, cache_hit
+    if cache_file.exists():
+        try:
+            return TokenTable.read(cache_file, key), True
+        except (OSError, ValueError) as exc:  # truncated or foreign file: render again
+            print(f"finetui: ignoring unreadable cache file {cache_file} ({exc})", file=sys.stderr)
+    args = (tokenizer, template, max_length, train_on)
+    workers = min(num_proc, len(rows)) if num_proc and num_proc > 1 else 1
+    if workers > 1:
+        columns = _render_in_processes(rows, args, workers)
+    else:
+        columns = _render_batch({"place": [p for p, _ in rows], "conversation": [c for _, c in rows]}, *args)
+    table = TokenTable.from_columns(columns, key)
+    table.write(cache_file)
+    return table, False
+
+
+_worker_args: tuple | None = None  # (tokenizer, template, max_length, train_on) in forked workers
+
+
+def _render_chunk(chunk: list[tuple[str, str]]) -> dict[str, list]:
+    return _render_batch({"place": [p for p, _ in chunk], "conversation": [c for _, c in chunk]}, *_worker_args)
+
+
+def _render_in_processes(rows: list[tuple[str, str]], args: tuple, workers: int) -> dict[str, list]:
+    """_render_batch over ``workers`` forked processes; the columns joined in row order."""
+    import multiprocessing
+
+    global _worker_args
+    size = math.ceil(len(rows) / workers)
+    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    _worker_args = args  # inherited by the forked workers, not pickled per chunk
+    try:
+        with multiprocessing.get_context("fork").Pool(len(chunks)) as pool:
+            parts = pool.map(_render_chunk, chunks)
+    finally:
+        _worker_args = None
+    return {name: [v for part in parts for v in part[name]] for name in parts[0]}
 
 
 def build(config, tokenizer) -> BuiltData:
@@ -346,7 +354,7 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     ]
     warnings = render_mod.preflight(tokenizer, template, summary, max_length=data.max_length)
 
-    ds = mapped if len(keep) == len(mapped) else mapped.select(keep, keep_in_memory=True)
+    ds = mapped if len(keep) == len(mapped) else mapped.select(keep)
     ds = ds.remove_columns(list(_INTERNAL_COLUMNS))
     report = DataReport(
         source=source,
