@@ -1,6 +1,6 @@
 """The built-in demo model: ``model.name_or_path: tiny``.
 
-A ~0.4M-parameter Llama-architecture model and a byte-level BPE tokenizer with a ChatML
+A ~0.3M-parameter Llama-architecture model and a byte-level BPE tokenizer with a ChatML
 chat template, built locally from a fixed seed in a few seconds and cached as an ordinary
 Hugging Face folder (``save_pretrained``), so every other code path (loading, LoRA, merge,
 chat) treats it exactly like a real model, and it can be handed to other tools too.
