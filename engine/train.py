@@ -306,11 +306,10 @@ def _skip_datasets(config) -> None:
     from engine.data import readers
 
     try:
-        kinds = {readers.resolve_source(config.data.path, split=split).kind
-                 for split in (config.data.split, config.data.test_split) if split}
+        on_hub = readers.resolve_source(config.data.path).kind == "hub"  # the same for every split
     except (OSError, ValueError):
         return  # the data step reports it, with datasets available as usual
-    if "hub" not in kinds:
+    if not on_hub:
         sys.modules.setdefault("datasets", None)
 
 
@@ -334,7 +333,8 @@ def _quiet_libraries(events: ev.EventWriter) -> None:
 
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
-    if sys.modules.get("datasets", False) is not None:  # not kept out by _skip_datasets
+    kept_out = "datasets" in sys.modules and sys.modules["datasets"] is None  # by _skip_datasets
+    if not kept_out:
         import datasets
 
         datasets.disable_progress_bars()

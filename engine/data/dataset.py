@@ -154,13 +154,13 @@ def cache_key(rows: Sequence[tuple[str, str]], tokenizer, template: render_mod.T
     return h.hexdigest()[:32]
 
 
-def _render_batch(batch: dict[str, list], tokenizer, template, max_length: int, train_on: str) -> dict[str, list]:
-    """Render each serialised conversation: the columns of a tokenised table."""
+def _render_rows(rows: Sequence[tuple[str, str]], tokenizer, template, max_length: int, train_on: str) -> dict[str, list]:
+    """Render each (place, serialised conversation): the columns of a tokenised table."""
     end_id = None
     if template.end_token is not None:
         end_id = tokenizer.convert_tokens_to_ids(template.end_token)
     out: dict[str, list] = {k: [] for k in (*MODEL_COLUMNS, *_INTERNAL_COLUMNS)}
-    for place, raw in zip(batch["place"], batch["conversation"]):
+    for place, raw in rows:
         error, notes = "", ""
         try:
             conv = Conversation.from_dict(json.loads(raw))
@@ -222,7 +222,7 @@ def tokenise(
     if workers > 1:
         columns = _render_in_processes(rows, args, workers)
     else:
-        columns = _render_batch({"place": [p for p, _ in rows], "conversation": [c for _, c in rows]}, *args)
+        columns = _render_rows(rows, *args)
     table = TokenTable.from_columns(columns, key)
     table.write(cache_file)
     return table, False
@@ -232,11 +232,11 @@ _worker_args: tuple | None = None  # (tokenizer, template, max_length, train_on)
 
 
 def _render_chunk(chunk: list[tuple[str, str]]) -> dict[str, list]:
-    return _render_batch({"place": [p for p, _ in chunk], "conversation": [c for _, c in chunk]}, *_worker_args)
+    return _render_rows(chunk, *_worker_args)
 
 
 def _render_in_processes(rows: list[tuple[str, str]], args: tuple, workers: int) -> dict[str, list]:
-    """_render_batch over ``workers`` forked processes; the columns joined in row order."""
+    """_render_rows over ``workers`` forked processes; the columns joined in row order."""
     import multiprocessing
 
     global _worker_args
@@ -314,12 +314,11 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     if not conversations:
         detail = f": {issues[0]}" if issues else ""
         raise DataError(f"{source}: no usable records{detail}")
-    mapped, cache_hit = tokenise(
+    table, cache_hit = tokenise(
         conversations, tokenizer, template,
         max_length=data.max_length, train_on=data.train_on, num_proc=data.num_proc,
     )
-    table = mapped.data
-    col = lambda name: table.column(name).to_pylist()  # noqa: E731 - arrow column, no row decoding
+    col = table.__getitem__  # a whole column as a list, no row decoding
     places, errors, n_trained = col("place"), col("error"), col("n_trained")
     truncated, full_length, length = col("truncated"), col("full_length"), col("length")
     notes, trains_end = col("notes"), col("trains_end")
@@ -354,7 +353,7 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     ]
     warnings = render_mod.preflight(tokenizer, template, summary, max_length=data.max_length)
 
-    ds = mapped if len(keep) == len(mapped) else mapped.select(keep)
+    ds = table if len(keep) == len(table) else table.select(keep)
     ds = ds.remove_columns(list(_INTERNAL_COLUMNS))
     report = DataReport(
         source=source,
