@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_tui() or 0
         if args.command == "data" and args.data_command is None:
             parser.parse_args(["data", "--help"])
+        from engine import import_cache
+
+        import_cache.install()  # before any command imports transformers
         handler = importlib.import_module(HANDLERS[args.command])
         return int(handler.command(args) or 0)
     except KeyboardInterrupt:

@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--train-on", choices=("assistant", "all"), default="assistant")
     args = p.parse_args(argv)
+    from engine import import_cache
+
+    import_cache.install()
     return Worker(args).run()
 
 
