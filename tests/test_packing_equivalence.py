@@ -37,8 +37,12 @@ def setup(tiny_model_dir, mixed_length_batch):
 
 
 def collate(config, tokenizer, batch, packing: bool):
+    """The batch as the trainer gets it; padded, in the order the packed row has (the
+    packing collator puts the longest example first), so per-token losses line up."""
     config = config.model_copy(deep=True)
     config.data.packing = packing
+    if not packing:
+        batch = sorted(batch, key=lambda r: len(r["input_ids"]), reverse=True)
     return dataset.collator(config, tokenizer)(batch)
 
 
@@ -81,7 +85,9 @@ def test_check_is_sensitive_to_cross_example_attention(setup):
 
 def test_padding_collator(setup):
     config, tokenizer, _, batch = setup
-    padded = collate(config, tokenizer, batch, packing=False)
+    config = config.model_copy(deep=True)
+    config.data.packing = False
+    padded = dataset.collator(config, tokenizer)(batch)  # rows in the batch's order
     longest = max(r["length"] for r in batch)
     assert padded["input_ids"].shape == (len(batch), longest)
     for i, row in enumerate(batch):
@@ -158,3 +164,44 @@ def test_packed_attention_grouped_query_heads():
         a = masked(input_ids=ids, position_ids=position_ids, use_cache=False).logits
         b = per_example(input_ids=ids, position_ids=position_ids, use_cache=False).logits
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max().item()
+
+
+def test_packed_attention_batches_examples_of_one_length():
+    """Consecutive examples of one length run as one batched kernel call: the same logits
+    and gradients as the block-diagonal mask, with runs of several lengths, a length that
+    comes back later, and a row of equal lengths only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.attention import _runs, use_packed_sdpa
+
+    assert _runs([(0, 7), (7, 14), (14, 21), (21, 25), (25, 34), (34, 43), (43, 47)]) == [(7, 3), (4, 1), (9, 2), (4, 1)]
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    masked = LlamaForCausalLM(cfg)
+    masked.set_attn_implementation("sdpa")
+    batched = LlamaForCausalLM(cfg)
+    batched.load_state_dict(masked.state_dict())
+    batched.set_attn_implementation("sdpa")
+    assert use_packed_sdpa(batched)
+    for lengths in ([7, 7, 7, 4, 9, 9, 4], [6, 6, 6, 6]):
+        ids = torch.randint(0, 64, (1, sum(lengths)))
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+        a = masked(input_ids=ids, position_ids=position_ids, use_cache=False, labels=ids)
+        b = batched(input_ids=ids, position_ids=position_ids, use_cache=False, labels=ids)
+        assert torch.allclose(a.logits, b.logits, atol=1e-5), (a.logits - b.logits).abs().max().item()
+        a.loss.backward()
+        b.loss.backward()
+        for (name, p), q in zip(masked.named_parameters(), batched.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), (lengths, name)
+        masked.zero_grad(set_to_none=True)
+        batched.zero_grad(set_to_none=True)
+
+
+def test_packing_collator_puts_the_longest_example_first(setup):
+    config, tokenizer, _, batch = setup
+    packed = collate(config, tokenizer, batch, packing=True)
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
+    lengths = [b - a for a, b in zip(starts, starts[1:])]
+    assert lengths == sorted((r["length"] for r in batch), reverse=True)
+    assert len(set(lengths)) > 1

@@ -384,14 +384,21 @@ def _process(loaded, tokenizer, template, data, *, source: str):
 class ModelInputs:
     """Pass only the model's columns (input_ids, labels) to the wrapped collator, so
     bookkeeping columns (length, n_trained) never reach ``model.forward``; add ``extra``
-    keyword arguments to every batch."""
+    keyword arguments to every batch. ``longest_first``: the batch's examples in order of
+    length, longest first (a packed row: examples of one length end up side by side, and
+    engine.attention runs them as one batched kernel call; the loss is a sum over tokens,
+    so the order within a batch changes nothing else)."""
 
-    def __init__(self, inner, keys: tuple[str, ...] = ("input_ids", "labels"), extra: dict[str, Any] | None = None):
+    def __init__(self, inner, keys: tuple[str, ...] = ("input_ids", "labels"), extra: dict[str, Any] | None = None,
+                 longest_first: bool = False):
         self.inner = inner
         self.keys = keys
         self.extra = dict(extra or {})
+        self.longest_first = longest_first
 
     def __call__(self, features):
+        if self.longest_first:
+            features = sorted(features, key=lambda f: len(f["input_ids"]), reverse=True)  # stable
         batch = self.inner([{k: f[k] for k in self.keys if k in f} for f in features])
         batch.update(self.extra)
         return batch
@@ -452,8 +459,8 @@ def collator(config, tokenizer):
     padding (default): ``DataCollatorForSeq2Seq`` - input_ids padded with the pad id on the
     right, labels with -100, attention_mask; to a multiple of 8 on a GPU (tensor cores).
     packing (``data.packing``): ``DataCollatorWithFlattening`` - the batch as one row
-    without padding, position_ids restarting per example and -100 on each example's first
-    label, so no token attends to or predicts across examples (sdpa/eager get a
+    without padding (longest example first), position_ids restarting per example and -100
+    on each example's first label, so no token attends to or predicts across examples (sdpa/eager get a
     block-diagonal mask from the position_ids; flash_attention_2 gets cu_seq_lens). Packed
     batches carry ``use_cache=False`` (see below).
     """
@@ -471,6 +478,7 @@ def collator(config, tokenizer):
                 return_position_ids=True, separator_id=render_mod.IGNORE, return_flash_attn_kwargs=flash,
             ),
             extra={"use_cache": False},
+            longest_first=True,
         )
     if tokenizer.pad_token is None:
         raise DataError("tokenizer has no pad token (call engine.data.render.prepare_tokenizer first)")
