@@ -14,7 +14,11 @@ for the whole group (24 -> 8 for q/k/v), with no other autograd nodes. In float3
 product is added into the weight first, ``x @ (W + BD @ A)^T``: one matmul over the tokens
 forward instead of three (``x @ A^T`` is recomputed in backward, where it is needed).
 Linears outside a group (o_proj, down_proj, any other target) get the same function for
-one, which saves the nodes.
+one, which saves the nodes. A Llama-style MLP (transformers' ``LlamaMLP`` code: Llama,
+Qwen2/3, Mistral, ...) whose gate/up group and down linear are all fused runs as one
+function, ``down(silu(gate(x)) * up(x))`` (``_LoraSwiGLU``): no per-linear copies of the
+gate/up output, no concatenation of their gradients, one activation fewer kept for
+backward (tiny model, cutoff 256: 2.7% less time per step; the small one 3.2%).
 Same maths, same parameters: the gradients match peft's to float rounding
 (tests/test_fused_lora.py), the adapter saves as before, and the frozen base weights are
 re-pointed into the concatenated matrix, so no memory is duplicated.
@@ -45,6 +49,47 @@ ADAPTER = "default"
 MERGED_DTYPES = (torch.float32, torch.float64)
 
 
+def _lora_matrices(a, b, scalings) -> tuple:
+    """A = [A_1; ...; A_k] and BD = blockdiag(s_1 B_1, ..., s_k B_k)."""
+    lora_a = a[0] if len(a) == 1 else torch.cat(a, 0)
+    lora_bd = b[0] * scalings[0] if len(b) == 1 else torch.block_diag(*(w * s for w, s in zip(b, scalings)))
+    return lora_a, lora_bd
+
+
+def _lora_forward(x2, weight, bias, lora_a, lora_bd, merged: bool) -> tuple:
+    """(x2 @ W^T + bias + (x2 @ A^T) @ BD^T, h = x2 @ A^T or None when merged).
+
+    float32 (``merged``): the LoRA product goes into the weight, W + BD @ A, and the input
+    meets one matrix (one matmul instead of three; BD @ A is out x in x r, nothing next to
+    tokens x out x in); h is recomputed in backward. In a 16-bit dtype W + BD @ A would
+    round the small LoRA term away, so those keep the two products apart."""
+    if merged:
+        weight = torch.addmm(weight, lora_bd, lora_a)
+        return (x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())), None
+    h = x2 @ lora_a.t()
+    base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+    return torch.addmm(base, h, lora_bd.t()), h
+
+
+def _lora_backward(g2, x2, weight, lora_a, lora_bd, h, merged: bool, need_x: bool,
+                   sizes, ranks, scalings) -> tuple:
+    """Gradients of :func:`_lora_forward` for the output gradient g2: (grad_x2 or None,
+    [grad A_i], [grad B_i])."""
+    grad_h = g2 @ lora_bd
+    grad_x = None
+    if need_x:
+        grad_x = g2 @ torch.addmm(weight, lora_bd, lora_a) if merged else torch.addmm(g2 @ weight, grad_h, lora_a)
+    grad_a = (grad_h.t() @ x2).split(ranks, 0)
+    if h is None:
+        h = x2 @ lora_a.t()
+    grad_bd = g2.t() @ h  # only its diagonal blocks are wanted: k x the FLOPs of k small matmuls, in one
+    grad_b, row, col = [], 0, 0
+    for size, rank, scaling in zip(sizes, ranks, scalings):
+        grad_b.append(grad_bd[row:row + size, col:col + rank] * scaling)
+        row, col = row + size, col + rank
+    return grad_x, grad_a, grad_b
+
+
 class _LoraLinears(torch.autograd.Function):
     """x @ W^T + bias + (x @ A^T) @ BD^T for k linears at once, W and bias frozen, where
     A = [A_1; ...; A_k] and BD = blockdiag(s_1 B_1, ..., s_k B_k). Arguments: x, W, bias,
@@ -55,23 +100,11 @@ class _LoraLinears(torch.autograd.Function):
     def forward(ctx, x, weight, bias, scalings, *lora):
         k = len(lora) // 2
         a, b = lora[:k], lora[k:]
-        lora_a = a[0] if k == 1 else torch.cat(a, 0)
-        lora_bd = b[0] * scalings[0] if k == 1 else torch.block_diag(*(w * s for w, s in zip(b, scalings)))
+        lora_a, lora_bd = _lora_matrices(a, b, scalings)
         x2 = x.reshape(-1, x.shape[-1])
-        # float32: the LoRA product goes into the weight, W + BD @ A, and the input meets one
-        # matrix (one matmul instead of three; BD @ A is out x in x r, nothing next to
-        # tokens x out x in); h = x @ A^T is recomputed in backward. In a 16-bit dtype W + BD @ A
-        # would round the small LoRA term away, so those keep the two products apart.
         ctx.merged = weight.dtype in MERGED_DTYPES
-        if ctx.merged:
-            merged = torch.addmm(weight, lora_bd, lora_a)
-            out = x2 @ merged.t() if bias is None else torch.addmm(bias, x2, merged.t())
-            ctx.save_for_backward(x2, weight, lora_a, lora_bd)
-        else:
-            h = x2 @ lora_a.t()
-            base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-            out = torch.addmm(base, h, lora_bd.t())
-            ctx.save_for_backward(x2, weight, lora_a, lora_bd, h)
+        out, h = _lora_forward(x2, weight, bias, lora_a, lora_bd, ctx.merged)
+        ctx.save_for_backward(x2, weight, lora_a, lora_bd, *(() if h is None else (h,)))
         ctx.x_shape, ctx.scalings = x.shape, scalings
         ctx.ranks, ctx.sizes = [w.shape[0] for w in a], [w.shape[0] for w in b]
         out = out.view(*x.shape[:-1], out.shape[-1])
@@ -90,23 +123,61 @@ class _LoraLinears(torch.autograd.Function):
         else:  # an output nobody used has no gradient
             grad = torch.cat([g if g is not None else x2.new_zeros(*ctx.x_shape[:-1], n)
                               for g, n in zip(grads, ctx.sizes)], -1)
-        g2 = grad.reshape(-1, grad.shape[-1])
-        grad_h = g2 @ lora_bd
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            if ctx.merged:
-                grad_x = g2 @ torch.addmm(weight, lora_bd, lora_a)
-            else:
-                grad_x = torch.addmm(g2 @ weight, grad_h, lora_a)
+        grad_x, grad_a, grad_b = _lora_backward(
+            grad.reshape(-1, grad.shape[-1]), x2, weight, lora_a, lora_bd, saved_h[0] if saved_h else None,
+            ctx.merged, ctx.needs_input_grad[0], ctx.sizes, ctx.ranks, ctx.scalings)
+        if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape)
-        grad_a = (grad_h.t() @ x2).split(ctx.ranks, 0)
-        h = saved_h[0] if saved_h else x2 @ lora_a.t()
-        grad_bd = g2.t() @ h  # only its diagonal blocks are wanted: k x the FLOPs of k small matmuls, in one
-        grad_b, row, col = [], 0, 0
-        for size, rank, scaling in zip(ctx.sizes, ctx.ranks, ctx.scalings):
-            grad_b.append(grad_bd[row:row + size, col:col + rank] * scaling)
-            row, col = row + size, col + rank
         return (grad_x, None, None, None, *grad_a, *grad_b)
+
+
+class _LoraSwiGLU(torch.autograd.Function):
+    """A Llama MLP whose three linears carry LoRA: down(silu(gate(x)) * up(x)), with gate
+    and up as one group. Arguments: x, the gate/up group's W (gate rows, then up), down's
+    W, the two groups' scalings, then A_gate, A_up, B_gate, B_up, A_down, B_down.
+
+    Saves x, the gate/up output and the down projection's input (3 activations of the
+    MLP's width per token, where the modules' own autograd keeps 4: gate, silu(gate), up and
+    their product) and writes the gate/up gradient as one tensor (no per-linear copies
+    forward, no concatenation backward)."""
+
+    @staticmethod
+    def forward(ctx, x, gu_weight, down_weight, gu_scalings, down_scalings, *lora):
+        gu_a, gu_bd = _lora_matrices(lora[0:2], lora[2:4], gu_scalings)
+        down_a, down_bd = _lora_matrices(lora[4:5], lora[5:6], down_scalings)
+        merged = ctx.merged = gu_weight.dtype in MERGED_DTYPES
+        x2 = x.reshape(-1, x.shape[-1])
+        gu, gu_h = _lora_forward(x2, gu_weight, None, gu_a, gu_bd, merged)
+        inter = lora[2].shape[0]  # gate's width
+        gate, up = gu[:, :inter], gu[:, inter:]
+        act = torch.nn.functional.silu(gate).mul_(up)
+        out, down_h = _lora_forward(act, down_weight, None, down_a, down_bd, merged)
+        hs = () if merged else (gu_h, down_h)
+        ctx.save_for_backward(x2, gu, act, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs)
+        ctx.x_shape, ctx.scalings = x.shape, (gu_scalings, down_scalings)
+        ctx.gu_sizes, ctx.gu_ranks = [lora[2].shape[0], lora[3].shape[0]], [lora[0].shape[0], lora[1].shape[0]]
+        ctx.down_sizes, ctx.down_ranks = [lora[5].shape[0]], [lora[4].shape[0]]
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, gu, act, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs = ctx.saved_tensors
+        gu_h, down_h = hs if hs else (None, None)
+        gu_scalings, down_scalings = ctx.scalings
+        grad_act, grad_down_a, grad_down_b = _lora_backward(
+            grad.reshape(-1, grad.shape[-1]), act, down_weight, down_a, down_bd, down_h, ctx.merged, True,
+            ctx.down_sizes, ctx.down_ranks, down_scalings)
+        inter = ctx.gu_sizes[0]
+        gate, up = gu[:, :inter], gu[:, inter:]
+        grad_gu = torch.empty_like(gu)
+        torch.mul(grad_act, torch.nn.functional.silu(gate), out=grad_gu[:, inter:])
+        torch.ops.aten.silu_backward.grad_input(grad_act.mul_(up), gate, grad_input=grad_gu[:, :inter])
+        grad_x, grad_gu_a, grad_gu_b = _lora_backward(
+            grad_gu, x2, gu_weight, gu_a, gu_bd, gu_h, ctx.merged, ctx.needs_input_grad[0],
+            ctx.gu_sizes, ctx.gu_ranks, gu_scalings)
+        if grad_x is not None:
+            grad_x = grad_x.view(ctx.x_shape)
+        return (grad_x, None, None, None, None, *grad_gu_a, *grad_gu_b, *grad_down_a, *grad_down_b)
 
 
 def fusable(layer) -> bool:
@@ -134,6 +205,7 @@ class Group:
         self.sizes = [layer.base_layer.out_features for layer in layers]
         self.scalings = [float(layer.scaling[ADAPTER]) for layer in layers]
         self.pending: tuple | None = None  # (input, its version, grad mode, outputs not yet taken)
+        self.split = False  # fell apart into single linears (see _split_up)
         weights = [layer.base_layer.weight for layer in layers]
         if len(layers) == 1:
             self.weight = weights[0].detach()
@@ -158,8 +230,7 @@ class Group:
                 and x.device == self.weight.device)  # a model moved or cast later: peft's path
 
     def compute(self, x) -> list:
-        a = [layer.lora_A[ADAPTER].weight for layer in self.layers]
-        b = [layer.lora_B[ADAPTER].weight for layer in self.layers]
+        a, b = self.lora()
         out = _LoraLinears.apply(x, self.weight, self.bias, self.scalings, *a, *b)
         return [out] if len(self.layers) == 1 else list(out)
 
@@ -190,29 +261,75 @@ class Group:
         return forward
 
     def _split_up(self) -> None:
+        self.split = True
         for layer in self.layers:
             Group([layer])
 
+    def lora(self) -> tuple[list, list]:
+        return ([layer.lora_A[ADAPTER].weight for layer in self.layers],
+                [layer.lora_B[ADAPTER].weight for layer in self.layers])
+
+
+def _is_silu(module) -> bool:
+    return type(module) is torch.nn.SiLU or type(module).__name__ == "SiLUActivation"
+
+
+def _fuse_mlp(mlp, gate_up: Group, down: Group) -> bool:
+    """Run a Llama-style MLP (transformers' ``LlamaMLP.forward`` code, SiLU, no biases) whose
+    gate/up group and down linear are fused as one :class:`_LoraSwiGLU`; anything else on a
+    call (arguments, a group that fell apart, a member peft must run) takes its own forward."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from engine.fused_layers import _same_code
+
+    if (not _same_code(type(mlp).forward, LlamaMLP.forward) or not _is_silu(getattr(mlp, "act_fn", None))
+            or gate_up.bias is not None or down.bias is not None or len(gate_up.layers) != 2
+            or gate_up.layers != [mlp.gate_proj, mlp.up_proj] or down.layers != [mlp.down_proj]):
+        return False
+    own_forward = mlp.forward
+    members = ((gate_up, mlp.gate_proj), (gate_up, mlp.up_proj), (down, mlp.down_proj))
+
+    def forward(x, *args, **kwargs):
+        if (args or kwargs or gate_up.split or down.split or gate_up.pending is not None
+                or not all(group._usable(layer, x, (), {}) for group, layer in members)):
+            return own_forward(x, *args, **kwargs)
+        (a_gate, a_up), (b_gate, b_up) = gate_up.lora()
+        (a_down,), (b_down,) = down.lora()
+        return _LoraSwiGLU.apply(x, gate_up.weight, down.weight, gate_up.scalings, down.scalings,
+                                 a_gate, a_up, b_gate, b_up, a_down, b_down)
+
+    forward.finetui_fused_mlp = True
+    mlp.forward = forward
+    return True
+
+
+def fused_mlps(model) -> int:
+    """How many MLPs of ``model`` run as one function (see :func:`_fuse_mlp`)."""
+    return sum(1 for m in model.modules() if getattr(m.__dict__.get("forward"), "finetui_fused_mlp", False))
+
 
 def apply(model) -> int:
-    """Fuse the model's LoRA linears (a peft model, or the model inside it); returns how many
-    linears now run fused (0: none could)."""
+    """Fuse the model's LoRA linears (a peft model, or the model inside it), and its
+    Llama-style MLPs where all three linears carry LoRA; returns how many linears now run
+    fused (0: none could; :func:`fused_mlps` counts the MLPs)."""
     layers = 0
-    for parent in model.modules():
+    for parent in list(model.modules()):
         children = dict(parent.named_children())
-        grouped: set[str] = set()
+        groups: dict[str, Group] = {}
         for names in GROUPS:
             members = [children.get(n) for n in names]
             if len(members) > 1 and all(m is not None and fusable(m) for m in members):
                 same = {(m.in_features, m.base_layer.weight.dtype, m.base_layer.weight.device) for m in members}
                 if len(same) == 1:
-                    Group(members)
-                    grouped.update(names)
+                    group = Group(members)
+                    groups.update(dict.fromkeys(names, group))
                     layers += len(members)
         for name, child in children.items():
-            if name not in grouped and fusable(child):
-                Group([child])
+            if name not in groups and fusable(child):
+                groups[name] = Group([child])
                 layers += 1
+        if "gate_proj" in groups and "down_proj" in groups:
+            _fuse_mlp(parent, groups["gate_proj"], groups["down_proj"])
     return layers
 
 

@@ -421,7 +421,9 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         # gradients, fewer and larger matmuls (engine/fused_lora.py)
         fused = fused_lora.apply(model)
         if fused:
-            events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together)")
+            mlps = fused_lora.fused_mlps(model)
+            events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together"
+                        + (f"; {mlps} MLPs as one function each)" if mlps else ")"))
     from engine import fused_layers
 
     if fused_layers.wanted(mixed_precision=args.bf16 or args.fp16):

@@ -81,6 +81,7 @@ def test_same_outputs_and_gradients(pair, make_batch, merged, monkeypatch):
         monkeypatch.setattr(fused_lora, "MERGED_DTYPES", ())
     peft_model, fused_model = pair
     assert fused_lora.apply(fused_model) == 2 * 7  # every LoRA linear of both layers
+    assert fused_lora.fused_mlps(fused_model) == 2  # and each MLP as one function
     batch = make_batch()
     expected, expected_grads = loss_and_grads(peft_model, batch)
     got, grads = loss_and_grads(fused_model, batch)
@@ -120,8 +121,8 @@ def test_group_is_one_computation_and_shares_base_weights(pair, monkeypatch):
     original = fused_lora.Group.compute
     monkeypatch.setattr(fused_lora.Group, "compute", lambda self, x: calls.append(len(self.layers)) or original(self, x))
     model(**packed_batch())
-    # per layer: q/k/v once, o once, gate/up once, down once
-    assert calls == [3, 1, 2, 1] * 2
+    # per layer: q/k/v once, o once; the MLP (gate/up and down) is one _LoraSwiGLU
+    assert calls == [3, 1] * 2
 
 
 def test_member_called_with_another_input_gets_its_own_result(pair):
@@ -190,3 +191,18 @@ def test_model_cast_after_fusing_falls_back_to_peft(pair):
     batch = packed_batch()
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, peft_model(**batch).logits, atol=1e-9)
+
+
+def test_mlp_whose_group_fell_apart_runs_its_own_forward(pair):
+    peft_model, model = pair
+    fused_lora.apply(model)
+    fused_mlp = model.base_model.model.model.layers[0].mlp
+    peft_mlp = peft_model.base_model.model.model.layers[0].mlp
+    x, y = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+    assert torch.allclose(fused_mlp(x), peft_mlp(x), atol=TOLERANCE)
+    fused_mlp.gate_proj(x)
+    fused_mlp.up_proj(y)  # not gate's input: gate/up fall apart into single linears
+    assert torch.allclose(fused_mlp(x), peft_mlp(x), atol=TOLERANCE)
+    x.requires_grad_(True)
+    fused_mlp(x).sum().backward()
+    assert all(p.grad is not None for n, p in fused_mlp.named_parameters() if "lora_" in n)
