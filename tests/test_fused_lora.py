@@ -125,11 +125,15 @@ def test_group_is_one_computation_and_shares_base_weights(pair, monkeypatch):
     assert calls == [3, 1] * 2
 
 
-def test_member_called_with_another_input_gets_its_own_result(pair):
+def first_layer_modules(pair, name: str):
+    """(peft's, fused) ``name`` module of the first layer, the second model fused."""
     peft_model, model = pair
     fused_lora.apply(model)
-    fused_attn = model.base_model.model.model.layers[0].self_attn
-    peft_attn = peft_model.base_model.model.model.layers[0].self_attn
+    return (getattr(m.base_model.model.model.layers[0], name) for m in (peft_model, model))
+
+
+def test_member_called_with_another_input_gets_its_own_result(pair):
+    peft_attn, fused_attn = first_layer_modules(pair, "self_attn")
     x, y = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
     assert torch.allclose(fused_attn.q_proj(x), peft_attn.q_proj(x), atol=TOLERANCE)
     assert torch.allclose(fused_attn.k_proj(y), peft_attn.k_proj(y), atol=TOLERANCE)  # not q's input
@@ -194,10 +198,7 @@ def test_model_cast_after_fusing_falls_back_to_peft(pair):
 
 
 def test_mlp_whose_group_fell_apart_runs_its_own_forward(pair):
-    peft_model, model = pair
-    fused_lora.apply(model)
-    fused_mlp = model.base_model.model.model.layers[0].mlp
-    peft_mlp = peft_model.base_model.model.model.layers[0].mlp
+    peft_mlp, fused_mlp = first_layer_modules(pair, "mlp")
     x, y = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
     assert torch.allclose(fused_mlp(x), peft_mlp(x), atol=TOLERANCE)
     fused_mlp.gate_proj(x)
