@@ -17,7 +17,11 @@ variant, round after round, so every variant sees the same minutes of the machin
 - ``+lora-in-weight``: the same with the LoRA product added into the float32 weight (one
   matmul forward), as finetui runs float32;
 - ``+fused-layers``: and ``engine.fused_layers`` (rotary embedding and RMSNorm as one
-  autograd function each): finetui's trainer as it runs.
+  autograd function each);
+- ``+one-length-runs``: and consecutive examples of one length through attention as one
+  batched call (``engine.attention.BATCH_RUNS``; before it, one call per example);
+- ``+fused-mlp``: and each Llama MLP as one function (``engine.fused_lora.FUSE_MLP``):
+  finetui's trainer as it runs.
 
 Prints the median ms per optimizer step over the rounds, each variant's ratio to the one
 before it and to ``stock``, and the final losses (equal to ~1e-4: the same training).
@@ -37,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora", "+lora-in-weight", "+fused-layers")
+VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora", "+lora-in-weight", "+fused-layers",
+            "+one-length-runs", "+fused-mlp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import bench_models
-    from engine import fused_layers, fused_lora, hf_trainer, modeling
+    from engine import attention, fused_layers, fused_lora, hf_trainer, modeling
     from engine.attention import use_packed_sdpa
     from engine.data import dataset
     from engine.train import training_arguments
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(config.train.seed)
         model = modeling.load_model(config.model, config.method, tokenizer=tokenizer, device="cpu")
         use_packed_sdpa(model)
+        attention.BATCH_RUNS = level >= 6
+        fused_lora.FUSE_MLP = level >= 7
         if level >= 3:
             fused_lora.apply(model)
         fused_lora.MERGED_DTYPES = merged_dtypes if level >= 4 else ()

@@ -23,6 +23,8 @@ sdpa with the mask it would have had.
 from __future__ import annotations
 
 NAME = "sdpa_packed"
+# consecutive examples of one length as one call (benchmarks/step_levers.py measures it off)
+BATCH_RUNS = True
 
 _last: list = [None, None]  # (position_ids tensor, its segments): every layer sees the same tensor
 
@@ -82,7 +84,7 @@ def _runs(segments: list[tuple[int, int]]) -> list[tuple[int, int]]:
     length next to each other; at a cutoff, every truncated example has its length)."""
     runs: list[list[int]] = []
     for start, end in segments:
-        if runs and runs[-1][0] == end - start:
+        if BATCH_RUNS and runs and runs[-1][0] == end - start:
             runs[-1][1] += 1
         else:
             runs.append([end - start, 1])

@@ -41,6 +41,8 @@ import os
 import torch
 
 ENV = "FINETUI_FUSED_LORA"
+# Llama-style MLPs as one function (benchmarks/step_levers.py measures it off)
+FUSE_MLP = True
 # Sibling linears that read one tensor, by name (Llama, Qwen, Mistral, Gemma, Phi-3's
 # MLP, OLMo, ...). Whether they really do is checked on every call.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("gate_up_proj",), ("w1", "w3"))
@@ -328,7 +330,7 @@ def apply(model) -> int:
             if name not in groups and fusable(child):
                 groups[name] = Group([child])
                 layers += 1
-        if "gate_proj" in groups and "down_proj" in groups:
+        if FUSE_MLP and "gate_proj" in groups and "down_proj" in groups:
             _fuse_mlp(parent, groups["gate_proj"], groups["down_proj"])
     return layers
 
