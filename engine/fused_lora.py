@@ -18,7 +18,7 @@ one, which saves the nodes. A Llama-style MLP (transformers' ``LlamaMLP`` code: 
 Qwen2/3, Mistral, ...) whose gate/up group and down linear are all fused runs as one
 function, ``down(silu(gate(x)) * up(x))`` (``_LoraSwiGLU``): no per-linear copies of the
 gate/up output, no concatenation of their gradients, one activation fewer kept for
-backward (tiny model, cutoff 256: 2.7% less time per step; the small one 3.2%).
+backward (``+fused-mlp`` in benchmarks/step_levers.py).
 Same maths, same parameters: the gradients match peft's to float rounding
 (tests/test_fused_lora.py), the adapter saves as before, and the frozen base weights are
 re-pointed into the concatenated matrix, so no memory is duplicated.
@@ -138,10 +138,12 @@ class _LoraSwiGLU(torch.autograd.Function):
     and up as one group. Arguments: x, the gate/up group's W (gate rows, then up), down's
     W, the two groups' scalings, then A_gate, A_up, B_gate, B_up, A_down, B_down.
 
-    Saves x, the gate/up output and the down projection's input (3 activations of the
-    MLP's width per token, where the modules' own autograd keeps 4: gate, silu(gate), up and
-    their product) and writes the gate/up gradient as one tensor (no per-linear copies
-    forward, no concatenation backward)."""
+    gate and up come out of two matmuls against row blocks of the group's weight (each
+    contiguous, so SiLU runs over contiguous memory); saved are x, gate, up and silu(gate)
+    (3 activations of the MLP's width per token, where the modules' own autograd keeps 4:
+    gate, silu(gate), up and their product, which backward recomputes with one multiply),
+    and the gate/up gradient is written as one tensor (no per-linear copies forward, no
+    concatenation backward)."""
 
     @staticmethod
     def forward(ctx, x, gu_weight, down_weight, gu_scalings, down_scalings, *lora):
@@ -149,13 +151,18 @@ class _LoraSwiGLU(torch.autograd.Function):
         down_a, down_bd = _lora_matrices(lora[4:5], lora[5:6], down_scalings)
         merged = ctx.merged = gu_weight.dtype in MERGED_DTYPES
         x2 = x.reshape(-1, x.shape[-1])
-        gu, gu_h = _lora_forward(x2, gu_weight, None, gu_a, gu_bd, merged)
         inter = lora[2].shape[0]  # gate's width
-        gate, up = gu[:, :inter], gu[:, inter:]
-        act = torch.nn.functional.silu(gate).mul_(up)
-        out, down_h = _lora_forward(act, down_weight, None, down_a, down_bd, merged)
+        if merged:
+            weight, gu_h = torch.addmm(gu_weight, gu_bd, gu_a), None
+            gate, up = x2 @ weight[:inter].t(), x2 @ weight[inter:].t()
+        else:
+            gu_h = x2 @ gu_a.t()
+            gate = torch.addmm(x2 @ gu_weight[:inter].t(), gu_h, gu_bd[:inter].t())
+            up = torch.addmm(x2 @ gu_weight[inter:].t(), gu_h, gu_bd[inter:].t())
+        silu = torch.nn.functional.silu(gate)
+        out, down_h = _lora_forward(silu * up, down_weight, None, down_a, down_bd, merged)
         hs = () if merged else (gu_h, down_h)
-        ctx.save_for_backward(x2, gu, act, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs)
+        ctx.save_for_backward(x2, gate, up, silu, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs)
         ctx.x_shape, ctx.scalings = x.shape, (gu_scalings, down_scalings)
         ctx.gu_sizes, ctx.gu_ranks = [lora[2].shape[0], lora[3].shape[0]], [lora[0].shape[0], lora[1].shape[0]]
         ctx.down_sizes, ctx.down_ranks = [lora[5].shape[0]], [lora[4].shape[0]]
@@ -163,16 +170,15 @@ class _LoraSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x2, gu, act, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs = ctx.saved_tensors
+        x2, gate, up, silu, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs = ctx.saved_tensors
         gu_h, down_h = hs if hs else (None, None)
         gu_scalings, down_scalings = ctx.scalings
         grad_act, grad_down_a, grad_down_b = _lora_backward(
-            grad.reshape(-1, grad.shape[-1]), act, down_weight, down_a, down_bd, down_h, ctx.merged, True,
+            grad.reshape(-1, grad.shape[-1]), silu * up, down_weight, down_a, down_bd, down_h, ctx.merged, True,
             ctx.down_sizes, ctx.down_ranks, down_scalings)
         inter = ctx.gu_sizes[0]
-        gate, up = gu[:, :inter], gu[:, inter:]
-        grad_gu = torch.empty_like(gu)
-        torch.mul(grad_act, torch.nn.functional.silu(gate), out=grad_gu[:, inter:])
+        grad_gu = gate.new_empty(gate.shape[0], 2 * inter)
+        torch.mul(grad_act, silu, out=grad_gu[:, inter:])
         torch.ops.aten.silu_backward.grad_input(grad_act.mul_(up), gate, grad_input=grad_gu[:, :inter])
         grad_x, grad_gu_a, grad_gu_b = _lora_backward(
             grad_gu, x2, gu_weight, gu_a, gu_bd, gu_h, ctx.merged, ctx.needs_input_grad[0],
