@@ -291,14 +291,20 @@ def _fuse_mlp(mlp, gate_up: Group, down: Group) -> bool:
     from engine.fused_layers import _same_code
 
     if (not _same_code(type(mlp).forward, LlamaMLP.forward) or not _is_silu(getattr(mlp, "act_fn", None))
+            or "forward" in vars(mlp)  # someone else's forward already (a hook library, a second apply)
             or gate_up.bias is not None or down.bias is not None or len(gate_up.layers) != 2
             or gate_up.layers != [mlp.gate_proj, mlp.up_proj] or down.layers != [mlp.down_proj]):
         return False
     own_forward = mlp.forward
-    members = ((gate_up, mlp.gate_proj), (gate_up, mlp.up_proj), (down, mlp.down_proj))
+    gate, up, down_layer = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    members = ((gate_up, gate), (gate_up, up), (down, down_layer))
 
     def forward(x, *args, **kwargs):
         if (args or kwargs or gate_up.split or down.split or gate_up.pending is not None
+                # the linears replaced since (peft's unload, another adapter type) or hooked:
+                # their own calls must run
+                or mlp.gate_proj is not gate or mlp.up_proj is not up or mlp.down_proj is not down_layer
+                or any(layer._forward_hooks or layer._forward_pre_hooks for _, layer in members)
                 or not all(group._usable(layer, x, (), {}) for group, layer in members)):
             return own_forward(x, *args, **kwargs)
         (a_gate, a_up), (b_gate, b_up) = gate_up.lora()

@@ -15,9 +15,10 @@ sit between launch and the first training step.
 ``utils.import_utils`` has loaded, replaces that function with one that
 
 - remembers every folder it has scanned for the life of the process (no second read), and
-- keeps the scan of the ``models`` folder in ``<cache>/import-structure/`` (a pickle, stamped
-  with the folder's and ``import_utils.py``'s mtimes and the Python version: a reinstall or
-  an upgrade of transformers scans afresh), so later processes do not read the tree at all.
+- keeps the scan of the ``models`` folder in ``<cache>/import-structure/`` (marshal data,
+  stamped with the newest mtime of the folder, its model folders and ``import_utils.py``,
+  and the Python version: a reinstall, an upgrade or a model file added or removed scans
+  afresh), so later processes do not read the tree at all.
 
 The table is the same either way (tests/test_import_cache.py compares it with transformers'
 own scan). Anything unexpected (a transformers without the function, an unreadable or
@@ -35,7 +36,7 @@ from pathlib import Path
 ENV = "FINETUI_IMPORT_CACHE"
 TARGET = "transformers.utils.import_utils"
 FUNCTION = "create_import_structure_from_path"
-FORMAT = 1
+FORMAT = 2
 
 
 def install(cache_dir: Path | None = None) -> bool:
@@ -55,35 +56,56 @@ def default_cache_dir() -> Path:
 
 
 class _Finder:
-    """A sys.meta_path finder (the protocol needs only find_spec) for one module."""
+    """A sys.meta_path finder (the protocol needs only find_spec) for one module: it finds
+    transformers' ``utils.import_utils`` the usual way and hands back a loader that patches
+    the module once it has run; it leaves ``sys.meta_path`` once that module has loaded."""
 
     def __init__(self, cache_dir: Path | None):
         self.cache_dir = cache_dir
+        self.done = False
 
     def find_spec(self, name, path, target=None):
-        if name != TARGET:
+        if name != TARGET or self.done:
             return None
-        sys.meta_path.remove(self)  # one module, once
+        self.done = True  # one module, once
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        run_module = loader.exec_module
-        cache_dir = self.cache_dir
-
-        def exec_module(module):
-            run_module(module)
-            patch(module, cache_dir or default_cache_dir())
-
-        loader.exec_module = exec_module
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            return None  # the other finders carry on as if we were not here
+        spec.loader = _PatchingLoader(spec.loader, self)
         return spec
+
+
+class _PatchingLoader:
+    """The module's own loader, then :func:`patch` (a failure there leaves transformers'
+    own function in place)."""
+
+    def __init__(self, loader, finder: _Finder):
+        self.loader, self.finder = loader, finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        try:
+            sys.meta_path.remove(self.finder)
+        except ValueError:
+            pass
+        try:
+            patch(module, self.finder.cache_dir or default_cache_dir())
+        except Exception:  # noqa: BLE001 - the cache is an optimisation; transformers works without it
+            pass
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, get_code, ...
+        return getattr(self.loader, name)
 
 
 def patch(module, cache_dir: Path) -> bool:
     """Replace ``module.create_import_structure_from_path`` (see the module docstring)."""
     scan = getattr(getattr(module, FUNCTION, None), "__wrapped__", None)  # the function under lru_cache
-    if scan is None or not getattr(module, "__file__", None):
-        return False
+    code = getattr(scan, "__code__", None)
+    if code is None or code.co_argcount != 1 or not getattr(module, "__file__", None):
+        return False  # not the one-argument scan this replaces
     models_dir = os.path.join(os.path.dirname(os.path.dirname(module.__file__)), "models")
     disk = _DiskEntry(cache_dir, models_dir, module.__file__)
     memo: dict[str, dict] = {}
@@ -94,54 +116,67 @@ def patch(module, cache_dir: Path) -> bool:
             folder = os.path.dirname(folder)
         found = memo.get(folder)
         if found is None:
-            found = disk.load() if folder == models_dir else None
-            if found is None:
-                found = scan(folder)  # its own recursion comes back through this function
-                if folder == models_dir:
-                    disk.save(found)
+            if folder == models_dir:
+                stamp = disk.stamp()  # before the scan: what changes during it makes the next stale
+                found = disk.load(stamp)
+                if found is None:
+                    found = scan(folder)  # its own recursion comes back through this function
+                    disk.save(stamp, found)
+            else:
+                found = scan(folder)
             memo[folder] = found
         return found
 
     create_import_structure_from_path.__wrapped__ = scan
     create_import_structure_from_path.__doc__ = scan.__doc__
+    create_import_structure_from_path.cache_clear = memo.clear
     setattr(module, FUNCTION, create_import_structure_from_path)
     return True
 
 
 class _DiskEntry:
-    """The models folder's import structure in one pickle, valid while its stamp holds."""
+    """The models folder's import structure in one file, valid while its stamp holds. The
+    file is ``marshal`` data (dicts, sets, frozensets and strings only), which unlike pickle
+    cannot run code when read."""
 
     def __init__(self, cache_dir: Path, models_dir: str, import_utils_file: str):
         import hashlib
 
-        self.path = Path(cache_dir) / f"transformers-{hashlib.sha1(models_dir.encode()).hexdigest()[:16]}.pickle"
+        digest = hashlib.sha1(os.fsencode(models_dir)).hexdigest()[:16]
+        self.path = Path(cache_dir) / f"transformers-{digest}.marshal"
         self.models_dir, self.import_utils_file = models_dir, import_utils_file
 
     def stamp(self) -> tuple:
-        return (FORMAT, sys.version, self.models_dir, os.stat(self.models_dir).st_mtime_ns,
-                os.stat(self.import_utils_file).st_mtime_ns)
+        """Python, the folder, and the newest mtime among the models folder, its model folders
+        (a file added or removed in one) and ``import_utils.py`` (a reinstall)."""
+        newest = os.stat(self.models_dir).st_mtime_ns
+        with os.scandir(self.models_dir) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
+        return (FORMAT, sys.version, self.models_dir, newest, os.stat(self.import_utils_file).st_mtime_ns)
 
-    def load(self) -> dict | None:
-        import pickle
+    def load(self, stamp: tuple) -> dict | None:
+        import marshal
 
         try:
             with open(self.path, "rb") as f:
-                stamp, structure = pickle.load(f)
-            return structure if stamp == self.stamp() and isinstance(structure, dict) else None
+                saved, structure = marshal.load(f)
+            return structure if saved == stamp and isinstance(structure, dict) else None
         except Exception:  # noqa: BLE001 - missing, partial, foreign or stale: scan instead
             return None
 
-    def save(self, structure: dict) -> None:
-        import pickle
-        import tempfile
+    def save(self, stamp: tuple, structure: dict) -> None:
+        import marshal
 
-        tmp = None
+        tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump((self.stamp(), structure), f, protocol=pickle.HIGHEST_PROTOCOL)
+            with open(tmp, "wb") as f:
+                marshal.dump((stamp, structure), f)
             os.replace(tmp, self.path)
         except Exception:  # noqa: BLE001 - a cache we cannot write only costs the scan next time
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+            try:
+                tmp.unlink()
+            except OSError:
+                pass

@@ -19,7 +19,7 @@ from engine import fused_lora  # noqa: E402
 TOLERANCE = 1e-5
 
 
-def make_model(seed: int = 0):
+def make_model(seed: int = 0, **lora_options):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -32,7 +32,8 @@ def make_model(seed: int = 0):
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_()  # initialised to zero: a dropped bias would go unnoticed
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False,
+                      **lora_options)
     model = get_peft_model(model, lora)  # init_lora_weights=False: B != 0, LoRA changes the output
     model.train()
     return model
@@ -197,13 +198,44 @@ def test_model_cast_after_fusing_falls_back_to_peft(pair):
         assert torch.allclose(model(**batch).logits, peft_model(**batch).logits, atol=1e-9)
 
 
-def test_mlp_whose_group_fell_apart_runs_its_own_forward(pair):
+def test_mlp_whose_group_fell_apart_runs_its_own_forward(pair, monkeypatch):
     peft_mlp, fused_mlp = first_layer_modules(pair, "mlp")
     x, y = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
     assert torch.allclose(fused_mlp(x), peft_mlp(x), atol=TOLERANCE)
     fused_mlp.gate_proj(x)
-    fused_mlp.up_proj(y)  # not gate's input: gate/up fall apart into single linears
+    fused_mlp.gate_proj(y)  # up never took its output for x: gate/up fall apart into single linears
     assert torch.allclose(fused_mlp(x), peft_mlp(x), atol=TOLERANCE)
+    calls = []
+    original = fused_lora._LoraSwiGLU.apply
+    monkeypatch.setattr(fused_lora._LoraSwiGLU, "apply", lambda *a: calls.append(1) or original(*a))
     x.requires_grad_(True)
     fused_mlp(x).sum().backward()
+    assert calls == []  # the MLP's own forward ran
     assert all(p.grad is not None for n, p in fused_mlp.named_parameters() if "lora_" in n)
+
+
+def test_ranks_and_scalings_per_linear():
+    """gate, up and down with their own ranks and alphas (a swapped rank, scaling or width
+    inside the MLP function would show)."""
+    options = {"rank_pattern": {"up_proj": 2, "down_proj": 3}, "alpha_pattern": {"gate_proj": 4, "v_proj": 2}}
+    peft_model, fused_model = make_model(**options), make_model(**options)
+    fused_lora.apply(fused_model)
+    assert fused_lora.fused_mlps(fused_model) == 2
+    mlp = fused_model.base_model.model.model.layers[0].mlp
+    assert (mlp.up_proj.lora_A["default"].weight.shape[0], mlp.gate_proj.scaling["default"]) == (2, 1.0)
+    for batch in (packed_batch(), padded_batch()):
+        expected, expected_grads = loss_and_grads(peft_model, batch)
+        got, grads = loss_and_grads(fused_model, batch)
+        assert torch.allclose(got.logits, expected.logits, atol=TOLERANCE)
+        assert largest_difference(grads, expected_grads) < TOLERANCE
+
+
+def test_unloaded_adapter_gives_the_base_model():
+    """After peft's unload() the MLP's linears are plain again: no LoRA may be added."""
+    peft_model, fused_model = make_model(), make_model()
+    fused_lora.apply(fused_model)
+    batch = packed_batch()
+    with torch.no_grad():
+        expected = peft_model.unload()(**batch).logits
+        got = fused_model.unload()(**batch).logits
+    assert torch.allclose(got, expected, atol=TOLERANCE)

@@ -67,7 +67,7 @@ def test_the_models_table_is_kept_on_disk_for_the_next_process(tmp_path):
     module, calls, models = _fake_package(tmp_path)
     import_cache.patch(module, tmp_path / "cache")
     first = module.create_import_structure_from_path(models)
-    assert len(list((tmp_path / "cache").glob("transformers-*.pickle"))) == 1
+    assert len(list((tmp_path / "cache").glob("transformers-*.marshal"))) == 1
 
     again, calls_again, _ = _fake_package(tmp_path)  # a fresh process over the same install
     import_cache.patch(again, tmp_path / "cache")
@@ -79,7 +79,7 @@ def test_a_reinstall_or_a_broken_cache_file_scans_again(tmp_path):
     module, _, models = _fake_package(tmp_path)
     import_cache.patch(module, tmp_path / "cache")
     module.create_import_structure_from_path(models)
-    cache_file = next((tmp_path / "cache").glob("transformers-*.pickle"))
+    cache_file = next((tmp_path / "cache").glob("transformers-*.marshal"))
 
     stat = os.stat(module.__file__)
     os.utime(module.__file__, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a new transformers
@@ -88,12 +88,44 @@ def test_a_reinstall_or_a_broken_cache_file_scans_again(tmp_path):
     again.create_import_structure_from_path(models)
     assert calls[str(models)] == 1
 
-    cache_file.write_bytes(b"not a pickle")
+    cache_file.write_bytes(b"not marshal data")
     third, calls, _ = _fake_package(tmp_path)
     import_cache.patch(third, tmp_path / "cache")
     assert third.create_import_structure_from_path(models)["beta"]
     assert calls[str(models)] == 1
-    assert cache_file.read_bytes() != b"not a pickle"  # rewritten
+    assert cache_file.read_bytes() != b"not marshal data"  # rewritten
+
+
+def test_a_model_file_added_scans_again(tmp_path):
+    module, _, models = _fake_package(tmp_path)
+    import_cache.patch(module, tmp_path / "cache")
+    module.create_import_structure_from_path(models)
+    alpha = models / "alpha"
+    stat = os.stat(alpha)
+    (alpha / "modeling_extra.py").write_text("")
+    os.utime(alpha, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # coarse clocks
+    again, calls, _ = _fake_package(tmp_path)
+    import_cache.patch(again, tmp_path / "cache")
+    assert "modeling_extra" in again.create_import_structure_from_path(models)["alpha"][frozenset({"torch"})]
+    assert calls[str(models)] == 1
+
+
+def test_a_failing_patch_leaves_the_module_as_it_loaded(tmp_path, monkeypatch):
+    import importlib.util
+
+    source = tmp_path / "plain_module.py"
+    source.write_text("VALUE = 42\n")
+    spec = importlib.util.spec_from_file_location("plain_module", source)
+    finder = import_cache._Finder(tmp_path / "cache")
+    spec.loader = import_cache._PatchingLoader(spec.loader, finder)
+
+    def broken(module, cache_dir):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(import_cache, "patch", broken)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.VALUE == 42
 
 
 def test_an_unwritable_cache_folder_costs_only_the_scan(tmp_path):
@@ -144,9 +176,12 @@ def _probe(tmp_path: Path, name: str, arm: bool):
 def test_transformers_gets_the_same_import_table_from_the_cache(tmp_path):
     _, stock_patched, stock = _probe(tmp_path, "stock", arm=False)
     armed, patched, first = _probe(tmp_path, "first", arm=True)  # scans and writes the cache
+    (cache_file,) = (tmp_path / "cache").glob("transformers-*.marshal")
+    written = cache_file.stat().st_mtime_ns
     _, _, cached = _probe(tmp_path, "cached", arm=True)  # reads it
+    assert cache_file.stat().st_mtime_ns == written  # read, not scanned and rewritten
     assert (stock_patched, armed, patched) == (False, True, True)
     assert len(stock) >= 2 and sum(len(v) for v in stock.values()) > 1000  # every model's modules
     assert first == stock
     assert cached == stock
-    assert list((tmp_path / "cache").glob("transformers-*.pickle"))
+    assert list((tmp_path / "cache").glob("transformers-*.marshal"))
