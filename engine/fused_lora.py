@@ -278,19 +278,17 @@ class Group:
                 [layer.lora_B[ADAPTER].weight for layer in self.layers])
 
 
-def _is_silu(module) -> bool:
-    return type(module) is torch.nn.SiLU or type(module).__name__ == "SiLUActivation"
-
-
 def _fuse_mlp(mlp, gate_up: Group, down: Group) -> bool:
     """Run a Llama-style MLP (transformers' ``LlamaMLP.forward`` code, SiLU, no biases) whose
     gate/up group and down linear are fused as one :class:`_LoraSwiGLU`; anything else on a
     call (arguments, a group that fell apart, a member peft must run) takes its own forward."""
+    from transformers.activations import SiLUActivation
     from transformers.models.llama.modeling_llama import LlamaMLP
 
     from engine.fused_layers import _same_code
 
-    if (not _same_code(type(mlp).forward, LlamaMLP.forward) or not _is_silu(getattr(mlp, "act_fn", None))
+    if (not _same_code(type(mlp).forward, LlamaMLP.forward)
+            or type(getattr(mlp, "act_fn", None)) not in (SiLUActivation, torch.nn.SiLU)
             or "forward" in vars(mlp)  # someone else's forward already (a hook library, a second apply)
             or gate_up.bias is not None or down.bias is not None or len(gate_up.layers) != 2
             or gate_up.layers != [mlp.gate_proj, mlp.up_proj] or down.layers != [mlp.down_proj]):

@@ -82,9 +82,6 @@ class _PatchingLoader:
     def __init__(self, loader, finder: _Finder):
         self.loader, self.finder = loader, finder
 
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
     def exec_module(self, module):
         self.loader.exec_module(module)
         try:
@@ -96,7 +93,7 @@ class _PatchingLoader:
         except Exception:  # noqa: BLE001 - the cache is an optimisation; transformers works without it
             pass
 
-    def __getattr__(self, name):  # get_resource_reader, is_package, get_code, ...
+    def __getattr__(self, name):  # create_module, get_resource_reader, is_package, get_code, ...
         return getattr(self.loader, name)
 
 

@@ -174,7 +174,8 @@ def test_packed_attention_batches_examples_of_one_length():
 
     from engine.attention import _runs, use_packed_sdpa
 
-    assert _runs([(0, 7), (7, 14), (14, 21), (21, 25), (25, 34), (34, 43), (43, 47)]) == [(7, 3), (4, 1), (9, 2), (4, 1)]
+    segments = [(0, 7), (7, 14), (14, 21), (21, 25), (25, 34), (34, 43), (43, 47)]
+    assert _runs(segments) == [(7, 3), (4, 1), (9, 2), (4, 1)]
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)

@@ -460,9 +460,9 @@ def collator(config, tokenizer):
     right, labels with -100, attention_mask; to a multiple of 8 on a GPU (tensor cores).
     packing (``data.packing``): ``DataCollatorWithFlattening`` - the batch as one row
     without padding (longest example first), position_ids restarting per example and -100
-    on each example's first label, so no token attends to or predicts across examples (sdpa/eager get a
-    block-diagonal mask from the position_ids; flash_attention_2 gets cu_seq_lens). Packed
-    batches carry ``use_cache=False`` (see below).
+    on each example's first label, so no token attends to or predicts across examples
+    (sdpa/eager get a block-diagonal mask from the position_ids; flash_attention_2 gets
+    cu_seq_lens). Packed batches carry ``use_cache=False`` (see below).
     """
     import copy
 
