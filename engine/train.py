@@ -406,7 +406,8 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         # sdpa on a packed row needs an L x L mask, and with a mask the CPU kernels do the
         # whole row's attention; per example it is ~5x less work (engine/attention.py).
         if use_packed_sdpa(model):
-            events.emit("log", level="info", message="packing: attention runs per example, equal lengths as one batch (sdpa_packed)")
+            events.emit("log", level="info",
+                        message="packing: attention runs per example, equal lengths as one batch (sdpa_packed)")
     meta = {"model_cfg": config.model, "method": config.method.type,
             "added_tokens": data.added_tokens, "eos_token_ids": data.eos_token_ids}
 
