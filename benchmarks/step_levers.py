@@ -20,8 +20,9 @@ variant, round after round, so every variant sees the same minutes of the machin
   autograd function each);
 - ``+one-length-runs``: and consecutive examples of one length through attention as one
   batched call (``engine.attention.BATCH_RUNS``; before it, one call per example);
-- ``+fused-mlp``: and each Llama MLP as one function (``engine.fused_lora.FUSE_MLP``):
-  finetui's trainer as it runs.
+- ``+fused-mlp``: and each Llama MLP as one function (``engine.fused_lora.FUSE_MLP``);
+- ``+fused-loss``: and the LM head with the cross-entropy as one blocked function
+  (``engine.fused_loss``): finetui's trainer as it runs.
 
 Prints the median ms per optimizer step over the rounds, each variant's ratio to the one
 before it and to ``stock``, and the final losses (equal to ~1e-4: the same training).
@@ -42,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora", "+lora-in-weight", "+fused-layers",
-            "+one-length-runs", "+fused-mlp")
+            "+one-length-runs", "+fused-mlp", "+fused-loss")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import bench_models
-    from engine import attention, fused_layers, fused_lora, hf_trainer, modeling
+    from engine import attention, fused_layers, fused_lora, fused_loss, hf_trainer, modeling
     from engine.attention import use_packed_sdpa
     from engine.data import dataset
     from engine.train import training_arguments
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         fused_lora.MERGED_DTYPES = merged_dtypes if level >= 4 else ()
         if level >= 5:
             fused_layers.apply(model)
+        if level >= 8:
+            fused_loss.apply(model)
         train_args = training_arguments(config, out_dir, "cpu", False, 1)
         if level < 1:
             train_args.optim = "adamw_torch"

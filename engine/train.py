@@ -11,7 +11,8 @@ Read top to bottom:
    every module). What we add are callbacks (engine/callbacks.py): events from the
    Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM. LoRA
    linears that share an input run fused (engine/fused_lora.py), and so do the rotary
-   embedding and RMSNorm of Llama-family models (engine/fused_layers.py).
+   embedding and RMSNorm of Llama-family models (engine/fused_layers.py) and their LM head
+   with the loss (engine/fused_loss.py).
 3. At the end the adapter (LoRA/QLoRA) or the full model is saved to ``runs/<id>/adapter/``
    with its tokenizer and ``finetui.json``, and a ``finished`` event says how it went.
 
@@ -433,6 +434,12 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         replaced = fused_layers.apply(model)
         if replaced:
             events.emit("log", level="info", message=f"{' and '.join(replaced)} run as single functions")
+    from engine import fused_loss
+
+    if fused_loss.wanted(mixed_precision=args.bf16 or args.fp16) and fused_loss.apply(model):
+        # the LM head and the cross-entropy as one function, block by block, the gradient
+        # taken in the forward: no vocabulary-wide tensor kept (engine/fused_loss.py)
+        events.emit("log", level="info", message="LM head and loss run as one function, in blocks of rows")
     collate = dataset_mod.collator(config, tokenizer)
     if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):
         # lm_head and the loss only where a label is trained: same loss, less work and
