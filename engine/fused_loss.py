@@ -47,18 +47,27 @@ MIN_ROWS = 256
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum over rows with target != -100 of -log_softmax(h @ W^T + b)[target].
-    Arguments: hidden (N, d), weight (V, d), bias (V,) or None, targets (N,), rows per block."""
+    Arguments: hidden (N, d), weight (V, d), bias (V,) or None, targets, rows per block, and
+    rows: None (every row of hidden, N targets) or the indices of the rows that have a
+    target (gathered here, and their gradients scattered back: cheaper than the backward of
+    a boolean index, which accumulates into a zero tensor one row at a time)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, block_rows: int):
+    def forward(ctx, hidden, weight, bias, targets, block_rows: int, rows):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_h = None
+        if need_h:
+            grad_h = torch.empty_like(hidden) if rows is None else torch.zeros_like(hidden)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], block_rows):
-            h = hidden[start:start + block_rows]
+        for start in range(0, targets.shape[0], block_rows):
+            if rows is None:
+                h = hidden[start:start + block_rows]
+            else:
+                index = rows[start:start + block_rows]
+                h = hidden.index_select(0, index)
             target = targets[start:start + block_rows]
             logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
             log_p = torch.log_softmax(logits.float(), -1)
@@ -73,8 +82,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if bool(ignored.any()):
                 d_logits[ignored] = 0.0
             d_logits = d_logits.to(weight.dtype)
-            if need_h:
+            if need_h and rows is None:
                 torch.mm(d_logits, weight, out=grad_h[start:start + block_rows])
+            elif need_h:
+                grad_h.index_copy_(0, index, d_logits @ weight)
             if need_w:
                 grad_w.addmm_(d_logits.t().float(), h.float())
             if need_b:
@@ -97,20 +108,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_w = (saved.pop(0) * grad).to(ctx.weight_dtype)
         if need_b:
             grad_b = (saved.pop(0) * grad).to(ctx.bias_dtype)
-        return grad_h, grad_w, grad_b, None, None
+        return grad_h, grad_w, grad_b, None, None, None
 
 
-def linear_cross_entropy(hidden, weight, bias, targets, num_items_in_batch=None, block_rows: int | None = None):
+def linear_cross_entropy(hidden, weight, bias, targets, num_items_in_batch=None, block_rows: int | None = None,
+                         keep=None):
     """transformers' ``ForCausalLMLoss`` of ``hidden @ weight^T + bias`` against ``targets``
     (already shifted; -100 is not trained), without keeping the logits: the sum of the
-    targets' cross-entropies over ``num_items_in_batch``, or their mean when it is None."""
+    targets' cross-entropies over ``num_items_in_batch``, or their mean when it is None.
+    ``keep``: a boolean mask over hidden's rows (all dimensions but the last), the rows
+    ``targets`` belong to, as transformers' ``logits_to_keep``; None: every row."""
+    rows = None
+    if keep is not None:
+        if keep.shape != hidden.shape[:-1]:
+            raise ValueError(f"a mask of shape {tuple(keep.shape)} for hidden states of shape {tuple(hidden.shape)}")
+        rows = keep.reshape(-1).nonzero().squeeze(1)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1).to(hidden.device)
-    if targets.shape[0] != hidden.shape[0]:
-        raise ValueError(f"{targets.shape[0]} targets for {hidden.shape[0]} hidden states")
+    n = hidden.shape[0] if rows is None else rows.shape[0]
+    if targets.shape[0] != n:
+        raise ValueError(f"{targets.shape[0]} targets for {n} hidden states")
     if block_rows is None:
         block_rows = max(MIN_ROWS, BLOCK_ELEMENTS // weight.shape[0])
-    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, block_rows)
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, block_rows, rows)
     if num_items_in_batch is None:
         return total / (targets != IGNORE_INDEX).sum()
     if torch.is_tensor(num_items_in_batch):
@@ -152,10 +172,16 @@ def apply(model) -> bool:
         outputs = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                           **kwargs)
-        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden, keep = outputs.last_hidden_state, None
+        if (isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool
+                and logits_to_keep.shape == hidden.shape[:-1]):
+            keep = logits_to_keep  # the trainer's trained positions: gathered inside
+        else:
+            hidden = slice_logits_to_keep(hidden, logits_to_keep)
         if shift_labels is None:  # ForCausalLMLoss: position i predicts label i + 1
             shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-        loss = linear_cross_entropy(hidden, head.weight, head.bias, shift_labels, kwargs.get("num_items_in_batch"))
+        loss = linear_cross_entropy(hidden, head.weight, head.bias, shift_labels, kwargs.get("num_items_in_batch"),
+                                    keep=keep)
         return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 

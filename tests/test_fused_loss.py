@@ -78,10 +78,31 @@ def test_only_the_wanted_gradients_are_computed():
         assert fused_loss.linear_cross_entropy(hidden, weight, None, targets).item() == pytest.approx(ref.item(), abs=TOLERANCE)
 
 
+@pytest.mark.parametrize("block_rows", [1, 3, 50])
+def test_function_with_a_mask_of_rows_matches_indexing_first(block_rows):
+    """keep= (the trainer's trained positions): the same as indexing the hidden states with
+    the mask before, and rows left out get a zero gradient."""
+    hidden, weight, b, _ = tensors(bias=True)
+    batch = hidden.detach().reshape(1, 23, 16).requires_grad_()
+    keep = torch.ones(1, 23, dtype=torch.bool)
+    keep[0, [0, 1, 9, 10, 11, 22]] = False
+    targets = torch.randint(0, 50, (int(keep.sum()),), generator=torch.Generator().manual_seed(4))
+    targets[3] = -100
+    ref = reference_loss(batch[keep], weight, b, targets, 40)
+    ours = fused_loss.linear_cross_entropy(batch, weight, b, targets, 40, block_rows=block_rows, keep=keep)
+    assert ours.item() == pytest.approx(ref.item(), abs=TOLERANCE)
+    got, want = grads(ours * 2.0, batch, weight, b), grads(ref * 2.0, batch, weight, b)
+    for r, o in zip(want, got):
+        assert (r - o).abs().max().item() < TOLERANCE
+    assert got[0].shape == (1, 23, 16) and got[0][~keep].abs().max().item() == 0.0
+
+
 def test_targets_must_match_the_rows():
     hidden, weight, _, targets = tensors()
     with pytest.raises(ValueError, match="22 targets for 23 hidden states"):
         fused_loss.linear_cross_entropy(hidden, weight, None, targets[:22])
+    with pytest.raises(ValueError, match=r"a mask of shape \(1, 23\) for hidden states of shape \(23, 16\)"):
+        fused_loss.linear_cross_entropy(hidden, weight, None, targets, keep=torch.ones(1, 23, dtype=torch.bool))
 
 
 def make_model(kind: str, lora: bool):
