@@ -1,13 +1,15 @@
-"""CPU training under three memory allocators: step time, page faults and peak RSS.
+"""CPU training under four memory allocators: step time, page faults and peak RSS.
 
     python benchmarks/cpu_allocator.py [--model small|tiny] [--cutoff 256] [--rows 96]
         [--repeats 1]
 
 Each allocator runs the same LoRA training loop (r8 all-linear, packed batches of 8 from
-LLaMA-Factory's alpaca_en_demo, logits at trained positions, 2 threads) in its own process,
-interleaved:
+LLaMA-Factory's alpaca_en_demo, logits at trained positions, the trainer's fused LoRA,
+layers and loss, 2 threads) in its own process, interleaved:
 
 - ``glibc``: the system malloc as it is;
+- ``glibc-heap``: glibc keeping freed memory (32 MB mmap and 64 MB trim thresholds: what
+  the launcher gives CPU runs of models narrower than 256, ``engine.allocator.HEAP``);
 - ``glibc-lean``: glibc with a 256 KB mmap threshold and torch's 2 MB pages (what
   ``FINETUI_CPU_MALLOC=lean`` does in the trainer);
 - ``mimalloc``: the launcher's choice for CPU runs (``engine.allocator.trainer_env``:
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-ALLOCATORS = ("glibc", "glibc-lean", "mimalloc")
+ALLOCATORS = ("glibc", "glibc-heap", "glibc-lean", "mimalloc")
 
 
 def child(args) -> dict:
@@ -44,7 +46,7 @@ def child(args) -> dict:
     import torch
 
     import bench_models
-    from engine import modeling
+    from engine import fused_layers, fused_lora, fused_loss, modeling
     from engine.allocator import mimalloc_loaded
     from engine.attention import use_packed_sdpa
     from engine.data import dataset
@@ -59,6 +61,9 @@ def child(args) -> dict:
     batches = [collate(rows[i:i + 8]) for i in range(0, len(rows) - 7, 8)]
     model = modeling.load_model(config.model, config.method, tokenizer=tokenizer, device="cpu")
     use_packed_sdpa(model)
+    fused_lora.apply(model)
+    fused_layers.apply(model)
+    fused_loss.apply(model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -78,11 +83,13 @@ def child(args) -> dict:
 
 
 def env_for(allocator: str) -> dict[str, str]:
-    from engine.allocator import trainer_env
+    from engine.allocator import HEAP, trainer_env
 
     env = dict(os.environ)
-    for key in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "FINETUI_CPU_MALLOC", "THP_MEM_ALLOC_ENABLE"):
+    for key in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "FINETUI_CPU_MALLOC", "THP_MEM_ALLOC_ENABLE", *HEAP):
         env.pop(key, None)
+    if allocator == "glibc-heap":
+        env.update(HEAP)
     if allocator == "glibc-lean":
         env["THP_MEM_ALLOC_ENABLE"] = "1"
     if allocator == "mimalloc":

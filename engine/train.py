@@ -201,11 +201,16 @@ def _lean_cpu_memory() -> bool:
 
 
 def _allocator_name(lean: bool) -> str:
-    from engine.allocator import mimalloc_loaded
+    from engine.allocator import MARKER, mimalloc_loaded
 
     if mimalloc_loaded():
         return "mimalloc (preloaded)"
-    return "glibc, 256 KB mmap threshold" if lean else "glibc"
+    if lean:
+        return "glibc, 256 KB mmap threshold"
+    if os.environ.get(MARKER) == "heap":
+        return (f"glibc keeping freed memory (mmap threshold {os.environ.get('MALLOC_MMAP_THRESHOLD_')}, "
+                f"trim threshold {os.environ.get('MALLOC_TRIM_THRESHOLD_')} bytes)")
+    return "glibc"
 
 
 def _lean_malloc() -> None:

@@ -37,13 +37,21 @@ def test_cpu_trainer_env_preloads_mimalloc_without_losing_a_preload():
     assert twice["LD_PRELOAD"].split() == env["LD_PRELOAD"].split()
 
 
-def test_narrow_models_keep_glibc_unless_asked(tmp_path):
+def test_narrow_models_keep_glibc_keeping_freed_memory(tmp_path):
     from train_helpers import new_run
 
     from engine import runs
 
     env = {"PATH": "/bin"}
-    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN - 1) == env
+    heap = {**env, "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864",
+            allocator.MARKER: "heap"}
+    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN - 1) == heap
+    assert allocator.trainer_env("auto", {**env, "CUDA_VISIBLE_DEVICES": ""}, hidden_size=64)[allocator.MARKER] == "heap"
+    assert allocator.trainer_env("cuda", env, hidden_size=64) == env  # a GPU run: as it is
+    # a threshold the user set is theirs; asked for explicitly, any model gets it
+    mine = allocator.trainer_env("cpu", {**env, "MALLOC_TRIM_THRESHOLD_": "1"}, hidden_size=64)
+    assert mine["MALLOC_TRIM_THRESHOLD_"] == "1" and mine["MALLOC_MMAP_THRESHOLD_"] == "33554432"
+    assert allocator.trainer_env("cuda", {**env, allocator.MARKER: "heap"}) == heap
     run_dir = new_run(tmp_path, model={"device": "cpu"})
     assert runs._model(run_dir) == ("cpu", 64)  # the tiny model: glibc
     assert allocator.hidden_size("/nonexistent/model") is None
@@ -82,19 +90,24 @@ def test_a_cpu_run_trains_under_mimalloc(tmp_path, finetui_cache, monkeypatch):
     assert of_type(events, "finished")[-1]["status"] == "completed"
 
 
-@pytest.mark.parametrize("choice", ["auto", "system"])
-def test_the_tiny_model_and_opting_out_keep_glibc(tmp_path, finetui_cache, monkeypatch, choice):
+@pytest.mark.parametrize("choice, message", [
+    ("auto", "glibc keeping freed memory (mmap threshold 33554432, trim threshold 67108864 bytes)"),
+    ("system", "glibc"),
+])
+def test_the_tiny_model_and_opting_out_keep_glibc(tmp_path, finetui_cache, monkeypatch, choice, message):
+    for key in allocator.HEAP:
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv(allocator.MARKER, choice)
     run_dir, rc, events = train(tmp_path, model={"device": "cpu"}, train=SHORT)
     assert rc == 0, stdout_log(run_dir)
-    assert allocator_message(events) == "CPU memory allocator: glibc"
+    assert allocator_message(events) == f"CPU memory allocator: {message}"
 
 
 def test_without_the_library_a_wide_cpu_run_gets_lean_glibc(monkeypatch, tmp_path):
     monkeypatch.setattr(allocator, "mimalloc_library", lambda: None)
     env = {"PATH": "/bin"}
     assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN) == {**env, allocator.MARKER: "lean"}
-    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN - 1) == env  # the tiny model
+    assert allocator.trainer_env("cpu", env, hidden_size=allocator.MIN_HIDDEN - 1)[allocator.MARKER] == "heap"
     assert allocator.trainer_env("cuda", env) == env
     assert allocator.trainer_env("cpu", {**env, allocator.MARKER: "mimalloc"}) == {**env, allocator.MARKER: "mimalloc"}
 
