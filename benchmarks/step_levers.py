@@ -24,6 +24,9 @@ variant, round after round, so every variant sees the same minutes of the machin
 - ``+fused-loss``: and the LM head with the cross-entropy as one blocked function
   (``engine.fused_loss``): finetui's trainer as it runs.
 
+The process runs under the memory allocator the trainer would get for the model
+(``engine.allocator.trainer_env``; it restarts itself with that environment).
+
 Prints the median ms per optimizer step over the rounds, each variant's ratio to the one
 before it and to ``stock``, and the final losses (equal to ~1e-4: the same training).
 """
@@ -54,18 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     args = p.parse_args(argv)
 
+    import bench_models
+    from engine import allocator
+
+    model_dir = bench_models.ensure(args.model, None)
+    # the memory allocator a trainer process of this model gets (engine/allocator.py)
+    env = allocator.trainer_env("cpu", dict(os.environ), allocator.hidden_size(str(model_dir)))
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], env)
+
     sys.modules.setdefault("bitsandbytes", None)  # as the trainer does for unquantised runs
     import torch
     import transformers
 
-    import bench_models
     from engine import attention, fused_layers, fused_lora, fused_loss, hf_trainer, modeling
     from engine.attention import use_packed_sdpa
     from engine.data import dataset
     from engine.train import training_arguments
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model_dir = bench_models.ensure(args.model, None)
     config = bench_models.alpaca_config(model_dir, args.cutoff, args.rows)
     config.train.batch_size, config.train.learning_rate, config.train.lr_scheduler = 8, 1e-3, "cosine"
     config.train.warmup_ratio, config.train.eval_strategy, config.train.save_strategy = 0.0, "no", "no"
