@@ -145,12 +145,16 @@ def apply(model) -> bool:
     """Compute the training loss of ``model`` (a transformers causal LM, or a peft model
     around one) with :func:`linear_cross_entropy`; returns whether it could (see the module
     docstring for where)."""
-    from transformers.loss.loss_utils import ForCausalLMLoss
     from transformers.modeling_outputs import CausalLMOutputWithPast
     from transformers.models.llama.modeling_llama import LlamaForCausalLM
-    from transformers.modeling_utils import slice_logits_to_keep
 
     from engine.fused_layers import _same_code
+
+    try:  # where Llama's forward is the code below, these exist
+        from transformers.loss.loss_utils import ForCausalLMLoss
+        from transformers.modeling_utils import slice_logits_to_keep
+    except ImportError:
+        return False
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(base, "lm_head", None)
@@ -164,7 +168,10 @@ def apply(model) -> bool:
     def forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
         shift_labels = kwargs.get("shift_labels")
-        if (labels is None or not torch.is_grad_enabled() or kwargs.get("return_dict") is False
+        return_dict = kwargs.get("return_dict")  # as transformers' can_return_tuple reads it
+        if return_dict is None:
+            return_dict = getattr(base.config, "return_dict", True)
+        if (labels is None or not torch.is_grad_enabled() or not return_dict
                 or base.lm_head is not head or head._forward_hooks or head._forward_pre_hooks
                 or base.loss_function is not ForCausalLMLoss or "ignore_index" in kwargs
                 or (shift_labels is None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0))):

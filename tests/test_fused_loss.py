@@ -181,6 +181,9 @@ def test_evaluation_and_generation_get_the_model_own_forward():
     assert model(input_ids=batch["input_ids"]).logits.shape == (2, 14, 96)
     as_tuple = model(**batch, return_dict=False)
     assert as_tuple[1].shape == (2, 14, 96)
+    model.get_base_model().config.return_dict = False
+    assert model(**batch)[1].shape == (2, 14, 96)
+    model.get_base_model().config.return_dict = True
     generated = model.generate(input_ids=batch["input_ids"][:1, :4], max_new_tokens=3, do_sample=False)
     assert generated.shape == (1, 7)
 
