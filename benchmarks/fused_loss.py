@@ -5,14 +5,16 @@
 Forward and backward of ``cross_entropy(hidden @ W^T, targets)`` over the trained tokens of
 a batch, the head frozen (LoRA), for two shapes: the tiny model's (1,490 tokens, hidden 64,
 vocabulary 1,024) and Qwen2.5-0.5B's head (2,048 tokens, hidden 896, vocabulary 151,936).
-Each (shape, way) runs in its own process, interleaved, so peak RSS is its own; prints the
-median ms per step and the peak RSS above what the inputs take, and the losses (equal).
+Each (shape, way) runs in its own process, interleaved, so peak RSS is its own, under the
+memory allocator a CPU trainer of that width gets (``engine.allocator.trainer_env``); prints
+the median ms per step and the peak RSS above what the inputs take, and the losses (equal).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -59,11 +61,16 @@ def main(argv=None) -> int:
     if args.child:
         print("RESULT " + json.dumps(child(*args.child)))
         return 0
+    sys.path.insert(0, str(ROOT))
+    from engine.allocator import trainer_env
+
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for shape in SHAPES:
             for way in ("unfused", "fused"):
-                out = subprocess.run([sys.executable, __file__, "--child", shape, way], capture_output=True, text=True)
+                env = trainer_env("cpu", dict(os.environ), hidden_size=SHAPES[shape][1])
+                out = subprocess.run([sys.executable, __file__, "--child", shape, way], capture_output=True, text=True,
+                                     env=env)
                 line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
                     raise SystemExit(f"{shape} {way} failed:\n{out.stderr[-3000:]}")
