@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine import fused_layers  # noqa: E402
+from model_helpers import loss_and_grads, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -48,13 +49,7 @@ def make_model(kind: str, lora: bool, seed: int = 0):
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)  # initialised to ones: a dropped weight would go unnoticed
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                 init_lora_weights=False))
-    model.train()
-    return model
+    return with_lora(model, lora)
 
 
 def padded_batch():
@@ -71,13 +66,6 @@ def packed_batch():
     ids = torch.randint(0, 96, (1, 20), generator=g)
     positions = torch.tensor([list(range(7)) + list(range(9)) + list(range(4))])
     return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    out = model(**batch)
-    out.loss.backward()
-    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def reference_run(model, batch):

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from engine import config as cfg  # noqa: E402
 from engine import fused_lora  # noqa: E402
+from model_helpers import loss_and_grads  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -59,13 +60,6 @@ def packed_batch():
     ids = torch.randint(0, 96, (1, 20), generator=g)
     positions = torch.tensor([list(range(7)) + list(range(9)) + list(range(4))])
     return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    out = model(**batch)
-    out.loss.backward()
-    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def largest_difference(a: dict, b: dict) -> float:

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine import fused_loss  # noqa: E402
+from model_helpers import loss_and_grads, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -118,13 +119,7 @@ def make_model(kind: str, lora: bool):
     if kind == "gpt2":
         common = dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     model = model_class(config_class(**common))
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                 init_lora_weights=False))
-    model.train()
-    return model
+    return with_lora(model, lora)
 
 
 def batches():
@@ -141,13 +136,6 @@ def batches():
     trained = TrainedLogitsOnly(lambda features: dict(plain))([])
     trained["num_items_in_batch"] = torch.tensor(19)
     return {"plain labels": plain, "trained logits": trained}
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    out = model(**batch)
-    out.loss.backward()
-    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -181,9 +169,6 @@ def test_evaluation_and_generation_get_the_model_own_forward():
     assert model(input_ids=batch["input_ids"]).logits.shape == (2, 14, 96)
     as_tuple = model(**batch, return_dict=False)
     assert as_tuple[1].shape == (2, 14, 96)
-    model.get_base_model().config.return_dict = False
-    assert model(**batch)[1].shape == (2, 14, 96)
-    model.get_base_model().config.return_dict = True
     generated = model.generate(input_ids=batch["input_ids"][:1, :4], max_new_tokens=3, do_sample=False)
     assert generated.shape == (1, 7)
 
