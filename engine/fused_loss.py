@@ -25,15 +25,18 @@ otherwise by their count; logits in float32 as there.
 
 Applied per model instance, only where the causal-LM forward is transformers'
 ``LlamaForCausalLM.forward`` code (Llama, Qwen2/3, Mistral and others generated from it),
-the head a plain ``nn.Linear`` and the loss ``ForCausalLMLoss``; and per call only while
-training (gradients on) with labels: evaluation and generation, which want the logits, run
-the model's own forward. ``FINETUI_FUSED_LOSS=0`` switches it off.
+the head a plain ``nn.Linear`` without hooks and the loss ``ForCausalLMLoss``; and per call
+only in training mode with gradients on and labels: evaluation and generation, which want
+the logits, run the model's own forward. When the head trains (full fine-tuning) its
+gradient is kept in float32 from forward to backward. ``FINETUI_FUSED_LOSS=0`` switches it
+off.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import types
 
 import torch
 
@@ -65,6 +68,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        trained = 0
         for start in range(0, targets.shape[0], block_rows):
             if rows is None:
                 h = hidden[start:start + block_rows]
@@ -82,7 +86,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             d_logits = log_p.exp_()  # softmax, in the log-probabilities' memory
             d_logits.scatter_add_(1, safe, torch.full_like(picked, -1.0).unsqueeze(1))
-            if bool(ignored.any()):
+            n_ignored = int(ignored.sum())
+            trained += target.shape[0] - n_ignored
+            if n_ignored:
                 d_logits[ignored] = 0.0
             d_logits = d_logits.to(weight.dtype)
             if need_h and rows is None:
@@ -94,13 +100,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_b:
                 grad_b += d_logits.float().sum(0)
         ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
+        ctx.trained = trained > 0
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         saved = list(ctx.saved_tensors)
+        if not ctx.trained:
+            # no target: zero gradients, as torch's cross-entropy gives, even though the
+            # loss (0 / 0) and so the incoming gradient are NaN
+            grad = torch.zeros_like(grad)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
         grad_h = grad_w = grad_b = None
@@ -157,31 +169,30 @@ def apply(model) -> bool:
         return False
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(base, "lm_head", None)
     if (not _same_code(inspect.unwrap(type(base).forward), inspect.unwrap(LlamaForCausalLM.forward))
-            or "forward" in vars(base) or type(head) is not torch.nn.Linear
+            or "forward" in vars(base) or type(getattr(base, "lm_head", None)) is not torch.nn.Linear
             or getattr(base, "loss_function", None) is not ForCausalLMLoss):
         return False
-    own_forward = base.forward
-    decoder = base.model
 
-    def forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        head = self.lm_head
         shift_labels = kwargs.get("shift_labels")
         return_dict = kwargs.get("return_dict")  # as transformers' can_return_tuple reads it
         if return_dict is None:
-            return_dict = getattr(base.config, "return_dict", True)
-        if (labels is None or not torch.is_grad_enabled() or not return_dict
-                or base.lm_head is not head or head._forward_hooks or head._forward_pre_hooks
-                or base.loss_function is not ForCausalLMLoss or "ignore_index" in kwargs
+            return_dict = getattr(self.config, "return_dict", True)
+        if (labels is None or not self.training or not torch.is_grad_enabled() or not return_dict
+                or type(head) is not torch.nn.Linear or _hooked(head)
+                or self.loss_function is not ForCausalLMLoss or "ignore_index" in kwargs
                 or (shift_labels is None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0))):
-            return own_forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                               use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+            return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=position_ids, past_key_values=past_key_values,
+                                      inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                                      logits_to_keep=logits_to_keep, **kwargs)
         kwargs.pop("return_dict", None)
-        outputs = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                          **kwargs)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             **kwargs)
         hidden, keep = outputs.last_hidden_state, None
         if (isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool
                 and logits_to_keep.shape == hidden.shape[:-1]):
@@ -196,8 +207,20 @@ def apply(model) -> bool:
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     forward.finetui_fused_loss = True
-    base.forward = forward
+    # bound to the model (a deep copy gets its own), its modules read at each call
+    base.forward = types.MethodType(forward, base)
     return True
+
+
+def _hooked(module) -> bool:
+    """Hooks that the head's own call would run (its own or every module's), or a forward
+    someone put on the instance (accelerate's offloading hooks): the head must be called."""
+    from torch.nn.modules import module as nn_module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or "forward" in vars(module)
+                or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks)
 
 
 def wanted(mixed_precision: bool) -> bool:

@@ -11,6 +11,8 @@ skipped moves them by far more than the tolerance.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -74,7 +76,6 @@ def test_only_the_wanted_gradients_are_computed():
     ref = reference_loss(hidden, weight, None, targets)
     (g_ours,), (g_ref,) = grads(ours, hidden), grads(ref, hidden)
     assert (g_ours - g_ref).abs().max().item() < TOLERANCE
-    assert weight.grad is None
     with torch.no_grad():  # evaluation: the loss alone
         assert fused_loss.linear_cross_entropy(hidden, weight, None, targets).item() == pytest.approx(ref.item(), abs=TOLERANCE)
 
@@ -98,6 +99,19 @@ def test_function_with_a_mask_of_rows_matches_indexing_first(block_rows):
     assert got[0].shape == (1, 23, 16) and got[0][~keep].abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("num_items", [None, 0])
+def test_no_target_gives_zero_gradients_as_transformers(num_items):
+    """Every target ignored: the loss is NaN (0 / 0) in both, the gradients zero in both, so
+    one empty batch does not poison the parameters."""
+    hidden, weight, _, targets = tensors()
+    targets = torch.full_like(targets, -100)
+    ref = reference_loss(hidden, weight, None, targets, num_items)
+    ours = fused_loss.linear_cross_entropy(hidden, weight, None, targets, num_items, block_rows=5)
+    assert torch.isnan(ref) and torch.isnan(ours)
+    for r, o in zip(grads(ref, hidden, weight), grads(ours, hidden, weight)):
+        assert r.abs().max().item() == 0.0 and o.abs().max().item() == 0.0
+
+
 def test_targets_must_match_the_rows():
     hidden, weight, _, targets = tensors()
     with pytest.raises(ValueError, match="22 targets for 23 hidden states"):
@@ -106,13 +120,13 @@ def test_targets_must_match_the_rows():
         fused_loss.linear_cross_entropy(hidden, weight, None, targets, keep=torch.ones(1, 23, dtype=torch.bool))
 
 
-def make_model(kind: str, lora: bool):
+def make_model(kind: str, lora: bool, tied: bool = False):
     import transformers
 
     torch.manual_seed(0)
     common = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                  attn_implementation="sdpa", tie_word_embeddings=False)
+                  attn_implementation="sdpa", tie_word_embeddings=tied)
     config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                                  "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                                  "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel)}[kind]
@@ -156,6 +170,53 @@ def test_model_loss_and_gradients_match(kind, lora, batch_name, monkeypatch):
         assert "lm_head.weight" in got  # the head trains too
     for name, g in ref_grads.items():
         assert (got[name] - g).abs().max().item() < TOLERANCE, name
+
+
+def test_a_head_tied_to_the_embedding_trains_as_in_transformers():
+    """Full fine-tuning with the head's weight the embedding's: the gradient through the head
+    and through the embedding add up in the one parameter."""
+    batch = batches()["trained logits"]
+    reference, fused = make_model("llama", lora=False, tied=True), make_model("llama", lora=False, tied=True)
+    assert fused.lm_head.weight is fused.model.embed_tokens.weight
+    assert fused_loss.apply(fused)
+    ref_out, ref_grads = loss_and_grads(reference, batch)
+    out, got = loss_and_grads(fused, batch)
+    assert out.logits is None and out.loss.item() == pytest.approx(ref_out.loss.item(), abs=TOLERANCE)
+    for name, g in ref_grads.items():
+        assert (got[name] - g).abs().max().item() < TOLERANCE, name
+
+
+def test_a_deep_copy_computes_with_its_own_modules():
+    import copy
+
+    model = make_model("llama", lora=False)
+    assert fused_loss.apply(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight.zero_()  # uniform predictions: the loss is ln(96)
+    out = twin(**batches()["plain labels"])
+    assert out.logits is None and out.loss.item() == pytest.approx(math.log(96), abs=1e-5)
+    out.loss.backward()
+    assert twin.lm_head.weight.grad is not None and model.lm_head.weight.grad is None
+
+
+@pytest.mark.parametrize("change", ["eval mode", "head replaced", "custom loss", "ignore_index"])
+def test_the_model_own_forward_runs_when_the_fused_one_would_differ(change):
+    """In eval mode (with gradients on), with the head replaced after apply, with another
+    loss function or another ignore_index, the logits are computed as transformers does."""
+    model = make_model("llama", lora=False)
+    assert fused_loss.apply(model)
+    batch = dict(batches()["plain labels"])
+    if change == "eval mode":
+        model.eval()
+    elif change == "head replaced":
+        model.lm_head = torch.nn.Sequential(model.lm_head)
+    elif change == "custom loss":
+        model.loss_function = lambda logits, labels, vocab_size, **kwargs: logits.float().mean()
+    else:
+        batch["ignore_index"] = -100  # given at all: the fused path does not read it
+    out = model(**batch)
+    assert out.logits is not None and out.logits.shape == (2, 14, 96)
 
 
 def test_evaluation_and_generation_get_the_model_own_forward():
