@@ -61,6 +61,17 @@ def _same_code(a, b) -> bool:
             and consts(ca) == consts(cb))
 
 
+def hooked(module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or every module's), which a fused
+    function that computes it without calling it would skip."""
+    from torch.nn.modules import module as nn_module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks
+                or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks)
+
+
 # --------------------------------------------------------------------------- rotary
 
 

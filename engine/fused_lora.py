@@ -285,7 +285,7 @@ def _fuse_mlp(mlp, gate_up: Group, down: Group) -> bool:
     from transformers.activations import SiLUActivation
     from transformers.models.llama.modeling_llama import LlamaMLP
 
-    from engine.fused_layers import _same_code
+    from engine.fused_layers import _same_code, hooked
 
     if (not _same_code(type(mlp).forward, LlamaMLP.forward)
             or type(getattr(mlp, "act_fn", None)) not in (SiLUActivation, torch.nn.SiLU)
@@ -302,7 +302,7 @@ def _fuse_mlp(mlp, gate_up: Group, down: Group) -> bool:
                 # the linears replaced since (peft's unload, another adapter type) or hooked:
                 # their own calls must run
                 or mlp.gate_proj is not gate or mlp.up_proj is not up or mlp.down_proj is not down_layer
-                or any(layer._forward_hooks or layer._forward_pre_hooks for _, layer in members)
+                or any(hooked(layer) for _, layer in members)
                 or not all(group._usable(layer, x, (), {}) for group, layer in members)):
             return own_forward(x, *args, **kwargs)
         (a_gate, a_up), (b_gate, b_up) = gate_up.lora()

@@ -160,7 +160,7 @@ def apply(model) -> bool:
     from transformers.modeling_outputs import CausalLMOutputWithPast
     from transformers.models.llama.modeling_llama import LlamaForCausalLM
 
-    from engine.fused_layers import _same_code
+    from engine.fused_layers import _same_code, hooked
 
     try:  # where Llama's forward is the code below, these exist
         from transformers.loss.loss_utils import ForCausalLMLoss
@@ -182,7 +182,8 @@ def apply(model) -> bool:
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         if (labels is None or not self.training or not torch.is_grad_enabled() or not return_dict
-                or type(head) is not torch.nn.Linear or _hooked(head)
+                # a head with hooks, or a forward put on it (accelerate's offloading), must be called
+                or type(head) is not torch.nn.Linear or hooked(head) or "forward" in vars(head)
                 or self.loss_function is not ForCausalLMLoss or "ignore_index" in kwargs
                 or (shift_labels is None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0))):
             return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask,
@@ -206,21 +207,9 @@ def apply(model) -> bool:
         return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
-    forward.finetui_fused_loss = True
     # bound to the model (a deep copy gets its own), its modules read at each call
     base.forward = types.MethodType(forward, base)
     return True
-
-
-def _hooked(module) -> bool:
-    """Hooks that the head's own call would run (its own or every module's), or a forward
-    someone put on the instance (accelerate's offloading hooks): the head must be called."""
-    from torch.nn.modules import module as nn_module
-
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or "forward" in vars(module)
-                or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
-                or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks)
 
 
 def wanted(mixed_precision: bool) -> bool:

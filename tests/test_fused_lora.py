@@ -208,6 +208,25 @@ def test_mlp_whose_group_fell_apart_runs_its_own_forward(pair, monkeypatch):
     assert all(p.grad is not None for n, p in fused_mlp.named_parameters() if "lora_" in n)
 
 
+def test_mlp_with_a_hooked_linear_runs_its_own_forward(pair, monkeypatch):
+    """A backward hook on one of its linears (or a global hook): the MLP function would
+    skip it, so the modules run and the hook fires."""
+    _, fused_mlp = first_layer_modules(pair, "mlp")
+    calls, fired = [], []
+    original = fused_lora._LoraSwiGLU.apply
+    monkeypatch.setattr(fused_lora._LoraSwiGLU, "apply", lambda *a: calls.append(1) or original(*a))
+    x = torch.randn(1, 5, 32, requires_grad=True)
+    fused_mlp(x).sum().backward()
+    assert calls == [1]
+    handle = fused_mlp.down_proj.register_full_backward_hook(lambda *a: fired.append(1))
+    fused_mlp(x).sum().backward()
+    assert calls == [1] and fired == [1]
+    handle.remove()
+    with torch.nn.modules.module.register_module_forward_hook(lambda *a: fired.append(2)):
+        fused_mlp(x)
+    assert calls == [1] and 2 in fired
+
+
 def test_ranks_and_scalings_per_linear():
     """gate, up and down with their own ranks and alphas (a swapped rank, scaling or width
     inside the MLP function would show)."""
