@@ -25,6 +25,7 @@ HANDLERS = {
     "eval": "engine.evaluate",
     "bench": "engine.bench",
     "demo": "engine.demo",
+    "models": "engine.models_cli",
 }
 
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="offline demo: train the tiny model on the sample FAQ, merge, chat, evaluate")
     dm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    from engine import models_cli
+
+    models_cli.add_parser(sub)
 
     b = sub.add_parser("bench", help="training speed benchmark against peers")
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -27,10 +27,13 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name_or_path: str = Field(
         "tiny",
-        description="'tiny' (built-in demo model), a local folder, or a Hugging Face id "
-        "(must already be in the local cache when offline).",
+        description="'tiny' (built-in 0.3M demo model), 'smollm2' (built-in SmolLM2-135M-Instruct), "
+        "a local folder, a .gguf file, or a Hugging Face id (must already be in the local cache when offline).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    gguf_file: str | None = Field(
+        None, description="A GGUF file inside the folder or hub repo of name_or_path (converted once to a cached folder)."
+    )
     quantization: Literal["none", "4bit", "8bit"] = Field(
         "none", description="Load the base weights quantised with bitsandbytes."
     )

@@ -236,10 +236,20 @@ def _snapshot(repo_dir: Path, revision: str | None) -> Path | None:
 def locate(name_or_path: str, revision: str | None = None) -> Path | None:
     """The folder holding the model's config.json, or None for 'tiny'. Raises
     FootprintError naming what was tried when it cannot be found locally."""
+    from engine import model_catalog
+
     name = name_or_path.strip()
     if name.lower() == "tiny":
         return None
+    if model_catalog.builtin(name) is not None:
+        return model_catalog.cached_builtin(name)  # None until fetched: the shipped config is used
     path = Path(os.path.expanduser(name))
+    if model_catalog.is_gguf(name) and path.is_file():
+        folder = model_catalog.gguf_folder(path)
+        if model_catalog.is_converted(folder):
+            return folder
+        raise FootprintError(f"{name}: a GGUF file not converted yet (it is converted on first load, "
+                             f"or now with `finetui models add {name}`)")
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
@@ -260,6 +270,10 @@ def locate(name_or_path: str, revision: str | None = None) -> Path | None:
 def read_model_config(name_or_path: str, revision: str | None = None) -> tuple[dict[str, Any], str]:
     """(config dict, where it came from) for 'tiny', a folder or a cached hub id."""
     folder = locate(name_or_path, revision)
+    if folder is None and name_or_path.strip().lower() != "tiny":
+        from engine import model_catalog
+
+        return model_catalog.config_for(name_or_path) or {}, f"built-in {name_or_path} (engine.model_catalog)"
     if folder is None:
         from engine import tiny  # stdlib-only at import time; keeps torch out
 

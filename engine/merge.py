@@ -66,7 +66,7 @@ def _native_dtype(adapter: Path):
     from engine import modeling
 
     base = modeling.base_config_for_adapter(adapter)
-    folder = modeling.resolve_model_path(base.name_or_path, base.revision)
+    folder = modeling.resolve_model_path(base.name_or_path, base.revision, gguf_file=base.gguf_file)
     try:
         declared = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

@@ -7,9 +7,12 @@ Heavy module (torch, transformers, peft): worker processes only (trainer, merge,
 Where a model comes from (:func:`resolve_model_path`), in this order:
 
 1. ``tiny``: the built-in demo model (:func:`engine.tiny.path`);
-2. an existing folder with a ``config.json``;
-3. a hub id already in the Hugging Face cache (no network touched);
-4. a hub id not cached: downloaded only when the hub answers within a few seconds; offline
+   ``smollm2``: SmolLM2-135M-Instruct, fetched and converted once (:mod:`engine.gguf`);
+2. a ``.gguf`` file (or a folder / hub id with ``model.gguf_file``): dequantised once into a
+   cached Hugging Face folder (:mod:`engine.gguf`);
+3. an existing folder with a ``config.json``;
+4. a hub id already in the Hugging Face cache (no network touched);
+5. a hub id not cached: downloaded only when the hub answers within a few seconds; offline
    (``HF_HUB_OFFLINE=1`` or no route) it is one clear line, never a long retry loop.
 
 Every failure is a :class:`engine.errors.ModelError` whose message names the setting
@@ -123,12 +126,25 @@ def _download(repo_id: str, revision: str | None, trust_remote_code: bool) -> Pa
     return folder
 
 
-def resolve_model_path(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+def resolve_model_path(name: str, revision: str | None = None, trust_remote_code: bool = False,
+                       gguf_file: str | None = None) -> Path:
     """``model.name_or_path`` -> a local folder holding config.json (see module docstring)."""
+    from engine import gguf, model_catalog
+
     name = str(name).strip()
     if tiny.is_tiny(name):
         return tiny.path()
+    if model_catalog.builtin(name) is not None:
+        return gguf.fetch_builtin(name)
     path = Path(name).expanduser()
+    if model_catalog.is_gguf(name):
+        return gguf.ensure_local(path)
+    if gguf_file:
+        if path.is_dir():
+            return gguf.ensure_local(path / gguf_file)
+        if not _looks_like_hub_id(name):
+            raise ModelError(f"model.name_or_path: no such folder '{name}'")
+        return gguf.ensure_hub(name, gguf_file, revision, download=not _hub_offline() and _hub_reachable())
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(
@@ -209,14 +225,15 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False,
+                   gguf_file: str | None = None):
     """The tokenizer of a model (tiny, folder, cache, hub id), or of any folder holding
     tokenizer files (an adapter saves the tokenizer it was trained with)."""
     from transformers import AutoTokenizer
 
     path = Path(str(name_or_path)).expanduser()
     if not (path.is_dir() and any((path / f).exists() for f in ("tokenizer_config.json", "tokenizer.json"))):
-        path = resolve_model_path(str(name_or_path), revision, trust_remote_code)
+        path = resolve_model_path(str(name_or_path), revision, trust_remote_code, gguf_file)
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except Exception as exc:
@@ -347,7 +364,8 @@ def load_model(
 
     device = device or pick_device(model_cfg.device)
     quantization = quantization if quantization is not None else model_cfg.quantization
-    path = resolve_model_path(model_cfg.name_or_path, model_cfg.revision, model_cfg.trust_remote_code)
+    path = resolve_model_path(model_cfg.name_or_path, model_cfg.revision, model_cfg.trust_remote_code,
+                              model_cfg.gguf_file)
     kwargs: dict[str, Any] = {
         "dtype": pick_dtype(model_cfg.dtype, device),
         "device_map": {"": device},
@@ -420,6 +438,7 @@ def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eo
     meta = {
         "base_model": model_cfg.name_or_path,
         "revision": model_cfg.revision,
+        "gguf_file": model_cfg.gguf_file,
         "trust_remote_code": model_cfg.trust_remote_code,
         "quantization": model_cfg.quantization,
         "dtype": model_cfg.dtype,
@@ -447,6 +466,7 @@ def base_config_for_adapter(adapter_dir: Path):
         return ModelConfig(
             name_or_path=meta["base_model"],
             revision=meta.get("revision"),
+            gguf_file=meta.get("gguf_file"),
             trust_remote_code=bool(meta.get("trust_remote_code")),
             quantization=meta.get("quantization") or "none",
         )
@@ -484,7 +504,7 @@ def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: 
     meta = read_meta(adapter_dir)
     tokenizer = load_tokenizer(adapter_dir, trust_remote_code=base_cfg.trust_remote_code) \
         if (adapter_dir / "tokenizer_config.json").exists() \
-        else load_tokenizer(base_cfg.name_or_path, base_cfg.revision, base_cfg.trust_remote_code)
+        else load_tokenizer(base_cfg.name_or_path, base_cfg.revision, base_cfg.trust_remote_code, base_cfg.gguf_file)
     base = load_model(base_cfg, None, device=device, quantization=quantization)
     fit_tokenizer(base, tokenizer, meta.get("eos_token_ids"))
     try:
@@ -518,7 +538,10 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
     device = pick_device(device)
     target = str(run_dir_or_model)
     path = Path(target).expanduser()
-    if tiny.is_tiny(target) or (path.is_dir() and is_model_dir(path) and not (path / "config.yaml").exists()):
+    from engine import model_catalog
+
+    if tiny.is_tiny(target) or model_catalog.builtin(target) is not None or model_catalog.is_gguf(target) \
+            or (path.is_dir() and is_model_dir(path) and not (path / "config.yaml").exists()):
         return _load_folder(resolve_model_path(target), device)
     if path.is_dir() and is_adapter_dir(path):
         q = quantization if quantization is not None else (read_meta(path).get("quantization") or "none")
@@ -537,7 +560,8 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
 
     config = load_config(run_dir / "config.yaml")
     if not use_adapter:
-        tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+        tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code,
+                                   config.model.gguf_file)
         model = load_model(config.model, None, device=device, quantization=quantization)
         return model, tokenizer
     candidates = [run_dir / "merged", run_dir / "adapter"]

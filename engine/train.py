@@ -389,7 +389,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     set_seed(config.train.seed)  # before the model: LoRA's initial weights are drawn from it
 
     tokenizer = modeling.load_tokenizer(config.model.name_or_path, config.model.revision,
-                                        config.model.trust_remote_code)
+                                        config.model.trust_remote_code, config.model.gguf_file)
     data = dataset_mod.build(config, tokenizer)  # may add tokens to the tokenizer
     for warning in data.report.warnings:
         events.emit("log", level="warning", message=f"data: {warning}")
