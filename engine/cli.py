@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compare-base", action="store_true", help="also evaluate the untrained base model")
     e.add_argument("--max-new-tokens", type=int, default=64)
     e.add_argument("--limit", type=int, help="at most this many examples")
+    e.add_argument("--refusal", metavar="TEXT",
+                   help="the reply that refuses off-topic questions (default: the split's most repeated target)")
     e.add_argument("--json", action="store_true")
 
     dm = sub.add_parser("demo", help="offline demo: train the tiny model on the sample FAQ, merge, chat, evaluate")

@@ -80,6 +80,11 @@ class DataConfig(_Section):
     max_length: int = Field(512, ge=16, le=1_048_576, description="Tokens per example; longer ones are truncated.")
     test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for evaluation.")
     test_split: str | None = Field(None, description="Use this existing split as the test set instead.")
+    test_path: str | None = Field(
+        None,
+        description="A separate file (or any data.path form) holding the test set, read with the same format "
+        "and columns; overrides test_size and test_split.",
+    )
     packing: bool = Field(
         False,
         description="Put each batch's examples back to back in one row, without padding; position_ids "
@@ -129,7 +134,18 @@ class TrainConfig(_Section):
     eval_steps: int = Field(50, ge=1, description="Evaluate every N steps (eval_strategy: steps).")
     save_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to save checkpoints.")
     save_steps: int = Field(100, ge=1, description="Save every N steps (save_strategy: steps).")
-    save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints.")
+    save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints (the best one is never deleted).")
+    keep_best: bool = Field(
+        True,
+        description="Track the lowest eval loss: its checkpoint is never rotated away, and the final adapter/model "
+        "is the best one (what merge, chat and eval use), when checkpoints line up with evaluations.",
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, le=1000, description="Stop after this many evaluations without a lower eval loss (0: off)."
+    )
+    early_stopping_threshold: float = Field(
+        0.0, ge=0.0, description="How much lower the eval loss must be to count as better (early stopping)."
+    )
     logging_steps: int = Field(1, ge=1, description="Emit a step event every N steps.")
     seed: int = Field(42, description="Seed for data order, init and dropout.")
     dataloader_num_workers: int = Field(0, ge=0, le=64, description="Data-loading worker processes.")
@@ -155,6 +171,10 @@ class Config(BaseModel):
         if self.method.type == "qlora" and self.model.quantization == "none":
             # QLoRA means a 4-bit base; say so rather than silently training 16-bit LoRA.
             object.__setattr__(self.model, "quantization", "4bit")
+        t = self.train
+        if t.early_stopping_patience and t.eval_strategy == "no":
+            raise ValueError("train.early_stopping_patience: early stopping needs evaluations; "
+                             "set train.eval_strategy to steps or epoch")
         if self.method.type == "full" and self.model.quantization != "none":
             raise ValueError(
                 "method.type: full fine-tuning cannot update quantised weights; "

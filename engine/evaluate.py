@@ -14,7 +14,10 @@ max_length, same seed, hence the same split). Each example is scored on
 - exact match: the last assistant reply is generated greedily from everything before it
   (batched, left padding) and compared with the reference, whitespace stripped;
 - accuracy, when every reference is a short class label (0/1, positive/negative, ...):
-  exact match on the label, case and a trailing full stop ignored.
+  exact match on the label, case and a trailing full stop ignored;
+- moderation, when the split refuses off-topic questions with one fixed line (the most
+  common target, repeated at least 3 times, or ``--refusal TEXT``): the refusal rate on
+  those rows (the reply is exactly that line) and the false-refusal rate on the others.
 
 The tuned model (merged, else base + adapter, else the full fine-tune) is evaluated, and
 with ``--compare-base`` the untouched base too, one after the other so only one model is in
@@ -41,6 +44,7 @@ LABEL_MAX_CHARS = 24
 LABEL_MAX_WORDS = 3
 LABEL_MAX_CLASSES = 20
 SHOWN_ROWS = 50
+REFUSAL_MIN_ROWS = 3
 
 
 class EvalError(RuntimeError):
@@ -69,6 +73,14 @@ class ModelScore:
     n_exact: int = 0
     n_generated: int = 0
     accuracy: float | None = None  # labels only
+    # Moderation (when the split has a refusal line): off-topic rows answered with exactly
+    # that line, and in-domain rows answered with it although they should not be.
+    refusal_rate: float | None = None
+    n_refused: int = 0
+    n_off_topic: int = 0
+    false_refusal_rate: float | None = None
+    n_false_refusals: int = 0
+    n_in_domain: int = 0
     loss_s: float = 0.0
     generate_s: float = 0.0
     load_s: float = 0.0
@@ -144,6 +156,31 @@ def label_set(targets: list[str]) -> list[str] | None:
     if len(classes) > LABEL_MAX_CLASSES or len(classes) > max(2, len(targets) // 2):
         return None
     return classes
+
+
+def refusal_line(targets: list[str], labels: list[str] | None) -> str | None:
+    """The reply a split uses to refuse (a moderation set: off-topic questions all answered
+    with one fixed line): the most common target when it repeats at least
+    :data:`REFUSAL_MIN_ROWS` times and is a sentence, not a class label; else None."""
+    if labels is not None or not targets:
+        return None
+    counts: dict[str, int] = {}
+    for t in targets:
+        counts[t] = counts.get(t, 0) + 1
+    line, n = max(counts.items(), key=lambda kv: kv[1])
+    if n < REFUSAL_MIN_ROWS or n == len(targets) or len(line.split()) < 3:
+        return None
+    return line
+
+
+def _refusals(result: "ModelScore", items: list[Item], replies: dict[int, str], refusal: str) -> None:
+    off = [it for it in items if it.prompt_ids and it.target == refusal]
+    on = [it for it in items if it.prompt_ids and it.target != refusal]
+    result.n_off_topic, result.n_in_domain = len(off), len(on)
+    result.n_refused = sum(1 for it in off if replies[it.index] == refusal)
+    result.n_false_refusals = sum(1 for it in on if replies[it.index] == refusal)
+    result.refusal_rate = result.n_refused / len(off) if off else None
+    result.false_refusal_rate = result.n_false_refusals / len(on) if on else None
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -223,7 +260,7 @@ def generate_greedy(chat: Any, items: list[Item], max_new_tokens: int, batch_siz
 
 
 def score(chat: Any, name: str, items: list[Item], max_new_tokens: int, batch_size: int,
-          labels: list[str] | None, progress: Callable[[str], None]) -> ModelScore:
+          labels: list[str] | None, progress: Callable[[str], None], refusal: str | None = None) -> ModelScore:
     result = ModelScore(name=name, source=str(chat.info.get("source", "")), load_s=float(chat.info.get("load_s", 0.0)))
     tokenizer = chat.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else chat.eos_token_ids[0]
@@ -250,6 +287,8 @@ def score(chat: Any, name: str, items: list[Item], max_new_tokens: int, batch_si
         if labels is not None:
             hits = sum(1 for it in with_prompt if _normal_label(replies[it.index]) == _normal_label(it.target))
             result.accuracy = hits / len(with_prompt)
+        if refusal is not None:
+            _refusals(result, items, replies, refusal)
     else:
         result.outputs = [""] * len(items)
     return result
@@ -298,6 +337,7 @@ def evaluate(
     batch_size: int = 16,
     save: bool = True,
     progress: Callable[[str], None] | None = None,
+    refusal: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its held-out split. Returns the results (also saved)."""
     from engine import chat as chat_mod
@@ -351,10 +391,16 @@ def evaluate(
         if tid not in tuned.eos_token_ids:
             tuned.eos_token_ids.append(tid)
     items = make_items(tokenizer, rows)
+    notes: list[str] = []
     targets = [it.target for it in items if it.prompt_ids]
     labels = label_set(targets)
+    if refusal is not None:
+        refusal = refusal.strip()
+        if not any(t == refusal for t in targets):
+            notes.append(f"--refusal {refusal!r} is not the target of any example: no moderation rows")
+    else:
+        refusal = refusal_line(targets, labels)
     longest = max((len(it.target_ids) for it in items if it.target_ids), default=0)
-    notes = []
     if targets and longest > max_new_tokens:
         too_long = sum(1 for it in items if it.target_ids and len(it.target_ids) > max_new_tokens)
         notes.append(f"{too_long} targets are longer than --max-new-tokens {max_new_tokens} "
@@ -363,7 +409,7 @@ def evaluate(
         notes.append("no example has a prompt before its trained tokens (text data or train_on: all): "
                      "loss and perplexity only")
 
-    scores = [score(tuned, "tuned", items, max_new_tokens, batch_size, labels, progress)]
+    scores = [score(tuned, "tuned", items, max_new_tokens, batch_size, labels, progress, refusal)]
     eos_ids = list(tuned.eos_token_ids)
     if compare_base and hasattr(tuned.model, "disable_adapter"):
         # A LoRA run: its base is already in memory under the adapter; switching the
@@ -371,7 +417,7 @@ def evaluate(
         # fitted to the tokenizer) without loading it a second time.
         base = dataclasses.replace(tuned, info={**tuned.info, "source": "base (adapter off)", "load_s": 0.0})
         with tuned.model.disable_adapter():
-            scores.insert(0, score(base, "base", items, max_new_tokens, batch_size, labels, progress))
+            scores.insert(0, score(base, "base", items, max_new_tokens, batch_size, labels, progress, refusal))
         _release(tuned)
     elif compare_base:
         _release(tuned)
@@ -385,7 +431,7 @@ def evaluate(
                          "(tokens added in training are untrained in the base)")
         # Same ids, same stop tokens: only the weights differ.
         base.tokenizer, base.eos_token_ids = tokenizer, eos_ids
-        scores.insert(0, score(base, "base", items, max_new_tokens, batch_size, labels, progress))
+        scores.insert(0, score(base, "base", items, max_new_tokens, batch_size, labels, progress, refusal))
         _release(base)
     else:
         _release(tuned)
@@ -399,6 +445,7 @@ def evaluate(
         "template": built.template.label,
         "max_new_tokens": max_new_tokens,
         "labels": labels,
+        "refusal": refusal,
         "metrics": {s.name: s.metrics() for s in scores},
         "notes": notes,
         "data_s": data_s,
@@ -462,6 +509,15 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
     if result["labels"] is not None:
         summary.add_row(f"accuracy (labels: {', '.join(result['labels'])})",
                         *(_fmt(metrics[n]["accuracy"], "{:.1%}") for n in names))
+    if result.get("refusal") is not None:
+        def rate(n: str, hits: str, rows: str, key: str) -> str:
+            m = metrics[n]
+            return "—" if m[key] is None else f"{m[hits]}/{m[rows]} ({100 * m[key]:.0f}%)"
+
+        summary.add_row("refusals, off-topic (higher is better)",
+                        *(rate(n, "n_refused", "n_off_topic", "refusal_rate") for n in names))
+        summary.add_row("false refusals, in-domain (lower is better)",
+                        *(rate(n, "n_false_refusals", "n_in_domain", "false_refusal_rate") for n in names))
     summary.add_row("seconds (loss + generation)",
                     *(f"{metrics[n]['loss_s'] + metrics[n]['generate_s']:.1f}" for n in names))
     console.print(summary)
@@ -486,6 +542,8 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
         console.print(table)
         if len(rows) > SHOWN_ROWS:
             console.print(f"… {len(rows) - SHOWN_ROWS} more rows in {result.get('saved', {}).get('rows', 'results.jsonl')}")
+    if result.get("refusal") is not None:
+        console.print(f"refusal line: {_escape(repr(result['refusal']))} (exact match of the whole reply)")
     for note in result["notes"]:
         console.print(f"[yellow]note:[/] {_escape(note)}")
     if "saved" in result:
@@ -519,6 +577,7 @@ def command(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=getattr(args, "batch_size", None) or 16,
         progress=progress,
+        refusal=getattr(args, "refusal", None),
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

@@ -236,11 +236,22 @@ def _devices(device: str, world_size: int) -> list[str]:
     return ["cpu"] if world_size == 1 else [f"cpu (rank {r})" for r in range(world_size)]
 
 
+def best_checkpoint_aligned(t, has_eval: bool) -> bool:
+    """Whether every evaluation that can be the best has a checkpoint saved at its step, so
+    the Trainer can keep it and load it at the end (its load_best_model_at_end rule)."""
+    if not has_eval or t.eval_strategy == "no" or t.save_strategy == "no":
+        return False
+    if t.eval_strategy != t.save_strategy:
+        return False
+    return t.eval_strategy == "epoch" or t.save_steps % t.eval_steps == 0
+
+
 def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world_size: int):
     """engine.config.TrainConfig -> transformers.TrainingArguments."""
     from transformers import TrainingArguments
 
     t = config.train
+    track_best = has_eval and t.eval_strategy != "no" and (t.keep_best or t.early_stopping_patience > 0)
     bf16, fp16 = _precision(t.precision, device)
     scheduler = t.lr_scheduler
     if scheduler == "constant" and (t.warmup_steps or t.warmup_ratio):
@@ -274,6 +285,11 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
+        # The lowest eval loss is tracked: the Trainer's rotation never deletes its
+        # checkpoint, and it is loaded back at the end, so adapter/ holds the best weights.
+        metric_for_best_model="eval_loss" if track_best else None,
+        greater_is_better=False if track_best else None,
+        load_best_model_at_end=bool(t.keep_best and best_checkpoint_aligned(t, has_eval)),
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         # The Trainer's NaN filter tests the loss tensor on every step: a host sync.
@@ -452,6 +468,19 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         collate = dataset_mod.TrainedLogitsOnly(collate)
     counter = TokenCounter(collate, train_dataset=data.train)
     reporter = EventCallback(events, counter, device, world_size, meta)
+    if has_eval and config.train.keep_best and not args.load_best_model_at_end and config.train.save_strategy != "no":
+        events.emit("log", level="warning",
+                    message="train.keep_best: checkpoints do not line up with evaluations (save_strategy/save_steps "
+                    "vs eval_strategy/eval_steps), so the best evaluation may have no checkpoint and the final "
+                    "weights are the last ones; make save_steps a multiple of eval_steps")
+    if has_eval and config.train.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        early_stop = EarlyStoppingCallback(config.train.early_stopping_patience,
+                                           config.train.early_stopping_threshold)
+        extra_callbacks.append(early_stop)
+    else:
+        early_stop = None
     trainer = Trainer(
         model=model,
         args=args,
@@ -490,7 +519,15 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         train_loss = result.training_loss
         train_runtime = result.metrics.get("train_runtime")  # the Trainer's own clock, as peers report it
 
+    if early_stop is not None and early_stop.early_stopping_patience_counter >= early_stop.early_stopping_patience:
+        events.emit("log", level="info",
+                    message=f"stopped early at step {trainer.state.global_step}: no lower eval loss in "
+                    f"{early_stop.early_stopping_patience} evaluations (best {trainer.state.best_metric:.4g} "
+                    f"at step {trainer.state.best_global_step})")
     outputs = {"checkpoints": str(run_dir / "checkpoints")}
+    best = trainer.state.best_model_checkpoint
+    if best:
+        outputs["best_checkpoint"] = str(best)
     if trainer.state.global_step > 0:
         adapter_dir = run_dir / "adapter"
         trainer.save_model(str(adapter_dir))  # adapter or full model, + tokenizer
@@ -507,6 +544,10 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
             "train_runtime_s": train_runtime,
             "steps": trainer.state.global_step,
             "epoch": round(float(trainer.state.epoch or 0.0), 4),
+            "best_eval_loss": trainer.state.best_metric if args.metric_for_best_model else None,
+            "best_step": trainer.state.best_global_step or None,
+            # adapter/ holds the best evaluation's weights, not the last step's
+            "final_is_best": bool(args.load_best_model_at_end and best),
         },
         outputs=outputs,
     )

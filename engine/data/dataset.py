@@ -264,9 +264,14 @@ def build(config, tokenizer) -> BuiltData:
     report.added_tokens = list(added)
 
     test_ds = None
-    if data.test_split:
-        test_loaded = _load(readers, data, data.test_split)
-        test_ds, test_report = _process(test_loaded, tokenizer, template, data, source=f"{data.path} [{data.test_split}]")
+    if data.test_path or data.test_split:
+        if data.test_path:
+            test_loaded = _load(readers, data, data.split, path=data.test_path)
+            test_source = data.test_path
+        else:
+            test_loaded = _load(readers, data, data.test_split)
+            test_source = f"{data.path} [{data.test_split}]"
+        test_ds, test_report = _process(test_loaded, tokenizer, template, data, source=test_source)
         report.issues.extend(test_report.issues[: max(0, MAX_ISSUES - len(report.issues))])
         report.issues_total += test_report.issues_total
         report.cache_hit = report.cache_hit and test_report.cache_hit
@@ -288,10 +293,10 @@ def build(config, tokenizer) -> BuiltData:
     )
 
 
-def _load(readers, data, split: str):
+def _load(readers, data, split: str, path: str | None = None):
     try:
         return readers.load_records(
-            data.path,
+            path or data.path,
             format=data.format,
             columns=dict(data.columns) or None,
             split=split,
