@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reply that refuses off-topic questions (default: the split's most repeated target)")
     e.add_argument("--json", action="store_true")
 
-    dm = sub.add_parser("demo", help="offline demo: train the tiny model on the sample FAQ, merge, chat, evaluate")
-    dm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    from engine import demo
+
+    demo.add_parser(sub)
 
     from engine import models_cli
 

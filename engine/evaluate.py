@@ -114,6 +114,7 @@ def split_example(input_ids: list[int], labels: list[int]) -> tuple[list[int], l
     return list(input_ids[:start]), list(input_ids[start:end])
 
 
+_USER_LINE = re.compile(r"^\s*(user|human)\s*:?\s*$", re.IGNORECASE)
 _ROLE_LINE = re.compile(r"^\s*(system|user|assistant|tool|model|human|gpt)\s*:?\s*$", re.IGNORECASE)
 
 
@@ -124,7 +125,13 @@ def prompt_text(tokenizer: Any, input_ids: list[int], labels: list[int], start: 
     while begin > 0 and labels[begin - 1] == IGNORE:
         begin -= 1
     text = tokenizer.decode(input_ids[begin:start], skip_special_tokens=True)
-    lines = [line for line in text.splitlines() if not _ROLE_LINE.match(line)]
+    lines = text.splitlines()
+    # A template that adds a default system prompt (SmolLM2, Qwen) puts it before the
+    # question: keep what follows the last user header.
+    users = [k for k, line in enumerate(lines) if _USER_LINE.match(line)]
+    if users:
+        lines = lines[users[-1] + 1:]
+    lines = [line for line in lines if not _ROLE_LINE.match(line)]
     return "\n".join(lines).strip()
 
 

@@ -185,3 +185,31 @@ def fetch_builtin(name: str, say: Say = _stderr, wheel: str | os.PathLike | None
         return install_builtin_from(b, Path(wheel), say)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=model_catalog.models_dir()) as tmp:
         return install_builtin_from(b, _download_wheel(b, Path(tmp), say), say)
+
+
+def needs_preparing(model_cfg) -> bool:
+    """Whether loading ``model_cfg`` would first fetch or convert (light check, no torch)."""
+    name = str(model_cfg.name_or_path).strip()
+    b = model_catalog.builtin(name)
+    if b is not None:
+        return b.kind == "gguf-wheel" and model_catalog.cached_builtin(name) is None
+    path = Path(name).expanduser()
+    if model_catalog.is_gguf(name) and path.is_file():
+        return not model_catalog.is_converted(model_catalog.gguf_folder(path))
+    if getattr(model_cfg, "gguf_file", None) and path.is_dir() and (path / model_cfg.gguf_file).is_file():
+        return not model_catalog.is_converted(model_catalog.gguf_folder(path / model_cfg.gguf_file))
+    return False
+
+
+def prepare(model_cfg, say: Say = _stderr) -> None:
+    """Fetch and convert what ``model_cfg`` names now, reporting through ``say`` (the CLI
+    shows it on stderr, the trainer as log events), so loading it later is a plain folder load."""
+    if not needs_preparing(model_cfg):
+        return
+    name = str(model_cfg.name_or_path).strip()
+    if model_catalog.builtin(name) is not None:
+        fetch_builtin(name, say)
+    elif model_catalog.is_gguf(name):
+        ensure_local(name, say)
+    else:
+        ensure_local(Path(name).expanduser() / model_cfg.gguf_file, say)

@@ -43,6 +43,21 @@ def preflight(config: cfg.Config) -> None:
         raise cfg.ConfigError(["model.device: cuda was asked for but no CUDA GPU is visible (use auto or cpu)"])
 
 
+def _prepare_model(config: cfg.Config) -> None:
+    """A built-in not fetched yet or a GGUF file not converted yet is done here, in the
+    foreground, where its progress shows, rather than inside the trainer (whose stderr goes
+    to stdout.log). engine.gguf (torch, transformers) is imported only when there is work."""
+    from engine import model_catalog
+
+    name = config.model.name_or_path
+    if not (model_catalog.builtin(name) or model_catalog.is_gguf(name) or config.model.gguf_file):
+        return
+    from engine import gguf
+
+    if gguf.needs_preparing(config.model):
+        gguf.prepare(config.model)
+
+
 def prepare_run(args) -> tuple[Path, bool]:
     """A new run folder from CONFIG (+ --set), or the run to resume. Returns (run_dir, resume)."""
     if args.resume:
@@ -64,6 +79,7 @@ def prepare_run(args) -> tuple[Path, bool]:
                                "or --resume RUN_ID"])
     config = cfg.load(args.config, args.overrides)
     preflight(config)
+    _prepare_model(config)
     name = getattr(args, "name", None) or config.output.run_name or Path(args.config).stem
     return runs.new_run(config, name=name), False
 

@@ -404,6 +404,10 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         events.emit("log", level="info", message=f"CPU memory allocator: {_allocator_name(lean_memory)}")
     set_seed(config.train.seed)  # before the model: LoRA's initial weights are drawn from it
 
+    from engine import gguf
+
+    # A built-in fetched or a GGUF file converted on first use says so on the event stream
+    gguf.prepare(config.model, say=lambda message: events.emit("log", level="info", message=message))
     tokenizer = modeling.load_tokenizer(config.model.name_or_path, config.model.revision,
                                         config.model.trust_remote_code, config.model.gguf_file)
     data = dataset_mod.build(config, tokenizer)  # may add tokens to the tokenizer
