@@ -59,12 +59,18 @@ term). It is an estimate: expect the real peak within roughly +-30%.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34  # per layer, 16-bit, fused attention
+# A CPU trainer's own resident memory before any weights: Python, torch, transformers, peft,
+# the allocator's arenas (the tiny model's whole run peaks at ~0.49 GB, benchmarks in README).
+CPU_RUNTIME_BYTES = 450 * 1024 ** 2
+FUSED_LOSS_BLOCK = 1 << 22  # elements of one block of logits (engine/fused_loss.BLOCK_ELEMENTS)
+FUSED_LOSS_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 OVERHEAD_FRACTION = 0.10
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Other names people pass in target_modules for the same layers.
@@ -195,6 +201,11 @@ class MemoryEstimate:
     method: str
     weights_dtype: str
     notes: list[str] = field(default_factory=list)
+    # CPU training only (0 on a GPU, where the CUDA context is left out as before): the
+    # process itself (interpreter, torch, transformers, peft), and the merged LoRA weights
+    # finetui's fused LoRA keeps for backward (engine/fused_lora.py, fp32 without dropout).
+    runtime_bytes: int = 0
+    merged_weights_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -388,13 +399,15 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
 
 
 def estimate(config: Any, model_config: dict[str, Any] | None = None, source: str | None = None,
-             gpu: bool | None = None) -> MemoryEstimate:
+             gpu: bool | None = None, mean_tokens: float | None = None) -> MemoryEstimate:
     """Footprint + memory estimate for a training config (engine.config.Config or its dict).
 
     ``model_config`` is the model's config.json as a dict; read from ``model.name_or_path``
     when not given (raises FootprintError when it cannot be found locally). ``gpu`` says
     whether a GPU is present (the caller probes; None: assume one), which decides what
-    ``model.dtype: auto`` means (bf16 on a GPU, fp32 on the CPU).
+    ``model.dtype: auto`` means (bf16 on a GPU, fp32 on the CPU). ``mean_tokens``, the
+    data's mean tokens per example when known: with ``data.packing`` a batch holds
+    ``batch_size * mean_tokens`` tokens instead of ``batch_size * max_length``.
     """
     name = str(_get(config, "model.name_or_path", "tiny"))
     revision = _get(config, "model.revision")
@@ -447,6 +460,9 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
 
     batch = int(_get(config, "train.batch_size", 8))
     seq = int(_get(config, "data.max_length", 512))
+    if mean_tokens and _get(config, "data.packing", False):
+        seq = max(1, min(seq, int(math.ceil(mean_tokens))))
+        notes.append(f"packing: {batch} examples of {seq} tokens on average per batch")
     h, L = arch.hidden_size, arch.num_hidden_layers
     precision = str(_get(config, "train.precision", "auto"))
     fp32_acts = quant == "none" and wbytes == 4 and precision not in ("bf16", "fp16")
@@ -456,8 +472,16 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
     else:
         activations = batch * seq * h * L * ACTIVATION_BYTES_PER_TOKEN_HIDDEN * act_scale
     logits = batch * seq * arch.vocab_size * 8
+    runtime = merged = 0
+    if on_cpu:
+        runtime = CPU_RUNTIME_BYTES
+        if fp32_acts and arch.model_type in FUSED_LOSS_TYPES:
+            # engine/fused_loss.py: a block of rows at a time, never the whole batch's logits
+            logits = min(batch * seq * arch.vocab_size, FUSED_LOSS_BLOCK) * 4 * 3
+        if method == "lora" and fp32_acts and not float(_get(config, "method.lora_dropout", 0.0) or 0.0):
+            merged = counts.linear * 4
 
-    subtotal = weights + adapters + grads + optim + activations + logits
+    subtotal = weights + adapters + grads + optim + activations + logits + runtime + merged
     overhead = int(subtotal * OVERHEAD_FRACTION)
     on_disk = weight_files_size(name, revision)
     if on_disk is None:
@@ -480,6 +504,8 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
         method=method,
         weights_dtype=weights_dtype,
         notes=notes,
+        runtime_bytes=runtime,
+        merged_weights_bytes=merged,
     )
 
 
