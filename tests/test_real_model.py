@@ -338,7 +338,7 @@ def test_chat_streams_tokens(smollm2_run, finetui_cache):
                             temperature=0)
         tokens = [t["text"] for t in gen]
     assert len(tokens) >= 2 and "".join(tokens).strip()
-    assert gen.done["tokens"] >= 2
+    assert gen.done["new_tokens"] >= 2 and gen.done["text"].strip() == "".join(tokens).strip()
 
 
 def test_eval_runs_on_the_real_model(smollm2_run, finetui_cache):
