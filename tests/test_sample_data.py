@@ -205,3 +205,17 @@ def test_qlora_preset_is_4bit_nf4_paged():
     assert cfg.method.type == "qlora" and cfg.model.quantization == "4bit"
     assert cfg.model.bnb_4bit_quant_type == "nf4" and cfg.model.bnb_4bit_use_double_quant
     assert cfg.train.optimizer == "paged_adamw_32bit" and cfg.train.gradient_checkpointing
+
+
+def test_faq_held_out_file_is_never_trained(faq):
+    """sample_data/finetui_faq_test.jsonl: the demo's held-out questions. None is a training
+    question; at least 8 are off-topic (the refusal rate needs them); the in-domain ones
+    are training questions asked in other words, with the training answer."""
+    held_out = _jsonl("finetui_faq_test.jsonl")
+    trained = {_norm(r["question"]) for r in faq}
+    assert not [r["question"] for r in held_out if _norm(r["question"]) in trained]
+    off_topic = [r for r in held_out if r["answer"] == MODERATION]
+    assert len(off_topic) >= 8
+    answers = {r["answer"] for r in faq}
+    assert all(r["answer"] in answers for r in held_out if r["answer"] != MODERATION)
+    assert len(held_out) - len(off_topic) >= 15
