@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
 
 from engine import config as cfg
+from engine import footprint
 from tui.app import FinetuiApp
 from tui.screens.settings import SettingsScreen
 from tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
 from tui.widgets.fieldform import FieldRow, RowEditor, RowError, SettingsForm
+from tui.widgets.modelpicker import ModelPicker
 
 
 async def open_settings(pilot, app) -> None:
@@ -70,7 +74,7 @@ async def test_opens_on_tiny_model_and_sample_data(tui_env):
         # Every schema field has a row, with its help text shown when focused.
         form = app.screen.query_one(SettingsForm)
         assert [r.key for r in form.rows] == [s["key"] for s in cfg.field_specs()]
-        assert "built-in demo model" in text_of(app.screen.query_one("#help"))
+        assert "built-in 0.3M demo model" in text_of(app.screen.query_one("#help"))
         footprint = text_of(app.screen.query_one("#footprint"))
         assert "tiny" in footprint and "params" in footprint and "est." in footprint
 
@@ -313,3 +317,142 @@ async def test_unknown_model_folder_is_named_in_the_footprint(tui_env):
         await edit(pilot, app, "model.name_or_path", "./no-model-here")
         await settle(pilot, app)
         assert "model.name_or_path: ./no-model-here: no such folder" in text_of(app.screen.query_one("#footprint"))
+
+
+# ---------------------------------------------------------------------------- model picker
+
+SMALL_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+               "tie_word_embeddings": False, "torch_dtype": "float32"}
+
+
+@pytest.fixture
+def model_cache(tui_env, monkeypatch):
+    """An empty finetui cache and a Hugging Face cache holding one model, both private, plus
+    one converted GGUF file: what the picker finds does not depend on this machine."""
+    cache = tui_env / "finetui-cache"
+    hub = tui_env / "hf" / "hub"
+    monkeypatch.setenv("FINETUI_CACHE", str(cache))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tui_env / "xdg-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    for name in ("HF_HOME", "TRANSFORMERS_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    snapshot = hub / "models--acme--mini-llama" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(SMALL_LLAMA))
+    (hub / "models--acme--mini-llama" / "refs").mkdir()
+    (hub / "models--acme--mini-llama" / "refs" / "main").write_text("abc123")
+    converted = cache / "models" / "gguf-old-0123456789abcdef"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text(json.dumps({**SMALL_LLAMA, "num_hidden_layers": 4}))
+    (converted / "finetui_source.json").write_text(json.dumps({"gguf_file": "/gone/old.gguf"}))
+    return tui_env
+
+
+def option_lines(app) -> list[str]:
+    return [str(option.prompt) for option in app.screen.query_one("OptionList").options]
+
+
+async def open_picker(pilot, app) -> None:
+    await open_settings(pilot, app)
+    await pilot.press("m")
+    await settle(pilot, app)
+    assert isinstance(app.screen, ModelPicker)
+
+
+def params_of(config: dict) -> str:
+    return footprint.human_count(footprint.count_params(footprint.Architecture.from_config(config)).total)
+
+
+async def test_model_picker_lists_models_with_size_and_estimate(model_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_picker(pilot, app)
+        lines = option_lines(app)
+        tiny = next(line for line in lines if line.split()[:2] in (["●", "tiny"], ["tiny"]))
+        smollm2 = next(line for line in lines if "smollm2" in line)
+        tiny_params = params_of(footprint.read_model_config("tiny")[0])
+        assert tiny_params in tiny and "ready" in tiny and "●" in tiny  # the current model
+        assert "135M" in smollm2 and "fetched on first use (93 MB)" in smollm2
+        # Each row's memory column is the estimate of these settings with that model in it.
+        config = app.settings_state.config.to_dict()
+        config["model"]["name_or_path"] = "smollm2"
+        gpu = bool(app.screen_stack[-2].probe_gpus())
+        assert footprint.human_bytes(footprint.estimate(config, gpu=gpu).total_bytes) in smollm2
+        # Hub-cache models and converted GGUF files come from the same list.
+        hub = next(line for line in lines if "acme/mini-llama" in line)
+        assert params_of(SMALL_LLAMA) in hub
+        gguf = next(line for line in lines if "old.gguf" in line)
+        assert params_of({**SMALL_LLAMA, "num_hidden_layers": 4}) in gguf
+        assert "other" in lines[-1]
+        # The highlighted model is described under the list.
+        assert "fast demo" in text_of(app.screen.query_one("#model-detail"))
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen)
+        assert app.settings_state.config.model.name_or_path == "tiny"
+
+
+async def test_model_picker_sets_smollm2_and_the_estimate_follows(model_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_settings(pilot, app)
+        before = text_of(app.screen.query_one("#footprint"))
+        assert before.startswith("tiny")
+        await goto_field(pilot, app, "train.batch_size")  # m works from any row
+        await pilot.press("m")
+        await settle(pilot, app)
+        assert isinstance(app.screen, ModelPicker)
+        lines = option_lines(app)
+        await pilot.press(*["down"] * next(i for i, line in enumerate(lines) if "smollm2" in line))
+        await pilot.pause()
+        assert "SmolLM2-135M-Instruct" in text_of(app.screen.query_one("#model-detail"))
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert isinstance(app.screen, SettingsScreen)
+        assert app.settings_state.config.model.name_or_path == "smollm2"
+        row = app.screen.query_one(SettingsForm).by_key["model.name_or_path"]
+        assert app.focused is row and row.changed and row.value == "smollm2"
+        after = text_of(app.screen.query_one("#footprint"))
+        assert after != before and after.startswith("smollm2 135M params")
+        assert "--set model.name_or_path=smollm2" in app.settings_state.train_command()
+
+
+async def test_model_picker_takes_a_typed_gguf_path(model_cache, monkeypatch):
+    from engine import runs
+
+    monkeypatch.setattr(runs, "launch", lambda *a, **k: (_ for _ in ()).throw(AssertionError("launched")))
+    gguf = model_cache / "work" / "my-model.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_picker(pilot, app)
+        await pilot.press("tab")  # to the path field
+        await pilot.pause()
+        await type_text(pilot, "./nowhere.gguf")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ModelPicker)  # refused; the dialog stays
+        assert "./nowhere.gguf: no such file or folder" in text_of(app.screen.query_one("#error"))
+        await pilot.press("ctrl+a", "ctrl+k")
+        await type_text(pilot, "./my-")
+        await pilot.pause()
+        await pilot.press("tab")  # completes the file name
+        await pilot.pause()
+        await pilot.press("enter")
+        await settle(pilot, app)
+        assert isinstance(app.screen, SettingsScreen)
+        assert app.settings_state.config.model.name_or_path == "./my-model.Q4_K_M.gguf"
+        # Not converted yet: no estimate, which does not stop a run (the run converts it).
+        assert "not converted yet" in text_of(app.screen.query_one("#footprint"))
+        await pilot.press("g")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        assert not list(app.screen.query(".dialog-error"))
+        await pilot.press("escape")
+        await pilot.pause()
+        # Opening the picker again offers the typed path back.
+        await pilot.press("m")
+        await settle(pilot, app)
+        assert app.screen.query_one("#model-input").value == "./my-model.Q4_K_M.gguf"
+        assert app.screen.query_one("OptionList").highlighted == len(option_lines(app)) - 1

@@ -7,6 +7,10 @@ same words. Refused values leave the config as it was.
 
 Before launch the screen shows the model's footprint and a memory estimate
 (``engine.footprint``: config.json only, no weights), computed in a worker thread.
+
+``m`` opens the model picker (tui.widgets.modelpicker): built-ins, converted GGUF files and
+hub-cache models with their size and the estimate for these settings, or a typed path; the
+choice goes through the same validation as a typed value.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from engine import config as cfg
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.session import SettingsState, display_path, presets, sample_dir
 from tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
+from tui.widgets.modelpicker import ModelPicker
 from tui.widgets.pathinput import PathInput
 from tui.widgets.fieldform import FieldRow, RowEditor, SettingsForm, describe, show_value
 
@@ -52,8 +57,10 @@ def data_path_problem(path: str) -> str | None:
 class SettingsScreen(FinetuiScreen):
     MODE = "settings"
     AUTO_FOCUS = "FieldRow"
-    HELP_CLASSES = [SettingsForm, FieldRow, RowEditor, PathDialog, PathInput, PickDialog, ConfirmDialog]
+    HELP_CLASSES = [SettingsForm, FieldRow, RowEditor, PathDialog, PathInput, PickDialog, ConfirmDialog,
+                    ModelPicker]
     BINDINGS = [
+        Binding("m", "pick_model", "Model", id="settings.pick_model"),
         Binding("p", "presets", "Preset", id="settings.presets"),
         Binding("o", "load", "Open", id="settings.load"),
         Binding("w", "save", "Save", id="settings.save"),
@@ -77,6 +84,7 @@ class SettingsScreen(FinetuiScreen):
         super().__init__()
         self.estimate = None  # engine.footprint.MemoryEstimate of the current config
         self.estimate_problem: str | None = None
+        self.estimate_blocks = True  # whether estimate_problem stops Start (a missing model does)
         self._gpus: list | None = None  # engine.hardware.GpuReading, probed once
 
     @property
@@ -174,26 +182,30 @@ class SettingsScreen(FinetuiScreen):
 
     @work(thread=True, exclusive=True, group="footprint")
     def compute_footprint(self, config: cfg.Config) -> None:
-        from engine import footprint
+        from engine import footprint, model_catalog
 
         gpus = self.probe_gpus()
+        blocks = True
         try:
             estimate, problem = footprint.estimate(config, gpu=bool(gpus)), None
         except footprint.FootprintError as exc:
             estimate, problem = None, f"model.name_or_path: {exc}"
+            name = config.model.name_or_path
+            # A GGUF file not converted yet has no config.json to read; the run converts it.
+            blocks = not (model_catalog.is_gguf(name) and Path(name).expanduser().is_file())
         except Exception as exc:  # a strange config.json must not take the screen down
             estimate, problem = None, f"footprint: {exc}"
-        self.app.call_from_thread(self.show_footprint, config, estimate, problem)
+        self.app.call_from_thread(self.show_footprint, config, estimate, problem, blocks)
 
-    def show_footprint(self, config: cfg.Config, estimate, problem: str | None) -> None:
+    def show_footprint(self, config: cfg.Config, estimate, problem: str | None, blocks: bool = True) -> None:
         if config is not self.state.config:
             return  # a newer config is being computed
         from engine.footprint import human_bytes, human_count
 
-        self.estimate, self.estimate_problem = estimate, problem
+        self.estimate, self.estimate_problem, self.estimate_blocks = estimate, problem, blocks
         line = Text(no_wrap=True, overflow="ellipsis")
         if estimate is None:
-            line.append(problem or "no estimate", style="bold red")
+            line.append(problem or "no estimate", style="bold red" if blocks else "bold yellow")
         else:
             line.append(f"{config.model.name_or_path}", style="bold")
             line.append(f" {human_count(estimate.params_total)} params, {human_bytes(estimate.size_bytes)}")
@@ -253,6 +265,24 @@ class SettingsScreen(FinetuiScreen):
         for note in est.notes:
             text.append(f"note: {note}\n", style="dim")
         return text
+
+    # ------------------------------------------------------------------ model picker
+
+    def action_pick_model(self) -> None:
+        config = self.state.config
+        self.app.push_screen(ModelPicker(config.model.name_or_path, config.to_dict(), self.probe_gpus),
+                             self.use_model)
+
+    def use_model(self, value: str | None) -> None:
+        """Put the picked model into the form, validated as a typed value would be."""
+        if not value:
+            return
+        form = self.query_one(SettingsForm)
+        row = form.by_key["model.name_or_path"]
+        row.action_cancel()  # an open editor would hold the old text
+        self.action_back()
+        form.focus_row(form.rows.index(row))
+        self.on_field_row_proposed(FieldRow.Proposed(row, value))
 
     # ------------------------------------------------------------------ preview
 
@@ -365,7 +395,7 @@ class SettingsScreen(FinetuiScreen):
         problem = data_path_problem(self.state.config.data.path)
         if problem:
             return problem
-        if self.estimate is None and self.estimate_problem:
+        if self.estimate is None and self.estimate_problem and self.estimate_blocks:
             return self.estimate_problem
         return None
 
@@ -399,6 +429,8 @@ class SettingsScreen(FinetuiScreen):
         commands: list[PaletteCommand] = [
             ("Settings: open YAML…", "Load a training config file", self.action_load),
             ("Settings: save YAML…", "Write the current settings to a file", self.action_save),
+            ("Settings: pick the model…", "Built-in, converted GGUF and cached models, or a path",
+             self.action_pick_model),
             ("Settings: preview YAML and command", "The config and its `finetui train` command",
              self.action_preview),
             ("Start run", "Launch the trainer with these settings", self.action_start),
