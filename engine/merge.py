@@ -120,6 +120,10 @@ def command(args) -> int:
             print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # The base is always loaded unquantised here (a QLoRA adapter merges into the 16/32-bit
+    # base), so bitsandbytes is never needed; hidden, its import (~1 s, and a warning about
+    # optional CPU kernels) is skipped, as the trainer does for unquantised runs.
+    sys.modules.setdefault("bitsandbytes", None)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # our own stage lines say enough
