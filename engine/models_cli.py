@@ -32,7 +32,7 @@ def _status(row: dict) -> str:
         return "built locally on first use"
     if row["cached"]:
         return "ready"
-    return f"fetched on first use ({human_bytes(row.get('fetch_bytes') or 0)})"
+    return f"fetched on first use ({(row.get('fetch_bytes') or 0) / 1e6:.0f} MB)"
 
 
 def _table(rows: list[dict]) -> None:
