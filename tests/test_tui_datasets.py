@@ -45,7 +45,7 @@ async def test_opens_on_the_sample_dataset(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, app)
-        await wait_until(pilot, lambda: "272 rows" in source_line(app), 20)
+        await wait_until(pilot, lambda: "275 rows" in source_line(app), 20)
         assert isinstance(app.screen, DatasetsScreen)
         line = source_line(app)
         assert "sample:finetui_faq" in line and "qa" in line
@@ -173,7 +173,7 @@ async def test_record_view_renders_with_trained_tokens(tui_env, finetui_cache):
         await pilot.press("i")
         stats = app.screen.query_one("#ds-stats-text")
         await wait_until(pilot, lambda: "histogram" in text_of(stats), 120)
-        assert "272: 272 ok" in text_of(stats)
+        assert "275: 275 ok" in text_of(stats)
         assert not [n for n in notifications(app) if "error" in n.lower()]
 
 
