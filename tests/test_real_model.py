@@ -351,3 +351,42 @@ def test_eval_runs_on_the_real_model(smollm2_run, finetui_cache):
     assert math.isfinite(base["eval_loss"]) and math.isfinite(tuned["eval_loss"])
     assert tuned["eval_loss"] < base["eval_loss"]  # three steps on the FAQ already help
     assert tuned["n_generated"] == 4
+
+
+def test_a_template_files_tokens_are_added_resized_and_trained(smollm2):
+    """Llama 3.1's template on SmolLM2: its <|start_header_id|>/<|eot_id|>/... are not in
+    SmolLM2's vocabulary. They are added as single special tokens, the (tied) embeddings
+    grow, and the new rows train, so the model can learn to emit <|eot_id|> as one token."""
+    import torch
+
+    from engine import modeling
+    from engine.config import MethodConfig, ModelConfig
+    from engine.data import render
+    from engine.data.conversation import Conversation, Message
+
+    tok = _tokenizer()
+    template = render.resolve_template(tok, str(REPO / "tests" / "data" / "chat_templates" / "llama3_1.jinja"))
+    added = render.prepare_tokenizer(tok, template)
+    assert added == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>", "<|eom_id|>"]
+    assert len(tok) == 49152 + 5
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert render.detect_end_token(tok, template) == "<|eot_id|>"
+    conv = Conversation(messages=[Message("user", "What is finetui?"), Message("assistant", "A terminal app.")])
+    ex = render.render(conv, tok, template, max_length=256)
+    trained = [t for t, label in zip(ex.input_ids, ex.labels) if label != -100]
+    assert trained[-1] == eot and tok.decode(trained) == "A terminal app.<|eot_id|>"
+
+    torch.manual_seed(0)
+    model = modeling.load_model(ModelConfig(name_or_path="smollm2", device="cpu"), MethodConfig(type="lora", lora_r=8),
+                                tokenizer=tok, added_tokens=added)
+    emb = model.get_input_embeddings()
+    assert emb.weight.shape[0] == len(tok)
+    assert model.get_output_embeddings().weight.data_ptr() == emb.weight.data_ptr()  # still tied
+    new_rows = slice(49152, 49157)
+    before = emb.weight[new_rows].detach().clone()
+    ids = torch.tensor([ex.input_ids])
+    batch = {"input_ids": ids, "labels": torch.tensor([ex.labels]), "attention_mask": torch.ones_like(ids)}
+    losses = _steps(model, batch, 3, 2e-3)
+    assert losses[-1] < losses[0]
+    after = model.get_input_embeddings().weight[new_rows].detach()
+    assert not torch.equal(before, after)

@@ -116,12 +116,29 @@ def resolve_template(tokenizer, name: str) -> Template:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise TemplateError(f"data.template: cannot read {path}: {exc}") from None
-        return _make(str(path), source, "file")
+        return _make(str(path), source, "file", literal_special_tokens(source))
     if name.endswith((".jinja", ".j2", ".jinja2")) or "/" in name:
         raise TemplateError(f"data.template: no such template file: {name}")
     raise TemplateError(
         f"data.template: unknown template {name!r} (choose {', '.join(TEMPLATE_NAMES)} or a .jinja file)"
     )
+
+
+# Special-token spellings written literally in chat templates: <|im_start|>, <|eot_id|>,
+# <|start_header_id|> (ChatML, Llama 3, Phi, Qwen), DeepSeek's full-width <｜User｜>, and
+# Gemma's <start_of_turn>/<end_of_turn>.
+_LITERAL_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_./-]{1,48}\|>|<｜[^｜<>\s]{1,48}｜>|<(?:start|end)_of_turn>")
+
+
+def literal_special_tokens(source: str) -> tuple[str, ...]:
+    """The special tokens a template file writes as literal text, in order of first use.
+    Those the tokenizer lacks are added (prepare_tokenizer), or the model would see each as
+    a handful of ordinary pieces and could never emit its end-of-turn token as one."""
+    found: list[str] = []
+    for match in _LITERAL_TOKEN_RE.finditer(source):
+        if match.group(0) not in found:
+            found.append(match.group(0))
+    return tuple(found)
 
 
 def _own_template(tokenizer) -> str | None:
