@@ -9,9 +9,15 @@ weights and tokenizer from disk.
 - ``small``: a ~20M-parameter Llama (hidden 512, 6 layers, 8 heads, MLP 1,376) with the
   tiny tokenizer, random weights drawn from a fixed seed, so that compute, not start-up,
   dominates a run.
+- ``smollm2``: the real SmolLM2-135M-Instruct (finetui's built-in, :mod:`engine.gguf`):
+  its converted folder in finetui's cache, used in place (fetched and converted on first
+  use), with its own tokenizer (49,152 tokens, ChatML natively).
 
 Folders are built once and reused (a ``bench_model.json`` marker records the settings; a
 change of settings rebuilds). Default place: ``$FINETUI_CACHE/bench-models``.
+
+The job's data: ``DATA_DIR`` (LLaMA-Factory's ``dataset_info.json`` folder with
+``alpaca_en_demo``), the one place the benchmarks look for it.
 """
 
 from __future__ import annotations
@@ -38,8 +44,11 @@ SMALL_SETTINGS = dict(
     rope_theta=10000.0,
     tie_word_embeddings=False,
 )
-MODELS = ("tiny", "small")
-ALPACA = ROOT.parent / "shared" / "datasets" / "llamafactory" / "dataset_info.json"
+MODELS = ("tiny", "small", "smollm2")
+# LLaMA-Factory's demo data (dataset_info.json + alpaca_en_demo.json): the one place the
+# benchmarks read it from (`finetui bench --data-dir` overrides it for one run).
+DATA_DIR = ROOT.parent / "shared" / "datasets" / "llamafactory"
+ALPACA = DATA_DIR / "dataset_info.json"
 MARKER = "bench_model.json"
 
 
@@ -87,9 +96,13 @@ def build_small(folder: Path) -> None:
 
 
 def ensure(name: str, root: Path | None = None) -> Path:
-    """The folder of bench model ``name`` (tiny | small), built if missing or stale."""
+    """The folder of bench model ``name`` (tiny | small | smollm2), built if missing or stale."""
     if name not in MODELS:
         raise SystemExit(f"unknown bench model {name!r} (choose from {', '.join(MODELS)})")
+    if name == "smollm2":  # a real model: its converted folder in finetui's cache, as is
+        from engine.modeling import resolve_model_path
+
+        return resolve_model_path("smollm2")
     root = Path(root) if root else default_dir()
     folder = root / name
     if _ready(folder, name):
@@ -131,22 +144,63 @@ def alpaca_config(model_dir: Path, cutoff: int, rows: int):
     return config
 
 
-def params(folder: Path) -> int:
-    """Parameter count from the safetensors header (no torch import)."""
+def _shapes(folder: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from the safetensors headers (no torch import)."""
     import struct
 
-    total = 0
+    shapes: dict[str, list[int]] = {}
     for file in folder.glob("*.safetensors"):
         with open(file, "rb") as fh:
             n = struct.unpack("<Q", fh.read(8))[0]
             header = json.loads(fh.read(n))
-        for key, meta in header.items():
-            if key != "__metadata__":
-                count = 1
-                for d in meta["shape"]:
-                    count *= d
-                total += count
-    return total
+        shapes.update({key: meta["shape"] for key, meta in header.items() if key != "__metadata__"})
+    return shapes
+
+
+def _count(shape: list[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def params(folder: Path) -> int:
+    """Parameter count from the safetensors header (tied embeddings are stored, and counted, once)."""
+    return sum(_count(s) for s in _shapes(folder).values())
+
+
+def flop_params(folder: Path, lora_r: int) -> dict[str, int]:
+    """The parameter counts the FLOP estimate uses (see :func:`train_flops`):
+
+    - ``body``: every parameter of the decoder blocks and the final norm (the blocks'
+      linear layers are nearly all of it; the input embedding, a lookup, is left out);
+    - ``head``: the LM head (vocabulary x hidden; the embedding matrix when tied);
+    - ``lora``: the LoRA adapters, r x (in + out) for each 2-D weight in the blocks
+      (peft's ``all-linear``: every linear layer but the head).
+    """
+    shapes = _shapes(folder)
+    embed = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
+    head = "lm_head.weight" if "lm_head.weight" in shapes else embed
+    body = sum(_count(s) for k, s in shapes.items() if k not in (embed, head))
+    lora = sum(lora_r * (s[0] + s[1]) for k, s in shapes.items() if ".layers." in k and len(s) == 2)
+    return {"total": params(folder), "body": body, "head": _count(shapes[head]) if head else 0, "lora": lora}
+
+
+def train_flops(counts: dict[str, int], real_tokens: int, trained_tokens: int | None) -> float:
+    """Training FLOPs of one epoch of LoRA, the work the job needs (whoever skips or adds work):
+
+        4·body·real_tokens + 4·head·trained_tokens + 6·lora·real_tokens
+
+    A matmul costs 2 FLOPs per weight per token forward; backward costs 2 more for the
+    input's gradient and 2 for the weight's, and the frozen base skips the weight's: 4 per
+    frozen weight per token (the usual 6·N is for full fine-tuning), 6 per adapter weight.
+    The head is needed only where a label is trained (elsewhere its output is thrown away);
+    without a trained-token count it is counted at every real token. Attention scores
+    (Q·K and the weights times V, ~6·layers·width·context per token, causal) are left out,
+    as in the usual 6·N estimate.
+    """
+    trained = real_tokens if trained_tokens is None else trained_tokens
+    return 4.0 * counts["body"] * real_tokens + 4.0 * counts["head"] * trained + 6.0 * counts["lora"] * real_tokens
 
 
 def main(argv: list[str] | None = None) -> int:

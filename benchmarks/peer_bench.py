@@ -1,7 +1,7 @@
 """Training speed and memory: finetui against LLaMA-Factory (the peer) and a plain
 ``transformers.Trainer`` + ``peft`` script, on the same SFT job, interleaved, on one machine.
 
-    python benchmarks/peer_bench.py [--models tiny,small] [--cutoffs 256,1024] [--rows 400]
+    python benchmarks/peer_bench.py [--models tiny,small,smollm2] [--cutoffs 256,1024] [--rows 400]
         [--repeats 3] [--systems finetui,llamafactory,llamafactory-packing,baseline]
         [--variant NAME:key=value,...] [--out results.json]
     finetui bench [same flags]
@@ -12,13 +12,24 @@ ChatML template, LLaMA-Factory's ``alpaca_en_demo`` (first ``--rows`` records), 
 seed 42, fp32 on the CPU, a step logged every step (so "first step" is seen when it
 happens), no evaluation, no checkpoints (each saves its adapter at the end).
 
+Models (``benchmarks/bench_models.py``): ``tiny`` and ``small`` share the tiny tokenizer;
+``smollm2`` is the real SmolLM2-135M-Instruct with its own tokenizer. Every system loads
+the tokenizer from the model's folder, so each model brings its own. The template is
+ChatML in all three systems for every model: finetui's ``chatml``, LLaMA-Factory's
+``chatml`` and the baseline's hand-written ChatML render the same text (a user turn, then
+the assistant's reply ending in ``<|im_end|>``, no system turn). SmolLM2 is ChatML
+natively (``<|im_start|>``/``<|im_end|>`` are single tokens, ``<|im_end|>`` is its eos), so
+no system adds tokens or resizes embeddings; its own chat template would add a default
+system prompt, which the job leaves out everywhere so that all three train the same tokens.
+
 Systems:
 
 - ``finetui``: ``python -m engine.cli train CONFIG`` (headless; the launcher starts the
   trainer process) with finetui's fast path: padding-free packing (``data.packing``) with
   attention per example, and (always on) lm_head and loss only at trained positions.
 - ``llamafactory``: LLaMA-Factory 0.9.5 with its defaults, through
-  ``shared/bench/peer_llamafactory.sh`` (its own venv, ``$PEER_VENV``).
+  ``benchmarks/peer_llamafactory.sh`` (its own venv, ``$PEER_VENV``, installed before the
+  first job that needs it).
 - ``llamafactory-packing``: the same with ``packing: true`` (LLaMA-Factory packs examples
   into ``cutoff``-long rows; without ``neat_packing`` they attend to each other).
 - ``baseline``: ``benchmarks/baseline_plain_trainer.py`` (padding collator, no packing).
@@ -37,6 +48,14 @@ Figures, per run:
 - peak RSS: ``/usr/bin/time -v`` "Maximum resident set size" (the largest process: for
   finetui that is the trainer, started by the CLI).
 - launch -> first step: wall time from starting the command to the first logged step.
+- GFLOP/s: training FLOPs of the epoch / ``train_runtime``, the same estimate for every
+  system (``bench_models.train_flops``): 4 x body params x real tokens + 4 x head params x
+  trained tokens + 6 x LoRA params x real tokens (forward 2 per weight per token, backward
+  2 for the input's gradient; frozen weights skip their own gradient, the adapters do not;
+  the LM head counted only where a label is trained; attention scores left out). "of
+  peak": that over this machine's matmul peak, the best GFLOP/s of float32 GEMMs
+  (``benchmarks/matmul_peak.py``), probed before the first job and after the last
+  (the higher of the two).
 - final train loss: the Trainer's ``train_loss`` (mean over steps of each batch's mean
   per-token loss). finetui (packed or padded) and the baseline and LLaMA-Factory (default)
   put the same 8 examples in each batch, so it is the same quantity; LLaMA-Factory's
@@ -66,9 +85,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
-PEER_SCRIPT = SHARED / "bench" / "peer_llamafactory.sh"
-DATA_DIR = SHARED / "datasets" / "llamafactory"
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import bench_models  # noqa: E402  (benchmarks/, put on sys.path above)
+
+PEER_SCRIPT = BENCH / "peer_llamafactory.sh"
+DATA_DIR = bench_models.DATA_DIR  # where alpaca_en_demo lives; --data-dir for one run
 DATASET = "alpaca_en_demo"
 DEFAULT_SYSTEMS = ("finetui", "llamafactory", "llamafactory-packing", "baseline")
 REFERENCE = "llamafactory"
@@ -174,8 +198,10 @@ def versions(python: str) -> dict:
 
 
 class Job:
-    def __init__(self, model: str, model_dir: Path, cutoff: int, rows: int, work: Path):
+    def __init__(self, model: str, model_dir: Path, cutoff: int, rows: int, work: Path,
+                 data_dir: Path = DATA_DIR):
         self.model, self.model_dir, self.cutoff, self.rows = model, model_dir, cutoff, rows
+        self.data_dir = Path(data_dir)
         self.name = f"{model}-c{cutoff}-r{rows}"
         self.work = work / self.name
         self.work.mkdir(parents=True, exist_ok=True)
@@ -186,7 +212,7 @@ class Job:
             "stage": "sft", "do_train": True, "finetuning_type": "lora",
             "lora_rank": JOB["lora_r"], "lora_alpha": JOB["lora_alpha"], "lora_dropout": JOB["lora_dropout"],
             "lora_target": "all",
-            "dataset": DATASET, "dataset_dir": str(DATA_DIR), "template": "chatml",
+            "dataset": DATASET, "dataset_dir": str(self.data_dir), "template": "chatml",
             "cutoff_len": self.cutoff, "max_samples": self.rows, "preprocessing_num_workers": 1,
             "output_dir": str(out_dir), "overwrite_output_dir": True,
             "logging_steps": 1, "save_steps": 100000,
@@ -203,7 +229,7 @@ class Job:
             "model": {"name_or_path": str(self.model_dir)},
             "method": {"type": "lora", "lora_r": JOB["lora_r"], "lora_alpha": JOB["lora_alpha"],
                        "lora_dropout": JOB["lora_dropout"], "target_modules": "all-linear"},
-            "data": {"path": f"{DATA_DIR}/dataset_info.json:{DATASET}", "template": "chatml",
+            "data": {"path": f"{self.data_dir}/dataset_info.json:{DATASET}", "template": "chatml",
                      "max_length": self.cutoff, "max_samples": self.rows, "test_size": 0, "packing": True},
             "train": {"epochs": JOB["epochs"], "batch_size": JOB["batch_size"], "learning_rate": JOB["lr"],
                       "lr_scheduler": JOB["scheduler"], "warmup_ratio": 0.0, "seed": JOB["seed"],
@@ -271,6 +297,25 @@ def run_finetui(job: Job, tag: str, sets: list[str], extra_env: dict[str, str], 
     return result
 
 
+def peer_python(args) -> Path:
+    return Path(args.peer_venv) / "bin" / "python"
+
+
+def ensure_peer(args) -> None:
+    """Install LLaMA-Factory into ``args.peer_venv`` unless it is there (the peer script's
+    ``--install``: once per machine, minutes). Everything that runs the peer's python (the
+    token count, its versions) must come after this."""
+    if (Path(args.peer_venv) / "bin" / "llamafactory-cli").exists() and peer_python(args).exists():
+        return
+    log(f"bench: installing LLaMA-Factory into {args.peer_venv} (once; a few minutes) ...")
+    env = dict(os.environ, PEER_VENV=str(args.peer_venv))
+    proc = subprocess.run(["bash", str(args.peer_script), "--install"], env=env, capture_output=True, text=True,
+                          timeout=max(args.timeout, 1800))
+    if proc.returncode != 0 or not peer_python(args).exists():
+        raise SystemExit(f"installing LLaMA-Factory into {args.peer_venv} failed "
+                         f"({args.peer_script} --install, exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
+
+
 def lf_count(job: Job, packing: bool, args) -> dict:
     """Real tokens of LLaMA-Factory's own tokenised data for this job (cached per job)."""
     cache = job.work / f"lf-count-{'packing' if packing else 'default'}.json"
@@ -278,8 +323,7 @@ def lf_count(job: Job, packing: bool, args) -> dict:
         return json.loads(cache.read_text())
     cfg = write_yaml(job.work / f"lf-count-{'packing' if packing else 'default'}.yaml",
                      job.lf_yaml(packing, job.work / "lf-count-out"))
-    python = str(Path(args.peer_venv) / "bin" / "python")
-    proc = subprocess.run([python, "-c", LF_COUNT, str(cfg)], capture_output=True, text=True, cwd=job.work,
+    proc = subprocess.run([str(peer_python(args)), "-c", LF_COUNT, str(cfg)], capture_output=True, text=True, cwd=job.work,
                           timeout=args.timeout)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LF_COUNT ")), None)
     if line is None:
@@ -290,6 +334,7 @@ def lf_count(job: Job, packing: bool, args) -> dict:
 
 
 def run_llamafactory(job: Job, tag: str, packing: bool, args) -> dict:
+    ensure_peer(args)  # the count below runs the peer's python
     counted = lf_count(job, packing, args)
     cfg = write_yaml(job.work / f"{tag}.yaml", job.lf_yaml(packing, job.work / f"{tag}-out"))
     out = job.work / f"{tag}.json"
@@ -329,7 +374,7 @@ def run_baseline(job: Job, tag: str, extra_env: dict[str, str], args) -> dict:
     out = job.work / f"{tag}.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "baseline_plain_trainer.py"),
-           "--model", str(job.model_dir), "--data", str(DATA_DIR / f"{DATASET}.json"),
+           "--model", str(job.model_dir), "--data", str(job.data_dir / f"{DATASET}.json"),
            "--rows", str(job.rows), "--cutoff", str(job.cutoff), "--batch-size", str(JOB["batch_size"]),
            "--lr", str(JOB["lr"]), "--seed", str(JOB["seed"]),
            "--output-dir", str(job.work / f"{tag}-out"), "--out", str(out)]
@@ -358,10 +403,37 @@ def run_baseline(job: Job, tag: str, extra_env: dict[str, str], args) -> dict:
 
 FIGURES = (
     ("tokens_per_s", "real tok/s", "{:,.0f}"),
+    ("gflops", "GFLOP/s", "{:,.1f}"),
+    ("peak_fraction", "of peak", "{:.1%}"),
     ("peak_rss_mb", "peak RSS MB", "{:,.0f}"),
     ("first_step_s", "first step s", "{:.1f}"),
     ("train_loss", "train loss", "{:.4f}"),
 )
+
+
+def add_flops(run: dict, counts: dict[str, int], peak_gflops: float | None) -> None:
+    """GFLOP/s of a finished run (the job's FLOPs over its train_runtime) and its fraction
+    of the matmul peak."""
+    if run.get("error") or not run.get("real_tokens") or not run.get("train_runtime_s"):
+        return
+    flops = bench_models.train_flops(counts, run["real_tokens"], run.get("trained_tokens"))
+    run["train_flops"] = flops
+    run["gflops"] = flops / run["train_runtime_s"] / 1e9
+    if peak_gflops:
+        run["peak_fraction"] = run["gflops"] / peak_gflops
+
+
+def matmul_peak(seconds: float) -> dict | None:
+    """This machine's float32 matmul peak (``benchmarks/matmul_peak.py``, finetui's torch)."""
+    if seconds <= 0:
+        return None
+    cmd = [sys.executable, str(BENCH / "matmul_peak.py"), "--seconds", str(seconds)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as exc:
+        log(f"bench: matmul probe failed ({exc})")
+        return None
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -370,7 +442,7 @@ def summarize(runs: list[dict]) -> dict:
     for system in dict.fromkeys(r["system"] for r in runs):
         ok = [r for r in runs if r["system"] == system and not r.get("error")]
         figs: dict[str, dict] = {"runs_ok": len(ok), "runs": sum(1 for r in runs if r["system"] == system)}
-        for key, _, _ in FIGURES + (("wall_s", "", ""), ("train_runtime_s", "", "")):
+        for key, _, _ in FIGURES + (("wall_s", "", ""), ("train_runtime_s", "", ""), ("train_flops", "", "")):
             values = [r[key] for r in ok if r.get(key) is not None]
             if key == "peak_rss_mb":
                 values = [r["peak_rss_kb"] / 1024 for r in ok if r.get("peak_rss_kb")]
@@ -392,6 +464,9 @@ def ratio(summary: dict, system: str, key: str, ref: str = REFERENCE) -> float |
         return None
 
 
+NO_RATIO = {"peak_fraction"}  # its ratio is the GFLOP/s one
+
+
 def table(job_name: str, summary: dict, repeats: int) -> str:
     lines = [f"### {job_name} ({repeats} interleaved repeats; median [min-max]; x = ratio of medians to {REFERENCE})",
              "",
@@ -407,7 +482,7 @@ def table(job_name: str, summary: dict, repeats: int) -> str:
             text = fmt.format(f["median"])
             if f["n"] > 1:
                 text += " [" + fmt.format(f["min"]) + "-" + fmt.format(f["max"]) + "]"
-            r = ratio(summary, system, key)
+            r = None if key in NO_RATIO else ratio(summary, system, key)
             cells += [text, f"{r:.2f}" if r is not None else "-"]
         failed = figs["runs"] - figs["runs_ok"]
         label = system + (f" ({failed} failed)" if failed else "")
@@ -436,7 +511,7 @@ def goals(summary: dict, system: str = "finetui") -> list[dict]:
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="finetui bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="tiny,small", help="comma list of tiny, small")
+    p.add_argument("--models", default="tiny,small", help="comma list of tiny, small, smollm2")
     p.add_argument("--cutoffs", default="256,1024", help="comma list of cutoff lengths (tokens)")
     p.add_argument("--rows", type=int, default=400, help="alpaca_en_demo records to train on")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per job")
@@ -448,6 +523,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: WORK/results.json)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder)")
     p.add_argument("--models-dir", type=Path, default=None, help="where the bench models are saved")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                   help="folder with LLaMA-Factory's dataset_info.json and alpaca_en_demo.json")
+    p.add_argument("--probe-seconds", type=float, default=5.0,
+                   help="seconds of float32 GEMMs to measure the matmul peak, before and after the jobs (0: skip)")
     p.add_argument("--peer-script", type=Path, default=PEER_SCRIPT)
     p.add_argument("--peer-venv", type=Path, default=Path(os.environ.get("PEER_VENV", "/tmp/peer-llamafactory")))
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run")
@@ -467,8 +546,6 @@ def wait_for_quiet(max_load: float | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import bench_models  # benchmarks/ is on sys.path when run as a script
-
     variants = {name: (sets, env) for name, sets, env in map(parse_variant, args.variant)}
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     systems += [v for v in variants if v not in systems]
@@ -477,8 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown system(s) {', '.join(unknown)}: use {', '.join(DEFAULT_SYSTEMS)} or --variant")
     if any(s.startswith("llamafactory") for s in systems) and not args.peer_script.exists():
         raise SystemExit(f"peer script not found: {args.peer_script} (--peer-script)")
-    if not (DATA_DIR / "dataset_info.json").exists():
-        raise SystemExit(f"data not found: {DATA_DIR}/dataset_info.json (shared/ beside the repository)")
+    if not (args.data_dir / "dataset_info.json").exists():
+        raise SystemExit(f"data not found: {args.data_dir}/dataset_info.json (--data-dir; "
+                         "by default shared/ beside the repository)")
     pairs = [(m.strip(), int(c)) for m in args.models.split(",") for c in args.cutoffs.split(",")]
     if args.jobs:
         pairs = [(j.split(":")[0], int(j.split(":")[1])) for j in args.jobs.split(",")]
@@ -490,11 +568,17 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="finetui-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     out_path = args.out or work / "results.json"
+    if any(s.startswith("llamafactory") for s in systems):
+        ensure_peer(args)  # before anything runs the peer's python
+    probes = [p for p in [matmul_peak(args.probe_seconds)] if p]
+    if probes:
+        log(f"bench: matmul peak {probes[0]['best_gflops']:.1f} GFLOP/s (float32 {probes[0]['best_shape']}, "
+            f"{probes[0]['threads']} threads)")
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "versions": {"finetui": versions(sys.executable),
-                     "peer": versions(str(args.peer_venv / "bin" / "python"))},
+                     "peer": versions(str(peer_python(args))) if peer_python(args).exists() else {}},
         "job": dict(JOB, rows=args.rows, dataset=DATASET, template="chatml", target="all-linear"),
         "argv": sys.argv[1:] if argv is None else argv,
         "jobs": {},
@@ -502,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: work folder {work}; " + "; ".join(plan))
     began = time.time()
     for model, cutoff in pairs:
-        job = Job(model, bench_models.ensure(model, args.models_dir), cutoff, args.rows, work)
+        job = Job(model, bench_models.ensure(model, args.models_dir), cutoff, args.rows, work, args.data_dir)
+        counts = bench_models.flop_params(job.model_dir, JOB["lora_r"])
         runs: list[dict] = []
         for rep in range(args.repeats):
             for system in systems:
@@ -524,24 +609,44 @@ def main(argv: list[str] | None = None) -> int:
                 r.update(system=system, repeat=rep, load_before=round(load, 2), load_after=round(load_average(), 2))
                 if r.get("peak_rss_kb"):
                     r["peak_rss_mb"] = round(r["peak_rss_kb"] / 1024, 1)
+                add_flops(r, counts, probes[0]["best_gflops"] if probes else None)
                 runs.append(r)
                 shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                         if k in ("tokens_per_s", "peak_rss_mb", "first_step_s", "train_loss", "wall_s", "error")}
+                         if k in ("tokens_per_s", "gflops", "peak_rss_mb", "first_step_s", "train_loss", "wall_s",
+                                  "error")}
                 log(f"        {shown}")
         summary = summarize(runs)
         results["jobs"][job.name] = {"model": model, "cutoff": cutoff, "rows": args.rows,
-                                     "params": bench_models.params(job.model_dir),
+                                     "params": bench_models.params(job.model_dir), "flop_params": counts,
+                                     "model_dir": str(job.model_dir),
                                      "runs": runs, "summary": summary, "goals": goals(summary)}
+        results["matmul_peak"] = {"probes": probes}
         out_path.write_text(json.dumps(results, indent=1))
+    probes += [p for p in [matmul_peak(args.probe_seconds)] if p]
+    peak = max((p["best_gflops"] for p in probes), default=None)
+    results["matmul_peak"] = {"best_gflops": peak, "probes": probes}
+    if peak:  # the fraction against the higher of the two probes
+        for job in results["jobs"].values():
+            for r in job["runs"]:
+                if r.get("gflops"):
+                    r["peak_fraction"] = r["gflops"] / peak
+            job["summary"] = summarize(job["runs"])
     results["total_s"] = round(time.time() - began, 1)
     out_path.write_text(json.dumps(results, indent=1))
 
     print(f"finetui bench, {results['date']}, {results['machine'].get('cpu', '?')} "
           f"({results['machine'].get('cores')} cores), {args.rows} rows of {DATASET}, "
           f"LoRA r8 all-linear, batch 8, 1 epoch")
+    if peak:
+        print(f"matmul peak: {peak:,.1f} GFLOP/s (float32 GEMMs, best of "
+              + ", ".join(f"{p['best_gflops']:,.1f}" for p in probes) + "; benchmarks/matmul_peak.py)")
+    print("GFLOP/s: (4 x body x real tokens + 4 x head x trained tokens + 6 x LoRA x real tokens) / train "
+          "runtime; frozen weights skip their weight gradient (bench_models.train_flops)")
     for name, job in results["jobs"].items():
         print()
-        print(table(f"{name} ({job['params'] / 1e6:.1f}M params)", job["summary"], args.repeats))
+        c = job["flop_params"]
+        print(table(f"{name} ({job['params'] / 1e6:.1f}M params: body {c['body'] / 1e6:.1f}M, head "
+                    f"{c['head'] / 1e6:.1f}M, LoRA {c['lora'] / 1e6:.2f}M)", job["summary"], args.repeats))
         for g in job["goals"]:
             print(f"- {'met' if g['met'] else 'NOT met'}: finetui {g['goal']} (x{g['ratio']:.2f})")
     print(f"\nresults: {out_path}  ({results['total_s']:.0f} s)")
