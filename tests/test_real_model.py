@@ -133,6 +133,26 @@ def test_a_gguf_file_converts_once(tmp_path, smollm2, monkeypatch):
     rows = [r for r in model_catalog.list_models() if r["kind"] == "gguf"]
     assert [r["name"] for r in rows] == ["SmolLM2.gguf"]
 
+    # The same file as one GGUF file of a hub repo in the Hugging Face cache
+    # (model.name_or_path: ORG/NAME, model.gguf_file: FILE): no download, no second conversion.
+    from huggingface_hub import constants
+
+    from engine import modeling
+    from engine.errors import ModelError
+
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--someone--smol-gguf" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "SmolLM2.gguf").symlink_to(gguf_file)
+    (hub / "models--someone--smol-gguf" / "refs").mkdir()
+    (hub / "models--someone--smol-gguf" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert modeling.resolve_model_path("someone/smol-gguf", gguf_file="SmolLM2.gguf") == folder
+    with pytest.raises(ModelError, match="model.gguf_file: 'other.gguf' of 'someone/smol-gguf' is not in the "
+                                         "Hugging Face cache and the hub cannot be reached"):
+        modeling.resolve_model_path("someone/smol-gguf", gguf_file="other.gguf")
+
 
 # ---------------------------------------------------------------------------- masks
 
