@@ -2,7 +2,9 @@
 the tiny model: load with progress, streamed replies batched on a timer, esc, retry, undo,
 clear, settings, saving a record, side by side (base vs tuned of a trained run, handed over
 as the dashboard does), and the faults: a missing model, an adapter that does not fit its
-base, a worker killed mid-reply, an empty prompt, a prompt longer than the context."""
+base, a worker killed mid-reply, an empty prompt, a prompt longer than the context. What is
+sent: a new conversation after a model swap, single-turn mode, the history indicator (the
+worker's prompt_tokens show what it was really given)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tui_helpers import wait_until as shared_wait_until
 
 from engine.data import formats
 from tui.app import FinetuiApp
+from tui.chathistory import ChatHistory
 from tui.screens.chat import FLUSH_S, ChatScreen
 from tui.widgets.chatdialogs import LoadDialog, ParamsDialog, SaveRecordDialog
 
@@ -70,6 +73,11 @@ def status(screen: ChatScreen) -> str:
 
 def header(screen: ChatScreen, pane) -> str:
     return text_of(pane.view.query_one(".pane-header"))
+
+
+def history_shown(screen: ChatScreen, pane) -> str:
+    """The pane's history indicator (top right)."""
+    return text_of(pane.view.query_one(".pane-history")).strip()
 
 
 def roles(pane) -> list[str]:
@@ -418,6 +426,8 @@ async def test_side_by_side_base_and_tuned_from_the_dashboard(tui_env, finetui_c
         base_view, main_view = screen.base.view.region, screen.main.view.region
         assert base_view.width >= 38 and main_view.width >= 38 and base_view.x < main_view.x  # two columns
         assert base_view.y == main_view.y
+        for pane in (screen.base, screen.main):  # each pane its own history, short in a column
+            assert history_shown(screen, pane).startswith("1 turn · ~")
         assert screen.base.client.base and not screen.main.client.base
         assert screen.base.client.pid != screen.main.client.pid
 
@@ -439,6 +449,13 @@ async def test_side_by_side_base_and_tuned_from_the_dashboard(tui_env, finetui_c
         record = json.loads((tui_env / "work" / "chat_records.jsonl").read_text())
         assert record["messages"][-1]["content"] == screen.base.replies[0]
 
+        # Single-turn applies to both sides.
+        await pilot.press("ctrl+n")
+        await say(pilot, screen, "And the Eval screen?")
+        for pane in (screen.base, screen.main):
+            assert pane.last_job.messages == [{"role": "user", "content": "And the Eval screen?"}]
+            assert history_shown(screen, pane) == "single-turn"
+
         # Loading another model closes the base pane and its worker.
         base_proc = screen.base.client.proc
         await pilot.press("ctrl+b")
@@ -457,3 +474,150 @@ async def test_side_by_side_needs_a_run(tui_env, finetui_cache):
         await pilot.press("ctrl+b")
         await pilot.pause()
         assert not screen.compare and "needs a run" in status(screen)
+
+
+# ---------------------------------------------------------------------------- what is sent
+
+
+def test_chat_history_without_textual():
+    """tui.chathistory on its own: contexts per side, a restart, single-turn, the size."""
+    history = ChatHistory()
+    for text, reply in (("a?", "A."), ("b?", None), ("c?", "C.")):  # b: stopped with nothing
+        turn = history.add(text)
+        history.answered("main", turn, reply)
+    assert history.context("main") == [0, 2]
+    assert [m["content"] for m in history.messages("main", 2, "sys")] == ["sys", "a?", "A.", "c?"]
+    assert str(history.size("main")) == "history 2 turns · 8 chars"
+
+    # The worker's count, while the history is exactly that request plus its reply.
+    sent = history.messages("main", 2)
+    history.answered("main", 2, "C.", sent, tokens=40)
+    assert str(history.size("main")) == "history 2 turns · ~40 tok"
+    assert str(history.size("main", system="be brief")) == "history 2 turns · 8 chars"
+
+    # Another model on main: its conversation starts with the next turn; base is untouched.
+    assert history.restart("main") is True and history.restart("main") is False
+    turn = history.add("d?")
+    assert history.messages("main", turn) == [{"role": "user", "content": "d?"}]
+    assert history.context("base", turn) == []  # base answered nothing
+    assert str(history.size("main")) == "history 0 turns"
+    history.answered("main", turn, "D.")
+    assert history.record("main") == [{"role": "user", "content": "d?"}, {"role": "assistant", "content": "D."}]
+
+    # Single-turn: every request alone; back to multi-turn starts afresh.
+    history.set_single_turn(True)
+    for text in ("e?", "f?"):
+        turn = history.add(text)
+        assert history.messages("main", turn) == [{"role": "user", "content": text}]
+        history.answered("main", turn, text.upper())
+    assert str(history.size("main")) == "single-turn"
+    assert [m["content"] for m in history.record("main")] == ["f?", "F?"]
+    history.set_single_turn(False)
+    assert str(history.size("main")) == "history 0 turns"
+    turn = history.add("g?")
+    history.answered("main", turn, "G.")
+    assert [m["content"] for m in history.messages("main", history.add("h?"))] == ["g?", "G.", "h?"]
+
+    # Undo across a restart takes the turn back into the new conversation's place.
+    history.pop()
+    history.pop()
+    assert history.side("main").start == len(history.turns) == 6
+    history.clear()
+    assert history.turns == [] and history.side("main").start == 0 and not history.single_turn
+
+
+async def test_a_model_swap_starts_a_new_conversation(tui_env, finetui_cache, tiny_model_dir):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        assert history_shown(screen, screen.main) == "history 0 turns"
+        await load_from_dialog(pilot, app, screen, "tiny")
+        await ready(pilot, screen)
+        screen.params.update(max_new_tokens=6)
+
+        await say(pilot, screen, "hi")
+        alone = screen.main.last_job.widget.done["prompt_tokens"]  # "hi" with nothing before it
+        await say(pilot, screen, "What is finetui?")
+        done = screen.main.last_job.widget.done
+        assert done["prompt_tokens"] > alone  # the first exchange went along
+        assert history_shown(screen, screen.main) == f"history 2 turns · ~{done['prompt_tokens'] + done['new_tokens']} tok"
+
+        # Another model (the same weights from a folder: a different target) by keyboard.
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, LoadDialog), 20, "the load dialog")
+        await pilot.press("tab")
+        await type_text(pilot, str(tiny_model_dir))
+        await pilot.press("enter")
+        await pilot.pause()
+        await ready(pilot, screen)
+        assert screen.main.target == str(tiny_model_dir)
+        assert history_shown(screen, screen.main) == "history 0 turns"
+        rules = [m.text for m in screen.main.log.messages() if m.role == "rule"]
+        assert rules == [f"── new conversation: {tiny_model_dir.name} ──"]
+        assert roles(screen.main).count("user") == 2  # the old transcript stays on screen
+
+        # The next request carries no earlier turn: the worker is given "hi" alone.
+        await say(pilot, screen, "hi")
+        assert screen.main.last_job.messages == [{"role": "user", "content": "hi"}]
+        assert screen.main.last_job.widget.done["prompt_tokens"] == alone
+        assert history_shown(screen, screen.main).startswith("history 1 turn · ~")
+        await say(pilot, screen, "What is finetui?")
+        assert [m["content"] for m in screen.main.last_job.messages][:1] == ["hi"]
+        assert history_shown(screen, screen.main).startswith("history 2 turns")
+
+        # Swap again, then ctrl+r: the last message asked again as the first of the new one.
+        screen.load("tiny")
+        await ready(pilot, screen)
+        assert history_shown(screen, screen.main) == "history 0 turns"
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not screen.busy, 60, "the retry")
+        assert screen.main.last_job.messages == [{"role": "user", "content": "What is finetui?"}]
+        assert len(screen.turns) == 5 and history_shown(screen, screen.main).startswith("history 1 turn")
+
+        # ctrl+l still empties everything.
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert history_shown(screen, screen.main) == "history 0 turns" and screen.main.log.messages() == []
+        procs = close_workers(screen)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+async def test_single_turn_mode_by_key(tui_env, finetui_cache):
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(pilot, app)
+        keys = {k.description: k.key_display for k in app.screen.query("FooterKey")}
+        assert keys.get("Single-turn") == "^n"  # in the footer at 80x24
+        screen.load("tiny")
+        await ready(pilot, screen)
+        screen.params.update(max_new_tokens=6)
+        await say(pilot, screen, "hi")
+        alone = screen.main.last_job.widget.done["prompt_tokens"]
+        await say(pilot, screen, "What is finetui?")
+        assert history_shown(screen, screen.main).startswith("history 2 turns")
+
+        # ctrl+n from the prompt box: single-turn; each message goes alone.
+        assert app.focused is screen.prompt
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert history_shown(screen, screen.main) == "single-turn"
+        assert any(m.role == "rule" and "single-turn" in m.text for m in screen.main.log.messages())
+        for _ in range(2):
+            await say(pilot, screen, "hi")
+            assert screen.main.last_job.messages == [{"role": "user", "content": "hi"}]
+            assert screen.main.last_job.widget.done["prompt_tokens"] == alone
+            assert history_shown(screen, screen.main) == "single-turn"
+
+        # The same key: multi-turn again, from a new conversation.
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert history_shown(screen, screen.main) == "history 0 turns"
+        await say(pilot, screen, "hi")
+        assert screen.main.last_job.widget.done["prompt_tokens"] == alone
+        await say(pilot, screen, "hi")
+        assert len(screen.main.last_job.messages) == 3 and screen.main.last_job.widget.done["prompt_tokens"] > alone
+        assert history_shown(screen, screen.main).startswith("history 2 turns")
+        procs = close_workers(screen)
+    for proc in procs:
+        proc.wait(timeout=30)

@@ -12,6 +12,11 @@ tuned model; save a conversation as a training record.
   reader is there (tui.widgets.chatlog).
 * esc stops a reply (the worker's cancel: it stops after the current token), ctrl+r
   asks again, ctrl+z takes the last message back into the prompt, ctrl+l clears.
+* what each model is sent lives in ``tui.chathistory.ChatHistory``: loading a different
+  model in a pane starts a new conversation there (the old transcript stays above a
+  separator line, but is not sent: one model's replies in another's context derail it);
+  ctrl+n toggles single-turn mode (each message sent alone). Each pane's header shows the
+  history its next request carries ("history 3 turns · ~412 tok", or "single-turn").
 * side by side (ctrl+b): the run's base model in a second worker
   (``ChatClient(run, base=True)``), asked the same prompts; two columns, or stacked when
   the terminal is narrow.
@@ -37,10 +42,11 @@ from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.containers import Container, Vertical
+from textual.containers import Container, Horizontal, Vertical
 from textual.widgets import Input, Static
 
 from engine.chat_protocol import ChatClient, ChatError, Generation
+from tui.chathistory import ChatHistory, Side
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
 from tui.widgets.chatlog import ChatLog, ChatMessage
@@ -122,6 +128,7 @@ class Job:
 
     turn: int
     widget: ChatMessage
+    messages: list[dict[str, str]] = field(default_factory=list)  # what the request carried
     started: float = field(default_factory=time.monotonic)
     gen: Generation | None = None
     cancelled: bool = False
@@ -147,7 +154,9 @@ class PaneView(Vertical):
 
     DEFAULT_CSS = """
     PaneView { width: 1fr; height: 1fr; }
-    PaneView .pane-header { height: 1; padding: 0 1; background: $surface; }
+    PaneView .pane-top { height: 1; background: $surface; }
+    PaneView .pane-header { width: 1fr; height: 1; padding: 0 1; }
+    PaneView .pane-history { width: auto; height: 1; padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, side: str, empty: str, **kwargs) -> None:
@@ -156,15 +165,19 @@ class PaneView(Vertical):
         self.empty = empty
 
     def compose(self):
-        yield Static("", classes="pane-header")
+        with Horizontal(classes="pane-top"):
+            yield Static("", classes="pane-header")
+            yield Static("", classes="pane-history")
         yield ChatLog(self.empty, id=f"log-{self.side}")
 
 
 class Pane:
-    """One model and its side of the conversation (replies by turn)."""
+    """One model, its side of the conversation (``history``: replies by turn, where its
+    conversation starts) and the widgets that show it."""
 
-    def __init__(self, side: str) -> None:
+    def __init__(self, side: str, history: Side) -> None:
         self.side = side  # main | base
+        self.history = history
         self.client: ChatClient | None = None
         self.state = "empty"  # empty | loading | ready | failed | crashed
         self.target = ""
@@ -172,14 +185,25 @@ class Pane:
         self.stage = ""  # the worker's latest loading message
         self.info: dict[str, Any] = {}
         self.problem = ""
-        self.replies: dict[int, str | None] = {}  # turn -> reply (None: none usable)
         self.users: dict[int, ChatMessage] = {}
         self.reply_widgets: dict[int, ChatMessage] = {}
-        self.failures: dict[int, str] = {}  # turn -> error kind
-        self.first_turn = 0  # turns before it are not this pane's (base joined later)
         self.job: Job | None = None
         self.last_job: Job | None = None
         self.view: PaneView | None = None
+
+    @property
+    def replies(self) -> dict[int, str | None]:
+        return self.history.replies
+
+    @property
+    def failures(self) -> dict[int, str]:
+        return self.history.failures
+
+    @property
+    def first_turn(self) -> int:
+        """Turns before it are not in this pane's conversation (another model's, or asked
+        before the base pane joined)."""
+        return self.history.start
 
     @property
     def log(self) -> ChatLog:
@@ -204,6 +228,7 @@ class ChatScreen(FinetuiScreen):
         Binding("ctrl+r", "retry", "Retry", id="chat.retry"),
         Binding("ctrl+z", "undo", "Undo", show=False, id="chat.undo"),
         Binding("ctrl+l", "clear", "Clear", show=False, id="chat.clear"),
+        Binding("ctrl+n", "single_turn", "Single-turn", id="chat.single_turn"),
         Binding("ctrl+s", "save", "Save", id="chat.save"),
         Binding("i", "focus_prompt", "Type", show=False, id="chat.type"),
     ]
@@ -220,9 +245,9 @@ class ChatScreen(FinetuiScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.main = Pane("main")
-        self.base = Pane("base")
-        self.turns: list[str] = []
+        self.history = ChatHistory()
+        self.main = Pane("main", self.history.side("main"))
+        self.base = Pane("base", self.history.side("base"))
         self.params: dict[str, Any] = dict(DEFAULT_PARAMS)
         self.compare = False
         self.run_dir: Path | None = None  # the run the main model comes from
@@ -265,6 +290,12 @@ class ChatScreen(FinetuiScreen):
 
     def on_resize(self) -> None:
         self.query_one("#panes").set_class(self.size.width < STACK_BELOW, "-stacked")
+        self.call_after_refresh(self.show_headers)  # the history line is shorter in a narrow pane
+
+    @property
+    def turns(self) -> list[str]:
+        """The user's messages, by turn."""
+        return self.history.turns
 
     @property
     def panes(self) -> list[Pane]:
@@ -292,6 +323,12 @@ class ChatScreen(FinetuiScreen):
         for pane in (self.main, self.base):
             if pane.view is not None and pane.view.is_mounted:
                 pane.view.query_one(".pane-header", Static).update(self.header(pane))
+                pane.view.query_one(".pane-history", Static).update(self.history_line(pane))
+
+    def history_line(self, pane: Pane) -> Text:
+        """How much earlier conversation the pane's next request carries."""
+        narrow = pane.view is not None and pane.view.size.width < 60
+        return Text(self.history.size(pane.side, self.params["system"]).describe(narrow), no_wrap=True)
 
     def header(self, pane: Pane) -> Text:
         colors = self.app.theme_variables
@@ -418,17 +455,23 @@ class ChatScreen(FinetuiScreen):
 
     def load(self, target: str) -> None:
         """Load ``target`` as the main model (the base pane closes: it belongs to the old
-        one). The conversation stays."""
+        one). A different model starts a new conversation (see _start_loading)."""
         if self.compare:
             self._set_compare(False)
         self.run_dir = None
         self._start_loading(self.main, target, base=False)
 
     def _start_loading(self, pane: Pane, target: str, base: bool) -> None:
+        """Start ``target``'s worker in a pane. Another model than the pane's last one starts
+        a new conversation there: the transcript stays on screen above a separator, but
+        none of it is sent. The same model again (after a crash, an unload) keeps it."""
         self._close_client(pane)
+        swap = target != pane.target
         client = worker_client(target, base=base)
         pane.client, pane.target, pane.state, pane.stage, pane.info = client, target, "loading", "starting", {}
         pane.title = self._title(target, base)
+        if swap:
+            self._new_conversation(pane, f"new conversation: {pane.title}")
         self.show_headers()
         self._wake()
         self.run_worker(partial(self._load_thread, pane, client, target), thread=True, group=f"chat-load-{pane.side}")
@@ -494,6 +537,12 @@ class ChatScreen(FinetuiScreen):
         self.show_headers()
         self.show_status()
 
+    def _new_conversation(self, pane: Pane, why: str) -> None:
+        """Nothing said before goes to this pane's model any more; a separator says so
+        where there was something to leave behind."""
+        if self.history.restart(pane.side) and pane.view is not None and pane.view.is_mounted:
+            pane.log.rule(why)
+
     def unload(self) -> None:
         if self.compare:
             self._set_compare(False)
@@ -534,8 +583,8 @@ class ChatScreen(FinetuiScreen):
         base = self.base
         if on:
             base.log.clear_messages()
-            base.replies, base.users, base.reply_widgets, base.failures = {}, {}, {}, {}
-            base.first_turn = len(self.turns)
+            base.users, base.reply_widgets = {}, {}
+            self.history.restart("base")  # its own conversation, from the next turn on
             if self.turns:
                 base.log.note("the base model answers from here on; earlier turns are not in its context")
             self._start_loading(base, str(self.run_dir), base=True)
@@ -543,6 +592,7 @@ class ChatScreen(FinetuiScreen):
             self._close_client(base)
             base.state, base.job = "empty", None
         self.show_headers()
+        self.call_after_refresh(self.show_headers)  # once the panes have their new widths
         self.show_status()
 
     # ------------------------------------------------------------------ sending
@@ -564,9 +614,12 @@ class ChatScreen(FinetuiScreen):
         if problem:
             self.flash(problem)
             return
-        turn = len(self.turns)
-        self.turns.append(text)
         self.prompt.value = ""
+        self._post(text)
+
+    def _post(self, text: str) -> None:
+        """A new turn: shown in every pane, asked of every model."""
+        turn = self.history.add(text)
         for pane in self.panes:
             pane.users[turn] = pane.log.add("user", "you", text)
             pane.log.anchor()  # sending means: show me the answer
@@ -582,16 +635,10 @@ class ChatScreen(FinetuiScreen):
         return None
 
     def messages_for(self, pane: Pane, turn: int) -> list[dict[str, str]]:
-        """What the model sees for ``turn``: the system prompt, the earlier exchanges that
-        have a reply on this side, and the new user message."""
-        messages = [{"role": "system", "content": self.params["system"]}] if self.params["system"].strip() else []
-        for i in range(pane.first_turn, turn):
-            reply = pane.replies.get(i)
-            if reply is None:
-                continue  # unanswered (stopped early, worker died): not part of the context
-            messages += [{"role": "user", "content": self.turns[i]}, {"role": "assistant", "content": reply}]
-        messages.append({"role": "user", "content": self.turns[turn]})
-        return messages
+        """What the model sees for ``turn``: the system prompt, the earlier exchanges of
+        this pane's conversation that have a reply (none in single-turn mode), and the new
+        user message."""
+        return self.history.messages(pane.side, turn, self.params["system"])
 
     def _ask(self, pane: Pane, turn: int) -> None:
         if pane.state != "ready" or pane.client is None:
@@ -599,15 +646,15 @@ class ChatScreen(FinetuiScreen):
             return
         widget = pane.log.add("assistant", self.label(pane), streaming=True)
         pane.reply_widgets[turn] = widget
-        pane.replies.pop(turn, None)
-        pane.failures.pop(turn, None)
-        job = Job(turn, widget)
+        self.history.asked(pane.side, turn)
+        messages = self.messages_for(pane, turn)
+        job = Job(turn, widget, messages)
         pane.job = job
         params = {k: self.params[k] for k in GENERATION_KEYS if self.params.get(k) is not None}
-        messages = self.messages_for(pane, turn)
         self.run_worker(partial(self._generate_thread, pane, pane.client, job, messages, params), thread=True,
                         group=f"chat-reply-{pane.side}")
         self._wake()
+        self.show_headers()
         self.show_status()
 
     def _generate_thread(self, pane: Pane, client: ChatClient, job: Job, messages: list[dict], params: dict) -> None:
@@ -643,7 +690,10 @@ class ChatScreen(FinetuiScreen):
             stats.append("stopped")
         job.widget.finish(text, " · ".join(stats))
         job.widget.done = done
-        pane.replies[job.turn] = text if (text or reason != "cancelled") else None
+        tokens = (done.get("prompt_tokens") or 0) + (done.get("new_tokens") or 0)
+        self.history.answered(pane.side, job.turn, text if (text or reason != "cancelled") else None,
+                              job.messages, tokens if done.get("prompt_tokens") else None)
+        self.show_headers()
         self.show_status()
 
     def _reply_failed(self, pane: Pane, job: Job, exc: ChatError) -> None:
@@ -651,8 +701,7 @@ class ChatScreen(FinetuiScreen):
             return
         self._flush(job)
         pane.job, pane.last_job = None, job
-        pane.replies[job.turn] = None
-        pane.failures[job.turn] = exc.kind
+        self.history.failed(pane.side, job.turn, exc.kind)
         if exc.kind == "input":
             # The prompt cannot be answered as given (too long for the context, ...).
             job.widget.remove()
@@ -680,13 +729,11 @@ class ChatScreen(FinetuiScreen):
             return  # another side is still answering
         if not all(p.failures.get(turn) == "input" or p.state != "ready" for p in panes):
             return
-        text = self.turns.pop()
+        text = self.history.pop()
         for pane in panes:
             widget = pane.users.pop(turn, None)
             if widget is not None:
                 widget.remove()
-            pane.failures.pop(turn, None)
-            pane.replies.pop(turn, None)
         if not self.prompt.value:
             self.prompt.value = text
             self.prompt.cursor_position = len(text)
@@ -710,6 +757,18 @@ class ChatScreen(FinetuiScreen):
         if action == "leave":
             return not self.busy
         return True
+
+    def action_single_turn(self) -> None:
+        """Single-turn mode on or off. Either way what was said before is no longer sent:
+        lone prompts were never a conversation, nor is a conversation continued by them."""
+        on = not self.history.single_turn
+        self.history.set_single_turn(on)
+        rule = "single-turn: each message is sent alone" if on else "multi-turn: a new conversation"
+        for pane in self.panes:
+            pane.log.rule(rule)
+        self.flash("single-turn: each message goes without the earlier ones" if on
+                   else "multi-turn: replies build on the conversation from here on", error=False)
+        self.show_headers()
 
     def action_stop(self) -> None:
         for pane in self.panes:
@@ -739,6 +798,11 @@ class ChatScreen(FinetuiScreen):
             self.flash(problem)
             return
         turn = len(self.turns) - 1
+        if self.main.first_turn > turn:
+            # A new conversation began after it (another model, single-turn toggled): ask it
+            # again as the first message of this one, below the separator.
+            self._post(self.turns[turn])
+            return
         for pane in self.panes:
             if pane.first_turn > turn:
                 continue
@@ -759,14 +823,12 @@ class ChatScreen(FinetuiScreen):
             self.flash("the prompt box holds a draft: ctrl+u clears it, then ctrl+z brings the last message back")
             return
         turn = len(self.turns) - 1
-        text = self.turns.pop()
+        text = self.history.pop()
         for pane in (self.main, self.base):
             for widget in (pane.users.pop(turn, None), pane.reply_widgets.pop(turn, None)):
                 if widget is not None:
                     widget.remove()
-            pane.replies.pop(turn, None)
-            pane.failures.pop(turn, None)
-            pane.first_turn = min(pane.first_turn, len(self.turns))
+        self.show_headers()
         self.prompt.value = text
         self.prompt.cursor_position = len(text)
         self.prompt.focus()
@@ -777,9 +839,9 @@ class ChatScreen(FinetuiScreen):
                 pane.job.cancel()
                 pane.job = None
             pane.log.clear_messages()
-            pane.replies, pane.users, pane.reply_widgets, pane.failures = {}, {}, {}, {}
-            pane.first_turn = 0
-        self.turns = []
+            pane.users, pane.reply_widgets = {}, {}
+        self.history.clear()
+        self.show_headers()
         self.show_status()
 
     # ------------------------------------------------------------------ settings
@@ -791,18 +853,15 @@ class ChatScreen(FinetuiScreen):
         if values:
             self.params.update(values)
             self.flash("settings apply from the next reply", error=False)
+            self.show_headers()  # the system prompt counts in the history's tokens
         self.prompt.focus()
 
     # ------------------------------------------------------------------ save as a record
 
     def record_messages(self, pane: Pane) -> list[dict[str, str]]:
-        """The conversation on one side as an OpenAI ``messages`` list (answered turns only)."""
-        messages = [{"role": "system", "content": self.params["system"]}] if self.params["system"].strip() else []
-        for i in range(pane.first_turn, len(self.turns)):
-            reply = pane.replies.get(i)
-            if reply is not None:
-                messages += [{"role": "user", "content": self.turns[i]}, {"role": "assistant", "content": reply}]
-        return messages
+        """The conversation on one side as an OpenAI ``messages`` list (answered turns of
+        its conversation only; in single-turn mode the last exchange, as it was asked)."""
+        return self.history.record(pane.side, self.params["system"])
 
     def action_save(self) -> None:
         if self.busy:
@@ -863,6 +922,8 @@ class ChatScreen(FinetuiScreen):
             ("Chat: save as a training record…", "Append the conversation to a JSONL file (messages format)",
              self.action_save),
             ("Chat: clear", "Start a new conversation (the model stays loaded)", self.action_clear),
+            ("Chat: single-turn / multi-turn", "Send each message alone, or with the conversation before it",
+             self.action_single_turn),
         ]
 
 

@@ -27,11 +27,12 @@ class ChatMessage(Static):
     ChatMessage.-user { background: $boost; margin-top: 1; }
     ChatMessage.-note { color: $text-warning; }
     ChatMessage.-error { color: $text-error; }
+    ChatMessage.-rule { color: $text-muted; text-align: center; margin-top: 1; }
     """
 
     def __init__(self, role: str, label: str, text: str = "", streaming: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.role = role  # user | assistant | note | error
+        self.role = role  # user | assistant | note | error | rule
         self.label = label
         self.text = text
         self.streaming = streaming
@@ -119,6 +120,10 @@ class ChatLog(VerticalScroll, can_focus=True):
     def note(self, text: str, error: bool = False) -> ChatMessage:
         """A line for the reader that is not part of the conversation."""
         return self.add("error" if error else "note", "", text)
+
+    def rule(self, text: str) -> ChatMessage:
+        """A separator line: what is above it is not part of what the model sees next."""
+        return self.add("rule", "", f"── {text} ──")
 
     def messages(self) -> list[ChatMessage]:
         return list(self.query(ChatMessage))
