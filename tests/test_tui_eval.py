@@ -104,6 +104,25 @@ async def test_saved_results_metrics_table_and_detail(tui_env, trained_run):
         await pilot.pause()
 
 
+async def test_refusal_rates_are_shown_for_a_moderation_split(tui_env, trained_run):
+    run_dir = copy_run(trained_run, tui_env / "runs")
+    fake_results(run_dir)
+    summary = json.loads((run_dir / "eval" / "results.json").read_text())
+    summary["refusal"] = "Let's keep the discussion relevant to finetui."
+    summary["metrics"]["base"].update(refusal_rate=0.0, n_refused=0, n_off_topic=10, false_refusal_rate=0.0,
+                                      n_false_refusals=0, n_in_domain=20)
+    summary["metrics"]["tuned"].update(refusal_rate=0.9, n_refused=9, n_off_topic=10, false_refusal_rate=0.05,
+                                       n_false_refusals=1, n_in_domain=20)
+    (run_dir / "eval" / "results.json").write_text(json.dumps(summary))
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_eval(pilot, app)
+        await wait_until(pilot, lambda: screen.rows, 20, "the saved results")
+        metrics = shown(screen, "#ev-metrics")
+        for expected in ("refusals, off-topic", "0/10 (0%)", "9/10 (90%)", "+90%", "false refusals", "1/20 (5%)"):
+            assert expected in metrics, (expected, metrics)
+
+
 # ---------------------------------------------------------------------------- subprocesses
 
 

@@ -6,8 +6,8 @@
 * evaluate (``g``): ``finetui eval RUN --json [--compare-base] [--limit N]`` as a
   subprocess, never in this process (it needs torch). Its stderr is a pseudo-terminal, so
   the evaluator prints its progress lines (``· tuned: generating 27 replies``), shown live;
-  the JSON on stdout becomes the metrics (eval loss, perplexity, exact match, and
-  accuracy when the targets are class labels) and the table of prompt / target / base /
+  the JSON on stdout becomes the metrics (eval loss, perplexity, exact match,
+  accuracy when the targets are class labels, refusal rates when the split has a refusal line) and the table of prompt / target / base /
   tuned, where enter opens one example;
 * export (``x``): ``finetui merge RUN --out DIR --shard-size S`` as a subprocess, with
   its progress lines; the result is an ordinary model folder
@@ -383,6 +383,15 @@ class EvalScreen(FinetuiScreen):
             labels = ", ".join(r["labels"][:6]) + (" …" if len(r["labels"]) > 6 else "")
             rows.append((f"accuracy ({labels})", [_fmt(metrics[n].get("accuracy"), "{:.1%}") for n in names],
                          delta("accuracy", "{:+.1%}")))
+        if r.get("refusal") is not None:
+            def rate(n: str, hits: str, of: str, key: str) -> str:
+                m = metrics[n]
+                return "—" if m.get(key) is None else f"{m[hits]}/{m[of]} ({100 * m[key]:.0f}%)"
+
+            rows.append(("refusals, off-topic", [rate(n, "n_refused", "n_off_topic", "refusal_rate") for n in names],
+                         delta("refusal_rate", "{:+.0%}")))
+            rows.append(("false refusals", [rate(n, "n_false_refusals", "n_in_domain", "false_refusal_rate")
+                                            for n in names], delta("false_refusal_rate", "{:+.0%}")))
         for label, values, d in rows:
             table.add_row(label, *values, *([d] if len(names) == 2 else []))
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else "?"
