@@ -1,7 +1,8 @@
 """Shared pytest fixtures.
 
-``shared/`` (real datasets and chat templates copied from public repositories) sits beside
-the repository: CI clones ``main`` with ``shared/`` as its sibling, as on the dev boxes.
+Real datasets and chat templates copied from public repositories live in ``tests/data/``
+(``datasets/`` and ``chat_templates/``; ``tests/data/SOURCES.md`` says where each came from
+and under which licence), so a clone of the repository runs every test on its own.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+TEST_DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """The ``shared/`` folder beside the repository; skips loudly when it is absent."""
-    if not (SHARED / "datasets").is_dir():
-        pytest.skip(
-            f"SHARED DATA MISSING: {SHARED}/datasets not found; clone the shared/ folder "
-            "beside the repository to run the real-dataset tests"
-        )
-    return SHARED
+    """The real-data folder in the repository (``tests/data``: ``datasets/`` and
+    ``chat_templates/``); a missing copy is a broken checkout, so it fails, never skips."""
+    assert (TEST_DATA / "datasets").is_dir() and (TEST_DATA / "chat_templates").is_dir(), (
+        f"{TEST_DATA}: the in-repository test data is missing"
+    )
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`finetui data inspect` as a user runs it: a subprocess on the shared demo datasets."""
+"""`finetui data inspect` as a user runs it: a subprocess on the demo datasets in tests/data."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_glaive_toolcall_registry_entry(run, shared_datasets):
     result = as_json(run(spec, "--json", "--template", "chatml", "--max-length", "4096"))
     assert result["format"] == "sharegpt" and result["template"] == "chatml"
     c = result["counts"]
-    assert c["records"] == 300 and c["invalid"] == 0 and c["ok"] >= 290
+    assert c["records"] == 100 and c["invalid"] == 0 and c["ok"] >= 97  # the first 100 records upstream
     ex = result["example"]
     pieces = trained_pieces(ex)
     # example 0: a reply, a tool call, the answer after the tool output, a refusal
@@ -114,7 +114,7 @@ def test_text_output_marks_trained_spans(run, shared_datasets):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "format    sharegpt (detected)" in out
-    assert "records   300:" in out and "truncated" in out
+    assert "records   100:" in out and "truncated" in out
     assert "length histogram" in out and "tokens    min " in out
     assert "«Of course! I can help you with that. Please tell me what ingredients you have.<|im_end|>»" in out
     assert "«<tool_call>" in out

@@ -1,5 +1,5 @@
-"""Readers (engine.data.readers) on the real datasets in ../shared and on local files of
-every supported kind."""
+"""Readers (engine.data.readers) on the real datasets in tests/data/datasets (see
+tests/data/SOURCES.md) and on local files of every supported kind."""
 
 from __future__ import annotations
 
@@ -31,13 +31,14 @@ def write_jsonl(path: Path, records) -> Path:
 
 # ----------------------------------------------------------------- shared datasets
 
-# file (relative to shared/datasets) -> (format, kind, record count)
+# file (relative to tests/data/datasets) -> (format, kind, record count); glaive_toolcall_en_demo,
+# c4_demo and dpo_en_demo are their upstream files' first 100 records
 SHARED_FILES = {
     "llamafactory/alpaca_en_demo.json": ("alpaca", "chat", 999),
     "llamafactory/identity.json": ("alpaca", "chat", 91),
-    "llamafactory/glaive_toolcall_en_demo.json": ("sharegpt", "chat", 300),
-    "llamafactory/c4_demo.jsonl": ("text", "text", 300),
-    "llamafactory/dpo_en_demo.json": ("preference", "preference", 300),
+    "llamafactory/glaive_toolcall_en_demo.json": ("sharegpt", "chat", 100),
+    "llamafactory/c4_demo.jsonl": ("text", "text", 100),
+    "llamafactory/dpo_en_demo.json": ("preference", "preference", 100),
     "torchtune/chat_tiny.json": ("sharegpt", "chat", 1),
     "torchtune/alpaca_tiny.json": ("alpaca", "chat", 100),
     "torchtune/instruct_tiny.json": ("alpaca", "chat", 2),
@@ -48,9 +49,9 @@ SHARED_FILES = {
 REGISTRY_NAMES = {
     "identity": ("alpaca", "chat", 91),
     "alpaca_en_demo": ("alpaca", "chat", 999),
-    "glaive_toolcall_en_demo": ("sharegpt", "chat", 300),
-    "c4_demo": ("text", "text", 300),
-    "dpo_en_demo": ("preference", "preference", 300),
+    "glaive_toolcall_en_demo": ("sharegpt", "chat", 100),
+    "c4_demo": ("text", "text", 100),
+    "dpo_en_demo": ("preference", "preference", 100),
 }
 
 
@@ -98,12 +99,12 @@ def test_glaive_toolcall_by_name_has_tools_and_tool_calls(shared_datasets):
     convs = [conv for _, conv in result.conversations]
     with_tools = [c for c in convs if c.tools]
     raw = json.loads((shared_datasets / "llamafactory" / "glaive_toolcall_en_demo.json").read_text())
-    assert len(with_tools) == sum(1 for r in raw if json.loads(r["tools"])) == 191  # the rest have "[]"
+    assert len(with_tools) == sum(1 for r in raw if json.loads(r["tools"])) == 59  # the rest have "[]"
     assert all(t["type"] == "function" and t["function"]["name"] for c in with_tools for t in c.tools)
     calls = [m for c in convs for m in c.messages if m.tool_calls]
-    assert len(calls) == 211  # every function_call turn in the file parses
+    assert len(calls) == 73  # every function_call turn in the file parses
     assert all(isinstance(m.tool_calls[0]["function"]["arguments"], dict) for m in calls)
-    assert sum(m.role == "tool" for c in convs for m in c.messages) == 211
+    assert sum(m.role == "tool" for c in convs for m in c.messages) == 73
 
 
 def test_dpo_demo_is_preference_with_system_prompts(shared_datasets):
@@ -111,7 +112,7 @@ def test_dpo_demo_is_preference_with_system_prompts(shared_datasets):
     convs = [conv for _, conv in result.conversations]
     assert all(c.kind == "preference" and c.rejected and c.rejected.content.strip() for c in convs)
     assert all(c.messages[-1].role == "assistant" for c in convs)
-    assert sum(1 for c in convs if c.system) == 80  # the demo's 80 system turns
+    assert sum(1 for c in convs if c.system) == 29  # the 29 system turns of its first 100 records
     assert all(c.messages[-1].content != c.rejected.content for c in convs)
 
 

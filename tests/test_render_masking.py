@@ -27,8 +27,7 @@ from engine.data.render import (
     resolve_template,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TEMPLATES = SHARED / "chat_templates"
+TEMPLATES = Path(__file__).resolve().parent / "data" / "chat_templates"  # see tests/data/SOURCES.md
 
 SPECIAL = [
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>",
@@ -66,8 +65,6 @@ def base_tokenizer(tiny_model_dir):
 
 
 def tokenizer_for(base, name: str):
-    if not TEMPLATES.is_dir():
-        pytest.skip(f"SHARED DATA MISSING: {TEMPLATES} not found")
     bos, eos, _ = MODELS[name]
     tok = copy.deepcopy(base)
     tok.bos_token = bos
