@@ -316,6 +316,7 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     n_read_issues = len(issues)
     read_counts = dict(loaded.counts or {})
     read_invalid = int(read_counts.get("invalid", read_counts.get("skipped", 0)) or 0)
+    read_skipped = int(read_counts.get("skipped", 0) or 0) if "invalid" in read_counts else 0
     if not conversations:
         detail = f": {issues[0]}" if issues else ""
         raise DataError(f"{source}: no usable records{detail}")
@@ -356,7 +357,10 @@ def _process(loaded, tokenizer, template, data, *, source: str):
          "notes": [notes[i]] if notes[i] else []}
         for i in rendered
     ]
-    warnings = render_mod.preflight(tokenizer, template, summary, max_length=data.max_length)
+    # rows skipped (KTO label false), records repaired, preference pairs: said before training
+    data_notes = getattr(loaded, "notes", None)
+    warnings = [*(data_notes() if data_notes else []),
+                *render_mod.preflight(tokenizer, template, summary, max_length=data.max_length)]
 
     ds = table if len(keep) == len(table) else table.select(keep)
     ds = ds.remove_columns(list(_INTERNAL_COLUMNS))
@@ -366,9 +370,10 @@ def _process(loaded, tokenizer, template, data, *, source: str):
         template=template.label,
         end_token=template.end_token,
         counts={
-            "records": len(conversations) + read_invalid,
+            "records": len(conversations) + read_invalid + read_skipped,
             "ok": len(keep),
             "invalid": read_invalid + render_invalid,
+            "skipped": read_skipped,
             "truncated": n_truncated,
             "no_trained": no_trained,
         },
