@@ -23,8 +23,12 @@ class Message:
     role: str
     content: str
     tool_calls: list[dict[str, Any]] | None = None  # [{"type": "function", "function": {name, arguments}}]
+    # An assistant turn with ``train=False`` is context only: rendered, never trained
+    # (LLaMA-Factory's ``loss_weight: 0``, Axolotl's ``training: false``).
+    train: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """The message as a chat template takes it (no ``train`` key)."""
         d: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.tool_calls:
             d["tool_calls"] = self.tool_calls
@@ -38,7 +42,11 @@ class Conversation:
     kind "chat": ``messages`` (no system message inside; it lives in ``system``).
     kind "text": raw pretraining text in ``text``; ``messages`` is empty; every token trains.
     kind "preference": ``messages`` holds the prompt and the *chosen* reply (so SFT on
-    chosen works unchanged); ``rejected`` holds the rejected reply.
+    chosen works unchanged); ``rejected`` holds the rejected reply, never trained.
+
+    ``repairs``: what normalisation changed to keep the record, as (field, message) pairs
+    (an empty turn dropped with its exchange); readers report each one with the record's
+    place.
     """
 
     messages: list[Message] = field(default_factory=list)
@@ -47,6 +55,7 @@ class Conversation:
     kind: str = "chat"
     text: str | None = None
     rejected: Message | None = None
+    repairs: list[tuple[str, str]] = field(default_factory=list)
 
     def to_messages(self) -> list[dict[str, Any]]:
         """OpenAI-style message list with the system prompt first (what
@@ -70,4 +79,5 @@ class Conversation:
             kind=d.get("kind", "chat"),
             text=d.get("text"),
             rejected=Message(**rejected) if rejected else None,
+            repairs=[tuple(r) for r in d.get("repairs") or ()],
         )

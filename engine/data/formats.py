@@ -4,22 +4,33 @@ Light module (stdlib only). Formats, by the names ``data.format`` takes:
 
 ========== =================================================================================
 text       ``text`` (pretraining; every token trains)
-qa         ``question`` / ``answer`` (also ``prompt`` / ``completion`` or ``response``)
+qa         ``question`` / ``answer`` (also ``prompt`` / ``completion`` or ``response``;
+           TRL's conversational ``prompt`` / ``completion`` message lists)
 alpaca     ``instruction`` / ``input`` / ``output`` (or ``response``), optional ``system``,
            ``history`` as ``[[question, answer], ...]``
 openorca   ``system_prompt`` / ``question`` / ``response``
 sharegpt   ``conversations: [{from, value}]``; roles human / gpt / system / function_call /
            observation; optional ``tools`` (JSON text or a list)
-messages   ``messages: [{role, content}]`` (OpenAI; content may be a list of text parts)
-chatml     ``text`` holding ``<|im_start|>role\\n...<|im_end|>`` blocks
-preference ``chosen`` / ``rejected``: strings with a prompt field, message lists, or
-           LLaMA-Factory ranking style (``conversations`` + ``chosen``/``rejected`` turns)
+messages   ``messages: [{role, content}]`` (OpenAI, LLaMA-Factory v1; content may be a list
+           of parts, see :func:`_content`)
+chatml     ``text`` holding ``<|im_start|>role\n...<|im_end|>`` blocks
+preference ``chosen`` / ``rejected``: strings with a prompt field, message lists, Anthropic
+           HH transcripts (``\n\nHuman: ...\n\nAssistant: ...``), LLaMA-Factory ranking
+           style (``conversations`` + ``chosen``/``rejected`` turns) or v1's
+           ``chosen_messages`` / ``rejected_messages``; SFT trains the chosen reply only
 ========== =================================================================================
 
 ``columns`` maps canonical names to a dataset's own names, e.g. ``{"question": "prompt",
 "answer": "completion"}``. LLaMA-Factory's column names are understood too (``prompt`` /
 ``query`` / ``response`` are alpaca's instruction / input / output, ``messages`` is the
-turn list), and ``tags`` are LLaMA-Factory's role/content tags for turn lists.
+turn list, ``kto_tag`` the KTO label), and ``tags`` are LLaMA-Factory's role/content tags
+for turn lists.
+
+What a record says about training is kept: a turn's ``loss_weight: 0`` / ``weight: 0`` /
+``training: false`` makes it context (``Message.train``); a KTO row labelled false
+(TRL's ``label``, LLaMA-Factory's ``kto_tag``) raises :class:`RecordSkipped`; an empty turn
+in a turn list is dropped with its exchange and noted in ``Conversation.repairs`` rather
+than refusing the whole conversation.
 
 Errors: :class:`RecordError` names the field (``conversations[3].value``) so a reader can
 report ``file:line: field '...': message``; :class:`DataError` is a dataset-level problem
@@ -75,6 +86,11 @@ class RecordError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"field '{field}': {message}" if field else message)
+
+
+class RecordSkipped(RecordError):
+    """A well-formed record that supervised fine-tuning must not train on (a KTO row
+    labelled undesirable); readers count it as skipped, with its reason, not as invalid."""
 
 
 # ------------------------------------------------------------------------ columns
@@ -159,7 +175,7 @@ def detect_one(
     def has(canonical: str, *aliases: str, record_aliases: Iterable[str] = ()) -> bool:
         return _field(record, columns, canonical, aliases, record_aliases)[1] is not _MISSING
 
-    if has("chosen") and has("rejected"):
+    if has("chosen", record_aliases=("chosen_messages",)) and has("rejected", record_aliases=("rejected_messages",)):
         return "preference"
     for canonical in ("conversations", "messages"):
         key, turns = _field(record, columns, canonical)
@@ -270,29 +286,86 @@ def _role_of(raw: Any, tags: Mapping[str, str]) -> str | None:
     return None
 
 
-def _content_text(value: Any, field: str) -> str | None:
-    """Turn content as text: a string, or OpenAI content parts joined; None if absent."""
+# Content part types (OpenAI chat / Responses, LLaMA-Factory v1, Anthropic) that are text.
+_TEXT_PARTS = {"text", "input_text", "output_text"}
+_REASONING_PARTS = {"reasoning", "thinking"}
+_TOOL_CALL_PARTS = {"tool_call", "tool_calls"}
+_THINK = "<think>\n{}\n</think>\n\n"  # how a reasoning part joins the reply (Qwen 3 / DeepSeek-R1 style)
+
+
+def _part_text(part: Mapping[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        if isinstance(part.get(key), str):
+            return part[key]
+    return None
+
+
+def _content(value: Any, field: str, tools_out: list | None = None) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """(text, tool calls) of a turn's content; text is None when there is no content.
+
+    ``content`` is a string or a list of parts: strings, text parts (OpenAI's
+    ``{"type": "text", "text"}``, LLaMA-Factory v1's ``{"type": "text", "value"}``) joined
+    with newlines, reasoning parts put before the reply as ``<think>`` blocks, LLaMA-Factory
+    v1's ``tool_call`` parts as tool calls and its ``tools`` parts appended to ``tools_out``.
+    Any other part (image, audio, video, file) is refused naming the part and its type:
+    finetui trains on text.
+    """
     if value is None or value is _MISSING:
-        return None
+        return None, None
     if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = []
-        for j, part in enumerate(value):
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif isinstance(part, dict):
-                raise RecordError(
-                    f"{field}[{j}]", f"{part.get('type', 'untyped')!s} parts are not supported (text only)"
-                )
-            else:
-                raise RecordError(f"{field}[{j}]", f"expected a content part object, got {_type_name(part)}")
-        return "\n".join(texts)
+        return value, None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise RecordError(field, f"expected text, got {_type_name(value)}")
+        return str(value), None
+    if isinstance(value, dict) and "type" in value:
+        value = [value]  # a single part written without its list
+    if not isinstance(value, list):
+        raise RecordError(field, f"expected text, got {_type_name(value)}")
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, part in enumerate(value):
+        where = f"{field}[{j}]"
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise RecordError(where, f"expected a content part object, got {_type_name(part)}")
+        kind = part.get("type", "text")
+        if not isinstance(kind, str):
+            raise RecordError(f"{where}.type", f"expected a part type name, got {_type_name(kind)}")
+        if kind in _TEXT_PARTS or kind == "refusal":
+            text = _part_text(part, "text", "value", "content", "refusal")
+            if text is None:
+                raise RecordError(where, f"{kind} part has no text ('text' or 'value')")
+            texts.append(text)
+        elif kind in _REASONING_PARTS:
+            text = _part_text(part, "value", "text", "thinking", "reasoning", "content")
+            if text is None:
+                raise RecordError(where, f"{kind} part has no text ('value' or 'text')")
+            if text.strip():
+                reasoning.append(text.strip())
+        elif kind in _TOOL_CALL_PARTS:
+            raw = part.get("value", part.get("text", part.get("function")))
+            parsed = None
+            if isinstance(raw, str):
+                parsed = _parse_tool_calls(raw)
+            elif isinstance(raw, (dict, list)):
+                parsed = _parse_tool_calls(json.dumps(raw))
+            if parsed is None:
+                raise RecordError(where, f"{kind} part is not a JSON {{\"name\", \"arguments\"}} object")
+            calls.extend(parsed)
+        elif kind == "tools":
+            found = parse_tools(part.get("value", part.get("tools")), f"{where}.value")
+            if found and tools_out is not None:
+                tools_out.extend(found)
+        else:
+            raise RecordError(
+                where, f"{kind} parts are not supported: finetui trains on text (remove the {kind} parts or the record)"
+            )
+    text = "\n".join(texts)
+    if reasoning:
+        text = _THINK.format("\n\n".join(reasoning)) + text
+    return text, calls or None
 
 
 def _parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
@@ -317,13 +390,44 @@ def _parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
     return calls or None
 
 
+# Per-turn training flags: LLaMA-Factory v1's loss_weight, Axolotl's training / weight.
+_TRAIN_KEYS = ("loss_weight", "training", "train", "weight")
+
+
+def _train_flag(turn: Mapping[str, Any], where: str) -> bool:
+    """False when the turn says it is not trained (``loss_weight: 0``, ``training: false``)."""
+    for key in _TRAIN_KEYS:
+        if key not in turn or turn[key] is None:
+            continue
+        value = turn[key]
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            return value > 0
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "0", "1", "0.0", "1.0"):
+            return value.strip().lower() in ("true", "1", "1.0")
+        raise RecordError(f"{where}.{key}", f"expected a number or true/false, got {_type_name(value)}")
+    return True
+
+
 def parse_turns(
-    turns: Any, field: str, tags: Mapping[str, str] | None = None
+    turns: Any,
+    field: str,
+    tags: Mapping[str, str] | None = None,
+    *,
+    repairs: list[tuple[str, str]] | None = None,
+    tools_out: list[dict[str, Any]] | None = None,
 ) -> tuple[str | None, list[Message]]:
     """(system, messages) from a ShareGPT or OpenAI turn list.
 
-    A system turn is accepted at the start only; an empty user/assistant/tool turn is an
-    error naming ``field[i].value``; consecutive turns of one role are tolerated.
+    A system turn is accepted at the start only; consecutive turns of one role are
+    tolerated. An assistant turn with ``loss_weight: 0`` (or ``training: false``) is kept
+    as context with ``train=False``. An empty user/assistant/tool turn is an error naming
+    ``field[i].value``, unless ``repairs`` is a list: then the turn is dropped, alone when a
+    turn of its role stands next to it, else with the rest of its exchange (the user turn
+    that opens it up to the next user turn), so the roles still alternate; each drop is
+    appended to ``repairs`` as (field, message). Tool schemas found in content parts are
+    appended to ``tools_out``.
     """
     if not isinstance(turns, list):
         raise RecordError(field, f"expected a list of turns, got {_type_name(turns)}")
@@ -333,7 +437,8 @@ def parse_turns(
     if tags:
         merged_tags.update(tags)
     system: str | None = None
-    messages: list[Message] = []
+    # (message, its field, the error if the turn is empty)
+    parsed: list[tuple[Message, str, RecordError | None]] = []
     for i, turn in enumerate(turns):
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
@@ -350,32 +455,87 @@ def parse_turns(
                 f"unknown role {turn[role_key]!r} (expected human/user, gpt/assistant, system, "
                 "function_call, observation/tool)",
             )
-        content = _content_text(turn.get(content_key) if content_key else None, content_field)
+        content, part_calls = _content(turn.get(content_key) if content_key else None, content_field, tools_out)
         tool_calls = turn.get("tool_calls") if isinstance(turn.get("tool_calls"), list) else None
+        tool_calls = tool_calls or part_calls
         if role == "system":
-            if messages:
+            if parsed:
                 raise RecordError(content_field, "system turn after the conversation started")
             if content and content.strip():
                 system = content if system is None else f"{system}\n\n{content}"
             continue
+        train = _train_flag(turn, where) if role in ("assistant", "function_call") else True
         if role == "function_call":
             if content is None or not content.strip():
-                raise RecordError(content_field, "empty turn")
+                if tool_calls:
+                    parsed.append((Message("assistant", "", tool_calls=tool_calls, train=train), content_field, None))
+                    continue
+                error = RecordError(content_field, "empty turn")
+                if repairs is None:
+                    raise error
+                parsed.append((Message("assistant", ""), content_field, error))
+                continue
             calls = _parse_tool_calls(content)
             if calls is not None:
-                messages.append(Message("assistant", "", tool_calls=calls))
+                parsed.append((Message("assistant", "", tool_calls=calls, train=train), content_field, None))
             else:
-                messages.append(Message("assistant", content))
+                parsed.append((Message("assistant", content, train=train), content_field, None))
             continue
         if (content is None or not content.strip()) and not (role == "assistant" and tool_calls):
-            raise RecordError(content_field, "empty turn" if content is not None else "missing content")
-        messages.append(Message(role, content or "", tool_calls=tool_calls or None))
-    return system, messages
+            error = RecordError(content_field, "empty turn" if content is not None else "missing content")
+            if repairs is None:
+                raise error
+            parsed.append((Message(role, content or ""), content_field, error))
+            continue
+        parsed.append((Message(role, content or "", tool_calls=tool_calls or None, train=train), content_field, None))
+    empty = [error for _, _, error in parsed if error is not None]
+    if not empty:
+        return system, [m for m, _, _ in parsed]
+    if repairs is None:
+        raise empty[0]
+    return system, _drop_empty_turns(parsed, field, repairs)
+
+
+def _drop_empty_turns(
+    parsed: list[tuple[Message, str, RecordError | None]], field: str, repairs: list[tuple[str, str]]
+) -> list[Message]:
+    """The turns left once every empty one is dropped (see parse_turns); raises the first
+    empty turn's error when nothing trainable would be left."""
+    n = len(parsed)
+    roles = [m.role for m, _, _ in parsed]
+    # Exchange k: a user turn (or the first turn) up to the next user turn after a reply.
+    exchange, k = [], 0
+    for i, role in enumerate(roles):
+        if i and role == "user" and roles[i - 1] != "user":
+            k += 1
+        exchange.append(k)
+    drop: set[int] = set()
+    notes: list[tuple[str, set[int]]] = []
+    for i, (message, where, error) in enumerate(parsed):
+        if error is None or i in drop:
+            continue
+        if (i and roles[i - 1] == roles[i] and i - 1 not in drop) or (i + 1 < n and roles[i + 1] == roles[i]):
+            gone = {i}  # a neighbour of the same role stays: the roles still alternate
+        else:
+            gone = {j for j in range(n) if exchange[j] == exchange[i]}
+        drop |= gone
+        notes.append((where, gone))
+    kept = [m for i, (m, _, _) in enumerate(parsed) if i not in drop]
+    if not any(m.role == "assistant" for m in kept):
+        raise next(error for _, _, error in parsed if error is not None)
+    for where, gone in notes:
+        first, last = min(gone), max(gone)
+        span = f"{field}[{first}]" if first == last else f"{field}[{first}..{last}]"
+        what = "empty turn dropped" if len(gone) == 1 else "empty turn dropped with its exchange"
+        repairs.append((where, f"{what} ({span}; {len(kept)} of {n} turns kept)"))
+    return kept
 
 
 def _require_assistant(messages: list[Message], field: str) -> None:
     if not any(m.role == "assistant" for m in messages):
         raise RecordError(field, "no assistant turn")
+    if not any(m.role == "assistant" and m.train for m in messages):
+        raise RecordError(field, "no assistant turn is trained (every one has loss_weight 0 or training false)")
 
 
 def parse_tools(value: Any, field: str = "tools") -> list[dict[str, Any]] | None:
@@ -422,15 +582,20 @@ def _chatml(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation
     if outside:
         raise RecordError(key, f"text outside <|im_start|> blocks: {outside[:40]!r}")
     turns = [{"role": m.group(1).strip(), "content": m.group(2).strip("\n")} for m in blocks]
-    try:
-        system, messages = parse_turns(turns, key)
-    except RecordError as exc:
+
+    def in_block(field: str | None, message: str) -> str:
         # parse_turns names a synthetic list (text[2].content); name the block instead.
-        block = re.search(r"\[(\d+)\]", exc.field or "")
-        where = f" in <|im_start|> block {int(block.group(1)) + 1}" if block else ""
-        raise RecordError(key, exc.message + where) from None
+        block = re.search(r"\[(\d+)\]", field or "")
+        return message + (f" in <|im_start|> block {int(block.group(1)) + 1}" if block else "")
+
+    repairs: list[tuple[str, str]] = []
+    try:
+        system, messages = parse_turns(turns, key, repairs=repairs)
+    except RecordError as exc:
+        raise RecordError(key, in_block(exc.field, exc.message)) from None
     _require_assistant(messages, key)
-    return Conversation(messages=messages, system=system)
+    repairs = [(key, in_block(field, re.sub(r" \(.*\)$", "", message))) for field, message in repairs]
+    return Conversation(messages=messages, system=system, repairs=repairs)
 
 
 def _system(record: dict, columns: Mapping[str, str], *aliases: str) -> str | None:
@@ -439,12 +604,27 @@ def _system(record: dict, columns: Mapping[str, str], *aliases: str) -> str | No
 
 
 def _qa(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation:
+    """Also TRL's conversational prompt/completion rows: ``prompt`` and ``completion`` as
+    message lists."""
     qkey, question = _field(record, columns, "question", ("prompt", "query"), ("prompt", "input"))
     akey, answer = _field(record, columns, "answer", ("response",), ("completion", "response", "output"))
-    return Conversation(
-        messages=[Message("user", _text(question, qkey)), Message("assistant", _text(answer, akey))],
-        system=_system(record, columns),
-    )
+    system = _system(record, columns)
+    repairs: list[tuple[str, str]] = []
+    if isinstance(question, list):
+        turn_system, prompt = parse_turns(question, qkey, tags, repairs=repairs)
+        if turn_system:
+            system = turn_system if not system else f"{system}\n\n{turn_system}"
+    else:
+        prompt = [Message("user", _text(question, qkey))]
+    if isinstance(answer, list):
+        _, reply = parse_turns(answer, akey, tags)
+        if not reply or reply[-1].role != "assistant":
+            raise RecordError(akey, "the completion does not end with an assistant turn")
+    else:
+        reply = [Message("assistant", _text(answer, akey))]
+    messages = prompt + reply
+    _require_assistant(messages, akey)
+    return Conversation(messages=messages, system=system, repairs=repairs)
 
 
 def _alpaca(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation:
@@ -461,19 +641,32 @@ def _alpaca(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation
             raise RecordError(ikey, "missing field")
         raise RecordError(ikey, "empty instruction (and no input)")
     messages: list[Message] = []
+    repairs: list[tuple[str, str]] = []
     hkey, history = _field(record, columns, "history")
     if history is not _MISSING and history is not None:
         if not isinstance(history, list):
             raise RecordError(hkey, f"expected a list of [question, answer] pairs, got {_type_name(history)}")
+        empty: list[str] = []
         for i, pair in enumerate(history):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise RecordError(f"{hkey}[{i}]", "expected a [question, answer] pair")
-            messages.append(Message("user", _text(pair[0], f"{hkey}[{i}][0]")))
-            messages.append(Message("assistant", _text(pair[1], f"{hkey}[{i}][1]")))
+            question = _text(pair[0], f"{hkey}[{i}][0]", allow_empty=True)
+            answer = _text(pair[1], f"{hkey}[{i}][1]", allow_empty=True)
+            if not question.strip() or not answer.strip():
+                # One empty half drops its pair (the exchange), not the record.
+                empty.append(f"{hkey}[{i}][{0 if not question.strip() else 1}]")
+                continue
+            messages.append(Message("user", question))
+            messages.append(Message("assistant", answer))
+        n = 2 * len(history) + 2
+        for where in empty:
+            repairs.append((where, f"empty turn dropped with its exchange ({where[:-3]}; {n - 2 * len(empty)} of {n} turns kept)"))
     messages.append(Message("user", prompt))
     messages.append(Message("assistant", _text(output, okey)))
     tkey, tools = _field(record, columns, "tools")
-    return Conversation(messages=messages, system=_system(record, columns), tools=parse_tools(tools, tkey))
+    return Conversation(
+        messages=messages, system=_system(record, columns), tools=parse_tools(tools, tkey), repairs=repairs
+    )
 
 
 def _openorca(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation:
@@ -497,13 +690,17 @@ def _turn_list(record: dict, columns: Mapping[str, str], canonical: str) -> tupl
 def _chat(canonical: str):
     def convert(record: dict, columns: Mapping[str, str], tags: Mapping[str, str] | None) -> Conversation:
         key, turns = _turn_list(record, columns, canonical)
-        system, messages = parse_turns(turns, key, tags)
+        repairs: list[tuple[str, str]] = []
+        part_tools: list[dict[str, Any]] = []
+        system, messages = parse_turns(turns, key, tags, repairs=repairs, tools_out=part_tools)
         _require_assistant(messages, key)
         extra_system = _system(record, columns)
         if extra_system:
             system = extra_system if not system else f"{extra_system}\n\n{system}"
         tkey, tools = _field(record, columns, "tools")
-        return Conversation(messages=messages, system=system, tools=parse_tools(tools, tkey))
+        return Conversation(
+            messages=messages, system=system, tools=parse_tools(tools, tkey) or part_tools or None, repairs=repairs
+        )
 
     return convert
 
@@ -512,9 +709,27 @@ def _same(a: Message, b: Message) -> bool:
     return a.role == b.role and a.content == b.content
 
 
+# Anthropic HH-RLHF style transcripts: "\n\nHuman: ...\n\nAssistant: ..." in one string.
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+def _hh_turns(text: str) -> list[dict[str, str]] | None:
+    """The turns of an HH-style transcript, or None when ``text`` is not one."""
+    if not text.lstrip().startswith("Human:") or "\n\nAssistant:" not in text:
+        return None
+    marks = list(_HH_TURN.finditer(text.lstrip()))
+    body = text.lstrip()
+    turns = []
+    for k, mark in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(body)
+        turns.append({"role": "user" if mark.group(1) == "Human" else "assistant", "content": body[mark.end():end].strip()})
+    return turns
+
+
 def _preference(record: dict, columns: Mapping[str, str], tags: Mapping[str, str] | None) -> Conversation:
-    ckey, chosen = _field(record, columns, "chosen")
-    rkey, rejected = _field(record, columns, "rejected")
+    """Chosen/rejected pairs; SFT trains the chosen reply, never the rejected one."""
+    ckey, chosen = _field(record, columns, "chosen", (), ("chosen_messages",))
+    rkey, rejected = _field(record, columns, "rejected", (), ("rejected_messages",))
     if chosen is _MISSING:
         raise RecordError(ckey, "missing field")
     if rejected is _MISSING:
@@ -522,13 +737,14 @@ def _preference(record: dict, columns: Mapping[str, str], tags: Mapping[str, str
 
     system: str | None = None
     prompt: list[Message] | None = None
+    repairs: list[tuple[str, str]] = []
     tkey, turns = _field(record, columns, "conversations", ("messages",), ("messages",))
     pkey, prompt_value = _field(record, columns, "prompt", ("instruction", "question"), ("instruction", "question"))
     if turns is not _MISSING:
-        system, prompt = parse_turns(turns, tkey, tags)
+        system, prompt = parse_turns(turns, tkey, tags, repairs=repairs)
     elif prompt_value is not _MISSING:
         if isinstance(prompt_value, list):
-            system, prompt = parse_turns(prompt_value, pkey, tags)
+            system, prompt = parse_turns(prompt_value, pkey, tags, repairs=repairs)
         else:
             prompt = [Message("user", _text(prompt_value, pkey))]
             ikey, input_ = _field(record, columns, "input", ("query",))
@@ -542,6 +758,14 @@ def _preference(record: dict, columns: Mapping[str, str], tags: Mapping[str, str
     def reply(value: Any, key: str) -> list[Message]:
         nonlocal system
         if isinstance(value, str):
+            hh = _hh_turns(value) if prompt is None else None
+            if hh is not None:
+                try:
+                    return parse_turns(hh, key, tags)[1]
+                except RecordError as exc:
+                    turn = re.search(r"\[(\d+)\]", exc.field or "")
+                    where = f" (turn {int(turn.group(1)) + 1} of the transcript)" if turn else ""
+                    raise RecordError(key, exc.message + where) from None
             return [Message("assistant", _text(value, key))]
         if isinstance(value, dict):
             try:
@@ -577,7 +801,9 @@ def _preference(record: dict, columns: Mapping[str, str], tags: Mapping[str, str
         raise RecordError(ckey, "chosen reply is not an assistant turn")
     if len(rejected_msgs) != 1 or rejected_msgs[0].role != "assistant":
         raise RecordError(rkey, "rejected must be a single assistant reply")
-    return Conversation(messages=prompt + chosen_msgs, system=system, kind="preference", rejected=rejected_msgs[0])
+    return Conversation(
+        messages=prompt + chosen_msgs, system=system, kind="preference", rejected=rejected_msgs[0], repairs=repairs
+    )
 
 
 _CONVERTERS = {
@@ -592,15 +818,44 @@ _CONVERTERS = {
 }
 
 
+def kto_label(record: Mapping[str, Any], columns: Mapping[str, str] | None = None) -> tuple[str, bool] | None:
+    """(field, desirable) for a KTO-style row (TRL's ``label``, LLaMA-Factory's ``kto_tag``
+    column), or None when the row carries no such label. ``label`` counts only as
+    true/false (a class name or number in a ``label`` column is something else), unless
+    the column is mapped as ``kto_tag``, when 1/0 count too."""
+    columns = columns or {}
+    mapped = "kto_tag" in columns
+    key, value = _field(record, columns, "kto_tag", (), ("label",))
+    if value is _MISSING or value is None:
+        return None
+    if isinstance(value, bool):
+        return key, value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return key, value.strip().lower() == "true"
+    if mapped and isinstance(value, (int, float)) and value in (0, 1):
+        return key, bool(value)
+    if mapped:
+        raise RecordError(key, f"expected a KTO label true/false, got {value!r}"[:120])
+    return None
+
+
+KTO_UNDESIRABLE = "undesirable reply (KTO label false): not trained, SFT learns from desirable replies only"
+
+
 def to_conversation(
     record: Any,
     fmt: str,
     columns: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Conversation:
-    """Normalise one record; raise RecordError naming the field that is wrong."""
+    """Normalise one record; raise RecordError naming the field that is wrong, or
+    RecordSkipped for a row that is deliberately not trained (a KTO ``label: false``)."""
     if fmt not in _CONVERTERS:
         raise DataError(f"data.format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if not isinstance(record, dict):
         raise RecordError(None, f"record is {_type_name(record)}, not an object")
-    return _CONVERTERS[fmt](record, columns or {}, tags or None)
+    label = kto_label(record, columns) if fmt != "preference" else None
+    conversation = _CONVERTERS[fmt](record, columns or {}, tags or None)
+    if label is not None and not label[1]:
+        raise RecordSkipped(label[0], KTO_UNDESIRABLE)
+    return conversation

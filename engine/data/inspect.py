@@ -1,9 +1,11 @@
 """``finetui data inspect``: what a dataset becomes once rendered for training.
 
-Prints the source and detected format, record counts (ok / invalid / truncated / no
-trained token), the first issues with ``file:line``, token length statistics with a text
-histogram, pre-flight warnings, and one rendered example with its trained tokens marked
-(green on a terminal, ``«»`` elsewhere). ``--json`` prints all of it as one JSON object.
+Prints the source and detected format, record counts (ok / invalid / skipped / repaired /
+truncated / no trained token), the first issues with ``file:line``, what is not trained as
+written (rows skipped with their reason, records kept after a repair, preference pairs
+trained on their chosen reply), token length statistics with a text histogram, pre-flight
+warnings, and one rendered example with its trained tokens marked (green on a terminal,
+``«»`` elsewhere). ``--json`` prints all of it as one JSON object.
 
 The CLI imports this module for every ``finetui data ...`` call, so it imports nothing
 heavy at module level: the tokenizer, readers and renderer are imported in
@@ -164,6 +166,8 @@ def inspect(
 
     issues = [str(issue) for issue in loaded.issues]
     read_invalid = int(loaded.counts.get("invalid", 0))
+    skipped = int(loaded.counts.get("skipped", 0))
+    repaired = int(loaded.counts.get("repaired", 0))
     end_id = tokenizer.convert_tokens_to_ids(tmpl.end_token) if tmpl.end_token else None
     summaries: list[dict[str, Any]] = []
     full_lengths: list[int] = []
@@ -221,14 +225,20 @@ def inspect(
         "max_length": max_length,
         "train_on": train_on,
         "counts": {
-            "records": len(loaded.conversations) + read_invalid,
+            "records": len(loaded.conversations) + read_invalid + skipped,
             "ok": ok,
             "invalid": read_invalid + render_invalid,
+            "skipped": skipped,
+            "repaired": repaired,
             "truncated": truncated,
             "no_trained": no_trained,
         },
         "issues": issues[:data_mod.MAX_ISSUES],
         "issues_total": read_invalid + len(issues) - len(loaded.issues),
+        # not trained as written: one line per reason, then the first places
+        "data_notes": loaded.notes(),
+        "skipped": [str(issue) for issue in loaded.skips[:data_mod.MAX_ISSUES]],
+        "repaired": [str(issue) for issue in loaded.repairs[:data_mod.MAX_ISSUES]],
         "lengths": data_mod.length_stats(full_lengths),
         "histogram": data_mod.histogram(full_lengths, HIST_BINS),
         "total_tokens": total_tokens,
@@ -284,7 +294,8 @@ def print_report(result: dict[str, Any], file=None) -> None:
     template = result["template"] + (" (the tokenizer's own)" if result["template_origin"] == "tokenizer" else "")
     line(("template  ", "bold"), f"{template}, model {result['model']}, end of turn {result['end_token']}, "
          f"eos {result['eos_token']}")
-    line(("records   ", "bold"), f"{c['records']}: {c['ok']} ok, {c['invalid']} invalid, "
+    mild = "".join(f"{c[k]} {k}, " for k in ("skipped", "repaired") if c.get(k))
+    line(("records   ", "bold"), f"{c['records']}: {c['ok']} ok, {c['invalid']} invalid, {mild}"
          f"{c['truncated']} truncated, {c['no_trained']} with no trained token")
     lengths = result["lengths"]
     if lengths:
@@ -316,6 +327,17 @@ def print_report(result: dict[str, Any], file=None) -> None:
         line(("issues", "bold"), f" (first {len(shown)} of {total})" if total > len(shown) else "")
         for issue in shown:
             line("  ", (issue, "red"))
+    if result.get("data_notes"):
+        console.print()
+        line(("not trained as written", "bold"))
+        for note in result["data_notes"]:
+            line(("  - ", "yellow bold"), (note, "yellow"))
+        for name in ("skipped", "repaired"):
+            places = result.get(name) or []
+            for place in places[:SHOW_ISSUES]:
+                line(f"  {name}: ", (place, "yellow"))
+            if len(places) > SHOW_ISSUES:
+                line(f"  ... {c.get(name, len(places)) - SHOW_ISSUES} more {name}")
     if result["warnings"]:
         console.print()
         line(("warnings", "bold"))

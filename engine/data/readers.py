@@ -14,7 +14,10 @@ inside the functions that need them). Sources:
 Bad input never crashes and is never dropped silently: every problem becomes an
 :class:`Issue` (``data.jsonl:17: field 'conversations[2].value': empty turn``). With
 ``on_error="skip"`` issues are collected and counted; with ``"strict"`` the first one
-raises :class:`DataError`.
+raises :class:`DataError`. Two milder kinds are counted apart from the invalid ones:
+``skipped`` (a well-formed row SFT must not train on: a KTO ``label: false``) and
+``repaired`` (a record kept after dropping what could not be used: an empty turn with its
+exchange); ``strict`` raises on a repair, never on a skip.
 
 :func:`load_records` is the high-level entry (records -> format detection -> Conversation);
 :func:`iter_records` and :func:`iter_conversations` are the streaming generators underneath.
@@ -40,6 +43,7 @@ from engine.data.formats import (
     FORMATS,
     DataError,
     RecordError,
+    RecordSkipped,
     detect,
     detect_one,
     registry_format,
@@ -124,15 +128,23 @@ class RawRecord:
         return _place(self.source, self.line, self.row)
 
 
+SEVERITIES = ("invalid", "skipped", "repaired")
+
+
 @dataclass(frozen=True)
 class Issue:
-    """One problem with the input; ``str()`` is the line shown to the user."""
+    """One problem with the input; ``str()`` is the line shown to the user.
+
+    ``severity``: ``invalid`` (the record, line or file cannot be used), ``skipped`` (a
+    well-formed record that is not trained, e.g. a KTO ``label: false``) or ``repaired``
+    (the record is kept without the part named, e.g. an empty turn)."""
 
     source: str
     line: int | None
     field: str | None
     message: str
     row: int | None = None
+    severity: str = "invalid"
 
     @property
     def place(self) -> str:
@@ -229,17 +241,47 @@ class LoadResult:
     source_info: dict[str, Any]
     formats: dict[str, str] = field(default_factory=dict)
     issue_kinds: Counter = field(default_factory=Counter)
+    # Skipped rows and repaired records (Issue.severity), kept apart from ``issues``; their
+    # totals are ``counts["skipped"]`` / ``counts["repaired"]`` (keys present when not 0).
+    skips: list[Issue] = field(default_factory=list)
+    repairs: list[Issue] = field(default_factory=list)
+    skip_kinds: Counter = field(default_factory=Counter)
+    repair_kinds: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         lines = [f"{self.counts['ok']} records ok ({self.format}), {self.counts['invalid']} invalid"]
         for kind, n in self.issue_kinds.most_common():
             lines.append(f"  {n} x {kind}")
+        lines.extend(f"  {line}" for line in self.notes())
         return "\n".join(lines)
+
+    def notes(self) -> list[str]:
+        """What will not be trained as the file has it, beyond invalid records, one line
+        per reason: skipped rows, repaired records, preference pairs trained on their
+        chosen reply only."""
+        total = self.counts.get("ok", 0) + self.counts.get("invalid", 0) + self.counts.get("skipped", 0)
+        example = {}
+        for issue in self.skips:
+            example.setdefault(issue.kind, issue.message)
+        lines = [
+            f"{n} of {total} records skipped: {example.get(kind, kind)}" for kind, n in self.skip_kinds.most_common()
+        ]
+        lines += [
+            f"{n} records kept after a repair: {kind} (the rest of each conversation is trained)"
+            for kind, n in self.repair_kinds.most_common()
+        ]
+        pairs = sum(1 for _, conv in self.conversations if conv.kind == "preference")
+        if pairs:
+            lines.append(
+                f"{pairs} of {total} records are preference pairs: SFT trains the chosen reply; the "
+                "rejected reply is not trained"
+            )
+        return lines
 
     def require_records(self) -> "LoadResult":
         """Raise DataError when nothing usable was read (training cannot start on it)."""
         if self.counts["ok"] == 0:
-            first = f": {self.issues[0]}" if self.issues else ""
+            first = f": {self.issues[0]}" if self.issues else (f": {self.skips[0]}" if self.skips else "")
             more = f" (+{self.counts['invalid'] - 1} more issues)" if self.counts["invalid"] > 1 else ""
             raise DataError(f"{self.source_info.get('spec')}: no usable records{first}{more}")
         return self
@@ -259,10 +301,34 @@ class IssueCollector:
         self.issues: list[Issue] = []
         self.count = 0
         self.kinds: Counter[str] = Counter()
+        # skipped rows and repaired records, counted apart (Issue.severity)
+        self.skips: list[Issue] = []
+        self.repairs: list[Issue] = []
+        self.skip_kinds: Counter[str] = Counter()
+        self.repair_kinds: Counter[str] = Counter()
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skip_kinds.values())
+
+    @property
+    def repaired(self) -> int:
+        return sum(self.repair_kinds.values())
 
     def __call__(self, issue: Issue) -> None:
+        if issue.severity == "skipped":
+            self.skip_kinds[issue.kind] += 1
+            if len(self.skips) < self.max_kept:
+                self.skips.append(issue)
+            return
         if self.on_error == "strict":
-            raise DataError(str(issue))
+            refused = " (on_error strict refuses a record it would repair)" if issue.severity == "repaired" else ""
+            raise DataError(f"{issue}{refused}")
+        if issue.severity == "repaired":
+            self.repair_kinds[issue.kind] += 1
+            if len(self.repairs) < self.max_kept:
+                self.repairs.append(issue)
+            return
         self.count += 1
         self.kinds[issue.kind] += 1
         if len(self.issues) < self.max_kept:
@@ -270,7 +336,8 @@ class IssueCollector:
 
 
 def _strict(issue: Issue) -> None:
-    raise DataError(str(issue))
+    if issue.severity != "skipped":
+        raise DataError(str(issue))
 
 
 # ---------------------------------------------------------------------- resolving
@@ -941,10 +1008,16 @@ def _normalise(
 
     def convert(record: RawRecord) -> Conversation | None:
         try:
-            return to_conversation(record.data, formats_seen[record.source], columns, tags)
+            conversation = to_conversation(record.data, formats_seen[record.source], columns, tags)
+        except RecordSkipped as exc:
+            report(Issue(record.source, record.line, exc.field, exc.message, record.row, "skipped"))
+            return None
         except RecordError as exc:
             report(Issue(record.source, record.line, exc.field, exc.message, record.row))
             return None
+        for where, message in conversation.repairs:
+            report(Issue(record.source, record.line, where, message, record.row, "repaired"))
+        return conversation
 
     def flush() -> Iterator[tuple[RawRecord, Conversation]]:
         decide(pending[0].source, pending)
@@ -1043,12 +1116,21 @@ def load_records(
             break
     distinct = sorted(set(formats_seen.values()))
     fmt = distinct[0] if len(distinct) == 1 else ("mixed" if distinct else (source.format or format))
+    counts = {"ok": len(conversations), "invalid": collector.count}
+    if collector.skipped:
+        counts["skipped"] = collector.skipped
+    if collector.repaired:
+        counts["repaired"] = collector.repaired
     return LoadResult(
         conversations=conversations,
         format=fmt,
         issues=collector.issues,
-        counts={"ok": len(conversations), "invalid": collector.count},
+        counts=counts,
         source_info=source.describe(),
         formats=formats_seen,
         issue_kinds=collector.kinds,
+        skips=collector.skips,
+        repairs=collector.repairs,
+        skip_kinds=collector.skip_kinds,
+        repair_kinds=collector.repair_kinds,
     )

@@ -10,6 +10,8 @@ finetui's own templates are Jinja strings in :mod:`engine.data.templates`.
 Which tokens are trained (``train_on="assistant"``): every assistant turn's reply *and the
 token that ends it* (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``, eos),
 nothing else: not the role header, not the newline the template writes after the end token.
+An assistant turn whose Message has ``train=False`` (``loss_weight: 0``) is context only:
+rendered, none of its tokens trained.
 
 - Templates with ``{% generation %}`` markers: ``return_assistant_tokens_mask=True``, then
   whitespace after the end token inside the markers is untrained (Qwen 3's training
@@ -311,6 +313,12 @@ def _tools(tools: Any) -> list[dict[str, Any]] | None:
     return list(tools) or None
 
 
+def _context_turns(conv: Conversation) -> set[int]:
+    """Indices in ``conv.to_messages()`` of the assistant turns not to train (``train=False``)."""
+    offset = 1 if conv.system else 0
+    return {offset + i for i, m in enumerate(conv.messages) if m.role == "assistant" and not m.train}
+
+
 def _messages(conv: Conversation) -> list[dict[str, Any]]:
     out = copy.deepcopy(conv.to_messages())  # arguments are parsed in place below
     for message in out:
@@ -360,8 +368,16 @@ def render(
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
             trained = [bool(m) for m in enc["assistant_masks"]]
             trained = _untrain_after_end(tokenizer, ids, offsets, text, trained, end_token)
+            context = _context_turns(conv)
+            if context:  # turns marked not trained: find them as the markerless path does
+                spans = _incremental_spans(tokenizer, template, messages, tools, text, end_token, [],
+                                           keep=context.__contains__)
+                inside = _tokens_in_spans(offsets, spans)
+                trained = [t and not c for t, c in zip(trained, inside)]
         else:
-            spans = _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes)
+            context = _context_turns(conv)
+            spans = _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes,
+                                       keep=lambda i: i not in context)
             enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
             trained = _tokens_in_spans(offsets, spans)
@@ -473,10 +489,17 @@ def _cut_at_end(segment: str, end_token: str | None) -> int:
     return len(segment.rstrip())
 
 
-def _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes) -> list[tuple[int, int]]:
+def _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes, keep=None) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns (those whose index ``keep`` accepts, all when
+    None), each up to and including its end token."""
     spans: list[tuple[int, int]] = []
     cursor = 0
     turn = 0
+
+    def add(i: int, span: tuple[int, int]) -> None:
+        if keep is None or keep(i):
+            spans.append(span)
+
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -491,7 +514,7 @@ def _incremental_spans(tokenizer, template, messages, tools, text, end_token, no
             # renders this turn differently (handled below).
             if segment.strip() and (end_token is None or end_token in segment):
                 stop = start + _cut_at_end(segment, end_token)
-                spans.append((start, stop))
+                add(i, (start, stop))
                 cursor = stop
                 continue
         # Not prefix-preserving here: find the turn as the template renders it in context.
@@ -510,7 +533,7 @@ def _incremental_spans(tokenizer, template, messages, tools, text, end_token, no
                 f"assistant turn {turn} is rendered differently in context (e.g. reasoning dropped); "
                 "trained as rendered in context"
             )
-        spans.append((start, stop))
+        add(i, (start, stop))
         cursor = stop
     return spans
 

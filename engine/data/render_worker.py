@@ -188,8 +188,9 @@ class Worker:
                 self.send({"type": "progress", "id": rid, "done": n + 1})
                 self.pending_renders()
         counts["invalid"] += collector.count
-        counts["records"] += collector.count
-        issues = [str(i) for i in collector.issues[:50]] + issues
+        counts["records"] += collector.count + collector.skipped
+        counts["skipped"], counts["repaired"] = collector.skipped, collector.repaired
+        issues = [str(i) for i in [*collector.issues, *collector.skips, *collector.repairs][:50]] + issues
         self.send({
             "type": "lengths", "id": rid, "counts": counts,
             "stats": data_mod.length_stats(lengths), "histogram": data_mod.histogram(lengths, 10),

@@ -486,7 +486,8 @@ class DatasetsScreen(FinetuiScreen):
         c = result["counts"]
         text = Text()
         text.append("records   ", style="bold")
-        text.append(f"{c['records']:,}: {c['ok']:,} ok, {c['invalid']:,} invalid, {c['truncated']:,} truncated, "
+        mild = "".join(f"{c[k]:,} {k}, " for k in ("skipped", "repaired") if c.get(k))
+        text.append(f"{c['records']:,}: {c['ok']:,} ok, {c['invalid']:,} invalid, {mild}{c['truncated']:,} truncated, "
                     f"{c['no_trained']:,} with nothing to train")
         if result.get("limited"):
             text.append(f"  (first {result['limit']:,} records)", style="dim")
