@@ -224,7 +224,7 @@ def test_one_empty_reply_drops_its_exchange_not_the_conversation(tokenizer):
         "(conversations[4..5]; 10 of 12 turns kept)"
     ]
     assert result.notes() == [
-        "1 records kept after a repair: empty turn dropped with its exchange (the rest of each conversation is trained)"
+        "1 record kept after a repair: empty turn dropped with its exchange (the rest of each conversation is trained)"
     ]
     ex = render.render(conv, tokenizer, template_for(tokenizer, "chatml"), max_length=4096)
     assert len(trained_runs(tokenizer, ex)) == 5

@@ -267,7 +267,7 @@ class LoadResult:
             f"{n} of {total} records skipped: {example.get(kind, kind)}" for kind, n in self.skip_kinds.most_common()
         ]
         lines += [
-            f"{n} records kept after a repair: {kind} (the rest of each conversation is trained)"
+            f"{n} record{'s' if n != 1 else ''} kept after a repair: {kind} (the rest of each conversation is trained)"
             for kind, n in self.repair_kinds.most_common()
         ]
         pairs = sum(1 for _, conv in self.conversations if conv.kind == "preference")
