@@ -47,7 +47,7 @@ SMALL_SETTINGS = dict(
 MODELS = ("tiny", "small", "smollm2")
 # LLaMA-Factory's demo data (dataset_info.json + alpaca_en_demo.json): the one place the
 # benchmarks read it from (`finetui bench --data-dir` overrides it for one run).
-DATA_DIR = ROOT.parent / "shared" / "datasets" / "llamafactory"
+DATA_DIR = ROOT / "tests" / "data" / "datasets" / "llamafactory"  # copies in the repository (tests/data/SOURCES.md)
 ALPACA = DATA_DIR / "dataset_info.json"
 MARKER = "bench_model.json"
 

@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"peer script not found: {args.peer_script} (--peer-script)")
     if not (args.data_dir / "dataset_info.json").exists():
         raise SystemExit(f"data not found: {args.data_dir}/dataset_info.json (--data-dir; "
-                         "by default shared/ beside the repository)")
+                         "by default tests/data/datasets/llamafactory in the repository)")
     pairs = [(m.strip(), int(c)) for m in args.models.split(",") for c in args.cutoffs.split(",")]
     if args.jobs:
         pairs = [(j.split(":")[0], int(j.split(":")[1])) for j in args.jobs.split(",")]

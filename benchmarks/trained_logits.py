@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "datasets" / "llamafactory" / "dataset_info.json"
+DATA = ROOT / "tests" / "data" / "datasets" / "llamafactory" / "dataset_info.json"
 
 
 def one(args) -> dict:
