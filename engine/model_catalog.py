@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,13 +158,17 @@ def not_cached_message(b: Builtin) -> str:
 
 
 def _folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under ``folder``. Links are not followed: the HF cache's
+    snapshots link to its blobs, which would otherwise count twice."""
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
             try:
-                total += (Path(root) / name).stat().st_size
+                st = os.lstat(os.path.join(root, name))
             except OSError:
-                pass
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
     return total
 
 

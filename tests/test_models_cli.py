@@ -18,9 +18,13 @@ def _models(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     snap.mkdir(parents=True, exist_ok=True)
     (hub / "models--org--little" / "refs").mkdir(exist_ok=True)
     (hub / "models--org--little" / "refs" / "main").write_text("b" * 40)
-    (snap / "config.json").write_text(json.dumps({
+    blobs = hub / "models--org--little" / "blobs"
+    blobs.mkdir(exist_ok=True)
+    (blobs / "0123abcd").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
         "num_attention_heads": 4, "vocab_size": 1000}))
+    if not (snap / "config.json").exists():  # the HF cache's layout: snapshots link to blobs
+        (snap / "config.json").symlink_to(blobs / "0123abcd")
     env = {"PATH": "/usr/bin:/bin", "FINETUI_CACHE": str(tmp_path / "cache"), "HF_HUB_CACHE": str(hub),
            "HOME": str(tmp_path)}
     code = ("import sys; from engine import cli; rc = cli.main(sys.argv[1:]); "
@@ -40,6 +44,8 @@ def test_models_lists_builtins_and_the_hub_cache(tmp_path):
     assert (smol["cached"], smol["params"], smol["fetch_bytes"]) == (False, 134_515_008, 92_871_040)
     little = rows["org/little"]
     # 1000*256 embeddings + 2 layers + norm + untied head
+    # the blob once (the snapshot's link to it is not counted again) and refs/main's 40 bytes
+    assert little["size_bytes"] == (tmp_path / "hub" / "models--org--little" / "blobs" / "0123abcd").stat().st_size + 40
     assert little["kind"] == "hub cache" and little["params"] == 1000 * 256 * 2 + 2 * (4 * 256 * 256 + 3 * 256 * 512 + 2 * 256) + 256
 
 
