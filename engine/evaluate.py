@@ -387,7 +387,7 @@ def evaluate(
     if ds is None or len(ds) == 0:
         raise EvalError(
             f"run {run_dir.name} has no held-out split (data.test_size is {config.data.test_size} and no "
-            f"data.test_split); evaluate the training split with --split train"
+            f"data.test_split or data.test_path); evaluate the training split with --split train"
         )
     n_split = len(ds)
     if limit is not None:

@@ -214,6 +214,7 @@ async def test_faults_no_runs_no_split_no_adapter_and_stop(tui_env, finetui_cach
         no_split = copy_run(trained_run, tui_env / "runs", "20200101-000000-nosplit")
         config = yaml.safe_load((no_split / "config.yaml").read_text())
         config["data"]["test_size"] = 0
+        config["data"]["test_path"] = None
         (no_split / "config.yaml").write_text(yaml.safe_dump(config))
         good = copy_run(trained_run, tui_env / "runs", "20200101-000001-good")
         await pilot.press("o")
