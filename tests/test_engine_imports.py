@@ -25,6 +25,7 @@ LIGHT_MODULES = (
     "engine.data.conversation",
     "engine.data.readers",
     "engine.data.formats",
+    "engine.data.columns",
     "engine.data.paged",
     "engine.hardware",
     "engine.footprint",

@@ -148,11 +148,11 @@ async def test_help_lists_every_binding(tui_env):
 
 def test_every_finetui_binding_has_an_id():
     from tui.screens import datasets
-    from tui.widgets import dialogs, fieldform, pathinput, rowtable
+    from tui.widgets import columnmap, dialogs, fieldform, pathinput, rowtable
 
     classes = [FinetuiApp, HelpScreen, fieldform.FieldRow, fieldform.RowEditor, fieldform.SettingsForm,
                pathinput.PathInput, dialogs.PathDialog, dialogs.PickDialog, dialogs.ConfirmDialog,
-               rowtable.RowTable, datasets.SearchInput]
+               rowtable.RowTable, datasets.SearchInput, columnmap.ColumnMapDialog]
     classes += [screen_class(e) for e in SCREEN_TABLE]
     for cls in classes:
         for binding in keymap._as_bindings(cls.__dict__.get("BINDINGS", [])):

@@ -194,6 +194,59 @@ def detect_format(rows: RowSource, source: readers.Source, configured: str = "au
         return None, str(exc)
 
 
+@dataclass
+class ColumnCheck:
+    """What a format and column mapping make of a sample of records (the browser's view of
+    :class:`engine.data.columns.ColumnUse`): how many convert, the first problem, and the
+    columns whose values no field reads."""
+
+    records: int
+    ok: int
+    problem: str | None  # the first record that does not convert, as file:line: field: message
+    unused: list[tuple[str, int]]  # (column, records it holds a value unused in), most first
+    missing: list[tuple[str, str]]  # (field, column) mapped to a column no sampled record has
+
+    def line(self) -> str:
+        """One line: ``not trained: plan (50 of 50 sampled)``, or '' when nothing is lost."""
+        if not self.unused:
+            return ""
+        shown = ", ".join(f"{name} ({n} of {self.ok})" for name, n in self.unused[:4])
+        more = f" +{len(self.unused) - 4}" if len(self.unused) > 4 else ""
+        return f"not trained: {shown}{more}"
+
+
+def file_columns(sample: list[Any]) -> list[str]:
+    """The columns of sampled records, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for record in sample:
+        if isinstance(record, dict):
+            seen.update(dict.fromkeys(record))
+    return list(seen)
+
+
+def check_columns(sample: list[Any], fmt: str | None, columns: dict[str, str] | None = None,
+                  tags: dict[str, str] | None = None, places: list[str] | None = None) -> ColumnCheck:
+    """Normalise a sample with ``fmt`` and ``columns`` (formats only: cheap, UI-safe)."""
+    from engine.data.columns import ColumnUse
+
+    use = ColumnUse(columns)
+    ok, problem = 0, None
+    for i, record in enumerate(sample):
+        used: set[str] = set()
+        try:
+            if not fmt:
+                raise formats.RecordError(None, "format unknown")
+            formats.to_conversation(record, fmt, columns or None, tags or None, used=used)
+        except formats.RecordError as exc:
+            if problem is None:
+                where = places[i] if places and i < len(places) else f"record {i + 1}"
+                problem = f"{where}: {exc}"
+            continue
+        ok += 1
+        use.add(record, used)
+    return ColumnCheck(len(sample), ok, problem, use.unused.most_common(), use.missing_mapped())
+
+
 def preview(row: Row, width: int = 200) -> str:
     """One line for the table: the record's fields, compactly."""
     if row.error:

@@ -74,6 +74,23 @@ _CHATML_BLOCK = re.compile(r"<\|im_start\|>([^\n]*)\n(.*?)(?:<\|im_end\|>|\Z)", 
 
 _MISSING = object()
 
+# Columns that hold a system prompt, by their name; every format without a system of its
+# own reads the first one a record has (an explicit ``columns: {system: NAME}`` wins).
+SYSTEM_COLUMNS = ("system", "system_prompt", "system_message", "instruction_system")
+
+# The canonical fields of each format, as ``columns`` maps them (``--column FIELD=NAME``):
+# what a hint about an unused column offers and the TUI's column dialog lists.
+FIELDS = {
+    "text": ("text",),
+    "qa": ("question", "answer", "system"),
+    "alpaca": ("instruction", "input", "output", "system", "history", "tools"),
+    "openorca": ("question", "response", "system"),
+    "sharegpt": ("conversations", "system", "tools"),
+    "messages": ("messages", "system", "tools"),
+    "chatml": ("text",),
+    "preference": ("prompt", "chosen", "rejected", "system"),
+}
+
 
 class DataError(ValueError):
     """A dataset-level problem (unreadable source, unknown format), phrased for the user."""
@@ -599,7 +616,9 @@ def _chatml(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation
 
 
 def _system(record: dict, columns: Mapping[str, str], *aliases: str) -> str | None:
-    key, value = _field(record, columns, "system", aliases)
+    """A system prompt column: ``columns["system"]``, else one named like one
+    (:data:`SYSTEM_COLUMNS`)."""
+    key, value = _field(record, columns, "system", aliases, SYSTEM_COLUMNS[1:])
     return _text(value, key, required=False)
 
 
@@ -670,7 +689,7 @@ def _alpaca(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation
 
 
 def _openorca(record: dict, columns: Mapping[str, str], tags: Any) -> Conversation:
-    skey, system = _field(record, columns, "system_prompt", ("system",))
+    skey, system = _field(record, columns, "system_prompt", ("system",), SYSTEM_COLUMNS)
     qkey, question = _field(record, columns, "question", ("prompt",))
     rkey, response = _field(record, columns, "response")
     return Conversation(
@@ -842,20 +861,64 @@ def kto_label(record: Mapping[str, Any], columns: Mapping[str, str] | None = Non
 KTO_UNDESIRABLE = "undesirable reply (KTO label false): not trained, SFT learns from desirable replies only"
 
 
+class _Reads(dict):
+    """A record that notes which of its keys a converter read (every converter reads the
+    record through :func:`_field`, i.e. ``get`` and ``[]``)."""
+
+    def __init__(self, record: Mapping[str, Any]):
+        super().__init__(record)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def has_value(value: Any) -> bool:
+    """Whether a column's value holds anything (not null, not blank, not an empty list)."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, dict, tuple)):
+        return bool(value)
+    return True
+
+
+def unused_columns(record: Mapping[str, Any], used: set[str]) -> list[str]:
+    """The record's columns with a value that the conversion did not read."""
+    return [key for key, value in record.items() if key not in used and has_value(value)]
+
+
 def to_conversation(
     record: Any,
     fmt: str,
     columns: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
+    used: set[str] | None = None,
 ) -> Conversation:
     """Normalise one record; raise RecordError naming the field that is wrong, or
-    RecordSkipped for a row that is deliberately not trained (a KTO ``label: false``)."""
+    RecordSkipped for a row that is deliberately not trained (a KTO ``label: false``).
+
+    ``used``, when given, receives the record's keys the conversion read (so the caller can
+    tell which columns went unused: :func:`unused_columns`)."""
     if fmt not in _CONVERTERS:
         raise DataError(f"data.format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if not isinstance(record, dict):
         raise RecordError(None, f"record is {_type_name(record)}, not an object")
     label = kto_label(record, columns) if fmt != "preference" else None
-    conversation = _CONVERTERS[fmt](record, columns or {}, tags or None)
+    if used is None:
+        conversation = _CONVERTERS[fmt](record, columns or {}, tags or None)
+    else:
+        reads = _Reads(record)
+        conversation = _CONVERTERS[fmt](reads, columns or {}, tags or None)
+        used.update(reads.read)
+        if label is not None:
+            used.add(label[0])
     if label is not None and not label[1]:
         raise RecordSkipped(label[0], KTO_UNDESIRABLE)
     return conversation

@@ -237,6 +237,8 @@ def inspect(
         "issues_total": read_invalid + len(issues) - len(loaded.issues),
         # not trained as written: one line per reason, then the first places
         "data_notes": loaded.notes(),
+        # columns with values no field of the format read: [{column, records, of, example}]
+        "unused_columns": loaded.column_use.to_list() if getattr(loaded, "column_use", None) else [],
         "skipped": [str(issue) for issue in loaded.skips[:data_mod.MAX_ISSUES]],
         "repaired": [str(issue) for issue in loaded.repairs[:data_mod.MAX_ISSUES]],
         "lengths": data_mod.length_stats(full_lengths),

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
+from engine.data.columns import ColumnUse
 from engine.data.conversation import Conversation
 from engine.data.formats import (
     DETECT_SAMPLE,
@@ -247,6 +248,8 @@ class LoadResult:
     repairs: list[Issue] = field(default_factory=list)
     skip_kinds: Counter = field(default_factory=Counter)
     repair_kinds: Counter = field(default_factory=Counter)
+    # columns whose values no conversion read (engine.data.columns): said in notes()
+    column_use: ColumnUse | None = None
 
     def summary(self) -> str:
         lines = [f"{self.counts['ok']} records ok ({self.format}), {self.counts['invalid']} invalid"]
@@ -266,6 +269,8 @@ class LoadResult:
         lines = [
             f"{n} of {total} records skipped: {example.get(kind, kind)}" for kind, n in self.skip_kinds.most_common()
         ]
+        if self.column_use is not None:
+            lines += self.column_use.notes()
         lines += [
             f"{n} record{'s' if n != 1 else ''} kept after a repair: {kind} (the rest of each conversation is trained)"
             for kind, n in self.repair_kinds.most_common()
@@ -991,6 +996,7 @@ def _normalise(
     tags: Mapping[str, str],
     report: Reporter,
     formats_seen: dict[str, str],
+    column_use: ColumnUse | None = None,
 ) -> Iterator[tuple[RawRecord, Conversation]]:
     """Conversations from raw records; the format is detected per source file (a folder may
     mix formats) from its first DETECT_SAMPLE records."""
@@ -1008,7 +1014,10 @@ def _normalise(
 
     def convert(record: RawRecord) -> Conversation | None:
         try:
-            conversation = to_conversation(record.data, formats_seen[record.source], columns, tags)
+            used = set() if column_use is not None else None
+            conversation = to_conversation(record.data, formats_seen[record.source], columns, tags, used=used)
+            if column_use is not None:
+                column_use.add(record.data, used, record.place, formats_seen[record.source])
         except RecordSkipped as exc:
             report(Issue(record.source, record.line, exc.field, exc.message, record.row, "skipped"))
             return None
@@ -1050,6 +1059,7 @@ def iter_conversations(
     tags: Mapping[str, str] | None = None,
     report: Reporter | None = None,
     formats_seen: dict[str, str] | None = None,
+    column_use: ColumnUse | None = None,
     **read_options: Any,
 ) -> Iterator[tuple[RawRecord, Conversation]]:
     """Streaming form of :func:`load_records`: (record, conversation) pairs; problems go to
@@ -1070,7 +1080,10 @@ def iter_conversations(
     merged_columns = {**source.columns, **(columns or {})}
     merged_tags = {**source.tags, **(tags or {})}
     records = iter_records(source, report=report, **read_options)
-    yield from _normalise(records, format, merged_columns, merged_tags, report, formats_seen if formats_seen is not None else {})
+    if column_use is not None:
+        column_use.columns = dict(columns or {})  # the user's mapping (a registry's is its own business)
+    yield from _normalise(records, format, merged_columns, merged_tags, report,
+                          formats_seen if formats_seen is not None else {}, column_use)
 
 
 def load_records(
@@ -1098,6 +1111,7 @@ def load_records(
     collector = IssueCollector(on_error)
     source = resolve_source(path, dataset_dir=dataset_dir, split=split, subset=subset)
     formats_seen: dict[str, str] = {}
+    column_use = ColumnUse()
     conversations: list[tuple[RawRecord, Conversation]] = []
     pairs = iter_conversations(
         source,
@@ -1105,6 +1119,7 @@ def load_records(
         columns=columns,
         report=collector,
         formats_seen=formats_seen,
+        column_use=column_use,
         streaming=streaming,
         encoding_errors=encoding_errors,
         max_line_bytes=max_line_bytes,
@@ -1133,4 +1148,5 @@ def load_records(
         repairs=collector.repairs,
         skip_kinds=collector.skip_kinds,
         repair_kinds=collector.repair_kinds,
+        column_use=column_use,
     )

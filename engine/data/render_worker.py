@@ -13,11 +13,13 @@ loaded (or ``{"type": "fatal", "message"}`` and exits 1), then serves requests, 
 
 ``{"op": "render", "record": {...}, "format": "auto", "columns": {}, "tags": {}}``
     -> ``{"type": "rendered", "format", "text", "trained_spans", "n_tokens", "n_trained",
-    "full_tokens", "truncated", "kept_chars", "notes", "messages"}`` (engine.data.render.render,
-    the function that builds the training set: what is shown is what is trained)
+    "full_tokens", "truncated", "kept_chars", "notes", "messages", "unused"}`` (engine.data.render.render,
+    the function that builds the training set: what is shown is what is trained; ``unused``: the
+    record's columns that no field of the format read)
 ``{"op": "lengths", "path", "format", "columns", "split", "subset", "dataset_dir", "limit"}``
     -> ``progress`` lines, then ``{"type": "lengths", "counts", "stats", "histogram",
-    "total_tokens", "trained_tokens", "records_seen", "limited", "issues"}``
+    "total_tokens", "trained_tokens", "records_seen", "limited", "issues", "unused_columns",
+    "notes"}``
 ``{"op": "records", "path", "split", "subset", "dataset_dir", "limit"}``
     -> ``{"type": "records", "records": [{"place", "data"}], "limited"}`` (hub datasets,
     which need ``datasets``)
@@ -87,15 +89,16 @@ class Worker:
     # ----------------------------------------------------------------- requests
 
     def render_record(self, record: Any, fmt: str, columns: dict, tags: dict) -> dict[str, Any]:
-        from engine.data.formats import RecordError, detect_one, to_conversation
+        from engine.data.formats import RecordError, detect_one, to_conversation, unused_columns
 
         if fmt in (None, "", "auto"):
             fmt = detect_one(record, columns or None, tags or None)
             if fmt is None:
                 keys = ", ".join(list(record)[:12]) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(f"cannot tell this record's format from its keys ({keys}); set data.format")
+        used: set[str] = set()
         try:
-            conv = to_conversation(record, fmt, columns or None, tags or None)
+            conv = to_conversation(record, fmt, columns or None, tags or None, used=used)
         except RecordError as exc:
             raise ValueError(str(exc)) from None
         ex = self.render_mod.render(conv, self.tokenizer, self.template, train_on=self.args.train_on,
@@ -113,6 +116,7 @@ class Worker:
             "messages": [m.to_dict() for m in conv.messages],
             "system": conv.system,
             "kind": conv.kind,
+            "unused": unused_columns(record, used),
         }
 
     def serve_render(self, request: dict[str, Any]) -> None:
@@ -142,15 +146,18 @@ class Worker:
     def job_lengths(self, request: dict[str, Any]) -> None:
         from engine.data import dataset as data_mod
         from engine.data import readers
+        from engine.data.columns import ColumnUse
 
         rid = request.get("id")
         limit = int(request.get("limit") or DEFAULT_LIMIT)
         collector = readers.IssueCollector("skip")
+        column_use = ColumnUse()
         pairs = readers.iter_conversations(
             request["path"],
             format=request.get("format") or "auto",
             columns=request.get("columns") or None,
             report=collector,
+            column_use=column_use,
             dataset_dir=request.get("dataset_dir"),
             split=request.get("split") or "train",
             subset=request.get("subset"),
@@ -196,6 +203,7 @@ class Worker:
             "stats": data_mod.length_stats(lengths), "histogram": data_mod.histogram(lengths, 10),
             "total_tokens": total_tokens, "trained_tokens": trained_tokens, "records_seen": len(lengths),
             "limited": limited, "limit": limit, "issues": issues[:50], "max_length": self.args.max_length,
+            "unused_columns": column_use.to_list(), "notes": column_use.notes(),
         })
 
     def job_records(self, request: dict[str, Any]) -> None:

@@ -9,7 +9,12 @@
   subprocess (``engine.data.render_worker``, the same ``render`` as training) with the
   model/template/max_length/train_on of the Settings;
 * token lengths (``i``): counts and a histogram, computed by the same worker;
-* search (``/``): filters the table to the matching rows, with the match count.
+* search (``/``): filters the table to the matching rows, with the match count;
+* columns (``m``): the format and which column each of its fields reads
+  (:class:`tui.widgets.columnmap.ColumnMapDialog`); a line under the source names the
+  columns with values that no field reads (nothing in them is trained), on a sample;
+* use (``u``): the dataset goes to the Settings as the browser shows it: ``data.path``,
+  ``data.format``, ``data.columns`` and ``data.template`` (what renders here trains there).
 
 File reading and searching run in worker threads; the tokenizer never enters this process.
 """
@@ -30,6 +35,7 @@ from engine.data import formats
 from tui import datasource
 from tui.render_client import RenderClient
 from tui.screens.base import FinetuiScreen, PaletteCommand
+from tui.widgets.columnmap import ColumnMapDialog
 from tui.widgets.dialogs import PathDialog
 from tui.widgets.pathinput import PathInput
 from tui.widgets.rowtable import RowTable
@@ -46,7 +52,7 @@ def _short_place(place: str) -> str:
         return place
     return f"{display_path(path)}:{line}"
 BAR_WIDTH = 40
-HINT = "⏎ view record · / search · i token lengths · u use in Settings · o open"
+HINT = "⏎ view record · / search · i lengths · m columns · u use in Settings · o open"
 
 
 class SearchInput(Input):
@@ -59,11 +65,12 @@ class SearchInput(Input):
 class DatasetsScreen(FinetuiScreen):
     MODE = "datasets"
     AUTO_FOCUS = "RowTable"
-    HELP_CLASSES = [RowTable, SearchInput, PathDialog, PathInput]
+    HELP_CLASSES = [RowTable, SearchInput, PathDialog, PathInput, ColumnMapDialog]
     BINDINGS = [
         Binding("o", "open", "Open", id="datasets.open"),
         Binding("slash", "search", "Search", id="datasets.search"),
         Binding("i", "stats", "Lengths", id="datasets.stats"),
+        Binding("m", "columns", "Columns", id="datasets.columns"),
         Binding("u", "use", "Use", id="datasets.use"),
         Binding("escape", "back", "Back", id="datasets.back"),
         Binding("left,h", "step(-1)", "Previous record", show=False, id="datasets.prev"),
@@ -71,6 +78,8 @@ class DatasetsScreen(FinetuiScreen):
     ]
     DEFAULT_CSS = """
     DatasetsScreen #ds-source { height: 1; padding: 0 1; background: $surface; color: $text-muted; }
+    DatasetsScreen #ds-columns { height: 1; padding: 0 1; background: $surface; display: none; }
+    DatasetsScreen #ds-columns.-shown { display: block; }
     DatasetsScreen #ds-switcher { height: 1fr; }
     DatasetsScreen #ds-record, DatasetsScreen #ds-stats { padding: 0 1; }
     DatasetsScreen .ds-heading { text-style: bold; color: $primary; margin-top: 1; }
@@ -87,6 +96,11 @@ class DatasetsScreen(FinetuiScreen):
         self.rows: datasource.RowSource | None = None
         self.format: str | None = None
         self.format_how = ""
+        self.columns: dict[str, str] = {}  # the column mapping the browser reads with (data.columns)
+        self.sample: list[Any] = []  # the first records, for the column check and the column dialog
+        self.sample_places: list[str] = []
+        self.column_check: datasource.ColumnCheck | None = None
+        self._settings_seen: tuple | None = None  # (path, format, columns) of the Settings last opened
         self.follow_settings = True  # show the config's data.path until the user opens another
         self.client: RenderClient | None = None
         self.record_index: int | None = None
@@ -99,6 +113,7 @@ class DatasetsScreen(FinetuiScreen):
 
     def compose_body(self):
         yield Static("opening…", id="ds-source")
+        yield Static("", id="ds-columns")
         with ContentSwitcher(initial="ds-table", id="ds-switcher"):
             yield RowTable(id="ds-table")
             with VerticalScroll(id="ds-record"):
@@ -126,9 +141,14 @@ class DatasetsScreen(FinetuiScreen):
 
     def on_screen_resume(self) -> None:
         if self.follow_settings and self.spec is not None:
-            data = self.app.settings_state.config.data
-            if data.path != self.spec:
+            if self._settings_key() != self._settings_seen:
                 self.open_from_settings()
+        elif self.spec is not None:
+            self.show_columns_line()  # the Settings may have changed: does "u" still differ?
+
+    def _settings_key(self) -> tuple:
+        data = self.app.settings_state.config.data
+        return data.path, data.format, tuple(sorted(data.columns.items()))
 
     def on_unmount(self) -> None:
         if self.client is not None:
@@ -147,6 +167,7 @@ class DatasetsScreen(FinetuiScreen):
     def open_from_settings(self) -> None:
         state = self.app.settings_state  # first use imports engine.config: off the UI thread
         data = state.config.data
+        self._settings_seen = self._settings_key()
         try:
             source = datasource.resolve(data.path, data.split, data.subset)
         except formats.DataError as exc:
@@ -170,7 +191,8 @@ class DatasetsScreen(FinetuiScreen):
             return
         configured, columns = self._configured(spec)
         fmt, how = datasource.detect_format(rows, source, configured, columns)
-        self.app.call_from_thread(self.opened, spec, source, rows, fmt, how)
+        sample = [row for row in rows.fetch(0, formats.DETECT_SAMPLE) if row.error is None]
+        self.app.call_from_thread(self.opened, spec, source, rows, fmt, how, columns, sample)
 
     def _configured(self, spec: str) -> tuple[str, dict[str, str]]:
         data = self.app.settings_state.config.data
@@ -185,11 +207,16 @@ class DatasetsScreen(FinetuiScreen):
         self.status(message, error=True)
         self.notify(message, title="dataset", severity="error", timeout=10)
 
-    def opened(self, spec: str, source, rows: datasource.RowSource, fmt: str | None, how: str) -> None:
+    def opened(self, spec: str, source, rows: datasource.RowSource, fmt: str | None, how: str,
+               columns: dict[str, str] | None = None, sample: list[datasource.Row] | None = None) -> None:
         old, self.rows = self.rows, rows
         if old is not None and old is not rows:
             threading.Thread(target=old.close, daemon=True).start()
         self.spec, self.source, self.format, self.format_how = spec, source, fmt, how
+        self.columns = dict(columns or {})
+        self.sample = [row.data for row in sample or []]
+        self.sample_places = [row.place for row in sample or []]
+        self.check_columns()
         self.record_index = None
         self.search_text = ""
         self.table.set_source(rows, empty_text="no records")
@@ -217,7 +244,8 @@ class DatasetsScreen(FinetuiScreen):
             rows = datasource.ListSource.from_worker(message["records"], f"hub {source.hub_id}[{source.split}]",
                                                      message.get("limited", False), message.get("issues", []))
             fmt, how = datasource.detect_format(rows, source, configured, columns)
-            self.opened(spec, source, rows, fmt, how)
+            sample = [row for row in rows.fetch(0, formats.DETECT_SAMPLE) if row.error is None]
+            self.opened(spec, source, rows, fmt, how, columns, sample)
 
         self.render_client().request("records", answered, path=spec, split=source.split, subset=source.subset,
                                      limit=5000)
@@ -250,6 +278,79 @@ class DatasetsScreen(FinetuiScreen):
                 line.append(f" · {len(self.table.filter):,} match", style="bold")
         self.query_one("#ds-source", Static).update(line)
 
+    # ------------------------------------------------------------------ columns
+
+    def check_columns(self) -> None:
+        """Normalise the sample with the browser's format and mapping (formats only, cheap)."""
+        if self.format is None or not self.sample:
+            self.column_check = None
+        else:
+            tags = self.source.tags if self.source is not None else {}
+            self.column_check = datasource.check_columns(self.sample, self.format, self.merged_columns(), tags,
+                                                         self.sample_places)
+        self.show_columns_line()
+
+    def merged_columns(self) -> dict[str, str]:
+        """What the readers use: a dataset_info entry's columns, then the user's mapping."""
+        return {**(self.source.columns if self.source is not None else {}), **self.columns}
+
+    def differs_from_settings(self) -> bool:
+        """Whether the Settings would read the open dataset otherwise than the browser does."""
+        data = self.app.settings_state.config.data
+        if self.spec != data.path or self.format is None:
+            return False  # another dataset: "u" is in the hint line anyway
+        same_format = data.format == self.format or (
+            data.format == "auto" and self.format_how in ("detected", "dataset_info.json"))
+        return not same_format or dict(data.columns) != self.columns
+
+    def show_columns_line(self) -> None:
+        """One line under the source: the mapping, the columns not trained, what m / u do."""
+        line = Text(no_wrap=True, overflow="ellipsis")
+        check = self.column_check
+        if self.columns:
+            line.append("columns " + ", ".join(f"{k}={v}" for k, v in self.columns.items()), style="bold")
+        if check is not None and check.unused:
+            if line:
+                line.append(" · ")
+            line.append(f"{check.line()} sampled", style=f"bold {self._color('warning')}")
+        if line:
+            line.append(" · m map", style="dim")
+        if self.differs_from_settings():
+            line.append(" · " if line else "")
+            line.append("Settings read it otherwise: u", style=f"bold {self._color('warning')}")
+        widget = self.query_one("#ds-columns", Static)
+        widget.update(line)
+        widget.set_class(bool(line), "-shown")
+
+    def action_columns(self) -> None:
+        if self.rows is None or not self.sample:
+            self.status("m: open a dataset with records first", error=True)
+            return
+        tags = self.source.tags if self.source is not None else {}
+        self.app.push_screen(ColumnMapDialog(self.format, self.merged_columns(), self.sample, tags,
+                                             self.sample_places), self.columns_chosen)
+
+    def columns_chosen(self, result: tuple[str, dict[str, str]] | None) -> None:
+        if result is None:
+            return
+        fmt, columns = result
+        registry = self.source.columns if self.source is not None else {}
+        columns = {k: v for k, v in columns.items() if registry.get(k) != v}  # the entry's own stay its own
+        if fmt == self.format and columns == self.columns:
+            return
+        if fmt != self.format:
+            self.format, self.format_how = fmt, "chosen"
+        self.columns = columns
+        self._stats_cache.clear()
+        self.check_columns()
+        self.show_source_line()
+        if self.view == "ds-record" and self.record_index is not None:
+            self.show_record(self.record_index)
+        elif self.view == "ds-stats":
+            self.switch_to("ds-table")
+            self.action_stats()
+        self.status(Text.assemble(("columns set", "bold"), " · u uses this dataset, format and columns in Settings"))
+
     def action_open(self) -> None:
         self.app.push_screen(
             PathDialog("Open dataset: file, folder, sample:NAME, DIR/dataset_info.json:NAME or org/name",
@@ -273,22 +374,36 @@ class DatasetsScreen(FinetuiScreen):
         self.status(f"opening {spec}…")
         self.open_resolved(spec, source)
 
+    def use_values(self) -> dict[str, Any]:
+        """The data settings that read the open dataset as the browser shows it."""
+        data = self.app.settings_state.config.data
+        fmt = self.format or "auto"
+        if self.format_how == "detected" and self.source is not None and len(self.source.paths) > 1:
+            fmt = "auto"  # a folder: the readers detect per file, as they did here on its first file
+        template = self.client.key[1] if self.client is not None else data.template
+        return {"path": self.spec, "format": fmt, "columns": dict(self.columns), "template": template}
+
     def action_use(self) -> None:
-        """Point the config's data.path at the open dataset."""
+        """Point the Settings at the open dataset: its path, format, columns and template."""
         if not self.spec:
             return
         from engine import config as cfg
 
         state = self.app.settings_state
         data = state.config.to_dict()
-        data["data"]["path"] = self.spec
+        values = self.use_values()
+        data["data"].update(values)
         try:
             state.config = cfg.validate(data)
         except cfg.ConfigError as exc:
             self.notify(str(exc), title="Use dataset", severity="error")
             return
         self.follow_settings = True
-        self.notify(f"data.path = {self.spec}", title="Settings")
+        self._settings_seen = self._settings_key()
+        self.show_columns_line()
+        columns = ", ".join(f"{k}={v}" for k, v in values["columns"].items()) or "none"
+        self.notify(f"data.path = {self.spec}\nformat {values['format']} · columns {columns} · "
+                    f"template {values['template']}", title="Settings")
 
     # ------------------------------------------------------------------ rendering worker
 
@@ -358,7 +473,7 @@ class DatasetsScreen(FinetuiScreen):
         if self._render_request is not None and self.client is not None:
             self.client.cancel(self._render_request)
         source = self.source
-        columns = {**(source.columns if source else {}), **self._configured(self.spec or "")[1]}
+        columns = self.merged_columns()
         self._render_request = client.request(
             "render", lambda answer, index=row.index: self.show_rendered(index, answer),
             record=row.data, format=self.format or "auto", columns=columns, tags=(source.tags if source else {}))
@@ -380,6 +495,9 @@ class DatasetsScreen(FinetuiScreen):
             head.append(f"\ntruncated: {answer['full_tokens']} tokens > max_length", style=f"bold {self._color('warning')}")
         for note in answer.get("notes") or []:
             head.append(f"\nnote: {note}", style=self._color("warning"))
+        if answer.get("unused"):
+            head.append(f"\nnot trained: column{'s' if len(answer['unused']) > 1 else ''} "
+                        f"{', '.join(answer['unused'])} (m: map columns)", style=f"bold {self._color('warning')}")
         head.append("\n\n")
         head.append_text(self.marked(answer))
         widget.update(head)
@@ -455,7 +573,7 @@ class DatasetsScreen(FinetuiScreen):
         if not self.spec:
             return
         client = self.render_client()
-        key = (self.spec, client.key, self.format)
+        key = (self.spec, client.key, self.format, tuple(sorted(self.columns.items())))
         if key in self._stats_cache:
             self.show_stats(self._stats_cache[key])
             return
@@ -464,7 +582,7 @@ class DatasetsScreen(FinetuiScreen):
         self.query_one("#ds-stats-text", Static).update(Text(
             f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…", style="dim"))
         data = self.app.settings_state.config.data
-        columns = self._configured(self.spec)[1]
+        columns = self.columns
 
         def answered(message: dict[str, Any]) -> None:
             kind = message.get("type")
@@ -512,6 +630,8 @@ class DatasetsScreen(FinetuiScreen):
                 text.append(f"  {b['lo']:>{width}}-{b['hi']:<{width}} ")
                 text.append(("▒" if over else "█") * bar_len, style=self._color("warning" if over else "primary"))
                 text.append(f" {b['count']:,}\n")
+        for note in result.get("notes") or []:
+            text.append(f"\n{note}", style=self._color("warning"))
         for issue in result.get("issues", [])[:10]:
             text.append(f"\n{issue}", style="red")
         self.query_one("#ds-stats-text", Static).update(text)
@@ -586,5 +706,8 @@ class DatasetsScreen(FinetuiScreen):
             ("Dataset: search…", "Filter the records to those containing a text", self.action_search),
             ("Dataset: token lengths", "Counts and a token length histogram (renders every record)",
              self.action_stats),
-            ("Dataset: use in Settings", "Set data.path to this dataset", self.action_use),
+            ("Dataset: map columns…", "The format, and which column each of its fields reads",
+             self.action_columns),
+            ("Dataset: use in Settings", "Set data.path, format, columns and template to this dataset",
+             self.action_use),
         ]
