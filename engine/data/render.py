@@ -61,6 +61,10 @@ class Template:
     required_tokens: tuple[str, ...] = ()
     end_token: str | None = None  # closes an assistant turn; filled by detect_end_token
     _end_detected: bool = field(default=False, repr=False)
+    # How this template takes tool-call arguments: "mapping" (parsed JSON, what ``| tojson``
+    # and ``.items()`` need) or "json" (a JSON string, for templates that concatenate them
+    # as text, like DeepSeek-V3's). Learnt from the rows: the form that last rendered.
+    tool_arguments: str = field(default="mapping", repr=False)
 
     @property
     def label(self) -> str:
@@ -319,18 +323,83 @@ def _context_turns(conv: Conversation) -> set[int]:
     return {offset + i for i, m in enumerate(conv.messages) if m.role == "assistant" and not m.train}
 
 
-def _messages(conv: Conversation) -> list[dict[str, Any]]:
-    out = copy.deepcopy(conv.to_messages())  # arguments are parsed in place below
+ARGUMENT_FORMS = ("mapping", "json")
+
+
+def _messages(conv: Conversation, arguments: str = "mapping") -> list[dict[str, Any]]:
+    """The conversation as template messages, tool-call arguments in the given form:
+    "mapping" parses JSON text (templates that index them: Llama's ``| tojson``, GLM's
+    ``.items()``); "json" writes mappings as JSON text (templates that concatenate them as
+    strings: DeepSeek-V3's ``'\\n' + tool['function']['arguments']``). Free text that is
+    not JSON stays as it is in both."""
+    out = copy.deepcopy(conv.to_messages())  # arguments are rewritten in place below
     for message in out:
         for call in message.get("tool_calls") or ():
             fn = call.get("function") if isinstance(call, dict) else None
-            # templates index arguments as a mapping (Llama's | items, tojson): parse JSON text
-            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            if not isinstance(fn, dict):
+                continue
+            args = fn.get("arguments")
+            if isinstance(args, str):
                 try:
-                    fn["arguments"] = json.loads(fn["arguments"])
+                    args = json.loads(args)
                 except json.JSONDecodeError:
-                    pass
+                    continue
+            if arguments == "json" and isinstance(args, (dict, list)):
+                fn["arguments"] = json.dumps(args, ensure_ascii=False)
+            elif arguments == "mapping":
+                fn["arguments"] = args
     return out
+
+
+def _has_structured_arguments(conv: Conversation) -> bool:
+    for message in conv.messages:
+        for call in message.tool_calls or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and fn.get("arguments") is not None:
+                return True
+    return False
+
+
+def _shows_repr(messages: list[dict[str, Any]], text: str) -> bool:
+    """Whether ``text`` prints a tool call's arguments as a Python dict (``{'city': 'Paris'}``):
+    the template wrote the mapping with ``{{ }}`` where it expected JSON text."""
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            if isinstance(args, (dict, list)) and args and str(args) != json.dumps(args, ensure_ascii=False):
+                if str(args) in text:
+                    return True
+    return False
+
+
+def _render_messages(tokenizer, template: Template, conv: Conversation, tools) -> tuple[list[dict[str, Any]], str]:
+    """(messages, full text) of a conversation. Tool-call arguments go in the form this
+    template takes: the one that rendered last first, then the other when the template
+    fails on it (a mapping concatenated to a string) or prints it as a Python dict, so no
+    row is dropped that either form can express."""
+    if not _has_structured_arguments(conv):
+        messages = _messages(conv)
+        return messages, _apply(tokenizer, template, messages, tools, False)
+    forms = (template.tool_arguments,) + tuple(f for f in ARGUMENT_FORMS if f != template.tool_arguments)
+    first_error: RenderError | None = None
+    fallback: tuple[list[dict[str, Any]], str] | None = None
+    for form in forms:
+        messages = _messages(conv, form)
+        try:
+            text = _apply(tokenizer, template, messages, tools, False)
+        except RenderError as exc:
+            first_error = first_error or exc
+            continue
+        if form == "mapping" and _shows_repr(messages, text):
+            fallback = fallback or (messages, text)
+            continue
+        template.tool_arguments = form
+        return messages, text
+    if fallback is not None:
+        return fallback
+    assert first_error is not None
+    raise first_error
 
 
 def render(
@@ -353,11 +422,10 @@ def render(
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         trained = [True] * len(ids)
     else:
-        messages = _messages(conv)
-        if not messages:
+        if not conv.to_messages():
             raise RenderError("conversation has no messages")
         tools = _tools(conv.tools)
-        text = _apply(tokenizer, template, messages, tools, False)
+        messages, text = _render_messages(tokenizer, template, conv, tools)
         notes.extend(_ignored_parts(tokenizer, template, messages, tools, text))
         if train_on == "all":
             enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
