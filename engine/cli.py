@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     t.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
     t.add_argument("--name", help="name part of the run id")
+    t.add_argument("--allow-drops", action="store_true",
+                   help="start even when more than data.max_drop_fraction of the records would be dropped")
 
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

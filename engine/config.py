@@ -53,6 +53,9 @@ class ModelConfig(_Section):
 
 
 DATA_FORMATS = ("auto", "text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference")
+# A run does not start (finetui train, the TUI's Start) when more than this share of the
+# records would be dropped as invalid, unless the user says so (engine.data.dropcheck).
+MAX_DROP_FRACTION = 0.05
 
 
 class DataConfig(_Section):
@@ -92,6 +95,11 @@ class DataConfig(_Section):
     )
     on_error: Literal["skip", "strict"] = Field(
         "skip", description="skip: drop bad records and report them; strict: stop at the first."
+    )
+    max_drop_fraction: float = Field(
+        MAX_DROP_FRACTION, ge=0.0, le=1.0,
+        description="finetui train and the TUI's Start stop before a run when more than this share of the "
+        "records would be dropped as invalid, saying how many and why (1: never stop; --allow-drops once).",
     )
     num_proc: int = Field(1, ge=1, le=256, description="Processes for tokenisation.")
 

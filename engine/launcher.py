@@ -1,13 +1,15 @@
-"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID] [--nproc N] [--name NAME]`.
+"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID] [--nproc N] [--name NAME] [--allow-drops]`.
 
-Light module (no torch): validates the config, creates the run folder, starts the trainer
+Light module (no torch): validates the config, checks the data (engine.data.dropcheck: when
+more than ``data.max_drop_fraction`` of the records would be dropped it stops and says how
+many and why, unless ``--allow-drops``), creates the run folder, starts the trainer
 (``engine.runs.launch``: its own session, so it outlives this command) and follows its
 event pipe: a progress bar on a terminal, one plain line per event otherwise.
 
 stdout's first line is the run id, so scripts can ``ID=$(finetui train --detach c.yaml)``.
 Exit status: 0 completed or stopped, 1 failed (the error event's message and hint on
-stderr), 2 an invalid config (one line per problem, naming the key). Ctrl-C detaches: the
-run goes on.
+stderr), 2 an invalid config (one line per problem, naming the key) or data that would lose
+too many records. Ctrl-C detaches: the run goes on.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def preflight(config: cfg.Config) -> None:
         ])
     if config.model.device == "cuda" and _no_gpu_visible():
         raise cfg.ConfigError(["model.device: cuda was asked for but no CUDA GPU is visible (use auto or cpu)"])
+
+
+def check_drops(config: cfg.Config) -> None:
+    """Stop (ConfigError) when the data would lose more than data.max_drop_fraction of its
+    records: how many, the top reasons with file:line, how to go on. Reads and normalises
+    the records (no tokenizer)."""
+    from engine.data import dropcheck
+
+    lines = dropcheck.refusal(config.data)
+    if lines:
+        raise cfg.ConfigError([*lines, f"hint: {dropcheck.START_ANYWAY}"])
 
 
 def _prepare_model(config: cfg.Config) -> None:
@@ -79,6 +92,8 @@ def prepare_run(args) -> tuple[Path, bool]:
                                "or --resume RUN_ID"])
     config = cfg.load(args.config, args.overrides)
     preflight(config)
+    if not getattr(args, "allow_drops", False):
+        check_drops(config)
     _prepare_model(config)
     name = getattr(args, "name", None) or config.output.run_name or Path(args.config).stem
     return runs.new_run(config, name=name), False

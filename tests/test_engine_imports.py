@@ -26,6 +26,7 @@ LIGHT_MODULES = (
     "engine.data.readers",
     "engine.data.formats",
     "engine.data.columns",
+    "engine.data.dropcheck",
     "engine.data.paged",
     "engine.hardware",
     "engine.footprint",

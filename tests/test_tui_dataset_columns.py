@@ -49,7 +49,7 @@ async def test_unused_plan_column_is_named_and_mapped_by_keyboard(tui_env, finet
         assert "qa (detected)" in line(app, "#ds-source")
         columns = app.screen.query_one("#ds-columns")
         assert columns.display and inside_screen(columns)
-        assert "not trained: plan (6 of 6) sampled" in line(app, "#ds-columns") and "m map" in line(app, "#ds-columns")
+        assert "not trained: plan (in 6 of 6 sampled)" in line(app, "#ds-columns") and "m map" in line(app, "#ds-columns")
 
         # m: the dialog lists the format and its fields; the system row picks the plan column.
         await pilot.press("m")
@@ -60,7 +60,7 @@ async def test_unused_plan_column_is_named_and_mapped_by_keyboard(tui_env, finet
         assert rows.strip().splitlines()[0].lstrip("▶ ").startswith("format")
         for field in ("question", "answer", "system"):
             assert field in rows
-        assert "not trained: plan (6 of 6)" in line(app, "#cm-check")
+        assert "not trained: plan (in 6 of 6 sampled)" in line(app, "#cm-check")
         await pilot.press("down", "down", "down")  # format, question, answer, system
         await pilot.press("right")  # auto -> question
         await pilot.press("right")  # -> plan
@@ -123,6 +123,7 @@ async def test_use_carries_the_detected_format_to_the_settings(tui_env):
         await pilot.pause()
         data = app.settings_state.config.data
         assert (data.path, data.format, data.columns, data.template) == (ALPACA.name, "alpaca", {}, "auto")
+        assert data.test_path is None  # the quickstart's held-out FAQ file belongs to the FAQ
 
         from engine.data.readers import load_records
 
@@ -146,6 +147,8 @@ async def test_settings_format_that_drops_a_column_is_said_in_the_browser(tui_en
                          20)
         assert "qa (data.format)" in line(app, "#ds-source")
         await wait_until(pilot, lambda: "not trained: instruction" in line(app, "#ds-columns"), 10)
+        # the sample says what a run would drop, too (the first 50 records: 30 have no input)
+        assert "30 of 50 sampled dropped · not trained: instruction (in 20 of 50 sampled)" in line(app, "#ds-columns")
         # m, format row: → to alpaca reads every column; apply, and the Settings differ: u fixes it.
         await pilot.press("m")
         await pilot.pause()
@@ -160,3 +163,89 @@ async def test_settings_format_that_drops_a_column_is_said_in_the_browser(tui_en
         await pilot.pause()
         assert app.settings_state.config.data.format == "alpaca"
         assert "Settings read it otherwise" not in line(app, "#ds-columns")
+
+
+async def test_start_asks_before_a_run_that_would_drop_records(tui_env, monkeypatch):
+    """Start with a preset's format: qa on alpaca_en_demo: the dialog says 587 of 999 records
+    would be dropped and why; esc starts nothing. After u in Datasets the same Start has
+    nothing to say; and a confirmed "start anyway" starts the run as configured."""
+    import subprocess
+    import sys
+
+    from engine import runs
+    from tui.screens.settings import SettingsScreen
+    from tui.widgets.dialogs import ConfirmDialog
+
+    launched = []
+
+    def fake_launch(run_dir, **kwargs):
+        launched.append(run_dir)
+        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(runs, "launch", fake_launch)
+    shutil.copy(ALPACA, tui_env / "work" / ALPACA.name)
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        data = app.settings_state.config.data
+        data.path, data.test_path = ALPACA.name, None  # format qa stays, as with a preset
+        await pilot.press("s")
+        await settle(pilot, app)
+        assert isinstance(app.screen, SettingsScreen)
+        await pilot.press("g")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        assert line(app, ".dialog-title").strip() == "Records would be dropped: start anyway?"
+        body = line(app, "VerticalScroll Static")
+        assert f"{ALPACA.name}: 587 of the 999 records (58.8%) would be dropped, more than data.max_drop_fraction 5%" \
+            in body
+        assert f"e.g. {ALPACA.name}:2: field 'input': empty text" in body
+        assert "the records look like alpaca, not qa" in body
+        assert "enter start anyway" in line(app, ".dialog-hint")
+        assert all(inside_screen(w) for w in app.screen.query(".dialog"))
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not launched
+
+        # Datasets shows the file as the Settings read it, and what that loses; m picks alpaca,
+        # u hands it back; Start has nothing to say.
+        await pilot.press("d")
+        await settle(pilot, app)
+        await wait_until(pilot, lambda: "999 rows" in line(app, "#ds-source"), 20)
+        assert "qa (data.format)" in line(app, "#ds-source")
+        assert "not trained: instruction" in line(app, "#ds-columns")
+        await pilot.press("m")
+        await pilot.pause()
+        await pilot.press("right", "enter")
+        await pilot.pause()
+        assert "alpaca (chosen)" in line(app, "#ds-source")
+        await pilot.press("u")
+        await pilot.press("s")
+        await settle(pilot, app)
+        await pilot.press("g")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        assert line(app, ".dialog-title").strip() == "Start a training run", line(app, "VerticalScroll Static")
+        assert "would be dropped" not in line(app, "VerticalScroll Static")
+        await pilot.press("escape")
+        await pilot.pause()
+
+        # Back to qa, and this time start anyway: the run starts with the settings as they are.
+        app.settings_state.config.data.format = "qa"
+        await pilot.press("g")
+        await pilot.pause()
+        assert line(app, ".dialog-title").strip() == "Records would be dropped: start anyway?"
+        await pilot.press("enter")
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if app.run_processes:
+                break
+        assert len(launched) == 1
+        assert cfg_of(launched[0]).data.format == "qa"
+        app.run_processes[launched[0].name].wait()
+
+
+def cfg_of(run_dir: Path):
+    from engine import config as cfg
+
+    return cfg.load(run_dir / "config.yaml")

@@ -1,7 +1,7 @@
 """The UI process never imports the heavy ML stack (torch, transformers, datasets, peft,
 bitsandbytes): the app is started in a fresh interpreter, driven through every screen,
-the palette, help, the preview, the footprint estimate and the model picker, and its
-sys.modules is read."""
+the palette, help, the preview, the footprint estimate, the model picker and Start's data
+check, and its sys.modules is read."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ async def main():
         await pilot.pause()
         await settle(app)
         assert type(app.screen).__name__ == "ModelPicker", app.screen
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("g")               # Start: the data is read to count drops first
+        await pilot.pause()
+        await settle(app)
+        assert type(app.screen).__name__ == "ConfirmDialog", app.screen
         await pilot.press("escape")
         await pilot.pause()
     print(json.dumps(sorted(sys.modules)))

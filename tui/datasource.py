@@ -207,12 +207,16 @@ class ColumnCheck:
     missing: list[tuple[str, str]]  # (field, column) mapped to a column no sampled record has
 
     def line(self) -> str:
-        """One line: ``not trained: plan (50 of 50 sampled)``, or '' when nothing is lost."""
-        if not self.unused:
-            return ""
-        shown = ", ".join(f"{name} ({n} of {self.ok})" for name, n in self.unused[:4])
-        more = f" +{len(self.unused) - 4}" if len(self.unused) > 4 else ""
-        return f"not trained: {shown}{more}"
+        """One line: ``30 of 50 sampled dropped · not trained: plan (in 20 of 50 sampled)``,
+        or '' when nothing is lost."""
+        parts = []
+        if self.ok < self.records:
+            parts.append(f"{self.records - self.ok} of {self.records} sampled dropped")
+        if self.unused:
+            shown = ", ".join(f"{name} (in {n} of {self.records} sampled)" for name, n in self.unused[:3])
+            more = f" +{len(self.unused) - 3}" if len(self.unused) > 3 else ""
+            parts.append(f"not trained: {shown}{more}")
+        return " · ".join(parts)
 
 
 def file_columns(sample: list[Any]) -> list[str]:

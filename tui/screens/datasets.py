@@ -309,10 +309,10 @@ class DatasetsScreen(FinetuiScreen):
         check = self.column_check
         if self.columns:
             line.append("columns " + ", ".join(f"{k}={v}" for k, v in self.columns.items()), style="bold")
-        if check is not None and check.unused:
+        if check is not None and check.line():
             if line:
                 line.append(" · ")
-            line.append(f"{check.line()} sampled", style=f"bold {self._color('warning')}")
+            line.append(check.line(), style=f"bold {self._color('warning')}")
         if line:
             line.append(" · m map", style="dim")
         if self.differs_from_settings():
@@ -381,7 +381,10 @@ class DatasetsScreen(FinetuiScreen):
         if self.format_how == "detected" and self.source is not None and len(self.source.paths) > 1:
             fmt = "auto"  # a folder: the readers detect per file, as they did here on its first file
         template = self.client.key[1] if self.client is not None else data.template
-        return {"path": self.spec, "format": fmt, "columns": dict(self.columns), "template": template}
+        values = {"path": self.spec, "format": fmt, "columns": dict(self.columns), "template": template}
+        if data.test_path and self.spec != data.path:
+            values["test_path"] = None  # the held-out file of the old dataset; data.test_size holds out of this one
+        return values
 
     def action_use(self) -> None:
         """Point the Settings at the open dataset: its path, format, columns and template."""
@@ -402,8 +405,10 @@ class DatasetsScreen(FinetuiScreen):
         self._settings_seen = self._settings_key()
         self.show_columns_line()
         columns = ", ".join(f"{k}={v}" for k, v in values["columns"].items()) or "none"
+        cleared = (f"\ndata.test_path cleared: data.test_size {state.config.data.test_size:g} of it is held out"
+                   if "test_path" in values else "")
         self.notify(f"data.path = {self.spec}\nformat {values['format']} · columns {columns} · "
-                    f"template {values['template']}", title="Settings")
+                    f"template {values['template']}{cleared}", title="Settings")
 
     # ------------------------------------------------------------------ rendering worker
 

@@ -11,6 +11,11 @@ Before launch the screen shows the model's footprint and a memory estimate
 ``m`` opens the model picker (tui.widgets.modelpicker): built-ins, converted GGUF files and
 hub-cache models with their size and the estimate for these settings, or a typed path; the
 choice goes through the same validation as a typed value.
+
+Start (``g``) first reads and normalises the data as the run will (engine.data.dropcheck,
+no tokenizer): when more than ``data.max_drop_fraction`` of the records would be dropped,
+the start dialog says how many and why and asks to start anyway. Small local data is
+checked at once; bigger data in a worker thread.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from tui.widgets.pathinput import PathInput
 from tui.widgets.fieldform import FieldRow, RowEditor, SettingsForm, describe, show_value
 
 YAML_SUFFIXES = (".yaml", ".yml")
+CHECK_INLINE_BYTES = 2_000_000  # data this small is checked before the start dialog opens, in the UI thread
 
 
 def flat_values(config: cfg.Config) -> dict[str, Any]:
@@ -400,11 +406,45 @@ class SettingsScreen(FinetuiScreen):
         return None
 
     def action_start(self) -> None:
+        blocking = self.preflight()
+        config = self.state.config
+        if blocking is not None:
+            self.show_start(config, blocking, [])
+            return
+        from engine.data import dropcheck
+
+        if dropcheck.local_bytes(config.data) <= CHECK_INLINE_BYTES:
+            self.show_start(config, None, dropcheck.refusal(config.data))
+            return
+        self.notify("reading the data to count the records a run would drop…", title="Start", timeout=4)
+        self.check_drops(config)
+
+    @work(thread=True, exclusive=True, group="dropcheck")
+    def check_drops(self, config: cfg.Config) -> None:
+        from engine.data import dropcheck
+
+        try:
+            lines = dropcheck.refusal(config.data)
+        except Exception as exc:  # the check must never stand between the user and Start
+            lines = []
+            self.app.call_from_thread(self.notify, f"data check failed: {exc}", title="Start", severity="warning")
+        self.app.call_from_thread(self.show_start, config, None, lines)
+
+    def show_start(self, config: cfg.Config, blocking: str | None, drops: list[str]) -> None:
+        """The start dialog: the command, the data the run would drop (if too much), the estimate."""
+        if config is not self.state.config or isinstance(self.app.screen, ConfirmDialog):
+            return  # the settings changed meanwhile, or a dialog is already up
         body = Text()
         body.append(self.state.train_command() + "\n\n", style="bold")
+        title, verb = "Start a training run", "start"
+        if drops:
+            warning = self.app.theme_variables.get("warning", "yellow")
+            body.append("\n".join(drops) + "\n", style=f"bold {warning}")
+            body.append("fix the data or the settings (Datasets: m maps columns, u uses a dataset as shown), "
+                        "or start anyway (what would be dropped is not trained)\n\n", style="dim")
+            title, verb = "Records would be dropped: start anyway?", "start anyway"
         body.append_text(self.footprint_text())
-        self.app.push_screen(ConfirmDialog("Start a training run", body, blocking=self.preflight()),
-                             self._start_confirmed)
+        self.app.push_screen(ConfirmDialog(title, body, blocking=blocking, verb=verb), self._start_confirmed)
 
     def _start_confirmed(self, ok: bool | None) -> None:
         if ok:

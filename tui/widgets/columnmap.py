@@ -107,7 +107,7 @@ class ColumnMapDialog(ModalScreen[tuple[str, dict[str, str]] | None]):
         if check.problem:
             text.append(f"\nfirst problem: {check.problem}", style="red")
         if check.unused:
-            text.append(f"\n{check.line()}", style="yellow")
+            text.append(f"\n{check.line().split(' · ')[-1]}", style="yellow")
         elif check.ok:
             text.append("\nevery column with a value is read")
         for field, name in check.missing:
