@@ -31,8 +31,9 @@ class ColumnUse:
         self.mapped_seen: Counter[str] = Counter()
         self.formats: set[str] = set()
 
-    def add(self, record: Mapping[str, Any], used: set[str], place: str = "", fmt: str | None = None) -> list[str]:
-        """Count one normalised record; returns its unused columns."""
+    def add(self, record: Mapping[str, Any], used: set[str], place: Any = "", fmt: str | None = None) -> list[str]:
+        """Count one normalised record; returns its unused columns. ``place``: its
+        ``file:line``, or a RawRecord (its place is made only when a column needs it)."""
         self.records += 1
         if fmt:
             self.formats.add(fmt)
@@ -42,7 +43,8 @@ class ColumnUse:
         unused = unused_columns(record, used) if isinstance(record, Mapping) else []
         for key in unused:
             self.unused[key] += 1
-            self.example.setdefault(key, place)
+            if key not in self.example:
+                self.example[key] = str(getattr(place, "place", place))
         return unused
 
     def to_list(self) -> list[dict[str, Any]]:

@@ -1017,7 +1017,7 @@ def _normalise(
             used = set() if column_use is not None else None
             conversation = to_conversation(record.data, formats_seen[record.source], columns, tags, used=used)
             if column_use is not None:
-                column_use.add(record.data, used, record.place, formats_seen[record.source])
+                column_use.add(record.data, used, record, formats_seen[record.source])
         except RecordSkipped as exc:
             report(Issue(record.source, record.line, exc.field, exc.message, record.row, "skipped"))
             return None
