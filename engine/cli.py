@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--max-length", type=int, default=512)
     di.add_argument("--train-on", choices=("assistant", "all"), default="assistant")
     di.add_argument("--column", dest="columns", action="append", default=[], metavar="CANON=NAME",
-                    help="column mapping, e.g. --column question=prompt")
+                    help="map a field of the format to a column, e.g. --column question=prompt or "
+                         "--column system=plan (repeatable; fields: engine.data.formats.FIELDS)")
     di.add_argument("--dataset-dir", help="folder with dataset_info.json, to name an entry by NAME")
     di.add_argument("--split", default="train")
     di.add_argument("--subset")
