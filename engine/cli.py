@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--subset")
     di.add_argument("--example", type=int, default=0, help="index of the example to render")
     di.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    di.add_argument("--long-text", choices=("chunk", "truncate"), default="chunk",
+                    help="raw text longer than --max-length: split into windows (chunk) or cut (truncate)")
+    di.add_argument("--text-overlap", type=int, default=0, metavar="N",
+                    help="tokens each window of a chunked text repeats from the one before, as context")
     di.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = sub.add_parser("runs", help="list, show, attach to or stop runs")

@@ -53,6 +53,7 @@ class ModelConfig(_Section):
 
 
 DATA_FORMATS = ("auto", "text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference")
+LONG_TEXT = ("chunk", "truncate")  # data.long_text
 # A run does not start (finetui train, the TUI's Start) when more than this share of the
 # records would be dropped as invalid, unless the user says so (engine.data.dropcheck).
 MAX_DROP_FRACTION = 0.05
@@ -80,7 +81,20 @@ class DataConfig(_Section):
     train_on: Literal["assistant", "all"] = Field(
         "assistant", description="Train on assistant turns only, or on every token."
     )
-    max_length: int = Field(512, ge=16, le=1_048_576, description="Tokens per example; longer ones are truncated.")
+    max_length: int = Field(
+        512, ge=16, le=1_048_576,
+        description="Tokens per example; a longer conversation is truncated, a longer raw text split (data.long_text).",
+    )
+    long_text: Literal[LONG_TEXT] = Field(  # type: ignore[valid-type]
+        "chunk",
+        description="Raw text (format text) longer than max_length: chunk splits it into max_length-token windows, "
+        "each one example (every token trained); truncate keeps the first max_length tokens only.",
+    )
+    text_overlap: int = Field(
+        0, ge=0,
+        description="Tokens each window of a chunked text repeats from the one before, as context (not trained "
+        "twice); less than half of max_length.",
+    )
     test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for evaluation.")
     test_split: str | None = Field(None, description="Use this existing split as the test set instead.")
     test_path: str | None = Field(
@@ -102,6 +116,15 @@ class DataConfig(_Section):
         "records would be dropped as invalid, saying how many and why (1: never stop; --allow-drops once).",
     )
     num_proc: int = Field(1, ge=1, le=256, description="Processes for tokenisation.")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "DataConfig":
+        if 2 * self.text_overlap >= self.max_length:
+            raise ValueError(
+                f"data.text_overlap: {self.text_overlap} must be less than half of data.max_length "
+                f"({self.max_length}), or the windows of a long text would mostly repeat each other"
+            )
+        return self
 
 
 class MethodConfig(_Section):

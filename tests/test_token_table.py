@@ -27,6 +27,9 @@ def rows(n: int) -> dict[str, list]:
         "truncated": [i == 3 for i in range(n)],
         "full_length": [1 + i % 3 for i in range(n)],
         "trains_end": [False] * n,
+        "record": list(range(n)),
+        "record_tokens": [1 + i % 3 for i in range(n)],
+        "kept_tokens": [1 + i % 3 for i in range(n)],
     }
 
 

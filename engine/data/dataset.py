@@ -7,13 +7,16 @@ never imports it (~0.3 s of start-up with pandas).
 
 Pipeline: ``readers.load_records`` -> conversations -> :func:`engine.data.render.render`
 (the very function the browser shows) over every record -> drop records that failed to
-render or train no token -> split.
+render or train no token -> split. Raw text longer than ``max_length`` becomes several
+examples, its windows (``data.long_text: chunk``, :mod:`engine.data.chunking`), each row
+placed ``file:line#chunk2``; the split then keeps a record's windows together.
 
 Caching: the rendered table is written to ``$FINETUI_CACHE/datasets/<key>.arrow`` (default
 ``~/.cache/finetui/datasets``), where the key hashes the conversations themselves, the
-template, the tokenizer (vocabulary, added and special tokens), max_length, train_on and
-the rendering code. The second build with the same inputs memory-maps that file instead of
-tokenising again (``report.cache_hit``); a change to any input is a new key.
+template, the tokenizer (vocabulary, added and special tokens), max_length, train_on,
+long_text, text_overlap and the rendering code. The second build with the same inputs
+memory-maps that file instead of tokenising again (``report.cache_hit``); a change to any
+input is a new key.
 """
 
 from __future__ import annotations
@@ -22,16 +25,22 @@ import hashlib
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from engine.data import chunking
 from engine.data import render as render_mod
 from engine.data.conversation import Conversation
 
-CACHE_VERSION = 2  # 2: Arrow IPC files written by engine.data.table (1: datasets.map caches)
+CACHE_VERSION = 3  # 3: windows of long texts (2: Arrow IPC files written by engine.data.table; 1: datasets.map caches)
 MAX_ISSUES = 200  # issues kept in a report (the total is counted)
-_INTERNAL_COLUMNS = ("place", "error", "notes", "truncated", "full_length", "trains_end")
+# record: the index of the record a row comes from (a long text's windows share it);
+# record_tokens / kept_tokens: the record's tokens before truncation or chunking, and those
+# its examples keep (on the record's first row, 0 on its other windows)
+_INTERNAL_COLUMNS = ("place", "error", "notes", "truncated", "full_length", "trains_end",
+                     "record", "record_tokens", "kept_tokens")
 MODEL_COLUMNS = ("input_ids", "labels", "length", "n_trained")
 
 
@@ -45,12 +54,18 @@ class DataReport:
     format: str
     template: str
     end_token: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)  # records ok invalid truncated no_trained train test
+    # records ok invalid truncated no_trained chunked examples train test (ok: records kept;
+    # examples: the rows they make, more than ok when long texts are split into windows)
+    counts: dict[str, int] = field(default_factory=dict)
     issues: list[str] = field(default_factory=list)  # "file:line: message", first MAX_ISSUES
     issues_total: int = 0
     lengths: dict[str, float] = field(default_factory=dict)  # tokens before truncation: min median p95 max mean
     total_tokens: int = 0  # after truncation, over trained-on records
     trained_tokens: int = 0
+    # the records' tokens before truncation or chunking, and those the examples keep (a
+    # window's overlap counted once): what max_length and data.long_text cost
+    tokens_total: int = 0
+    tokens_kept: int = 0
     warnings: list[str] = field(default_factory=list)
     cache_hit: bool = False
     added_tokens: list[str] = field(default_factory=list)
@@ -136,14 +151,16 @@ def _tokenizer_digest(tokenizer) -> str:
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for module in ("render.py", "templates.py", "conversation.py", "dataset.py", "table.py"):
+    for module in ("render.py", "templates.py", "conversation.py", "dataset.py", "table.py", "chunking.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()
 
 
-def cache_key(rows: Sequence[tuple[str, str]], tokenizer, template: render_mod.Template, *, max_length: int, train_on: str) -> str:
+def cache_key(rows: Sequence[tuple[str, str]], tokenizer, template: render_mod.Template, *, max_length: int, train_on: str,
+              long_text: str = "chunk", text_overlap: int = 0) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, template.name, template.source, max_length, train_on]).encode())
+    h.update(json.dumps([CACHE_VERSION, template.name, template.source, max_length, train_on, long_text,
+                         text_overlap]).encode())
     h.update(_tokenizer_digest(tokenizer).encode())
     h.update(_code_digest().encode())
     for place, conv in rows:
@@ -154,24 +171,17 @@ def cache_key(rows: Sequence[tuple[str, str]], tokenizer, template: render_mod.T
     return h.hexdigest()[:32]
 
 
-def _render_rows(rows: Sequence[tuple[str, str]], tokenizer, template, max_length: int, train_on: str) -> dict[str, list]:
-    """Render each (place, serialised conversation): the columns of a tokenised table."""
+def _render_rows(rows: Sequence[tuple[str, str]], tokenizer, template, max_length: int, train_on: str,
+                 long_text: str = "chunk", text_overlap: int = 0, first: int = 0) -> dict[str, list]:
+    """Render each (place, serialised conversation): the columns of a tokenised table, one
+    row per example (a long text's windows are rows of their own, placed ``#chunkN``).
+    ``first``: the record index of ``rows[0]``."""
     end_id = None
     if template.end_token is not None:
         end_id = tokenizer.convert_tokens_to_ids(template.end_token)
     out: dict[str, list] = {k: [] for k in (*MODEL_COLUMNS, *_INTERNAL_COLUMNS)}
-    for place, raw in rows:
-        error, notes = "", ""
-        try:
-            conv = Conversation.from_dict(json.loads(raw))
-            ex = render_mod.render(conv, tokenizer, template, train_on=train_on, max_length=max_length)
-            ids, labels = ex.input_ids, ex.labels
-            full, truncated, n_trained = ex.full_tokens, ex.truncated, ex.n_trained
-            notes = "; ".join(ex.notes)
-            trains_end = end_id is not None and end_id in labels
-        except render_mod.RenderError as exc:
-            ids, labels, full, truncated, n_trained, trains_end = [], [], 0, False, 0, False
-            error = str(exc)
+
+    def add(place, ids, labels, n_trained, error, notes, truncated, full, trains_end, record, record_tokens, kept):
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["length"].append(len(ids))
@@ -182,6 +192,25 @@ def _render_rows(rows: Sequence[tuple[str, str]], tokenizer, template, max_lengt
         out["truncated"].append(truncated)
         out["full_length"].append(full)
         out["trains_end"].append(trains_end)
+        out["record"].append(record)
+        out["record_tokens"].append(record_tokens)
+        out["kept_tokens"].append(kept)
+
+    for record, (place, raw) in enumerate(rows, first):
+        try:
+            conv = Conversation.from_dict(json.loads(raw))
+            rendered = chunking.render_record(conv, tokenizer, template, train_on=train_on, max_length=max_length,
+                                              long_text=long_text, overlap=text_overlap)
+        except render_mod.RenderError as exc:
+            add(place, [], [], 0, str(exc), "", False, 0, False, record, 0, 0)
+            continue
+        for k, ex in enumerate(rendered.examples):
+            where = f"{place}#chunk{k + 1}" if rendered.chunked else place
+            # a window the next one continues has no end token to train: not a missing one
+            continued = k + 1 < len(rendered.examples)
+            add(where, ex.input_ids, ex.labels, ex.n_trained, "", "; ".join(ex.notes), ex.truncated, ex.full_tokens,
+                continued or (end_id is not None and end_id in ex.labels), record,
+                rendered.full_tokens if k == 0 else 0, rendered.kept_tokens if k == 0 else 0)
     return out
 
 
@@ -198,8 +227,11 @@ def tokenise(
     max_length: int,
     train_on: str,
     num_proc: int = 1,
+    long_text: str = "chunk",
+    text_overlap: int = 0,
 ):
-    """Render and tokenise (place, Conversation) pairs, cached by content.
+    """Render and tokenise (place, Conversation) pairs, cached by content; raw text longer
+    than ``max_length`` is split into windows (``long_text="chunk"``) or truncated.
 
     Returns (TokenTable with model + internal columns, cache_hit). A miss renders in this
     process, or in ``num_proc`` forked processes (contiguous chunks, joined in order), and
@@ -208,7 +240,9 @@ def tokenise(
 
     render_mod.detect_end_token(tokenizer, template)  # once, before workers fork
     rows = [(_place(where), json.dumps(conv.to_dict(), ensure_ascii=False, sort_keys=True)) for where, conv in conversations]
-    key = cache_key(rows, tokenizer, template, max_length=max_length, train_on=train_on)
+    chunking.check(long_text, text_overlap, max_length)
+    key = cache_key(rows, tokenizer, template, max_length=max_length, train_on=train_on, long_text=long_text,
+                    text_overlap=text_overlap)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     cache_file = folder / f"render-{key}.arrow"
@@ -217,7 +251,7 @@ def tokenise(
             return TokenTable.read(cache_file, key), True
         except (OSError, ValueError) as exc:  # truncated or foreign file: render again
             print(f"finetui: ignoring unreadable cache file {cache_file} ({exc})", file=sys.stderr)
-    args = (tokenizer, template, max_length, train_on)
+    args = (tokenizer, template, max_length, train_on, long_text, text_overlap)
     workers = min(num_proc, len(rows)) if num_proc and num_proc > 1 else 1
     if workers > 1:
         columns = _render_in_processes(rows, args, workers)
@@ -228,11 +262,12 @@ def tokenise(
     return table, False
 
 
-_worker_args: tuple | None = None  # (tokenizer, template, max_length, train_on) in forked workers
+_worker_args: tuple | None = None  # (tokenizer, template, max_length, train_on, long_text, overlap) in forked workers
 
 
-def _render_chunk(chunk: list[tuple[str, str]]) -> dict[str, list]:
-    return _render_rows(chunk, *_worker_args)
+def _render_chunk(part: tuple[int, list[tuple[str, str]]]) -> dict[str, list]:
+    first, chunk = part
+    return _render_rows(chunk, *_worker_args, first=first)
 
 
 def _render_in_processes(rows: list[tuple[str, str]], args: tuple, workers: int) -> dict[str, list]:
@@ -241,7 +276,7 @@ def _render_in_processes(rows: list[tuple[str, str]], args: tuple, workers: int)
 
     global _worker_args
     size = math.ceil(len(rows) / workers)
-    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    chunks = [(i, rows[i:i + size]) for i in range(0, len(rows), size)]
     _worker_args = args  # inherited by the forked workers, not pickled per chunk
     try:
         with multiprocessing.get_context("fork").Pool(len(chunks)) as pool:
@@ -260,7 +295,7 @@ def build(config, tokenizer) -> BuiltData:
     added = render_mod.prepare_tokenizer(tokenizer, template)
 
     loaded = _load(readers, data, data.split)
-    train_ds, report = _process(loaded, tokenizer, template, data, source=data.path)
+    train_ds, report, records = _process(loaded, tokenizer, template, data, source=data.path)
     report.added_tokens = list(added)
 
     test_ds = None
@@ -271,12 +306,16 @@ def build(config, tokenizer) -> BuiltData:
         else:
             test_loaded = _load(readers, data, data.test_split)
             test_source = f"{data.path} [{data.test_split}]"
-        test_ds, test_report = _process(test_loaded, tokenizer, template, data, source=test_source)
+        test_ds, test_report, _ = _process(test_loaded, tokenizer, template, data, source=test_source)
         report.issues.extend(test_report.issues[: max(0, MAX_ISSUES - len(report.issues))])
         report.issues_total += test_report.issues_total
         report.cache_hit = report.cache_hit and test_report.cache_hit
-        for key in ("invalid", "no_trained", "truncated"):
+        for key in ("invalid", "no_trained", "truncated", "chunked"):
             report.counts[f"test_{key}"] = test_report.counts.get(key, 0)
+    elif data.test_size > 0 and len(set(records)) >= 2 and len(set(records)) < len(records):
+        # windows of one text stay on one side: a held-out window beside its trained
+        # neighbours would measure how well the model remembers the text
+        train_ds, test_ds = _split_records(train_ds, records, data.test_size, config.train.seed)
     elif data.test_size > 0 and len(train_ds) >= 2:
         n_test = min(len(train_ds) - 1, max(1, round(len(train_ds) * data.test_size)))
         parts = train_ds.train_test_split(test_size=n_test, seed=config.train.seed, shuffle=True)
@@ -291,6 +330,38 @@ def build(config, tokenizer) -> BuiltData:
         template=template,
         eos_token_ids=render_mod.generation_eos_ids(tokenizer, template),
     )
+
+
+def _split_records(table, records: list[int], test_size: float, seed: int):
+    """(train, test) with whole records on each side (a long text's windows together): the
+    test part is ``test_size`` of the records, drawn as ``train_test_split`` draws rows."""
+    import numpy as np
+
+    distinct = sorted(set(records))
+    n_test = min(len(distinct) - 1, max(1, round(len(distinct) * test_size)))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    test = {distinct[k] for k in order[:n_test].tolist()}
+    return (table.select([i for i, r in enumerate(records) if r not in test]),
+            table.select([i for i, r in enumerate(records) if r in test]))
+
+
+def tokens_line(counts: dict[str, int], tokens_kept: int, tokens_total: int, max_length: int,
+                text_truncated: int = 0) -> str | None:
+    """What max_length keeps of the records' tokens, when it cuts or splits any: the line the
+    trainer's data report and ``finetui data inspect`` print (None when every record fits)."""
+    chunked, truncated = counts.get("chunked", 0), counts.get("truncated", 0)
+    if not (chunked or truncated) or not tokens_total:
+        return None
+    share = 100 * tokens_kept / tokens_total
+    parts = [f"{tokens_kept:,} of {tokens_total:,} tokens kept ({share:.1f}%)"]
+    if chunked:
+        parts.append(f"{chunked} record{'s' if chunked != 1 else ''} longer than max_length {max_length} split "
+                     f"into {counts.get('windows', 0)} windows (data.long_text: chunk)")
+    if truncated:
+        hint = (f" ({text_truncated} raw text{'s' if text_truncated != 1 else ''}: data.long_text: chunk trains "
+                f"{'them' if text_truncated != 1 else 'it'} whole)" if text_truncated else "")
+        parts.append(f"{truncated} record{'s' if truncated != 1 else ''} truncated at max_length {max_length}{hint}")
+    return "; ".join(parts)
 
 
 def _load(readers, data, split: str, path: str | None = None):
@@ -323,11 +394,13 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     table, cache_hit = tokenise(
         conversations, tokenizer, template,
         max_length=data.max_length, train_on=data.train_on, num_proc=data.num_proc,
+        long_text=getattr(data, "long_text", "chunk"), text_overlap=getattr(data, "text_overlap", 0),
     )
     col = table.__getitem__  # a whole column as a list, no row decoding
     places, errors, n_trained = col("place"), col("error"), col("n_trained")
     truncated, full_length, length = col("truncated"), col("full_length"), col("length")
     notes, trains_end = col("notes"), col("trains_end")
+    records, record_tokens, kept_tokens = col("record"), col("record_tokens"), col("kept_tokens")
 
     if data.on_error == "strict":
         for place, err in zip(places, errors):
@@ -350,6 +423,12 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     if not keep:
         first = f" (first: {issues[0]})" if issues else ""
         raise DataError(f"{source}: no record has a trained token{first}")
+    # a long text split into windows: its rows share one record
+    windows = Counter(records[i] for i, err in enumerate(errors) if not err)
+    n_chunked = sum(1 for n in windows.values() if n > 1)
+    tokens_total = sum(record_tokens[i] for i, err in enumerate(errors) if not err)
+    tokens_kept = sum(kept_tokens[i] for i, err in enumerate(errors) if not err)
+    text_truncated = sum(1 for i, t in enumerate(truncated) if t and conversations[records[i]][1].kind == "text")
 
     rendered = [i for i, err in enumerate(errors) if not err]
     summary = [
@@ -361,6 +440,11 @@ def _process(loaded, tokenizer, template, data, *, source: str):
     data_notes = getattr(loaded, "notes", None)
     warnings = [*(data_notes() if data_notes else []),
                 *render_mod.preflight(tokenizer, template, summary, max_length=data.max_length)]
+    counts = {"truncated": n_truncated, "chunked": n_chunked,
+              "windows": sum(n for n in windows.values() if n > 1)}
+    kept_line = tokens_line(counts, tokens_kept, tokens_total, data.max_length, text_truncated)
+    if kept_line:
+        warnings.append(kept_line)
 
     ds = table if len(keep) == len(table) else table.select(keep)
     ds = ds.remove_columns(list(_INTERNAL_COLUMNS))
@@ -371,21 +455,25 @@ def _process(loaded, tokenizer, template, data, *, source: str):
         end_token=template.end_token,
         counts={
             "records": len(conversations) + read_invalid + read_skipped,
-            "ok": len(keep),
+            "ok": len({records[i] for i in keep}),
             "invalid": read_invalid + render_invalid,
             "skipped": read_skipped,
             "truncated": n_truncated,
             "no_trained": no_trained,
+            "chunked": n_chunked,
+            "examples": len(keep),
         },
         issues=issues[:MAX_ISSUES],
         issues_total=read_invalid + len(issues) - n_read_issues,
         lengths=length_stats([full_length[i] for i in rendered]),
         total_tokens=sum(length[i] for i in keep),
         trained_tokens=sum(n_trained[i] for i in keep),
+        tokens_total=tokens_total,
+        tokens_kept=tokens_kept,
         warnings=warnings,
         cache_hit=cache_hit,
     )
-    return ds, report
+    return ds, report, [records[i] for i in keep]
 
 
 # ------------------------------------------------------------------------ collators

@@ -46,6 +46,8 @@ def command(args) -> int:
         subset=args.subset,
         example=args.example,
         strict=args.strict,
+        long_text=getattr(args, "long_text", "chunk"),
+        text_overlap=getattr(args, "text_overlap", 0),
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
@@ -137,13 +139,26 @@ def inspect(
     example: int = 0,
     strict: bool = False,
     tokenizer=None,
+    long_text: str = "chunk",
+    text_overlap: int = 0,
 ) -> dict[str, Any]:
-    """Everything ``finetui data inspect`` shows, as plain data (what ``--json`` prints)."""
+    """Everything ``finetui data inspect`` shows, as plain data (what ``--json`` prints).
+
+    Raw text longer than ``max_length`` is split into windows (``long_text="chunk"``, as
+    ``data.long_text`` trains it) or truncated; counts say how many records were chunked
+    and how many examples they make, ``tokens_kept`` / ``tokens_total`` what is trained of
+    the records' tokens."""
+    from engine.data import chunking
     from engine.data import dataset as data_mod
     from engine.data import readers, render
 
     if max_length < 1:
         raise InspectError(f"--max-length {max_length}: must be at least 1")
+    if long_text not in chunking.LONG_TEXT:
+        raise InspectError(f"--long-text {long_text}: expected {' or '.join(chunking.LONG_TEXT)}")
+    if text_overlap < 0 or 2 * text_overlap >= max_length:
+        raise InspectError(f"--text-overlap {text_overlap}: must be at least 0 and less than half of "
+                           f"--max-length ({max_length})")
     if tokenizer is None:
         tokenizer = load_tokenizer(model)
     try:
@@ -172,11 +187,13 @@ def inspect(
     summaries: list[dict[str, Any]] = []
     full_lengths: list[int] = []
     render_invalid = no_trained = truncated = total_tokens = trained_tokens = ok = 0
+    chunked = windows = tokens_total = tokens_kept = text_truncated = examples = 0
     shown: dict[str, Any] | None = None
     for i, (record, conv) in enumerate(loaded.conversations):
         place = str(getattr(record, "place", record))
         try:
-            ex = render.render(conv, tokenizer, tmpl, train_on=train_on, max_length=max_length)
+            rendered = chunking.render_record(conv, tokenizer, tmpl, train_on=train_on, max_length=max_length,
+                                              long_text=long_text, overlap=text_overlap)
         except render.RenderError as exc:
             if strict:
                 raise InspectError(f"{place}: {exc}") from None
@@ -185,23 +202,34 @@ def inspect(
             if i == example:
                 shown = {"index": i, "place": place, "error": str(exc)}
             continue
-        full_lengths.append(ex.full_tokens)
-        summaries.append({
-            "n_trained": ex.n_trained,
-            "truncated": ex.truncated,
-            "notes": ex.notes,
-            "trains_end": end_id is not None and end_id in ex.labels,
-        })
+        ex = rendered.examples[0]
+        full_lengths.append(rendered.full_tokens)
+        tokens_total += rendered.full_tokens
+        tokens_kept += rendered.kept_tokens
+        if rendered.chunked:
+            chunked += 1
+            windows += len(rendered.examples)
+        for k, part in enumerate(rendered.examples):
+            summaries.append({
+                "n_trained": part.n_trained,
+                "truncated": part.truncated,
+                "notes": part.notes,
+                # a window the next one continues has no end token to train
+                "trains_end": k + 1 < len(rendered.examples) or (end_id is not None and end_id in part.labels),
+            })
         truncated += ex.truncated
+        text_truncated += ex.truncated and conv.kind == "text"
         if ex.n_trained == 0:
             no_trained += 1
             issues.append(f"{place}: {data_mod.no_trained_reason(ex.truncated, max_length)}")
         else:
             ok += 1
-            total_tokens += ex.n_tokens
-            trained_tokens += ex.n_trained
+            examples += len(rendered.examples)
+            total_tokens += sum(part.n_tokens for part in rendered.examples)
+            trained_tokens += sum(part.n_trained for part in rendered.examples)
         if i == example:
-            shown = {"index": i, "place": place, **_example_dict(ex, tokenizer)}
+            where = f"{place}#chunk1" if rendered.chunked else place
+            shown = {"index": i, "place": where, "windows": len(rendered.examples), **_example_dict(ex, tokenizer)}
 
     warnings = render.preflight(tokenizer, tmpl, summaries, max_length=max_length)
     if added:
@@ -232,6 +260,8 @@ def inspect(
             "repaired": repaired,
             "truncated": truncated,
             "no_trained": no_trained,
+            "chunked": chunked,
+            "examples": examples,
         },
         "issues": issues[:data_mod.MAX_ISSUES],
         "issues_total": read_invalid + len(issues) - len(loaded.issues),
@@ -245,6 +275,13 @@ def inspect(
         "histogram": data_mod.histogram(full_lengths, HIST_BINS),
         "total_tokens": total_tokens,
         "trained_tokens": trained_tokens,
+        # the records' tokens before truncation or chunking, and those the examples keep
+        "long_text": long_text,
+        "text_overlap": text_overlap,
+        "tokens_total": tokens_total,
+        "tokens_kept": tokens_kept,
+        "tokens_note": data_mod.tokens_line({"truncated": truncated, "chunked": chunked, "windows": windows},
+                                            tokens_kept, tokens_total, max_length, text_truncated),
         "warnings": warnings,
         "example": shown,
     }
@@ -297,7 +334,8 @@ def print_report(result: dict[str, Any], file=None) -> None:
     line(("template  ", "bold"), f"{template}, model {result['model']}, end of turn {result['end_token']}, "
          f"eos {result['eos_token']}")
     mild = "".join(f"{c[k]} {k}, " for k in ("skipped", "repaired") if c.get(k))
-    line(("records   ", "bold"), f"{c['records']}: {c['ok']} ok, {c['invalid']} invalid, {mild}"
+    chunked = f"{c['chunked']} chunked into {c['examples'] - c['ok'] + c['chunked']} windows, " if c.get("chunked") else ""
+    line(("records   ", "bold"), f"{c['records']}: {c['ok']} ok, {c['invalid']} invalid, {mild}{chunked}"
          f"{c['truncated']} truncated, {c['no_trained']} with no trained token")
     lengths = result["lengths"]
     if lengths:
@@ -307,11 +345,16 @@ def print_report(result: dict[str, Any], file=None) -> None:
         share = 100 * result["trained_tokens"] / result["total_tokens"]
         line(("trained   ", "bold"), f"{result['trained_tokens']:,} of {result['total_tokens']:,} tokens "
              f"({share:.0f}%, train_on {result['train_on']})")
+    if result.get("tokens_total"):
+        note = result.get("tokens_note")
+        kept = note.replace(" tokens kept (", " tokens (", 1) if note else (
+            f"{result['tokens_kept']:,} of {result['tokens_total']:,} tokens (100%): every record fits max_length")
+        line(("kept      ", "bold"), kept)
 
     hist = result["histogram"]
     if hist:
         console.print()
-        line(("length histogram", "bold"), " (tokens per record before truncation; ", ("▒", "yellow"),
+        line(("length histogram", "bold"), " (tokens per record before truncation or chunking; ", ("▒", "yellow"),
              " = over max_length)")
         top = max(b["count"] for b in hist) or 1
         lo_w = len(str(hist[-1]["hi"]))
@@ -354,7 +397,8 @@ def print_report(result: dict[str, Any], file=None) -> None:
         line((f"example {ex['index']}", "bold"), f" ({ex['place']}): ", (ex["error"], "red"))
         return
     marks = "green" if tty and console.color_system else f"between {OPEN_MARK} {CLOSE_MARK}"
-    line((f"example {ex['index']}", "bold"), f" ({ex['place']}): {ex['n_tokens']} tokens, "
+    window = f", window 1 of {ex['windows']}" if ex.get("windows", 1) > 1 else ""
+    line((f"example {ex['index']}", "bold"), f" ({ex['place']}{window}): {ex['n_tokens']} tokens, "
          f"{ex['n_trained']} trained (shown {marks})")
     console.print(_marked(ex, styled=bool(tty and console.color_system)))
     if ex["truncated"]:

@@ -38,6 +38,9 @@ def schema():
         ("truncated", pa.bool_()),
         ("full_length", pa.int32()),
         ("trains_end", pa.bool_()),
+        ("record", pa.int32()),  # the record a row comes from (a long text's windows share it)
+        ("record_tokens", pa.int32()),  # the record's tokens before truncation or chunking (first row)
+        ("kept_tokens", pa.int32()),  # of those, the tokens its rows keep (first row)
     ])
 
 
