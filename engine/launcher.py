@@ -21,7 +21,7 @@ from typing import IO, Any
 from engine import config as cfg
 from engine import events as ev
 from engine import runs
-from engine.runs_cli import format_event
+from engine.runs_cli import event_lines
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
 
@@ -157,8 +157,7 @@ def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None) -> 
         event = ev.decode(raw)
         if event is None:
             continue
-        line = format_event(event)
-        if line:
+        for line in event_lines(event):
             print(line, file=out, flush=True)
         if event.get("type") == "finished":
             finished = event
@@ -200,8 +199,7 @@ def _follow_progress(pipe: IO[bytes]) -> dict[str, Any] | None:
                     eta=_duration(eta),
                 )
                 continue
-            line = format_event(event)
-            if line:
+            for line in event_lines(event):
                 style = "red" if kind == "error" else "dim" if kind in ("log", "checkpoint") else None
                 progress.console.print(line, style=style, markup=False, highlight=False)
             if kind == "finished":

@@ -27,6 +27,41 @@ def _fmt_num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def data_line(data: dict[str, Any] | None, reasons: int = 3, extras: bool = True) -> str | None:
+    """The run_started data report in one line: ``data: 999 read · 974 kept · 25 skipped
+    (empty text 20, invalid JSON 5) · 317 truncated`` (records read from the training
+    source, kept for training, not trained with the ``reasons`` most frequent reasons, and
+    with ``extras`` repaired and truncated)."""
+    counts = (data or {}).get("counts") or {}
+    read, kept = counts.get("records"), counts.get("ok")
+    if not isinstance(read, int) or not isinstance(kept, int):
+        return None
+    parts = [f"{read:,} read", f"{kept:,} kept"]
+    dropped = read - kept
+    if dropped > 0:
+        why = [(kind, n) for kind, n in ((data or {}).get("reasons") or {}).items() if n]
+        shown = [f"{kind} {n:,}" for kind, n in why[:reasons]]
+        if shown and len(why) > reasons:
+            shown.append(f"{len(why) - reasons} more")
+        parts.append(f"{dropped:,} skipped" + (f" ({', '.join(shown)})" if shown else ""))
+    for key in ("repaired", "truncated") if extras else ():
+        if counts.get(key):
+            parts.append(f"{counts[key]:,} {key}")
+    return "data: " + " · ".join(parts)
+
+
+def event_lines(event: dict[str, Any]) -> list[str]:
+    """What the CLI prints for an event: format_event's line, and for run_started the data
+    report's line under it."""
+    line = format_event(event)
+    lines = [line] if line else []
+    if event.get("type") == "run_started":
+        data = data_line(event.get("data"))
+        if data:
+            lines.append(data)
+    return lines
+
+
 def format_event(event: dict[str, Any]) -> str | None:
     """One plain line for an event (used by attach and by `finetui train` off a terminal)."""
     t = event.get("type")
@@ -84,8 +119,7 @@ def attach(run_dir, out=sys.stdout) -> int:
 
     finished = False
     for event in ev.follow(run_dir / "events.jsonl", stop=gone):
-        line = format_event(event)
-        if line:
+        for line in event_lines(event):
             print(line, file=out, flush=True)
         if event.get("type") == "finished":
             status = event.get("status", "failed")

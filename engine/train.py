@@ -505,7 +505,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         footprint=modeling.footprint(model),
         datasets={"train": len(data.train), "test": len(data.test) if has_eval else 0},
         devices=_devices(device, world_size),
-        data={k: getattr(data.report, k) for k in ("format", "template", "counts", "lengths",
+        data={k: getattr(data.report, k) for k in ("format", "template", "counts", "reasons", "lengths",
                                                    "total_tokens", "trained_tokens", "added_tokens")},
         precision={"dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                    "bf16": args.bf16, "fp16": args.fp16},

@@ -69,6 +69,8 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     cache_hit: bool = False
     added_tokens: list[str] = field(default_factory=list)
+    # records read but not trained, by reason (invalid, skipped, no trained token), most first
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +120,33 @@ def histogram(lengths: Sequence[int], bins: int = 10) -> list[dict[str, int]]:
     while out and out[-1]["count"] == 0:
         out.pop()
     return out
+
+
+def reason_of(message: str) -> str:
+    """A problem's message without its particulars, to count alike ones: ``empty text`` for
+    ``field 'answer': empty text``, the template's words for a render error."""
+    text = message
+    if text.startswith("template ") and ": " in text:
+        text = text.split(": ", 1)[1]
+    if text.startswith("field '") and "': " in text:
+        text = text.split("': ", 1)[1]
+    return text.split(" (")[0].split(": ")[0].strip()[:80] or "invalid"
+
+
+NO_TRAINED = "no trained token"
+
+
+def drop_reasons(loaded, render_errors: Iterable[str] = (), no_trained: int = 0) -> dict[str, int]:
+    """Records read but not trained, by reason, most frequent first: the reader's invalid
+    records and skipped rows (every one counted, not only those kept as examples), records
+    the template could not render, records with no trained token."""
+    counts: Counter[str] = Counter()
+    counts.update(dict(getattr(loaded, "issue_kinds", None) or {}))
+    counts.update(dict(getattr(loaded, "skip_kinds", None) or {}))
+    counts.update(reason_of(message) for message in render_errors)
+    if no_trained:
+        counts[NO_TRAINED] += no_trained
+    return dict(counts.most_common())
 
 
 def no_trained_reason(truncated: bool, max_length: int) -> str:
@@ -458,6 +487,7 @@ def _process(loaded, tokenizer, template, data, *, source: str):
             "ok": len({records[i] for i in keep}),
             "invalid": read_invalid + render_invalid,
             "skipped": read_skipped,
+            "repaired": int(read_counts.get("repaired", 0) or 0),
             "truncated": n_truncated,
             "no_trained": no_trained,
             "chunked": n_chunked,
@@ -472,6 +502,7 @@ def _process(loaded, tokenizer, template, data, *, source: str):
         tokens_kept=tokens_kept,
         warnings=warnings,
         cache_hit=cache_hit,
+        reasons=drop_reasons(loaded, (err for err in errors if err), no_trained),
     )
     return ds, report, [records[i] for i in keep]
 

@@ -16,6 +16,7 @@ builds the training set, so what is shown is what is trained.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,66 @@ class InspectError(ValueError):
 
 
 def command(args) -> int:
+    """Exit status 0 when at least one record is usable, 1 otherwise (no usable record, or
+    an input that cannot be read). With ``--json`` an error is a JSON object on stdout too:
+    ``{"error": message, "place": "file:line" | "--option" | null}`` (plus the report when
+    the records were read but none is usable)."""
     if getattr(args, "data_command", "inspect") not in (None, "inspect"):
         raise InspectError(f"unknown data command: {args.data_command}")
-    result = inspect(
+    as_json = bool(getattr(args, "json", False))
+    try:
+        result = _run(args)
+    except Exception as exc:  # what engine.cli would print as one line
+        if not as_json or os.environ.get("FINETUI_DEBUG"):
+            raise
+        print(json.dumps(error_object(exc), ensure_ascii=False, indent=2))
+        return 1
+    unusable = result["counts"]["ok"] == 0
+    if unusable:
+        result.update(no_usable_error(result))
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        print_report(result)
+        if unusable:
+            print(f"finetui: {result['error']}", file=sys.stderr)
+    return 1 if unusable else 0
+
+
+def no_usable_error(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``error`` and ``place`` of a report in which no record can be trained."""
+    c = result["counts"]
+    issues = result.get("issues") or []
+    first = issues[0] if issues else ((result.get("skipped") or [None])[0])
+    why = f"; first: {first}" if first else ""
+    place = _split_place(first)[0] if first else None
+    return {
+        "error": f"{result['source']}: no usable record ({c['records']} read: {c['invalid']} invalid, "
+                 f"{c.get('skipped', 0)} skipped, {c['no_trained']} with no trained token){why}",
+        "place": place or result["source"],
+    }
+
+
+def error_object(exc: BaseException) -> dict[str, Any]:
+    """``{"error", "place"}`` for an input that cannot be inspected."""
+    message = str(exc).strip() or type(exc).__name__
+    place = getattr(exc, "place", None)
+    if place is None:
+        place, _ = _split_place(message)
+    return {"error": message, "place": place}
+
+
+def _split_place(message: str) -> tuple[str | None, str]:
+    """``("data.jsonl:17", rest)`` for ``"data.jsonl:17: rest"``; ``(None, message)`` when
+    the message does not start with a place (a file, ``file:line``, ``--option value``)."""
+    head, sep, rest = message.partition(": ")
+    if not sep or not head or "(" in head or len(head) > 1000:
+        return None, message
+    return head, rest
+
+
+def _run(args) -> dict[str, Any]:
+    return inspect(
         args.path,
         format=args.format,
         template=args.template,
@@ -49,11 +107,6 @@ def command(args) -> int:
         long_text=getattr(args, "long_text", "chunk"),
         text_overlap=getattr(args, "text_overlap", 0),
     )
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
-    else:
-        print_report(result)
-    return 0
 
 
 def parse_columns(items: list[str] | None) -> dict[str, str]:
@@ -175,8 +228,8 @@ def inspect(
         subset=subset,
         on_error="strict" if strict else "skip",
     )
-    loaded.require_records()
-    if example < 0 or example >= len(loaded.conversations):
+    # no usable record is a report too (its counts and issues say why); command() exits 1
+    if loaded.conversations and (example < 0 or example >= len(loaded.conversations)):
         raise InspectError(f"--example {example}: the dataset has {len(loaded.conversations)} usable records (0-based)")
 
     issues = [str(issue) for issue in loaded.issues]

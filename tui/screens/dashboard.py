@@ -14,6 +14,7 @@ Layout at 80x24 (22 rows between the screen bar and the footer)::
     ● running  <run id>  full · tiny · cpu · live (or attached)
     ━━━━━━━━━━━━━━━━━━━━━━━━━━━ 24/40 60%  ep 1.50  0:28  eta 0:19
     loss 5.56  eval 5.78 (best 5.63@20)  lr 1.3e-3  gnorm 0.83  tok/s 2,054
+    data: 999 read · 974 kept · 25 skipped (empty text 20, …)  (from run_started)
     <chart: title row + plot rows>                        (grows with the window)
     <failure / stopped banner with its fix>               (only when it applies)
     host cpu … ram … trainer rss … peak …
@@ -37,6 +38,7 @@ from textual import work
 from textual.binding import Binding
 
 from engine import runs
+from engine.runs_cli import data_line
 from tui.runfeed import RunFeed, RunState, feeds
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.dialogs import ConfirmDialog
@@ -157,6 +159,7 @@ class DashboardScreen(FinetuiScreen):
     DEFAULT_CSS = """
     DashboardScreen #dash-head { height: 1; padding: 0 1; background: $surface; }
     DashboardScreen RunProgress, DashboardScreen MetricsLine { padding: 0 1; }
+    DashboardScreen #data { height: 1; padding: 0 1; display: none; }
     DashboardScreen #chart { height: 2fr; min-height: 6; padding: 0 1 0 0; }
     DashboardScreen #problem { height: auto; max-height: 6; padding: 0 1; display: none; }
     DashboardScreen #problem.-failed { display: block; background: $error 15%; }
@@ -198,6 +201,7 @@ class DashboardScreen(FinetuiScreen):
         yield TextLine("", id="dash-head")
         yield RunProgress(id="progress")
         yield MetricsLine(id="metrics")
+        yield TextLine("", id="data")
         yield LossPlot(title="loss", id="chart")
         yield TextLine("", id="problem")
         yield GpuPanel(id="gpus")
@@ -346,11 +350,35 @@ class DashboardScreen(FinetuiScreen):
             self.shown_steps.append((int(last["step"]), time.time()))
             del self.shown_steps[:-1000]
 
+        self._show_data(st)
         self._show_chart(st)
         self._show_problem(st, hw)
         self._show_checkpoints(st, hw)
         self._show_log(st, hw)
         self._refresh_keys()
+
+    def _show_data(self, st: RunState) -> None:
+        """The run_started data report, one line: records read, kept, skipped and why."""
+        widget = self.query_one("#data", TextLine)
+        data = (st.started or {}).get("data")
+        width = max(self.size.width - 2, 20)
+        line = None
+        # as much as fits the width: the reasons go last
+        for reasons, extras in ((3, True), (2, True), (3, False), (2, False), (1, False), (0, False)):
+            line = data_line(data, reasons=reasons, extras=extras)
+            if line is None or len(line) <= width:
+                break
+        if widget.display != (line is not None):
+            widget.display = line is not None
+        if line is None:
+            return
+        head, _, rest = line.partition(" ")
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(head + " ", style="bold")
+        counts = data.get("counts") or {}
+        style = theme_colors(self.app)["eval"] if counts.get("ok", 0) < counts.get("records", 0) else ""
+        text.append(rest, style=style)
+        widget.show(text)
 
     def _show_chart(self, st: RunState) -> None:
         colors = theme_colors(self.app)
