@@ -73,6 +73,9 @@ def test_every_glaive_tool_call_row_renders(base_tokenizer, glaive, name, form):
             assert json.dumps(args, ensure_ascii=False) in ex.text
             assert str(args) not in ex.text or str(args) == json.dumps(args)
             assert json.dumps(json.dumps(args, ensure_ascii=False)) not in ex.text
+            # and the call is trained: the model learns to make it
+            assert json.dumps(args, ensure_ascii=False) in ex.trained_text()
+        assert not any("not trained" in note for note in ex.notes)
     assert dropped == []
     assert template.tool_arguments == form
 

@@ -8,21 +8,31 @@ Every template is rendered by ``tokenizer.apply_chat_template(..., chat_template
 finetui's own templates are Jinja strings in :mod:`engine.data.templates`.
 
 Which tokens are trained (``train_on="assistant"``): every assistant turn's reply *and the
-token that ends it* (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``, eos),
-nothing else: not the role header, not the newline the template writes after the end token.
-An assistant turn whose Message has ``train=False`` (``loss_weight: 0``) is context only:
-rendered, none of its tokens trained.
+token(s) that close it* (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``,
+``<｜end▁of▁sentence｜>``, gpt-oss's ``<|end|>``/``<|return|>``/``<|call|>``, Cohere's
+``<|END_RESPONSE|><|END_OF_TURN_TOKEN|>``, eos), nothing else: not the role header, not the
+next turn's header, not the newline the template writes after the end token. The closing
+tokens are found by rendering probe conversations (:func:`detect_end_token`). An assistant
+turn whose Message has ``train=False`` (``loss_weight: 0``) is context only: rendered, none
+of its tokens trained.
 
 - Templates with ``{% generation %}`` markers: ``return_assistant_tokens_mask=True``, then
   whitespace after the end token inside the markers is untrained (Qwen 3's training
   template puts ``<|im_end|>\\n`` inside).
-- Templates without markers (the real Llama 3.1, Qwen 2.5, Gemma 3, Phi 3.5 ones):
-  incremental rendering. For assistant turn *i*, the prompt ``messages[:i]`` rendered with
-  ``add_generation_prompt=True`` is a prefix of the full text; the turn ends where the
-  rendering of ``messages[:i+1]`` parts from the full text, cut after the end token.
-  Templates that render earlier turns differently from the last one (Qwen 3's original
-  template drops earlier reasoning) are not prefix-preserving: there the turn is found in
-  the full text as rendered in context, and the example carries a note saying so.
+- Templates without markers (the real Llama 3, Qwen 2.5/3, Gemma, Phi, DeepSeek-V3,
+  gpt-oss, Cohere, GLM ones): prefixes rendered and compared, on token boundaries, as TRL
+  and Axolotl do. Assistant turn *i* starts at the first token the full text does not share
+  with ``messages[:i]`` rendered with the generation prompt (a generation prompt the text
+  lacks, DeepSeek's ``<think>\\n``, is allowed); it runs as far as the rendering of
+  ``messages[:i+1]`` shares the text's tokens, then through the closing tokens the text has
+  there (gpt-oss closes an earlier reply with ``<|end|>`` where the reply rendered last ends
+  with ``<|return|>``; comparing characters cut it at their shared ``<|``). Templates that
+  render earlier turns differently from the last one (Qwen 3's original template drops
+  earlier reasoning) are not prefix-preserving: there the turn is found in the full text as
+  rendered in context, and the example carries a note saying so.
+
+Tool-call arguments go in the form each template takes (:func:`_render_messages`): a
+mapping, or JSON text for templates that concatenate them as strings (DeepSeek-V3's).
 """
 
 from __future__ import annotations
@@ -60,7 +70,12 @@ class Template:
     has_generation: bool = False
     required_tokens: tuple[str, ...] = ()
     end_token: str | None = None  # closes an assistant turn; filled by detect_end_token
+    # Every token that closes an assistant reply: gpt-oss closes the last reply with
+    # <|return|> and earlier ones with <|end|>; Cohere writes <|END_RESPONSE|><|END_OF_TURN_TOKEN|>.
+    end_tokens: tuple[str, ...] = ()
     _end_detected: bool = field(default=False, repr=False)
+    _probe_error: str | None = field(default=None, repr=False)  # why the probe conversation failed
+    _token_cache: Any = field(default=None, repr=False)  # (tokenizer key, _MarkerTest, end ids)
     # How this template takes tool-call arguments: "mapping" (parsed JSON, what ``| tojson``
     # and ``.items()`` need) or "json" (a JSON string, for templates that concatenate them
     # as text, like DeepSeek-V3's). Learnt from the rows: the form that last rendered.
@@ -107,7 +122,9 @@ def resolve_template(tokenizer, name: str) -> Template:
     if key in ("auto", "tokenizer"):
         own = _own_template(tokenizer)
         if own is not None:
-            return _make("tokenizer", own, "tokenizer")
+            # its literal tokens too: a tokenizer can carry a template written for another
+            # vocabulary (Llama 3.1's on a base model without <|eot_id|>)
+            return _make("tokenizer", own, "tokenizer", literal_special_tokens(own))
         if key == "tokenizer":
             raise TemplateError(
                 "data.template: tokenizer has no chat template of its own; "
@@ -214,10 +231,11 @@ def prepare_tokenizer(tokenizer, template: Template) -> list[str]:
 
 
 def generation_eos_ids(tokenizer, template: Template) -> list[int]:
-    """Token ids generation must stop at: the template's end-of-turn token and eos."""
+    """Token ids generation must stop at: the tokens that close the template's assistant
+    turns, and eos."""
     ids: list[int] = []
-    end = detect_end_token(tokenizer, template)
-    for token in (end, tokenizer.eos_token):
+    detect_end_token(tokenizer, template)
+    for token in (template.end_token, *template.end_tokens, tokenizer.eos_token):
         if token is not None and _has_token(tokenizer, token):
             tid = tokenizer.convert_tokens_to_ids(token)
             if tid not in ids:
@@ -229,31 +247,112 @@ _PROBE = "OK"
 
 
 def detect_end_token(tokenizer, template: Template) -> str | None:
-    """The special token that closes an assistant turn in this template, found by
-    rendering a probe conversation: the first special/added token after the reply."""
+    """The token that closes an assistant turn in this template (``template.end_token``),
+    and all such tokens (``template.end_tokens``), found by rendering probe conversations.
+
+    The closing run is the special tokens right after the reply (whitespace before them
+    allowed). A reply rendered last gives the run's length and tokens (``<|eot_id|>``;
+    gpt-oss's ``<|return|>``; Cohere's ``<|END_RESPONSE|><|END_OF_TURN_TOKEN|>``); the
+    same reply followed by a user turn gives the tokens that close it in context (gpt-oss's
+    ``<|end|>``), as many as the last run has, so the next turn's header never counts.
+    The primary one is eos when eos closes the reply, else the run's last token."""
     if template._end_detected:
         return template.end_token
-    end = None
+    last_run: list[str] = []
+    context_run: list[str] = []
+    template._probe_error = None
+    user = {"role": "user", "content": "Hi"}
+    reply = {"role": "assistant", "content": _PROBE}
     try:
-        prompt = _apply(tokenizer, template, [{"role": "user", "content": "Hi"}], None, True)
-        full = _apply(
-            tokenizer, template,
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], None, False,
-        )
-        start = len(prompt) if full.startswith(prompt) else 0
-        at = full.find(_PROBE, start)
-        if at >= 0:
-            tail = full[at + len(_PROBE):]
-            special = _special_ids(tokenizer)
-            for tid in tokenizer.encode(tail, add_special_tokens=False):
-                if tid in special:
-                    end = tokenizer.convert_ids_to_tokens(tid)
-                    break
-    except RenderError:
-        end = None
-    template.end_token = end
+        prompt = _apply(tokenizer, template, [user], None, True)
+        last_run = _closing_run(tokenizer, _apply(tokenizer, template, [user, reply], None, False), prompt)
+        if last_run:
+            try:
+                header = _header_markers(tokenizer, template, [user], prompt)
+                followed = _apply(tokenizer, template, [user, reply, {"role": "user", "content": "And?"}], None, False)
+                for token in _closing_run(tokenizer, followed, prompt)[: len(last_run)]:
+                    if token in header:  # the next turn's header (ChatML's <|im_start|>)
+                        break
+                    context_run.append(token)
+            except RenderError:
+                pass
+    except RenderError as exc:
+        template._probe_error = str(exc)
+    eos = tokenizer.eos_token
+    template.end_tokens = tuple(dict.fromkeys(last_run + context_run))
+    template.end_token = (eos if eos in last_run else last_run[-1]) if last_run else None
     template._end_detected = True
-    return end
+    return template.end_token
+
+
+def _closing_run(tokenizer, full: str, prompt: str) -> list[str]:
+    """The special tokens right after the probe reply in ``full`` (whitespace before the
+    first one skipped; the run stops at anything else)."""
+    at = full.find(_PROBE, _common_prefix_len(full, prompt))
+    if at < 0:
+        return []
+    tail = full[at + len(_PROBE):]
+    run: list[str] = []
+    markers = _MarkerTest(tokenizer)
+    for tid in tokenizer.encode(tail, add_special_tokens=False):
+        piece = markers.piece(tid)
+        if markers(tid):
+            run.append(piece)
+        elif run or piece.strip():
+            break
+    return run
+
+
+def _header_markers(tokenizer, template: Template, messages, prompt: str) -> set[str]:
+    """The special tokens of the generation prompt (the assistant header)."""
+    try:
+        base = _apply(tokenizer, template, messages, None, False)
+    except RenderError:
+        return set()
+    header = prompt[_common_prefix_len(prompt, base):]
+    markers = _MarkerTest(tokenizer)
+    return {markers.piece(t) for t in tokenizer.encode(header, add_special_tokens=False) if markers(t)}
+
+
+class _MarkerTest:
+    """Whether a token id is a marker: a special or added token, or a vocabulary entry
+    spelled like one (``<|eot_id|>``, ``<｜end▁of▁sentence｜>``, ``<end_of_turn>``) that a
+    tokenizer keeps as an ordinary token. ``added``: the added tokens, which the tokenizer
+    splits off before anything else."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.added = set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
+        self.special = set(tokenizer.all_special_ids) | self.added
+        self.pieces: dict[int, str] = {}
+
+    def piece(self, tid: int) -> str:
+        if tid not in self.pieces:
+            self.pieces[tid] = self.tokenizer.decode([tid], skip_special_tokens=False)
+        return self.pieces[tid]
+
+    def __call__(self, tid: int) -> bool:
+        return tid in self.special or bool(_LITERAL_TOKEN_RE.fullmatch(self.piece(tid)))
+
+
+def _token_facts(tokenizer, template: Template) -> tuple["_MarkerTest", set[int]]:
+    """(marker test, ids of the tokens that close a reply), kept on the template for as
+    long as the tokenizer is the same and unchanged."""
+    detect_end_token(tokenizer, template)
+    key = (id(tokenizer), len(tokenizer), tuple(tokenizer.all_special_tokens), template.end_tokens, template.end_token)
+    cached = template._token_cache
+    if cached is None or cached[0] != key:
+        ids = set()
+        for token in template.end_tokens or ((template.end_token,) if template.end_token else ()):
+            encoded = tokenizer.encode(token, add_special_tokens=False)
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+        cached = template._token_cache = (key, _MarkerTest(tokenizer), ids)
+    return cached[1], cached[2]
+
+
+def _end_ids(tokenizer, template: Template) -> set[int]:
+    return _token_facts(tokenizer, template)[1]
 
 
 def _special_ids(tokenizer) -> set[int]:
@@ -413,7 +512,7 @@ def render(
     """Render one conversation; labels are -100 everywhere but trained tokens."""
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on: expected assistant or all, got {train_on!r}")
-    end_token = detect_end_token(tokenizer, template)
+    detect_end_token(tokenizer, template)
     notes: list[str] = []
     if conv.kind == "text":
         eos = tokenizer.eos_token or ""
@@ -435,19 +534,19 @@ def render(
             enc = _apply_with_mask(tokenizer, template, messages, tools)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
             trained = [bool(m) for m in enc["assistant_masks"]]
-            trained = _untrain_after_end(tokenizer, ids, offsets, text, trained, end_token)
+            trained = _untrain_after_end(tokenizer, ids, offsets, text, trained, _end_ids(tokenizer, template))
             context = _context_turns(conv)
             if context:  # turns marked not trained: find them as the markerless path does
-                spans = _incremental_spans(tokenizer, template, messages, tools, text, end_token, [],
+                spans = _incremental_spans(tokenizer, template, messages, tools, text, ids, offsets, [],
                                            keep=context.__contains__)
                 inside = _tokens_in_spans(offsets, spans)
                 trained = [t and not c for t, c in zip(trained, inside)]
         else:
             context = _context_turns(conv)
-            spans = _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes,
-                                       keep=lambda i: i not in context)
             enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            spans = _incremental_spans(tokenizer, template, messages, tools, text, ids, offsets, notes,
+                                       keep=lambda i: i not in context)
             trained = _tokens_in_spans(offsets, spans)
 
     ids = list(ids)
@@ -508,12 +607,11 @@ def _apply_with_mask(tokenizer, template: Template, messages, tools):
         raise RenderError(f"template {template.label}: {_exc_text(exc)}") from None
 
 
-def _untrain_after_end(tokenizer, ids, offsets, text, trained, end_token) -> list[bool]:
+def _untrain_after_end(tokenizer, ids, offsets, text, trained, end_ids: set[int]) -> list[bool]:
     """Inside each trained run, whitespace after the run's last end token is untrained:
     the model never generates what follows its stop token."""
-    if end_token is None:
+    if not end_ids:
         return trained
-    end_id = tokenizer.convert_tokens_to_ids(end_token)
     trained = list(trained)
     i, n = 0, len(ids)
     while i < n:
@@ -523,7 +621,7 @@ def _untrain_after_end(tokenizer, ids, offsets, text, trained, end_token) -> lis
         j = i
         while j < n and trained[j]:
             j += 1
-        last_end = max((k for k in range(i, j) if ids[k] == end_id), default=None)
+        last_end = max((k for k in range(i, j) if ids[k] in end_ids), default=None)
         if last_end is not None:
             for k in range(last_end + 1, j):
                 a, b = offsets[k]
@@ -547,19 +645,62 @@ def _common_prefix_len(a: str, b: str) -> int:
     return lo
 
 
-def _cut_at_end(segment: str, end_token: str | None) -> int:
-    """Length of ``segment`` up to and including its last end token (else without the
-    trailing whitespace)."""
-    if end_token:
-        k = segment.rfind(end_token)
-        if k >= 0:
-            return k + len(end_token)
-    return len(segment.rstrip())
+class _Tokens:
+    """The full text's tokens, for cutting turns on token boundaries: a character
+    position inside a token (the ``<|`` that ``<|end|>`` and ``<|return|>`` share) never
+    splits it."""
+
+    def __init__(self, tokenizer, template: Template, text: str, ids, offsets):
+        self.text = text
+        self.ids = list(ids)
+        self.offsets = [(int(a), int(b)) for a, b in offsets]
+        self.ends = [b for _, b in self.offsets]
+        self.markers, self.end_ids = _token_facts(tokenizer, template)
+
+    def count_within(self, pos: int) -> int:
+        """Number of leading tokens wholly before ``pos``; also the index of the token
+        holding ``pos``."""
+        return bisect.bisect_right(self.ends, pos)
+
+    def piece_text(self, k: int) -> str:
+        a, b = self.offsets[k]
+        return self.text[a:b]
+
+    def blank(self, k: int) -> bool:
+        return self.piece_text(k).strip() == ""
+
+    def closing(self, a: int, b: int) -> int:
+        """The end (exclusive token index) of a turn that starts at token ``a`` and whose
+        rendering agrees with the full text up to token ``b``: the end tokens the text has
+        right there are taken in (gpt-oss closes an earlier reply with <|end|> where the
+        reply rendered alone ends with <|return|>); after the turn's last end token, only
+        whitespace or the template's end-of-conversation tokens (Phi's eos) are dropped;
+        without one, trailing whitespace is."""
+        n = len(self.ids)
+        while b < n and self.ids[b] in self.end_ids:
+            b += 1
+        last = next((k for k in range(b - 1, a - 1, -1) if self.ids[k] in self.end_ids), None)
+        if last is not None and all(
+            self.blank(k) or (self.markers(self.ids[k]) and self.ids[k] not in self.end_ids) for k in range(last + 1, b)
+        ):
+            return last + 1
+        while b > a and self.blank(b - 1):
+            b -= 1
+        return b
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        return self.offsets[a][0], self.offsets[b - 1][1]
 
 
-def _incremental_spans(tokenizer, template, messages, tools, text, end_token, notes, keep=None) -> list[tuple[int, int]]:
-    """Character spans of the assistant turns (those whose index ``keep`` accepts, all when
-    None), each up to and including its end token."""
+def _incremental_spans(tokenizer, template, messages, tools, text, ids, offsets, notes, keep=None) -> list[tuple[int, int]]:
+    """Character spans (on token boundaries) of the assistant turns (those whose index
+    ``keep`` accepts, all when None), each up to and including its end token(s).
+
+    Turn *i* starts where the prompt ``messages[:i]`` with the generation prompt parts from
+    the full text, and reaches as far as the rendering of ``messages[:i+1]`` agrees with it,
+    then through the end tokens (:meth:`_Tokens.closing`). A turn rendered differently in
+    context (earlier reasoning dropped) is found by its text instead, with a note."""
+    toks = _Tokens(tokenizer, template, text, ids, offsets)
     spans: list[tuple[int, int]] = []
     cursor = 0
     turn = 0
@@ -574,36 +715,86 @@ def _incremental_spans(tokenizer, template, messages, tools, text, end_token, no
         turn += 1
         through = _apply(tokenizer, template, messages[: i + 1], tools, False)
         prompt = _apply(tokenizer, template, messages[:i], tools, True) if i > 0 else ""
-        if i > 0 and text.startswith(prompt) and len(prompt) >= cursor:
-            start = len(prompt)
-            stop = _common_prefix_len(text, through)
-            segment = text[start:stop]
-            # The turn must reach its end token; a shorter common part means the full text
-            # renders this turn differently (handled below).
-            if segment.strip() and (end_token is None or end_token in segment):
-                stop = start + _cut_at_end(segment, end_token)
-                add(i, (start, stop))
-                cursor = stop
+        a = _turn_start(tokenizer, template, messages, tools, toks, prompt, i)
+        if a is not None and a < len(toks.ids) and toks.offsets[a][0] >= cursor:
+            agreed = _common_prefix_len(text, through)
+            b = toks.count_within(agreed)  # a token reaching past the agreed text is not agreed
+            whole = agreed == len(through) and (b == 0 or toks.ends[b - 1] == agreed)
+            b = toks.closing(a, b)
+            # accepted when the turn reaches an end token, or renders alone exactly as here
+            if b > a and (not toks.end_ids or toks.ids[b - 1] in toks.end_ids or whole):
+                span = toks.span(a, b)
+                add(i, span)
+                cursor = span[1]
                 continue
         # Not prefix-preserving here: find the turn as the template renders it in context.
         if i > 0 and through.startswith(prompt):
             reply = through[len(prompt):]
         else:
             reply = _reply_in(through, message)
-        reply = reply[: _cut_at_end(reply, end_token)]
-        found = _find_reply(text, reply, cursor)
+        found = _find_turn(toks, reply, cursor, template)
         if found is None:
             notes.append(f"assistant turn {turn} is rendered differently in context and was not trained")
             continue
-        start, stop, exact = found
+        span, exact = found
         if not exact:
             notes.append(
                 f"assistant turn {turn} is rendered differently in context (e.g. reasoning dropped); "
                 "trained as rendered in context"
             )
-        add(i, (start, stop))
-        cursor = stop
+        add(i, span)
+        cursor = span[1]
     return spans
+
+
+def _turn_start(tokenizer, template, messages, tools, toks: "_Tokens", prompt: str, i: int) -> int | None:
+    """Index of the first token of assistant turn ``i``: the token holding the first
+    character after the prompt (the earlier messages and the generation prompt). Only the
+    generation prompt may differ from the text (DeepSeek's ends with ``<think>\\n``, which
+    a rendered reply does not have); then the turn starts after the last marker or
+    whitespace the two share, never inside a word they happen to begin alike (``<t`` of
+    ``<think>`` and ``<tool_call>``). None: the text renders the earlier messages
+    differently."""
+    if i == 0:
+        return None
+    if toks.text.startswith(prompt):
+        return toks.count_within(len(prompt))
+    try:
+        before = _apply(tokenizer, template, messages[:i], tools, False)
+    except RenderError:
+        return None
+    shared = _common_prefix_len(toks.text, prompt)
+    if not (prompt.startswith(before) and shared >= len(before)):
+        return None
+    a = toks.count_within(shared)
+    while a > 0 and not toks.markers(toks.ids[a - 1]) and not toks.piece_text(a - 1)[-1:].isspace():
+        a -= 1
+    return a
+
+
+def _find_turn(toks: _Tokens, reply: str, cursor: int, template: Template):
+    """The span of a turn that renders differently in context: ``reply`` (as rendered
+    alone, without its end tokens) found in the text, then through the end tokens there.
+    Returns ((start, stop), exact) or None."""
+    core = reply
+    ends = sorted(template.end_tokens or ((template.end_token,) if template.end_token else ()), key=len, reverse=True)
+    while True:
+        stripped = core.rstrip()
+        token = next((t for t in ends if stripped.endswith(t)), None)
+        if token is None:
+            break
+        core = stripped[: -len(token)]
+    if not core.strip():
+        core = reply.rstrip()
+    found = _find_reply(toks.text, core, cursor)
+    if found is None:
+        return None
+    start, stop, exact = found
+    a = toks.count_within(start)
+    b = toks.closing(a, toks.count_within(stop))
+    if b <= a:
+        return None
+    return toks.span(a, b), exact
 
 
 def _reply_in(through: str, message: dict[str, Any]) -> str:
@@ -704,16 +895,23 @@ def preflight(tokenizer, template: Template, examples: Iterable[Any], *, max_len
             "affected; set a distinct pad token to be safe)"
         )
     end = detect_end_token(tokenizer, template)
-    if end is None:
+    if end is None and template._probe_error:
+        warnings.append(
+            f"template {template.label} cannot render a one-turn conversation "
+            f"({template._probe_error.removeprefix(f'template {template.label}: ')}), so its end-of-turn "
+            "token is unknown"
+        )
+    elif end is None:
         warnings.append(
             f"template {template.label}: no special token closes the assistant reply, so the model "
             "will not learn to stop (use a template that ends turns with eos or an end-of-turn token)"
         )
     elif end != eos:
+        ends = " / ".join(template.end_tokens) if end in template.end_tokens else end
         warnings.append(
-            f"template {template.label} ends assistant turns with {end} but the tokenizer's eos is "
+            f"template {template.label} ends assistant turns with {ends} but the tokenizer's eos is "
             f"{eos}: a model that stops only at eos would never stop; generation must also stop at "
-            f"{end} (finetui sets generation_config.eos_token_id to both)"
+            f"{ends} (finetui sets generation_config.eos_token_id to {'both' if ends == end else 'all of them'})"
         )
     end_id = tokenizer.convert_tokens_to_ids(end) if end is not None else None
     n = no_trained = truncated = no_end = 0
