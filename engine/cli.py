@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="raw text longer than --max-length: split into windows (chunk) or cut (truncate)")
     di.add_argument("--text-overlap", type=int, default=0, metavar="N",
                     help="tokens each window of a chunked text repeats from the one before, as context")
+    di.add_argument("--roles", action="append", default=[], metavar="SPEAKER=ROLE,...",
+                    help="transcripts: each speaker's role (user, assistant, system), e.g. --roles Host=user,Guest=assistant")
     di.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = sub.add_parser("runs", help="list, show, attach to or stop runs")

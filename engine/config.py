@@ -52,8 +52,10 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
 
 
-DATA_FORMATS = ("auto", "text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference")
+DATA_FORMATS = ("auto", "text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference",
+                "transcript")
 LONG_TEXT = ("chunk", "truncate")  # data.long_text
+TRANSCRIPT_ROLES = ("user", "assistant", "system")  # the values of data.roles
 # A run does not start (finetui train, the TUI's Start) when more than this share of the
 # records would be dropped as invalid, unless the user says so (engine.data.dropcheck).
 MAX_DROP_FRACTION = 0.05
@@ -94,6 +96,11 @@ class DataConfig(_Section):
         0, ge=0,
         description="Tokens each window of a chunked text repeats from the one before, as context (not trained "
         "twice); less than half of max_length.",
+    )
+    roles: dict[str, Literal[TRANSCRIPT_ROLES]] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="Transcripts: the role of each speaker, e.g. {Host: user, Guest: assistant} (user, assistant "
+        "or system); consecutive turns of one role are merged.",
     )
     test_size: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction held out for evaluation.")
     test_split: str | None = Field(None, description="Use this existing split as the test set instead.")

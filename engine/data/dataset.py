@@ -404,6 +404,7 @@ def _load(readers, data, split: str, path: str | None = None):
             streaming=data.streaming,
             max_samples=data.max_samples,
             on_error=data.on_error,
+            roles=dict(getattr(data, "roles", None) or {}) or None,
         )
     except (OSError, ValueError) as exc:
         raise DataError(str(exc).strip() or type(exc).__name__) from None

@@ -131,7 +131,7 @@ def check_source(data, path: str, split: str, *, max_records: int = MAX_CHECK_RE
 
     pairs = readers.iter_conversations(
         source, format=data.format, columns=dict(data.columns) or None, report=report,
-        formats_seen=formats_seen, column_use=column_use,
+        formats_seen=formats_seen, column_use=column_use, roles=dict(getattr(data, "roles", None) or {}) or None,
     )
     try:
         for _ in pairs:

@@ -18,6 +18,9 @@ preference ``chosen`` / ``rejected``: strings with a prompt field, message lists
            HH transcripts (``\n\nHuman: ...\n\nAssistant: ...``), LLaMA-Factory ranking
            style (``conversations`` + ``chosen``/``rejected`` turns) or v1's
            ``chosen_messages`` / ``rejected_messages``; SFT trains the chosen reply only
+transcript speaker-labelled utterances, rows of ``{speaker, text}`` grouped by a
+           ``conversation_id`` / ``episode_id`` ... column, or ``Name: text`` lines, with a
+           role per speaker (``data.roles``); see :mod:`engine.data.transcripts`
 ========== =================================================================================
 
 ``columns`` maps canonical names to a dataset's own names, e.g. ``{"question": "prompt",
@@ -48,7 +51,7 @@ from engine.data.conversation import Conversation, Message
 
 # Must match engine.config.DATA_FORMATS minus "auto" (a test checks); not imported from
 # there so this module stays stdlib-only.
-FORMATS = ("text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference")
+FORMATS = ("text", "qa", "alpaca", "openorca", "sharegpt", "messages", "chatml", "preference", "transcript")
 
 DETECT_SAMPLE = 50
 
@@ -89,6 +92,7 @@ FIELDS = {
     "messages": ("messages", "system", "tools"),
     "chatml": ("text",),
     "preference": ("prompt", "chosen", "rejected", "system"),
+    "transcript": ("speaker", "text", "conversation_id", "system"),
 }
 
 
@@ -208,6 +212,11 @@ def detect_one(
         "answer", "response", record_aliases=("completion", "response", "output")
     ):
         return "qa"
+    from engine.data import transcripts
+
+    # one utterance of a transcript: a speaker, its words and the conversation it is in
+    if transcripts.is_row(record, columns, with_id=True):
+        return "transcript"
     key, text = _field(record, columns, "text")
     if isinstance(text, str):
         return "chatml" if "<|im_start|>" in text else "text"
@@ -234,7 +243,7 @@ def detect(
             votes[fmt] += 1
     if votes:
         # Ties go to the more specific format (earlier in this order).
-        order = ("preference", "sharegpt", "messages", "openorca", "alpaca", "qa", "chatml", "text")
+        order = ("preference", "sharegpt", "messages", "openorca", "alpaca", "qa", "transcript", "chatml", "text")
         best = max(votes.values())
         return next(f for f in order if votes.get(f) == best)
     if not records:
@@ -900,12 +909,28 @@ def to_conversation(
     columns: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
     used: set[str] | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> Conversation:
     """Normalise one record; raise RecordError naming the field that is wrong, or
     RecordSkipped for a row that is deliberately not trained (a KTO ``label: false``).
 
     ``used``, when given, receives the record's keys the conversion read (so the caller can
-    tell which columns went unused: :func:`unused_columns`)."""
+    tell which columns went unused: :func:`unused_columns`). ``roles``: a transcript's
+    speaker -> role mapping. A transcript record here is one text of ``Name: text`` lines;
+    rows of utterances are grouped into conversations by the readers."""
+    if fmt == "transcript":
+        from engine.data import transcripts
+
+        if not isinstance(record, dict):
+            raise RecordError(None, f"record is {_type_name(record)}, not an object")
+        if transcripts.is_row(record, columns):
+            raise RecordError(None, "one utterance of a transcript: its conversation is all the rows with its "
+                              "conversation id, read together from the file")
+        reads = _Reads(record)
+        conversation = transcripts.from_text(reads, columns, transcripts.check_roles(roles))[0]
+        if used is not None:
+            used.update(reads.read)
+        return conversation
     if fmt not in _CONVERTERS:
         raise DataError(f"data.format: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if not isinstance(record, dict):

@@ -106,6 +106,7 @@ def _run(args) -> dict[str, Any]:
         strict=args.strict,
         long_text=getattr(args, "long_text", "chunk"),
         text_overlap=getattr(args, "text_overlap", 0),
+        roles=parse_roles(getattr(args, "roles", None)),
     )
 
 
@@ -119,6 +120,23 @@ def parse_columns(items: list[str] | None) -> dict[str, str]:
             raise InspectError(f"--column {item}: expected CANON=NAME, e.g. --column question=prompt")
         columns[canon] = name
     return columns
+
+
+def parse_roles(items: list[str] | str | None) -> dict[str, str]:
+    """``--roles Host=user,Guest=assistant`` (repeatable): a transcript's speaker -> role."""
+    from engine.data.transcripts import ROLES
+
+    if isinstance(items, str):
+        items = [items]
+    roles: dict[str, str] = {}
+    for item in items or ():
+        for pair in filter(str.strip, item.split(",")):
+            speaker, sep, role = (part.strip() for part in pair.partition("="))
+            if not sep or not speaker or role.lower() not in ROLES:
+                raise InspectError(f"--roles {pair.strip()}: expected SPEAKER=ROLE with a role of "
+                                   f"{', '.join(ROLES)}, e.g. --roles Host=user,Guest=assistant")
+            roles[speaker] = role.lower()
+    return roles
 
 
 def load_tokenizer(name_or_path: str):
@@ -194,6 +212,7 @@ def inspect(
     tokenizer=None,
     long_text: str = "chunk",
     text_overlap: int = 0,
+    roles: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything ``finetui data inspect`` shows, as plain data (what ``--json`` prints).
 
@@ -227,6 +246,7 @@ def inspect(
         split=split,
         subset=subset,
         on_error="strict" if strict else "skip",
+        roles=roles or None,
     )
     # no usable record is a report too (its counts and issues say why); command() exits 1
     if loaded.conversations and (example < 0 or example >= len(loaded.conversations)):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
+from engine.data import transcripts
 from engine.data.columns import ColumnUse
 from engine.data.conversation import Conversation
 from engine.data.formats import (
@@ -45,6 +47,7 @@ from engine.data.formats import (
     DataError,
     RecordError,
     RecordSkipped,
+    _Reads,
     detect,
     detect_one,
     registry_format,
@@ -250,6 +253,8 @@ class LoadResult:
     repair_kinds: Counter = field(default_factory=Counter)
     # columns whose values no conversion read (engine.data.columns): said in notes()
     column_use: ColumnUse | None = None
+    # what is said of a whole source (text that reads as a transcript, trained as text)
+    source_notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.counts['ok']} records ok ({self.format}), {self.counts['invalid']} invalid"]
@@ -266,7 +271,8 @@ class LoadResult:
         example = {}
         for issue in self.skips:
             example.setdefault(issue.kind, issue.message)
-        lines = [
+        lines = list(self.source_notes)
+        lines += [
             f"{n} of {total} records skipped: {example.get(kind, kind)}" for kind, n in self.skip_kinds.most_common()
         ]
         if self.column_use is not None:
@@ -780,9 +786,20 @@ def _read_csv(path: Path, src: str, report: Reporter, max_line_bytes: int, encod
 
 
 def _read_txt(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str):
-    """One document per line, or per blank-line-separated block when the file has any."""
+    """One document per line, or per blank-line-separated block when the file has any. A
+    transcript (``Name: text`` lines, :func:`transcripts.sniff`) is read one conversation a
+    block, blocks separated by blank or ``---`` lines (only ``---`` lines when blank lines
+    stand between single turns), the whole file when it has neither."""
     with open(path, "rb") as fh:
-        blocks = bool(_BLANK_LINE_BETWEEN.search(fh.read(TXT_SNIFF_BYTES)))
+        head = fh.read(TXT_SNIFF_BYTES)
+    transcript = transcripts.sniff(head)
+    blocks = transcript is not None or bool(_BLANK_LINE_BETWEEN.search(head))
+
+    def separates(text: str) -> bool:
+        if transcript is not None and transcripts.is_separator(text):
+            return True
+        return not text.strip() and transcript != "dashes"
+
     content = False
     if not blocks:
         for line_no, text in _iter_lines(path, src, report, max_line_bytes, encoding_errors):
@@ -794,11 +811,13 @@ def _read_txt(path: Path, src: str, report: Reporter, max_line_bytes: int, encod
         block: list[str] = []
         start, size, broken = 0, 0, False
         for line_no, text in _iter_lines(path, src, report, max_line_bytes, encoding_errors):
-            if text is not None and not text.strip():
+            if text is not None and separates(text):
                 if block and not broken:
                     yield start, None, {"text": "\n".join(block)}
                 block, size, broken = [], 0, False
                 continue
+            if text is not None and not text.strip():
+                continue  # a transcript's blank line between two turns
             content = True
             if not block and not broken:
                 start = line_no
@@ -997,22 +1016,90 @@ def _normalise(
     report: Reporter,
     formats_seen: dict[str, str],
     column_use: ColumnUse | None = None,
+    roles: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
 ) -> Iterator[tuple[RawRecord, Conversation]]:
     """Conversations from raw records; the format is detected per source file (a folder may
-    mix formats) from its first DETECT_SAMPLE records."""
+    mix formats) from its first DETECT_SAMPLE records. Rows of a transcript (one utterance
+    each) are grouped by their conversation id until their file is read; text that reads as
+    a transcript is one only when ``roles`` are given, else a line in ``notes`` says so."""
     pending: list[RawRecord] = []
+    roles = transcripts.check_roles(roles)
+    groups = transcripts.Groups(columns)
 
     def decide(source: str, sample: list[RawRecord]) -> None:
+        data = [r.data for r in sample]
         if fmt != "auto":
             formats_seen[source] = fmt
-            return
+        else:
+            try:
+                found = detect(data, columns, tags)
+            except DataError as exc:
+                # A format problem is a configuration problem: stop under either policy.
+                raise DataError(f"{source}: {exc}") from None
+            if found == "text":
+                speakers = transcripts.text_transcript(data, columns)
+                if speakers and roles:
+                    found = "transcript"
+                elif speakers and notes is not None:
+                    notes.append(transcripts.looks_like_note(source, speakers))
+            formats_seen[source] = found
+        if formats_seen[source] == "transcript":
+            try:
+                transcripts.require_roles(data, columns, roles)
+            except DataError as exc:
+                raise DataError(f"{source}: {exc}") from None
+
+    def at_turn(record: RawRecord, turn, field: str | None, message: str, severity: str = "invalid") -> Issue:
+        """An Issue at a transcript turn's own place (its row, its line of a .txt block),
+        else at the record's, the field naming the turn's line within the text."""
+        if turn is not None and (turn.line is not None or turn.row is not None):
+            return Issue(record.source, turn.line, field, message, turn.row, severity)
+        if turn is not None and turn.offset:
+            field = transcripts.locate(turn)
+        return Issue(record.source, record.line, field, message, record.row, severity)
+
+    def convert_transcript(record: RawRecord) -> Conversation | None:
+        if transcripts.is_row(record.data, columns):
+            groups.add(record)  # converted with the rest of its conversation (drain)
+            return None
+        first_line = record.line if _is_txt(record.source) else None
+        reads = _Reads(record.data) if isinstance(record.data, dict) else record.data
         try:
-            formats_seen[source] = detect([r.data for r in sample], columns, tags)
-        except DataError as exc:
-            # A format problem is a configuration problem: stop under either policy.
-            raise DataError(f"{source}: {exc}") from None
+            if not isinstance(reads, dict):
+                raise RecordError(None, "record is not an object")
+            conversation, dropped = transcripts.from_text(reads, columns, roles, first_line)
+        except RecordError as exc:
+            report(at_turn(record, getattr(exc, "turn", None), exc.field, exc.message))
+            return None
+        if column_use is not None:
+            column_use.add(record.data, reads.read, record, "transcript")
+        for turn, message in dropped:
+            report(at_turn(record, turn, transcripts.locate(turn), message, "repaired"))
+        conversation.repairs = []
+        return conversation
+
+    def drain() -> Iterator[tuple[RawRecord, Conversation]]:
+        """The conversations of the transcript rows read so far (a file has ended)."""
+        for rows in groups.take():
+            first = rows[0]
+            used: list[set[str]] = []
+            try:
+                conversation, dropped = transcripts.from_rows(rows, columns, roles, used)
+            except RecordError as exc:
+                report(at_turn(first, getattr(exc, "turn", None), exc.field, exc.message))
+                continue
+            if column_use is not None:
+                for record, read in zip(rows, used):
+                    column_use.add(record.data, read, record, "transcript")
+            for turn, message in dropped:
+                report(at_turn(first, turn, transcripts.locate(turn), message, "repaired"))
+            conversation.repairs = []
+            yield first, conversation
 
     def convert(record: RawRecord) -> Conversation | None:
+        if formats_seen[record.source] == "transcript":
+            return convert_transcript(record)
         try:
             used = set() if column_use is not None else None
             conversation = to_conversation(record.data, formats_seen[record.source], columns, tags, used=used)
@@ -1036,9 +1123,13 @@ def _normalise(
                 yield record, conversation
         pending.clear()
 
+    source = None
     for record in records:
-        if pending and pending[0].source != record.source:
-            yield from flush()
+        if record.source != source:
+            if pending and pending[0].source != record.source:
+                yield from flush()
+            yield from drain()
+            source = record.source
         if record.source in formats_seen:
             conversation = convert(record)
             if conversation is not None:
@@ -1049,6 +1140,14 @@ def _normalise(
             yield from flush()
     if pending:
         yield from flush()
+    yield from drain()
+
+
+@functools.lru_cache(maxsize=256)
+def _is_txt(source: str) -> bool:
+    """Whether a source file is read as text (its records' lines are the file's own)."""
+    kind = SUFFIXES.get(Path(source).suffix.lower())
+    return kind == "txt" or (kind is None and Path(source).is_file() and _sniff_kind(Path(source)) == "txt")
 
 
 def iter_conversations(
@@ -1060,10 +1159,14 @@ def iter_conversations(
     report: Reporter | None = None,
     formats_seen: dict[str, str] | None = None,
     column_use: ColumnUse | None = None,
+    roles: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
     **read_options: Any,
 ) -> Iterator[tuple[RawRecord, Conversation]]:
     """Streaming form of :func:`load_records`: (record, conversation) pairs; problems go to
-    ``report`` (strict when None). ``read_options`` are :func:`iter_records`'s."""
+    ``report`` (strict when None). ``read_options`` are :func:`iter_records`'s. ``roles``: a
+    transcript's speaker -> role mapping; ``notes`` receives what is said of a whole
+    source (text that reads as a transcript, trained as text)."""
     if format != "auto" and format not in FORMATS:
         raise DataError(f"data.format: unknown format {format!r} (known: auto, {', '.join(FORMATS)})")
     report = report or _strict
@@ -1083,7 +1186,7 @@ def iter_conversations(
     if column_use is not None:
         column_use.columns = dict(columns or {})  # the user's mapping (a registry's is its own business)
     yield from _normalise(records, format, merged_columns, merged_tags, report,
-                          formats_seen if formats_seen is not None else {}, column_use)
+                          formats_seen if formats_seen is not None else {}, column_use, roles, notes)
 
 
 def load_records(
@@ -1100,8 +1203,10 @@ def load_records(
     encoding_errors: str = "strict",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     keep_raw: bool = False,
+    roles: Mapping[str, str] | None = None,
 ) -> LoadResult:
-    """Read a data source and normalise every record to a Conversation.
+    """Read a data source and normalise every record to a Conversation (``roles``: a
+    transcript's speaker -> role mapping, :mod:`engine.data.transcripts`).
 
     ``on_error="skip"`` collects issues and goes on; ``"strict"`` raises DataError at the
     first. A source whose format cannot be detected raises DataError under both. The
@@ -1112,6 +1217,7 @@ def load_records(
     source = resolve_source(path, dataset_dir=dataset_dir, split=split, subset=subset)
     formats_seen: dict[str, str] = {}
     column_use = ColumnUse()
+    source_notes: list[str] = []
     conversations: list[tuple[RawRecord, Conversation]] = []
     pairs = iter_conversations(
         source,
@@ -1120,6 +1226,8 @@ def load_records(
         report=collector,
         formats_seen=formats_seen,
         column_use=column_use,
+        roles=roles,
+        notes=source_notes,
         streaming=streaming,
         encoding_errors=encoding_errors,
         max_line_bytes=max_line_bytes,
@@ -1149,4 +1257,5 @@ def load_records(
         skip_kinds=collector.skip_kinds,
         repair_kinds=collector.repair_kinds,
         column_use=column_use,
+        source_notes=source_notes,
     )
