@@ -204,9 +204,16 @@ class EventCallback(TrainerCallback):
         if state.is_world_process_zero:
             from engine.modeling import write_meta
 
+            from engine.runs import mark_complete
+
             # With its finetui.json a checkpoint loads like the final adapter (chat mid-run).
             if path.is_dir():
                 write_meta(path, **self.meta)
+                # Written last, once its files check out: only then does resume take it.
+                problem = mark_complete(path)
+                if problem:
+                    self.events.emit("log", level="warning",
+                                     message=f"{path.name} is not complete ({problem}): resume will skip it")
             self.events.emit("checkpoint", path=str(path), step=state.global_step)
         self._reset_window()
 

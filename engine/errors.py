@@ -8,16 +8,32 @@ move it is:
 - ``model``: the model cannot be found or loaded;
 - ``data``: the dataset cannot be read, rendered or is empty;
 - ``oom``: out of memory; the hint lists what lowers memory;
+- ``disk``: out of disk space (ENOSPC, EDQUOT) or over a file-size limit (EFBIG), often
+  while a checkpoint is saved; the hint says what to free and how to resume;
 - ``internal``: anything else (a bug, or a library failure we did not foresee).
 """
 
 from __future__ import annotations
+
+import errno
 
 OOM_HINT = (
     "lower train.batch_size (raise train.gradient_accumulation_steps to keep the effective batch) "
     "or data.max_length, turn on train.gradient_checkpointing, or load the base in 4-bit "
     "(method.type: qlora)"
 )
+
+
+DISK_HINT = (
+    "free space on the disk that holds the run folder (older runs, checkpoints: lower "
+    "train.save_total_limit) or point output.runs_dir at a larger disk, then `finetui train --resume RUN`: "
+    "it continues from the newest complete checkpoint"
+)
+DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# How libraries that do not raise OSError say it: safetensors (Rust's io::Error), torch.save
+# (PytorchStreamWriter), Python's own messages.
+DISK_TEXTS = ("no space left on device", "file too large", "disk quota exceeded", "storagefull",
+              "filetoolarge", "file write failed")
 
 
 class TrainError(Exception):
@@ -62,8 +78,30 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, EDQUOT or EFBIG anywhere in the exception's chain, or a library's words for them."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return True
+        text = str(e).lower()
+        if any(t in text for t in DISK_TEXTS):
+            return True
+    return False
+
+
 def classify(exc: BaseException) -> tuple[str, str, str]:
     """(kind, message, hint) for an ``error`` event."""
+    if is_disk_full(exc):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return "disk", f"out of disk space: {first}", DISK_HINT
     if is_oom(exc):
         first = (str(exc).strip().splitlines() or ["out of memory"])[0]
         return "oom", f"out of memory: {first}", OOM_HINT

@@ -474,10 +474,10 @@ def evaluate(
         out = run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         summary = {k: v for k, v in result.items() if k != "rows"}
-        (out / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
-            for row in rows_out:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        from engine import atomic
+
+        atomic.write_text(out / "results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        atomic.write_text(out / "results.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows_out))
         result["saved"] = {"results": str(out / "results.json"), "rows": str(out / "results.jsonl")}
     return result
 

@@ -39,7 +39,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "finished": ("status", "metrics", "outputs"),
 }
 
-ERROR_KINDS = ("oom", "data", "config", "model", "internal")
+ERROR_KINDS = ("oom", "disk", "data", "config", "model", "internal")
 FINISH_STATUSES = ("completed", "stopped", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -125,21 +125,28 @@ class EventWriter:
     """Writes events to stdout (the pipe to whoever started us) and to events.jsonl.
 
     If the pipe breaks (UI gone, SSH dropped) stdout is dropped and the file goes on:
-    training must never die because nobody is watching.
+    training must never die because nobody is watching. The file is written whole lines
+    or nothing: a line the disk had no room for is cut back off (the pipe still gets
+    it), and a torn last line left by an earlier process (killed mid-write) is ended
+    before the first new event, so every event starts on its own line.
     """
 
     def __init__(self, run_id: str, path: str | Path | None, stream: IO[str] | None = sys.stdout):
         self.run_id = run_id
         self.path = Path(path) if path else None
         self.stream = stream
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1) if self.path else None
+        self.file_error: OSError | None = None  # the last write the file could not take
+        self._fd: int | None = None
+        self._torn = False
+        if self.path:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._torn = _ends_torn(self._fd)
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make(type_, self.run_id, **fields)
         line = encode(event) + "\n"
-        if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
+        if self._fd is not None:
+            self._append(line.encode("utf-8"))
         if self.stream is not None:
             try:
                 self.stream.write(line)
@@ -147,6 +154,30 @@ class EventWriter:
             except (BrokenPipeError, OSError, ValueError):
                 self._drop_stream()
         return event
+
+    def _append(self, data: bytes) -> None:
+        """One whole line at the end of the file, or nothing (the file is cut back to where
+        it was when the disk is full or a file-size limit is reached)."""
+        fd = self._fd
+        if self._torn or _ends_torn(fd):
+            data = b"\n" + data
+        try:
+            start = os.fstat(fd).st_size
+        except OSError as exc:
+            self.file_error = exc
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            self._torn = False
+        except OSError as exc:
+            self.file_error = exc
+            try:
+                os.ftruncate(fd, start)  # frees what the partial line took
+            except OSError:
+                self._torn = True  # the next line starts on a new one
 
     def _drop_stream(self) -> None:
         # Point the stream's own fd (fd 1 when it is stdout) at /dev/null, so what is still
@@ -161,9 +192,18 @@ class EventWriter:
             pass
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _ends_torn(fd: int) -> bool:
+    """Whether the file behind ``fd`` is non-empty and its last byte is not a newline."""
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    except OSError:
+        return False
 
 
 def read_file(path: str | Path) -> list[dict[str, Any]]:

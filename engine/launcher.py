@@ -1,4 +1,4 @@
-"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID] [--nproc N] [--name NAME] [--allow-drops]`.
+"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID [--checkpoint STEP]] [--nproc N] [--name NAME] [--allow-drops]`.
 
 Light module (no torch): validates the config, checks the data (engine.data.dropcheck: when
 more than ``data.max_drop_fraction`` of the records would be dropped it stops and says how
@@ -78,15 +78,26 @@ def prepare_run(args) -> tuple[Path, bool]:
             raise cfg.ConfigError([f"finetui train: --resume continues {args.resume} with its own config.yaml; "
                                    "drop CONFIG (change settings with --set)"])
         run_dir = runs.resolve(args.resume)
+        runs.check_free(run_dir)  # a trainer holds the run: it names the run and its pid
         if runs.pid_alive(runs.read_pid(run_dir)):
             raise runs.RunError(f"run {run_dir.name} is still running (`finetui runs attach {run_dir.name}`)")
         if args.overrides:  # e.g. more steps: config.yaml keeps saying exactly what ran
             cfg.save(cfg.load(run_dir / "config.yaml", args.overrides), run_dir / "config.yaml")
         else:
             cfg.load(run_dir / "config.yaml")  # still valid?
-        if runs.last_checkpoint(run_dir) is None:
-            print(f"finetui: run {run_dir.name} has no checkpoint yet: it starts again at step 0", file=sys.stderr)
+        step = getattr(args, "checkpoint", None)
+        if step is not None:
+            path = run_dir / "checkpoints" / f"checkpoint-{step}"
+            if not path.is_dir():
+                have = ", ".join(p.name.split("-")[-1] for p in runs.checkpoints(run_dir)) or "none"
+                raise cfg.ConfigError([f"--checkpoint {step}: run {run_dir.name} has no checkpoint-{step} "
+                                       f"(checkpoints: {have})"])
+        elif runs.last_checkpoint(run_dir) is None:
+            print(f"finetui: run {run_dir.name} has no complete checkpoint: it starts again at step 0",
+                  file=sys.stderr)
         return run_dir, True
+    if getattr(args, "checkpoint", None) is not None:
+        raise cfg.ConfigError(["finetui train: --checkpoint STEP goes with --resume RUN_ID"])
     if not args.config:
         raise cfg.ConfigError(["finetui train: give a CONFIG.yaml (see sample_data/quickstart.yaml) "
                                "or --resume RUN_ID"])
@@ -106,57 +117,76 @@ def command(args) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    proc = runs.launch(run_dir, resume=resume, nproc=max(1, getattr(args, "nproc", 1) or 1))
+    try:
+        proc = runs.launch(run_dir, resume=resume, nproc=max(1, getattr(args, "nproc", 1) or 1),
+                           checkpoint=getattr(args, "checkpoint", None))
+    except runs.RunBusy as exc:
+        print(f"finetui: {exc}", file=sys.stderr)
+        return 1
     print(run_dir.name, flush=True)
     if args.detach:
         proc.stdout.close()  # the trainer notices nothing: it keeps writing events.jsonl
         print(f"detached: follow with `finetui runs attach {run_dir.name}`, "
               f"stop with `finetui runs stop {run_dir.name}`", file=sys.stderr)
         return 0
+    seen_errors: list[dict[str, Any]] = []
     try:
-        finished = follow(proc.stdout, fancy=sys.stdout.isatty())
+        finished = follow(proc.stdout, fancy=sys.stdout.isatty(), errors=seen_errors)
     except KeyboardInterrupt:
         print(f"\ndetached; the run continues — `finetui runs attach {run_dir.name}`", file=sys.stderr)
         return 0
     finally:
         proc.stdout.close()
     code = proc.wait()
-    return report_end(run_dir, finished, code)
+    return report_end(run_dir, finished, code, seen_errors[-1] if seen_errors else None)
 
 
-def report_end(run_dir: Path, finished: dict[str, Any] | None, code: int) -> int:
-    """Exit status from the finished event; the error's message and hint on stderr."""
+def report_end(run_dir: Path, finished: dict[str, Any] | None, code: int,
+               piped_error: dict[str, Any] | None = None) -> int:
+    """Exit status from the finished event; the error's message and hint on stderr (the
+    one the pipe carried, which reaches us even when the disk had no room for it)."""
+    error = piped_error or next(
+        (e for e in reversed(ev.read_file(run_dir / "events.jsonl")) if e.get("type") == "error"), None)
     if finished is None:
         print(f"finetui: trainer exited with status {code} without a finished event; "
               f"see {run_dir / 'stdout.log'}", file=sys.stderr)
+        if piped_error is not None:
+            _print_error(piped_error)
         return 1
     status = finished.get("status")
     if status in ("completed", "stopped"):
         return 0
-    error = next((e for e in reversed(ev.read_file(run_dir / "events.jsonl")) if e.get("type") == "error"), None)
     if error is not None:
-        print(f"finetui: {error.get('kind')} error: {error.get('message')}", file=sys.stderr)
-        if error.get("hint"):
-            print(f"hint: {error['hint']}", file=sys.stderr)
+        _print_error(error)
     else:
         print(f"finetui: run failed; see {run_dir / 'stdout.log'}", file=sys.stderr)
     return 1
 
 
+def _print_error(error: dict[str, Any]) -> None:
+    print(f"finetui: {error.get('kind')} error: {error.get('message')}", file=sys.stderr)
+    if error.get("hint"):
+        print(f"hint: {error['hint']}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------- following
 
 
-def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None) -> dict[str, Any] | None:
+def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None,
+           errors: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """Print the events arriving on the trainer's pipe until it closes. Returns the
-    ``finished`` event (None if the trainer died without one)."""
+    ``finished`` event (None if the trainer died without one); ``error`` events are also
+    appended to ``errors``."""
     out = out or sys.stdout
     if fancy:
-        return _follow_progress(pipe)
+        return _follow_progress(pipe, errors)
     finished = None
     for raw in iter(pipe.readline, b""):
         event = ev.decode(raw)
         if event is None:
             continue
+        if event.get("type") == "error" and errors is not None:
+            errors.append(event)
         for line in event_lines(event):
             print(line, file=out, flush=True)
         if event.get("type") == "finished":
@@ -164,7 +194,7 @@ def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None) -> 
     return finished
 
 
-def _follow_progress(pipe: IO[bytes]) -> dict[str, Any] | None:
+def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """A rich progress bar for steps; other events print above it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -186,6 +216,8 @@ def _follow_progress(pipe: IO[bytes]) -> dict[str, Any] | None:
             if event is None:
                 continue
             kind = event.get("type")
+            if kind == "error" and errors is not None:
+                errors.append(event)
             if kind == "step":
                 loss = event.get("loss")
                 speed = event.get("tokens_per_s")

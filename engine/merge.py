@@ -109,7 +109,9 @@ def merge(run_dir_or_adapter: str | os.PathLike, out: str | os.PathLike | None =
     tokenizer.save_pretrained(str(out))
     meta = modeling.read_meta(adapter)
     meta.update({"merged_from": str(adapter.resolve()), "method": "merged"})
-    (out / modeling.META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    from engine import atomic
+
+    atomic.write_text(out / modeling.META_FILE, json.dumps(meta, indent=1))
     report("done", 1.0)
     return out
 

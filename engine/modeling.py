@@ -446,7 +446,9 @@ def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eo
         "added_tokens": list(added_tokens),
         "eos_token_ids": list(eos_token_ids),
     }
-    (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    from engine import atomic
+
+    atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=1))
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

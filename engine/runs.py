@@ -6,7 +6,9 @@ Light module (stdlib, psutil, yaml via engine.config). Layout of a run folder::
     events.jsonl     the event stream (see engine.events)
     stdout.log       the trainer's stderr: library warnings, tracebacks
     trainer.pid      pid of the trainer process (rank 0's launcher)
-    checkpoints/     HF Trainer checkpoints (checkpoint-<step>/)
+    trainer.lock     flock()ed by the trainer for its whole life: one trainer per run
+    checkpoints/     HF Trainer checkpoints (checkpoint-<step>/); one counts only once it
+                     holds finetui-complete.json, written last, after its files were checked
     adapter/         LoRA adapter (lora/qlora) or full model (full) at the end
     merged/          merged model (finetui merge)
     eval/            evaluation results (finetui eval)
@@ -18,6 +20,8 @@ was killed before it could say so).
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import signal
@@ -28,16 +32,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import allocator
+from engine import allocator, atomic
 from engine import events as ev
 from engine.config import Config
 
 PID_FILE = "trainer.pid"
+LOCK_FILE = "trainer.lock"
+LOCK_FD_ENV = "FINETUI_RUN_LOCK_FD"  # set by launch(): the trainer inherits the held lock
+COMPLETE_FILE = "finetui-complete.json"  # written last into a checkpoint folder
+TRAINER_STATE = "trainer_state.json"
 TRAINER_MODULE = "engine.train"
 
 
 class RunError(ValueError):
     pass
+
+
+class RunBusy(RunError):
+    """Another trainer holds the run's lock."""
 
 
 @dataclass
@@ -88,7 +100,7 @@ def new_run(config: Config, name: str | None = None, root: str | Path | None = N
             n += 1
             run_id = f"{base}-{n}"
     run_dir = root / run_id
-    (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    atomic.write_text(run_dir / "config.yaml", config.to_yaml())
     return run_dir
 
 
@@ -204,16 +216,159 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     return [summarize(p) for p in sorted(dirs, key=lambda p: p.name, reverse=True)]
 
 
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = sorted(
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint-<step>`` folder, oldest first, complete or not."""
+    return sorted(
         (p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
-    return ckpts[-1] if ckpts else None
 
 
-def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1) -> list[str]:
+def _safetensors_problem(path: Path) -> str | None:
+    """Whether a .safetensors file is whole: its header parses and the file is exactly as
+    long as the header's last tensor says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                return f"{path.name} is truncated (header of {n} bytes, file of {size})"
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror or exc})"
+    except (ValueError, UnicodeDecodeError):
+        return f"{path.name} has a garbled header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    if len(ends) != len([k for k in header if k != "__metadata__"]):
+        return f"{path.name} has a garbled header"
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"{path.name} is truncated ({size} of {expected} bytes)"
+    return None
+
+
+def checkpoint_problem(path: str | Path, marker_required: bool = True) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete: its
+    completion marker is there (written last by the trainer), trainer_state.json parses,
+    every weight file is a whole safetensors file, and every file the marker lists has
+    the size it had when the checkpoint was finished."""
+    path = Path(path)
+    marker = path / COMPLETE_FILE
+    listed: dict[str, int] = {}
+    if marker.exists():
+        try:
+            listed = json.loads(marker.read_text(encoding="utf-8")).get("files") or {}
+        except (OSError, ValueError, AttributeError):
+            return f"{COMPLETE_FILE} is garbled"
+    elif marker_required:
+        return f"no {COMPLETE_FILE} (the save did not finish)"
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or "global_step" not in state:
+            return f"{TRAINER_STATE} is garbled"
+    except FileNotFoundError:
+        return f"{TRAINER_STATE} is missing"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"{TRAINER_STATE} is garbled"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not any(path.glob("*.bin")):
+        return "no weight files"
+    for file in weights:
+        problem = _safetensors_problem(file)
+        if problem:
+            return problem
+    for name, size in listed.items():
+        try:
+            actual = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} has {actual} bytes, {size} when saved"
+    return None
+
+
+def mark_complete(path: str | Path) -> str | None:
+    """Called by the trainer once a checkpoint is saved: check it and, when it is whole,
+    write its completion marker (atomically, last). Returns the problem otherwise."""
+    path = Path(path)
+    problem = checkpoint_problem(path, marker_required=False)
+    if problem:
+        return problem
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE_FILE}
+    atomic.write_text(path / COMPLETE_FILE, json.dumps({"files": files}, indent=1))
+    return None
+
+
+def resumable_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint, and the newer ones skipped with the reason each.
+
+    Checkpoints from before finetui wrote completion markers (no checkpoint of the run has
+    one) are judged by their files alone."""
+    found = checkpoints(run_dir)
+    marked = any((p / COMPLETE_FILE).exists() for p in found)
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(found):
+        problem = checkpoint_problem(path, marker_required=marked)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (see resumable_checkpoint)."""
+    return resumable_checkpoint(run_dir)[0]
+
+
+# --------------------------------------------------------------------------- one trainer per run
+
+
+def _lock_message(run_dir: Path) -> str:
+    pid = read_pid(run_dir)
+    who = f"trainer pid {pid}" if pid else "another trainer"
+    return (f"run {run_dir.name} is in use by {who} (it holds {run_dir / LOCK_FILE}); "
+            f"`finetui runs attach {run_dir.name}` to follow it, `finetui runs stop {run_dir.name}` to stop it")
+
+
+def take_lock(run_dir: str | Path) -> int:
+    """Lock the run folder (flock on trainer.lock, released when the holder ends, however
+    it ends) and return the open file descriptor; RunBusy when another trainer holds it."""
+    run_dir = Path(run_dir)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunBusy(_lock_message(run_dir)) from None
+    return fd
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """Whether a trainer holds the run's lock now."""
+    try:
+        fd = take_lock(run_dir)
+    except RunBusy:
+        return True
+    except OSError:
+        return False
+    os.close(fd)
+    return False
+
+
+def check_free(run_dir: str | Path) -> None:
+    """RunBusy (naming the run and the live trainer's pid) when a trainer holds the run."""
+    if is_locked(run_dir):
+        raise RunBusy(_lock_message(Path(run_dir)))
+
+
+def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1, checkpoint: int | None = None) -> list[str]:
     args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    if checkpoint is not None:
+        args += ["--checkpoint", str(checkpoint)]
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={nproc}", "-m", TRAINER_MODULE, *args]
@@ -221,12 +376,23 @@ def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1) -> list
 
 
 def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
-           env: dict[str, str] | None = None) -> subprocess.Popen:
+           env: dict[str, str] | None = None, checkpoint: int | None = None) -> subprocess.Popen:
     """Start the trainer for a run folder in its own session (survives our death).
 
     stdout is a pipe carrying the event stream; stderr goes to stdout.log; stdin is closed.
+    The run's lock is taken here and handed to the trainer, which holds it for its whole
+    life: RunBusy when another trainer has the run.
     """
     run_dir = Path(run_dir).resolve()
+    lock_fd = take_lock(run_dir)
+    try:
+        return _launch_locked(run_dir, lock_fd, resume, nproc, env, checkpoint)
+    finally:
+        os.close(lock_fd)  # the trainer has its own copy of the locked file
+
+
+def _launch_locked(run_dir: Path, lock_fd: int, resume: bool, nproc: int, env: dict[str, str] | None,
+                   checkpoint: int | None) -> subprocess.Popen:
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
@@ -235,18 +401,20 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
     device, hidden = _model(run_dir)
     full_env = allocator.trainer_env(device, full_env, hidden)  # mimalloc for CPU training
+    full_env[LOCK_FD_ENV] = str(lock_fd)
     log = open(run_dir / "stdout.log", "ab")
     proc = subprocess.Popen(
-        trainer_command(run_dir, resume=resume, nproc=nproc),
+        trainer_command(run_dir, resume=resume, nproc=nproc, checkpoint=checkpoint),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=log,
         start_new_session=True,
         env=full_env,
         cwd=os.getcwd(),
+        pass_fds=(lock_fd,),
     )
     log.close()
-    (run_dir / PID_FILE).write_text(str(proc.pid))
+    atomic.write_text(run_dir / PID_FILE, str(proc.pid))
     return proc
 
 

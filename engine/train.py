@@ -81,10 +81,37 @@ def _event_writer(run_dir: Path, rank: int) -> ev.EventWriter:
     return ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=stream)
 
 
+def _own_run(run_dir: Path) -> str | None:
+    """One trainer per run: the run's lock, held until this process ends. Started by
+    engine.runs.launch, we inherited it already held; started by hand, we take it here.
+    Returns the refusal when another trainer holds it."""
+    from engine import runs
+
+    if os.environ.get(runs.LOCK_FD_ENV):
+        return None
+    try:
+        runs.take_lock(run_dir)  # the descriptor stays open (and locked) for our whole life
+    except runs.RunBusy as exc:
+        return str(exc)
+    except OSError:
+        return None  # no folder: config loading reports it
+    return None
+
+
+def _refuse(run_dir: Path, message: str) -> int:
+    print(f"finetui trainer: {message}", file=sys.stderr)
+    writer = ev.EventWriter(run_dir.name, None, stream=sys.stdout)
+    writer.emit("error", kind="config", message=message, hint="one trainer per run: wait for it or stop it")
+    writer.emit("finished", status="failed", metrics={}, outputs={})
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.train", description="finetui trainer process")
     parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+                        help="with --resume: continue from checkpoint-STEP")
     args = parser.parse_args(argv)
     # No cyclic garbage collection while torch, transformers and peft import: their
     # ~430k objects would be scanned over and over (~0.9 s of a ~3.5 s start-up on 2 cores).
@@ -97,12 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop.handler)
+    # Over a file-size limit (ulimit -f) a write fails with EFBIG, reported as "out of disk
+    # space", instead of the signal killing us without a word.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     run_dir = Path(args.run_dir).resolve()
     rank = _rank()
+    if rank == 0:
+        lock = _own_run(run_dir)
+        if lock is not None:  # another trainer has the run: say so on the pipe, not in its events
+            return _refuse(run_dir, lock)
     events = _event_writer(run_dir, rank)
     try:
-        status = train(run_dir, events, resume=args.resume, stop=stop)
+        status = train(run_dir, events, resume=args.resume or args.checkpoint is not None, stop=stop,
+                       checkpoint_step=args.checkpoint)
         return 0 if status in ("completed", "stopped") else 1
     except BaseException as exc:  # noqa: BLE001 - every failure must end in events
         kind, message, hint = errors.classify(exc)
@@ -366,7 +401,49 @@ def _quiet_libraries(events: ev.EventWriter) -> None:
         logging.getLogger(name).addHandler(forward)
 
 
-def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: StopRequest | None = None) -> str:
+def _resume_point(run_dir: Path, events: ev.EventWriter, step: int | None, rank: int) -> Path | None:
+    """The checkpoint to continue from: checkpoint-``step`` when asked (it must be
+    complete), else the newest complete one; each newer checkpoint skipped is said with
+    its reason and set aside (renamed skipped-checkpoint-N), so the Trainer neither
+    rotates a good one away in its favour nor writes into it again."""
+    from engine import runs
+
+    if step is not None:
+        path = run_dir / "checkpoints" / f"checkpoint-{step}"
+        if not path.is_dir():
+            raise errors.SetupError(f"--checkpoint {step}: run {run_dir.name} has no checkpoint-{step}",
+                                    "see the checkpoints/ folder of the run")
+        problem = runs.checkpoint_problem(path, marker_required=any(
+            (p / runs.COMPLETE_FILE).exists() for p in runs.checkpoints(run_dir)))
+        if problem:
+            raise errors.SetupError(f"--checkpoint {step}: checkpoint-{step} is not complete: {problem}",
+                                    "resume without --checkpoint to take the newest complete checkpoint")
+        chosen = path
+        skipped = [(p, "newer than the checkpoint asked for") for p in reversed(runs.checkpoints(run_dir))
+                   if int(p.name.split("-")[-1]) > step]
+    else:
+        chosen, skipped = runs.resumable_checkpoint(run_dir)
+    for path, reason in skipped:
+        aside = _set_aside(path) if rank == 0 else path
+        events.emit("log", level="warning",
+                    message=f"skipped {path.name}: {reason}" + (f" (kept as {aside.name})" if aside != path else ""))
+    return chosen
+
+
+def _set_aside(path: Path) -> Path:
+    target, n = path.with_name(f"skipped-{path.name}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"skipped-{path.name}-{n}")
+    try:
+        path.rename(target)
+    except OSError:
+        return path
+    return target
+
+
+def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: StopRequest | None = None,
+          checkpoint_step: int | None = None) -> str:
     """Train the run in ``run_dir``; return the finished status (completed | stopped)."""
     from engine import config as config_mod
     from engine import runs
@@ -496,7 +573,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
 
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    checkpoint = _resume_point(run_dir, events, checkpoint_step, rank) if resume else None
     if resume and checkpoint is None:
         events.emit("log", level="warning", message="no checkpoint to resume from: starting at step 0")
     events.emit(

@@ -21,6 +21,7 @@ ENGINE = REPO / "engine"
 LIGHT_MODULES = (
     "engine.config",
     "engine.events",
+    "engine.atomic",
     "engine.runs",
     "engine.data.conversation",
     "engine.data.readers",
