@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.batch_size=4 (repeatable)")
     t.add_argument("--detach", action="store_true", help="start the run and return at once")
-    t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its newest complete checkpoint")
+    t.add_argument("--checkpoint", type=int, metavar="STEP",
+                   help="with --resume: continue from checkpoint-STEP instead")
     t.add_argument("--nproc", type=int, default=1, help="processes (torchrun) on this machine")
     t.add_argument("--name", help="name part of the run id")
     t.add_argument("--allow-drops", action="store_true",
