@@ -357,7 +357,9 @@ def loads(text: str, source: str = "<string>") -> Config:
 def save(config: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_yaml(), encoding="utf-8")
+    from engine import atomic
+
+    atomic.write_text(path, config.to_yaml())
     return path
 
 
