@@ -182,16 +182,27 @@ def open_rows(source: readers.Source) -> RowSource:
 
 
 def detect_format(rows: RowSource, source: readers.Source, configured: str = "auto",
-                  columns: dict[str, str] | None = None) -> tuple[str | None, str]:
-    """(format, how it was decided) or (None, the reason detection failed)."""
+                  columns: dict[str, str] | None = None,
+                  roles: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(format, how it was decided) or (None, the reason detection failed). Text of
+    ``Name: text`` lines is a transcript when ``roles`` (data.roles) are given, as the
+    readers decide."""
     if configured and configured != "auto":
         return configured, "data.format"
     if source.format:
         return source.format, "dataset_info.json"
+    columns = {**source.columns, **(columns or {})}
+    sample = rows.sample()
     try:
-        return formats.detect(rows.sample(), {**source.columns, **(columns or {})}, source.tags or None), "detected"
+        found = formats.detect(sample, columns, source.tags or None)
     except formats.DataError as exc:
         return None, str(exc)
+    if found == "text" and roles:
+        from engine.data import transcripts
+
+        if transcripts.text_transcript(sample, columns):
+            return "transcript", "detected"
+    return found, "detected"
 
 
 @dataclass
@@ -229,18 +240,47 @@ def file_columns(sample: list[Any]) -> list[str]:
 
 
 def check_columns(sample: list[Any], fmt: str | None, columns: dict[str, str] | None = None,
-                  tags: dict[str, str] | None = None, places: list[str] | None = None) -> ColumnCheck:
-    """Normalise a sample with ``fmt`` and ``columns`` (formats only: cheap, UI-safe)."""
+                  tags: dict[str, str] | None = None, places: list[str] | None = None,
+                  roles: dict[str, str] | None = None) -> ColumnCheck:
+    """Normalise a sample with ``fmt`` and ``columns`` (formats only: cheap, UI-safe); the
+    rows of a transcript are converted a conversation at a time, with ``roles`` (data.roles)."""
+    from engine.data import transcripts
     from engine.data.columns import ColumnUse
 
     use = ColumnUse(columns)
     ok, problem = 0, None
+    converted: dict[int, set[str] | None] = {}  # transcript rows: sample index -> keys read
+    if fmt == "transcript":
+        from types import SimpleNamespace
+
+        groups = transcripts.Groups(columns)
+        for i, record in enumerate(sample):
+            if transcripts.is_row(record, columns):
+                groups.add(SimpleNamespace(data=record, line=None, row=i))
+        for rows in groups.take():
+            reads: list[set[str]] = []
+            try:
+                transcripts.from_rows(rows, columns or None, roles or None, reads)
+            except formats.RecordError as exc:
+                if problem is None:
+                    i = rows[0].row
+                    problem = f"{places[i] if places and i < len(places) else f'record {i + 1}'}: {exc}"
+                reads = []
+            for row, read in zip(rows, reads):
+                converted[row.row] = read
+            for row in rows[len(reads):]:
+                converted[row.row] = None
     for i, record in enumerate(sample):
         used: set[str] = set()
+        if i in converted:
+            if converted[i] is not None:
+                ok += 1
+                use.add(record, converted[i])
+            continue
         try:
             if not fmt:
                 raise formats.RecordError(None, "format unknown")
-            formats.to_conversation(record, fmt, columns or None, tags or None, used=used)
+            formats.to_conversation(record, fmt, columns or None, tags or None, used=used, roles=roles or None)
         except formats.RecordError as exc:
             if problem is None:
                 where = places[i] if places and i < len(places) else f"record {i + 1}"

@@ -2,7 +2,8 @@
 
 The tokenizer (transformers) is loaded in that process, never here. Answers arrive on a
 reader thread and are handed to the UI thread with ``app.call_from_thread``, so callbacks
-may touch widgets. One client serves one (model, template, max_length, train_on); the
+may touch widgets. One client serves one (model, template, max_length, train_on, long_text,
+text_overlap, roles); the
 screen makes a new one when those settings change and closes the old one (ending the
 process frees its memory).
 """
@@ -27,9 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class RenderClient:
     def __init__(self, app, model: str, template: str = "auto", max_length: int = 512,
-                 train_on: str = "assistant", on_state: Callable[[str, str], None] | None = None):
+                 train_on: str = "assistant", long_text: str = "chunk", text_overlap: int = 0,
+                 roles: tuple[tuple[str, str], ...] | dict[str, str] = (),
+                 on_state: Callable[[str, str], None] | None = None):
         self.app = app
-        self.key = (model, template, max_length, train_on)
+        roles = tuple(sorted(dict(roles).items()))
+        self.key = (model, template, max_length, train_on, long_text, text_overlap, roles)
         self.model = model
         self.on_state = on_state  # (state, message): starting | ready | failed
         self.state = "new"
@@ -41,7 +45,8 @@ class RenderClient:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self.proc: subprocess.Popen | None = None
         self.args = ["--model", model, "--template", template, "--max-length", str(max_length),
-                     "--train-on", train_on]
+                     "--train-on", train_on, "--long-text", long_text, "--text-overlap", str(text_overlap),
+                     "--roles", json.dumps(dict(roles), ensure_ascii=False)]
 
     # ------------------------------------------------------------------ lifecycle
 

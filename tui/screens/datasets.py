@@ -7,7 +7,9 @@
 * a record (``enter``): the raw record and the rendered training text with the trained
   tokens highlighted. Rendering needs the tokenizer, so it happens in the render worker
   subprocess (``engine.data.render_worker``, the same ``render`` as training) with the
-  model/template/max_length/train_on of the Settings;
+  model/template/max_length/train_on/long_text/text_overlap/roles of the Settings: a raw
+  text longer than max_length shows the windows it is split into (``#chunkN``), a
+  transcript row the conversation of its rows;
 * token lengths (``i``): counts and a histogram, computed by the same worker;
 * search (``/``): filters the table to the matching rows, with the match count;
 * columns (``m``): the format and which column each of its fields reads
@@ -31,7 +33,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, Input, Static
 
-from engine.data import formats
+from engine.data import formats, transcripts
 from tui import datasource
 from tui.render_client import RenderClient
 from tui.screens.base import FinetuiScreen, PaletteCommand
@@ -41,6 +43,8 @@ from tui.widgets.pathinput import PathInput
 from tui.widgets.rowtable import RowTable
 
 RAW_MAX_CHARS = 20_000
+MAX_WINDOWS = 20  # windows of a long text shown in the record view
+GROUP_SCAN = 20_000  # rows read for a transcript row's conversation
 
 
 def _short_place(place: str) -> str:
@@ -148,7 +152,7 @@ class DatasetsScreen(FinetuiScreen):
 
     def _settings_key(self) -> tuple:
         data = self.app.settings_state.config.data
-        return data.path, data.format, tuple(sorted(data.columns.items()))
+        return data.path, data.format, tuple(sorted(data.columns.items())), tuple(sorted(data.roles.items()))
 
     def on_unmount(self) -> None:
         if self.client is not None:
@@ -190,9 +194,12 @@ class DatasetsScreen(FinetuiScreen):
             self.app.call_from_thread(self.open_failed, spec, str(exc))
             return
         configured, columns = self._configured(spec)
-        fmt, how = datasource.detect_format(rows, source, configured, columns)
+        fmt, how = datasource.detect_format(rows, source, configured, columns, self._roles())
         sample = [row for row in rows.fetch(0, formats.DETECT_SAMPLE) if row.error is None]
         self.app.call_from_thread(self.opened, spec, source, rows, fmt, how, columns, sample)
+
+    def _roles(self) -> dict[str, str]:
+        return dict(self.app.settings_state.config.data.roles)
 
     def _configured(self, spec: str) -> tuple[str, dict[str, str]]:
         data = self.app.settings_state.config.data
@@ -243,7 +250,7 @@ class DatasetsScreen(FinetuiScreen):
                 return
             rows = datasource.ListSource.from_worker(message["records"], f"hub {source.hub_id}[{source.split}]",
                                                      message.get("limited", False), message.get("issues", []))
-            fmt, how = datasource.detect_format(rows, source, configured, columns)
+            fmt, how = datasource.detect_format(rows, source, configured, columns, self._roles())
             sample = [row for row in rows.fetch(0, formats.DETECT_SAMPLE) if row.error is None]
             self.opened(spec, source, rows, fmt, how, columns, sample)
 
@@ -287,7 +294,7 @@ class DatasetsScreen(FinetuiScreen):
         else:
             tags = self.source.tags if self.source is not None else {}
             self.column_check = datasource.check_columns(self.sample, self.format, self.merged_columns(), tags,
-                                                         self.sample_places)
+                                                         self.sample_places, self._roles())
         self.show_columns_line()
 
     def merged_columns(self) -> dict[str, str]:
@@ -414,7 +421,9 @@ class DatasetsScreen(FinetuiScreen):
 
     def render_client(self) -> RenderClient:
         config = self.app.settings_state.config
-        key = (config.model.name_or_path, config.data.template, config.data.max_length, config.data.train_on)
+        data = config.data
+        key = (config.model.name_or_path, data.template, data.max_length, data.train_on, data.long_text,
+               data.text_overlap, tuple(sorted(data.roles.items())))
         if self.client is None or self.client.key != key:
             if self.client is not None:
                 self.client.close()
@@ -477,11 +486,41 @@ class DatasetsScreen(FinetuiScreen):
         rendered.update(Text(waiting, style="dim"))
         if self._render_request is not None and self.client is not None:
             self.client.cancel(self._render_request)
-        source = self.source
+            self._render_request = None
         columns = self.merged_columns()
-        self._render_request = client.request(
+        if self.format == "transcript" and transcripts.is_row(row.data, columns) and self.rows is not None:
+            self.read_group(self.rows, row, columns)  # its conversation is all the rows with its id
+            return
+        self.request_render(row, None)
+
+    @work(thread=True, exclusive=True, group="group")
+    def read_group(self, rows: datasource.RowSource, row: datasource.Row, columns: dict[str, str]) -> None:
+        """Thread: the rows of a transcript row's conversation (those with its id, in the
+        order of the file, as the readers group them), among the first GROUP_SCAN rows."""
+        keys = transcripts.row_keys(row.data, columns)
+        ident = row.data.get(keys[2]) if keys and keys[2] else None
+        group: list[Any] = []
+        start = 0
+        while start < GROUP_SCAN:
+            page = rows.fetch(start, 500)
+            if not page:
+                break
+            for other in page:
+                if other.error is None and transcripts.is_row(other.data, columns):
+                    other_keys = transcripts.row_keys(other.data, columns)
+                    if (other.data.get(other_keys[2]) if other_keys[2] else None) == ident:
+                        group.append(other.data)
+            start += len(page)
+        self.app.call_from_thread(self.request_render, row, group or [row.data])
+
+    def request_render(self, row: datasource.Row, group: list[Any] | None) -> None:
+        if row.index != self.record_index:
+            return
+        source = self.source
+        self._render_request = self.render_client().request(
             "render", lambda answer, index=row.index: self.show_rendered(index, answer),
-            record=row.data, format=self.format or "auto", columns=columns, tags=(source.tags if source else {}))
+            record=row.data, format=self.format or "auto", columns=self.merged_columns(),
+            tags=(source.tags if source else {}), group=group)
 
     def show_rendered(self, index: int, answer: dict[str, Any]) -> None:
         if index != self.record_index:
@@ -496,15 +535,37 @@ class DatasetsScreen(FinetuiScreen):
         head.append(" (highlighted)", style=f"bold {self._color('success')}")
         head.append(f" · format {answer['format']} · template {info.get('template', '?')} · "
                     f"model {info.get('model', '?')}", style="dim")
+        windows = answer.get("windows") or []
+        if windows:
+            head = Text(f"{answer['full_tokens']} tokens split into {len(windows)} windows of ≤ max_length "
+                        f"(data.long_text chunk), {sum(w['n_trained'] for w in windows)} trained", style="bold")
+            head.append(f" · format {answer['format']} · template {info.get('template', '?')}", style="dim")
         if answer.get("truncated"):
-            head.append(f"\ntruncated: {answer['full_tokens']} tokens > max_length", style=f"bold {self._color('warning')}")
+            why = " (data.long_text truncate: the rest is not trained)" if answer.get("format") == "text" else ""
+            head.append(f"\ntruncated: {answer['full_tokens']} tokens > max_length{why}",
+                        style=f"bold {self._color('warning')}")
         for note in answer.get("notes") or []:
             head.append(f"\nnote: {note}", style=self._color("warning"))
         if answer.get("unused"):
             head.append(f"\nnot trained: column{'s' if len(answer['unused']) > 1 else ''} "
                         f"{', '.join(answer['unused'])} (m: map columns)", style=f"bold {self._color('warning')}")
+        if answer.get("format") == "transcript" and answer.get("messages"):
+            roles = ", ".join(f"{m['role']}" for m in answer["messages"][:12])
+            more = len(answer["messages"]) - 12
+            head.append(f"\nconversation: {len(answer['messages'])} turns ({roles}{', …' if more > 0 else ''})",
+                        style="dim")
         head.append("\n\n")
-        head.append_text(self.marked(answer))
+        if windows:
+            place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
+            for k, window in enumerate(windows[:MAX_WINDOWS]):
+                head.append(f"── {_short_place(place)}#chunk{k + 1} · {window['n_tokens']} tokens, "
+                            f"{window['n_trained']} trained ──\n", style=f"bold {self._color('primary')}")
+                head.append_text(self.marked(window))
+                head.append("\n")
+            if len(windows) > MAX_WINDOWS:
+                head.append(f"… {len(windows) - MAX_WINDOWS} more windows", style="dim")
+        else:
+            head.append_text(self.marked(answer))
         widget.update(head)
 
     def _color(self, name: str) -> str:
@@ -612,6 +673,10 @@ class DatasetsScreen(FinetuiScreen):
         mild = "".join(f"{c[k]:,} {k}, " for k in ("skipped", "repaired") if c.get(k))
         text.append(f"{c['records']:,}: {c['ok']:,} ok, {c['invalid']:,} invalid, {mild}{c['truncated']:,} truncated, "
                     f"{c['no_trained']:,} with nothing to train")
+        if c.get("chunked"):
+            text.append("\nwindows   ", style="bold")
+            text.append(f"{c['chunked']:,} long texts split into windows: {c['examples']:,} training examples "
+                        f"(data.long_text chunk, overlap {result.get('text_overlap', 0)})")
         if result.get("limited"):
             text.append(f"  (first {result['limit']:,} records)", style="dim")
         stats = result.get("stats") or {}
@@ -626,7 +691,7 @@ class DatasetsScreen(FinetuiScreen):
         hist = result.get("histogram") or []
         if hist:
             text.append("\n\ntoken length histogram", style="bold")
-            text.append(" (per record, before truncation; ▒ = over max_length)\n", style="dim")
+            text.append(" (per record, before truncation or chunking; ▒ = over max_length)\n", style="dim")
             top = max(b["count"] for b in hist) or 1
             width = len(str(hist[-1]["hi"]))
             for b in hist:
