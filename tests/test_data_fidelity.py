@@ -22,6 +22,7 @@ import pytest
 from engine.data import render
 from engine.data.inspect import inspect, print_report
 from engine.data.readers import load_records
+from render_helpers import trained_runs
 
 DATA = Path(__file__).resolve().parent / "data" / "fidelity"
 TEMPLATES = Path(__file__).resolve().parent / "data" / "chat_templates"
@@ -43,17 +44,6 @@ def template_for(tokenizer, name: str):
     return template
 
 
-def trained_runs(tokenizer, ex) -> list[str]:
-    runs, current = [], []
-    for tid, label in zip(ex.input_ids, ex.labels):
-        if label != render.IGNORE:
-            current.append(tid)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run, skip_special_tokens=False) for run in runs]
 
 
 def line_of(path: Path, needle: str) -> int:

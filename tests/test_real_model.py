@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine import model_catalog
+from render_helpers import trained_runs
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -157,18 +158,6 @@ def test_a_gguf_file_converts_once(tmp_path, smollm2, monkeypatch):
 # ---------------------------------------------------------------------------- masks
 
 
-def _trained_pieces(tok, example) -> list[str]:
-    """The text of each run of trained tokens."""
-    pieces, run = [], []
-    for tid, label in zip(example.input_ids, example.labels):
-        if label != -100:
-            run.append(tid)
-        elif run:
-            pieces.append(tok.decode(run))
-            run = []
-    if run:
-        pieces.append(tok.decode(run))
-    return pieces
 
 
 def test_assistant_masks_on_smollm2s_template(smollm2):
@@ -184,13 +173,13 @@ def test_assistant_masks_on_smollm2s_template(smollm2):
     ])
     ex = render.render(conv, tok, template, max_length=512)
     assert "You are a helpful AI assistant named SmolLM" in ex.text  # the default system prompt ...
-    assert _trained_pieces(tok, ex) == [  # ... is not trained; every reply and its end token are
+    assert trained_runs(tok, ex) == [  # ... is not trained; every reply and its end token are
         "A terminal app for fine-tuning.<|im_end|>", "No, every action has a key.<|im_end|>", "No.<|im_end|>"]
     conv.system = "You answer questions about finetui."
     ex = render.render(conv, tok, template, max_length=512)
     assert "named SmolLM" not in ex.text and "You answer questions about finetui." in ex.text
-    assert _trained_pieces(tok, ex)[0] == "A terminal app for fine-tuning.<|im_end|>"
-    assert len(_trained_pieces(tok, ex)) == 3
+    assert trained_runs(tok, ex)[0] == "A terminal app for fine-tuning.<|im_end|>"
+    assert len(trained_runs(tok, ex)) == 3
 
 
 # ---------------------------------------------------------------------------- training

@@ -26,6 +26,7 @@ from engine.data.render import (
     render,
     resolve_template,
 )
+from render_helpers import trained_runs
 
 TEMPLATES = Path(__file__).resolve().parent / "data" / "chat_templates"  # see tests/data/SOURCES.md
 
@@ -73,19 +74,6 @@ def tokenizer_for(base, name: str):
     return tok
 
 
-def trained_runs(tok, ex) -> list[str]:
-    """Decoded text of each contiguous run of trained tokens."""
-    runs, current = [], []
-    for tid, label in zip(ex.input_ids, ex.labels):
-        if label != IGNORE:
-            assert label == tid, "a trained label must be the token itself"
-            current.append(tid)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tok.decode(run, skip_special_tokens=False) for run in runs]
 
 
 def check(tok, ex, expected: list[str]) -> None:

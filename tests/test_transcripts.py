@@ -24,6 +24,7 @@ from engine.data import render
 from engine.data.formats import DataError, detect
 from engine.data.inspect import inspect, print_report
 from engine.data.readers import iter_records, load_records
+from render_helpers import trained_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "fidelity"
@@ -40,17 +41,6 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def trained_runs(tokenizer, ex) -> list[str]:
-    runs, current = [], []
-    for tid, label in zip(ex.input_ids, ex.labels):
-        if label != render.IGNORE:
-            current.append(tid)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run, skip_special_tokens=False) for run in runs]
 
 
 def rows(path: Path) -> list[dict]:
