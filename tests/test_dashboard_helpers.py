@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -83,6 +85,10 @@ def synthetic_run(root: Path | None = None, name: str = "demo", steps: int = 40,
             w.emit("eval", step=s, eval_loss=6 * math.exp(-s / 40) + 0.7, perplexity=3.0, metrics={})
             ckpt = run_dir / "checkpoints" / f"checkpoint-{s}"
             ckpt.mkdir(parents=True, exist_ok=True)
+            # a checkpoint as the trainer leaves it: weights, state, then the completion marker
+            (ckpt / "model.safetensors").write_bytes(_one_float_safetensors())
+            (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": s}))
+            assert runs.mark_complete(ckpt) is None
             w.emit("checkpoint", path=str(ckpt), step=s)
     if status is not None:
         w.emit("finished", status=status, metrics={"train_loss": 1.0, "steps": steps}, outputs={})
@@ -164,6 +170,13 @@ def fake_launch(tmp_path: Path, steps: int = 20, interval: float = 0.05):
         return proc
 
     return launch
+
+
+def _one_float_safetensors() -> bytes:
+    """A whole safetensors file holding one float32 (no torch in the UI tests' process)."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.0)
 
 
 def screen_text(app) -> str:
