@@ -15,6 +15,8 @@ import importlib
 import os
 import sys
 
+MESSAGE_CHARS = 2000  # an error line longer than this is cut (engine.data.formats caps values at 200)
+
 # sub-command -> module that implements command(args)
 HANDLERS = {
     "train": "engine.launcher",
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tokens each window of a chunked text repeats from the one before, as context")
     di.add_argument("--roles", action="append", default=[], metavar="SPEAKER=ROLE,...",
                     help="transcripts: each speaker's role (user, assistant, system), e.g. --roles Host=user,Guest=assistant")
+    di.add_argument("--num-proc", type=int, metavar="N",
+                    help="processes that render the records (default: one per core; 1: this process only)")
     di.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = sub.add_parser("runs", help="list, show, attach to or stop runs")
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = str(exc).strip() or type(exc).__name__
         for line in message.splitlines() or [message]:
+            if len(line) > MESSAGE_CHARS:  # a value from the data is never echoed whole
+                line = f"{line[:MESSAGE_CHARS]}… ({len(line):,} chars)"
             print(f"finetui: {line}", file=sys.stderr)
         return 1
 

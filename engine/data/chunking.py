@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from engine.data import bigrecords
 from engine.data import render as render_mod
 from engine.data.conversation import Conversation
 
@@ -64,7 +65,52 @@ def render_record(
     """The examples of one record: ``render`` as it is, or, for raw text longer than
     ``max_length`` under ``long_text="chunk"``, its windows (raises RenderError as render)."""
     check(long_text, overlap, max_length)
+    if bigrecords.is_big(conv, max_length):  # a 10 MB text: tokenised in pieces, memory stays flat
+        return bigrecords.render_record(conv, tokenizer, template, train_on=train_on, max_length=max_length,
+                                        long_text=long_text, overlap=overlap)
     ex = render_mod.render(conv, tokenizer, template, train_on=train_on, max_length=max_length)
+    return _rendered(conv, ex, tokenizer, max_length=max_length, long_text=long_text, overlap=overlap)
+
+
+def render_records(
+    convs: Sequence[Conversation],
+    tokenizer,
+    template: render_mod.Template,
+    *,
+    train_on: str = "assistant",
+    max_length: int = 512,
+    long_text: str = "chunk",
+    overlap: int = 0,
+) -> list[Rendered | render_mod.RenderError]:
+    """:func:`render_record` of each record (its Rendered, or the RenderError it raises),
+    the records rendered together (:func:`engine.data.render.render_many`): the same
+    examples, for less."""
+    check(long_text, overlap, max_length)
+    out: list[Rendered | render_mod.RenderError | None] = [None] * len(convs)
+    small = []
+    for i, conv in enumerate(convs):
+        if bigrecords.is_big(conv, max_length):
+            try:
+                out[i] = bigrecords.render_record(conv, tokenizer, template, train_on=train_on,
+                                                  max_length=max_length, long_text=long_text, overlap=overlap)
+            except render_mod.RenderError as exc:
+                out[i] = exc
+        else:
+            small.append(i)
+    examples = render_mod.render_many([convs[i] for i in small], tokenizer, template, train_on=train_on,
+                                      max_length=max_length)
+    for i, ex in zip(small, examples):
+        try:
+            out[i] = ex if isinstance(ex, render_mod.RenderError) else _rendered(
+                convs[i], ex, tokenizer, max_length=max_length, long_text=long_text, overlap=overlap)
+        except render_mod.RenderError as exc:
+            out[i] = exc
+    return out
+
+
+def _rendered(conv: Conversation, ex: render_mod.Example, tokenizer, *, max_length: int, long_text: str,
+              overlap: int) -> Rendered:
+    """A record's examples from its rendering: the example, or a long text's windows."""
     if not ex.truncated or conv.kind != "text" or long_text != "chunk":
         return Rendered([ex], ex.full_tokens, ex.n_tokens)
     # render's own text, tokenised as render tokenises it: the very ids, with their offsets

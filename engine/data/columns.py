@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-from engine.data.formats import FIELDS, unused_columns
+from engine.data.formats import FIELDS, clip, unused_columns
 
 SHOW_COLUMNS = 6  # columns named in one note line
 
@@ -50,7 +50,7 @@ class ColumnUse:
     def to_list(self) -> list[dict[str, Any]]:
         """``[{"column", "records", "of", "example"}]``, most often unused first."""
         return [
-            {"column": key, "records": n, "of": self.records, "example": self.example.get(key, "")}
+            {"column": clip(key), "records": n, "of": self.records, "example": self.example.get(key, "")}
             for key, n in self.unused.most_common()
         ]
 
@@ -64,7 +64,7 @@ class ColumnUse:
         """One line about unused columns (with the hint), one per mapped column never seen."""
         lines = []
         if self.unused:
-            shown = [f"{key} ({n} of {self.records} records)" for key, n in self.unused.most_common(SHOW_COLUMNS)]
+            shown = [f"{clip(key)} ({n} of {self.records} records)" for key, n in self.unused.most_common(SHOW_COLUMNS)]
             more = len(self.unused) - SHOW_COLUMNS
             if more > 0:
                 shown.append(f"{more} more")
@@ -83,4 +83,4 @@ def mapping_hint(column: str, formats: list[str] | None = None) -> str:
     """How to train a column: map it to a field of the format (``--column FIELD=NAME``)."""
     fields = [f for fmt in (formats or []) for f in FIELDS.get(fmt, ())]
     reads = f"; {'/'.join(formats)} reads {', '.join(dict.fromkeys(fields))}" if fields else ""
-    return f"to train one, map it with --column FIELD={column} (data.columns{reads})"
+    return f"to train one, map it with --column FIELD={clip(column)} (data.columns{reads})"

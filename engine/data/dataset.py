@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 from engine.data import chunking
 from engine.data import render as render_mod
 from engine.data.conversation import Conversation
+from engine.data.formats import MESSAGE_CHARS, clip
 
 CACHE_VERSION = 3  # 3: windows of long texts (2: Arrow IPC files written by engine.data.table; 1: datasets.map caches)
 MAX_ISSUES = 200  # issues kept in a report (the total is counted)
@@ -180,7 +181,8 @@ def _tokenizer_digest(tokenizer) -> str:
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    for module in ("render.py", "templates.py", "conversation.py", "dataset.py", "table.py", "chunking.py"):
+    for module in ("render.py", "templates.py", "conversation.py", "dataset.py", "table.py", "chunking.py",
+                   "bigrecords.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()
 
@@ -231,7 +233,7 @@ def _render_rows(rows: Sequence[tuple[str, str]], tokenizer, template, max_lengt
             rendered = chunking.render_record(conv, tokenizer, template, train_on=train_on, max_length=max_length,
                                               long_text=long_text, overlap=text_overlap)
         except render_mod.RenderError as exc:
-            add(place, [], [], 0, str(exc), "", False, 0, False, record, 0, 0)
+            add(place, [], [], 0, clip(str(exc), MESSAGE_CHARS), "", False, 0, False, record, 0, 0)
             continue
         for k, ex in enumerate(rendered.examples):
             where = f"{place}#chunk{k + 1}" if rendered.chunked else place

@@ -96,17 +96,46 @@ FIELDS = {
 }
 
 
+# What a message shows of the user's data: a 10 MB value (a role, a column name, a key)
+# is cut to SHOW_CHARS with its length said; a whole message to MESSAGE_CHARS.
+SHOW_CHARS = 200
+MESSAGE_CHARS = 1000
+
+
+def clip(text: str, limit: int = SHOW_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and ``… (N chars)``."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} chars)"
+
+
+def shown(value: Any, limit: int = SHOW_CHARS) -> str:
+    """A value as a message quotes it (``repr``), at most about ``limit`` characters."""
+    if isinstance(value, str):
+        quoted = repr(value[:limit])
+        return quoted if len(value) <= limit else f"{quoted}… ({len(value):,} chars)"
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    return clip(short.repr(value), limit)
+
+
 class DataError(ValueError):
     """A dataset-level problem (unreadable source, unknown format), phrased for the user."""
+
+    def __init__(self, message: str = "", *args: Any):
+        super().__init__(clip(message, MESSAGE_CHARS) if isinstance(message, str) else message, *args)
 
 
 class RecordError(ValueError):
     """One record cannot be used; ``field`` names where (``conversations[3].value``)."""
 
     def __init__(self, field: str | None, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"field '{field}': {message}" if field else message)
+        self.field = clip(field) if field is not None else None
+        self.message = clip(message, MESSAGE_CHARS)
+        super().__init__(f"field '{self.field}': {self.message}" if field else self.message)
 
 
 class RecordSkipped(RecordError):
@@ -253,7 +282,7 @@ def detect(
             f"cannot tell the format: the records are not objects ({non_objects} of the first "
             f"{min(len(records), sample)} are lists or values); each record must be a JSON object"
         )
-    seen = ", ".join(k for k, _ in keys.most_common(12))
+    seen = ", ".join(clip(k, 60) for k, _ in keys.most_common(12))
     raise DataError(
         f"cannot tell the format from the keys seen ({seen}); set data.format (one of "
         f"{', '.join(FORMATS)}) or map your columns with data.columns, e.g. "
@@ -478,7 +507,7 @@ def parse_turns(
         if role is None:
             raise RecordError(
                 f"{where}.{role_key}",
-                f"unknown role {turn[role_key]!r} (expected human/user, gpt/assistant, system, "
+                f"unknown role {shown(turn[role_key])} (expected human/user, gpt/assistant, system, "
                 "function_call, observation/tool)",
             )
         content, part_calls = _content(turn.get(content_key) if content_key else None, content_field, tools_out)
@@ -863,7 +892,7 @@ def kto_label(record: Mapping[str, Any], columns: Mapping[str, str] | None = Non
     if mapped and isinstance(value, (int, float)) and value in (0, 1):
         return key, bool(value)
     if mapped:
-        raise RecordError(key, f"expected a KTO label true/false, got {value!r}"[:120])
+        raise RecordError(key, f"expected a KTO label true/false, got {shown(value, 60)}")
     return None
 
 

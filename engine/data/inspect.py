@@ -11,6 +11,11 @@ The CLI imports this module for every ``finetui data ...`` call, so it imports n
 heavy at module level: the tokenizer, readers and renderer are imported in
 :func:`command`. Rendering is :func:`engine.data.render.render`, the same function that
 builds the training set, so what is shown is what is trained.
+
+At scale (a million records): records stream from the reader and are not kept; batches of
+them render together (one tokenizer call a batch) in a worker process per core
+(``--num-proc``); what each leaves is a few numbers, so memory stays flat. On a terminal a
+progress bar on stderr says how far the reading is.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from engine.data.formats import MESSAGE_CHARS, clip
 
 SHOW_ISSUES = 5
 HIST_BINS = 10
@@ -74,7 +81,7 @@ def no_usable_error(result: dict[str, Any]) -> dict[str, Any]:
 
 def error_object(exc: BaseException) -> dict[str, Any]:
     """``{"error", "place"}`` for an input that cannot be inspected."""
-    message = str(exc).strip() or type(exc).__name__
+    message = clip(str(exc).strip() or type(exc).__name__, MESSAGE_CHARS)
     place = getattr(exc, "place", None)
     if place is None:
         place, _ = _split_place(message)
@@ -107,6 +114,7 @@ def _run(args) -> dict[str, Any]:
         long_text=getattr(args, "long_text", "chunk"),
         text_overlap=getattr(args, "text_overlap", 0),
         roles=parse_roles(getattr(args, "roles", None)),
+        num_proc=getattr(args, "num_proc", None),
     )
 
 
@@ -213,19 +221,24 @@ def inspect(
     long_text: str = "chunk",
     text_overlap: int = 0,
     roles: dict[str, str] | None = None,
+    num_proc: int | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Everything ``finetui data inspect`` shows, as plain data (what ``--json`` prints).
 
     Raw text longer than ``max_length`` is split into windows (``long_text="chunk"``, as
     ``data.long_text`` trains it) or truncated; counts say how many records were chunked
     and how many examples they make, ``tokens_kept`` / ``tokens_total`` what is trained of
-    the records' tokens."""
+    the records' tokens. ``num_proc``: processes that render (None: one per core);
+    ``progress``: a bar on stderr (None: when stderr is a terminal)."""
     from engine.data import chunking
     from engine.data import dataset as data_mod
     from engine.data import readers, render
 
     if max_length < 1:
         raise InspectError(f"--max-length {max_length}: must be at least 1")
+    if num_proc is not None and num_proc < 1:
+        raise InspectError(f"--num-proc {num_proc}: must be at least 1")
     if long_text not in chunking.LONG_TEXT:
         raise InspectError(f"--long-text {long_text}: expected {' or '.join(chunking.LONG_TEXT)}")
     if text_overlap < 0 or 2 * text_overlap >= max_length:
@@ -238,72 +251,52 @@ def inspect(
     except render.TemplateError as exc:
         raise InspectError(str(exc).replace("data.template", "--template", 1)) from None
     added = render.prepare_tokenizer(tokenizer, tmpl)
-    loaded = readers.load_records(
-        path,
-        format=format,
-        columns=columns or None,
-        dataset_dir=dataset_dir,
-        split=split,
-        subset=subset,
-        on_error="strict" if strict else "skip",
-        roles=roles or None,
-    )
-    # no usable record is a report too (its counts and issues say why); command() exits 1
-    if loaded.conversations and (example < 0 or example >= len(loaded.conversations)):
-        raise InspectError(f"--example {example}: the dataset has {len(loaded.conversations)} usable records (0-based)")
+    render.detect_end_token(tokenizer, tmpl)  # once, before worker processes fork
+    end_id = tokenizer.convert_tokens_to_ids(tmpl.end_token) if tmpl.end_token else None
+    job = _Job(tokenizer, tmpl, train_on, max_length, long_text, text_overlap, end_id)
+    tally = _Tally(max_length, strict)
+    wanted: list[tuple[int, str, Any]] = []  # the record --example shows
 
-    issues = [str(issue) for issue in loaded.issues]
+    def each(record, conv) -> None:
+        index = pipeline.records
+        if index == example:
+            wanted.append((index, str(getattr(record, "place", record)), conv))
+        pipeline.add(str(getattr(record, "place", record)), conv)
+
+    source = _source_of(readers, path, dataset_dir, split, subset)
+    with _Progress(source, enabled=progress) as bar, _Pipeline(job, tally, _workers(num_proc), bar) as pipeline:
+        loaded = readers.load_records(
+            path,
+            format=format,
+            columns=columns or None,
+            dataset_dir=dataset_dir,
+            split=split,
+            subset=subset,
+            on_error="strict" if strict else "skip",
+            roles=roles or None,
+            each=each,
+        )
+    n_usable = pipeline.records
+    # no usable record is a report too (its counts and issues say why); command() exits 1
+    if n_usable and (example < 0 or example >= n_usable):
+        raise InspectError(f"--example {example}: the dataset has {n_usable} usable records (0-based)")
+
     read_invalid = int(loaded.counts.get("invalid", 0))
     skipped = int(loaded.counts.get("skipped", 0))
     repaired = int(loaded.counts.get("repaired", 0))
-    end_id = tokenizer.convert_tokens_to_ids(tmpl.end_token) if tmpl.end_token else None
-    summaries: list[dict[str, Any]] = []
-    full_lengths: list[int] = []
-    render_invalid = no_trained = truncated = total_tokens = trained_tokens = ok = 0
-    chunked = windows = tokens_total = tokens_kept = text_truncated = examples = 0
+    issues = [str(issue) for issue in loaded.issues] + tally.issues
     shown: dict[str, Any] | None = None
-    for i, (record, conv) in enumerate(loaded.conversations):
-        place = str(getattr(record, "place", record))
+    for i, place, conv in wanted:
         try:
             rendered = chunking.render_record(conv, tokenizer, tmpl, train_on=train_on, max_length=max_length,
                                               long_text=long_text, overlap=text_overlap)
         except render.RenderError as exc:
-            if strict:
-                raise InspectError(f"{place}: {exc}") from None
-            render_invalid += 1
-            issues.append(f"{place}: {exc}")
-            if i == example:
-                shown = {"index": i, "place": place, "error": str(exc)}
-            continue
-        ex = rendered.examples[0]
-        full_lengths.append(rendered.full_tokens)
-        tokens_total += rendered.full_tokens
-        tokens_kept += rendered.kept_tokens
-        if rendered.chunked:
-            chunked += 1
-            windows += len(rendered.examples)
-        for k, part in enumerate(rendered.examples):
-            summaries.append({
-                "n_trained": part.n_trained,
-                "truncated": part.truncated,
-                "notes": part.notes,
-                # a window the next one continues has no end token to train
-                "trains_end": k + 1 < len(rendered.examples) or (end_id is not None and end_id in part.labels),
-            })
-        truncated += ex.truncated
-        text_truncated += ex.truncated and conv.kind == "text"
-        if ex.n_trained == 0:
-            no_trained += 1
-            issues.append(f"{place}: {data_mod.no_trained_reason(ex.truncated, max_length)}")
+            shown = {"index": i, "place": place, "error": clip(str(exc), MESSAGE_CHARS)}
         else:
-            ok += 1
-            examples += len(rendered.examples)
-            total_tokens += sum(part.n_tokens for part in rendered.examples)
-            trained_tokens += sum(part.n_trained for part in rendered.examples)
-        if i == example:
+            ex = rendered.examples[0]
             where = f"{place}#chunk1" if rendered.chunked else place
             shown = {"index": i, "place": where, "windows": len(rendered.examples), **_example_dict(ex, tokenizer)}
-
+    summaries = tally.summaries()
     warnings = render.preflight(tokenizer, tmpl, summaries, max_length=max_length)
     if added:
         warnings.append(
@@ -326,44 +319,320 @@ def inspect(
         "max_length": max_length,
         "train_on": train_on,
         "counts": {
-            "records": len(loaded.conversations) + read_invalid + skipped,
-            "ok": ok,
-            "invalid": read_invalid + render_invalid,
+            "records": n_usable + read_invalid + skipped,
+            "ok": tally.ok,
+            "invalid": read_invalid + tally.render_invalid,
             "skipped": skipped,
             "repaired": repaired,
-            "truncated": truncated,
-            "no_trained": no_trained,
-            "chunked": chunked,
-            "examples": examples,
+            "truncated": tally.truncated,
+            "no_trained": tally.no_trained,
+            "chunked": tally.chunked,
+            "examples": tally.examples,
         },
         "issues": issues[:data_mod.MAX_ISSUES],
-        "issues_total": read_invalid + len(issues) - len(loaded.issues),
+        "issues_total": read_invalid + tally.issues_total,
         # not trained as written: one line per reason, then the first places
         "data_notes": loaded.notes(),
         # columns with values no field of the format read: [{column, records, of, example}]
         "unused_columns": loaded.column_use.to_list() if getattr(loaded, "column_use", None) else [],
         "skipped": [str(issue) for issue in loaded.skips[:data_mod.MAX_ISSUES]],
         "repaired": [str(issue) for issue in loaded.repairs[:data_mod.MAX_ISSUES]],
-        "lengths": data_mod.length_stats(full_lengths),
-        "histogram": data_mod.histogram(full_lengths, HIST_BINS),
-        "total_tokens": total_tokens,
-        "trained_tokens": trained_tokens,
+        "lengths": data_mod.length_stats(tally.full_lengths),
+        "histogram": data_mod.histogram(tally.full_lengths, HIST_BINS),
+        "total_tokens": tally.total_tokens,
+        "trained_tokens": tally.trained_tokens,
         # the records' tokens before truncation or chunking, and those the examples keep
         "long_text": long_text,
         "text_overlap": text_overlap,
-        "tokens_total": tokens_total,
-        "tokens_kept": tokens_kept,
-        "tokens_note": data_mod.tokens_line({"truncated": truncated, "chunked": chunked, "windows": windows},
-                                            tokens_kept, tokens_total, max_length, text_truncated),
+        "tokens_total": tally.tokens_total,
+        "tokens_kept": tally.tokens_kept,
+        "tokens_note": data_mod.tokens_line({"truncated": tally.truncated, "chunked": tally.chunked,
+                                             "windows": tally.windows},
+                                            tally.tokens_kept, tally.tokens_total, max_length, tally.text_truncated),
         "warnings": warnings,
         "example": shown,
     }
 
 
+# ------------------------------------------------------------------------ rendering at scale
+#
+# Records stream from the reader (readers.load_records(each=...)): none is kept, only what
+# the report needs of each (its token counts, a byte of flags, its notes when it has any).
+# Batches of BATCH records render in ``num_proc`` forked worker processes, in order; each
+# worker renders a record with chunking.render_record, as training does, and sends back a
+# summary. Small datasets render in this process (the first WARMUP batches always do).
+
+BATCH = 256
+WARMUP = 2
+_job: "_Job | None" = None  # the job, in forked workers
+
+
+class _Job:
+    """What rendering one record needs (inherited by forked workers, not pickled)."""
+
+    def __init__(self, tokenizer, template, train_on, max_length, long_text, overlap, end_id):
+        self.tokenizer, self.template, self.train_on = tokenizer, template, train_on
+        self.max_length, self.long_text, self.overlap, self.end_id = max_length, long_text, overlap, end_id
+
+    def summarise(self, batch: list[tuple[str, Any]]) -> list[tuple]:
+        """Per record of ``batch`` ((place, conversation) pairs): (place, error, None) or
+        (place, None, (full tokens, kept tokens, chunked, raw text, [(n_trained, n_tokens,
+        truncated, notes, trains_end) per example])). The records render together
+        (chunking.render_records), each as training renders it."""
+        from engine.data import chunking, render
+
+        rendered_all = chunking.render_records([conv for _, conv in batch], self.tokenizer, self.template,
+                                               train_on=self.train_on, max_length=self.max_length,
+                                               long_text=self.long_text, overlap=self.overlap)
+        out = []
+        for (place, conv), rendered in zip(batch, rendered_all):
+            if isinstance(rendered, render.RenderError):
+                out.append((place, clip(str(rendered), MESSAGE_CHARS), None))
+                continue
+            n = len(rendered.examples)
+            parts = [
+                (ex.n_trained, ex.n_tokens, bool(ex.truncated), tuple(ex.notes),
+                 # a window the next one continues has no end token to train
+                 k + 1 < n or (self.end_id is not None and self.end_id in ex.labels))
+                for k, ex in enumerate(rendered.examples)
+            ]
+            out.append((place, None, (rendered.full_tokens, rendered.kept_tokens, rendered.chunked,
+                                      conv.kind == "text", parts)))
+        return out
+
+
+def _render_batch(batch: list[tuple[str, Any]]) -> list[tuple]:
+    return _job.summarise(batch)
+
+
+class _Tally:
+    """The report's numbers, added up record by record in reading order."""
+
+    def __init__(self, max_length: int, strict: bool):
+        from array import array
+
+        self.max_length, self.strict = max_length, strict
+        self.full_lengths = array("q")  # per record, tokens before truncation or chunking
+        self.n_trained = array("l")  # per example (a chunked text has several)
+        self.flags = array("B")  # per example: 1 truncated, 2 trains its end token
+        self.notes: dict[int, tuple[str, ...]] = {}  # per example, the few that have notes
+        self.issues: list[str] = []  # the first MAX_ISSUES
+        self.issues_total = 0
+        self.ok = self.render_invalid = self.no_trained = self.truncated = self.text_truncated = 0
+        self.chunked = self.windows = self.examples = 0
+        self.total_tokens = self.trained_tokens = self.tokens_total = self.tokens_kept = 0
+
+    def issue(self, text: str) -> None:
+        from engine.data.dataset import MAX_ISSUES
+
+        self.issues_total += 1
+        if len(self.issues) < MAX_ISSUES:
+            self.issues.append(clip(text, MESSAGE_CHARS))
+
+    def add(self, place: str, error: str | None, summary: tuple | None) -> None:
+        from engine.data.dataset import no_trained_reason
+
+        if error is not None:
+            if self.strict:
+                raise InspectError(f"{place}: {error}")
+            self.render_invalid += 1
+            self.issue(f"{place}: {error}")
+            return
+        full, kept, chunked, is_text, parts = summary
+        self.full_lengths.append(full)
+        self.tokens_total += full
+        self.tokens_kept += kept
+        if chunked:
+            self.chunked += 1
+            self.windows += len(parts)
+        for n_trained, _, truncated, notes, trains_end in parts:
+            if notes:
+                self.notes[len(self.n_trained)] = notes
+            self.n_trained.append(n_trained)
+            self.flags.append(truncated | trains_end << 1)
+        n_trained, _, truncated, _, _ = parts[0]
+        self.truncated += truncated
+        self.text_truncated += truncated and is_text
+        if n_trained == 0:
+            self.no_trained += 1
+            self.issue(f"{place}: {no_trained_reason(truncated, self.max_length)}")
+        else:
+            self.ok += 1
+            self.examples += len(parts)
+            self.total_tokens += sum(part[1] for part in parts)
+            self.trained_tokens += sum(part[0] for part in parts)
+
+    def summaries(self):
+        """What render.preflight reads of each example, one at a time."""
+        for k, (n_trained, flags) in enumerate(zip(self.n_trained, self.flags)):
+            yield {"n_trained": n_trained, "truncated": bool(flags & 1), "trains_end": bool(flags & 2),
+                   "notes": self.notes.get(k, ())}
+
+
+def _workers(num_proc: int | None) -> int:
+    if num_proc is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    return max(1, num_proc)
+
+
+class _Pipeline:
+    """Batches of records to render, in order: here, or in a pool of forked workers."""
+
+    def __init__(self, job: _Job, tally: _Tally, workers: int, bar: "_Progress"):
+        self.job, self.tally, self.workers, self.bar = job, tally, workers, bar
+        self.records = 0  # records handed in
+        self.batch: list[tuple[str, Any]] = []
+        self.sent = 0
+        self.pool = None
+        self.pending = None
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def add(self, place: str, conv) -> None:
+        self.records += 1
+        self.batch.append((place, conv))
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        self.sent += 1
+        if self.workers <= 1 or self.sent <= WARMUP:
+            self._take(self.job.summarise(batch))
+            return
+        if self.pool is None:
+            self._start()
+        self.pending.append(self.pool.apply_async(_render_batch, (batch,)))
+        while len(self.pending) > 2 * self.workers:
+            self._take(self.pending.popleft().get())
+
+    def _start(self) -> None:
+        import collections
+        import multiprocessing
+
+        global _job
+        # a worker per core renders; the tokenizer's own threads would only compete
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        _job = self.job  # inherited by the forked workers
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+        self.pending = collections.deque()
+
+    def _take(self, results: list[tuple]) -> None:
+        for place, error, summary in results:
+            self.tally.add(place, error, summary)
+        self.bar.advance(len(results))
+
+    def __exit__(self, kind, *exc) -> None:
+        global _job
+        try:
+            if kind is None:
+                self.flush()
+                while self.pending:
+                    self._take(self.pending.popleft().get())
+        finally:
+            if self.pool is not None:
+                if kind is None:
+                    self.pool.close()
+                else:
+                    self.pool.terminate()
+                self.pool.join()
+            _job = None
+
+
+def _source_of(readers, path, dataset_dir, split, subset):
+    """The resolved source (for the progress bar's size), or None."""
+    try:
+        return readers.resolve_source(path, dataset_dir=dataset_dir, split=split, subset=subset)
+    except Exception:  # load_records says why, in its own words
+        return None
+
+
+class _Progress:
+    """A progress bar on stderr while records render, when stderr is a terminal: bytes of
+    the source's files read (the reader's position, from /proc) and records done."""
+
+    def __init__(self, source, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.paths = [str(p) for p in (getattr(source, "paths", None) or [])]
+        self.sizes = {}
+        for path in self.paths:
+            try:
+                self.sizes[path] = os.path.getsize(path)
+            except OSError:
+                pass
+        self.done = 0
+        self.progress = None
+
+    def __enter__(self) -> "_Progress":
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        total = sum(self.sizes.values()) or None
+        self.progress = Progress(
+            TextColumn("[bold]inspect[/]"), BarColumn(bar_width=24),
+            TextColumn("{task.percentage:>3.0f}%" if total else ""),
+            TextColumn("{task.fields[records]} records"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(file=sys.stderr), transient=True,
+        )
+        self.task = self.progress.add_task("inspect", total=total, records="0")
+        self.progress.start()
+        return self
+
+    def _position(self) -> int | None:
+        """Bytes read of the source's files: the files before the open one, and the open
+        one's file position (/proc/self/fdinfo); None where /proc cannot say."""
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return None
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target in self.sizes:
+                try:
+                    with open(f"/proc/self/fdinfo/{fd}") as fh:
+                        pos = int(fh.readline().split()[1])
+                except (OSError, ValueError, IndexError):
+                    return None
+                before = self.paths.index(target)
+                return sum(self.sizes.get(p, 0) for p in self.paths[:before]) + pos
+        return None
+
+    def advance(self, records: int) -> None:
+        self.done += records
+        if self.progress is None:
+            return
+        position = self._position()
+        update = {"records": f"{self.done:,}"}
+        if position is not None:
+            update["completed"] = position
+        self.progress.update(self.task, **update)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+EXAMPLE_TAIL_CHARS = 2000  # of an example's text past what max_length keeps, shown
+
+
 def _example_dict(ex, tokenizer) -> dict[str, Any]:
     trained_ids = [t for t in ex.labels if t != -100]
+    text = ex.text
+    shown_text = text[: ex.kept_chars + EXAMPLE_TAIL_CHARS]  # a 10 MB record is not echoed whole
     return {
-        "text": ex.text,
+        "text": shown_text,
+        "text_chars": len(text),
         "trained_spans": [list(s) for s in ex.trained_spans],
         "trained_text": ex.trained_text(),
         "trained_decoded": tokenizer.decode(trained_ids, skip_special_tokens=False) if trained_ids else "",
@@ -475,7 +744,7 @@ def print_report(result: dict[str, Any], file=None) -> None:
          f"{ex['n_trained']} trained (shown {marks})")
     console.print(_marked(ex, styled=bool(tty and console.color_system)))
     if ex["truncated"]:
-        rest = len(ex["text"]) - ex["kept_chars"]
+        rest = ex.get("text_chars", len(ex["text"])) - ex["kept_chars"]
         line((f"[... {rest} more characters ({ex['full_tokens'] - ex['n_tokens']} tokens) over "
               f"max_length {result['max_length']}: not trained]", "yellow"))
 

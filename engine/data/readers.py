@@ -25,6 +25,7 @@ exchange); ``strict`` raises on a repair, never on a skip.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import functools
@@ -44,10 +45,13 @@ from engine.data.conversation import Conversation
 from engine.data.formats import (
     DETECT_SAMPLE,
     FORMATS,
+    MESSAGE_CHARS,
+    SHOW_CHARS,
     DataError,
     RecordError,
     RecordSkipped,
     _Reads,
+    clip,
     detect,
     detect_one,
     registry_format,
@@ -75,6 +79,7 @@ DEFAULT_MAX_LINE_BYTES = 64 * MB
 DEFAULT_MAX_ISSUES_KEPT = 1000
 BINARY_SNIFF_BYTES = 1024
 TXT_SNIFF_BYTES = 1 << 20
+JSON_CHUNK_BYTES = 1 << 22  # a JSON array is read 4 MB at a time
 HUB_PROBE_TIMEOUT_S = 2.0
 
 SUFFIXES = {
@@ -149,6 +154,13 @@ class Issue:
     message: str
     row: int | None = None
     severity: str = "invalid"
+
+    def __post_init__(self):
+        # a message shows at most formats.SHOW_CHARS of a value from the data (a 10 MB key)
+        if self.field is not None and len(self.field) > SHOW_CHARS:
+            object.__setattr__(self, "field", clip(self.field))
+        if len(self.message) > MESSAGE_CHARS:
+            object.__setattr__(self, "message", clip(self.message, MESSAGE_CHARS))
 
     @property
     def place(self) -> str:
@@ -255,6 +267,9 @@ class LoadResult:
     column_use: ColumnUse | None = None
     # what is said of a whole source (text that reads as a transcript, trained as text)
     source_notes: list[str] = field(default_factory=list)
+    # preference pairs among the records, when the conversations were handed on rather
+    # than kept (load_records(each=...)); None: count them in ``conversations``
+    preference_pairs: int | None = None
 
     def summary(self) -> str:
         lines = [f"{self.counts['ok']} records ok ({self.format}), {self.counts['invalid']} invalid"]
@@ -281,7 +296,9 @@ class LoadResult:
             f"{n} record{'s' if n != 1 else ''} kept after a repair: {kind} (the rest of each conversation is trained)"
             for kind, n in self.repair_kinds.most_common()
         ]
-        pairs = sum(1 for _, conv in self.conversations if conv.kind == "preference")
+        pairs = self.preference_pairs
+        if pairs is None:
+            pairs = sum(1 for _, conv in self.conversations if conv.kind == "preference")
         if pairs:
             lines.append(
                 f"{pairs} of {total} records are preference pairs: SFT trains the chosen reply; the "
@@ -666,7 +683,129 @@ def _records_key(obj: dict[str, Any], split: str) -> str | None:
     raise DataError(f"a JSON object with several lists ({', '.join(lists)}); cannot tell which holds the records")
 
 
+def _starts_array(path: Path) -> bool:
+    """Whether the file's JSON starts with ``[`` (after a BOM and whitespace)."""
+    with open(path, "rb") as fh:
+        head = fh.read(BINARY_SNIFF_BYTES)
+        while head and not head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+            more = fh.read(BINARY_SNIFF_BYTES)
+            if not more:
+                break
+            head += more
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+class _JsonStream:
+    """A JSON text read in chunks: ``buf`` holds what is not consumed yet; lines and
+    columns are counted across what was dropped."""
+
+    def __init__(self, fh, encoding_errors: str):
+        errors = "replace" if encoding_errors == "replace" else "surrogateescape"
+        self.check_bytes = errors == "surrogateescape"
+        self.fh = fh
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors)
+        self.buf = ""
+        self.eof = False
+        self.bad = False  # undecodable bytes seen (surrogate escapes in the text)
+        self.base_line = 1  # line of buf[0]
+        self.base_col = 0  # characters of buf[0]'s line before it
+        self._at, self._line = 0, 1  # incremental line count within buf
+
+    def more(self) -> bool:
+        """Read the next chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        raw = self.fh.read(JSON_CHUNK_BYTES)
+        text = self.decoder.decode(raw, final=not raw)
+        if not raw:
+            self.eof = True
+        if not self.buf and text.startswith("\ufeff"):  # a BOM cut by the chunk size
+            text = text[1:]
+        if self.check_bytes and not self.bad and _SURROGATE.search(text):
+            self.bad = True
+        self.buf += text
+        return bool(raw) or bool(text)
+
+    def ws(self, pos: int) -> int:
+        """Position of the next non-whitespace character (reading on as needed); len(buf) at the end."""
+        while True:
+            pos = _skip_ws(self.buf, pos)
+            if pos < len(self.buf) or not self.more():
+                return pos
+
+    def line(self, pos: int) -> int:
+        if pos < self._at:
+            self._at, self._line = 0, self.base_line
+        self._line += self.buf.count("\n", self._at, pos)
+        self._at = pos
+        return self._line
+
+    def column(self, pos: int) -> int:
+        nl = self.buf.rfind("\n", 0, pos)
+        return pos - nl if nl >= 0 else self.base_col + pos + 1
+
+    def drop(self, pos: int) -> int:
+        """Forget ``buf[:pos]``; returns the new position of ``pos`` (0)."""
+        self.line(pos)
+        nl = self.buf.rfind("\n", 0, pos)
+        self.base_col = pos - nl - 1 if nl >= 0 else self.base_col + pos
+        self.base_line = self._line
+        self.buf = self.buf[pos:]
+        self._at, self._line = 0, self.base_line
+        return 0
+
+
+def _stream_json_array(path: Path, src: str, report: Reporter, encoding_errors: str):
+    """The elements of a top-level JSON array, read in chunks of JSON_CHUNK_BYTES: memory
+    holds one chunk and the element being read, not the file (a 273 MB array is ~8 MB)."""
+    with open(path, "rb") as fh:
+        s = _JsonStream(fh, encoding_errors)
+        pos = s.ws(0)
+        if pos >= len(s.buf):
+            report(Issue(src, None, None, "file is empty"))
+            return
+
+        def syntax(pos: int, msg: str) -> None:
+            report(Issue(src, s.line(pos), None, f"invalid JSON: {msg} (column {s.column(pos)}); "
+                                                 "the rest of the file could not be read"))
+
+        pos = s.ws(pos + 1)  # past '['
+        if s.buf.startswith("]", pos):
+            return
+        while True:
+            try:
+                value, end = _decoder.raw_decode(s.buf, pos)
+            except json.JSONDecodeError as exc:
+                # cut by the chunk's end (a string runs on): read on and try again
+                if (exc.pos >= len(s.buf) - 16 or exc.msg.startswith("Unterminated string")) and s.more():
+                    continue
+                syntax(exc.pos, exc.msg)
+                return
+            if end > len(s.buf) - 16 and s.more():  # a number may go on in the next chunk
+                continue
+            bad = _SURROGATE.search(s.buf, pos, end) if s.bad else None
+            if bad:
+                report(Issue(src, s.line(bad.start()), None, f"invalid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})"))
+            else:
+                yield s.line(pos), None, value
+            pos = s.ws(end)
+            if pos >= len(s.buf):
+                syntax(pos, "unterminated array (missing ']')")
+                return
+            if s.buf[pos] == "]":
+                return
+            if s.buf[pos] != ",":
+                syntax(pos, "expected ',' or ']' after an array element")
+                return
+            pos = s.ws(pos + 1)
+            if pos > JSON_CHUNK_BYTES:
+                pos = s.drop(pos)
+
+
 def _read_json(path: Path, src: str, report: Reporter, max_line_bytes: int, encoding_errors: str, split: str):
+    if _starts_array(path):
+        yield from _stream_json_array(path, src, report, encoding_errors)
+        return
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -1204,6 +1343,7 @@ def load_records(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     keep_raw: bool = False,
     roles: Mapping[str, str] | None = None,
+    each: Callable[[RawRecord, Conversation], None] | None = None,
 ) -> LoadResult:
     """Read a data source and normalise every record to a Conversation (``roles``: a
     transcript's speaker -> role mapping, :mod:`engine.data.transcripts`).
@@ -1211,7 +1351,9 @@ def load_records(
     ``on_error="skip"`` collects issues and goes on; ``"strict"`` raises DataError at the
     first. A source whose format cannot be detected raises DataError under both. The
     RawRecords kept in the result carry their place only (``data=None``) unless
-    ``keep_raw``, so a large dataset is not held twice.
+    ``keep_raw``, so a large dataset is not held twice. ``each``: called with every
+    (record, conversation) as it is read, instead of keeping them (``conversations`` is
+    then empty and memory flat: ``finetui data inspect`` on a million records).
     """
     collector = IssueCollector(on_error)
     source = resolve_source(path, dataset_dir=dataset_dir, split=split, subset=subset)
@@ -1232,14 +1374,20 @@ def load_records(
         encoding_errors=encoding_errors,
         max_line_bytes=max_line_bytes,
     )
+    n_ok = n_pairs = 0
     for record, conversation in pairs:
-        conversations.append((record if keep_raw else replace(record, data=None), conversation))
-        if max_samples is not None and len(conversations) >= max_samples:
+        n_ok += 1
+        if each is not None:
+            n_pairs += conversation.kind == "preference"
+            each(record if keep_raw else replace(record, data=None), conversation)
+        else:
+            conversations.append((record if keep_raw else replace(record, data=None), conversation))
+        if max_samples is not None and n_ok >= max_samples:
             pairs.close()
             break
     distinct = sorted(set(formats_seen.values()))
     fmt = distinct[0] if len(distinct) == 1 else ("mixed" if distinct else (source.format or format))
-    counts = {"ok": len(conversations), "invalid": collector.count}
+    counts = {"ok": n_ok, "invalid": collector.count}
     if collector.skipped:
         counts["skipped"] = collector.skipped
     if collector.repaired:
@@ -1258,4 +1406,5 @@ def load_records(
         repair_kinds=collector.repair_kinds,
         column_use=column_use,
         source_notes=source_notes,
+        preference_pairs=n_pairs if each is not None else None,
     )

@@ -42,6 +42,7 @@ import copy
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -510,6 +511,70 @@ def render(
     max_length: int = 512,
 ) -> Example:
     """Render one conversation; labels are -100 everywhere but trained tokens."""
+    steps = _render_steps(conv, tokenizer, template, train_on, max_length)
+    text = next(steps)
+    return _resume(steps, _Encoded(_encode(tokenizer, [text]), 0))
+
+
+def render_many(
+    convs: list[Conversation],
+    tokenizer,
+    template: Template,
+    *,
+    train_on: str = "assistant",
+    max_length: int = 512,
+) -> list[Example | RenderError]:
+    """:func:`render` of each conversation (its Example, or the RenderError it raises), the
+    full texts tokenised in one call: the same examples, at about half the cost of a call
+    per conversation (``finetui data inspect`` on a million records)."""
+    results: list[Example | RenderError | None] = [None] * len(convs)
+    waiting: list[tuple[int, Any, str]] = []
+    for i, conv in enumerate(convs):
+        steps = _render_steps(conv, tokenizer, template, train_on, max_length)
+        try:
+            waiting.append((i, steps, next(steps)))
+        except RenderError as exc:
+            results[i] = exc
+    if waiting:
+        batch = _encode(tokenizer, [text for _, _, text in waiting])
+        for k, (i, steps, _) in enumerate(waiting):
+            try:
+                results[i] = _resume(steps, _Encoded(batch, k))
+            except RenderError as exc:
+                results[i] = exc
+    return results
+
+
+def _encode(tokenizer, texts: list[str]):
+    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False,
+                     return_attention_mask=False, return_token_type_ids=False)
+
+
+class _Encoded:
+    """Text ``i`` of a batch encoding, read as the encoding of that text alone."""
+
+    def __init__(self, batch, i: int):
+        self.batch, self.i = batch, i
+
+    def __getitem__(self, key: str):
+        return self.batch[key][self.i]
+
+    def char_to_token(self, char: int) -> int | None:
+        return self.batch.char_to_token(self.i, char)
+
+
+def _resume(steps, enc: _Encoded) -> Example:
+    try:
+        steps.send(enc)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("render: the text was tokenised twice")  # pragma: no cover
+
+
+def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: str, max_length: int):
+    """render() as a generator: it yields the full text once and is sent back its encoding
+    (what ``tokenizer(text, return_offsets_mapping=True)`` gives), so that render_many can
+    tokenise many texts in one call; it returns the Example."""
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on: expected assistant or all, got {train_on!r}")
     detect_end_token(tokenizer, template)
@@ -517,23 +582,31 @@ def render(
     if conv.kind == "text":
         eos = tokenizer.eos_token or ""
         text = _bos_prefix(tokenizer) + (conv.text or "") + eos
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        enc = yield text
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         trained = [True] * len(ids)
     else:
         if not conv.to_messages():
             raise RenderError("conversation has no messages")
         tools = _tools(conv.tools)
-        messages, text = _render_messages(tokenizer, template, conv, tools)
+        generation = None
+        if template.has_generation and train_on != "all" and not _has_structured_arguments(conv):
+            # one rendering gives the text and the spans inside the generation markers
+            messages = _messages(conv)
+            text, generation = _generation_spans(tokenizer, template, messages, tools)
+        else:
+            messages, text = _render_messages(tokenizer, template, conv, tools)
         notes.extend(_ignored_parts(tokenizer, template, messages, tools, text))
         if train_on == "all":
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            enc = yield text
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
             trained = [True] * len(ids)
         elif template.has_generation:
-            enc = _apply_with_mask(tokenizer, template, messages, tools)
+            if generation is None:
+                text, generation = _generation_spans(tokenizer, template, messages, tools)
+            enc = yield text
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
-            trained = [bool(m) for m in enc["assistant_masks"]]
+            trained = [bool(m) for m in _assistant_masks(enc, len(ids), generation)]
             trained = _untrain_after_end(tokenizer, ids, offsets, text, trained, _end_ids(tokenizer, template))
             context = _context_turns(conv)
             if context:  # turns marked not trained: find them as the markerless path does
@@ -543,7 +616,7 @@ def render(
                 trained = [t and not c for t, c in zip(trained, inside)]
         else:
             context = _context_turns(conv)
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            enc = yield text
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
             spans = _incremental_spans(tokenizer, template, messages, tools, text, ids, offsets, notes,
                                        keep=lambda i: i not in context)
@@ -555,7 +628,7 @@ def render(
     if truncated:
         ids, offsets, trained = ids[:max_length], offsets[:max_length], trained[:max_length]
     labels = [tid if t else IGNORE for tid, t in zip(ids, trained)]
-    kept_chars = max((int(e) for _, e in offsets), default=0)
+    kept_chars = max((int(e) for _, e in offsets), default=0) if truncated else len(text)
     return Example(
         input_ids=ids,
         labels=labels,
@@ -564,7 +637,7 @@ def render(
         n_tokens=len(ids),
         n_trained=sum(trained),
         truncated=truncated,
-        kept_chars=kept_chars if truncated else len(text),
+        kept_chars=kept_chars,
         full_tokens=full_tokens,
         notes=notes,
     )
@@ -590,21 +663,41 @@ def _ignored_parts(tokenizer, template: Template, messages, tools, text: str) ->
     return notes
 
 
-def _apply_with_mask(tokenizer, template: Template, messages, tools):
+def _generation_spans(tokenizer, template: Template, messages, tools) -> tuple[str, list[tuple[int, int]]]:
+    """The full text and the character spans inside ``{% generation %}`` markers: what
+    ``apply_chat_template(..., return_assistant_tokens_mask=True)`` renders, without its
+    tokenising (render tokenises texts many at a time)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    # as apply_chat_template does: keys whose value is None dropped, the special tokens
+    # and the template's own variables passed
+    chat = [{k: v for k, v in message.items() if v is not None} for message in messages]
     try:
-        return tokenizer.apply_chat_template(
-            messages,
+        texts, spans = render_jinja_template(
+            conversations=[chat],
             tools=tools,
             chat_template=template.source,
-            add_generation_prompt=False,
-            tokenize=True,
-            return_dict=True,
             return_assistant_tokens_mask=True,
-            tokenizer_kwargs={"return_offsets_mapping": True, "verbose": False},
-            **_template_kwargs(tokenizer, template),
+            add_generation_prompt=False,
+            **{**tokenizer.special_tokens_map, **_template_kwargs(tokenizer, template)},
         )
     except Exception as exc:
         raise RenderError(f"template {template.label}: {_exc_text(exc)}") from None
+    return texts[0], spans[0]
+
+
+def _assistant_masks(enc, n: int, generation: list[tuple[int, int]]) -> list[int]:
+    """apply_chat_template's assistant mask, from the encoding of the text: the tokens from
+    the one holding a span's first character to the one holding its last."""
+    mask = [0] * n
+    for start_char, end_char in generation:
+        start = enc.char_to_token(start_char)
+        end = enc.char_to_token(end_char - 1)
+        if start is None:  # past the end (as transformers reads it)
+            break
+        for k in range(start, end + 1 if end else n):
+            mask[k] = 1
+    return mask
 
 
 def _untrain_after_end(tokenizer, ids, offsets, text, trained, end_ids: set[int]) -> list[bool]:
@@ -843,9 +936,9 @@ def _tokens_in_spans(offsets, spans: list[tuple[int, int]]) -> list[bool]:
 def _spans_of(offsets, trained: list[bool]) -> list[tuple[int, int]]:
     """Character spans covered by trained tokens, merged."""
     spans: list[tuple[int, int]] = []
-    for (a, b), t in zip(offsets, trained):
+    for a, b in compress(offsets, trained):
         a, b = int(a), int(b)
-        if not t or b <= a:
+        if b <= a:
             continue
         if spans and a <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(spans[-1][1], b))
