@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tui_helpers import SIZE, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
+from tui_helpers import SIZE, open_path, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
 
 from tui.app import FinetuiApp
 from tui.screens.datasets import DatasetsScreen
@@ -22,16 +22,6 @@ ALPACA = DATA / "datasets" / "llamafactory" / "alpaca_en_demo.json"
 
 def line(app, ident: str) -> str:
     return text_of(app.screen.query_one(ident))
-
-
-async def open_path(pilot, app, path: str) -> None:
-    await pilot.press("o")
-    await pilot.pause()
-    assert isinstance(app.screen, PathDialog)
-    await pilot.press("ctrl+a", "ctrl+k")
-    await type_text(pilot, path)
-    await pilot.press("enter")
-    await settle(pilot, app)
 
 
 def inside_screen(widget) -> bool:

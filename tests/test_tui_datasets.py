@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 
-from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
+from tui_helpers import SIZE, open_path, notifications, settle, text_of, tui_env, type_text  # noqa: F401
 
 from tui import datasource
 from tui.app import FinetuiApp
@@ -29,16 +29,6 @@ async def wait_until(pilot, predicate, timeout: float = 90.0) -> None:
 
 def source_line(app) -> str:
     return text_of(app.screen.query_one("#ds-source"))
-
-
-async def open_path(pilot, app, path: str) -> None:
-    await pilot.press("o")
-    await pilot.pause()
-    assert isinstance(app.screen, PathDialog)
-    await pilot.press("ctrl+a", "ctrl+k")
-    await type_text(pilot, path)
-    await pilot.press("enter")
-    await settle(pilot, app)
 
 
 async def test_opens_on_the_sample_dataset(tui_env):

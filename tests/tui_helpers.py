@@ -68,6 +68,19 @@ async def settle(pilot, app, timeout: float = 15.0) -> None:
     await pilot.pause()
 
 
+async def open_path(pilot, app, path: str) -> None:
+    """The Datasets screen's open dialog (o): type a path, enter, wait for it to load."""
+    from tui.widgets.dialogs import PathDialog
+
+    await pilot.press("o")
+    await pilot.pause()
+    assert isinstance(app.screen, PathDialog)
+    await pilot.press("ctrl+a", "ctrl+k")
+    await type_text(pilot, path)
+    await pilot.press("enter")
+    await settle(pilot, app)
+
+
 def train_tiny_run(tmp_path_factory, cache_dir: Path) -> Path:
     """A LoRA run of the tiny model on the sample FAQ (20 steps), trained once per session
     with `finetui train`, whichever test module asks first."""
