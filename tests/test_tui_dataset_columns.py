@@ -12,7 +12,6 @@ from tui_helpers import SIZE, open_path, settle, text_of, tui_env, type_text, wa
 from tui.app import FinetuiApp
 from tui.screens.datasets import DatasetsScreen
 from tui.widgets.columnmap import ColumnMapDialog
-from tui.widgets.dialogs import PathDialog
 from tui.widgets.rowtable import RowTable
 
 DATA = Path(__file__).resolve().parent / "data"
