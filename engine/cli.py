@@ -20,7 +20,7 @@ MESSAGE_CHARS = 2000  # an error line longer than this is cut (engine.data.forma
 # sub-command -> module that implements command(args)
 HANDLERS = {
     "train": "engine.launcher",
-    "data": "engine.data.inspect",
+    "data": "engine.data.inspection",
     "runs": "engine.runs_cli",
     "merge": "engine.merge",
     "chat": "engine.chat",

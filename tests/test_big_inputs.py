@@ -224,7 +224,7 @@ def test_inspect_keeps_no_record(tmp_path, tiny_model_dir):
 
     from transformers import AutoTokenizer
 
-    from engine.data.inspect import inspect
+    from engine.data.inspection import inspect
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     peaks = {}
@@ -245,7 +245,7 @@ def test_inspect_keeps_no_record(tmp_path, tiny_model_dir):
 def test_inspect_with_workers_reports_what_one_process_does(tmp_path, tiny_model_dir, shared_datasets):
     from transformers import AutoTokenizer
 
-    from engine.data.inspect import inspect
+    from engine.data.inspection import inspect
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     path = str(shared_datasets / "llamafactory" / "alpaca_en_demo.json")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.data import formats, render
-from engine.data.inspect import inspect, parse_columns, print_report
+from engine.data.inspection import inspect, parse_columns, print_report
 from engine.data.readers import load_records
 
 DATA = Path(__file__).resolve().parent / "data" / "fidelity"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine.data import render
-from engine.data.inspect import inspect, print_report
+from engine.data.inspection import inspect, print_report
 from engine.data.readers import load_records
 from render_helpers import trained_runs
 

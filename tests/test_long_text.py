@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.data import render
-from engine.data.inspect import inspect, print_report
+from engine.data.inspection import inspect, print_report
 from engine.data.readers import load_records
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import pytest
 
 from engine.data import render
 from engine.data.formats import DataError, detect
-from engine.data.inspect import inspect, print_report
+from engine.data.inspection import inspect, print_report
 from engine.data.readers import iter_records, load_records
 from render_helpers import trained_runs
 

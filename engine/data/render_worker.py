@@ -84,7 +84,7 @@ class Worker:
 
     def load(self) -> None:
         from engine.data import render
-        from engine.data.inspect import load_tokenizer
+        from engine.data.inspection import load_tokenizer
 
         from engine.data import chunking, transcripts
 
