@@ -11,7 +11,7 @@ variant, round after round, so every variant sees the same minutes of the machin
 
 - ``stock``: transformers' ``Trainer``, peft's LoRA forward, AdamW looping over tensors;
 - ``+fused-adamw``: the same with ``optim=adamw_torch_fused`` (what the trainer uses);
-- ``+lean-trainer``: and ``engine.hf_trainer.Trainer`` (no per-step module walks);
+- ``+lean-trainer``: and ``engine.lean_trainer.LeanTrainer`` (no per-step module walks);
 - ``+fused-lora``: and ``engine.fused_lora`` (q/k/v and gate/up as one computation), with
   the LoRA product kept apart from the weight, as in 16-bit dtypes;
 - ``+lora-in-weight``: the same with the LoRA product added into the float32 weight (one
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from engine import attention, fused_layers, fused_lora, fused_loss, hf_trainer, modeling
+    from engine import attention, fused_layers, fused_lora, fused_loss, lean_trainer, modeling
     from engine.attention import use_packed_sdpa
     from engine.data import dataset
     from engine.train import training_arguments
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         train_args = training_arguments(config, out_dir, "cpu", False, 1)
         if level < 1:
             train_args.optim = "adamw_torch"
-        trainer_class = hf_trainer.Trainer if level >= 2 else transformers.Trainer
+        trainer_class = lean_trainer.LeanTrainer if level >= 2 else transformers.Trainer
         trainer = trainer_class(model=model, args=train_args, train_dataset=built.train, data_collator=collate)
         trainer.remove_callback(transformers.PrinterCallback)
         try:

@@ -7,7 +7,7 @@ Read top to bottom:
    ends in one ``error`` event and a ``finished`` event with status ``failed``.
 2. :func:`train` loads the run's ``config.yaml``, the tokenizer and data
    (``engine.data.dataset.build``) and the model (``engine.modeling``), and hands them to the
-   Hugging Face ``Trainer`` (engine/hf_trainer.py: the same, minus its per-step walks over
+   Hugging Face ``Trainer`` (``engine.lean_trainer.LeanTrainer``: the same, minus its walks over
    every module). What we add are callbacks (engine/callbacks.py): events from the
    Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM. LoRA
    linears that share an input run fused (engine/fused_lora.py), and so do the rotary
@@ -468,7 +468,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     from engine import modeling
     from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
     from engine.data import dataset as dataset_mod
-    from engine.hf_trainer import Trainer
+    from engine.lean_trainer import LeanTrainer
 
     _imports_done()
     device = modeling.pick_device(config.model.device)
@@ -562,7 +562,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         extra_callbacks.append(early_stop)
     else:
         early_stop = None
-    trainer = Trainer(
+    trainer = LeanTrainer(
         model=model,
         args=args,
         data_collator=counter,

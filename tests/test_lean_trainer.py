@@ -1,4 +1,4 @@
-"""engine.hf_trainer.Trainer: the Hugging Face Trainer's per-step module walks, done once or
+"""engine.lean_trainer.LeanTrainer: the Hugging Face Trainer's per-step module walks, done once or
 over the trained parameters only, must leave training exactly as it was: the same clipped
 gradients and norm, the same FLOs, gradients cleared, and modes that really switch between
 training and evaluation (dropout on in training, off in evaluation)."""
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.hf_trainer import Trainer  # noqa: E402
+from engine.lean_trainer import LeanTrainer  # noqa: E402
 
 
 def make_model(dropout: float = 0.0):
@@ -31,7 +31,7 @@ def make_trainer(tmp_path, model, **args):
                                   use_cpu=True, disable_tqdm=True, max_grad_norm=0.01, **args)
     from transformers import default_data_collator
 
-    return Trainer(model=model, args=arguments, train_dataset=rows, eval_dataset=rows,
+    return LeanTrainer(model=model, args=arguments, train_dataset=rows, eval_dataset=rows,
                    data_collator=default_data_collator)
 
 

@@ -28,7 +28,7 @@ from accelerate.utils import DistributedType
 PLAIN_CLIPPING = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
 
-class Trainer(transformers.Trainer):
+class LeanTrainer(transformers.Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._trained = [p for p in self.model.parameters() if p.requires_grad]
