@@ -379,8 +379,10 @@ def _run_config(run_dir: Path):
         raise ModelLoadError(f"run {run_dir.name}: {exc}") from None
 
 
-def load(target: str, base: bool = False, progress: Callable[[str, str], None] | None = None) -> ChatModel:
-    """Load what ``target`` names for chatting. Raises ModelLoadError with a clear line."""
+def load(target: str, base: bool = False, progress: Callable[[str, str], None] | None = None,
+         trust_remote_code: bool = False) -> ChatModel:
+    """Load what ``target`` names for chatting. Raises ModelLoadError with a clear line.
+    ``trust_remote_code``: the user's ``--trust-remote-code`` (engine.modeling.load_for_inference)."""
     progress = progress or (lambda stage, message: None)
     started = time.perf_counter()
     target = str(target)
@@ -399,7 +401,7 @@ def load(target: str, base: bool = False, progress: Callable[[str, str], None] |
             # A run's merged/ or adapter/ folder: same template as the run.
             template_name = _run_config(parent).data.template
             info.update(run_id=parent.name)
-    model, tokenizer, where = _load_weights(target, run_dir, base, progress)
+    model, tokenizer, where = _load_weights(target, run_dir, base, progress, trust_remote_code)
     info.update(where)
     progress("template", f"template {template_name}")
     template, chat_template, render_kwargs = resolve_template(tokenizer, template_name)
@@ -456,7 +458,8 @@ def _context_length(model: Any, tokenizer: Any) -> int:
     return 2048
 
 
-def _load_weights(target: str, run_dir: Path | None, base: bool, progress: Callable[[str, str], None]):
+def _load_weights(target: str, run_dir: Path | None, base: bool, progress: Callable[[str, str], None],
+                  trust_remote_code: bool = False):
     """(model, tokenizer, info) through engine.modeling, so chat, eval and merge load a
     run's result the same way (merged, else base + adapter, else full, else checkpoint)."""
     from engine import modeling
@@ -465,7 +468,8 @@ def _load_weights(target: str, run_dir: Path | None, base: bool, progress: Calla
     what = f"run {run_dir.name}" + (" (base model)" if base else "") if run_dir else target
     progress("model", f"loading {what}")
     try:
-        model, tokenizer = modeling.load_for_inference(str(run_dir) if run_dir else target, use_adapter=not base)
+        model, tokenizer = modeling.load_for_inference(str(run_dir) if run_dir else target, use_adapter=not base,
+                                                       trust_remote_code=trust_remote_code)
     except (ModelError, OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(_load_message(exc)) from None
     model.eval()
@@ -706,14 +710,15 @@ def _quiet_libraries() -> None:
         pass
 
 
-def serve(target: str, base: bool = False, stdin=None) -> int:
+def serve(target: str, base: bool = False, stdin=None, trust_remote_code: bool = False) -> int:
     """The worker's main: load, say ready, answer until shutdown or stdin EOF."""
     out = _Output()
     stdin = stdin or sys.stdin
     _quiet_libraries()
     started = time.perf_counter()
     try:
-        chat = load(target, base, progress=lambda stage, msg: out.send({"type": "loading", "stage": stage, "message": msg}))
+        chat = load(target, base, progress=lambda stage, msg: out.send({"type": "loading", "stage": stage, "message": msg}),
+                    trust_remote_code=trust_remote_code)
     except ModelLoadError as exc:
         out.send(proto.error("model", str(exc)))
         return 2
@@ -749,14 +754,14 @@ def _conversation(system: str | None, history: list[dict[str, Any]], prompt: str
 
 def command(args: argparse.Namespace) -> int:
     if getattr(args, "serve", False):
-        return serve(args.model, base=args.base)
+        return serve(args.model, base=args.base, trust_remote_code=args.trust_remote_code)
     _quiet_libraries()
     params = _params_from_args(args)
     check_params(params)  # refuse bad flags before loading anything
     tty = sys.stderr.isatty()
     if tty:
         print(f"loading {args.model}…", file=sys.stderr, flush=True)
-    chat = load(args.model, base=args.base)  # ModelLoadError: one line on stderr (engine.cli)
+    chat = load(args.model, base=args.base, trust_remote_code=args.trust_remote_code)  # ModelLoadError: one line
     if tty:
         i = chat.info
         print(f"{i.get('source')} model, {i['params']:,} params on {i['device']}, template {i['template']}, "

@@ -126,9 +126,12 @@ class WorkerCrashed(ChatError):
 _EOF = object()  # reader thread -> queues: the worker's stdout closed
 
 
-def worker_command(model: str, base: bool = False, python: str | None = None) -> list[str]:
+def worker_command(model: str, base: bool = False, python: str | None = None,
+                   trust_remote_code: bool = False) -> list[str]:
+    """``trust_remote_code``: the user's own choice (their config, --trust-remote-code);
+    without it the worker never runs code shipped with a model."""
     cmd = [python or sys.executable, "-m", "engine.chat", "--serve", str(model)]
-    return cmd + (["--base"] if base else [])
+    return cmd + (["--base"] if base else []) + (["--trust-remote-code"] if trust_remote_code else [])
 
 
 def _describe_exit(returncode: int | None) -> str:
@@ -224,10 +227,12 @@ class ChatClient:
         cwd: str | os.PathLike | None = None,
         command: list[str] | None = None,
         stderr_path: str | os.PathLike | None = None,
+        trust_remote_code: bool = False,
     ):
         self.model = str(model)
         self.base = base
-        self.command = command or worker_command(self.model, base=base, python=python)
+        self.command = command or worker_command(self.model, base=base, python=python,
+                                                 trust_remote_code=trust_remote_code)
         self.env = env
         self.cwd = cwd
         self.stderr_path = Path(stderr_path) if stderr_path else None

@@ -16,6 +16,8 @@ import os
 import sys
 
 MESSAGE_CHARS = 2000  # an error line longer than this is cut (engine.data.formats caps values at 200)
+TRUST_HELP = ("run code shipped with the model (auto_map + .py files in its folder); off unless you "
+              "pass it: a run's config.yaml or an adapter's finetui.json cannot turn it on")
 
 # sub-command -> module that implements command(args)
 HANDLERS = {
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run", help="run id, or an adapter folder")
     m.add_argument("--out", help="output folder (default runs/<id>/merged)")
     m.add_argument("--shard-size", default="2GB", help="max safetensors shard size, e.g. 500MB")
+    m.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     m.add_argument("--json", action="store_true")
 
     c = sub.add_parser("chat", help="talk to a model or a run's result")
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repetition-penalty", type=float, default=1.0)
     c.add_argument("--base", action="store_true", help="with a run: use its base model (no adapter)")
     c.add_argument("--serve", action="store_true", help="run as a JSON-lines worker on stdin/stdout")
+    c.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     c.add_argument("--json", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a run on its held-out split")
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="at most this many examples")
     e.add_argument("--refusal", metavar="TEXT",
                    help="the reply that refuses off-topic questions (default: the split's most repeated target)")
+    e.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     e.add_argument("--json", action="store_true")
 
     from engine import demo

@@ -345,8 +345,10 @@ def evaluate(
     save: bool = True,
     progress: Callable[[str], None] | None = None,
     refusal: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a run on its held-out split. Returns the results (also saved)."""
+    """Evaluate a run on its held-out split. Returns the results (also saved).
+    ``trust_remote_code``: the user's --trust-remote-code (the run's config.yaml cannot)."""
     from engine import chat as chat_mod
     from engine import runs
     from engine.config import ConfigError, load as load_config
@@ -371,7 +373,7 @@ def evaluate(
 
     progress(f"loading the tuned model of {run_dir.name}")
     try:
-        tuned = chat_mod.load(str(run_dir))
+        tuned = chat_mod.load(str(run_dir), trust_remote_code=trust_remote_code)
     except chat_mod.ModelLoadError as exc:
         raise EvalError(str(exc)) from None
     tokenizer = tuned.tokenizer
@@ -430,7 +432,7 @@ def evaluate(
         _release(tuned)
         progress(f"loading the base model {config.model.name_or_path}")
         try:
-            base = chat_mod.load(str(run_dir), base=True)
+            base = chat_mod.load(str(run_dir), base=True, trust_remote_code=trust_remote_code)
         except chat_mod.ModelLoadError as exc:
             raise EvalError(f"--compare-base: {exc}") from None
         if _fit_vocab(base.model, tokenizer):
@@ -585,6 +587,7 @@ def command(args: argparse.Namespace) -> int:
         batch_size=getattr(args, "batch_size", None) or 16,
         progress=progress,
         refusal=getattr(args, "refusal", None),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

@@ -76,9 +76,11 @@ def convert(gguf_path: Path, target: Path, source: dict, say: Say = _stderr) -> 
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            # never code from the folder the .gguf sits in: the GGUF file says what the model is
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                      trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                         dtype=torch.float32)
+                                                         dtype=torch.float32, trust_remote_code=False)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"model.name_or_path: cannot read GGUF file {gguf_path}: {first}") from None

@@ -59,13 +59,13 @@ def _link_or_copy(src: Path, out: Path) -> None:
             shutil.copy2(item, target)
 
 
-def _native_dtype(adapter: Path):
+def _native_dtype(adapter: Path, trust_remote_code: bool = False):
     """The dtype the base model's config.json declares (None when it says nothing)."""
     import torch
 
     from engine import modeling
 
-    base = modeling.base_config_for_adapter(adapter)
+    base = modeling.base_config_for_adapter(adapter, trust_remote_code)
     folder = modeling.resolve_model_path(base.name_or_path, base.revision, gguf_file=base.gguf_file)
     try:
         declared = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -76,9 +76,10 @@ def _native_dtype(adapter: Path):
 
 
 def merge(run_dir_or_adapter: str | os.PathLike, out: str | os.PathLike | None = None,
-          shard_size: str = "2GB", progress: Progress | None = None) -> Path:
+          shard_size: str = "2GB", progress: Progress | None = None, trust_remote_code: bool = False) -> Path:
     """Merge and save; return the output folder (default: the run's ``merged/``, or
-    ``<adapter>-merged`` beside a bare adapter folder)."""
+    ``<adapter>-merged`` beside a bare adapter folder). ``trust_remote_code``: the user's
+    --trust-remote-code; an adapter's finetui.json asking for it is refused."""
     from engine import modeling
 
     report = progress or (lambda stage, fraction: None)
@@ -97,10 +98,11 @@ def merge(run_dir_or_adapter: str | os.PathLike, out: str | os.PathLike | None =
 
     report("loading base and adapter", 0.1)
     # Full precision for the arithmetic: the base's own dtype on the CPU (fp32 for tiny).
-    model, tokenizer = modeling.load_adapter_model(adapter, device="cpu", quantization="none")
+    model, tokenizer = modeling.load_adapter_model(adapter, device="cpu", quantization="none",
+                                                   trust_remote_code=trust_remote_code)
     report("merging", 0.6)
     merged = model.merge_and_unload()
-    native = _native_dtype(adapter)
+    native = _native_dtype(adapter, trust_remote_code)
     if native is not None and native != merged.dtype:
         merged = merged.to(native)  # save as the base was published (bf16 stays bf16)
     report("saving", 0.8)
@@ -131,7 +133,8 @@ def command(args) -> int:
     transformers.utils.logging.disable_progress_bar()  # our own stage lines say enough
     # peft still calls a transformers API deprecated for v6; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    out = merge(args.run, out=args.out, shard_size=args.shard_size, progress=show)
+    out = merge(args.run, out=args.out, shard_size=args.shard_size, progress=show,
+                trust_remote_code=getattr(args, "trust_remote_code", False))
     if args.json:
         print(json.dumps({"merged": str(out)}))
     else:

@@ -27,8 +27,15 @@ Public API (also used by engine/chat.py and engine/merge.py):
 - ``fit_tokenizer(model, tokenizer, eos_token_ids=None)``: grow embeddings for added tokens,
   set eos/pad ids (training and merge call it the same way, so shapes always agree)
 - ``footprint(model) -> dict``: params total/trainable, bytes, FLOPs per token
-- ``load_for_inference(run_dir_or_model, use_adapter=True, device="auto") -> (model, tokenizer)``
+- ``load_for_inference(run_dir_or_model, use_adapter=True, device="auto", trust_remote_code=False)
+  -> (model, tokenizer)``
 - ``write_meta(folder, ...)`` / ``read_meta(folder)``: ``finetui.json`` beside an adapter
+
+Code shipped with a model (``auto_map`` + a ``.py`` file) runs only when the user asks:
+``model.trust_remote_code`` in their own config, or ``--trust-remote-code`` on chat, eval
+and merge. A file that came with the weights (an adapter's ``finetui.json``, a run's
+``config.yaml`` when chatting with, evaluating or merging it) never turns it on: when it
+asks, loading stops with :func:`remote_code_refused`, naming the file and the flag.
 """
 
 from __future__ import annotations
@@ -225,6 +232,23 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+REMOTE_CODE_HINT = ("pass --trust-remote-code (or set model.trust_remote_code: true in your own config) "
+                    "only if you trust the code in the model's folder")
+
+
+def remote_code_refused(asked_by: str | os.PathLike, model: str) -> ModelError:
+    """The error when a file that came with the weights asks to run the model's code."""
+    return ModelError(
+        f"{asked_by} asks to run code shipped with model {model} (trust_remote_code: true); "
+        "finetui runs it only when you ask: pass --trust-remote-code if you trust it",
+        hint=REMOTE_CODE_HINT,
+    )
+
+
+def _needs_code(name_or_path: str | os.PathLike, what: str) -> ModelError:
+    return ModelError(f"model {name_or_path}: {what} ships its own code (auto_map); {REMOTE_CODE_HINT}")
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False,
                    gguf_file: str | None = None):
     """The tokenizer of a model (tiny, folder, cache, hub id), or of any folder holding
@@ -238,10 +262,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, revision: str | None = None,
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except Exception as exc:
         if "trust_remote_code" in str(exc):
-            raise ModelError(
-                f"model {name_or_path}: its tokenizer ships its own code; set model.trust_remote_code: true "
-                "if you trust it"
-            ) from None
+            raise _needs_code(name_or_path, "its tokenizer") from None
         raise ModelError(f"model {name_or_path}: cannot load the tokenizer: {_first_line(exc)}") from None
 
 
@@ -386,10 +407,7 @@ def load_model(
         if "out of memory" in str(exc).lower():
             raise
         if "trust_remote_code" in str(exc):
-            raise ModelError(
-                f"model {model_cfg.name_or_path}: it ships its own code; set model.trust_remote_code: true "
-                "if you trust it"
-            ) from None
+            raise _needs_code(model_cfg.name_or_path, "it") from None
         raise ModelError(f"model {model_cfg.name_or_path}: cannot load: {text}") from None
     method = getattr(method_cfg, "type", "full") if method_cfg is not None else "full"
     if quantization == "4bit" and device == "cpu":
@@ -458,18 +476,21 @@ def read_meta(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def base_config_for_adapter(adapter_dir: Path):
+def base_config_for_adapter(adapter_dir: Path, trust_remote_code: bool = False):
     """A ModelConfig for the base an adapter was trained on (finetui.json, else peft's
-    adapter_config.json)."""
+    adapter_config.json). ``trust_remote_code`` is the user's own choice: a finetui.json
+    that asks for it without that is refused (:func:`remote_code_refused`)."""
     from engine.config import ModelConfig
 
     meta = read_meta(adapter_dir)
     if meta.get("base_model"):
+        if meta.get("trust_remote_code") and not trust_remote_code:
+            raise remote_code_refused(Path(adapter_dir) / META_FILE, meta["base_model"])
         return ModelConfig(
             name_or_path=meta["base_model"],
             revision=meta.get("revision"),
             gguf_file=meta.get("gguf_file"),
-            trust_remote_code=bool(meta.get("trust_remote_code")),
+            trust_remote_code=trust_remote_code,
             quantization=meta.get("quantization") or "none",
         )
     try:
@@ -479,7 +500,7 @@ def base_config_for_adapter(adapter_dir: Path):
     base = peft_cfg.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{adapter_dir}/adapter_config.json does not name its base model")
-    return ModelConfig(name_or_path=base, revision=peft_cfg.get("revision"))
+    return ModelConfig(name_or_path=base, revision=peft_cfg.get("revision"), trust_remote_code=trust_remote_code)
 
 
 # --------------------------------------------------------------------------- inference
@@ -494,13 +515,13 @@ def is_model_dir(path: Path) -> bool:
 
 
 def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: str = "none",
-                       dtype: str | None = None, trainable: bool = False):
+                       dtype: str | None = None, trainable: bool = False, trust_remote_code: bool = False):
     """Base + LoRA adapter, fitted exactly as in training: the tokenizer saved with the
     adapter (added tokens, eos) decides the embedding size before the adapter loads."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    base_cfg = base_config_for_adapter(adapter_dir)
+    base_cfg = base_config_for_adapter(adapter_dir, trust_remote_code)
     if dtype is not None:
         base_cfg = base_cfg.model_copy(update={"dtype": dtype})
     meta = read_meta(adapter_dir)
@@ -527,7 +548,7 @@ def _load_folder(folder: Path, device: str, trust_remote_code: bool = False):
 
 
 def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = True, device: str = "auto",
-                       quantization: str | None = None):
+                       quantization: str | None = None, trust_remote_code: bool = False):
     """(model, tokenizer) in eval mode for chat and evaluation.
 
     - a run (id, prefix, ``last`` or folder): ``merged/`` if present, else base + ``adapter/``
@@ -536,6 +557,10 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
       (4-bit for QLoRA) unless ``quantization`` says otherwise;
     - an adapter folder: its base + the adapter;
     - ``tiny``, a model folder, a cached hub id: that model.
+
+    ``trust_remote_code`` is the user's ``--trust-remote-code``: the only thing that lets a
+    model's own code run; a run's config.yaml or an adapter's finetui.json asking for it
+    is refused (:func:`remote_code_refused`).
     """
     device = pick_device(device)
     target = str(run_dir_or_model)
@@ -544,10 +569,11 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
 
     if tiny.is_tiny(target) or model_catalog.builtin(target) is not None or model_catalog.is_gguf(target) \
             or (path.is_dir() and is_model_dir(path) and not (path / "config.yaml").exists()):
-        return _load_folder(resolve_model_path(target), device)
+        return _load_folder(resolve_model_path(target, trust_remote_code=trust_remote_code), device,
+                            trust_remote_code)
     if path.is_dir() and is_adapter_dir(path):
         q = quantization if quantization is not None else (read_meta(path).get("quantization") or "none")
-        return load_adapter_model(path, device=device, quantization=q)
+        return load_adapter_model(path, device=device, quantization=q, trust_remote_code=trust_remote_code)
 
     from engine import runs
 
@@ -556,15 +582,19 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
     except runs.RunError:
         run_dir = None
     if run_dir is None:
-        return _load_folder(resolve_model_path(target), device)  # hub id or a clear error
+        # hub id or a clear error
+        return _load_folder(resolve_model_path(target, trust_remote_code=trust_remote_code), device,
+                            trust_remote_code)
 
     from engine.config import load as load_config
 
     config = load_config(run_dir / "config.yaml")
+    if config.model.trust_remote_code and not trust_remote_code:
+        raise remote_code_refused(run_dir / "config.yaml", config.model.name_or_path)
+    model_cfg = config.model.model_copy(update={"trust_remote_code": trust_remote_code})
     if not use_adapter:
-        tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code,
-                                   config.model.gguf_file)
-        model = load_model(config.model, None, device=device, quantization=quantization)
+        tokenizer = load_tokenizer(model_cfg.name_or_path, model_cfg.revision, trust_remote_code, model_cfg.gguf_file)
+        model = load_model(model_cfg, None, device=device, quantization=quantization)
         return model, tokenizer
     candidates = [run_dir / "merged", run_dir / "adapter"]
     last = runs.last_checkpoint(run_dir)
@@ -573,9 +603,9 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
     for folder in candidates:
         if is_adapter_dir(folder):
             q = quantization if quantization is not None else config.model.quantization
-            return load_adapter_model(folder, device=device, quantization=q)
+            return load_adapter_model(folder, device=device, quantization=q, trust_remote_code=trust_remote_code)
         if is_model_dir(folder):
-            return _load_folder(folder, device, config.model.trust_remote_code)
+            return _load_folder(folder, device, trust_remote_code)
     raise ModelError(
         f"run {run_dir.name} has no trained weights yet (no merged/, adapter/ or checkpoint); "
         f"use --base to talk to its base model"

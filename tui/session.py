@@ -93,6 +93,13 @@ def yaml_value(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
+def trusts_remote_code(app) -> bool:
+    """``model.trust_remote_code`` of the user's own config (the Settings screen's): the
+    only thing that lets the TUI's chat, eval and export workers run code shipped with a
+    model (a run's config.yaml or an adapter's finetui.json cannot)."""
+    return bool(app.settings_state.config.model.trust_remote_code)
+
+
 class SettingsState:
     def __init__(self, config: cfg.Config, base_path: Path | None = None,
                  base_config: cfg.Config | None = None, origin: str = "defaults"):

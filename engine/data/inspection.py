@@ -177,11 +177,11 @@ def _load_tokenizer(name_or_path: str):
         if not path.is_dir():
             raise InspectError(f"--model {name_or_path}: not a model folder")
         try:
-            return AutoTokenizer.from_pretrained(str(path))
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise InspectError(f"--model {name_or_path}: cannot load its tokenizer: {_first_line(exc)}") from None
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError):
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
@@ -190,7 +190,7 @@ def _load_tokenizer(name_or_path: str):
             "(offline: HF_HUB_OFFLINE is set)"
         )
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise InspectError(
             f"--model {name_or_path}: not a local folder, not in the Hugging Face cache, and "

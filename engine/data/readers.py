@@ -52,6 +52,7 @@ from engine.data.formats import (
     RecordSkipped,
     _Reads,
     clip,
+    shown,
     detect,
     detect_one,
     registry_format,
@@ -456,13 +457,42 @@ def _local(path: Path, spec: str, kind: str, split: str) -> Source:
     return Source(kind=kind, spec=spec, paths=[path], split=split)
 
 
+def _outside(entry: RegistryEntry, path: Path, what: str) -> DataError:
+    registry = entry.dataset_dir / REGISTRY_FILE
+    return DataError(
+        f"{registry}: entry {clip(entry.name)!r}: {what} is outside the dataset folder "
+        f"{entry.dataset_dir.resolve()} (it is {clip(str(path))}); an entry reads only files inside its folder: "
+        "move the file there, or give its path as data.path yourself"
+    )
+
+
+def _entry_path(entry: RegistryEntry, spec: str) -> Path:
+    """The entry's file_name, kept inside its dataset folder (symlinks resolved): a
+    downloaded dataset_info.json cannot make finetui read ../secret or /etc/hostname."""
+    name = entry.file_name
+    registry = entry.dataset_dir / REGISTRY_FILE
+    if not isinstance(name, str):
+        raise DataError(f"{registry}: entry {clip(entry.name)!r}: file_name must be a string, got {shown(name)}")
+    if Path(name).is_absolute():
+        raise _outside(entry, Path(name), f"file_name {clip(name)!r} (an absolute path)")
+    path = entry.dataset_dir / name
+    if not path.exists():
+        raise DataError(f"{spec}: file_name {name!r} not found in {entry.dataset_dir}")
+    root = entry.dataset_dir.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise _outside(entry, path.resolve(), f"file_name {clip(name)!r}")
+    return path
+
+
 def _from_entry(entry: RegistryEntry, spec: str, split: str, subset: str | None) -> Source:
     fmt, columns, tags = registry_format(entry.raw)
-    if entry.file_name:
-        path = entry.dataset_dir / entry.file_name
-        if not path.exists():
-            raise DataError(f"{spec}: file_name {entry.file_name!r} not found in {entry.dataset_dir}")
+    if entry.file_name is not None:
+        path = _entry_path(entry, spec)
         source = _local(path, spec, "registry", entry.raw.get("split", split))
+        root = entry.dataset_dir.resolve()
+        for item in source.paths:  # a folder entry: no file in it may lead out either
+            if not item.resolve().is_relative_to(root):
+                raise _outside(entry, item.resolve(), f"file {clip(str(item))}")
     elif entry.hf_hub_url:
         source = Source(
             kind="registry",

@@ -88,18 +88,20 @@ def run_dir_of(target: str) -> Path | None:
         return None
 
 
-def worker_client(target: str, base: bool = False) -> ChatClient:
+def worker_client(target: str, base: bool = False, trust_remote_code: bool = False) -> ChatClient:
     """A ChatClient for ``target``. An absolute model folder is handed to the worker as
     ``./NAME`` from its parent folder: the worker first asks engine.runs.resolve whether the
     target names a run, and that globs ``<runs dir>/<target>*``, which pathlib refuses for
-    an absolute pattern (NotImplementedError) whenever the runs folder exists."""
+    an absolute pattern (NotImplementedError) whenever the runs folder exists.
+    ``trust_remote_code``: the user's own config (Settings), never the run's or adapter's."""
     path = Path(target)
     if not (path.is_absolute() and path.is_dir()) or (path / "config.yaml").exists():
-        return ChatClient(target, base=base)
+        return ChatClient(target, base=base, trust_remote_code=trust_remote_code)
     env = {"FINETUI_RUNS_DIR": str(Path(os.environ.get("FINETUI_RUNS_DIR") or "runs").resolve())}
     if os.environ.get("FINETUI_CACHE"):
         env["FINETUI_CACHE"] = str(Path(os.environ["FINETUI_CACHE"]).resolve())
-    client = ChatClient(f"./{path.name}", base=base, cwd=str(path.parent), env=env)
+    client = ChatClient(f"./{path.name}", base=base, cwd=str(path.parent), env=env,
+                        trust_remote_code=trust_remote_code)
     client.model = str(path)  # what its messages name
     return client
 
@@ -467,7 +469,9 @@ class ChatScreen(FinetuiScreen):
         none of it is sent. The same model again (after a crash, an unload) keeps it."""
         self._close_client(pane)
         swap = target != pane.target
-        client = worker_client(target, base=base)
+        from tui.session import trusts_remote_code
+
+        client = worker_client(target, base=base, trust_remote_code=trusts_remote_code(self.app))
         pane.client, pane.target, pane.state, pane.stage, pane.info = client, target, "loading", "starting", {}
         pane.title = self._title(target, base)
         if swap:

@@ -549,7 +549,14 @@ class EvalScreen(FinetuiScreen):
             command.append("--compare-base")
         if options.limit is not None:
             command += ["--limit", str(options.limit)]
+        command += self._trust_flag()
         self.start_job(Job("eval", self.run_dir, command))
+
+    def _trust_flag(self) -> list[str]:
+        """--trust-remote-code only when the user's own config (Settings) sets it."""
+        from tui.session import trusts_remote_code
+
+        return ["--trust-remote-code"] if trusts_remote_code(self.app) else []
 
     # ------------------------------------------------------------------ export
 
@@ -581,7 +588,7 @@ class EvalScreen(FinetuiScreen):
             return
         out = options.out.resolve()
         command = [sys.executable, "-m", "engine.cli", "merge", str(self.run_dir), "--out", str(out),
-                   "--shard-size", options.shard_size]
+                   "--shard-size", options.shard_size, *self._trust_flag()]
         self.start_job(Job("merge", self.run_dir, command, out=out))
 
     # ------------------------------------------------------------------ jobs

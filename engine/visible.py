@@ -1,0 +1,35 @@
+"""Text from outside shown on a terminal, made unable to drive it.
+
+Records, model output, file and run names, log lines and error messages can hold control
+characters: ``ESC[2J`` clears the screen, ``ESC]0;...BEL`` retitles the terminal,
+``ESC]52;...`` writes the clipboard, a C1 ``CSI`` (U+009B) starts a sequence on its own.
+:func:`visible` shows every C0 control other than newline and tab as its Unicode control
+picture (ESC -> ``␛``, BEL -> ``␇``, CR -> ``␍``), DEL as ``␡`` and each C1 control as a
+``\\x9b``-style escape, so the text reads the same and nothing in it reaches the terminal
+as a command. Pure and stdlib only: the CLI and the TUI (through its widgets) both use it.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["visible", "has_controls"]
+
+_TABLE: dict[int, str] = {c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)}
+_TABLE[0x7F] = "\u2421"  # ␡
+_TABLE.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def has_controls(text: str) -> bool:
+    """Whether ``text`` holds a character :func:`visible` would change."""
+    return _CONTROL.search(text) is not None
+
+
+def visible(text: object) -> str:
+    """``text`` (``str()`` of anything else) with C0 controls but newline and tab, DEL and
+    C1 controls made visible; text without them comes back as it is."""
+    text = text if isinstance(text, str) else str(text)
+    if _CONTROL.search(text) is None:
+        return text
+    return text.translate(_TABLE)
