@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine import chat_protocol as proto
+from engine.visible import json_text, visible
 
 
 class ModelLoadError(RuntimeError):
@@ -764,8 +765,8 @@ def command(args: argparse.Namespace) -> int:
     chat = load(args.model, base=args.base, trust_remote_code=args.trust_remote_code)  # ModelLoadError: one line
     if tty:
         i = chat.info
-        print(f"{i.get('source')} model, {i['params']:,} params on {i['device']}, template {i['template']}, "
-              f"stops at {' '.join(i['eos'])} ({i['load_s']:.1f}s)", file=sys.stderr, flush=True)
+        print(visible(f"{i.get('source')} model, {i['params']:,} params on {i['device']}, template {i['template']}, "
+                      f"stops at {' '.join(i['eos'])} ({i['load_s']:.1f}s)"), file=sys.stderr, flush=True)
     if args.prompt:
         return _one_shot(chat, args, params)
     return _repl(chat, args, params)
@@ -778,16 +779,16 @@ def _one_shot(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any])
         if args.json:
             try:
                 done = chat.generate(messages, params)
-                print(json.dumps({"prompt": prompt, **done}, ensure_ascii=False), flush=True)
+                print(json_text({"prompt": prompt, **done}), flush=True)
             except InputError as exc:
                 print(json.dumps({"prompt": prompt, "error": {"kind": "input", "message": str(exc)}}), flush=True)
                 status = 1
             continue
-        print(f"> {prompt}", flush=True)
-        try:
-            done = chat.generate(messages, params, on_token=lambda t: print(t, end="", flush=True))
+        print(f"> {visible(prompt)}", flush=True)
+        try:  # the model's tokens are shown, never obeyed by the terminal (engine.visible)
+            done = chat.generate(messages, params, on_token=lambda t: print(visible(t), end="", flush=True))
         except InputError as exc:
-            print(f"finetui: {exc}", file=sys.stderr)
+            print(f"finetui: {visible(exc)}", file=sys.stderr)
             status = 1
             continue
         print("\n" if done["text"] else "(empty reply)\n", end="", flush=True)
@@ -830,8 +831,8 @@ def _repl(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any]) -> 
 
         def run() -> None:
             try:
-                result["done"] = chat.generate(messages, params, on_token=lambda t: print(t, end="", flush=True),
-                                               cancel=cancel)
+                result["done"] = chat.generate(messages, params, cancel=cancel,
+                                               on_token=lambda t: print(visible(t), end="", flush=True))
             except Exception as exc:  # noqa: BLE001
                 result["error"] = exc
 
@@ -845,7 +846,7 @@ def _repl(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any]) -> 
                 cancel.set()  # stop this reply, keep the chat
         print()
         if "error" in result:
-            print(f"finetui: {result['error']}", file=sys.stderr)
+            print(f"finetui: {visible(result['error'])}", file=sys.stderr)
             continue
         done = result["done"]
         print(_stats(done), file=sys.stderr)
@@ -864,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ModelLoadError, InputError) as exc:
-        print(f"finetui: {exc}", file=sys.stderr)
+        print(f"finetui: {visible(exc)}", file=sys.stderr)
         return 1
 
 

@@ -177,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line, not a traceback
         if os.environ.get("FINETUI_DEBUG"):
             raise
+        from engine.visible import visible  # a message may quote a record, a path, a name
         message = str(exc).strip() or type(exc).__name__
         for line in message.splitlines() or [message]:
             if len(line) > MESSAGE_CHARS:  # a value from the data is never echoed whole
                 line = f"{line[:MESSAGE_CHARS]}… ({len(line):,} chars)"
-            print(f"finetui: {line}", file=sys.stderr)
+            print(f"finetui: {visible(line)}", file=sys.stderr)
         return 1
 
 

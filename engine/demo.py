@@ -23,6 +23,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from engine.visible import visible
+
 CONFIGS = {"smollm2": "presets/smollm2_lora_cpu.yaml", "tiny": "quickstart.yaml"}
 SHOWN_ANSWERS = 2  # per kind (in-domain, off-topic), full text, base next to tuned
 
@@ -47,11 +49,11 @@ def _show_answers(run_dir: Path) -> None:
              [r for r in rows if r["target"] == refusal][:SHOWN_ANSWERS]
     print("\n== a few held-out questions, answered by both models")
     for row in picked:
-        print(f"\nQ: {row['prompt']}")
+        print(f"\nQ: {visible(row['prompt'])}")
         for name in ("base", "tuned"):
             if row.get(name) is not None:
                 mark = "✓" if row.get(f"{name}_match") else "✗"
-                print(f"  {name:<5} {mark} {row[name]}")
+                print(f"  {name:<5} {mark} {visible(row[name])}")  # model output: shown, never obeyed
 
 
 def command(args) -> int:

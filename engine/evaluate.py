@@ -516,7 +516,7 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
 
     summary.add_row("exact match", *(em(n) for n in names))
     if result["labels"] is not None:
-        summary.add_row(f"accuracy (labels: {', '.join(result['labels'])})",
+        summary.add_row(f"accuracy (labels: {_escape(', '.join(result['labels']))})",
                         *(_fmt(metrics[n]["accuracy"], "{:.1%}") for n in names))
     if result.get("refusal") is not None:
         def rate(n: str, hits: str, rows: str, key: str) -> str:
@@ -561,9 +561,12 @@ def print_report(result: dict[str, Any], console: Any = None) -> None:
 
 
 def _escape(text: str) -> str:
+    """Data and model output as the report shows them: literal markup, visible controls."""
     from rich.markup import escape
 
-    return escape(text)
+    from engine.visible import visible
+
+    return escape(visible(text))
 
 
 def command(args: argparse.Namespace) -> int:
@@ -590,7 +593,9 @@ def command(args: argparse.Namespace) -> int:
         trust_remote_code=getattr(args, "trust_remote_code", False),
     )
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        from engine.visible import json_text
+
+        print(json_text(result))
     else:
         print_report(result)
     return 0

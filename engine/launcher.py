@@ -22,6 +22,7 @@ from engine import config as cfg
 from engine import events as ev
 from engine import runs
 from engine.runs_cli import event_lines
+from engine.visible import visible
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
 
@@ -115,7 +116,7 @@ def command(args) -> int:
         run_dir, resume = prepare_run(args)
     except cfg.ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(visible(problem), file=sys.stderr)
         return 2
     try:
         proc = runs.launch(run_dir, resume=resume, nproc=max(1, getattr(args, "nproc", 1) or 1),
@@ -164,9 +165,9 @@ def report_end(run_dir: Path, finished: dict[str, Any] | None, code: int,
 
 
 def _print_error(error: dict[str, Any]) -> None:
-    print(f"finetui: {error.get('kind')} error: {error.get('message')}", file=sys.stderr)
+    print(visible(f"finetui: {error.get('kind')} error: {error.get('message')}"), file=sys.stderr)
     if error.get("hint"):
-        print(f"hint: {error['hint']}", file=sys.stderr)
+        print(visible(f"hint: {error['hint']}"), file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- following

@@ -12,6 +12,7 @@ from typing import Any
 
 from engine import events as ev
 from engine import runs
+from engine.visible import visible
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -59,7 +60,7 @@ def event_lines(event: dict[str, Any]) -> list[str]:
         data = data_line(event.get("data"))
         if data:
             lines.append(data)
-    return lines
+    return [visible(line) for line in lines]  # messages, paths and names from the run folder
 
 
 def format_event(event: dict[str, Any]) -> str | None:
@@ -99,7 +100,7 @@ def _table(infos: list[runs.RunInfo]) -> str:
         rows.append((i.id, i.status, i.method or "-", (i.model or "-")[-28:], step,
                      _fmt_num(i.last_loss), _fmt_num(i.best_eval_loss), _fmt_duration(i.duration_s)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+    return visible("\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows))
 
 
 def attach(run_dir, out=sys.stdout) -> int:
@@ -125,8 +126,8 @@ def attach(run_dir, out=sys.stdout) -> int:
             status = event.get("status", "failed")
             finished = True
     if not finished:
-        print(f"run {run_dir.name}: trainer process is gone without a finished event "
-              f"(resume with `finetui train --resume {run_dir.name}`)", file=out)
+        print(visible(f"run {run_dir.name}: trainer process is gone without a finished event "
+                      f"(resume with `finetui train --resume {run_dir.name}`)"), file=out)
     return 0 if status in ("completed", "stopped") else 1
 
 
@@ -151,13 +152,13 @@ def command(args) -> int:
         else:
             for key, value in info.to_dict().items():
                 if value not in (None, [], {}):
-                    print(f"{key:15} {value}")
+                    print(f"{key:15} {visible(value)}")
         return 0
     if action == "attach":
         return attach(run_dir)
     if action in ("stop", "kill"):
         if not runs.stop(run_dir, kill=action == "kill"):
             raise runs.RunError(f"run {run_dir.name} is not running")
-        print(f"{'killed' if action == 'kill' else 'stopping (a checkpoint is being saved)'}: {run_dir.name}")
+        print(visible(f"{'killed' if action == 'kill' else 'stopping (a checkpoint is being saved)'}: {run_dir.name}"))
         return 0
     raise runs.RunError(f"unknown action {action}")

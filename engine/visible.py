@@ -11,14 +11,17 @@ as a command. Pure and stdlib only: the CLI and the TUI (through its widgets) bo
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
-__all__ = ["visible", "has_controls"]
+__all__ = ["visible", "has_controls", "json_text"]
 
 _TABLE: dict[int, str] = {c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)}
 _TABLE[0x7F] = "\u2421"  # ␡
 _TABLE.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_JSON_RAW = re.compile("[\x7f-\x9f]")  # what json.dumps(ensure_ascii=False) leaves raw
 
 
 def has_controls(text: str) -> bool:
@@ -33,3 +36,11 @@ def visible(text: object) -> str:
     if _CONTROL.search(text) is None:
         return text
     return text.translate(_TABLE)
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False, **kwargs)`` with DEL and the C1 controls
+    written as ``\\u`` escapes too (JSON escapes only U+0000-U+001F itself): the same JSON
+    value, and printed raw on a terminal it cannot drive it."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

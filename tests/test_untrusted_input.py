@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -188,3 +189,126 @@ def test_a_dataset_info_entry_inside_its_folder_is_read(tmp_path):
     outside = tmp_path / "mine.jsonl"
     outside.write_text(json.dumps({"text": "mine"}) + "\n")
     assert readers.load_records(str(outside), format="text").counts["ok"] == 1
+
+
+# ------------------------------------------------------- what finetui shows (item 6)
+
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # what visible() leaves out: all but \n and \t
+HOSTILE = {
+    "clear": "\x1b[2J\x1b[H",
+    "title": "\x1b]0;pwned\x07",
+    "clipboard": "\x1b]52;c;ZXZpbA==\x07",
+    "c1": "\x9b31mred",
+    "markup": "[bold red]not markup[/]",
+}
+
+
+def _hostile_records(folder: Path) -> Path:
+    """Alpaca records whose text and file name carry terminal control sequences."""
+    path = folder / "evil\x1b]0;file\x07.jsonl"
+    rows = [{"instruction": f"say {name} {text}", "output": f"ok {text} done"} for name, text in HOSTILE.items()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _assert_inert(text: str) -> None:
+    bad = sorted({f"U+{ord(c):04X}" for c in CONTROLS.findall(text)})
+    assert not bad, f"control characters reach the terminal: {bad}"
+
+
+def test_visible_shows_controls_and_keeps_the_rest():
+    from engine.visible import json_text, visible
+
+    assert visible("a\x1b[2Jb\x07c\x9bd\x7fe\r\n\tf") == "a␛[2Jb␇c\\x9bd␡e␍\n\tf"
+    assert visible("plain — ünïcödé █ [b]x[/b]\n\t") == "plain — ünïcödé █ [b]x[/b]\n\t"
+    text = json_text({"k": "\x1b\x07\x9b\x7fé"}, indent=1)
+    _assert_inert(text.replace("\n", ""))
+    assert json.loads(text) == {"k": "\x1b\x07\x9b\x7fé"}
+
+
+def test_data_inspect_output_cannot_drive_the_terminal(tmp_path, finetui_cache):
+    """finetui data inspect (report, example, issues, file name, error line) and --json: no
+    ESC, BEL or C1 from the data in the bytes written; the text is shown as ␛[2J; Rich markup
+    in the data is shown literally; --json stays valid and keeps the data exact."""
+    path = _hostile_records(tmp_path)
+    for example in range(len(HOSTILE)):
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(path), "--model", "tiny",
+                               "--format", "alpaca", "--example", str(example), "--num-proc", "1"],
+                              cwd=tmp_path, capture_output=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr.decode()
+        out, err = proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")
+        _assert_inert(out + err)
+        assert "evil␛]0;file␇.jsonl" in out
+    assert "␛]52;c;ZXZpbA==␇" in out or "[bold red]not markup[/]" in out
+    assert "[bold red]not markup[/]" in out  # the last example: markup shown as written
+
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(path), "--model", "tiny",
+                           "--format", "alpaca", "--example", "3", "--num-proc", "1", "--json"],
+                          cwd=tmp_path, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    text = proc.stdout.decode("utf-8")
+    _assert_inert(text.replace("\n", ""))
+    report = json.loads(text)
+    assert HOSTILE["c1"] in report["example"]["text"]
+
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(tmp_path / "no\x1b[2Jsuch.jsonl")],
+                          cwd=tmp_path, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1
+    err = proc.stderr.decode("utf-8")
+    _assert_inert(err)
+    assert "no␛[2Jsuch.jsonl" in err
+
+
+@pytest.fixture
+def control_model(tmp_path, tiny_model_dir) -> Path:
+    """The tiny model, its generation config allowing only the ESC and BEL byte tokens: every
+    reply it gives is control characters (a model trained on hostile data, at its worst)."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "control-model"
+    shutil.copytree(tiny_model_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    allowed = {tokenizer.encode(ch, add_special_tokens=False)[0] for ch in ("\x1b", "\x07")}
+    assert len(allowed) == 2
+    gen_path = folder / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    gen["suppress_tokens"] = [i for i in range(len(tokenizer)) if i not in allowed]
+    gen_path.write_text(json.dumps(gen))
+    return folder
+
+
+def test_chat_prints_model_tokens_visibly(control_model, finetui_cache, tmp_path):
+    """finetui chat MODEL --prompt: a reply of ESC and BEL tokens prints as ␛ and ␇."""
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "chat", str(control_model), "--prompt",
+                           "hi \x1b[2J", "--max-new-tokens", "12"], cwd=tmp_path, capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode("utf-8")
+    _assert_inert(out + proc.stderr.decode("utf-8"))
+    reply = out.split("\n", 1)[1]
+    assert reply.strip() and set(reply.strip()) <= {"␛", "␇"}, reply
+    assert out.startswith("> hi ␛[2J")
+
+
+def test_runs_list_and_show_cannot_drive_the_terminal(tmp_path, monkeypatch):
+    """A run folder named with an OSC title sequence, a log line clearing the screen and an
+    error writing the clipboard: runs list, runs show and runs attach show them visibly."""
+    from test_dashboard_helpers import synthetic_run
+
+    root = tmp_path / "runs"
+    run_dir = synthetic_run(root, name="demo", steps=4, every=2,
+                            error={"kind": "data", "message": "bad \x1b]52;c;ZXZpbA==\x07 row", "hint": "\x1b[2J"})
+    hostile = run_dir.with_name(run_dir.name + "\x1b]0;pwned\x07")
+    run_dir.rename(hostile)
+    with open(hostile / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"v": 1, "type": "log", "time": 0, "run_id": hostile.name, "level": "info",
+                             "message": "step \x1b[2J\x9b31m done"}) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FINETUI_RUNS_DIR": str(root)}
+    seen = ""
+    for args in (["runs", "list"], ["runs", "show", hostile.name], ["runs", "attach", hostile.name]):
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=tmp_path, capture_output=True,
+                              timeout=120, env=env)
+        text = proc.stdout.decode("utf-8") + proc.stderr.decode("utf-8")
+        _assert_inert(text)
+        seen += text
+    assert "␛]0;pwned␇" in seen and "␛]52;c;ZXZpbA==␇" in seen and "step ␛[2J\\x9b31m done" in seen

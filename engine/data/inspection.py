@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.data.formats import MESSAGE_CHARS, clip
+from engine.visible import json_text, visible
 
 SHOW_ISSUES = 5
 HIST_BINS = 10
@@ -51,17 +52,17 @@ def command(args) -> int:
     except Exception as exc:  # what engine.cli would print as one line
         if not as_json or os.environ.get("FINETUI_DEBUG"):
             raise
-        print(json.dumps(error_object(exc), ensure_ascii=False, indent=2))
+        print(json_text(error_object(exc), indent=2))
         return 1
     unusable = result["counts"]["ok"] == 0
     if unusable:
         result.update(no_usable_error(result))
     if as_json:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
+        print(json_text(result, indent=2))
     else:
         print_report(result)
         if unusable:
-            print(f"finetui: {result['error']}", file=sys.stderr)
+            print(f"finetui: {visible(result['error'])}", file=sys.stderr)
     return 1 if unusable else 0
 
 
@@ -659,12 +660,12 @@ def print_report(result: dict[str, Any], file=None) -> None:
     console = Console(file=file, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
     def line(*parts: tuple[str, str] | str) -> None:
-        text = Text()
+        text = Text()  # markup=False: data is shown literally; visible(): never as control codes
         for part in parts:
             if isinstance(part, tuple):
-                text.append(part[0], style=part[1])
+                text.append(visible(part[0]), style=part[1])
             else:
-                text.append(part)
+                text.append(visible(part))
         console.print(text)
 
     c = result["counts"]
@@ -763,13 +764,13 @@ def _marked(ex: dict[str, Any], styled: bool):
     for a, b in ex["trained_spans"]:
         a, b = min(a, end), min(b, end)
         if a > pos:
-            out.append(text[pos:a], style="dim" if styled else "")
+            out.append(visible(text[pos:a]), style="dim" if styled else "")
         if b > a:
             if styled:
-                out.append(text[a:b], style="bold green")
+                out.append(visible(text[a:b]), style="bold green")
             else:
-                out.append(OPEN_MARK + text[a:b] + CLOSE_MARK)
+                out.append(OPEN_MARK + visible(text[a:b]) + CLOSE_MARK)
         pos = max(pos, b)
     if pos < end:
-        out.append(text[pos:end], style="dim" if styled else "")
+        out.append(visible(text[pos:end]), style="dim" if styled else "")
     return out
