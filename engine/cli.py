@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--num-proc", type=int, metavar="N",
                     help="processes that render the records (default: one per core; 1: this process only)")
     di.add_argument("--json", action="store_true", help="machine-readable output")
+    from engine.data.create import run as data_create
+
+    data_create.add_parser(dsub)
 
     r = sub.add_parser("runs", help="list, show, attach to or stop runs")
     r.add_argument("action", nargs="?", default="list", choices=("list", "show", "attach", "stop", "kill"))
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine import import_cache
 
         import_cache.install()  # before any command imports transformers
-        handler = importlib.import_module(HANDLERS[args.command])
+        create = args.command == "data" and args.data_command == "create"
+        handler = importlib.import_module("engine.data.create.run" if create else HANDLERS[args.command])
         return int(handler.command(args) or 0)
     except KeyboardInterrupt:
         print("finetui: interrupted", file=sys.stderr)
