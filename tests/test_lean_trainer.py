@@ -100,3 +100,37 @@ def test_adamw_runs_fused(tmp_path):
     assert args.optim == "adamw_torch_fused"  # one kernel for every tensor, same update
     config.train.optimizer = "adamw_8bit"
     assert training_arguments(config, tmp_path, "cuda", has_eval=False, world_size=1).optim == "adamw_8bit"
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_steps_train_whatever_switched_part_of_the_model_to_eval(tmp_path, method):
+    """A callback that puts part of the model in eval between steps (to sample from the base
+    model, say) must not leave that part's dropout off for the steps that follow."""
+    from transformers import TrainerCallback
+
+    if method == "lora":
+        model = make_model(dropout=0.5)
+    else:  # GPT-2's dropouts are nn.Dropout modules (Qwen2's attention dropout is functional)
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                           resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5))
+    trainer = make_trainer(tmp_path, model, max_steps=3, logging_steps=1)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    part = model.get_base_model() if method == "lora" else model.transformer
+
+    class PartToEval(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            part.eval()
+
+    trainer.add_callback(PartToEval())
+    seen = []
+    original = trainer.compute_loss
+
+    def compute_loss(model_, inputs, *args, **kwargs):
+        seen.append((sum(d.training for d in dropouts), all(m.training for m in model_.modules())))
+        return original(model_, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    trainer.train()
+    assert dropouts and seen == [(len(dropouts), True)] * 3, seen
