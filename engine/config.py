@@ -296,8 +296,11 @@ def _phrase(err: dict[str, Any]) -> str:
     return f"{key}: {msg}{shown}"
 
 
-def validate(data: dict[str, Any], source: str | None = None, text: str | None = None) -> Config:
-    """Build a Config from plain data; raise ConfigError with key-naming messages."""
+def validate(data: dict[str, Any], source: str | None = None, text: str | None = None,
+             overrides: list[str] | None = None) -> Config:
+    """Build a Config from plain data; raise ConfigError with key-naming messages. A
+    problem with a value that came from ``overrides`` (``--set KEY=VALUE``) is placed at
+    that ``--set``, not at the file's line."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -307,12 +310,16 @@ def validate(data: dict[str, Any], source: str | None = None, text: str | None =
         return Config.model_validate(data)
     except ValidationError as exc:
         lines = _line_index(text) if text else {}
+        set_at = _override_keys(overrides or [])
         problems = []
         for err in exc.errors():
             phrase = _phrase(err)
             loc = tuple(str(p) for p in err.get("loc", ()))
             where = ""
-            if source:
+            given = next((set_at[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in set_at), None)
+            if given is not None:
+                where = f"--set {given}: "
+            elif source:
                 line = None
                 for n in range(len(loc), 0, -1):
                     line = lines.get(loc[:n])
@@ -341,7 +348,16 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
     if overrides:
         data = apply_overrides(data, overrides)
-    return validate(data, source=str(path), text=text)
+    return validate(data, source=str(path), text=text, overrides=overrides)
+
+
+def _override_keys(overrides: list[str]) -> dict[tuple[str, ...], str]:
+    """Key path -> the ``--set`` item that gave it (the last one wins, as in apply_overrides)."""
+    keys = {}
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        keys[tuple(p for p in key.strip().split(".") if p)] = item
+    return keys
 
 
 def loads(text: str, source: str = "<string>") -> Config:

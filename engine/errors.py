@@ -35,6 +35,34 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 DISK_TEXTS = ("no space left on device", "file too large", "disk quota exceeded", "storagefull",
               "filetoolarge", "file write failed")
 
+# A trainer that ends by a signal says nothing itself; whoever started it (the CLI, the TUI)
+# sees the signal in its exit status. SIGKILL is what the kernel's out-of-memory killer sends
+# (and `kill -9`, a cgroup at its memory.max, a job scheduler's hard limit).
+KILLED_MESSAGE = "killed (SIGKILL) — often the out-of-memory killer"
+KILLED_HINT = (
+    "when memory runs out the kernel ends the biggest process with SIGKILL (`dmesg | grep -i oom` or "
+    "`journalctl -k` says whether it did): lower train.batch_size (raise train.gradient_accumulation_steps "
+    "to keep the effective batch) or data.max_length, or turn on train.gradient_checkpointing; "
+    "`finetui train --resume {run}` continues from the newest complete checkpoint"
+)
+
+
+def exit_problem(code: int | None, run: str = "RUN") -> tuple[str, str] | None:
+    """(message, hint) for a trainer that ended by a signal (``Popen.returncode`` < 0), else None."""
+    import signal
+
+    if code is None or code >= 0:
+        return None
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return KILLED_MESSAGE, KILLED_HINT.format(run=run)
+    return (f"killed ({name})",
+            f"something sent the trainer {name}, or it crashed; see stdout.log in the run folder, then "
+            f"`finetui train --resume {run}` continues from the newest complete checkpoint")
+
 
 class TrainError(Exception):
     """A failure already phrased for the user. ``kind`` is an engine.events ERROR_KINDS value."""

@@ -1,15 +1,19 @@
-"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID [--checkpoint STEP]] [--nproc N] [--name NAME] [--allow-drops]`.
+"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID [--checkpoint STEP]] [--nproc N] [--name NAME] [--allow-drops] [--force]`.
 
-Light module (no torch): validates the config, checks the data (engine.data.dropcheck: when
+Light module (no torch): validates the config, checks the model and the data are there and
+fit (engine.startcheck: ``data.max_length`` within the model's context, the memory estimate
+within the free RAM/VRAM, unless ``--force``), checks the data (engine.data.dropcheck: when
 more than ``data.max_drop_fraction`` of the records would be dropped it stops and says how
-many and why, unless ``--allow-drops``), creates the run folder, starts the trainer
+many and why, unless ``--allow-drops``), and only then creates the run folder, starts the trainer
 (``engine.runs.launch``: its own session, so it outlives this command) and follows its
 event pipe: a progress bar on a terminal, one plain line per event otherwise.
 
 stdout's first line is the run id, so scripts can ``ID=$(finetui train --detach c.yaml)``.
 Exit status: 0 completed or stopped, 1 failed (the error event's message and hint on
 stderr), 2 an invalid config (one line per problem, naming the key) or data that would lose
-too many records. Ctrl-C detaches: the run goes on.
+too many records, or a run beyond the model's context or the free memory. Ctrl-C detaches:
+the run goes on. A trainer that dies by a signal is named: SIGKILL is "killed (SIGKILL) —
+often the out-of-memory killer", with what to lower (engine.errors.exit_problem).
 """
 
 from __future__ import annotations
@@ -57,6 +61,22 @@ def check_drops(config: cfg.Config) -> None:
         raise cfg.ConfigError([*lines, f"hint: {dropcheck.START_ANYWAY}"])
 
 
+def check_start(config: cfg.Config, args) -> None:
+    """The model and the data are there (else the trainer would fail at once, leaving a
+    failed run behind), and the run fits the model's context and the free memory unless
+    --force (engine.startcheck). Raises ConfigError, one line per problem."""
+    from engine import startcheck
+
+    problems = [p for p in [startcheck.model_problem(config)] if p] + startcheck.data_problems(config)
+    if problems:
+        raise cfg.ConfigError(problems)
+    if getattr(args, "force", False):
+        return
+    over = startcheck.limits(config, nproc=max(1, getattr(args, "nproc", 1) or 1))
+    if over:
+        raise cfg.ConfigError([*over, f"hint: {startcheck.FORCE_HINT}"])
+
+
 def _prepare_model(config: cfg.Config) -> None:
     """A built-in not fetched yet or a GGUF file not converted yet is done here, in the
     foreground, where its progress shows, rather than inside the trainer (whose stderr goes
@@ -82,10 +102,10 @@ def prepare_run(args) -> tuple[Path, bool]:
         runs.check_free(run_dir)  # a trainer holds the run: it names the run and its pid
         if runs.pid_alive(runs.read_pid(run_dir)):
             raise runs.RunError(f"run {run_dir.name} is still running (`finetui runs attach {run_dir.name}`)")
+        config = cfg.load(run_dir / "config.yaml", args.overrides)  # still valid?
+        check_start(config, args)
         if args.overrides:  # e.g. more steps: config.yaml keeps saying exactly what ran
-            cfg.save(cfg.load(run_dir / "config.yaml", args.overrides), run_dir / "config.yaml")
-        else:
-            cfg.load(run_dir / "config.yaml")  # still valid?
+            cfg.save(config, run_dir / "config.yaml")
         step = getattr(args, "checkpoint", None)
         if step is not None:
             path = run_dir / "checkpoints" / f"checkpoint-{step}"
@@ -104,6 +124,7 @@ def prepare_run(args) -> tuple[Path, bool]:
                                "or --resume RUN_ID"])
     config = cfg.load(args.config, args.overrides)
     preflight(config)
+    check_start(config, args)
     if not getattr(args, "allow_drops", False):
         check_drops(config)
     _prepare_model(config)
@@ -149,8 +170,15 @@ def report_end(run_dir: Path, finished: dict[str, Any] | None, code: int,
     error = piped_error or next(
         (e for e in reversed(ev.read_file(run_dir / "events.jsonl")) if e.get("type") == "error"), None)
     if finished is None:
-        print(f"finetui: trainer exited with status {code} without a finished event; "
-              f"see {run_dir / 'stdout.log'}", file=sys.stderr)
+        from engine import errors
+
+        killed = errors.exit_problem(code, run_dir.name)
+        if killed is not None:
+            print(f"finetui: trainer {killed[0]}; see {run_dir / 'stdout.log'}", file=sys.stderr)
+            print(f"hint: {killed[1]}", file=sys.stderr)
+        else:
+            print(f"finetui: trainer exited with status {code} without a finished event; "
+                  f"see {run_dir / 'stdout.log'}", file=sys.stderr)
         if piped_error is not None:
             _print_error(piped_error)
         return 1

@@ -192,7 +192,7 @@ async def test_kill_9_shows_failed_offers_resume_and_resume_completes(dash_env, 
         await pilot.pause(1.2)
         last = runs.last_checkpoint(run_dir)
         text = "\n".join(line for line in _screen(app).splitlines())
-        assert "gone without a finished event" in text
+        assert "✖ failed: the trainer was killed (SIGKILL) — often the out-of-memory killer" in text
         assert f"R: resume from {last.name}" in text
         assert not any(e["type"] == "finished" for e in ev.read_file(run_dir / "events.jsonl"))
         assert runs.summarize(run_dir).status == "failed"

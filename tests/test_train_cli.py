@@ -71,13 +71,12 @@ def test_cuda_only_optimizer_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_missing_model_folder_is_one_clear_line(tmp_path, finetui_cache):
+    # Checked before the run folder is made (engine.startcheck): no failed run is left behind.
     path = write_config(tmp_path, model={"name_or_path": str(tmp_path / "no-model")})
     proc = finetui("train", str(path), cwd=tmp_path)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == f"finetui: model error: model.name_or_path: no such folder '{tmp_path / 'no-model'}'"
-    events = ev.read_file(the_run(tmp_path) / "events.jsonl")
-    assert [e["type"] for e in events][-2:] == ["error", "finished"]
-    assert events[-2]["kind"] == "model" and events[-1]["status"] == "failed"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"model.name_or_path: no such folder '{tmp_path / 'no-model'}'"
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
@@ -86,9 +85,9 @@ def test_offline_hub_id_is_one_clear_line(tmp_path, finetui_cache):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     started = time.time()
     proc = finetui("train", str(path), cwd=tmp_path, env=env)
-    assert proc.returncode == 1
+    assert proc.returncode == 2 and not (tmp_path / "runs").exists()
     assert proc.stderr.strip() == (
-        "finetui: model error: model 'some-org/some-model-not-cached' is not in the Hugging Face cache and the "
+        "model 'some-org/some-model-not-cached' is not in the Hugging Face cache and the "
         "hub cannot be reached (offline): download it on a connected machine or set model.name_or_path to a "
         "local folder"
     )

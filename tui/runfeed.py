@@ -80,6 +80,8 @@ class RunState:
         self.error: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.process_alive: bool | None = None  # None: not known yet
+        self.exit_code: int | None = None  # the trainer's exit status, when we started it (pipe)
+        self.killed_here = False  # the user killed it from this UI (K): not the OOM killer
         self.source = ""  # "pipe" | "file"
 
     # ------------------------------------------------------------------ reading
@@ -302,6 +304,8 @@ class RunFeed:
         if self._eof:
             code = proc.poll()
             if code is not None:  # reaped: the run's process is over
+                with self.lock:
+                    self.state.exit_code = code  # a signal (SIGKILL: the OOM killer?) is named
                 self._set_alive(False)
                 proc.stdout.close()
                 self.ended = True

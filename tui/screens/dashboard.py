@@ -37,7 +37,7 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding
 
-from engine import runs
+from engine import errors, runs
 from engine.runs_cli import data_line
 from tui.runfeed import RunFeed, RunState, feeds
 from tui.screens.base import FinetuiScreen, PaletteCommand
@@ -413,13 +413,18 @@ class DashboardScreen(FinetuiScreen):
         width = max(self.size.width - 2, 20)
         if status == "failed":
             error = st.error
+            killed = errors.exit_problem(st.exit_code, st.run_id) if error is None and not st.killed_here else None
             if error is not None:
                 head = f"✖ failed: {error.get('kind')} error: {error.get('message') or ''}"
+            elif killed is not None:
+                head = f"✖ failed: the trainer was {killed[0]}"
             else:
                 head = "✖ failed: the trainer process is gone without a finished event (killed or crashed)"
             text.append(_clip(head, width, 2), style=f"bold {colors['bad']}")
             if error is not None and error.get("hint"):
                 text.append("\n" + _clip(f"hint: {error['hint']}", width, 2))
+            elif killed is not None:
+                text.append("\n" + _clip(f"hint: {killed[1]}", width, 2))
             if self._fix is not None:
                 key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
                     app_key(self.app, "dashboard.resume", "R")
@@ -589,12 +594,19 @@ class DashboardScreen(FinetuiScreen):
 
     @work(thread=True, group="dashboard-control")
     def _signal(self, kill: bool) -> None:
+        feed = self.feed
+        if kill and feed is not None:  # before the signal: the feed may see the exit at once
+            with feed.lock:
+                feed.state.killed_here = True
         try:
             sent = runs.stop(self.run_dir, kill=kill)
         except Exception as exc:
             sent, problem = False, str(exc)
         else:
             problem = None if sent else "the trainer process is not running"
+        if kill and not sent and feed is not None:
+            with feed.lock:
+                feed.state.killed_here = False
         if sent:
             message = "killed" if kill else "stopping: a checkpoint is being saved, then the trainer exits"
             self.app.call_from_thread(self.notify, message, title="Kill" if kill else "Stop")

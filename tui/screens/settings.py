@@ -16,6 +16,11 @@ Start (``g``) first reads and normalises the data as the run will (engine.data.d
 no tokenizer): when more than ``data.max_drop_fraction`` of the records would be dropped,
 the start dialog says how many and why and asks to start anyway. Small local data is
 checked at once; bigger data in a worker thread.
+
+The limits ``finetui train`` refuses without ``--force`` (engine.startcheck: data.max_length
+beyond the model's context, an estimate above the free RAM/VRAM) show in red on the
+footprint line as soon as the settings cross them, and the start dialog names them with the
+setting to turn and asks to start anyway.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class SettingsScreen(FinetuiScreen):
         self.estimate = None  # engine.footprint.MemoryEstimate of the current config
         self.estimate_problem: str | None = None
         self.estimate_blocks = True  # whether estimate_problem stops Start (a missing model does)
+        self.limits: list[str] = []  # engine.startcheck.limits of the current config
         self._gpus: list | None = None  # engine.hardware.GpuReading, probed once
 
     @property
@@ -188,12 +194,14 @@ class SettingsScreen(FinetuiScreen):
 
     @work(thread=True, exclusive=True, group="footprint")
     def compute_footprint(self, config: cfg.Config) -> None:
-        from engine import footprint, model_catalog
+        from engine import footprint, model_catalog, startcheck
 
         gpus = self.probe_gpus()
         blocks = True
+        limits: list[str] = []
         try:
             estimate, problem = footprint.estimate(config, gpu=bool(gpus)), None
+            limits = startcheck.limits(config, gpus=gpus)
         except footprint.FootprintError as exc:
             estimate, problem = None, f"model.name_or_path: {exc}"
             name = config.model.name_or_path
@@ -201,16 +209,20 @@ class SettingsScreen(FinetuiScreen):
             blocks = not (model_catalog.is_gguf(name) and Path(name).expanduser().is_file())
         except Exception as exc:  # a strange config.json must not take the screen down
             estimate, problem = None, f"footprint: {exc}"
-        self.app.call_from_thread(self.show_footprint, config, estimate, problem, blocks)
+        self.app.call_from_thread(self.show_footprint, config, estimate, problem, blocks, limits)
 
-    def show_footprint(self, config: cfg.Config, estimate, problem: str | None, blocks: bool = True) -> None:
+    def show_footprint(self, config: cfg.Config, estimate, problem: str | None, blocks: bool = True,
+                       limits: list[str] | None = None) -> None:
         if config is not self.state.config:
             return  # a newer config is being computed
         from engine.footprint import human_bytes, human_count
 
         self.estimate, self.estimate_problem, self.estimate_blocks = estimate, problem, blocks
+        self.limits = list(limits or [])
         line = Text(no_wrap=True, overflow="ellipsis")
-        if estimate is None:
+        if self.limits:
+            line.append(f"✖ {self.limits[0]}", style=f"bold {self.app.theme_variables.get('error', 'red')}")
+        elif estimate is None:
             line.append(problem or "no estimate", style="bold red" if blocks else "bold yellow")
         else:
             line.append(f"{config.model.name_or_path}", style="bold")
@@ -437,6 +449,11 @@ class SettingsScreen(FinetuiScreen):
         body = Text()
         body.append(self.state.train_command() + "\n\n", style="bold")
         title, verb = "Start a training run", "start"
+        if self.limits and blocking is None:
+            error = self.app.theme_variables.get("error", "red")
+            body.append("\n".join(self.limits) + "\n", style=f"bold {error}")
+            body.append("turn the setting named above, or start anyway (finetui train --force)\n\n", style="dim")
+            title, verb = "Beyond the model's context or the free memory: start anyway?", "start anyway"
         if drops:
             warning = self.app.theme_variables.get("warning", "yellow")
             body.append("\n".join(drops) + "\n", style=f"bold {warning}")
