@@ -1,6 +1,6 @@
 """A line chart drawn in braille cells: loss and eval loss on one set of axes.
 
-Why not textual-plotext (installed): at the sizes an 80x24 dashboard can give a chart
+Why not textual-plotext (not a dependency): at the sizes an 80x24 dashboard can give a chart
 (about 78x9 cells), plotext spends four of ten rows on its frame, x ticks and x label,
 draws its legend over the top-left corner (exactly where a loss curve starts), and picks
 uneven y ticks (6.6, 5.6, 4.6, 2.6). Here every row but the title is data (2x4 dots per

@@ -1,0 +1,68 @@
+"""The layering contracts of pyproject.toml ([tool.importlinter], checked by import-linter's
+``lint-imports``) hold in this checkout, and each one fails when an import that breaks it
+is added (to a copy of the packages): the engine never imports the UI, the UI never imports
+the heavy ML stack, and engine.data never imports training code.
+
+Run time is what tests/test_engine_imports.py and tests/test_tui_imports.py check (what a
+fresh interpreter holds after an import); these contracts read every import statement,
+those inside functions too, without running anything.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACTS = ("engine-headless", "tui-light", "data-no-training")
+
+pytest.importorskip("importlinter", reason="import-linter is in the test extra: pip install -e '.[test]'")
+
+
+def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess:
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    args = ["--no-cache", "--no-logo", *(a for c in contracts for a in ("--contract", c))]
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+
+
+def test_the_checkout_keeps_every_contract():
+    out = lint_imports(REPO)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert out.stdout.count(" KEPT") == len(CONTRACTS), out.stdout[-2000:]
+
+
+def copy_packages(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("engine", "tui"):
+        shutil.copytree(REPO / package, root / package, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+# (contract, module to edit, the offending line): at module level, or inside a function
+OFFENCES = [
+    ("engine-headless", "engine/runs.py", "from textual.app import App"),
+    ("engine-headless", "engine/data/readers.py", "def _show():\n    from tui import app"),
+    ("tui-light", "tui/app.py", "import torch"),
+    ("tui-light", "tui/widgets/lossplot.py", "def _load():\n    from transformers import AutoModel"),
+    ("tui-light", "tui/session.py", "import peft, bitsandbytes, datasets"),
+    ("data-no-training", "engine/data/render.py", "from engine import fused_loss"),
+    ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from engine.lean_trainer import LeanTrainer"),
+]
+
+
+@pytest.mark.parametrize("contract,module,line", OFFENCES, ids=[f"{c}:{m}" for c, m, _ in OFFENCES])
+def test_each_contract_catches_an_offending_import(tmp_path, contract, module, line):
+    root = copy_packages(tmp_path)
+    assert lint_imports(root, contract).returncode == 0  # the copy keeps it before the edit
+    path = root / module
+    path.write_text(path.read_text() + "\n\n" + line + "\n")
+    out = lint_imports(root, contract)
+    assert out.returncode == 1 and "BROKEN" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+    assert module.removesuffix(".py").replace("/", ".") in out.stdout  # it names the importer
