@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tui_helpers import tui_env  # noqa: F401 - a fixture
 
 from engine import config as cfg
 from engine import runs
@@ -312,3 +313,136 @@ def test_runs_list_and_show_cannot_drive_the_terminal(tmp_path, monkeypatch):
         _assert_inert(text)
         seen += text
     assert "␛]0;pwned␇" in seen and "␛]52;c;ZXZpbA==␇" in seen and "step ␛[2J\\x9b31m done" in seen
+
+
+# ------------------------------------------------------------ the TUI (Textual Pilot)
+
+
+def _tui_inert(text: str) -> None:
+    """No control character in what a widget renders (newlines between its lines aside)."""
+    _assert_inert(text.replace("\n", ""))
+
+
+async def _open_in_datasets(pilot, app, path: Path) -> None:
+    from textual.widgets import Input
+
+    from tui.widgets.dialogs import PathDialog
+    from tui_helpers import settle
+
+    await settle(pilot, app)
+    await pilot.press("o")
+    await pilot.pause()
+    assert isinstance(app.screen, PathDialog)
+    app.screen.query_one(Input).value = str(path)  # typed, ESC would be a key
+    await pilot.press("enter")
+    await settle(pilot, app)
+
+
+async def test_tui_list_and_record_view_show_controls_visibly(tui_env, finetui_cache):
+    """Datasets: the list view and the record view (raw and rendered) show ␛[2J, ␛]0;…␇ and
+    \\x9b instead of sending them; Rich markup in a record is shown as written."""
+    from test_dashboard_helpers import screen_text
+    from tui_helpers import SIZE, text_of, wait_until
+
+    from tui.app import FinetuiApp
+    from tui.widgets.rowtable import RowTable
+
+    path = _hostile_records(tui_env / "work")
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await _open_in_datasets(pilot, app, path)
+        table = app.screen.query_one(RowTable)
+        await wait_until(pilot, lambda: table.row(len(HOSTILE) - 1) is not None, 30, "the rows")
+        await pilot.pause(0.2)
+        listed = screen_text(app)
+        _tui_inert(listed)
+        assert "␛[2J␛[H" in listed and "␛]0;pwned␇" in listed and "\\x9b31mred" in listed
+
+        await pilot.press("enter")  # record 1: the screen-clearing one
+        rendered = app.screen.query_one("#ds-rendered")
+        await wait_until(pilot, lambda: "trained" in text_of(rendered), 120, "the render")
+        for widget in ("#ds-raw", "#ds-rendered", "#ds-record-head"):
+            _tui_inert(text_of(app.screen.query_one(widget)))
+        assert "say clear ␛[2J␛[H" in text_of(rendered)
+        _tui_inert(screen_text(app))
+        for _ in range(len(HOSTILE) - 1):  # to the last record: Rich markup
+            await pilot.press("l")
+        await wait_until(pilot, lambda: "not markup" in text_of(rendered) and "trained" in text_of(rendered),
+                         120, "the markup record")
+        assert "[bold red]not markup[/]" in text_of(rendered)
+        assert "[bold red]not markup[/]" in text_of(app.screen.query_one("#ds-raw"))
+
+
+async def test_tui_chat_pane_shows_model_tokens_visibly(tui_env, finetui_cache, control_model):
+    """Chat: a reply of ESC and BEL tokens is shown as ␛ and ␇ in the pane."""
+    from tui_helpers import SIZE, settle, text_of, wait_until
+
+    from tui.app import FinetuiApp
+    from tui.screens.chat import ChatScreen
+
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("c")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ChatScreen)
+        screen.load(str(control_model))
+        await wait_until(pilot, lambda: screen.main.state in ("ready", "failed"), 180, "the model")
+        assert screen.main.state == "ready", screen.main.problem
+        screen.params.update(max_new_tokens=12)
+        screen.prompt.value = "hi"
+        screen.prompt.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not screen.busy and screen.main.replies, 120, "the reply")
+        reply = [m for m in screen.main.log.messages() if m.role == "assistant"][-1]
+        assert "\x1b" in reply.text  # what the model said, kept as said
+        shown = text_of(reply)
+        _tui_inert(shown)
+        assert "␛" in shown or "␇" in shown
+
+
+async def test_tui_run_list_and_log_show_controls_visibly(tmp_path, monkeypatch):
+    """Runs and the dashboard: a run folder named with an OSC title sequence, an error that
+    writes the clipboard and a stdout.log that clears the screen, all shown visibly."""
+    from test_dashboard_helpers import SIZE, screen_text, synthetic_run, wait_for, widget_text
+
+    from tui.app import FinetuiApp
+    from tui.screens.dashboard import DashboardScreen
+    from tui.screens.runs import RunsScreen
+    from tui.widgets.logview import LogView
+
+    for name in ("config", "work", "runs"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("FINETUI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path / "work")
+    run_dir = synthetic_run(tmp_path / "runs", name="demo", steps=4, every=2,
+                            error={"kind": "data", "message": "bad \x1b]52;c;ZXZpbA==\x07 row", "hint": "\x1b[2J"})
+    hostile = run_dir.with_name(run_dir.name + "\x1b]0;t\x07")
+    run_dir.rename(hostile)
+    (hostile / "stdout.log").write_text("Traceback \x1b[2J\x9b31m boom\n")
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded
+                       and len(app.screen.infos) == 1)
+        await pilot.pause(1.0)
+        runs_text = screen_text(app)
+        _tui_inert(runs_text)
+        # (where a line is built as Rich Text, Rich itself drops BEL, BS, VT, FF and CR: gone, not sent)
+        assert "demo␛]0;t␇" in runs_text and "␛]52;c;ZXZpbA==" in runs_text
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.screen.state is not None
+                       and app.screen.state.events > 0)
+        await pilot.pause(0.6)
+        dash = app.screen
+        _tui_inert(screen_text(app))
+        log = widget_text(dash.query_one(LogView), 200)
+        _tui_inert(log)
+        assert "␛]52;c;ZXZpbA==␇" in log
+        await pilot.press("v")  # stdout.log
+        await pilot.pause(0.6)
+        log = widget_text(dash.query_one(LogView), 200)
+        _tui_inert(log)
+        assert "Traceback ␛[2J\\x9b31m boom" in log

@@ -118,6 +118,14 @@ class FinetuiApp(App):
     def settings_state(self, state) -> None:
         self._settings_state = state
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every toast (screens' and widgets' notify come here): errors quote paths, names and
+        data, shown with their control characters made visible (engine.visible)."""
+        from tui.safetext import visible
+
+        super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=markup)
+
     def _notify_any_thread(self, message: str, title: str) -> None:
         if threading.get_ident() == self._thread_id:
             self.notify(message, title=title, severity="error", timeout=15)

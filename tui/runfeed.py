@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from engine import events as ev
 from engine import runs
 from engine.runs_cli import format_event
+from engine.visible import visible
 
 if TYPE_CHECKING:
     import subprocess
@@ -118,8 +119,8 @@ class RunState:
             self.finished = event
         if kind != "step":
             text = format_event(event)
-            if text:
-                self.lines.append((when, str(kind), text))
+            if text:  # messages, paths, names: control characters made visible (engine.visible)
+                self.lines.append((when, str(kind), visible(text)))
         self.version += 1
 
     def _add_step(self, event: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from textual.widgets import ContentSwitcher, Input, Static
 from engine.data import formats, transcripts
 from tui import datasource
 from tui.render_client import RenderClient
+from tui.safetext import safe
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.columnmap import ColumnMapDialog
 from tui.widgets.dialogs import PathDialog
@@ -163,7 +164,7 @@ class DatasetsScreen(FinetuiScreen):
     def status(self, message: str | Text, error: bool = False) -> None:
         text = message if isinstance(message, Text) else Text(message, style="bold red" if error else "")
         text.no_wrap, text.overflow = True, "ellipsis"
-        self.query_one("#ds-status", Static).update(text)
+        self.query_one("#ds-status", Static).update(safe(text))
 
     # ------------------------------------------------------------------ opening
 
@@ -209,7 +210,7 @@ class DatasetsScreen(FinetuiScreen):
 
     def open_failed(self, spec: str, message: str) -> None:
         if self.rows is None:
-            self.query_one("#ds-source", Static).update(Text(f"{spec}: not opened", style="bold red"))
+            self.query_one("#ds-source", Static).update(safe(Text(f"{spec}: not opened", style="bold red")))
             self.table.set_source(None, empty_text="o: open a dataset (file, folder, sample:NAME, org/name)")
         self.status(message, error=True)
         self.notify(message, title="dataset", severity="error", timeout=10)
@@ -283,7 +284,7 @@ class DatasetsScreen(FinetuiScreen):
                 line.append(f" · {total:,} rows" + (" (first ones only)" if rows.limited else ""))
             if self.table.filter is not None:
                 line.append(f" · {len(self.table.filter):,} match", style="bold")
-        self.query_one("#ds-source", Static).update(line)
+        self.query_one("#ds-source", Static).update(safe(line))
 
     # ------------------------------------------------------------------ columns
 
@@ -326,7 +327,7 @@ class DatasetsScreen(FinetuiScreen):
             line.append(" · " if line else "")
             line.append("Settings read it otherwise: u", style=f"bold {self._color('warning')}")
         widget = self.query_one("#ds-columns", Static)
-        widget.update(line)
+        widget.update(safe(line))
         widget.set_class(bool(line), "-shown")
 
     def action_columns(self) -> None:
@@ -437,7 +438,7 @@ class DatasetsScreen(FinetuiScreen):
         if state == "failed":
             self.status(f"render worker: {message}", error=True)
             if self.view == "ds-record":
-                self.query_one("#ds-rendered", Static).update(Text(message, style="bold red"))
+                self.query_one("#ds-rendered", Static).update(safe(Text(message, style="bold red")))
 
     # ------------------------------------------------------------------ record view
 
@@ -468,19 +469,19 @@ class DatasetsScreen(FinetuiScreen):
             return
         head = Text(f"record {row.index + 1}", style="bold")
         head.append(f"  {_short_place(row.place)}", style="dim")
-        self.query_one("#ds-record-head", Static).update(head)
+        self.query_one("#ds-record-head", Static).update(safe(head))
         rendered = self.query_one("#ds-rendered", Static)
         if row.error:
             raw = Text(row.raw[:RAW_MAX_CHARS])
             raw.append(f"\n{row.place}: {row.error}", style="bold red")
-            self.query_one("#ds-raw", Static).update(raw)
+            self.query_one("#ds-raw", Static).update(safe(raw))
             rendered.update(Text("not rendered: the record cannot be read", style="red"))
             return
         pretty = json.dumps(row.data, ensure_ascii=False, indent=2, default=str)
         raw = Text(pretty[:RAW_MAX_CHARS])
         if len(pretty) > RAW_MAX_CHARS:
             raw.append(f"\n… {len(pretty) - RAW_MAX_CHARS:,} more characters", style="dim")
-        self.query_one("#ds-raw", Static).update(raw)
+        self.query_one("#ds-raw", Static).update(safe(raw))
         client = self.render_client()
         waiting = "rendering…" if client.state == "ready" else f"{client.message or 'starting the render worker…'}"
         rendered.update(Text(waiting, style="dim"))
@@ -528,7 +529,7 @@ class DatasetsScreen(FinetuiScreen):
         widget = self.query_one("#ds-rendered", Static)
         if answer.get("type") == "error":
             place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
-            widget.update(Text(f"{place}: {answer.get('message')}", style="bold red"))
+            widget.update(safe(Text(f"{place}: {answer.get('message')}", style="bold red")))
             return
         info = self.client.info if self.client else {}
         head = Text(f"{answer['n_tokens']} tokens, {answer['n_trained']} trained", style="bold")
@@ -566,7 +567,7 @@ class DatasetsScreen(FinetuiScreen):
                 head.append(f"… {len(windows) - MAX_WINDOWS} more windows", style="dim")
         else:
             head.append_text(self.marked(answer))
-        widget.update(head)
+        widget.update(safe(head))
 
     def _color(self, name: str) -> str:
         return self.app.theme_variables.get(name, "green")
@@ -660,7 +661,7 @@ class DatasetsScreen(FinetuiScreen):
                 self._stats_cache[key] = message
                 self.show_stats(message)
             else:
-                self.query_one("#ds-stats-text", Static).update(Text(str(message.get("message")), style="bold red"))
+                self.query_one("#ds-stats-text", Static).update(safe(Text(str(message.get("message")), style="bold red")))
 
         self._stats_request = client.request(
             "lengths", answered, path=self.spec, format=self.format or "auto", columns=columns,
@@ -704,7 +705,7 @@ class DatasetsScreen(FinetuiScreen):
             text.append(f"\n{note}", style=self._color("warning"))
         for issue in result.get("issues", [])[:10]:
             text.append(f"\n{issue}", style="red")
-        self.query_one("#ds-stats-text", Static).update(text)
+        self.query_one("#ds-stats-text", Static).update(safe(text))
 
     # ------------------------------------------------------------------ search
 

@@ -669,6 +669,9 @@ class EvalScreen(FinetuiScreen):
             pass
 
     def write_log(self, text: Text) -> None:
+        from tui.safetext import safe
+
+        text = safe(text)  # the job's output, model replies, paths: never control codes
         self.log_lines = (self.log_lines + [text.plain])[-5000:]
         self.query_one("#ev-log", RichLog).write(text)
 

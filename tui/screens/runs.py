@@ -25,6 +25,7 @@ from textual.widgets import DataTable, Static
 from engine import events as ev
 from engine import runs
 from tui.runfeed import feeds
+from tui.safetext import safe, visible
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.screens.compare import CompareScreen
 from tui.screens.dashboard import STATUS_MARK, DashboardScreen, app_key, resume_run, show_config
@@ -294,7 +295,7 @@ class RunsScreen(FinetuiScreen):
             value = (info.model or "-")
             if len(value) > width - 1:
                 value = "…" + value[-(width - 2):]  # the end of a path or hub id says most
-        return Text(value)
+        return Text(visible(value))  # run names, model paths: never control codes
 
     def _show_title(self) -> None:
         from tui.session import display_path
@@ -333,7 +334,7 @@ class RunsScreen(FinetuiScreen):
         detail = self.query_one("#runs-detail", Static)
         colors = theme_colors(self.app)
         if self.problem:
-            detail.update(Text(self.problem, style=colors["bad"]))
+            detail.update(safe(Text(self.problem, style=colors["bad"])))
             return
         info = self.current_info()
         if info is None:
@@ -359,7 +360,7 @@ class RunsScreen(FinetuiScreen):
         if info.status in ("stopped", "failed"):
             text.append(f"\n{app_key(self.app, 'runs.resume', 'R')}: resume from the last checkpoint",
                         style="dim")
-        detail.update(text)
+        detail.update(safe(text))
 
     # ------------------------------------------------------------------ actions
 

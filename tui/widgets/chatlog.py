@@ -15,6 +15,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from tui.safetext import visible
+
 ROLE_STYLES = {"user": "accent", "assistant": "primary", "note": "warning", "error": "error"}
 CURSOR = "▍"
 
@@ -66,17 +68,17 @@ class ChatMessage(Static):
         colors = self.app.theme_variables if self.is_attached else {}
         out = Text()
         if self.role in ("user", "assistant"):
-            out.append(self.label, style=f"bold {colors.get(ROLE_STYLES[self.role], '')}")
+            out.append(visible(self.label), style=f"bold {colors.get(ROLE_STYLES[self.role], '')}")
             if self.stats:
                 out.append(f"  {self.stats}", style="dim")
             out.append("\n")
-        out.append(self.text)
+        out.append(visible(self.text))  # model output and prompts: shown, never obeyed by the terminal
         if self.streaming:
             out.append(CURSOR, style="blink")
         elif self.role == "assistant" and not self.text and not self.problem:
             out.append("(empty reply)", style="dim italic")
         if self.problem:
-            out.append(("\n" if self.text else "") + self.problem, style=f"bold {colors.get('error', 'red')}")
+            out.append(("\n" if self.text else "") + visible(self.problem), style=f"bold {colors.get('error', 'red')}")
         return out
 
 

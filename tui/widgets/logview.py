@@ -7,6 +7,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
+from tui.safetext import safe, visible
+
 
 class LogView(Widget):
     DEFAULT_CSS = """
@@ -20,6 +22,8 @@ class LogView(Widget):
         self.empty = "nothing yet"
 
     def show(self, title: str, lines: list[Text], empty: str = "nothing yet") -> None:
+        # log and error events, stdout.log, checkpoint paths: control characters made visible
+        title, lines = visible(title), [safe(line) for line in lines]
         plain = (title, [line.plain for line in lines], empty)
         if plain != (self.title, [line.plain for line in self.lines], self.empty):
             self.title, self.lines, self.empty = title, lines, empty

@@ -19,6 +19,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tui.datasource import Row, RowSource, preview
+from tui.safetext import visible
 
 PAGE_ROWS = 100
 CACHED_PAGES = 64
@@ -154,9 +155,9 @@ class RowTable(ScrollView, can_focus=True):
             self._want(index)
             text.append("…", style=number_style)
         elif row.error:
-            text.append(f"{row.place}: {row.error}", style=self.get_component_rich_style("rowtable--error"))
+            text.append(visible(f"{row.place}: {row.error}"), style=self.get_component_rich_style("rowtable--error"))
         else:
-            text.append(preview(row, width))
+            text.append(visible(preview(row, width)))  # a record's text never drives the terminal
         strip = self._strip(text, width)
         if line == self.cursor:
             strip = strip.apply_style(self.get_component_rich_style("rowtable--cursor"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
+from tui.safetext import safe
+
 
 class TextLine(Widget):
     DEFAULT_CSS = """
@@ -19,10 +21,10 @@ class TextLine(Widget):
 
     def __init__(self, text: Text | str = "", **kwargs) -> None:
         super().__init__(**kwargs)
-        self.text = Text(text) if isinstance(text, str) else text
+        self.text = safe(Text(text) if isinstance(text, str) else text)
 
     def show(self, text: Text | str) -> None:
-        text = Text(text) if isinstance(text, str) else text
+        text = safe(Text(text) if isinstance(text, str) else text)  # names, messages: never control codes
         if text == self.text and text.spans == self.text.spans:
             return
         relayout = text.plain.count("\n") != self.text.plain.count("\n")
