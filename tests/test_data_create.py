@@ -27,6 +27,7 @@ from engine import cli
 from engine.data.create import documents, passages, quality
 from engine.data.create.store import repair_tail
 from engine.data.create.writers import PromptTemplate
+from test_real_model import smollm2, smollm2_dir  # noqa: F401 - fixtures: the built-in smollm2, fetched once
 
 REPO = Path(__file__).resolve().parents[1]
 INTERVIEW = REPO / "tests" / "data" / "fidelity" / "interview_transcript.txt"
@@ -433,3 +434,63 @@ def test_local_model_writes_records_in_the_training_format(tmp_path, capsys, fin
     for rec in made:
         assert [m["role"] for m in rec["messages"]] == ["user", "assistant"]
         assert isinstance(rec["messages"][0]["content"], str)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_a_30_page_pdf_becomes_a_dataset_a_run_trains_on(tmp_path, capsys, finetui_cache):
+    rng = random.Random(30)
+    chapters = [(f"Chapter {k + 1}: The {WORDS[k].capitalize()}",
+                 [paragraph_of(rng, rng.choice((150, 700, 1200, 2600))) for _ in range(7)]) for k in range(15)]
+    pdf = tmp_path / "book.pdf"
+    make_pdf(pdf, chapters, toc=True)
+    doc = documents.read(pdf)
+    assert 28 <= doc.pages <= 36
+    out = tmp_path / "book.jsonl"
+    with FakeOpenAI(first_429=False) as server:
+        rc, report, err = create([str(pdf), "--out", str(out), "--base-url", server.url, "--model", "m",
+                                  "--concurrency", "4"], capsys)
+    assert rc == 0, err
+    assert report["boilerplate"] == {"table of contents": 1}
+    records = lines(out)
+    assert len(records) == report["written"] >= 60
+    assert {r["source"]["page"] for r in records} >= set(range(3, doc.pages, 3))
+    runs_dir = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--runs-dir", str(runs_dir), "train",
+         str(REPO / "sample_data" / "quickstart.yaml"), "--name", "book", "--set", f"data.path={out}",
+         "--set", "data.format=messages", "--set", "data.test_path=null", "--set", "data.test_size=0.1",
+         "--set", "data.max_length=256", "--set", "train.max_steps=6", "--set", "train.eval_steps=3",
+         "--set", "train.save_steps=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = [p for p in runs_dir.iterdir() if (p / "config.yaml").exists()]
+    from engine import events as ev
+
+    events = ev.read_file(run_dir / "events.jsonl")
+    started = next(e for e in events if e["type"] == "run_started")
+    finished = events[-1]
+    assert finished["type"] == "finished" and finished["status"] == "completed"
+    assert started["datasets"]["train"] + started["datasets"]["test"] == len(records)
+    assert started["config"]["data"]["path"] == str(out)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_smollm2_writes_questions_in_the_training_format(tmp_path, capsys, smollm2):
+    doc = story(tmp_path, 3)
+    out = tmp_path / "smol.jsonl"
+    rc, report, err = create([str(doc), "--out", str(out), "--model", "smollm2", "--max-tokens", "48"], capsys)
+    assert rc == 0, err
+    rejected = tmp_path / "smol.rejected.jsonl"
+    made = lines(out) + (lines(rejected) if rejected.exists() else [])
+    assert len(made) == 3 == report["written"] + sum(report["rejected"].values())
+    assert report["writer"] == "smollm2 (local)"
+    expected = {p.index: p.text for p in passages.passages(documents.read(doc))}
+    for rec in made:
+        user, assistant = rec["messages"]
+        assert user["role"] == "user" and assistant == {"role": "assistant", "content": expected[rec["source"]["passage"]]}
+    for rec in lines(out):
+        assert rec["messages"][0]["content"].strip()

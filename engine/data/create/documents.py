@@ -139,11 +139,26 @@ def keeps_lines(lines: list[str]) -> bool:
 
 def unwrap(lines: list[str]) -> str:
     """A paragraph's lines as its text: joined into one line (a word hyphenated at a line
-    end joined back) unless :func:`keeps_lines`."""
-    lines = [_SPACES.sub(" ", line).strip() for line in lines]
-    lines = [line for line in lines if line]
+    end joined back) unless :func:`keeps_lines`; a list keeps one line per item (its
+    wrapped lines joined), a table one line per row."""
+    raw = [line for line in lines if line.strip()]
+    lines = [_SPACES.sub(" ", line).strip() for line in raw]
+    if lines and all(line.startswith("|") for line in lines):
+        return "\n".join(lines)
+    if lines and _LIST_ITEM.match(lines[0]):
+        items: list[list[str]] = []
+        for line in lines:
+            if _LIST_ITEM.match(line) or not items:
+                items.append([line])
+            else:
+                items[-1].append(line)
+        return "\n".join(_join(item) for item in items)
     if keeps_lines(lines):
         return "\n".join(lines)
+    return _join(lines)
+
+
+def _join(lines: list[str]) -> str:
     out = ""
     for line in lines:
         if out.endswith("-") and len(out) > 1 and out[-2].isalpha() and line[:1].islower():

@@ -222,12 +222,12 @@ def read_all(paths: list[str], min_chars: int, max_chars: int) -> list[tuple[doc
     return out
 
 
-def record(p: passages.Passage, question: str, system: str | None) -> dict[str, Any]:
+def record(p: passages.Passage, question: str, system: str | None, writer: str | None = None) -> dict[str, Any]:
     messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": p.text}]
     return {"messages": messages, "source": {
         "document": p.document, "passage": p.index, "span": [p.start, p.end], "page": p.page,
-        "page_end": p.page_end, "heading": p.heading, "hash": p.hash}}
+        "page_end": p.page_end, "heading": p.heading, "hash": p.hash, "writer": writer}}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -260,8 +260,10 @@ def command(args: argparse.Namespace) -> int:
         return _preview(docs, args.json)
     template = PromptTemplate.load(args.prompt)
     writer = _writer(args)
+    # What shapes the records: a dataset is continued only under the same; the writer may
+    # change (another endpoint, another model), each record names its own.
     settings = {"min_chars": args.min_chars, "max_chars": args.max_chars, "prompt": template.fingerprint(),
-                "writer": writer.label, "system": args.system}
+                "system": args.system}
     store = Store(args.out, settings, overwrite=args.overwrite).open()
     report.repaired = store.repaired
     report.writer = writer.label
@@ -297,7 +299,7 @@ def command(args: argparse.Namespace) -> int:
             return
         question = quality.clean_question(reply)
         reason = quality.question_problem(question, args.max_question_chars)
-        rec = record(p, question, args.system)
+        rec = record(p, question, args.system, writer.model)
         if reason is None:
             match = dups.match(question)
             if match is not None:
