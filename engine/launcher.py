@@ -26,6 +26,7 @@ from engine import config as cfg
 from engine import events as ev
 from engine import runs
 from engine.runs_cli import event_lines
+from engine.units import format_duration
 from engine.visible import visible
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
@@ -100,7 +101,7 @@ def prepare_run(args) -> tuple[Path, bool]:
                                    "drop CONFIG (change settings with --set)"])
         run_dir = runs.resolve(args.resume)
         runs.check_free(run_dir)  # a trainer holds the run: it names the run and its pid
-        if runs.pid_alive(runs.read_pid(run_dir)):
+        if runs.trainer_alive(run_dir):
             raise runs.RunError(f"run {run_dir.name} is still running (`finetui runs attach {run_dir.name}`)")
         config = cfg.load(run_dir / "config.yaml", args.overrides)  # still valid?
         check_start(config, args)
@@ -257,7 +258,7 @@ def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None
                     total=event.get("total_steps"),
                     loss=f"{loss:.4g}" if isinstance(loss, (int, float)) else "-",
                     speed=f"{speed:,.0f} tok/s" if isinstance(speed, (int, float)) else "-",
-                    eta=_duration(eta),
+                    eta=format_duration(eta),
                 )
                 continue
             for line in event_lines(event):
@@ -266,12 +267,3 @@ def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None
             if kind == "finished":
                 finished = event
     return finished
-
-
-def _duration(seconds: float | None) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    seconds = int(seconds)
-    m, s = divmod(seconds, 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

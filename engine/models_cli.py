@@ -16,7 +16,8 @@ import json
 import sys
 
 from engine import model_catalog
-from engine.footprint import human_bytes, human_count
+from engine.footprint import human_count
+from engine.units import format_bytes
 
 
 def add_parser(sub) -> None:
@@ -32,14 +33,14 @@ def _status(row: dict) -> str:
         return "built locally on first use"
     if row["cached"]:
         return "ready"
-    return f"fetched on first use ({(row.get('fetch_bytes') or 0) / 1e6:.0f} MB)"
+    return f"fetched on first use ({format_bytes(row.get('fetch_bytes') or 0, si=True)})"
 
 
 def _table(rows: list[dict]) -> None:
     print(f"{'name':<34} {'kind':<10} {'params':>8} {'on disk':>9}  status")
     for row in rows:
         params = human_count(row["params"]) if row.get("params") else "?"
-        size = human_bytes(row["size_bytes"]) if row.get("size_bytes") else "-"
+        size = format_bytes(row["size_bytes"]) if row.get("size_bytes") else "-"
         print(f"{row['name'][:34]:<34} {row['kind']:<10} {params:>8} {size:>9}  {_status(row)}")
 
 

@@ -5,7 +5,8 @@ Light module (stdlib, psutil, yaml via engine.config). Layout of a run folder::
     config.yaml      exactly what ran (validated, defaults filled in)
     events.jsonl     the event stream (see engine.events)
     stdout.log       the trainer's stderr: library warnings, tracebacks
-    trainer.pid      pid of the trainer process (rank 0's launcher)
+    trainer.pid      the trainer process: pid, start time and run folder (engine.trainer_pid);
+                     stop and kill signal only a process matching all three
     trainer.lock     flock()ed by the trainer for its whole life: one trainer per run
     checkpoints/     HF Trainer checkpoints (checkpoint-<step>/); one counts only once it
                      holds finetui-complete.json, written last, after its files were checked
@@ -24,7 +25,6 @@ import fcntl
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -34,14 +34,15 @@ from typing import Any
 
 from engine import allocator, atomic
 from engine import events as ev
+from engine import trainer_pid
 from engine.config import Config
 
-PID_FILE = "trainer.pid"
+PID_FILE = trainer_pid.PID_FILE
 LOCK_FILE = "trainer.lock"
 LOCK_FD_ENV = "FINETUI_RUN_LOCK_FD"  # set by launch(): the trainer inherits the held lock
 COMPLETE_FILE = "finetui-complete.json"  # written last into a checkpoint folder
 TRAINER_STATE = "trainer_state.json"
-TRAINER_MODULE = "engine.train"
+TRAINER_MODULE = trainer_pid.TRAINER_MODULE
 
 
 class RunError(ValueError):
@@ -131,24 +132,34 @@ def resolve(run: str | Path, root: str | Path | None = None) -> Path:
 
 
 def read_pid(run_dir: Path) -> int | None:
-    try:
-        return int((run_dir / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
+    """The pid trainer.pid records (alive or not: see trainer_alive)."""
+    record = trainer_pid.read(run_dir)
+    return record.pid if record is not None else None
 
 
-def pid_alive(pid: int | None) -> bool:
+def trainer_alive(run_dir: str | Path) -> bool:
+    """Whether the run's own trainer is alive: the recorded pid, started at the recorded
+    time, for this run folder (engine.trainer_pid)."""
+    return trainer_pid.process(run_dir) is not None
+
+
+def pid_alive(pid: int | None, run_dir: str | Path | None = None) -> bool:
+    """Whether ``pid`` is a live trainer: with ``run_dir``, exactly that run's trainer
+    (trainer_alive, and the pid is the recorded one); without, a process running
+    ``-m engine.train`` (a pid seen by other means, e.g. a process this UI started)."""
     if not pid:
         return False
+    if run_dir is not None:
+        record = trainer_pid.read(run_dir)
+        return record is not None and record.pid == pid and trainer_pid.matches(record, run_dir) is not None
     try:
         import psutil
 
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        # Guard against pid reuse: the process must be one of ours.
-        cmd = " ".join(proc.cmdline())
-        return TRAINER_MODULE in cmd or "torchrun" in cmd or "finetui" in cmd
+        argv = proc.cmdline()
+        return any(a == "-m" and b == TRAINER_MODULE for a, b in zip(argv, argv[1:]))
     except Exception:
         return False
 
@@ -197,7 +208,7 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
         info.status = finished.get("status", "failed")
         info.outputs = finished.get("outputs") or {}
         info.ended = finished.get("time")
-    elif pid_alive(info.pid):
+    elif trainer_alive(run_dir):
         info.status = "running"
         info.ended = time.time()
     elif events or info.pid:
@@ -414,7 +425,7 @@ def _launch_locked(run_dir: Path, lock_fd: int, resume: bool, nproc: int, env: d
         pass_fds=(lock_fd,),
     )
     log.close()
-    atomic.write_text(run_dir / PID_FILE, str(proc.pid))
+    trainer_pid.write(run_dir, proc.pid)  # pid, start time, folder: stop signals only this process
     return proc
 
 
@@ -431,43 +442,40 @@ def _model(run_dir: Path) -> tuple[str, int | None]:
 
 
 def stop(run_dir: str | Path, kill: bool = False) -> bool:
-    """Ask a running trainer to stop (SIGTERM: checkpoint + finished event) or kill it."""
-    pid = read_pid(Path(run_dir))
-    if not pid_alive(pid):
-        return False
-    sig = signal.SIGKILL if kill else signal.SIGTERM
+    """Ask the run's trainer to stop (SIGTERM: checkpoint + finished event) or kill it
+    (SIGKILL; its process group only when the trainer leads it). Only the run's own
+    trainer is signalled (engine.trainer_pid: pid, start time and folder match); False when
+    it is not alive. A run whose last session has finished is refused (RunError): its pid
+    may belong to another process by now."""
+    run_dir = Path(run_dir)
+    finished = last_finished(run_dir)
+    if finished is not None:
+        raise RunError(f"run {run_dir.name} has finished ({finished.get('status') or 'failed'}): "
+                       f"it has no trainer to {'kill' if kill else 'stop'}")
+    return trainer_pid.send(run_dir, kill=kill)
+
+
+def last_finished(run_dir: str | Path, tail_bytes: int = 65536) -> dict[str, Any] | None:
+    """The ``finished`` event when it is the last event of events.jsonl (the run's last
+    session ended), else None. Reads only the file's last ``tail_bytes``."""
     try:
-        if kill:
-            os.killpg(os.getpgid(pid), sig)
-        else:
-            for target in _stop_targets(pid):
-                os.kill(target, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _stop_targets(pid: int) -> list[int]:
-    """Who gets the SIGTERM. Under torchrun, its workers themselves: torchrun would
-    forward the signal but SIGKILL them 30 s later, cutting a slow checkpoint short; when
-    the workers end on their own, torchrun exits cleanly."""
-    try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        if "torch.distributed.run" in " ".join(proc.cmdline()):
-            workers = [c.pid for c in proc.children() if TRAINER_MODULE in " ".join(c.cmdline())]
-            if workers:
-                return workers
-    except Exception:
-        pass
-    return [pid]
+        with open(Path(run_dir) / "events.jsonl", "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            lines = fh.read().split(b"\n")
+    except OSError:
+        return None
+    for raw in reversed(lines[1:] if size > tail_bytes else lines):  # the first may be cut
+        event = ev.decode(raw)
+        if event is not None:
+            return event if event.get("type") == "finished" else None
+    return None
 
 
 def delete(run_dir: str | Path) -> None:
     import shutil
 
     run_dir = Path(run_dir)
-    if pid_alive(read_pid(run_dir)):
+    if trainer_alive(run_dir):
         raise RunError(f"run {run_dir.name} is still running: stop it first")
     shutil.rmtree(run_dir)

@@ -12,16 +12,8 @@ from typing import Any
 
 from engine import events as ev
 from engine import runs
+from engine.units import format_duration
 from engine.visible import visible
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _fmt_num(value: float | None, digits: int = 4) -> str:
@@ -75,7 +67,7 @@ def format_event(event: dict[str, Any]) -> str | None:
     if t == "step":
         return (f"step {event['step']}/{event['total_steps']}  epoch {_fmt_num(event.get('epoch'), 3)}  "
                 f"loss {_fmt_num(event.get('loss'))}  lr {_fmt_num(event.get('learning_rate'), 3)}  "
-                f"{_fmt_num(event.get('tokens_per_s'), 4)} tok/s  eta {_fmt_duration(event.get('eta_s'))}")
+                f"{_fmt_num(event.get('tokens_per_s'), 4)} tok/s  eta {format_duration(event.get('eta_s'))}")
     if t == "eval":
         return f"eval  step {event['step']}  eval_loss {_fmt_num(event.get('eval_loss'))}  ppl {_fmt_num(event.get('perplexity'))}"
     if t == "checkpoint":
@@ -98,21 +90,20 @@ def _table(infos: list[runs.RunInfo]) -> str:
     for i in infos:
         step = f"{i.step}/{i.total_steps}" if i.total_steps else str(i.step)
         rows.append((i.id, i.status, i.method or "-", (i.model or "-")[-28:], step,
-                     _fmt_num(i.last_loss), _fmt_num(i.best_eval_loss), _fmt_duration(i.duration_s)))
+                     _fmt_num(i.last_loss), _fmt_num(i.best_eval_loss), format_duration(i.duration_s)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     return visible("\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows))
 
 
 def attach(run_dir, out=sys.stdout) -> int:
     """Print the run's history, then follow it live until it finishes or its process dies."""
-    pid = runs.read_pid(run_dir)
     status = "failed"
     dead_since: list[float] = []
 
     def gone() -> bool:
         # The trainer may die without a finished event (kill -9): stop following after a
         # grace period in which the last lines can still land.
-        if runs.pid_alive(runs.read_pid(run_dir) or pid):
+        if runs.trainer_alive(run_dir):
             dead_since.clear()
             return False
         dead_since.append(time.time())

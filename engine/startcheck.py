@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import footprint
+from engine.units import format_bytes
 
 FORCE_HINT = "--force starts it anyway (the TUI: start anyway)"
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -196,7 +197,7 @@ def memory_problem(config, est: footprint.MemoryEstimate, free: int | None, wher
     need = est.total_bytes * copies
     if need <= free:
         return None
-    hb = footprint.human_bytes
+    hb = format_bytes
     parts = (f"activations {hb(est.activations_bytes + est.logits_bytes)} for train.batch_size "
              f"{config.train.batch_size} x data.max_length {config.data.max_length}, "
              f"weights+optimizer {hb(est.weights_bytes + est.adapter_bytes + est.gradients_bytes + est.optimizer_bytes + est.merged_weights_bytes)}")

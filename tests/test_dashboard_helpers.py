@@ -22,6 +22,7 @@ import pytest
 from engine import config as cfg
 from engine import events as ev
 from engine import runs
+from engine import trainer_pid
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (80, 24)
@@ -97,16 +98,18 @@ def synthetic_run(root: Path | None = None, name: str = "demo", steps: int = 40,
 
 
 def fake_live_pid() -> subprocess.Popen:
-    """A process that engine.runs.pid_alive takes for a trainer."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "engine.train"])
+    """A process that engine.runs.pid_alive takes for a trainer (it runs ``-m engine.train``
+    in name only: its argv says so; it sleeps)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "engine.train"])
 
 
 @contextlib.contextmanager
 def live_trainer(run_dir: Path) -> Iterator[subprocess.Popen]:
-    """``fake_live_pid()`` written as ``run_dir``'s trainer.pid, so the run reads as
-    running; the process is killed (and reaped) on the way out."""
+    """``fake_live_pid()`` recorded as ``run_dir``'s trainer (engine.trainer_pid: pid, start
+    time, folder), so the run reads as running; the process is killed (and reaped) on the
+    way out."""
     proc = fake_live_pid()
-    (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+    trainer_pid.write(run_dir, proc.pid)
     try:
         yield proc
     finally:
@@ -166,7 +169,7 @@ def fake_launch(tmp_path: Path, steps: int = 20, interval: float = 0.05):
              *(["--resume"] if resume else []), "engine.train"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(run_dir / "stdout.log", "ab"),
             start_new_session=True, env=full_env)
-        (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+        trainer_pid.write(run_dir, proc.pid)
         return proc
 
     return launch

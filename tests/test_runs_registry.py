@@ -8,7 +8,7 @@ import pytest
 
 from engine import config as cfg
 from engine import events as ev
-from engine import runs
+from engine import runs, trainer_pid
 
 
 def test_status_from_events_and_liveness(tmp_path):
@@ -25,9 +25,9 @@ def test_status_from_events_and_liveness(tmp_path):
     w.emit("eval", step=6, eval_loss=1.4, perplexity=4.0, metrics={})
 
     # A live process that looks like a trainer -> running.
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "engine.train"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "engine.train"])
     try:
-        (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+        trainer_pid.write(run_dir, proc.pid)
         info = runs.summarize(run_dir)
         assert info.status == "running" and info.step == 3 and info.best_eval_loss == 1.2
     finally:
@@ -77,9 +77,9 @@ def test_a_resumed_session_is_not_decided_by_the_earlier_finished_event(tmp_path
     w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
     w.emit("finished", status="stopped", metrics={}, outputs={})
     w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "engine.train"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "engine.train"])
     try:
-        (run_dir / runs.PID_FILE).write_text(str(proc.pid))
+        trainer_pid.write(run_dir, proc.pid)
         assert runs.summarize(run_dir).status == "running"
     finally:
         proc.kill()

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.data import formats, readers
 from engine.data.paged import PagedFile
+from engine.units import format_bytes
 
 MAX_LIST_ROWS = 100_000
 PAGED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt")
@@ -82,7 +83,7 @@ class RowSource:
 class PagedSource(RowSource):
     def __init__(self, path: Path):
         self.paged = PagedFile(path)
-        self.description = f"{self.paged.kind} {_size(self.paged.size)}"
+        self.description = f"{self.paged.kind} {format_bytes(self.paged.size, si=True)}"
 
     @property
     def total(self) -> int | None:
@@ -323,10 +324,3 @@ def _raw(data: Any) -> str:
         return json.dumps(data, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(data)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"

@@ -20,8 +20,9 @@ lock; screens are told on the UI thread which runs changed and redraw at most tw
 second. Nothing here touches a widget.
 
 Liveness: a feed also says whether the trainer process is alive (``Popen.poll`` for a
-pipe, ``engine.runs.pid_alive`` of ``trainer.pid`` for a file). A run whose process is gone
-without a ``finished`` event is *failed* (killed or crashed): see :meth:`RunState.status`.
+pipe; for a file, ``engine.runs.trainer_alive``: the very process ``trainer.pid`` records).
+A run whose process is gone without a ``finished`` event is *failed* (killed or crashed):
+see :meth:`RunState.status`.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def read_state(run_dir: str | Path) -> RunState:
     for event in ev.read_file(run_dir / "events.jsonl"):
         state.apply(event)
     state.source = "file"
-    state.process_alive = runs.pid_alive(runs.read_pid(run_dir))
+    state.process_alive = runs.trainer_alive(run_dir)
     return state
 
 
@@ -337,7 +338,7 @@ class RunFeed:
         path = self.events_path
         if not self._started:
             self._started = True
-            self._set_alive(runs.pid_alive(self.pid))
+            self._set_alive(runs.trainer_alive(self.run_dir))
         grew = False
         try:
             with open(path, "rb") as fh:
@@ -352,7 +353,7 @@ class RunFeed:
         now = time.monotonic()
         if not grew and now - self._checked >= LIVENESS_S:
             self._checked = now
-            alive = runs.pid_alive(self.pid)
+            alive = runs.trainer_alive(self.run_dir)
             if alive != self.state.process_alive and (alive or _size(path) <= self._offset):
                 self._set_alive(alive)
 

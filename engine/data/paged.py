@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 from engine.data.formats import DataError
 from engine.data.readers import DEFAULT_MAX_LINE_BYTES, MB, Issue, RawRecord, _read_json, too_long_message
+from engine.units import format_bytes
 
 INDEX_CHUNK_BYTES = 4 << 20
 SEARCH_CHUNK_BYTES = 4 << 20
@@ -167,8 +168,8 @@ class PagedFile:
     def _load_json(self) -> None:
         if self.size > JSON_MAX_BYTES:
             raise DataError(
-                f"{self.path}: a {self.size / MB:.0f} MB JSON file cannot be browsed lazily "
-                f"(limit {JSON_MAX_BYTES / MB:.0f} MB); convert it to JSONL (one record a line)"
+                f"{self.path}: a {format_bytes(self.size, si=True)} JSON file cannot be browsed lazily "
+                f"(limit {format_bytes(JSON_MAX_BYTES, si=True)}); convert it to JSONL (one record a line)"
             )
         problems: list[Issue] = []
         rows = [(line or 0, data) for line, _, data in _read_json(self.path, self.source, problems.append, self.max_line_bytes, "replace", "train")]

@@ -58,6 +58,7 @@ from engine.data.formats import (
     registry_format,
     to_conversation,
 )
+from engine.units import format_bytes
 
 __all__ = [
     "DataError",
@@ -565,13 +566,8 @@ def _bad_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
     return f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
 
 
-def format_size(n: int) -> str:
-    """'10.0 MB', or kB below 0.1 MB so small limits (tests, odd configs) read sensibly."""
-    return f"{n / MB:.1f} MB" if n >= MB // 10 else f"{n / 1000:.1f} kB"
-
-
 def too_long_message(size: int, limit: int) -> str:
-    return f"line too long ({format_size(size)} > limit {format_size(limit)})"
+    return f"line too long ({format_bytes(size, si=True)} > limit {format_bytes(limit, si=True)})"
 
 
 def _drain_line(fh) -> int:
@@ -998,7 +994,7 @@ def _read_txt(path: Path, src: str, report: Reporter, max_line_bytes: int, encod
                 continue
             size += len(text) + 1
             if size > max_line_bytes:
-                report(Issue(src, start, None, f"block too long (over {format_size(max_line_bytes)})"))
+                report(Issue(src, start, None, f"block too long (over {format_bytes(max_line_bytes, si=True)})"))
                 broken, block = True, []
                 continue
             block.append(text)

@@ -17,11 +17,12 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from engine.units import format_duration
 from tui.runfeed import RunState, read_state
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.fieldform import show_value
 from tui.widgets.lossplot import LossPlot, Series, theme_colors
-from tui.widgets.runprogress import fmt_duration, fmt_num, fmt_rate
+from tui.widgets.runprogress import fmt_num, fmt_rate
 
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
 RELOAD_S = 2.0
@@ -112,7 +113,7 @@ class CompareScreen(FinetuiScreen):
             head.append(f"  loss {fmt_num(last.get('loss'))}", style="dim")
             head.append(f"  best eval {fmt_num(best[1]) if best else 'N/A'}", style="dim")
             head.append(f"  {fmt_rate(state.mean_tokens_per_s())} tok/s", style="dim")
-            head.append(f"  {fmt_duration(last.get('elapsed_s'))}", style="dim")
+            head.append(f"  {format_duration(last.get('elapsed_s'))}", style="dim")
         self.query_one("#cmp-head", Static).update(head)
         self._show_chart()
         diff = config_diff(*configs)

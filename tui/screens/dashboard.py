@@ -526,7 +526,8 @@ class DashboardScreen(FinetuiScreen):
         except Exception as exc:  # a driver hiccup is a reading, not a crash
             snap.problem = f"NVML read failed: {exc}"
         snap.problem = snap.problem or backend.problem
-        alive = runs.pid_alive(pid)
+        alive = feed.proc.poll() is None if feed is not None and feed.proc is not None \
+            else runs.trainer_alive(self.run_dir)
         try:
             snap.host = hardware.read_host(pid if alive else None)
         except Exception:
@@ -545,7 +546,7 @@ class DashboardScreen(FinetuiScreen):
         snap.stdout_lines = self._stdout_lines
         if feed is not None and feed.ended:
             file_pid = runs.read_pid(self.run_dir)
-            if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid):
+            if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid, self.run_dir):
                 snap.newer_session_pid = file_pid
         self._hw = snap
         try:
@@ -756,7 +757,7 @@ def _launch_resume(screen, run_dir: Path) -> None:
 
 def _resume_in_thread(app, run_dir: Path) -> None:
     try:
-        if runs.pid_alive(runs.read_pid(run_dir)):
+        if runs.trainer_alive(run_dir):
             raise runs.RunError(f"run {run_dir.name} is still running")
         proc = runs.launch(run_dir, resume=True)
     except Exception as exc:

@@ -37,6 +37,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, RichLog, Static
 
+from engine.units import format_bytes
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.dialogs import PickDialog
 from tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
@@ -112,15 +113,7 @@ def folder_summary(path: Path) -> str:
         return ""
     size = sum(p.stat().st_size for p in files)
     shards = sum(1 for p in files if p.suffix == ".safetensors")
-    return f"{len(files)} files, {shards} safetensors shard{'s' if shards != 1 else ''}, {_human(size)}"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    return f"{len(files)} files, {shards} safetensors shard{'s' if shards != 1 else ''}, {format_bytes(size)}"
 
 
 def _fmt(value: float | None, pattern: str = "{:.4f}") -> str:

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Static
 
 from engine import events as ev
 from engine import runs
+from engine.units import format_duration
 from tui.runfeed import feeds
 from tui.safetext import safe, visible
 from tui.screens.base import FinetuiScreen, PaletteCommand
@@ -31,7 +32,7 @@ from tui.screens.compare import CompareScreen
 from tui.screens.dashboard import STATUS_MARK, DashboardScreen, app_key, resume_run, show_config
 from tui.widgets.dialogs import ConfirmDialog
 from tui.widgets.lossplot import theme_colors
-from tui.widgets.runprogress import fmt_duration, fmt_num
+from tui.widgets.runprogress import fmt_num
 
 RELOAD_S = 2.0
 # (key, label, width incl. one space of gap); run and model share what is left
@@ -284,7 +285,7 @@ class RunsScreen(FinetuiScreen):
         elif key == "started":
             value = started_text(info)
         elif key == "time":
-            value = fmt_duration(info.duration_s)
+            value = format_duration(info.duration_s)
         elif key == "steps":
             value = f"{info.step}/{info.total_steps}" if info.total_steps else (str(info.step) if info.step else "-")
         elif key == "eval":

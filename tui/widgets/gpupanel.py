@@ -14,26 +14,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-GIB = 1024 ** 3
-
-
-def fmt_bytes(value: float | None) -> str:
-    if not isinstance(value, (int, float)):
-        return "N/A"
-    for unit, size in (("GiB", GIB), ("MiB", 1024 ** 2), ("KiB", 1024)):
-        if abs(value) >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{int(value)} B"
-
-
-def fmt_pair(used: float | None, total: float | None) -> str:
-    """'61.2/80.0 GiB' (one unit for both) or N/A."""
-    if not isinstance(used, (int, float)) or not isinstance(total, (int, float)):
-        return "N/A" if not isinstance(used, (int, float)) else fmt_bytes(used)
-    if total >= GIB:
-        return f"{used / GIB:.1f}/{total / GIB:.1f} GiB"
-    return f"{used / 1024 ** 2:.0f}/{total / 1024 ** 2:.0f} MiB"
-
+from engine.units import format_bytes, format_bytes_pair
 
 def _pct_style(value: float | None) -> str:
     if not isinstance(value, (int, float)):
@@ -103,19 +84,19 @@ class GpuPanel(Widget):
         line.append("cpu ", style="dim")
         line.append(f"{h.cpu_percent:.0f}%", style=_pct_style(h.cpu_percent))
         line.append("  ram ", style="dim")
-        line.append(fmt_pair(h.ram_used_bytes, h.ram_total_bytes))
+        line.append(format_bytes_pair(h.ram_used_bytes, h.ram_total_bytes, missing="N/A"))
         line.append("  trainer rss ", style="dim")
-        line.append(fmt_bytes(h.process_rss_bytes) if h.process_rss_bytes else "N/A")
+        line.append(format_bytes(h.process_rss_bytes) if h.process_rss_bytes else "N/A")
         mem = self.trainer_memory
         label = "alloc" if self.on_gpu else "peak rss"
         if self.on_gpu:
             line.append(f"  {label} ", style="dim")
-            line.append(f"{fmt_bytes(mem.get('allocated_bytes'))}")
+            line.append(f"{format_bytes(mem.get('allocated_bytes'), missing='N/A')}")
             line.append(" peak ", style="dim")
-            line.append(fmt_bytes(self.peak_bytes), style="bold")
+            line.append(format_bytes(self.peak_bytes, missing="N/A"), style="bold")
         else:
             line.append(f"  {label} ", style="dim")
-            line.append(fmt_bytes(self.peak_bytes))
+            line.append(format_bytes(self.peak_bytes, missing="N/A"))
         return line
 
     def _gpu_line(self, g: Any, width: int) -> Text:
@@ -131,7 +112,7 @@ class GpuPanel(Widget):
         line.append("  mem ", style="dim")
         used, total = g.memory_used_bytes, g.memory_total_bytes
         mem_pct = used / total * 100 if isinstance(used, (int, float)) and total else None
-        line.append(f"{fmt_pair(used, total):>15}", style=_pct_style(mem_pct))
+        line.append(f"{format_bytes_pair(used, total, missing="N/A"):>15}", style=_pct_style(mem_pct))
         line.append("  ")
         temp = g.temperature_c
         line.append(f"{temp:.0f}°C" if isinstance(temp, (int, float)) else "N/A°C",

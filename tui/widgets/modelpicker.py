@@ -55,7 +55,7 @@ def status_of(row: dict[str, Any]) -> str:
         return "ready"
     fetch = row.get("fetch_bytes")
     # Decimal megabytes, as the fetch itself reports the download.
-    return f"fetched on first use ({fetch / 1e6:.0f} MB)" if fetch else "not fetched yet"
+    return f"fetched on first use ({format_bytes(fetch, si=True)})" if fetch else "not fetched yet"
 
 
 def _with_model(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -197,10 +197,11 @@ class ModelPicker(ModalScreen[str | None]):
         return Text(f"{name:<{NAME_WIDTH}}{params:>6}  {memory:>9}  {status}", end="")
 
     def _option(self, choice: ModelChoice) -> Option:
-        from engine.footprint import human_bytes, human_count
+        from engine.footprint import human_count
+        from engine.units import format_bytes
 
         params = human_count(choice.params) if choice.params else "?"
-        memory = f"{human_bytes(choice.estimate.total_bytes)}" if choice.estimate is not None else "?"
+        memory = f"{format_bytes(choice.estimate.total_bytes)}" if choice.estimate is not None else "?"
         now = self.current in (choice.value, choice.name)
         name = Path(choice.name).name if choice.kind == "gguf" else choice.name  # the place is in the detail
         prompt = self._row_text(("● " if now else "  ") + name, params, memory, choice.status)
@@ -229,7 +230,8 @@ class ModelPicker(ModalScreen[str | None]):
         self.show_detail(current)
 
     def show_detail(self, index: int | None) -> None:
-        from engine.footprint import human_bytes, human_count
+        from engine.footprint import human_count
+        from engine.units import format_bytes
 
         text = Text(no_wrap=True, overflow="ellipsis")
         if index is None or index >= len(self.choices):
@@ -246,8 +248,8 @@ class ModelPicker(ModalScreen[str | None]):
                 train = self.config.get("train", {})
                 data = self.config.get("data", {})
                 text.append(f"{method}, bs {train.get('batch_size')} × {data.get('max_length')}: "
-                            f"est. {human_bytes(est.total_bytes)} · {human_count(est.params_trainable)} trainable"
-                            f" · weights {human_bytes(est.weights_bytes)} {est.weights_dtype}")
+                            f"est. {format_bytes(est.total_bytes)} · {human_count(est.params_trainable)} trainable"
+                            f" · weights {format_bytes(est.weights_bytes)} {est.weights_dtype}")
         self.query_one("#model-detail", Static).update(text)
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:

@@ -12,14 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-
-def fmt_duration(seconds: float | None) -> str:
-    if not isinstance(seconds, (int, float)) or seconds < 0:
-        return "-"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+from engine.units import format_duration
 
 
 def fmt_num(value: float | None, digits: int = 4) -> str:
@@ -72,9 +65,9 @@ class RunProgress(Widget):
                 tail.append(f" {100 * self.step / max(self.total, 1):.0f}%")
             if self.epoch is not None:
                 tail.append(f"  ep {self.epoch:.2f}")
-            tail.append(f"  {fmt_duration(self.elapsed)}")
+            tail.append(f"  {format_duration(self.elapsed)}")
             if self.eta is not None and self.total and self.step < self.total:
-                tail.append(f"  eta {fmt_duration(self.eta)}")
+                tail.append(f"  eta {format_duration(self.eta)}")
             if self.note:
                 tail.append(f"  {self.note}", style="dim")
         bar_w = max(10, min(40, width - tail.cell_len - 1))
