@@ -33,6 +33,7 @@ LIGHT_MODULES = (
     "engine.footprint",
     "engine.allocator",
     "engine.threads",
+    "engine.units",
 )
 HEAVY_PACKAGES = ("torch", "transformers", "peft", "datasets", "bitsandbytes")
 UI_PACKAGES = ("textual",)

@@ -26,6 +26,7 @@ from engine import config as cfg
 from engine import events as ev
 from engine import footprint, startcheck
 from engine.hardware import GpuReading
+from engine.units import format_bytes
 from train_helpers import BASE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,11 +88,11 @@ def test_a_job_beyond_free_memory_is_refused_naming_the_knob_and_force_starts_it
                         train={"batch_size": 4096, "max_steps": 1, "eval_strategy": "no", "save_strategy": "no"})
     need = footprint.estimate(cfg.load(path), gpu=False).total_bytes
     proc = finetui("train", str(path), cwd=tmp_path)
-    print(f"estimate {footprint.human_bytes(need)}, free RAM {footprint.human_bytes(startcheck.free_ram())}")
+    print(f"estimate {format_bytes(need)}, free RAM {format_bytes(startcheck.free_ram())}")
     print(proc.stderr)
     assert proc.returncode == 2, proc.stderr
     first = proc.stderr.splitlines()[0]
-    assert first.startswith(f"memory: this run needs about {footprint.human_bytes(need)} (activations ")
+    assert first.startswith(f"memory: this run needs about {format_bytes(need)} (activations ")
     assert "train.batch_size 4096 x data.max_length 1024" in first and "of free RAM: lower train.batch_size" in first
     assert "train.gradient_checkpointing" in first
     assert "--force starts it anyway" in proc.stderr

@@ -55,7 +55,7 @@ def test_models_table_says_what_happens_on_first_use(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["name", "kind", "params", "on", "disk", "status"]
     smol = next(line for line in lines if line.startswith("smollm2"))
-    assert "135M" in smol and "fetched on first use (93 MB)" in smol
+    assert "135M" in smol and "fetched on first use (92.9 MB)" in smol
     assert any(line.startswith("org/little") and "hub cache" in line for line in lines)
 
 

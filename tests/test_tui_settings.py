@@ -12,6 +12,7 @@ from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text
 
 from engine import config as cfg
 from engine import footprint
+from engine.units import format_bytes
 from tui.app import FinetuiApp
 from tui.screens.settings import SettingsScreen
 from tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
@@ -373,12 +374,12 @@ async def test_model_picker_lists_models_with_size_and_estimate(model_cache):
         smollm2 = next(line for line in lines if "smollm2" in line)
         tiny_params = params_of(footprint.read_model_config("tiny")[0])
         assert tiny_params in tiny and "ready" in tiny and "●" in tiny  # the current model
-        assert "135M" in smollm2 and "fetched on first use (93 MB)" in smollm2
+        assert "135M" in smollm2 and "fetched on first use (92.9 MB)" in smollm2
         # Each row's memory column is the estimate of these settings with that model in it.
         config = app.settings_state.config.to_dict()
         config["model"]["name_or_path"] = "smollm2"
         gpu = bool(app.screen_stack[-2].probe_gpus())
-        assert footprint.human_bytes(footprint.estimate(config, gpu=gpu).total_bytes) in smollm2
+        assert format_bytes(footprint.estimate(config, gpu=gpu).total_bytes) in smollm2
         # Hub-cache models and converted GGUF files come from the same list.
         hub = next(line for line in lines if "acme/mini-llama" in line)
         assert params_of(SMALL_LLAMA) in hub

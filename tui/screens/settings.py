@@ -215,7 +215,8 @@ class SettingsScreen(FinetuiScreen):
                        limits: list[str] | None = None) -> None:
         if config is not self.state.config:
             return  # a newer config is being computed
-        from engine.footprint import human_bytes, human_count
+        from engine.footprint import human_count
+        from engine.units import format_bytes
 
         self.estimate, self.estimate_problem, self.estimate_blocks = estimate, problem, blocks
         self.limits = list(limits or [])
@@ -226,9 +227,9 @@ class SettingsScreen(FinetuiScreen):
             line.append(problem or "no estimate", style="bold red" if blocks else "bold yellow")
         else:
             line.append(f"{config.model.name_or_path}", style="bold")
-            line.append(f" {human_count(estimate.params_total)} params, {human_bytes(estimate.size_bytes)}")
+            line.append(f" {human_count(estimate.params_total)} params, {format_bytes(estimate.size_bytes)}")
             line.append(f" │ {estimate.method} {human_count(estimate.params_trainable)} trainable")
-            line.append(f" │ est. {human_bytes(estimate.total_bytes)}", style="bold")
+            line.append(f" │ est. {format_bytes(estimate.total_bytes)}", style="bold")
             line.append(f" (bs {config.train.batch_size} × {config.data.max_length})", style="dim")
             fit = self.fit_text(estimate)
             if fit is not None:
@@ -240,7 +241,7 @@ class SettingsScreen(FinetuiScreen):
 
     def fit_text(self, estimate) -> Text | None:
         """Whether the estimate fits the first GPU's memory (None without a GPU reading)."""
-        from engine.footprint import human_bytes
+        from engine.units import format_bytes
 
         gpus = self._gpus or []
         total = gpus[0].memory_total_bytes if gpus else None
@@ -248,10 +249,11 @@ class SettingsScreen(FinetuiScreen):
             return None
         fits = estimate.total_bytes <= total * 0.95
         colour = self.app.theme_variables.get("success" if fits else "error", "")
-        return Text(f"{'fits' if fits else 'exceeds'} GPU0 {human_bytes(total)}", style=f"bold {colour}")
+        return Text(f"{'fits' if fits else 'exceeds'} GPU0 {format_bytes(total)}", style=f"bold {colour}")
 
     def footprint_text(self) -> Text:
-        from engine.footprint import human_bytes, human_count
+        from engine.footprint import human_count
+        from engine.units import format_bytes
 
         est = self.estimate
         text = Text()
@@ -262,13 +264,13 @@ class SettingsScreen(FinetuiScreen):
             ("model", f"{est.model}  [{est.source}]"),
             ("parameters", f"{human_count(est.params_total)} total, {human_count(est.params_trainable)} "
                            f"trainable ({est.method})"),
-            ("size", f"{human_bytes(est.size_bytes)} stored; {human_bytes(est.weights_bytes)} loaded as "
+            ("size", f"{format_bytes(est.size_bytes)} stored; {format_bytes(est.weights_bytes)} loaded as "
                      f"{est.weights_dtype}"),
-            ("memory", f"≈ {human_bytes(est.total_bytes)} peak, of which"),
-            ("  weights", human_bytes(est.weights_bytes + est.adapter_bytes)),
-            ("  grads+optim", human_bytes(est.gradients_bytes + est.optimizer_bytes)),
-            ("  activations", human_bytes(est.activations_bytes + est.logits_bytes)),
-            ("  overhead", human_bytes(est.overhead_bytes)),
+            ("memory", f"≈ {format_bytes(est.total_bytes)} peak, of which"),
+            ("  weights", format_bytes(est.weights_bytes + est.adapter_bytes)),
+            ("  grads+optim", format_bytes(est.gradients_bytes + est.optimizer_bytes)),
+            ("  activations", format_bytes(est.activations_bytes + est.logits_bytes)),
+            ("  overhead", format_bytes(est.overhead_bytes)),
         ]
         for label, value in rows:
             text.append(f"{label:<14}", style="bold" if not label.startswith(" ") else "")
