@@ -112,7 +112,7 @@ class GpuPanel(Widget):
         line.append("  mem ", style="dim")
         used, total = g.memory_used_bytes, g.memory_total_bytes
         mem_pct = used / total * 100 if isinstance(used, (int, float)) and total else None
-        line.append(f"{format_bytes_pair(used, total, missing="N/A"):>15}", style=_pct_style(mem_pct))
+        line.append(f"{format_bytes_pair(used, total, missing='N/A'):>15}", style=_pct_style(mem_pct))
         line.append("  ")
         temp = g.temperature_c
         line.append(f"{temp:.0f}°C" if isinstance(temp, (int, float)) else "N/A°C",
