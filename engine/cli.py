@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start even when more than data.max_drop_fraction of the records would be dropped")
     t.add_argument("--force", action="store_true",
                    help="start even when data.max_length is beyond the model's context or the memory "
-                        "estimate exceeds the free RAM/VRAM (engine.startcheck)")
+                        "estimate exceeds the free RAM/VRAM (engine.startcheck); with --resume, "
+                        "also continue a run that completed")
 
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

@@ -340,12 +340,15 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if data is None:  # an empty (or comments-only) file is a mistake, not "all defaults"
+        raise ConfigError([f"{path}: the config file is empty (no settings in it); write the keys to set "
+                           "(model:, data:, train: ...), e.g. from sample_data/quickstart.yaml"])
     if overrides:
         data = apply_overrides(data, overrides)
     return validate(data, source=str(path), text=text, overrides=overrides)

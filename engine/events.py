@@ -5,7 +5,9 @@ Light module (stdlib only). The trainer writes each event to its stdout *and* ap
 written by a run started elsewhere look the same.
 
 Every event carries ``v`` (schema version), ``type``, ``time`` (unix seconds) and
-``run_id``. The required fields of each type are listed in :data:`SCHEMA`; extra fields are
+``run_id``; one the trainer also writes to ``events.jsonl`` carries ``offset``, where its
+line starts in that file (a reader of the pipe reads from the file what the pipe dropped:
+:class:`CatchUp`). The required fields of each type are listed in :data:`SCHEMA`; extra fields are
 allowed (readers ignore what they do not know), so adding a field does not bump ``v``.
 """
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 VERSION = 1
 
@@ -86,22 +90,121 @@ def decode_object_line(line: str | bytes) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
         return None
     return obj if isinstance(obj, dict) else None
 
 
-def decode(line: str | bytes) -> dict[str, Any] | None:
-    """Parse one line of the stream. Returns None for blank lines and for non-event
-    output (a stray print from a library); raises nothing, so one bad line cannot stop a
-    reader."""
-    event = decode_object_line(line)
-    if event is None or "type" not in event or "v" not in event:
-        return None
-    if event["v"] > VERSION:
+_NUMBER = "a number"
+_COUNT = "an integer"
+_TEXT = "a string"
+_MAPPING = "an object"
+_LIST = "a list"
+
+# Fields readers use, by event type: (field, what it must be, whether it must be there).
+# Optional fields may also be null. Unknown fields and types are let through (a newer
+# trainer); these are what the CLI, the runs list and the dashboard read.
+_FIELDS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "run_started": (("config", _MAPPING, False), ("footprint", _MAPPING, False), ("datasets", _MAPPING, False),
+                    ("devices", _LIST, False), ("data", _MAPPING, False)),
+    "step": (("step", _COUNT, True), ("total_steps", _COUNT, True), ("epoch", _NUMBER, False),
+             ("loss", _NUMBER, False), ("learning_rate", _NUMBER, False), ("grad_norm", _NUMBER, False),
+             ("tokens_per_s", _NUMBER, False), ("samples_per_s", _NUMBER, False), ("elapsed_s", _NUMBER, False),
+             ("eta_s", _NUMBER, False), ("memory", _MAPPING, False)),
+    "eval": (("step", _COUNT, True), ("eval_loss", _NUMBER, False), ("perplexity", _NUMBER, False),
+             ("metrics", _MAPPING, False)),
+    "checkpoint": (("path", _TEXT, True), ("step", _COUNT, True)),
+    "log": (("level", _TEXT, False), ("message", _TEXT, False)),
+    "error": (("kind", _TEXT, False), ("message", _TEXT, False), ("hint", _TEXT, False)),
+    "finished": (("status", _TEXT, True), ("metrics", _MAPPING, False), ("outputs", _MAPPING, False)),
+}
+
+
+def _is(value: Any, what: str) -> bool:
+    if what == _TEXT:
+        return isinstance(value, str)
+    if what == _MAPPING:
+        return isinstance(value, dict)
+    if what == _LIST:
+        return isinstance(value, list)
+    if isinstance(value, bool):
+        return False
+    if what == _COUNT:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def event_problem(event: dict[str, Any]) -> str | None:
+    """Why a decoded JSON object is not an event readers can use, or None. Checks the
+    envelope (v, type, time, run_id) and the type of each field readers use."""
+    v = event.get("v")
+    if "v" not in event or "type" not in event:
+        return f"not an event (no {'v' if 'v' not in event else 'type'})"
+    if not _is(v, _COUNT) or v < 1:
+        return f"v is {_shown(v)}, not a schema version (an integer)"
+    kind = event["type"]
+    if not isinstance(kind, str):
+        return f"type is {_shown(kind)}, not a string"
+    if "time" in event and not _is(event["time"], _NUMBER):
+        return f"{kind} event: time is {_shown(event['time'])}, not a number"
+    if "run_id" in event and not isinstance(event["run_id"], str):
+        return f"{kind} event: run_id is {_shown(event['run_id'])}, not a string"
+    for name, what, required in _FIELDS.get(kind, ()):
+        if name not in event or event[name] is None:
+            if required:
+                return f"{kind} event lacks {name}"
+            continue
+        if not _is(event[name], what):
+            return f"{kind} event: {name} is {_shown(event[name])}, not {what}"
+    if kind == "run_started" and isinstance(event.get("devices"), list) \
+            and not all(isinstance(d, str) for d in event["devices"]):
+        return "run_started event: devices holds something that is not a string"
+    return None
+
+
+def decode_checked(line: str | bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """One line of the stream: (event, None), (None, why it is not a usable event), or
+    (None, None) for a blank line. Raises nothing."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+    text = line.strip()
+    if not text:
+        return None, None
+    if not text.startswith("{"):
+        return None, "not a JSON object"
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    problem = event_problem(obj)
+    if problem:
+        return None, problem
+    if obj["v"] > VERSION:
         # A newer trainer: keep what we understand.
-        event.setdefault("_newer_schema", True)
-    return event
+        obj.setdefault("_newer_schema", True)
+    return obj, None
+
+
+def decode(line: str | bytes) -> dict[str, Any] | None:
+    """Parse one line of the stream. Returns None for blank lines, for non-event output (a
+    stray print from a library) and for an event whose envelope or fields have the wrong
+    type (see :func:`event_problem`); raises nothing, so one bad line cannot stop a
+    reader."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    return decode_checked(line)[0]
 
 
 def validate(event: dict[str, Any]) -> None:
@@ -122,13 +225,20 @@ def validate(event: dict[str, Any]) -> None:
 
 
 class EventWriter:
-    """Writes events to stdout (the pipe to whoever started us) and to events.jsonl.
+    """Writes events to events.jsonl and then to stdout (the pipe to whoever started us).
 
     If the pipe breaks (UI gone, SSH dropped) stdout is dropped and the file goes on:
-    training must never die because nobody is watching. The file is written whole lines
-    or nothing: a line the disk had no room for is cut back off (the pipe still gets
-    it), and a torn last line left by an earlier process (killed mid-write) is ended
-    before the first new event, so every event starts on its own line.
+    training must never die because nobody is watching. Nor must it wait for a reader that
+    stopped reading (a suspended TUI or CLI, a hung SSH terminal): the pipe is written
+    without blocking, and an event it has no room for is dropped there (counted in
+    ``pipe_dropped``); the file has it, and each event's ``offset`` lets the reader fetch
+    the ones it missed (:class:`CatchUp`). A line the pipe took only in part is finished
+    before the next one goes in, so the pipe carries whole lines.
+
+    The file is written whole lines or nothing: a line the disk had no room for is cut
+    back off (the pipe still gets it), and a torn last line left by an earlier process
+    (killed mid-write) is ended before the first new event, so every event starts on its
+    own line. Thread-safe (the trainer's heartbeat thread emits too).
     """
 
     def __init__(self, run_id: str, path: str | Path | None, stream: IO[str] | None = sys.stdout):
@@ -136,36 +246,91 @@ class EventWriter:
         self.path = Path(path) if path else None
         self.stream = stream
         self.file_error: OSError | None = None  # the last write the file could not take
+        # Called with each event once it is in the file (the trainer keeps the run's
+        # summary.json with it: engine.run_summary.Keeper); its errors never stop a run.
+        self.after_emit: Callable[[dict[str, Any]], None] | None = None
+        self.pipe_dropped = 0  # events the pipe had no room for (the file has them)
+        self.last_emit = time.monotonic()  # when the last event went out
+        self.finished = False  # a finished event went out: this session said how it ended
+        self._lock = threading.RLock()
         self._fd: int | None = None
         self._torn = False
         if self.path:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             self._torn = _ends_torn(self._fd)
+        self._pipe = _nonblocking_pipe(stream)  # None: the stream is not a pipe (a terminal, a file)
+        self._pending = b""  # the rest of a line the pipe took only in part
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
-        event = make(type_, self.run_id, **fields)
-        line = encode(event) + "\n"
-        if self._fd is not None:
-            self._append(line.encode("utf-8"))
-        if self.stream is not None:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                self._drop_stream()
-        return event
+        with self._lock:
+            event = make(type_, self.run_id, **fields)
+            where = self._file_end() if self._fd is not None else None
+            if where is not None:
+                event["offset"] = where[0] + where[1]  # past the newline that ends a torn line
+            data = (encode(event) + "\n").encode("utf-8")
+            if where is not None:
+                self._append(data, *where)
+                if self.after_emit is not None:
+                    try:
+                        self.after_emit(event)
+                    except Exception:  # noqa: BLE001 - a cache; readers rebuild it from the file
+                        pass
+            if self._pipe is not None:
+                self._to_pipe(data)
+            elif self.stream is not None:
+                try:
+                    self.stream.write(data.decode("utf-8"))
+                    self.stream.flush()
+                except (BrokenPipeError, OSError, ValueError):
+                    self._drop_stream()
+            self.last_emit = time.monotonic()
+            self.finished = self.finished or type_ == "finished"
+            return event
 
-    def _append(self, data: bytes) -> None:
-        """One whole line at the end of the file, or nothing (the file is cut back to where
-        it was when the disk is full or a file-size limit is reached)."""
-        fd = self._fd
-        if self._torn or _ends_torn(fd):
-            data = b"\n" + data
+    def _file_end(self) -> tuple[int, int] | None:
+        """(size of the file, 1 when its last line is torn else 0); None when it cannot be
+        looked at (the event then goes to the pipe only)."""
         try:
-            start = os.fstat(fd).st_size
+            size = os.fstat(self._fd).st_size
         except OSError as exc:
             self.file_error = exc
+            return None
+        return size, int(self._torn or _ends_torn(self._fd))
+
+    def _to_pipe(self, data: bytes) -> None:
+        """The line into the pipe if it has room now, else dropped (never waits)."""
+        if self._pending and not self._flush_pending():
+            self.pipe_dropped += 1
             return
+        try:
+            written = os.write(self._pipe, data)
+        except BlockingIOError:
+            self.pipe_dropped += 1
+            return
+        except OSError:  # EPIPE: nobody reads any more
+            self._drop_stream()
+            return
+        self._pending = data[written:]
+
+    def _flush_pending(self) -> bool:
+        """Finish a line the pipe took only in part; True once it is all in."""
+        try:
+            written = os.write(self._pipe, self._pending)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._drop_stream()
+            return False
+        self._pending = self._pending[written:]
+        return not self._pending
+
+    def _append(self, data: bytes, start: int, torn: int) -> None:
+        """One whole line at the end of the file (which is ``start`` bytes long, its last
+        line torn when ``torn``), or nothing (the file is cut back to where it was when the
+        disk is full or a file-size limit is reached)."""
+        fd = self._fd
+        if torn:
+            data = b"\n" + data
         try:
             view = memoryview(data)
             while view:
@@ -182,6 +347,12 @@ class EventWriter:
     def _drop_stream(self) -> None:
         # Point the stream's own fd (fd 1 when it is stdout) at /dev/null, so what is still
         # buffered, and later prints from libraries, cannot raise either.
+        if self._pipe is not None:
+            try:
+                os.close(self._pipe)
+            except OSError:
+                pass
+            self._pipe, self._pending = None, b""
         stream, self.stream = self.stream, None
         try:
             fd = stream.fileno()
@@ -192,9 +363,90 @@ class EventWriter:
             pass
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._pipe is not None:
+                if self._pending:
+                    self._flush_pending()  # once, without waiting: the reader has the file
+                if self._pipe is not None:
+                    os.close(self._pipe)
+                    self._pipe = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _nonblocking_pipe(stream: IO[str] | None) -> int | None:
+    """A descriptor of the pipe behind ``stream`` that never blocks a write, or None when
+    the stream is not a pipe. The pipe is opened anew (/proc/self/fd) so the non-blocking
+    flag is ours alone, not shared with other holders of the pipe (torchrun's launcher)."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return None
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        pass
+    try:
+        own = os.dup(fd)
+        os.set_blocking(own, False)
+        return own
+    except OSError:
+        return None
+
+
+class CatchUp:
+    """Reading the trainer's pipe without missing an event. The trainer drops what the pipe
+    has no room for (a reader that stopped reading must not stop training); every event
+    carries ``offset``, where its line starts in events.jsonl. When an event arrives whose
+    line starts past the end of the one before, the lines between are read from the file
+    (:meth:`take`), and when the pipe ends, whatever the file has after the last line that
+    came (:meth:`rest`)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.next: int | None = None  # where the line after the last one seen starts
+        self.from_file = 0  # events read from the file, not the pipe
+
+    def take(self, event: dict[str, Any], size: int) -> list[dict[str, Any]]:
+        """``event`` came off the pipe as a line of ``size`` bytes: the events missed before
+        it (read from the file), then it."""
+        offset = event.get("offset")
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            return [event]
+        missed = self._read(self.next, offset) if self.next is not None and offset > self.next else []
+        self.next = offset + size
+        return [*missed, event]
+
+    def rest(self) -> list[dict[str, Any]]:
+        """The pipe has ended: the events the file has after the last one taken."""
+        return self._read(self.next, None) if self.next is not None else []
+
+    def _read(self, start: int, end: int | None) -> list[dict[str, Any]]:
+        if self.path is None:
+            return []
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read() if end is None else fh.read(end - start)
+        except OSError:
+            return []
+        events = [e for e in map(decode, data.split(b"\n")[:-1]) if e is not None]  # whole lines only
+        self.from_file += len(events)
+        return events
+
+
+def pipe_events(pipe: IO[bytes], events_path: str | Path | None) -> Iterator[dict[str, Any]]:
+    """Every event of a trainer's pipe (binary, read line by line until it ends), the ones
+    it dropped read from ``events_path`` in their place (:class:`CatchUp`)."""
+    catch = CatchUp(events_path)
+    for raw in iter(pipe.readline, b""):
+        event = decode(raw)
+        if event is not None:
+            yield from catch.take(event, len(raw))
+    yield from catch.rest()
 
 
 def _ends_torn(fd: int) -> bool:
@@ -206,18 +458,32 @@ def _ends_torn(fd: int) -> bool:
         return False
 
 
-def read_file(path: str | Path) -> list[dict[str, Any]]:
-    """All events in a file (a partly written last line is skipped)."""
-    events = []
+def read_file(path: str | Path, problems: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
+    """All events in a file (a partly written last line is skipped). A line that is not a
+    usable event is skipped too, and added to ``problems`` as (line number, why)."""
+    return list(iter_file(path, problems))
+
+
+def iter_file(path: str | Path, problems: list[tuple[int, str]] | None = None,
+              start: int = 0, first_line: int = 1) -> Iterator[dict[str, Any]]:
+    """The events of a file one at a time (bounded memory), from byte ``start`` (the start
+    of line ``first_line``); bad lines go to ``problems`` as (line number, why). A last line
+    without its newline is read when it is a whole event, and skipped without a word when
+    not (it is being written)."""
     try:
-        with open(path, "rb") as fh:
-            for raw in fh:
-                event = decode(raw)
-                if event is not None:
-                    events.append(event)
+        fh = open(path, "rb")
     except FileNotFoundError:
-        pass
-    return events
+        return
+    with fh:
+        fh.seek(start)
+        for line_no, raw in enumerate(fh, first_line):
+            event, problem = decode_checked(raw)
+            if not raw.endswith(b"\n") and event is None:
+                return
+            if event is not None:
+                yield event
+            elif problem is not None and problems is not None:
+                problems.append((line_no, problem))
 
 
 def _at_end(fh) -> bool:

@@ -103,6 +103,11 @@ def prepare_run(args) -> tuple[Path, bool]:
         runs.check_free(run_dir)  # a trainer holds the run: it names the run and its pid
         if runs.trainer_alive(run_dir):
             raise runs.RunError(f"run {run_dir.name} is still running (`finetui runs attach {run_dir.name}`)")
+        # A completed run goes on only when asked: --force, or a checkpoint picked by hand.
+        forced = getattr(args, "force", False) or getattr(args, "checkpoint", None) is not None
+        refusal = None if forced else runs.completed_refusal(run_dir)
+        if refusal:
+            raise runs.RunError(refusal)
         config = cfg.load(run_dir / "config.yaml", args.overrides)  # still valid?
         check_start(config, args)
         if args.overrides:  # e.g. more steps: config.yaml keeps saying exactly what ran
@@ -154,7 +159,8 @@ def command(args) -> int:
         return 0
     seen_errors: list[dict[str, Any]] = []
     try:
-        finished = follow(proc.stdout, fancy=sys.stdout.isatty(), errors=seen_errors)
+        finished = follow(proc.stdout, fancy=sys.stdout.isatty(), errors=seen_errors,
+                          events_path=run_dir / "events.jsonl")
     except KeyboardInterrupt:
         print(f"\ndetached; the run continues — `finetui runs attach {run_dir.name}`", file=sys.stderr)
         return 0
@@ -203,18 +209,16 @@ def _print_error(error: dict[str, Any]) -> None:
 
 
 def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None,
-           errors: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+           errors: list[dict[str, Any]] | None = None, events_path: Path | None = None) -> dict[str, Any] | None:
     """Print the events arriving on the trainer's pipe until it closes. Returns the
     ``finished`` event (None if the trainer died without one); ``error`` events are also
-    appended to ``errors``."""
+    appended to ``errors``. Events the pipe dropped while we were not reading (this
+    process suspended: the trainer never waits for us) are read from ``events_path``."""
     out = out or sys.stdout
     if fancy:
-        return _follow_progress(pipe, errors)
+        return _follow_progress(pipe, errors, events_path)
     finished = None
-    for raw in iter(pipe.readline, b""):
-        event = ev.decode(raw)
-        if event is None:
-            continue
+    for event in ev.pipe_events(pipe, events_path):
         if event.get("type") == "error" and errors is not None:
             errors.append(event)
         for line in event_lines(event):
@@ -224,7 +228,8 @@ def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None,
     return finished
 
 
-def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None,
+                     events_path: Path | None = None) -> dict[str, Any] | None:
     """A rich progress bar for steps; other events print above it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -241,10 +246,7 @@ def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None
     task = progress.add_task("train", total=None, loss="-", speed="-", eta="-")
     finished = None
     with progress:
-        for raw in iter(pipe.readline, b""):
-            event = ev.decode(raw)
-            if event is None:
-                continue
+        for event in ev.pipe_events(pipe, events_path):
             kind = event.get("type")
             if kind == "error" and errors is not None:
                 errors.append(event)

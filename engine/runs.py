@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import allocator, atomic
+from engine import allocator, atomic, run_summary
 from engine import events as ev
 from engine import trainer_pid
 from engine.config import Config
@@ -57,7 +57,7 @@ class RunBusy(RunError):
 class RunInfo:
     id: str
     path: str
-    status: str  # running | completed | stopped | failed | created
+    status: str  # running | completed | stopped | failed | created | unreadable
     started: float | None = None
     ended: float | None = None
     duration_s: float | None = None
@@ -73,6 +73,7 @@ class RunInfo:
     hint: str | None = None
     checkpoints: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # events.jsonl:LINE: why, for each bad line skipped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,10 +166,17 @@ def pid_alive(pid: int | None, run_dir: str | Path | None = None) -> bool:
 
 
 def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -> RunInfo:
-    """Everything the runs list shows, from the events file and the process table."""
+    """Everything the runs list shows, from the run's summary (engine.run_summary: kept by
+    the trainer, brought up to date from the end of events.jsonl, rebuilt from it when
+    missing) or from ``events`` when given, and the process table. A bad events line is
+    skipped and named in ``problems``."""
     run_dir = Path(run_dir)
     if events is None:
-        events = ev.read_file(run_dir / "events.jsonl")
+        summary = run_summary.load(run_dir)
+    else:
+        summary = run_summary.Summary()
+        for e in events:
+            summary.apply(e)
     info = RunInfo(id=run_dir.name, path=str(run_dir), status="created")
     try:
         import yaml
@@ -178,40 +186,23 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
         info.model = (cfg.get("model") or {}).get("name_or_path")
     except Exception:
         pass
-    finished = None
-    for e in events:
-        t = e.get("type")
-        if t == "run_started":
-            info.started = info.started or e.get("time")
-            finished = None  # a resumed session: an earlier finished event no longer decides
-        elif t == "step":
-            info.step = e.get("step", info.step)
-            info.total_steps = e.get("total_steps", info.total_steps)
-            info.epoch = e.get("epoch", info.epoch)
-            if e.get("loss") is not None:
-                info.last_loss = e["loss"]
-        elif t == "eval":
-            loss = e.get("eval_loss")
-            if loss is not None and (info.best_eval_loss is None or loss < info.best_eval_loss):
-                info.best_eval_loss = loss
-        elif t == "checkpoint":
-            info.checkpoints.append(e.get("path"))
-        elif t == "error":
-            info.error = e.get("message")
-            info.hint = e.get("hint")
-        elif t == "finished":
-            finished = e
-    if events:
-        info.ended = events[-1].get("time")
+    info.started = summary.started
+    info.step, info.total_steps, info.epoch = summary.step, summary.total_steps, summary.epoch
+    info.last_loss, info.best_eval_loss = summary.last_loss, summary.best_eval_loss
+    info.checkpoints = list(summary.checkpoints)
+    info.error, info.hint = summary.error, summary.hint
+    info.ended = summary.last_time
+    info.problems = summary.problem_lines()
     info.pid = read_pid(run_dir)
+    finished = summary.finished
     if finished is not None:
-        info.status = finished.get("status", "failed")
+        info.status = finished.get("status") or "failed"
         info.outputs = finished.get("outputs") or {}
         info.ended = finished.get("time")
     elif trainer_alive(run_dir):
         info.status = "running"
         info.ended = time.time()
-    elif events or info.pid:
+    elif summary.events or info.pid:
         info.status = "failed"
         info.error = info.error or "trainer process ended without a finished event (killed or crashed)"
     if info.started and info.ended:
@@ -219,12 +210,27 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
     return info
 
 
+def unreadable(run_dir: Path, exc: BaseException) -> RunInfo:
+    """What the list shows for a run folder that could not be read at all."""
+    why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else (exc.strerror or str(exc))
+    return RunInfo(id=run_dir.name, path=str(run_dir), status="unreadable",
+                   error=f"cannot read run {run_dir.name}: {why}")
+
+
 def list_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Every run, newest first; one that cannot be read is listed as unreadable, never
+    hiding the others."""
     root = runs_dir(root)
     if not root.exists():
         return []
     dirs = [p for p in root.iterdir() if (p / "config.yaml").exists()]
-    return [summarize(p) for p in sorted(dirs, key=lambda p: p.name, reverse=True)]
+    infos = []
+    for path in sorted(dirs, key=lambda p: p.name, reverse=True):
+        try:
+            infos.append(summarize(path))
+        except Exception as exc:  # noqa: BLE001 - one broken run never hides the others
+            infos.append(unreadable(path, exc))
+    return infos
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
@@ -386,13 +392,27 @@ def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1, checkpo
     return [sys.executable, "-m", TRAINER_MODULE, *args]
 
 
+def completed_refusal(run_dir: str | Path) -> str | None:
+    """Why a run must not be resumed without --force (the CLI) or at all (the TUI): its
+    last session completed, and a resume would append a new session to a finished run.
+    None otherwise. Asked by `finetui train --resume` and the TUI's resume."""
+    run_dir = Path(run_dir)
+    summary = run_summary.load(run_dir)
+    if (summary.finished or {}).get("status") != "completed":
+        return None
+    steps = f" at step {summary.step}/{summary.total_steps}" if summary.total_steps else ""
+    return (f"run {run_dir.name} completed{steps}: resuming it would start a new session of a finished run; "
+            f"`finetui train --resume {run_dir.name} --force` resumes it anyway (e.g. with --set train.epochs=N)")
+
+
 def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
            env: dict[str, str] | None = None, checkpoint: int | None = None) -> subprocess.Popen:
     """Start the trainer for a run folder in its own session (survives our death).
 
     stdout is a pipe carrying the event stream; stderr goes to stdout.log; stdin is closed.
     The run's lock is taken here and handed to the trainer, which holds it for its whole
-    life: RunBusy when another trainer has the run.
+    life: RunBusy when another trainer has the run. (Whether a completed run may be resumed
+    is asked before: completed_refusal.)
     """
     run_dir = Path(run_dir).resolve()
     lock_fd = take_lock(run_dir)

@@ -132,6 +132,13 @@ def command(args) -> int:
             print(f"no runs in {runs.runs_dir()}/ (start one with `finetui train CONFIG.yaml`)")
         else:
             print(_table(infos))
+            for i in infos:  # bad lines and unreadable runs: named, never hiding the rest
+                if i.status == "unreadable":
+                    print(visible(f"{i.id}: {i.error}"), file=sys.stderr)
+                elif i.problems:
+                    print(visible(f"{i.id}: {i.problems[0]}" + (f" (+{len(i.problems) - 1} more: finetui runs show "
+                                                                 f"{i.id})" if len(i.problems) > 1 else "")),
+                          file=sys.stderr)
         return 0
     if not args.run:
         raise runs.RunError(f"`finetui runs {action}` needs a run id (see `finetui runs list`)")
@@ -142,7 +149,10 @@ def command(args) -> int:
             print(json.dumps(info.to_dict(), indent=1))
         else:
             for key, value in info.to_dict().items():
-                if value not in (None, [], {}):
+                if key == "problems":
+                    for line in value:
+                        print(f"{'problem':15} {visible(line)}")
+                elif value not in (None, [], {}):
                     print(f"{key:15} {visible(value)}")
         return 0
     if action == "attach":

@@ -41,7 +41,7 @@ import time
 import traceback
 from pathlib import Path
 
-from engine import errors, import_cache
+from engine import errors, import_cache, run_summary
 from engine import events as ev
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
@@ -78,7 +78,9 @@ def _event_writer(run_dir: Path, rank: int) -> ev.EventWriter:
     events_fd = os.dup(1)
     os.dup2(2, 1)
     stream = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
-    return ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=stream)
+    writer = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=stream)
+    writer.after_emit = run_summary.Keeper(run_dir)  # summary.json: `finetui runs list` reads no history
+    return writer
 
 
 def _own_run(run_dir: Path) -> str | None:

@@ -7,6 +7,7 @@ from test_dashboard_helpers import (  # noqa: F401
     SIZE, dash_env, fake_launch, live_trainer, screen_text, synthetic_run, wait_for, widget_text,
 )
 
+from engine import events as ev
 from engine import runs
 from tui.app import FinetuiApp
 from tui.screens.compare import CompareScreen, config_diff
@@ -185,18 +186,18 @@ def test_every_binding_has_an_id_and_is_known_to_help():
         assert own
 
 
-def test_summary_tail_reads_increments_and_a_resumed_run_is_running_again(dash_env):
+def test_summary_reads_increments_and_a_resumed_run_is_running_again(dash_env):
     from test_dashboard_helpers import step_event, writer
 
-    from tui.screens.runs import SummaryTail
+    from engine import run_summary
 
     run = synthetic_run(name="again", steps=12, total=20, status="stopped", every=5)
-    tail = SummaryTail(run / "events.jsonl")
-    assert runs.summarize(run, events=tail.read()).status == "stopped"
-    assert runs.summarize(run, events=tail.read()) == runs.summarize(run)
+    assert runs.summarize(run).status == "stopped"
+    run_summary.save(run, run_summary.load(run))  # as the trainer leaves it
+    assert runs.summarize(run) == runs.summarize(run, events=ev.read_file(run / "events.jsonl"))
     with live_trainer(run):
         w = writer(run)
         w.emit("log", level="info", message="resuming")
         step_event(w, 11, 20)
-        info = runs.summarize(run, events=tail.read())
+        info = runs.summarize(run)  # summary.json + the lines written since
         assert info.status == "running" and info.step == 11 and len(info.checkpoints) == 2

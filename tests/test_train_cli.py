@@ -105,8 +105,13 @@ def test_plain_output_then_resume(tmp_path, finetui_cache):
     assert any(line.startswith("step 2/2") for line in lines)
     assert lines[-1].startswith("finished: completed")
 
-    # More steps for the same run: continues from checkpoint-2 in the same events file.
+    # A completed run is resumed only when forced, and the refusal says how.
     proc = finetui("train", "--resume", run.name, "--set", "train.max_steps=4", cwd=tmp_path)
+    assert proc.returncode == 1 and f"run {run.name} completed at step 2/2" in proc.stderr
+    assert "--force" in proc.stderr
+    assert [e["type"] for e in ev.read_file(run / "events.jsonl")].count("run_started") == 1
+    # More steps for the same run: continues from checkpoint-2 in the same events file.
+    proc = finetui("train", "--resume", run.name, "--set", "train.max_steps=4", "--force", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     steps = [e["step"] for e in ev.read_file(run / "events.jsonl") if e["type"] == "step"]
     assert steps == [1, 2, 3, 4]

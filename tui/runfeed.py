@@ -82,6 +82,10 @@ class RunState:
         self.error: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.process_alive: bool | None = None  # None: not known yet
+        # The history in events.jsonl is still being read: until it is, the status is
+        # "loading" (a completed run read halfway would look failed and offer a resume).
+        self.loading = False
+        self.skipped = 0  # events lines that were not usable events (named in the log)
         self.exit_code: int | None = None  # the trainer's exit status, when we started it (pipe)
         self.killed_here = False  # the user killed it from this UI (K): not the OOM killer
         self.source = ""  # "pipe" | "file"
@@ -151,7 +155,10 @@ class RunState:
 
     @property
     def status(self) -> str:
-        """completed | stopped | failed | running | starting (nothing heard yet)."""
+        """loading (the history is being read) | completed | stopped | failed | running |
+        starting (nothing heard yet)."""
+        if self.loading:
+            return "loading"
         if self.finished is not None:
             return str(self.finished.get("status") or "failed")
         if self.process_alive is False and self.source:
@@ -215,6 +222,8 @@ class RunFeed:
         self.source = "pipe" if proc is not None and proc.stdout is not None else "file"
         self.state = RunState(self.run_id)
         self.state.source = self.source
+        self.state.loading = _size(self.events_path) > 0  # until the first pumps have read the history
+        self._line = 0  # file: lines of events.jsonl read so far (bad ones are named by number)
         self.lock = threading.Lock()  # held while the state changes and while it is drawn
         self._pump_lock = threading.Lock()
         self.closed = False  # no one needs it any more
@@ -224,6 +233,9 @@ class RunFeed:
         self._pending = b""
         self._offset = 0  # file: bytes read so far
         self._history: list[dict[str, Any]] = []  # pipe: what the file held when we started
+        # pipe: the events the trainer dropped while we did not read (it never waits for
+        # us: a suspended UI must not stall training) are read from the file in their place
+        self._catch = ev.CatchUp(self.events_path)
         self._matched: int | None = None
         self._eof = False
         self._checked = 0.0
@@ -262,12 +274,25 @@ class RunFeed:
         finally:
             self._pump_lock.release()
 
-    def _push(self, events: list[dict[str, Any]]) -> None:
-        if not events:
+    def _push(self, events: list[dict[str, Any]], loaded: bool = False) -> None:
+        """Apply events; ``loaded``: the history is all read (the status stops saying loading)."""
+        if not events and not (loaded and self.state.loading):
             return
         with self.lock:
             for event in events:
-                self.state.apply(event)
+                try:
+                    self.state.apply(event)
+                except Exception as exc:  # noqa: BLE001 - one bad event costs only itself
+                    self._skipped(f"{event.get('type')} event skipped: {type(exc).__name__}: {exc}")
+            if loaded and self.state.loading:
+                self.state.loading = False
+                self.state.version += 1
+
+    def _skipped(self, text: str) -> None:
+        """Name a line that was not used (called with the lock held)."""
+        self.state.skipped += 1
+        self.state.lines.append((time.time(), "error", text))
+        self.state.version += 1
 
     def _set_alive(self, alive: bool) -> None:
         with self.lock:
@@ -280,7 +305,23 @@ class RunFeed:
         line waits for its newline."""
         self._pending += data
         *lines, self._pending = self._pending.split(b"\n")
-        return [e for e in map(ev.decode, lines) if e is not None]
+        if self.source == "pipe":
+            events = []
+            for raw in lines:
+                event = ev.decode(raw)
+                if event is not None:
+                    events.extend(self._catch.take(event, len(raw) + 1))
+            return events
+        events = []
+        for raw in lines:
+            self._line += 1
+            event, problem = ev.decode_checked(raw)
+            if event is not None:
+                events.append(event)
+            elif problem is not None:
+                with self.lock:
+                    self._skipped(f"{self.events_path.name}:{self._line}: {problem} (line skipped)")
+        return events
 
     # ------------------------------------------------------------------ pipe
 
@@ -291,8 +332,12 @@ class RunFeed:
             self._started = True
             self._set_alive(proc.poll() is None)
             # Sessions before this one (a resume) are only in the file.
-            self._history = ev.read_file(self.events_path)
-            self._push(self._history)
+            problems: list[tuple[int, str]] = []
+            self._history = ev.read_file(self.events_path, problems)
+            with self.lock:
+                for line, problem in problems:
+                    self._skipped(f"{self.events_path.name}:{line}: {problem} (line skipped)")
+            self._push(self._history, loaded=True)
         if not self._eof:
             fd = proc.stdout.fileno()
             budget = MAX_READ
@@ -300,6 +345,7 @@ class RunFeed:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     self._eof = True
+                    self._push(self._fresh(self._catch.rest()))  # what the pipe dropped at the end
                     break
                 budget -= len(chunk)
                 self._push(self._fresh(self._lines(chunk)))
@@ -342,14 +388,16 @@ class RunFeed:
         grew = False
         try:
             with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
                 fh.seek(self._offset)
                 data = fh.read(MAX_READ)
         except FileNotFoundError:
-            data = b""
+            size, data = 0, b""
         if data:
             grew = True
             self._offset += len(data)
-            self._push(self._lines(data))
+        # The history is read once a read reaches the end the file had when it began.
+        self._push(self._lines(data) if data else [], loaded=self._offset >= size)
         now = time.monotonic()
         if not grew and now - self._checked >= LIVENESS_S:
             self._checked = now

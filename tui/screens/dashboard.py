@@ -57,6 +57,8 @@ STDOUT_TAIL_BYTES = 16384
 STATUS_MARK = {
     "running": ("●", "good"), "starting": ("…", "dim"), "completed": ("✔", "train"),
     "stopped": ("■", "eval"), "failed": ("✖", "bad"), "created": ("·", "dim"),
+    "loading": ("…", "dim"),  # the history is still being read: no status, no resume offer yet
+    "unreadable": ("?", "bad"),  # the Runs screen: a run folder that could not be read
 }
 
 
@@ -336,7 +338,8 @@ class DashboardScreen(FinetuiScreen):
         self.query_one("#dash-head", TextLine).show(head)
 
         # progress + numbers
-        note = {"starting": "starting: loading model and data…", "created": "never started"}.get(status, "")
+        note = {"starting": "starting: loading model and data…", "created": "never started",
+                "loading": "loading: reading the run's history…"}.get(status, "")
         if status == "running" and st.last_step is None:
             note = "loading model and data…"
         self.query_one(RunProgress).show(
@@ -759,6 +762,9 @@ def _resume_in_thread(app, run_dir: Path) -> None:
     try:
         if runs.trainer_alive(run_dir):
             raise runs.RunError(f"run {run_dir.name} is still running")
+        refusal = runs.completed_refusal(run_dir)  # a completed run is never resumed from here
+        if refusal:
+            raise runs.RunError(refusal)
         proc = runs.launch(run_dir, resume=True)
     except Exception as exc:
         app.call_from_thread(app.notify, f"could not resume: {exc}", title="Resume", severity="error", timeout=10)

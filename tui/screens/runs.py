@@ -2,9 +2,11 @@
 eval loss, method and model. Open one (its live dashboard), start a new one (Settings),
 resume a stopped or failed one, delete one (asked first), mark two and compare them.
 
-The list is read in a worker thread (``engine.runs``: events files + process table) and
+The list is read in a worker thread, one at a time (``engine.runs``: each run's
+summary.json, brought up to date from the end of its events file, + the process table) and
 re-read every 2 s while a run is running. Finished runs whose files did not change are not
-summarised again, so a folder of long runs costs nothing after the first read.
+summarised again, and a long run's history is never re-read: a folder of long runs costs
+little even on the first read. A run that cannot be read is listed as unreadable.
 
 Trainers this UI starts (Settings' Start, resume here or on a dashboard) arrive through
 ``app.run_launched``; the app-wide feed registry (``tui.runfeed``) drains their pipes, and
@@ -13,6 +15,7 @@ this screen opens the new run's dashboard.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,6 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from engine import events as ev
 from engine import runs
 from engine.units import format_duration
 from tui.runfeed import feeds
@@ -79,54 +81,6 @@ def started_text(info: runs.RunInfo) -> str:
     return time.strftime("%m-%d %H:%M", time.localtime(when))
 
 
-class SummaryTail:
-    """The events ``engine.runs.summarize`` needs from a growing events file, read a new
-    slice at a time: a long run is not re-read every two seconds.
-
-    Kept: run_started, eval, checkpoint, error and finished events, the last step and the
-    last event (for the end time). A finished event followed by anything is a session
-    that was resumed: it is dropped, so a resumed run reads as running again, not as the
-    way its first session ended.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.pending = b""
-        self.kept: list[dict] = []
-        self.last_step: dict | None = None
-        self.last: dict | None = None
-
-    def read(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(0, 2)
-                if fh.tell() < self.offset:  # replaced by a shorter file: start over
-                    self.__init__(self.path)
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
-        self.offset += len(data)
-        self.pending += data
-        *lines, self.pending = self.pending.split(b"\n")
-        for event in filter(None, map(ev.decode, lines)):
-            kind = event.get("type")
-            if kind != "finished" and self.kept and self.kept[-1].get("type") == "finished":
-                self.kept = [e for e in self.kept if e.get("type") not in ("finished", "error")]
-            if kind == "step":
-                self.last_step = event
-            elif kind in ("run_started", "eval", "checkpoint", "error", "finished"):
-                self.kept.append(event)
-            self.last = event
-        out = list(self.kept)
-        if self.last_step is not None:
-            out.append(self.last_step)
-        if self.last is not None and self.last is not self.last_step and not (self.kept and self.kept[-1] is self.last):
-            out.append(self.last)  # a log event: only its time matters (the run's end so far)
-        return out
-
-
 class RunsTable(DataTable):
     """The runs list; enter opens the highlighted run (its binding, so the footer says so)."""
 
@@ -169,7 +123,7 @@ class RunsScreen(FinetuiScreen):
         self.root = str(runs.runs_dir())
         self.loaded = False
         self._cache: dict[str, tuple[tuple, runs.RunInfo]] = {}  # worker thread only
-        self._tails: dict[str, SummaryTail] = {}  # worker thread only
+        self._reading = threading.Lock()  # one reader at a time: workers are threads that cannot be cancelled
         self._last_read = 0.0
 
     def compose_body(self):
@@ -218,7 +172,8 @@ class RunsScreen(FinetuiScreen):
     def read_runs(self) -> None:
         root = runs.runs_dir()
         try:
-            infos = self._list(root)
+            with self._reading:
+                infos = self._list(root)
             problem = None
         except Exception as exc:  # an unreadable runs folder must not take the UI down
             infos, problem = [], f"cannot list runs in {root}/: {exc}"
@@ -237,13 +192,14 @@ class RunsScreen(FinetuiScreen):
             if cached is not None and cached[0] == key and cached[1].status not in ("running", "created"):
                 out.append(cached[1])
                 continue
-            tail = self._tails.setdefault(path.name, SummaryTail(path / "events.jsonl"))
-            info = runs.summarize(path, events=tail.read())
+            try:
+                info = runs.summarize(path)
+            except Exception as exc:  # noqa: BLE001 - one broken run never hides the others
+                info = runs.unreadable(path, exc)
             self._cache[path.name] = (key, info)
             out.append(info)
         for gone in set(self._cache) - seen:
             del self._cache[gone]
-            self._tails.pop(gone, None)
         return out
 
     # ------------------------------------------------------------------ widgets
