@@ -573,6 +573,56 @@ class _TokenSender:
         self.last = now if now is not None else time.perf_counter()
 
 
+class _LineReader:
+    """Lines of the worker's stdin as bytes, from its file descriptor: a line that is not
+    UTF-8 reaches the worker (which answers it) instead of stopping a text reader, and
+    :meth:`waiting` hands over the lines already sent without waiting for more."""
+
+    def __init__(self, stdin) -> None:
+        stream = getattr(stdin, "buffer", stdin)
+        self.fd = stream.fileno()
+        self.buf = b""
+        self.scanned = 0  # buf[:scanned] holds no newline
+        self.eof = False
+        self.line_no = 0
+
+    def _read(self) -> None:
+        chunk = os.read(self.fd, 1 << 16)
+        if chunk:
+            self.buf += chunk
+        else:
+            self.eof = True
+
+    def readline(self) -> bytes | None:
+        """The next line (its newline included), the last bytes at EOF, or None at EOF."""
+        while True:
+            nl = self.buf.find(b"\n", self.scanned)
+            if nl >= 0:
+                line, self.buf, self.scanned = self.buf[:nl + 1], self.buf[nl + 1:], 0
+                self.line_no += 1
+                return line
+            self.scanned = len(self.buf)
+            if self.eof:
+                line, self.buf, self.scanned = self.buf, b"", 0
+                if line:
+                    self.line_no += 1
+                return line or None
+            self._read()
+
+    def waiting(self) -> list[bytes]:
+        """The whole lines sent so far and not read yet, without waiting for more."""
+        import select
+
+        try:
+            while not self.eof and select.select([self.fd], [], [], 0)[0]:
+                self._read()
+        except (OSError, ValueError):
+            pass
+        *lines, self.buf = self.buf.split(b"\n")
+        self.scanned = 0
+        return [line for line in lines if line.strip()]
+
+
 class Worker:
     """Serves one loaded model: a thread runs jobs in order; the caller's thread reads
     requests (so cancel and shutdown are seen while a reply is being generated)."""
@@ -586,19 +636,51 @@ class Worker:
         self.thread = threading.Thread(target=self._run_jobs, name="chat-jobs", daemon=True)
 
     def serve(self, stdin) -> None:
+        """Answer request lines until ``shutdown`` or the end of stdin. Every line gets an
+        answer: one that is not valid UTF-8 or not a request is an ``input`` error naming
+        the problem (with the request's id when it can be read), and requests sent after
+        ``shutdown`` are answered as cancelled like the queued ones."""
         self.thread.start()
+        reader = _LineReader(stdin)
         try:
-            for line in stdin:
-                if not line.strip():
-                    continue
-                message = proto.decode(line)
-                if message is None or "op" not in message:
-                    self.out.send(proto.error("input", f"not a request (expected a JSON object with an op): {line.strip()[:80]}"))
-                    continue
-                if self.handle(message) == "shutdown":
+            while True:
+                raw = reader.readline()
+                if raw is None:
+                    break
+                if self.request_line(raw, reader.line_no) == "shutdown":
                     break
         finally:
             self.stop()
+            for raw in reader.waiting():  # sent after shutdown: never started
+                message = proto.decode(raw)
+                if message and message.get("op") == "generate" and message.get("id") is not None:
+                    self._done_cancelled(_Job(str(message["id"]), None, None))
+
+    def request_line(self, raw: bytes, line_no: int) -> str | None:
+        """One line of stdin: answered with an error, or handled."""
+        if not raw.strip():
+            return None
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = proto.decode(raw.decode("utf-8", errors="replace"))
+            rid = message.get("id") if message else None
+            self.out.send(proto.error(
+                "input", f"request line {line_no} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                         f"{exc.start + 1}): send requests as UTF-8 JSON", None if rid is None else str(rid)))
+            return None
+        message = proto.decode(line)
+        if message is None or "op" not in message:
+            self.out.send(proto.error("input", f"request line {line_no} is not a request (expected a JSON object "
+                                               f"with an op): {line.strip()[:80]}"))
+            return None
+        try:
+            return self.handle(message)
+        except Exception as exc:  # noqa: BLE001 - one odd request never silences the worker
+            rid = message.get("id")
+            self.out.send(proto.error("input", f"request line {line_no}: {type(exc).__name__}: {_one_line(exc)}",
+                                      None if rid is None else str(rid)))
+            return None
 
     def handle(self, message: dict[str, Any]) -> str | None:
         op = message.get("op")

@@ -28,7 +28,10 @@ Generation requests run one at a time, in arrival order; a ``cancel`` for a requ
 still queued answers ``done`` with ``stop_reason: cancelled`` and no tokens. An ``error``
 with ``id: null`` and ``kind: model`` before ``ready`` means the model could not be loaded;
 the worker then exits with status 2. Every request gets exactly one final answer (``done``
-or ``error``) for its id.
+or ``error``) for its id. A line that is not valid UTF-8, or not a request, is answered with
+an ``input`` error naming it (``request line N ...``, with the request's id when it can be
+read); requests already sent after a ``shutdown`` are answered as cancelled, like the
+queued ones.
 """
 
 from __future__ import annotations

@@ -423,12 +423,63 @@ def _content(value: Any, field: str, tools_out: list | None = None) -> tuple[str
     return text, calls or None
 
 
+# A record nested deeper than this is refused (no dataset format comes near it; code that
+# walks records recursively, the parser included, would run out of stack near 1,000).
+MAX_JSON_DEPTH = 100
+
+
+def nesting_problem(value: Any, text: str | None = None, start: int = 0, end: int | None = None) -> str | None:
+    """Why a parsed JSON value is nested too deeply to use, or None. ``text[start:end]``:
+    its source, when at hand, so the walk runs only for text with that many brackets."""
+    if text is not None:
+        end = len(text) if end is None else end
+        if text.count("[", start, end) + text.count("{", start, end) <= MAX_JSON_DEPTH:
+            return None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return too_deep_message()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return None
+
+
+def too_deep_message() -> str:
+    return f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels of [ and {{)"
+
+
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH."""
+
+    def __init__(self) -> None:
+        super().__init__(too_deep_message())
+
+
+def json_text(text: str) -> Any:
+    """``json.loads`` for JSON held in a field of a record (tool calls, tool schemas):
+    json.JSONDecodeError when invalid, JsonTooDeep when nested too deeply, never a
+    RecursionError."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise JsonTooDeep() from None
+    if nesting_problem(value, text):
+        raise JsonTooDeep()
+    return value
+
+
 def _parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
     """OpenAI-style tool_calls from a ShareGPT function_call value, or None if it is not
     the JSON ``{"name", "arguments"}`` (or a list of them)."""
     try:
-        parsed = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+        parsed = json_text(text)
+    except (json.JSONDecodeError, TypeError, JsonTooDeep):
         return None
     items = parsed if isinstance(parsed, list) else [parsed]
     calls = []
@@ -438,9 +489,11 @@ def _parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
         arguments = item.get("arguments", item.get("parameters", {}))
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
+                arguments = json_text(arguments)
             except json.JSONDecodeError:
                 pass  # keep the string: some datasets store free-form arguments
+            except JsonTooDeep:
+                return None
         calls.append({"type": "function", "function": {"name": item["name"], "arguments": arguments}})
     return calls or None
 
@@ -601,9 +654,11 @@ def parse_tools(value: Any, field: str = "tools") -> list[dict[str, Any]] | None
         if not value.strip():
             return None
         try:
-            value = json.loads(value)
+            value = json_text(value)
         except json.JSONDecodeError as exc:
             raise RecordError(field, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+        except JsonTooDeep as exc:
+            raise RecordError(field, str(exc)) from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):

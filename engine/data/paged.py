@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.data.formats import DataError
-from engine.data.readers import DEFAULT_MAX_LINE_BYTES, MB, Issue, RawRecord, _read_json, too_long_message
+from engine.data.readers import (
+    DEFAULT_MAX_LINE_BYTES,
+    MB,
+    Issue,
+    RawRecord,
+    _read_json,
+    json_line,
+    nul_problem,
+    too_long_message,
+)
 from engine.units import format_bytes
 
 INDEX_CHUNK_BYTES = 4 << 20
@@ -270,22 +279,21 @@ class PagedFile:
         raw_bytes = raw_bytes.rstrip(b"\r\n")
         if index == 0 and raw_bytes.startswith(b"\xef\xbb\xbf"):
             raw_bytes = raw_bytes[3:]
-        error = None
+        nul = nul_problem(raw_bytes)  # shown, and skipped as the reader skips it
+        error = nul
         try:
             raw = raw_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
             raw = raw_bytes.decode("utf-8", errors="replace")
-            error = f"invalid UTF-8 (byte 0x{raw_bytes[exc.start]:02x} at column {exc.start + 1})"
+            error = error or f"invalid UTF-8 (byte 0x{raw_bytes[exc.start]:02x} at column {exc.start + 1})"
         if self.kind == "text":
-            return PagedRow(index, line, raw, {"text": raw}, error, self.source)
+            return PagedRow(index, line, raw, None if nul else {"text": raw}, error, self.source)
         if error:
             return PagedRow(index, line, raw, None, error, self.source)
         if not raw.strip():
             return PagedRow(index, line, raw, None, "blank line", self.source)
-        try:
-            return PagedRow(index, line, raw, json.loads(raw), None, self.source)
-        except json.JSONDecodeError as exc:
-            return PagedRow(index, line, raw, None, f"invalid JSON: {exc.msg} (column {exc.colno})", self.source)
+        data, error = json_line(raw)  # invalid, or nested too deeply: the row says so
+        return PagedRow(index, line, raw, data, error, self.source)
 
     def _read_line(self, fh) -> tuple[bytes | None, int | None]:
         raw = fh.readline(self.max_line_bytes + 1)
@@ -523,10 +531,7 @@ class PagedFile:
             return {"text": text}
         if not text.strip():
             return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return None
+        return json_line(text)[0]
 
 
 def first_page_seconds(path: str | Path, size: int = 50) -> tuple[float, list[PagedRow]]:

@@ -55,8 +55,10 @@ from engine.data.formats import (
     shown,
     detect,
     detect_one,
+    nesting_problem,
     registry_format,
     to_conversation,
+    too_deep_message,
 )
 from engine.units import format_bytes
 
@@ -80,6 +82,7 @@ MB = 1_000_000
 DEFAULT_MAX_LINE_BYTES = 64 * MB
 DEFAULT_MAX_ISSUES_KEPT = 1000
 BINARY_SNIFF_BYTES = 1024
+BINARY_NUL_SNIFF_BYTES = 64 << 10  # read when the first KB holds a NUL
 TXT_SNIFF_BYTES = 1 << 20
 JSON_CHUNK_BYTES = 1 << 22  # a JSON array is read 4 MB at a time
 HUB_PROBE_TIMEOUT_S = 2.0
@@ -105,6 +108,28 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _BLANK_LINE_BETWEEN = re.compile(rb"\S[ \t]*\r?\n[ \t]*\r?\n[ \t\r\n]*\S")
 _decoder = json.JSONDecoder()
+def _invalid(msg: str) -> str:
+    """A JSON parse problem as the issue says it."""
+    return msg if msg == too_deep_message() else f"invalid JSON: {msg}"
+
+
+def json_line(text: str) -> tuple[Any, str | None]:
+    """One line of JSON lines: (value, None), or (None, why it cannot be used): invalid
+    JSON, or nested too deeply (never a RecursionError)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, too_deep_message()
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    problem = nesting_problem(value, text)
+    return (None, problem) if problem else (value, None)
+
+
+def nul_problem(raw: bytes | str) -> str | None:
+    """A line holding a NUL byte is binary data, not text: why, naming the column."""
+    at = raw.find(b"\0" if isinstance(raw, bytes) else "\0")
+    return None if at < 0 else f"NUL byte at column {at + 1} (binary data in a text line)"
 
 
 # --------------------------------------------------------------------------- types
@@ -555,11 +580,28 @@ def _file_problem(path: Path) -> str | None:
             return "file is empty"
         with open(path, "rb") as fh:
             head = fh.read(BINARY_SNIFF_BYTES)
+            if b"\0" in head:  # binary, or a stray NUL in a line: judged on more lines
+                head += fh.read(BINARY_NUL_SNIFF_BYTES - len(head))
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
-    if b"\0" in head:
+    if b"\0" in head and _binary(head):
         return "binary file, not text (NUL bytes in the first KB; save it as UTF-8 text)"
     return None
+
+
+def _binary(head: bytes) -> bool:
+    """Whether a file's first bytes, holding a NUL, are binary rather than text with a
+    stray NUL in a line or two (those lines are skipped, file:line, the rest is read):
+    UTF-16 (a BOM), bytes that are not UTF-8, or NULs in most of its lines."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut by the sniff's end
+            return True
+    lines = head.split(b"\n")
+    return sum(b"\0" in line for line in lines) * 2 > len(lines)
 
 
 def _bad_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
@@ -595,6 +637,11 @@ def _iter_lines(path: Path, src: str, report: Reporter, max_line_bytes: int, enc
                 continue
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
+            problem = nul_problem(raw)
+            if problem:  # one line of binary costs that line, not the file
+                report(Issue(src, line_no, None, problem))
+                yield line_no, None
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -615,10 +662,9 @@ def _read_jsonl(path: Path, src: str, report: Reporter, max_line_bytes: int, enc
         if not text.strip():
             continue
         content = True
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            report(Issue(src, line_no, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+        data, problem = json_line(text)
+        if problem:
+            report(Issue(src, line_no, None, problem))
             continue
         yield line_no, None, data
     if not content:
@@ -658,6 +704,8 @@ def _scan_array(text: str, pos: int) -> Iterator[tuple[int, int, Any]]:
             value, end = _decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise _JsonSyntax(exc.pos, exc.msg) from None
+        except RecursionError:
+            raise _JsonSyntax(pos, too_deep_message()) from None
         yield pos, end, value
         pos = _skip_ws(text, end)
         if pos >= len(text):
@@ -792,7 +840,7 @@ def _stream_json_array(path: Path, src: str, report: Reporter, encoding_errors: 
             return
 
         def syntax(pos: int, msg: str) -> None:
-            report(Issue(src, s.line(pos), None, f"invalid JSON: {msg} (column {s.column(pos)}); "
+            report(Issue(src, s.line(pos), None, f"{_invalid(msg)} (column {s.column(pos)}); "
                                                  "the rest of the file could not be read"))
 
         pos = s.ws(pos + 1)  # past '['
@@ -807,11 +855,17 @@ def _stream_json_array(path: Path, src: str, report: Reporter, encoding_errors: 
                     continue
                 syntax(exc.pos, exc.msg)
                 return
+            except RecursionError:
+                syntax(pos, too_deep_message())
+                return
             if end > len(s.buf) - 16 and s.more():  # a number may go on in the next chunk
                 continue
             bad = _SURROGATE.search(s.buf, pos, end) if s.bad else None
+            deep = None if bad else nesting_problem(value, s.buf, pos, end)
             if bad:
                 report(Issue(src, s.line(bad.start()), None, f"invalid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})"))
+            elif deep:
+                report(Issue(src, s.line(pos), None, deep))
             else:
                 yield s.line(pos), None, value
             pos = s.ws(end)
@@ -857,12 +911,16 @@ def _read_json(path: Path, src: str, report: Reporter, max_line_bytes: int, enco
                 line = line_of(bad.start())
                 report(Issue(src, line, None, f"invalid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})"))
                 return None
+        deep = nesting_problem(value, text, start, end)
+        if deep:
+            report(Issue(src, line_of(start), None, deep))
+            return None
         return (line_of(start), None, value)
 
     def syntax(pos: int, msg: str, after: str = "") -> Issue:
         line = line_of(pos)
         column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        return Issue(src, line, None, f"invalid JSON: {msg} (column {column}){after}")
+        return Issue(src, line, None, f"{_invalid(msg)} (column {column}){after}")
 
     try:
         if text[pos] == "[":
@@ -879,10 +937,12 @@ def _read_json(path: Path, src: str, report: Reporter, max_line_bytes: int, enco
     except _JsonSyntax as exc:
         report(syntax(exc.pos, exc.msg, "; the rest of the file could not be read"))
         return
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         if _looks_like_json_lines(text, pos):
             # A bad first line of JSON lines saved as .json: read the lines one by one.
             yield from _read_jsonl(path, src, report, max_line_bytes, encoding_errors)
+        elif isinstance(exc, RecursionError):
+            report(syntax(pos, too_deep_message()))
         else:
             report(syntax(exc.pos, exc.msg))
         return

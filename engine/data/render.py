@@ -410,7 +410,7 @@ def _tools(tools: Any) -> list[dict[str, Any]] | None:
     if isinstance(tools, str):
         try:
             tools = json.loads(tools)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             raise RenderError("tools: not valid JSON") from None
     if isinstance(tools, dict):
         tools = [tools]
@@ -442,7 +442,7 @@ def _messages(conv: Conversation, arguments: str = "mapping") -> list[dict[str, 
             if isinstance(args, str):
                 try:
                     args = json.loads(args)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
                     continue
             if arguments == "json" and isinstance(args, (dict, list)):
                 fn["arguments"] = json.dumps(args, ensure_ascii=False)
