@@ -47,6 +47,7 @@ from textual.widgets import Input, Static
 
 from engine.chat_protocol import ChatClient, ChatError, Generation
 from tui.chathistory import ChatHistory, Side
+from tui.safetext import safe
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
 from tui.widgets.chatlog import ChatLog, ChatMessage
@@ -324,7 +325,7 @@ class ChatScreen(FinetuiScreen):
     def show_headers(self) -> None:
         for pane in (self.main, self.base):
             if pane.view is not None and pane.view.is_mounted:
-                pane.view.query_one(".pane-header", Static).update(self.header(pane))
+                pane.view.query_one(".pane-header", Static).update(safe(self.header(pane)))  # names, paths
                 pane.view.query_one(".pane-history", Static).update(self.history_line(pane))
 
     def history_line(self, pane: Pane) -> Text:
@@ -391,7 +392,7 @@ class ChatScreen(FinetuiScreen):
             line.append(" · system: ", style="dim")
             line.append(system or "(none)", style="" if system else "dim")
             line.append("  ^t edit", style="dim")
-        self.query_one("#chat-status", Static).update(line)
+        self.query_one("#chat-status", Static).update(safe(line))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if self._flash is not None:

@@ -434,6 +434,8 @@ class EvalScreen(FinetuiScreen):
         row = self.rows[index]
         names = [n for n in ("base", "tuned") if n in row]
         head, good, bad = self._color("primary"), self._color("success"), self._color("error")
+        from tui.safetext import visible  # prompts, targets, model outputs: never control codes
+
         text = Text()
         text.append(f"example {row.get('index', index)}", style="bold")
         text.append(f"  ({index + 1} of {len(self.rows)} · ←/→ previous/next · esc back)\n", style="dim")
@@ -444,7 +446,7 @@ class EvalScreen(FinetuiScreen):
                 text.append("  ")
                 text.append_text(extra)
             text.append("\n")
-            text.append(body if body else "(empty)", style="" if body else "dim italic")
+            text.append(visible(body) if body else "(empty)", style="" if body else "dim italic")
             text.append("\n")
 
         section("prompt", row.get("prompt") or "")
@@ -784,4 +786,6 @@ class EvalScreen(FinetuiScreen):
 
 
 def _cell(text: str) -> Text:
-    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
+    from tui.safetext import visible
+
+    return Text(visible(" ".join(text.split())), no_wrap=True, overflow="ellipsis")
