@@ -33,9 +33,11 @@ def visible(text: object) -> str:
     """``text`` (``str()`` of anything else) with C0 controls but newline and tab, DEL and
     C1 controls made visible; text without them comes back as it is."""
     text = text if isinstance(text, str) else str(text)
-    if _CONTROL.search(text) is None:
-        return text
-    return text.translate(_TABLE)
+    return _CONTROL.sub(_picture, text)
+
+
+def _picture(match: re.Match) -> str:
+    return _TABLE[ord(match.group())]
 
 
 def json_text(value: Any, **kwargs: Any) -> str:
