@@ -19,6 +19,7 @@ from textual.widgets import Static
 
 from engine.units import format_duration
 from tui.runfeed import RunState, read_state
+from tui.safetext import safe
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.fieldform import show_value
 from tui.widgets.lossplot import LossPlot, Series, theme_colors
@@ -114,7 +115,7 @@ class CompareScreen(FinetuiScreen):
             head.append(f"  best eval {fmt_num(best[1]) if best else 'N/A'}", style="dim")
             head.append(f"  {fmt_rate(state.mean_tokens_per_s())} tok/s", style="dim")
             head.append(f"  {format_duration(last.get('elapsed_s'))}", style="dim")
-        self.query_one("#cmp-head", Static).update(head)
+        self.query_one("#cmp-head", Static).update(safe(head))  # run names, config values
         self._show_chart()
         diff = config_diff(*configs)
         text = Text()
@@ -129,7 +130,7 @@ class CompareScreen(FinetuiScreen):
             text.append("\n")
         if not diff:
             text.append("the two configs are the same\n", style="dim")
-        self.query_one("#cmp-diff", Static).update(text)
+        self.query_one("#cmp-diff", Static).update(safe(text))
 
     def _show_chart(self) -> None:
         if self.states is None:
