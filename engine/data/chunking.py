@@ -108,6 +108,73 @@ def render_records(
     return out
 
 
+# what counting keeps of one example: (n_trained, n_tokens, truncated, notes, trains_end)
+Part = tuple[int, int, bool, tuple[str, ...], bool]
+
+
+@dataclass
+class Counted:
+    """:func:`render_record` counted: each example's numbers, no tokens."""
+
+    parts: list[Part]  # one, or one per window
+    full_tokens: int
+    kept_tokens: int
+
+    @property
+    def chunked(self) -> bool:
+        return len(self.parts) > 1
+
+
+def count_records(
+    convs: Sequence[Conversation],
+    tokenizer,
+    template: render_mod.Template,
+    *,
+    train_on: str = "assistant",
+    max_length: int = 512,
+    long_text: str = "chunk",
+    overlap: int = 0,
+    end_id: int | None = None,
+) -> list[Counted | render_mod.RenderError]:
+    """:func:`render_records` counted (``trains_end``: whether ``end_id`` is trained; a
+    window the next one continues counts as training it, it has no end token to train):
+    the records rendered and tokenised together (:func:`engine.data.render.count_many`),
+    without examples; a long text to split into windows and a record too big to tokenise
+    whole are rendered by :func:`render_record`, as training renders them."""
+    check(long_text, overlap, max_length)
+    out: list[Counted | render_mod.RenderError | None] = [None] * len(convs)
+    small = []
+    for i, conv in enumerate(convs):
+        if bigrecords.is_big(conv, max_length):
+            out[i] = _counted_whole(conv, tokenizer, template, train_on, max_length, long_text, overlap, end_id)
+        else:
+            small.append(i)
+    counts = render_mod.count_many([convs[i] for i in small], tokenizer, template, train_on=train_on,
+                                   max_length=max_length, end_id=end_id)
+    for i, c in zip(small, counts):
+        if isinstance(c, render_mod.RenderError):
+            out[i] = c
+        elif c.truncated and convs[i].kind == "text" and long_text == "chunk":  # windows
+            out[i] = _counted_whole(convs[i], tokenizer, template, train_on, max_length, long_text, overlap, end_id)
+        else:
+            out[i] = Counted([(c.n_trained, c.n_tokens, c.truncated, tuple(c.notes), c.trains_end)],
+                             c.full_tokens, c.n_tokens)
+    return out
+
+
+def _counted_whole(conv, tokenizer, template, train_on, max_length, long_text, overlap, end_id):
+    try:
+        rendered = render_record(conv, tokenizer, template, train_on=train_on, max_length=max_length,
+                                 long_text=long_text, overlap=overlap)
+    except render_mod.RenderError as exc:
+        return exc
+    n = len(rendered.examples)
+    parts = [(ex.n_trained, ex.n_tokens, bool(ex.truncated), tuple(ex.notes),
+              k + 1 < n or (end_id is not None and end_id in ex.labels))
+             for k, ex in enumerate(rendered.examples)]
+    return Counted(parts, rendered.full_tokens, rendered.kept_tokens)
+
+
 def _rendered(conv: Conversation, ex: render_mod.Example, tokenizer, *, max_length: int, long_text: str,
               overlap: int) -> Rendered:
     """A record's examples from its rendering: the example, or a long text's windows."""

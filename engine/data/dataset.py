@@ -182,7 +182,7 @@ def _tokenizer_digest(tokenizer) -> str:
 def _code_digest() -> str:
     h = hashlib.sha256()
     for module in ("render.py", "templates.py", "conversation.py", "dataset.py", "table.py", "chunking.py",
-                   "bigrecords.py"):
+                   "bigrecords.py", "skeleton.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()
 

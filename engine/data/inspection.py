@@ -378,27 +378,19 @@ class _Job:
     def summarise(self, batch: list[tuple[str, Any]]) -> list[tuple]:
         """Per record of ``batch`` ((place, conversation) pairs): (place, error, None) or
         (place, None, (full tokens, kept tokens, chunked, raw text, [(n_trained, n_tokens,
-        truncated, notes, trains_end) per example])). The records render together
-        (chunking.render_records), each as training renders it."""
+        truncated, notes, trains_end) per example])). The records render together, each as
+        training renders it, and are counted (chunking.count_records: no examples built)."""
         from engine.data import chunking, render
 
-        rendered_all = chunking.render_records([conv for _, conv in batch], self.tokenizer, self.template,
-                                               train_on=self.train_on, max_length=self.max_length,
-                                               long_text=self.long_text, overlap=self.overlap)
+        counted = chunking.count_records([conv for _, conv in batch], self.tokenizer, self.template,
+                                         train_on=self.train_on, max_length=self.max_length,
+                                         long_text=self.long_text, overlap=self.overlap, end_id=self.end_id)
         out = []
-        for (place, conv), rendered in zip(batch, rendered_all):
-            if isinstance(rendered, render.RenderError):
-                out.append((place, clip(str(rendered), MESSAGE_CHARS), None))
-                continue
-            n = len(rendered.examples)
-            parts = [
-                (ex.n_trained, ex.n_tokens, bool(ex.truncated), tuple(ex.notes),
-                 # a window the next one continues has no end token to train
-                 k + 1 < n or (self.end_id is not None and self.end_id in ex.labels))
-                for k, ex in enumerate(rendered.examples)
-            ]
-            out.append((place, None, (rendered.full_tokens, rendered.kept_tokens, rendered.chunked,
-                                      conv.kind == "text", parts)))
+        for (place, conv), c in zip(batch, counted):
+            if isinstance(c, render.RenderError):
+                out.append((place, clip(str(c), MESSAGE_CHARS), None))
+            else:
+                out.append((place, None, (c.full_tokens, c.kept_tokens, c.chunked, conv.kind == "text", c.parts)))
         return out
 
 

@@ -46,6 +46,7 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.data import skeleton
 from engine.data import templates as builtin
 from engine.data.conversation import Conversation
 
@@ -81,6 +82,7 @@ class Template:
     # and ``.items()`` need) or "json" (a JSON string, for templates that concatenate them
     # as text, like DeepSeek-V3's). Learnt from the rows: the form that last rendered.
     tool_arguments: str = field(default="mapping", repr=False)
+    _skeletons: Any = field(default=None, repr=False)  # skeleton.Cache: texts by conversation shape
 
     @property
     def label(self) -> str:
@@ -377,15 +379,45 @@ _template_kwargs = template_kwargs
 
 
 def _bos_prefix(tokenizer) -> str:
-    """The BOS string when this tokenizer puts one in front of plain text, else ""."""
+    """The BOS string when this tokenizer puts one in front of plain text, else "" (asked
+    once per tokenizer state: it is read for every record)."""
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
         return ""
+    key = (len(tokenizer), bos_id, tokenizer.bos_token)
+    cached = _BOS_CACHE.get(id(tokenizer))
+    if cached is not None and cached[0] == key:
+        return cached[1]
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return tokenizer.bos_token if ids and ids[0] == bos_id else ""
+    prefix = tokenizer.bos_token if ids and ids[0] == bos_id else ""
+    _BOS_CACHE[id(tokenizer)] = (key, prefix)
+    return prefix
+
+
+_BOS_CACHE: dict[int, tuple[Any, str]] = {}
+
+
+def _skeletons(tokenizer, template: Template):
+    """(the template's skeleton cache, the tokenizer state its texts depend on)."""
+    if template._skeletons is None or template._skeletons.source != template.source:
+        template._skeletons = skeleton.Cache(template.source)
+    env = (id(tokenizer), len(tokenizer), str(tokenizer.special_tokens_map), _template_kwargs(tokenizer, template))
+    return template._skeletons, str(env)
 
 
 def _apply(tokenizer, template: Template, messages, tools, add_generation_prompt: bool) -> str:
+    """The template's text of ``messages``: from the shape's skeleton where one renders it
+    (engine.data.skeleton: Jinja's own output for that shape), else by Jinja."""
+    if tools is None and skeleton.ENABLED:
+        cache, env = _skeletons(tokenizer, template)
+        fast = cache.render(env, messages, ("apply", add_generation_prompt),
+                            lambda probe: (_apply_jinja(tokenizer, template, probe, None, add_generation_prompt), None))
+        if fast is not None:
+            return fast[0]
+    return _apply_jinja(tokenizer, template, messages, tools, add_generation_prompt)
+
+
+def _apply_jinja(tokenizer, template: Template, messages, tools, add_generation_prompt: bool) -> str:
     try:
         return tokenizer.apply_chat_template(
             messages,
@@ -432,7 +464,10 @@ def _messages(conv: Conversation, arguments: str = "mapping") -> list[dict[str, 
     ``.items()``); "json" writes mappings as JSON text (templates that concatenate them as
     strings: DeepSeek-V3's ``'\\n' + tool['function']['arguments']``). Free text that is
     not JSON stays as it is in both."""
-    out = copy.deepcopy(conv.to_messages())  # arguments are rewritten in place below
+    out = conv.to_messages()
+    if not any(m.tool_calls for m in conv.messages):
+        return out
+    out = copy.deepcopy(out)  # arguments are rewritten in place below
     for message in out:
         for call in message.get("tool_calls") or ():
             fn = call.get("function") if isinstance(call, dict) else None
@@ -545,22 +580,120 @@ def render_many(
     return results
 
 
+@dataclass
+class Counts:
+    """What :func:`render` makes of a conversation, counted: its Example's n_tokens,
+    n_trained, truncated, full_tokens and notes, and whether a given token is trained."""
+
+    n_tokens: int
+    n_trained: int
+    truncated: bool
+    full_tokens: int
+    notes: list[str]
+    trains_end: bool
+
+
+def _counts(ids, trained: list[bool], max_length: int, notes: list[str], end_id: int | None) -> Counts:
+    full = len(ids)
+    if full > max_length:
+        ids, trained = ids[:max_length], trained[:max_length]
+    return Counts(n_tokens=len(ids), n_trained=sum(trained), truncated=full > max_length, full_tokens=full,
+                  notes=notes, trains_end=end_id is not None and end_id in compress(ids, trained))
+
+
+def count_many(
+    convs: list[Conversation],
+    tokenizer,
+    template: Template,
+    *,
+    train_on: str = "assistant",
+    max_length: int = 512,
+    end_id: int | None = None,
+) -> list[Counts | RenderError]:
+    """:func:`render_many` counted (its Counts, or the RenderError): the same rendering,
+    tokens and mask, without the Examples (``finetui data inspect`` keeps only counts)."""
+    results: list[Counts | RenderError | None] = [None] * len(convs)
+    waiting: list[tuple[int, Any, str]] = []
+    for i, conv in enumerate(convs):
+        steps = _render_steps(conv, tokenizer, template, train_on, max_length, counts_only=True, end_id=end_id)
+        try:
+            waiting.append((i, steps, next(steps)))
+        except RenderError as exc:
+            results[i] = exc
+    if waiting:
+        batch = _encode(tokenizer, [text for _, _, text in waiting])
+        for k, (i, steps, _) in enumerate(waiting):
+            try:
+                results[i] = _resume(steps, _Encoded(batch, k))
+            except RenderError as exc:
+                results[i] = exc
+    return results
+
+
 def _encode(tokenizer, texts: list[str]):
+    """The encodings of ``texts`` (no special tokens added, offsets kept): what
+    ``tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)`` computes.
+    A fast tokenizer that does not change transformers' way of encoding is asked directly
+    (its Rust ``encode_batch``, as transformers asks it, configured as transformers
+    configures it), without converting every token to Python objects first: that
+    conversion cost ~40 us a record. Others go through ``tokenizer(...)``."""
+    backend = _backend(tokenizer)
+    if backend is not None:
+        return backend.encode_batch(texts, add_special_tokens=False, is_pretokenized=False)
     return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False,
                      return_attention_mask=False, return_token_type_ids=False)
 
 
+def _backend(tokenizer):
+    """The tokenizer's Rust tokenizer, set up as ``tokenizer(texts)`` sets it up (no
+    padding, no truncation, special tokens as the tokenizer splits them); None when the
+    tokenizer is not a plain fast one (it overrides how text is encoded, or switches
+    between input and target modes)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        return None
+    try:
+        from transformers.tokenization_utils_base import PaddingStrategy, PreTrainedTokenizerBase, TruncationStrategy
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    kind = type(tokenizer)
+    if (not isinstance(tokenizer, TokenizersBackend) or kind._encode_plus is not TokenizersBackend._encode_plus
+            or kind.__call__ is not PreTrainedTokenizerBase.__call__ or hasattr(tokenizer, "_switch_to_input_mode")):
+        return None
+    tokenizer.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD,
+                                         truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE, max_length=None,
+                                         stride=0, pad_to_multiple_of=None, padding_side=None)
+    split = bool(tokenizer.split_special_tokens)
+    if backend.encode_special_tokens != split:
+        backend.encode_special_tokens = split
+    return backend
+
+
 class _Encoded:
-    """Text ``i`` of a batch encoding, read as the encoding of that text alone."""
+    """Text ``i`` of a batch's encodings, read as the encoding of that text alone (the
+    Rust encodings of :func:`_encode`, or transformers' BatchEncoding)."""
 
     def __init__(self, batch, i: int):
         self.batch, self.i = batch, i
+        self.raw = batch[i] if isinstance(batch, list) else None
 
     def __getitem__(self, key: str):
-        return self.batch[key][self.i]
+        if self.raw is None:
+            return self.batch[key][self.i]
+        if key == "input_ids":
+            return self.raw.ids
+        if key == "offset_mapping":
+            return self.raw.offsets
+        raise KeyError(key)
+
+    def __len__(self) -> int:
+        return len(self.raw) if self.raw is not None else len(self.batch["input_ids"][self.i])
 
     def char_to_token(self, char: int) -> int | None:
-        return self.batch.char_to_token(self.i, char)
+        if self.raw is None:
+            return self.batch.char_to_token(self.i, char)
+        return self.raw.char_to_token(char, 0)
 
 
 def _resume(steps, enc: _Encoded) -> Example:
@@ -571,10 +704,13 @@ def _resume(steps, enc: _Encoded) -> Example:
     raise RuntimeError("render: the text was tokenised twice")  # pragma: no cover
 
 
-def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: str, max_length: int):
+def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: str, max_length: int,
+                  counts_only: bool = False, end_id: int | None = None):
     """render() as a generator: it yields the full text once and is sent back its encoding
     (what ``tokenizer(text, return_offsets_mapping=True)`` gives), so that render_many can
-    tokenise many texts in one call; it returns the Example."""
+    tokenise many texts in one call; it returns the Example, or with ``counts_only`` its
+    :class:`Counts` (whether token ``end_id`` is trained among them), the same mask counted
+    without building the example."""
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on: expected assistant or all, got {train_on!r}")
     detect_end_token(tokenizer, template)
@@ -583,7 +719,7 @@ def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: s
         eos = tokenizer.eos_token or ""
         text = _bos_prefix(tokenizer) + (conv.text or "") + eos
         enc = yield text
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        ids = enc["input_ids"]
         trained = [True] * len(ids)
     else:
         if not conv.to_messages():
@@ -599,17 +735,19 @@ def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: s
         notes.extend(_ignored_parts(tokenizer, template, messages, tools, text))
         if train_on == "all":
             enc = yield text
-            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            ids = enc["input_ids"]
             trained = [True] * len(ids)
         elif template.has_generation:
             if generation is None:
                 text, generation = _generation_spans(tokenizer, template, messages, tools)
             enc = yield text
-            ids, offsets = enc["input_ids"], enc["offset_mapping"]
-            trained = [bool(m) for m in _assistant_masks(enc, len(ids), generation)]
-            trained = _untrain_after_end(tokenizer, ids, offsets, text, trained, _end_ids(tokenizer, template))
+            ids = enc["input_ids"]
+            trained = _assistant_masks(enc, len(ids), generation)
+            trained = _untrain_after_end(tokenizer, ids, lambda: enc["offset_mapping"], text, trained,
+                                         _end_ids(tokenizer, template))
             context = _context_turns(conv)
             if context:  # turns marked not trained: find them as the markerless path does
+                offsets = enc["offset_mapping"]
                 spans = _incremental_spans(tokenizer, template, messages, tools, text, ids, offsets, [],
                                            keep=context.__contains__)
                 inside = _tokens_in_spans(offsets, spans)
@@ -622,7 +760,10 @@ def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: s
                                        keep=lambda i: i not in context)
             trained = _tokens_in_spans(offsets, spans)
 
+    if counts_only:
+        return _counts(ids, trained, max_length, notes, end_id)
     ids = list(ids)
+    offsets = enc["offset_mapping"]
     full_tokens = len(ids)
     truncated = len(ids) > max_length
     if truncated:
@@ -667,11 +808,20 @@ def _generation_spans(tokenizer, template: Template, messages, tools) -> tuple[s
     """The full text and the character spans inside ``{% generation %}`` markers: what
     ``apply_chat_template(..., return_assistant_tokens_mask=True)`` renders, without its
     tokenising (render tokenises texts many at a time)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
     # as apply_chat_template does: keys whose value is None dropped, the special tokens
     # and the template's own variables passed
     chat = [{k: v for k, v in message.items() if v is not None} for message in messages]
+    if tools is None and skeleton.ENABLED:
+        cache, env = _skeletons(tokenizer, template)
+        fast = cache.render(env, chat, ("generation",), lambda probe: _generation_jinja(tokenizer, template, probe, None))
+        if fast is not None:
+            return fast
+    return _generation_jinja(tokenizer, template, chat, tools)
+
+
+def _generation_jinja(tokenizer, template: Template, chat, tools) -> tuple[str, list[tuple[int, int]]]:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
     try:
         texts, spans = render_jinja_template(
             conversations=[chat],
@@ -686,36 +836,41 @@ def _generation_spans(tokenizer, template: Template, messages, tools) -> tuple[s
     return texts[0], spans[0]
 
 
-def _assistant_masks(enc, n: int, generation: list[tuple[int, int]]) -> list[int]:
+def _assistant_masks(enc, n: int, generation: list[tuple[int, int]]) -> list[bool]:
     """apply_chat_template's assistant mask, from the encoding of the text: the tokens from
     the one holding a span's first character to the one holding its last."""
-    mask = [0] * n
+    mask = [False] * n
     for start_char, end_char in generation:
         start = enc.char_to_token(start_char)
         end = enc.char_to_token(end_char - 1)
         if start is None:  # past the end (as transformers reads it)
             break
-        for k in range(start, end + 1 if end else n):
-            mask[k] = 1
+        stop = end + 1 if end else n
+        mask[start:stop] = [True] * len(range(start, stop))
     return mask
 
 
 def _untrain_after_end(tokenizer, ids, offsets, text, trained, end_ids: set[int]) -> list[bool]:
     """Inside each trained run, whitespace after the run's last end token is untrained:
-    the model never generates what follows its stop token."""
+    the model never generates what follows its stop token. ``offsets``: the offset list,
+    or a function giving it (asked only when a run has tokens after its end token)."""
     if not end_ids:
         return trained
     trained = list(trained)
     i, n = 0, len(ids)
     while i < n:
-        if not trained[i]:
-            i += 1
-            continue
-        j = i
-        while j < n and trained[j]:
-            j += 1
-        last_end = max((k for k in range(i, j) if ids[k] in end_ids), default=None)
-        if last_end is not None:
+        try:
+            i = trained.index(True, i)  # a run's first token
+        except ValueError:
+            break
+        try:
+            j = trained.index(False, i)  # past its last
+        except ValueError:
+            j = n
+        last_end = next((k for k in range(j - 1, i - 1, -1) if ids[k] in end_ids), None)
+        if last_end is not None and last_end + 1 < j:
+            if callable(offsets):
+                offsets = offsets()
             for k in range(last_end + 1, j):
                 a, b = offsets[k]
                 if text[a:b].strip() == "":
@@ -936,15 +1091,20 @@ def _tokens_in_spans(offsets, spans: list[tuple[int, int]]) -> list[bool]:
 def _spans_of(offsets, trained: list[bool]) -> list[tuple[int, int]]:
     """Character spans covered by trained tokens, merged."""
     spans: list[tuple[int, int]] = []
-    for a, b in compress(offsets, trained):
-        a, b = int(a), int(b)
-        if b <= a:
+    start = end = -1
+    for (a, b), t in zip(offsets, trained):
+        if not t or b <= a:
             continue
-        if spans and a <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+        if end >= 0 and a <= end:
+            if b > end:
+                end = b
         else:
-            spans.append((a, b))
-    return spans
+            if end >= 0:
+                spans.append((start, end))
+            start, end = a, b
+    if end >= 0:
+        spans.append((start, end))
+    return [(int(a), int(b)) for a, b in spans]
 
 
 # ------------------------------------------------------------------------ pre-flight
