@@ -29,6 +29,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from engine.units import format_bytes
 from tui.widgets.dialogs import DIALOG_CSS
 from tui.widgets.pathinput import PathInput
 
@@ -198,7 +199,6 @@ class ModelPicker(ModalScreen[str | None]):
 
     def _option(self, choice: ModelChoice) -> Option:
         from engine.footprint import human_count
-        from engine.units import format_bytes
 
         params = human_count(choice.params) if choice.params else "?"
         memory = f"{format_bytes(choice.estimate.total_bytes)}" if choice.estimate is not None else "?"
@@ -231,7 +231,6 @@ class ModelPicker(ModalScreen[str | None]):
 
     def show_detail(self, index: int | None) -> None:
         from engine.footprint import human_count
-        from engine.units import format_bytes
 
         text = Text(no_wrap=True, overflow="ellipsis")
         if index is None or index >= len(self.choices):
