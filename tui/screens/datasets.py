@@ -38,6 +38,7 @@ from tui import datasource
 from tui.render_client import RenderClient
 from tui.safetext import safe
 from tui.screens.base import FinetuiScreen, PaletteCommand
+from tui.screens.create import CreateScreen, QuestionInput, WriterDialog
 from tui.widgets.columnmap import ColumnMapDialog
 from tui.widgets.dialogs import PathDialog
 from tui.widgets.pathinput import PathInput
@@ -70,13 +71,15 @@ class SearchInput(Input):
 class DatasetsScreen(FinetuiScreen):
     MODE = "datasets"
     AUTO_FOCUS = "RowTable"
-    HELP_CLASSES = [RowTable, SearchInput, PathDialog, PathInput, ColumnMapDialog]
+    HELP_CLASSES = [RowTable, SearchInput, PathDialog, PathInput, ColumnMapDialog, CreateScreen, QuestionInput,
+                    WriterDialog]
     BINDINGS = [
         Binding("o", "open", "Open", id="datasets.open"),
         Binding("slash", "search", "Search", id="datasets.search"),
         Binding("i", "stats", "Lengths", id="datasets.stats"),
         Binding("m", "columns", "Columns", id="datasets.columns"),
         Binding("u", "use", "Use", id="datasets.use"),
+        Binding("n", "create", "From documents", id="datasets.create"),
         Binding("escape", "back", "Back", id="datasets.back"),
         Binding("left,h", "step(-1)", "Previous record", show=False, id="datasets.prev"),
         Binding("right,l", "step(1)", "Next record", show=False, id="datasets.next"),
@@ -358,6 +361,10 @@ class DatasetsScreen(FinetuiScreen):
             self.switch_to("ds-table")
             self.action_stats()
         self.status(Text.assemble(("columns set", "bold"), " · u uses this dataset, format and columns in Settings"))
+
+    def action_create(self) -> None:
+        """A new dataset from documents (tui.screens.create)."""
+        self.app.push_screen(CreateScreen())
 
     def action_open(self) -> None:
         self.app.push_screen(
