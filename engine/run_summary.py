@@ -31,7 +31,7 @@ FORMAT = 1
 HEAD_BYTES = 4096  # the events file's first bytes, hashed: a different file is noticed
 MAX_PROBLEMS = 20  # bad lines kept by number and reason; the rest are counted
 STORE_AFTER_BYTES = 1 << 20  # a reader that had to fold this much stores the result
-TRAINER_EVERY_S = 5.0  # the trainer rewrites the summary at most this often on steps
+TRAINER_EVERY_S = 5.0  # the trainer rewrites the summary at most this often on steps and logs
 
 
 @dataclass
@@ -216,8 +216,11 @@ def save(run_dir: str | Path, summary: Summary) -> bool:
 
 class Keeper:
     """The trainer's side: called after each event it emits, rewrites summary.json (folding
-    in what was appended since) on every event but steps, and on steps at most every
+    in what was appended since) at once on the events that decide a status (run_started,
+    checkpoint, error, finished), and on the others (steps, evals, logs) at most every
     TRAINER_EVERY_S seconds, so a long run costs a small write now and then."""
+
+    AT_ONCE = ("run_started", "checkpoint", "error", "finished")
 
     def __init__(self, run_dir: str | Path, every_s: float = TRAINER_EVERY_S):
         self.run_dir = Path(run_dir)
@@ -226,7 +229,7 @@ class Keeper:
 
     def __call__(self, event: dict[str, Any]) -> None:
         now = time.monotonic()
-        if event.get("type") == "step" and now - self._last < self.every_s:
+        if event.get("type") not in self.AT_ONCE and now - self._last < self.every_s:
             return
         self._last = now
         try:
