@@ -4,6 +4,8 @@ Light module (stdlib, psutil, yaml via engine.config). Layout of a run folder::
 
     config.yaml      exactly what ran (validated, defaults filled in)
     events.jsonl     the event stream (see engine.events)
+    summary.json     what the runs list shows, the events folded up to a byte offset
+                     (engine.run_summary: kept by the trainer, caught up by readers)
     stdout.log       the trainer's stderr: library warnings, tracebacks
     trainer.pid      the trainer process: pid, start time and run folder (engine.trainer_pid);
                      stop and kill signal only a process matching all three
