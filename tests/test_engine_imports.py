@@ -34,6 +34,12 @@ LIGHT_MODULES = (
     "engine.allocator",
     "engine.threads",
     "engine.units",
+    "engine.data.create.documents",
+    "engine.data.create.passages",
+    "engine.data.create.quality",
+    "engine.data.create.store",
+    "engine.data.create.writers",
+    "engine.data.create.run",
 )
 HEAVY_PACKAGES = ("torch", "transformers", "peft", "datasets", "bitsandbytes")
 UI_PACKAGES = ("textual",)
