@@ -270,11 +270,6 @@ class EventWriter:
             data = (encode(event) + "\n").encode("utf-8")
             if where is not None:
                 self._append(data, *where)
-                if self.after_emit is not None:
-                    try:
-                        self.after_emit(event)
-                    except Exception:  # noqa: BLE001 - a cache; readers rebuild it from the file
-                        pass
             if self._pipe is not None:
                 self._to_pipe(data)
             elif self.stream is not None:
@@ -283,6 +278,11 @@ class EventWriter:
                     self.stream.flush()
                 except (BrokenPipeError, OSError, ValueError):
                     self._drop_stream()
+            if where is not None and self.after_emit is not None:  # after the pipe: it never waits on this
+                try:
+                    self.after_emit(event)
+                except Exception:  # noqa: BLE001 - a cache; readers rebuild it from the file
+                    pass
             self.last_emit = time.monotonic()
             self.finished = self.finished or type_ == "finished"
             return event
