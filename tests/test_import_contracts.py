@@ -15,12 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import importlinter  # noqa: F401 - in the test extra (pip install -e ".[test]"): missing, the test fails
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACTS = ("engine-headless", "tui-light", "data-no-training")
-
-pytest.importorskip("importlinter", reason="import-linter is in the test extra: pip install -e '.[test]'")
 
 
 def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess:
