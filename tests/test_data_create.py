@@ -324,8 +324,9 @@ def test_endpoint_writes_a_dataset_with_sources_retries_and_gates(tmp_path, caps
     assert {h.get("Authorization") for h in server.headers} == {"Bearer sk-test"}
     assert {r["model"] for r in server.requests} == {"fake-1"}
     # the previous passage is the prompt's context
-    second = next(r for r in server.requests if prose[1].text in r["messages"][0]["content"])
-    assert prose[0].text in second["messages"][0]["content"]
+    second = next(r["messages"][0]["content"] for r in server.requests
+                  if f'Passage:\n"""\n{prose[1].text}\n"""' in r["messages"][0]["content"])
+    assert f'Previous passage (context):\n"""\n{prose[0].text}\n"""' in second
     records = lines(out)
     assert len(records) == len(prose) - 2 == report["written"]
     by_index = {p.index: p for p in expected}
