@@ -24,7 +24,7 @@ from tui_helpers import settle, text_of, tui_env  # noqa: F401
 
 from engine import config as cfg
 from engine import events as ev
-from engine import footprint, startcheck
+from engine import footprint, runs, startcheck
 from engine.hardware import GpuReading
 from engine.units import format_bytes
 from train_helpers import BASE
@@ -166,7 +166,7 @@ def test_a_sigkilled_trainer_is_named_in_the_cli(tmp_path, finetui_cache):
         while not any(e["type"] == "step" for e in ev.read_file(run_dir / "events.jsonl")):
             assert time.monotonic() < deadline and cli.poll() is None, "no step"
             time.sleep(0.2)
-        os.kill(int((run_dir / "trainer.pid").read_text()), signal.SIGKILL)  # as the OOM killer does
+        os.kill(runs.read_pid(run_dir), signal.SIGKILL)  # as the OOM killer does
         _, err = cli.communicate(timeout=60)
     finally:
         if cli.poll() is None:
