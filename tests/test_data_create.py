@@ -372,6 +372,18 @@ def test_endpoint_refusal_stops_with_the_reason(tmp_path, capsys):
     rc = cli.main(["data", "create", str(doc), "--out", str(tmp_path / "o.txt"), "--base-url", "http://x/v1",
                    "--model", "m"])
     assert rc == 1 and "--out" in capsys.readouterr().err
+    # nothing listening: the run stops after the first passages fail, it does not try every one
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = cli.main(["data", "create", str(story(tmp_path, 8)), "--out", str(tmp_path / "down.jsonl"), "--base-url",
+                   f"http://127.0.0.1:{port}/v1", "--model", "m", "--retries", "1", "--retry-wait", "0.01",
+                   "--concurrency", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "the first 3 passages all failed" in err and "Connection refused" in err
+    assert (tmp_path / "down.jsonl").read_text() == ""
 
 
 def test_killed_run_resumes_without_duplicates(tmp_path, finetui_cache):

@@ -38,6 +38,7 @@ from engine.data.create.writers import EndpointWriter, LocalWriter, PromptTempla
 
 DEFAULT_LOCAL_MODEL = "smollm2"
 SHOW_ERRORS = 3
+FAIL_FAST = 3  # passages failed in a row before any succeeded: the run stops
 
 
 def add_parser(data_sub: Any) -> None:
@@ -296,6 +297,9 @@ def command(args: argparse.Namespace) -> int:
             report.failed += 1
             report.errors.append(f"{p.document} passage {p.index}: {reply}")
             progress.step("failed", p, reason=str(reply))
+            if report.failed >= FAIL_FAST and report.new_written == 0 and not store.reasons:
+                # nothing has worked yet: a wrong URL or a server that is down, not a bad passage
+                raise WriterError(f"the first {report.failed} passages all failed, the last with: {reply}", fatal=True)
             return
         question = quality.clean_question(reply)
         reason = quality.question_problem(question, args.max_question_chars)
@@ -360,6 +364,7 @@ def _run_endpoint(writer: EndpointWriter, template: PromptTemplate, todo: list, 
         for p, fut in pending:
             commit(p, fut.result())
     finally:
+        writer.stopped.set()  # requests still retrying give up now
         pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -23,7 +23,6 @@ import random
 import re
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -133,6 +132,7 @@ class EndpointWriter:
         self.url = url if url.endswith("/chat/completions") else f"{url}/chat/completions"
         self.retried = 0
         self._lock = threading.Lock()
+        self.stopped = threading.Event()  # set: retries give up at once (the run is ending)
 
     @property
     def label(self) -> str:
@@ -166,8 +166,8 @@ class EndpointWriter:
                 wait = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, HTTPException) as exc:
                 reason = _one_line(getattr(exc, "reason", None) or exc)
-            if attempt >= self.retries:
-                raise WriterError(f"{self.url}: {reason}, still after {self.retries} retries")
+            if attempt >= self.retries or self.stopped.is_set():
+                raise WriterError(f"{self.url}: {reason}, still after {attempt} retries")
             delay = self.backoff * (2 ** attempt) * random.uniform(0.75, 1.25)
             delay = min(self.max_backoff, wait if wait is not None else delay)
             attempt += 1
@@ -175,7 +175,7 @@ class EndpointWriter:
                 self.retried += 1
             if self.on_retry:
                 self.on_retry(f"{reason}: retry {attempt} of {self.retries} in {delay:.1f} s")
-            time.sleep(delay)
+            self.stopped.wait(delay)
 
     def _reply(self, raw: bytes) -> str:
         try:
