@@ -434,6 +434,18 @@ def test_transcript_becomes_a_conversation_with_roles(tmp_path, capsys):
     assert first[0]["content"].startswith("Thanks for joining") or first[0]["content"]
     rc = cli.main(["data", "create", str(INTERVIEW), "--out", str(tmp_path / "b.jsonl"), "--roles", "Host=user"])
     assert rc == 1 and "no role" in capsys.readouterr().err
+    # rows of a diarised podcast, grouped by episode: the episode with an unmapped speaker is named, not lost silently
+    podcast = INTERVIEW.with_name("podcast_transcript.jsonl")
+    rc, report, err = create([str(podcast), "--out", str(tmp_path / "pod.jsonl"), "--roles", "Host=user,Guest=assistant"],
+                             capsys)
+    assert rc == 0 and report["written"] == 1
+    assert len(report["issues"]) == 1 and "'Producer' has no role" in report["issues"][0]
+    assert "podcast_transcript.jsonl:14" in report["issues"][0]
+    rc, report, err = create([str(podcast), "--out", str(tmp_path / "pod.jsonl"), "--roles",
+                              "Host=user,Guest=assistant,Producer=user", "--overwrite"], capsys)
+    assert rc == 0 and report["written"] == 2 and report["issues"] == []
+    episodes = lines(tmp_path / "pod.jsonl")
+    assert episodes[0]["messages"][1]["content"].startswith("Thanks for having me.")
 
 
 def test_local_model_writes_records_in_the_training_format(tmp_path, capsys, finetui_cache):
