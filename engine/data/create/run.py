@@ -21,13 +21,13 @@ speaker/text) and each conversation is written as it is, through
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -351,21 +351,36 @@ def _writer(args: argparse.Namespace) -> EndpointWriter | LocalWriter:
 
 def _run_endpoint(writer: EndpointWriter, template: PromptTemplate, todo: list, commit: Callable,
                   concurrency: int) -> None:
-    """Requests run ``concurrency`` at a time; replies are committed in passage order."""
-    def ask(p: passages.Passage, prev: passages.Passage | None) -> str | WriterError:
-        try:
-            return writer.ask(template.render(p, prev))
-        except WriterError as exc:
-            return exc
+    """Requests run ``concurrency`` at a time, in daemon threads (an interrupted run does not
+    wait for requests in flight); replies are committed in passage order."""
+    results: list[Any] = [None] * len(todo)
+    ready = [threading.Event() for _ in todo]
+    queue_ = deque(range(len(todo)))
+    lock = threading.Lock()
 
-    pool = futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="writer")
+    def work() -> None:
+        while not writer.stopped.is_set():
+            with lock:
+                if not queue_:
+                    return
+                i = queue_.popleft()
+            p, prev = todo[i]
+            try:
+                results[i] = writer.ask(template.render(p, prev))
+            except WriterError as exc:
+                results[i] = exc
+            except Exception as exc:  # noqa: BLE001 - said as this passage's failure, never lost in a thread
+                results[i] = WriterError(f"{type(exc).__name__}: {exc}")
+            ready[i].set()
+
+    for k in range(min(concurrency, len(todo))):
+        threading.Thread(target=work, name=f"writer-{k}", daemon=True).start()
     try:
-        pending = [(p, pool.submit(ask, p, prev)) for p, prev in todo]
-        for p, fut in pending:
-            commit(p, fut.result())
+        for i, (p, _) in enumerate(todo):
+            ready[i].wait()
+            commit(p, results[i])
     finally:
-        writer.stopped.set()  # requests still retrying give up now
-        pool.shutdown(wait=False, cancel_futures=True)
+        writer.stopped.set()  # the other requests give up: no new ones, no more retries
 
 
 def _run_local(writer: LocalWriter, template: PromptTemplate, todo: list, commit: Callable, batch_size: int,
