@@ -9,10 +9,10 @@ layers and loss, 2 threads) in its own process, interleaved:
 
 - ``glibc``: the system malloc as it is;
 - ``glibc-heap``: glibc keeping freed memory (32 MB mmap and 64 MB trim thresholds: what
-  the launcher gives CPU runs of models narrower than 256, ``engine.allocator.HEAP``);
+  the launcher gives CPU runs of models narrower than 256, ``engine.perf.allocator.HEAP``);
 - ``glibc-lean``: glibc with a 256 KB mmap threshold and torch's 2 MB pages (what
   ``FINETUI_CPU_MALLOC=lean`` does in the trainer);
-- ``mimalloc``: the launcher's choice for CPU runs (``engine.allocator.trainer_env``:
+- ``mimalloc``: the launcher's choice for CPU runs (``engine.perf.allocator.trainer_env``:
   ``LD_PRELOAD`` of the cmeel-mimalloc library, ``MIMALLOC_PURGE_DELAY=-1``).
 
 Prints the median ms per step (first step left out), minor page faults per step in the
@@ -46,9 +46,10 @@ def child(args) -> dict:
     import torch
 
     import bench_models
-    from engine import fused_layers, fused_lora, fused_loss, modeling
-    from engine.allocator import mimalloc_loaded
-    from engine.attention import use_packed_sdpa
+    from engine import modeling
+    from engine.perf import fused_layers, fused_lora, fused_loss
+    from engine.perf.allocator import mimalloc_loaded
+    from engine.perf.attention import use_packed_sdpa
     from engine.data import dataset
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -83,7 +84,7 @@ def child(args) -> dict:
 
 
 def env_for(allocator: str) -> dict[str, str]:
-    from engine.allocator import HEAP, trainer_env
+    from engine.perf.allocator import HEAP, trainer_env
 
     env = dict(os.environ)
     for key in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "FINETUI_CPU_MALLOC", "THP_MEM_ALLOC_ENABLE", *HEAP):

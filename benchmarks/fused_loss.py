@@ -1,4 +1,4 @@
-"""The LM head and cross-entropy: unfused (transformers' way) against engine/fused_loss.py.
+"""The LM head and cross-entropy: unfused (transformers' way) against engine/perf/fused_loss.py.
 
     python benchmarks/fused_loss.py [--repeats 3]
 
@@ -6,7 +6,7 @@ Forward and backward of ``cross_entropy(hidden @ W^T, targets)`` over the traine
 a batch, the head frozen (LoRA), for two shapes: the tiny model's (1,490 tokens, hidden 64,
 vocabulary 1,024) and Qwen2.5-0.5B's head (2,048 tokens, hidden 896, vocabulary 151,936).
 Each (shape, way) runs in its own process, interleaved, so peak RSS is its own, under the
-memory allocator a CPU trainer of that width gets (``engine.allocator.trainer_env``); prints
+memory allocator a CPU trainer of that width gets (``engine.perf.allocator.trainer_env``); prints
 the median ms per step and the peak RSS above what the inputs take, and the losses (equal).
 """
 
@@ -30,7 +30,7 @@ def child(shape: str, way: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from engine.fused_loss import linear_cross_entropy
+    from engine.perf.fused_loss import linear_cross_entropy
 
     torch.set_num_threads(2)
     n, d, v, steps = SHAPES[shape]
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(child(*args.child)))
         return 0
     sys.path.insert(0, str(ROOT))
-    from engine.allocator import trainer_env
+    from engine.perf.allocator import trainer_env
 
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):

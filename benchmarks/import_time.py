@@ -1,5 +1,5 @@
 """What the trainer's imports cost with and without transformers' import table from the
-cache (engine/import_cache.py), in fresh interpreters, alternating.
+cache (engine/perf/import_cache.py), in fresh interpreters, alternating.
 
     python benchmarks/import_time.py [--rounds 6]
 
@@ -25,7 +25,7 @@ PROBE = """
 import json, sys, time
 sys.modules["bitsandbytes"] = None  # as the trainer does for unquantised runs
 sys.modules["datasets"] = None      # and for local data
-from engine import import_cache
+from engine.perf import import_cache
 import_cache.install()
 t = time.perf_counter()
 import torch

@@ -12,20 +12,20 @@ variant, round after round, so every variant sees the same minutes of the machin
 - ``stock``: transformers' ``Trainer``, peft's LoRA forward, AdamW looping over tensors;
 - ``+fused-adamw``: the same with ``optim=adamw_torch_fused`` (what the trainer uses);
 - ``+lean-trainer``: and ``engine.lean_trainer.LeanTrainer`` (no per-step module walks);
-- ``+fused-lora``: and ``engine.fused_lora`` (q/k/v and gate/up as one computation), with
+- ``+fused-lora``: and ``engine.perf.fused_lora`` (q/k/v and gate/up as one computation), with
   the LoRA product kept apart from the weight, as in 16-bit dtypes;
 - ``+lora-in-weight``: the same with the LoRA product added into the float32 weight (one
   matmul forward), as finetui runs float32;
-- ``+fused-layers``: and ``engine.fused_layers`` (rotary embedding and RMSNorm as one
+- ``+fused-layers``: and ``engine.perf.fused_layers`` (rotary embedding and RMSNorm as one
   autograd function each);
 - ``+one-length-runs``: and consecutive examples of one length through attention as one
-  batched call (``engine.attention.BATCH_RUNS``; before it, one call per example);
-- ``+fused-mlp``: and each Llama MLP as one function (``engine.fused_lora.FUSE_MLP``);
+  batched call (``engine.perf.attention.BATCH_RUNS``; before it, one call per example);
+- ``+fused-mlp``: and each Llama MLP as one function (``engine.perf.fused_lora.FUSE_MLP``);
 - ``+fused-loss``: and the LM head with the cross-entropy as one blocked function
-  (``engine.fused_loss``): finetui's trainer as it runs.
+  (``engine.perf.fused_loss``): finetui's trainer as it runs.
 
 The process runs under the memory allocator the trainer would get for the model
-(``engine.allocator.trainer_env``; it restarts itself with that environment).
+(``engine.perf.allocator.trainer_env``; it restarts itself with that environment).
 
 Prints the median ms per optimizer step over the rounds, each variant's ratio to the one
 before it and to ``stock``, and the final losses (equal to ~1e-4: the same training).
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import bench_models
-    from engine import allocator
+    from engine.perf import allocator
 
     model_dir = bench_models.ensure(args.model, None)
-    # the memory allocator a trainer process of this model gets (engine/allocator.py)
+    # the memory allocator a trainer process of this model gets (engine/perf/allocator.py)
     env = allocator.trainer_env("cpu", dict(os.environ), allocator.hidden_size(str(model_dir)))
     if env != dict(os.environ):
         os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], env)
@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from engine import attention, fused_layers, fused_lora, fused_loss, lean_trainer, modeling
-    from engine.attention import use_packed_sdpa
+    from engine import lean_trainer, modeling
+    from engine.perf import attention, fused_layers, fused_lora, fused_loss
+    from engine.perf.attention import use_packed_sdpa
     from engine.data import dataset
     from engine.train import training_arguments
 

@@ -937,7 +937,8 @@ def _repl(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m engine.chat ...``: the same arguments as ``finetui chat``."""
-    from engine import cli, import_cache
+    from engine import cli
+    from engine.perf import import_cache
 
     import_cache.install()
     argv = sys.argv[1:] if argv is None else argv

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_tui() or 0
         if args.command == "data" and args.data_command is None:
             parser.parse_args(["data", "--help"])
-        from engine import import_cache
+        from engine.perf import import_cache
 
         import_cache.install()  # before any command imports transformers
         create = args.command == "data" and args.data_command == "create"

@@ -69,7 +69,7 @@ ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34  # per layer, 16-bit, fused attention
 # A CPU trainer's own resident memory before any weights: Python, torch, transformers, peft,
 # the allocator's arenas (the tiny model's whole run peaks at ~0.49 GB, benchmarks in README).
 CPU_RUNTIME_BYTES = 450 * 1024 ** 2
-FUSED_LOSS_BLOCK = 1 << 22  # elements of one block of logits (engine/fused_loss.BLOCK_ELEMENTS)
+FUSED_LOSS_BLOCK = 1 << 22  # elements of one block of logits (engine.perf.fused_loss.BLOCK_ELEMENTS)
 FUSED_LOSS_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 OVERHEAD_FRACTION = 0.10
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -203,7 +203,7 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
     # CPU training only (0 on a GPU, where the CUDA context is left out as before): the
     # process itself (interpreter, torch, transformers, peft), and the merged LoRA weights
-    # finetui's fused LoRA keeps for backward (engine/fused_lora.py, fp32 without dropout).
+    # finetui's fused LoRA keeps for backward (engine/perf/fused_lora.py, fp32 without dropout).
     runtime_bytes: int = 0
     merged_weights_bytes: int = 0
 
@@ -476,7 +476,7 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
     if on_cpu:
         runtime = CPU_RUNTIME_BYTES
         if fp32_acts and arch.model_type in FUSED_LOSS_TYPES:
-            # engine/fused_loss.py: a block of rows at a time, never the whole batch's logits
+            # engine/perf/fused_loss.py: a block of rows at a time, never the whole batch's logits
             logits = min(batch * seq * arch.vocab_size, FUSED_LOSS_BLOCK) * 4 * 3
         if method == "lora" and fp32_acts and not float(_get(config, "method.lora_dropout", 0.0) or 0.0):
             merged = counts.linear * 4

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import allocator, atomic, run_summary
+from engine import atomic, run_summary
+from engine.perf import allocator
 from engine import events as ev
 from engine import trainer_pid
 from engine.config import Config

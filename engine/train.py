@@ -10,9 +10,9 @@ Read top to bottom:
    Hugging Face ``Trainer`` (``engine.lean_trainer.LeanTrainer``: the same, minus its walks over
    every module). What we add are callbacks (engine/callbacks.py): events from the
    Trainer's logs, evaluations and saves, and "checkpoint, then stop" on SIGTERM. LoRA
-   linears that share an input run fused (engine/fused_lora.py), and so do the rotary
-   embedding and RMSNorm of Llama-family models (engine/fused_layers.py) and their LM head
-   with the loss (engine/fused_loss.py).
+   linears that share an input run fused (engine/perf/fused_lora.py), and so do the rotary
+   embedding and RMSNorm of Llama-family models (engine/perf/fused_layers.py) and their LM head
+   with the loss (engine/perf/fused_loss.py).
 3. At the end the adapter (LoRA/QLoRA) or the full model is saved to ``runs/<id>/adapter/``
    with its tokenizer and ``finetui.json``, and a ``finished`` event says how it went.
 
@@ -41,7 +41,8 @@ import time
 import traceback
 from pathlib import Path
 
-from engine import errors, import_cache, run_summary
+from engine import errors, run_summary
+from engine.perf import import_cache
 from engine import events as ev
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
@@ -211,13 +212,13 @@ def _keep_template(tokenizer, template) -> None:
 
 def _cpu_threads(watch) -> list:
     """Training on the CPU: every core while the box is otherwise idle, one fewer while
-    anything else wants the CPU (engine/threads.py: measured on 2 cores, one busy
+    anything else wants the CPU (engine/perf/threads.py: measured on 2 cores, one busy
     neighbour makes 2 spinning OpenMP threads 2x slower than 1, while on an idle box 2
     threads are 1.5-1.8x faster). Re-decided between steps by a callback, returned here.
     OMP_NUM_THREADS (torchrun sets it to 1 per process) wins: ``watch`` is None then."""
     if watch is None:
         return []
-    from engine import threads
+    from engine.perf import threads
 
     watch.start()
     return [threads.callback(watch)]
@@ -226,10 +227,10 @@ def _cpu_threads(watch) -> list:
 def _lean_cpu_memory() -> bool:
     """Whether CPU training should hand big blocks back to the system (see _lean_malloc):
     ``FINETUI_CPU_MALLOC=lean``, set by the user or by the launcher for a CPU run of a wide
-    model where mimalloc cannot be preloaded (engine/allocator.py decides; nothing is read
+    model where mimalloc cannot be preloaded (engine/perf/allocator.py decides; nothing is read
     twice). Decided before torch is imported (THP_MEM_ALLOC_ENABLE is read once, at its
     first allocation)."""
-    from engine import allocator
+    from engine.perf import allocator
 
     if os.environ.get(allocator.MARKER) != "lean":
         return False
@@ -238,7 +239,7 @@ def _lean_cpu_memory() -> bool:
 
 
 def _allocator_name(lean: bool) -> str:
-    from engine.allocator import MARKER, mimalloc_loaded
+    from engine.perf.allocator import MARKER, mimalloc_loaded
 
     if mimalloc_loaded():
         return "mimalloc (preloaded)"
@@ -251,7 +252,7 @@ def _allocator_name(lean: bool) -> str:
 
 
 def _lean_malloc() -> None:
-    """glibc without mimalloc (engine/allocator.py), large model on the CPU: a fixed 256 KB
+    """glibc without mimalloc (engine/perf/allocator.py), large model on the CPU: a fixed 256 KB
     mmap threshold serves big blocks from mmap, so they go back to the system when freed
     and RSS stays near what is live (a 20M Llama at cutoff 1024: 1.8 GB instead of 3.3 GB).
     The price is a page fault per page at every step: ~1.4-1.8x the step time on that
@@ -458,7 +459,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     _skip_bitsandbytes(config)
     _skip_datasets(config)
     lean_memory = _lean_cpu_memory()
-    from engine.threads import CpuThreads
+    from engine.perf.threads import CpuThreads
 
     # Watches what other processes take while we start up: the first thread count.
     cpu_watch = None if os.environ.get("OMP_NUM_THREADS") else CpuThreads()
@@ -506,10 +507,10 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         device=device,
     )
     if config.data.packing and config.model.attn_implementation == "auto":
-        from engine.attention import use_packed_sdpa
+        from engine.perf.attention import use_packed_sdpa
 
         # sdpa on a packed row needs an L x L mask, and with a mask the CPU kernels do the
-        # whole row's attention; per example it is ~5x less work (engine/attention.py).
+        # whole row's attention; per example it is ~5x less work (engine/perf/attention.py).
         if use_packed_sdpa(model):
             events.emit("log", level="info",
                         message="packing: attention runs per example, equal lengths as one batch (sdpa_packed)")
@@ -520,29 +521,29 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
-    from engine import fused_lora
+    from engine.perf import fused_lora
 
     if fused_lora.wanted(config, mixed_precision=args.bf16 or args.fp16):
         # LoRA linears sharing an input (q/k/v, gate/up) as one autograd function: same
-        # gradients, fewer and larger matmuls (engine/fused_lora.py)
+        # gradients, fewer and larger matmuls (engine/perf/fused_lora.py)
         fused = fused_lora.apply(model)
         if fused:
             mlps = fused_lora.fused_mlps(model)
             events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together"
                         + (f"; {mlps} MLPs as one function each)" if mlps else ")"))
-    from engine import fused_layers
+    from engine.perf import fused_layers
 
     if fused_layers.wanted(mixed_precision=args.bf16 or args.fp16):
         # rotary embedding and RMSNorm as one autograd function each where the model runs
-        # Llama's code for them: same results, fewer kernels (engine/fused_layers.py)
+        # Llama's code for them: same results, fewer kernels (engine/perf/fused_layers.py)
         replaced = fused_layers.apply(model)
         if replaced:
             events.emit("log", level="info", message=f"{' and '.join(replaced)} run as single functions")
-    from engine import fused_loss
+    from engine.perf import fused_loss
 
     if fused_loss.wanted(mixed_precision=args.bf16 or args.fp16) and fused_loss.apply(model):
         # the LM head and the cross-entropy as one function, block by block, the gradient
-        # taken in the forward: no vocabulary-wide tensor kept (engine/fused_loss.py)
+        # taken in the forward: no vocabulary-wide tensor kept (engine/perf/fused_loss.py)
         events.emit("log", level="info", message="LM head and loss run as one function, in blocks of rows")
     collate = dataset_mod.collator(config, tokenizer)
     if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):

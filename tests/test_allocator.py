@@ -1,4 +1,4 @@
-"""CPU training runs under mimalloc (engine/allocator.py): the launcher preloads it for a
+"""CPU training runs under mimalloc (engine/perf/allocator.py): the launcher preloads it for a
 CPU trainer and only then; the trainer says which allocator it got; the opt-outs work."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine import allocator
+from engine.perf import allocator
 from train_helpers import of_type, stdout_log, train
 
 linux_wheel = pytest.mark.skipif(

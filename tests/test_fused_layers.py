@@ -1,4 +1,4 @@
-"""Fused rotary embedding and RMSNorm (engine/fused_layers.py) compute what transformers does.
+"""Fused rotary embedding and RMSNorm (engine/perf/fused_layers.py) compute what transformers does.
 
 Two copies of a small random model with the same weights; one gets the fused functions.
 Logits, loss and every gradient must agree to float rounding, for padded and packed
@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine import fused_layers  # noqa: E402
+from engine.perf import fused_layers  # noqa: E402
 from model_helpers import loss_and_grads, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5

@@ -1,4 +1,4 @@
-"""Fused LoRA linears (engine/fused_lora.py) compute what peft computes.
+"""Fused LoRA linears (engine/perf/fused_lora.py) compute what peft computes.
 
 The model is a small random Qwen2 (grouped-query attention, so k/v are narrower than q, and
 biases on q/k/v only), wrapped twice by peft with the same non-zero LoRA weights; one copy
@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine import config as cfg  # noqa: E402
-from engine import fused_lora  # noqa: E402
+from engine.perf import fused_lora  # noqa: E402
 from model_helpers import loss_and_grads  # noqa: E402
 
 TOLERANCE = 1e-5

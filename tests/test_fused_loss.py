@@ -1,4 +1,4 @@
-"""The LM head and cross-entropy as one blocked function (engine/fused_loss.py) give
+"""The LM head and cross-entropy as one blocked function (engine/perf/fused_loss.py) give
 transformers' loss and gradients.
 
 The function against ``ForCausalLMLoss`` on explicit tensors (blocks of a few rows, ignored
@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine import fused_loss  # noqa: E402
+from engine.perf import fused_loss  # noqa: E402
 from model_helpers import loss_and_grads, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5

@@ -51,7 +51,7 @@ OFFENCES = [
     ("tui-light", "tui/app.py", "import torch"),
     ("tui-light", "tui/widgets/lossplot.py", "def _load():\n    from transformers import AutoModel"),
     ("tui-light", "tui/session.py", "import peft, bitsandbytes, datasets"),
-    ("data-no-training", "engine/data/render.py", "from engine import fused_loss"),
+    ("data-no-training", "engine/data/render.py", "from engine.perf import fused_loss"),
     ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from engine.lean_trainer import LeanTrainer"),
 ]
 

@@ -65,13 +65,13 @@ def test_train_end_to_end(tmp_path, finetui_cache, method):
     assert meta["base_model"] == "tiny" and meta["method"] == method
     assert runs.summarize(run_dir).status == "completed"
     fused = [e for e in of_type(events, "log") if "run fused" in e["message"]]
-    assert len(fused) == (method == "lora")  # LoRA without dropout (the default): engine/fused_lora.py
+    assert len(fused) == (method == "lora")  # LoRA without dropout (the default): engine/perf/fused_lora.py
     layers = [e for e in of_type(events, "log") if e["message"] == "rotary and RMSNorm run as single functions"]
-    assert len(layers) == 1  # every method; the tiny model is a Llama (engine/fused_layers.py)
+    assert len(layers) == 1  # every method; the tiny model is a Llama (engine/perf/fused_layers.py)
 
 
 def test_fused_code_trains_as_transformers_and_peft_do(tmp_path, finetui_cache):
-    """engine/fused_lora.py and engine/fused_layers.py on, then both off: the same losses."""
+    """engine/perf/fused_lora.py and engine/perf/fused_layers.py on, then both off: the same losses."""
     setup = dict(method={"type": "lora"}, train={"eval_strategy": "no", "save_strategy": "no"})
     losses = {}
     for fused in ("1", "0"):

@@ -518,7 +518,7 @@ class ModelInputs:
     bookkeeping columns (length, n_trained) never reach ``model.forward``; add ``extra``
     keyword arguments to every batch. ``longest_first``: the batch's examples in order of
     length, longest first (a packed row: examples of one length end up side by side, and
-    engine.attention runs them as one batched kernel call; the loss is a sum over tokens,
+    engine.perf.attention runs them as one batched kernel call; the loss is a sum over tokens,
     so the order within a batch changes nothing else)."""
 
     def __init__(self, inner, keys: tuple[str, ...] = ("input_ids", "labels"), extra: dict[str, Any] | None = None,

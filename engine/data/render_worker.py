@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-overlap", type=int, default=0)
     p.add_argument("--roles", default="{}", help="data.roles as JSON: {speaker: role}")
     args = p.parse_args(argv)
-    from engine import import_cache
+    from engine.perf import import_cache
 
     import_cache.install()
     return Worker(args).run()

@@ -1,0 +1,1 @@
+"""Everything in finetui that exists only for speed (see engine/perf/plan.py)."""
