@@ -245,7 +245,10 @@ class FakeOpenAI:
                 prompt = body["messages"][0]["content"]
                 passage = prompt.split('Passage:\n"""\n', 1)[1].split('\n"""', 1)[0]
                 words = passage.split()
-                if "NOTQUESTION" in passage:
+                if "\nQuestion: " in prompt:  # the rewrite of --answer rewrite
+                    asked = prompt.split("\nQuestion: ", 1)[1].split("\n", 1)[0]
+                    reply = "" if "EMPTYANSWER" in passage else f"In short, {' '.join(words[:5])}. ({len(asked)})"
+                elif "NOTQUESTION" in passage:
                     reply = "Sure. This passage is about a river."
                 elif "DUPLICATE" in passage:
                     reply = "What happened at the old mill by the river?"
@@ -359,6 +362,36 @@ def test_endpoint_writes_a_dataset_with_sources_retries_and_gates(tmp_path, caps
     rc = cli.main(["data", "create", str(doc), "--out", str(out), "--base-url", again.url, "--model", "fake-1",
                    "--max-chars", "900"])
     assert rc == 1 and "max_chars: 2000 -> 900" in capsys.readouterr().err
+
+
+def test_answers_rewritten_by_the_writer(tmp_path, capsys):
+    doc = story(tmp_path, 4)
+    text = doc.read_text(encoding="utf-8") + "\nNOTQUESTION " + "y " * 160 + "\n\nEMPTYANSWER " \
+        + paragraph_of(random.Random(9), 400) + "\n"
+    doc.write_text(text, encoding="utf-8")
+    out = tmp_path / "rw.jsonl"
+    with FakeOpenAI(first_429=False) as server:
+        rc, report, err = create([str(doc), "--out", str(out), "--base-url", server.url, "--model", "m",
+                                  "--answer", "rewrite"], capsys)
+    assert rc == 0, err
+    assert report["rejected"] == {"not a question": 1, "empty answer": 1}
+    records = lines(out)
+    assert len(records) == 4 == report["written"]
+    # two requests a pair, one for the passage whose question was refused
+    assert len(server.requests) == 2 * 5 + 1
+    by_index = {p.index: p for p in passages.passages(documents.read(doc))}
+    for rec in records:
+        user, assistant = rec["messages"]
+        words = " ".join(by_index[rec["source"]["passage"]].text.split()[:5])
+        assert assistant["content"] == f"In short, {words}. ({len(user['content'])})"
+        assert rec["source"]["answer"] == "rewrite"
+    rc = cli.main(["data", "create", str(doc), "--out", str(out), "--base-url", server.url, "--model", "m"])
+    assert rc == 1 and "answer: 'rewrite" in capsys.readouterr().err
+    bad = tmp_path / "bad_rewrite.txt"
+    bad.write_text("Rewrite {passage}", encoding="utf-8")
+    rc = cli.main(["data", "create", str(doc), "--out", str(tmp_path / "x.jsonl"), "--base-url", server.url,
+                   "--model", "m", "--answer", "rewrite", "--rewrite-prompt", str(bad)])
+    assert rc == 1 and "no {question} placeholder" in capsys.readouterr().err
 
 
 def test_endpoint_refusal_stops_with_the_reason(tmp_path, capsys):
@@ -519,3 +552,12 @@ def test_smollm2_writes_questions_in_the_training_format(tmp_path, capsys, smoll
         assert user["role"] == "user" and assistant == {"role": "assistant", "content": expected[rec["source"]["passage"]]}
     for rec in lines(out):
         assert rec["messages"][0]["content"].strip()
+    # --answer rewrite: a second batched generation writes the reply from the passage
+    rc, report, err = create([str(doc), "--out", str(tmp_path / "rw.jsonl"), "--model", "smollm2", "--max-tokens", "48",
+                              "--answer", "rewrite"], capsys)
+    assert rc == 0, err
+    rewritten = lines(tmp_path / "rw.jsonl")
+    assert rewritten and len(rewritten) == report["written"]
+    for rec in rewritten:
+        assert rec["source"]["answer"] == "rewrite"
+        assert rec["messages"][1]["content"].strip() and rec["messages"][1]["content"] != expected[rec["source"]["passage"]]

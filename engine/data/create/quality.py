@@ -23,6 +23,7 @@ OVERLONG = "overlong question"
 NOT_QUESTION = "not a question"
 DUPLICATE = "near-duplicate question"
 BOILERPLATE = "boilerplate passage"
+EMPTY_ANSWER = "empty answer"  # --answer rewrite
 
 _BOILER_HEADING = re.compile(
     r"^(table of )?contents$|^index$|^(general |subject |name )index$|^bibliography$|^references$|^copyright\b"

@@ -64,6 +64,12 @@ def add_parser(data_sub: Any) -> None:
     w.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the endpoint's key (default OPENAI_API_KEY; unset: no key)")
     w.add_argument("--prompt", metavar="FILE", help="prompt template (default: engine/data/create/question_prompt.txt)")
+    w.add_argument("--answer", choices=("passage", "rewrite"), default="passage",
+                   help="the reply in each pair: the passage itself (default), or the writer's rewrite of it as "
+                        "an answer to the question (a second request per passage)")
+    w.add_argument("--rewrite-prompt", metavar="FILE",
+                   help="with --answer rewrite: its template, with {question} and {passage} "
+                        "(default: engine/data/create/answer_prompt.txt)")
     w.add_argument("--concurrency", type=int, default=4, help="endpoint requests at once (default 4)")
     w.add_argument("--retries", type=int, default=6, help="retries of a 429, 5xx or timeout (default 6)")
     w.add_argument("--retry-wait", type=float, default=1.0, metavar="S",
@@ -223,12 +229,18 @@ def read_all(paths: list[str], min_chars: int, max_chars: int) -> list[tuple[doc
     return out
 
 
-def record(p: passages.Passage, question: str, system: str | None, writer: str | None = None) -> dict[str, Any]:
+def record(p: passages.Passage, question: str, system: str | None, writer: str | None = None,
+           answer: str | None = None) -> dict[str, Any]:
+    """A pair as the dataset holds it; ``answer``: a rewrite of the passage (None: the
+    passage itself)."""
     messages = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": p.text}]
-    return {"messages": messages, "source": {
-        "document": p.document, "passage": p.index, "span": [p.start, p.end], "page": p.page,
-        "page_end": p.page_end, "heading": p.heading, "hash": p.hash, "writer": writer}}
+    messages += [{"role": "user", "content": question},
+                 {"role": "assistant", "content": p.text if answer is None else answer}]
+    source = {"document": p.document, "passage": p.index, "span": [p.start, p.end], "page": p.page,
+              "page_end": p.page_end, "heading": p.heading, "hash": p.hash, "writer": writer}
+    if answer is not None:
+        source["answer"] = "rewrite"
+    return {"messages": messages, "source": source}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -260,11 +272,14 @@ def command(args: argparse.Namespace) -> int:
     if args.preview:
         return _preview(docs, args.json)
     template = PromptTemplate.load(args.prompt)
+    if args.rewrite_prompt and args.answer != "rewrite":
+        raise ValueError("--rewrite-prompt is for --answer rewrite")
+    rewrite = PromptTemplate.load_rewrite(args.rewrite_prompt) if args.answer == "rewrite" else None
     writer = _writer(args)
     # What shapes the records: a dataset is continued only under the same; the writer may
     # change (another endpoint, another model), each record names its own.
     settings = {"min_chars": args.min_chars, "max_chars": args.max_chars, "prompt": template.fingerprint(),
-                "system": args.system}
+                "system": args.system, "answer": "passage" if rewrite is None else f"rewrite {rewrite.fingerprint()}"}
     store = Store(args.out, settings, overwrite=args.overwrite).open()
     report.repaired = store.repaired
     report.writer = writer.label
@@ -290,7 +305,18 @@ def command(args: argparse.Namespace) -> int:
     for line in store.repaired:
         progress.note(line)
 
-    def commit(p: passages.Passage, reply: str | WriterError) -> None:
+    def rewrite_prompt(p: passages.Passage, prev: passages.Passage | None, reply: str) -> str | None:
+        """The second request of a pair (--answer rewrite), when its question passes the gates."""
+        if rewrite is None:
+            return None
+        question = quality.clean_question(reply)
+        if quality.question_problem(question, args.max_question_chars) is not None:
+            return None
+        return rewrite.render(p, prev, question=question)
+
+    def commit(p: passages.Passage, reply: str | WriterError, answer: str | WriterError | None = None) -> None:
+        if isinstance(answer, WriterError) and not isinstance(reply, WriterError):
+            reply = answer
         if isinstance(reply, WriterError):
             if reply.fatal:
                 raise reply
@@ -303,7 +329,10 @@ def command(args: argparse.Namespace) -> int:
             return
         question = quality.clean_question(reply)
         reason = quality.question_problem(question, args.max_question_chars)
-        rec = record(p, question, args.system, writer.model)
+        answer_text = answer.strip() if isinstance(answer, str) else None
+        rec = record(p, question, args.system, writer.model, answer_text)
+        if reason is None and rewrite is not None and not answer_text:
+            reason = quality.EMPTY_ANSWER
         if reason is None:
             match = dups.match(question)
             if match is not None:
@@ -322,10 +351,10 @@ def command(args: argparse.Namespace) -> int:
     try:
         if isinstance(writer, EndpointWriter):
             writer.on_retry = progress.note
-            _run_endpoint(writer, template, todo, commit, args.concurrency)
+            _run_endpoint(writer, template, rewrite_prompt, todo, commit, args.concurrency)
             report.retries = writer.retried
         else:
-            _run_local(writer, template, todo, commit, args.batch_size, progress)
+            _run_local(writer, template, rewrite_prompt, todo, commit, args.batch_size, progress)
     except WriterError as exc:
         raise ValueError(str(exc)) from None
     finally:
@@ -349,8 +378,8 @@ def _writer(args: argparse.Namespace) -> EndpointWriter | LocalWriter:
                        batch_size=args.batch_size)
 
 
-def _run_endpoint(writer: EndpointWriter, template: PromptTemplate, todo: list, commit: Callable,
-                  concurrency: int) -> None:
+def _run_endpoint(writer: EndpointWriter, template: PromptTemplate, rewrite_prompt: Callable, todo: list,
+                  commit: Callable, concurrency: int) -> None:
     """Requests run ``concurrency`` at a time, in daemon threads (an interrupted run does not
     wait for requests in flight); replies are committed in passage order."""
     results: list[Any] = [None] * len(todo)
@@ -366,11 +395,13 @@ def _run_endpoint(writer: EndpointWriter, template: PromptTemplate, todo: list, 
                 i = queue_.popleft()
             p, prev = todo[i]
             try:
-                results[i] = writer.ask(template.render(p, prev))
+                reply = writer.ask(template.render(p, prev))
+                second = rewrite_prompt(p, prev, reply)
+                results[i] = (reply, writer.ask(second) if second is not None else None)
             except WriterError as exc:
-                results[i] = exc
+                results[i] = (exc, None)
             except Exception as exc:  # noqa: BLE001 - said as this passage's failure, never lost in a thread
-                results[i] = WriterError(f"{type(exc).__name__}: {exc}")
+                results[i] = (WriterError(f"{type(exc).__name__}: {exc}"), None)
             ready[i].set()
 
     for k in range(min(concurrency, len(todo))):
@@ -378,13 +409,13 @@ def _run_endpoint(writer: EndpointWriter, template: PromptTemplate, todo: list, 
     try:
         for i, (p, _) in enumerate(todo):
             ready[i].wait()
-            commit(p, results[i])
+            commit(p, *results[i])
     finally:
         writer.stopped.set()  # the other requests give up: no new ones, no more retries
 
 
-def _run_local(writer: LocalWriter, template: PromptTemplate, todo: list, commit: Callable, batch_size: int,
-               progress: Progress) -> None:
+def _run_local(writer: LocalWriter, template: PromptTemplate, rewrite_prompt: Callable, todo: list,
+               commit: Callable, batch_size: int, progress: Progress) -> None:
     if not todo:
         return
     progress.note(f"loading {writer.model}")
@@ -392,8 +423,12 @@ def _run_local(writer: LocalWriter, template: PromptTemplate, todo: list, commit
     for k in range(0, len(todo), batch_size):
         batch = todo[k:k + batch_size]
         replies = writer.ask_many([template.render(p, prev) for p, prev in batch])
-        for (p, _), reply in zip(batch, replies):
-            commit(p, reply)
+        seconds = {k: rewrite_prompt(p, prev, reply) for k, ((p, prev), reply) in enumerate(zip(batch, replies))
+                   if not isinstance(reply, WriterError)}
+        wanted = [k for k, prompt in seconds.items() if prompt is not None]
+        answers = dict(zip(wanted, writer.ask_many([seconds[k] for k in wanted]))) if wanted else {}
+        for k, ((p, _), reply) in enumerate(zip(batch, replies)):
+            commit(p, reply, answers.get(k))
 
 
 def _preview(docs: list, as_json: bool) -> int:

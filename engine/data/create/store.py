@@ -134,8 +134,8 @@ class Store:
         return {"made_by": MARK, "version": VERSION, "settings": self.settings}
 
     def _check_settings(self, before: dict[str, Any]) -> None:
-        changed = [f"{key}: {before.get(key)!r} -> {value!r}" for key, value in self.settings.items()
-                   if key in before and before.get(key) != value]
+        changed = [f"{key}: {before.get(key)!r} -> {self.settings.get(key)!r}"
+                   for key in dict.fromkeys([*self.settings, *before]) if before.get(key) != self.settings.get(key)]
         if changed:
             raise StoreError(
                 f"--out {self.out} was made with other settings ({'; '.join(changed)}); to continue it, run with "

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_TEMPLATE = Path(__file__).with_name("question_prompt.txt")
+DEFAULT_REWRITE_TEMPLATE = Path(__file__).with_name("answer_prompt.txt")
 PLACEHOLDERS = ("passage", "previous", "document", "heading", "page")
+REWRITE_PLACEHOLDERS = (*PLACEHOLDERS, "question")
 NO_PREVIOUS = "(none: this is the first passage)"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BODY_CHARS = 300  # of an endpoint's error body quoted in a message
@@ -56,7 +58,8 @@ class PromptTemplate:
     """A prompt template file, checked when it is read: every ``{name}`` is a known
     placeholder and ``{passage}`` is among them."""
 
-    def __init__(self, text: str, where: str):
+    def __init__(self, text: str, where: str, placeholders: tuple[str, ...] = PLACEHOLDERS,
+                 required: tuple[str, ...] = ("passage",)):
         self.text = text
         self.where = where
         names: set[str] = set()
@@ -64,28 +67,38 @@ class PromptTemplate:
             name = m.group(1)
             if name is None:
                 continue
-            if name not in PLACEHOLDERS:
+            if name not in placeholders:
                 line = text.count("\n", 0, m.start()) + 1
                 raise ValueError(
                     f"{where}:{line}: unknown placeholder {{{name}}}; the template may use "
-                    + ", ".join("{" + p + "}" for p in PLACEHOLDERS) + " (write {{ and }} for literal braces)")
+                    + ", ".join("{" + p + "}" for p in placeholders) + " (write {{ and }} for literal braces)")
             names.add(name)
-        if "passage" not in names:
-            raise ValueError(f"{where}: the template has no {{passage}} placeholder: the writer would not see the passage")
+        for name in required:
+            if name not in names:
+                raise ValueError(f"{where}: the template has no {{{name}}} placeholder: the writer would not see "
+                                 f"the {name}")
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "PromptTemplate":
-        path = Path(path) if path else DEFAULT_TEMPLATE
+    def load(cls, path: str | Path | None = None, *, option: str = "--prompt", default: Path = DEFAULT_TEMPLATE,
+             placeholders: tuple[str, ...] = PLACEHOLDERS, required: tuple[str, ...] = ("passage",)) -> "PromptTemplate":
+        path = Path(path) if path else default
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ValueError(f"--prompt {path}: no such file") from None
+            raise ValueError(f"{option} {path}: no such file") from None
         except UnicodeDecodeError as exc:
-            raise ValueError(f"--prompt {path}: not UTF-8 text at byte {exc.start:,}") from None
-        return cls(text, str(path))
+            raise ValueError(f"{option} {path}: not UTF-8 text at byte {exc.start:,}") from None
+        return cls(text, str(path), placeholders, required)
 
-    def render(self, passage: Any, previous: Any | None) -> str:
+    @classmethod
+    def load_rewrite(cls, path: str | Path | None = None) -> "PromptTemplate":
+        """The template that asks for the answer rewritten from the passage."""
+        return cls.load(path, option="--rewrite-prompt", default=DEFAULT_REWRITE_TEMPLATE,
+                        placeholders=REWRITE_PLACEHOLDERS, required=("passage", "question"))
+
+    def render(self, passage: Any, previous: Any | None, question: str = "") -> str:
         values = {
+            "question": question,
             "passage": passage.text,
             "previous": previous.text if previous is not None else NO_PREVIOUS,
             "document": passage.document,
