@@ -30,6 +30,7 @@ HANDLERS = {
     "bench": "engine.bench",
     "demo": "engine.demo",
     "models": "engine.models_cli",
+    "import": "engine.importers",
 }
 
 
@@ -132,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engine import models_cli
 
     models_cli.add_parser(sub)
+
+    from engine import importers
+
+    importers.add_parser(sub)
 
     b = sub.add_parser("bench", help="training speed benchmark against peers")
     b.add_argument("rest", nargs=argparse.REMAINDER)

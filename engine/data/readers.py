@@ -7,8 +7,10 @@ inside the functions that need them). Sources:
   folders of them (recursive, sorted, hidden files skipped; when file names carry split
   names such as ``train.jsonl`` / ``test-0001.parquet``, only the requested split is read);
 * ``sample:NAME``: a file of the installed ``sample_data`` package;
-* ``DIR/dataset_info.json:NAME`` (or ``NAME`` with ``dataset_dir``): a LLaMA-Factory
-  registry entry, with its formatting, columns, tags and ranking;
+* ``DIR/dataset_info.json:NAME`` (or ``NAME`` with ``dataset_dir``, or a bare ``NAME``
+  listed in ``data/dataset_info.json`` under the current folder, LLaMA-Factory's default
+  ``dataset_dir``, looked up before any hub id): a LLaMA-Factory registry entry, with its
+  formatting, columns, tags and ranking;
 * Hugging Face dataset ids (``org/name``, or ``hf:name``) through ``datasets.load_dataset``.
 
 Bad input never crashes and is never dropped silently: every problem becomes an
@@ -99,6 +101,7 @@ SUFFIXES = {
 SAMPLE_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".parquet")
 SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "eval")
 REGISTRY_FILE = "dataset_info.json"
+DEFAULT_DATASET_DIR = "data"  # where a bare name is looked up (LLaMA-Factory's dataset_dir default)
 # Keys under which a JSON object commonly holds its list of records.
 CONTAINER_KEYS = ("data", "train", "rows", "records", "examples", "instances", "items", "samples")
 
@@ -556,10 +559,15 @@ def resolve_source(
         raise DataError(f"{text}: a dataset registry; name an entry as {text}:NAME")
     if path.exists():
         return _local(path, text, "file", split)
-    if dataset_dir is not None and (Path(dataset_dir) / REGISTRY_FILE).is_file():
-        registry = read_registry(dataset_dir)
+    # A bare name is a dataset_info.json entry before it is a hub id (LLaMA-Factory's rule):
+    # the given dataset_dir, else ./data when it holds a dataset_info.json. hf:NAME is the hub.
+    registry_dir = dataset_dir
+    if registry_dir is None and not text.startswith("hf:") and (Path(DEFAULT_DATASET_DIR) / REGISTRY_FILE).is_file():
+        registry_dir = DEFAULT_DATASET_DIR
+    if registry_dir is not None and (Path(registry_dir) / REGISTRY_FILE).is_file():
+        registry = read_registry(registry_dir)
         if text in registry:
-            return _from_entry(_registry_entry(Path(dataset_dir), text), f"{dataset_dir}/{REGISTRY_FILE}:{text}", split, subset)
+            return _from_entry(_registry_entry(Path(registry_dir), text), f"{registry_dir}/{REGISTRY_FILE}:{text}", split, subset)
     if text.startswith("hf:"):
         return Source(kind="hub", spec=text, hub_id=text[3:], split=split, subset=subset)
     if _HUB_ID.match(text) and path.suffix.lower() not in SUFFIXES:
