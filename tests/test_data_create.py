@@ -358,6 +358,16 @@ def test_endpoint_writes_a_dataset_with_sources_retries_and_gates(tmp_path, caps
         rc, report, _ = create([str(doc), "--out", str(out), "--base-url", again.url, "--model", "fake-1",
                                 "--api-key-env", "MY_KEY", "--system", "You answer from the book."], capsys)
     assert rc == 0 and again.requests == [] and report["new_written"] == 0 and len(lines(out)) == len(records)
+    # records lost from the dataset (a file restored from a backup) are made again, not skipped
+    kept = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join(kept[:-2]) + "\n", encoding="utf-8")
+    with FakeOpenAI(first_429=False) as again:
+        rc, report, _ = create([str(doc), "--out", str(out), "--base-url", again.url, "--model", "fake-1",
+                                "--system", "You answer from the book."], capsys)
+    assert rc == 0 and len(again.requests) == 2 and report["new_written"] == 2
+    assert any("2 record(s) the progress file notes are not in it" in line for line in report["repaired"])
+    assert [json.loads(line)["source"]["hash"] for line in out.read_text().splitlines()] == \
+        [r["source"]["hash"] for r in records]
     # other settings on the same file are refused, naming the setting
     rc = cli.main(["data", "create", str(doc), "--out", str(out), "--base-url", again.url, "--model", "fake-1",
                    "--max-chars", "900"])

@@ -113,17 +113,25 @@ class Store:
             self.done[entry.get("hash")] = status
             if status == "rejected":
                 self.reasons[entry.get("reason", "?")] += 1
+        in_out: set[str] = set()
         for _, record in _lines(self.out):
             source = record.get("source") or {}
             h = source.get("hash")
             if h is None:
                 continue
+            in_out.add(h)
             if self.done.get(h) != "written":
                 self.done[h] = "written"
                 self._append(self.progress, {"hash": h, "status": "written"}, header_needed=header is None)
                 header = header or True
             question = next((m.get("content", "") for m in record.get("messages", []) if m.get("role") == "user"), "")
             self.kept_questions.append((question, _label(source)))
+        lost = [h for h, status in self.done.items() if status == "written" and h not in in_out]
+        for h in lost:  # the sidecar says written, the dataset does not have it: write it again
+            del self.done[h]
+        if lost:
+            self.repaired.append(f"{self.out}: {len(lost)} record(s) the progress file notes are not in it; "
+                                 "they are made again")
         self.written_before = sum(1 for s in self.done.values() if s == "written")
         if header is None:
             self._append(self.progress, self._header())
