@@ -94,24 +94,24 @@ async def test_documents_to_a_reviewed_dataset_by_keyboard(tui_env, tmp_path):
 
 
 async def test_stop_then_continue_from_the_screen(tui_env, tmp_path):
-    doc = story(tmp_path, 10)
+    doc = story(tmp_path, 16)
     out = tmp_path / "story.jsonl"
     app = FinetuiApp()
-    with FakeOpenAI(first_429=False, delay=0.4) as server:
+    with FakeOpenAI(first_429=False, delay=0.5) as server:
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot, app)
             screen = CreateScreen([str(doc)], out=str(out), model="m", base_url=server.url)
             await app.push_screen(screen)
-            await wait_until(pilot, lambda: len(screen.passages) == 11, 20, "passages listed")
+            await wait_until(pilot, lambda: len(screen.passages) == 17, 20, "passages listed")
             await pilot.press("g")
             await wait_until(pilot, lambda: screen.counts["written"] >= 2, 60, "the first pairs")
             await pilot.press("x")
             await wait_until(pilot, lambda: screen.proc is None, 30, "the stop")
             assert "stopped" in text_of(screen.query_one("#cr-status"))
             first = out.read_text().splitlines()
-            assert 2 <= len(first) < 10
+            assert 2 <= len(first) < 16
             await pilot.press("g")
             await wait_until(pilot, lambda: screen.proc is None and screen.report is not None, 60, "the rest")
-            assert screen.report["written"] == 10 and screen.report["already_done"] == len(first)
+            assert screen.report["written"] == 16 and screen.report["already_done"] == len(first)
     hashes = [json.loads(line)["source"]["hash"] for line in out.read_text().splitlines()]
-    assert len(hashes) == len(set(hashes)) == 10
+    assert len(hashes) == len(set(hashes)) == 16
