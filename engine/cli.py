@@ -25,6 +25,7 @@ HANDLERS = {
     "data": "engine.data.inspection",
     "runs": "engine.runs_cli",
     "merge": "engine.merge",
+    "export": "engine.export",
     "chat": "engine.chat",
     "eval": "engine.evaluate",
     "bench": "engine.bench",
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--shard-size", default="2GB", help="max safetensors shard size, e.g. 500MB")
     m.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     m.add_argument("--json", action="store_true")
+
+    from engine import export
+
+    export.add_parser(sub)
 
     c = sub.add_parser("chat", help="talk to a model or a run's result")
     c.add_argument("model", help="run id, model folder, hub id, or tiny")
