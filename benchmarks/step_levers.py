@@ -12,10 +12,8 @@ variant, round after round, so every variant sees the same minutes of the machin
 - ``stock``: transformers' ``Trainer``, peft's LoRA forward, AdamW looping over tensors;
 - ``+fused-adamw``: the same with ``optim=adamw_torch_fused`` (what the trainer uses);
 - ``+lean-trainer``: and ``engine.lean_trainer.LeanTrainer`` (no per-step module walks);
-- ``+fused-lora``: and ``engine.perf.fused_lora`` (q/k/v and gate/up as one computation), with
-  the LoRA product kept apart from the weight, as in 16-bit dtypes;
-- ``+lora-in-weight``: the same with the LoRA product added into the float32 weight (one
-  matmul forward), as finetui runs float32;
+- ``+fused-lora``: and ``engine.perf.fused_lora`` (q/k/v and gate/up as one computation, the
+  LoRA product added into the float32 weight: one matmul forward);
 - ``+fused-layers``: and ``engine.perf.fused_layers`` (rotary embedding and RMSNorm as one
   autograd function each);
 - ``+one-length-runs``: and consecutive examples of one length through attention as one
@@ -45,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora", "+lora-in-weight", "+fused-layers",
-            "+one-length-runs", "+fused-mlp", "+fused-loss")
+VARIANTS = ("stock", "+fused-adamw", "+lean-trainer", "+fused-lora", "+fused-layers", "+one-length-runs",
+            "+fused-mlp", "+fused-loss")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,21 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(tempfile.mkdtemp(prefix="finetui-levers-"))
     gc.freeze()
 
-    merged_dtypes = fused_lora.MERGED_DTYPES
-
     def run(variant: str) -> tuple[float, float]:
         level = VARIANTS.index(variant)
         torch.manual_seed(config.train.seed)
         model = modeling.load_model(config.model, config.method, tokenizer=tokenizer, device="cpu")
         use_packed_sdpa(model)
-        attention.BATCH_RUNS = level >= 6
-        fused_lora.FUSE_MLP = level >= 7
+        attention.BATCH_RUNS = level >= 5
+        fused_lora.FUSE_MLP = level >= 6
         if level >= 3:
             fused_lora.apply(model)
-        fused_lora.MERGED_DTYPES = merged_dtypes if level >= 4 else ()
-        if level >= 5:
+        if level >= 4:
             fused_layers.apply(model)
-        if level >= 8:
+        if level >= 7:
             fused_loss.apply(model)
         train_args = training_arguments(config, out_dir, "cpu", False, 1)
         if level < 1:

@@ -433,8 +433,8 @@ def _launch_locked(run_dir: Path, lock_fd: int, resume: bool, nproc: int, env: d
     # Make `engine` importable when running from a source checkout.
     root = str(Path(__file__).resolve().parent.parent)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
-    device, hidden = _model(run_dir)
-    full_env = allocator.trainer_env(device, full_env, hidden)  # mimalloc for CPU training
+    device, hidden, kernels = _model(run_dir)
+    full_env = allocator.trainer_env(device, full_env, hidden, kernels)  # mimalloc for CPU training
     full_env[LOCK_FD_ENV] = str(lock_fd)
     log = open(run_dir / "stdout.log", "ab")
     proc = subprocess.Popen(
@@ -452,16 +452,17 @@ def _launch_locked(run_dir: Path, lock_fd: int, resume: bool, nproc: int, env: d
     return proc
 
 
-def _model(run_dir: Path) -> tuple[str, int | None]:
-    """The run's (model.device, hidden size); (auto, None) when the config cannot be read
-    (the trainer reports that)."""
+def _model(run_dir: Path) -> tuple[str, int | None, str]:
+    """The run's (model.device, hidden size, train.kernels); (auto, None, auto) when the
+    config cannot be read (the trainer reports that)."""
     from engine import config as config_mod
 
     try:
-        model = config_mod.load(run_dir / "config.yaml").model
+        config = config_mod.load(run_dir / "config.yaml")
     except Exception:  # noqa: BLE001 - the trainer turns a bad config into an error event
-        return "auto", None
-    return model.device, allocator.hidden_size(model.name_or_path, model.revision)
+        return "auto", None, "auto"
+    model = config.model
+    return model.device, allocator.hidden_size(model.name_or_path, model.revision), config.train.kernels
 
 
 def stop(run_dir: str | Path, kill: bool = False) -> bool:

@@ -53,7 +53,7 @@ def test_narrow_models_keep_glibc_keeping_freed_memory(tmp_path):
     assert mine["MALLOC_TRIM_THRESHOLD_"] == "1" and mine["MALLOC_MMAP_THRESHOLD_"] == "33554432"
     assert allocator.trainer_env("cuda", {**env, allocator.MARKER: "heap"}) == heap
     run_dir = new_run(tmp_path, model={"device": "cpu"})
-    assert runs._model(run_dir) == ("cpu", 64)  # the tiny model: glibc
+    assert runs._model(run_dir) == ("cpu", 64, "auto")  # the tiny model: glibc
     assert allocator.hidden_size("/nonexistent/model") is None
 
 
@@ -62,6 +62,10 @@ def test_gpu_runs_and_opt_outs_keep_the_environment():
     assert allocator.trainer_env("cuda", env) == env
     for choice in ("system", "lean"):
         assert allocator.trainer_env("cpu", {**env, allocator.MARKER: choice}) == {**env, allocator.MARKER: choice}
+    # train.kernels: reference: glibc as the process starts, whatever the model or the marker
+    for hidden in (64, allocator.MIN_HIDDEN, None):
+        assert allocator.trainer_env("cpu", env, hidden_size=hidden, kernels="reference") == env
+    assert allocator.trainer_env("cpu", {**env, allocator.MARKER: "mimalloc"}, kernels="reference") == env
 
 
 def test_auto_with_a_visible_gpu_is_not_a_cpu_run(monkeypatch):

@@ -163,8 +163,10 @@ def test_same_code_tells_functions_apart():
     assert not fused_layers._same_code(apply_rotary_pos_emb, modeling_llama.apply_rotary_pos_emb)
 
 
-def test_which_runs_use_it(monkeypatch):
-    assert fused_layers.wanted(mixed_precision=False)
-    assert not fused_layers.wanted(mixed_precision=True)
-    monkeypatch.setenv(fused_layers.ENV, "0")
-    assert not fused_layers.wanted(mixed_precision=False)
+def test_which_runs_use_it():
+    from engine import perf
+
+    assert perf.plan("auto", "cpu", False).fused_layers
+    assert not perf.plan("auto", "cpu", True).fused_layers  # autocast
+    assert not perf.plan("auto", "cpu", False, dtype="bfloat16").fused_layers
+    assert not perf.plan("reference", "cpu", False).fused_layers

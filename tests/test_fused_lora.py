@@ -67,13 +67,9 @@ def largest_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("merged", [True, False], ids=["lora-in-weight", "lora-apart"])
 @pytest.mark.parametrize("make_batch", [padded_batch, packed_batch], ids=["padded", "packed"])
-def test_same_outputs_and_gradients(pair, make_batch, merged, monkeypatch):
-    """float32 adds the LoRA product into the weight; 16-bit dtypes keep it apart (here
-    forced on float32, where both must equal peft's)."""
-    if not merged:
-        monkeypatch.setattr(fused_lora, "MERGED_DTYPES", ())
+def test_same_outputs_and_gradients(pair, make_batch):
+    """The LoRA product added into the float32 weight gives peft's outputs and gradients."""
     peft_model, fused_model = pair
     assert fused_lora.apply(fused_model) == 2 * 7  # every LoRA linear of both layers
     assert fused_lora.fused_mlps(fused_model) == 2  # and each MLP as one function
@@ -166,20 +162,28 @@ def test_dropout_is_left_to_peft():
     assert fused_lora.apply(model) == 0  # a dropout mask per linear: not one computation
 
 
-def test_which_runs_use_it(monkeypatch):
-    def config(**method):
-        return cfg.Config.model_validate({"model": {"name_or_path": "tiny"},
-                                          "data": {"path": "sample_data/alpaca_tiny.jsonl"},
-                                          "method": {"type": "lora", **method}})
+def test_which_runs_use_it():
+    from engine import perf
 
     assert cfg.Config.model_validate({"model": {"name_or_path": "tiny"}, "data": {"path": "x.jsonl"}}).method.lora_dropout == 0.0
-    assert fused_lora.wanted(config(), mixed_precision=False)
-    assert not fused_lora.wanted(config(), mixed_precision=True)  # autocast: peft's path
-    assert not fused_lora.wanted(config(lora_dropout=0.05), mixed_precision=False)
-    assert not fused_lora.wanted(config(type="qlora"), mixed_precision=False)
-    assert not fused_lora.wanted(config(type="full"), mixed_precision=False)
-    monkeypatch.setenv(fused_lora.ENV, "0")
-    assert not fused_lora.wanted(config(), mixed_precision=False)
+    assert perf.plan("auto", "cpu", False).fused_lora
+    assert not perf.plan("auto", "cpu", True).fused_lora  # autocast: peft's path
+    assert not perf.plan("auto", "cpu", False, dtype="bfloat16").fused_lora  # 16-bit weights: peft's path
+    assert not perf.plan("auto", "cpu", False, lora_dropout=0.05).fused_lora
+    assert not perf.plan("auto", "cpu", False, method="qlora").fused_lora
+    assert not perf.plan("auto", "cpu", False, method="full").fused_lora
+    assert not perf.plan("reference", "cpu", False).fused_lora
+
+
+def test_16_bit_layers_keep_peft_forward():
+    """Only float32 weights are fused (the LoRA product would round away in W + BD @ A)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2)).to(torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    assert fused_lora.apply(model) == 0
 
 
 def test_model_cast_after_fusing_falls_back_to_peft(pair):

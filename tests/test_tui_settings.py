@@ -457,3 +457,19 @@ async def test_model_picker_takes_a_typed_gguf_path(model_cache, monkeypatch):
         await settle(pilot, app)
         assert app.screen.query_one("#model-input").value == "./my-model.Q4_K_M.gguf"
         assert app.screen.query_one("OptionList").highlighted == len(option_lines(app)) - 1
+
+
+async def test_kernels_is_a_choice_the_keyboard_switches(tui_env):
+    """train.kernels (engine/perf): auto or reference, cycled with l/h like every choice."""
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_settings(pilot, app)
+        assert app.settings_state.config.train.kernels == "auto"
+        row = await goto_field(pilot, app, "train.kernels")
+        assert list(row.spec["choices"]) == ["auto", "reference"]
+        await pilot.press("l")
+        await pilot.pause()
+        assert app.settings_state.config.train.kernels == "reference"
+        await pilot.press("h")
+        await pilot.pause()
+        assert app.settings_state.config.train.kernels == "auto"

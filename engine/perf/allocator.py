@@ -35,7 +35,8 @@ faults a step, none with ``HEAP``, and a step ~1.1x faster for ~10 MB more peak 
 (``python benchmarks/cpu_allocator.py --model tiny``). Both settings are needed: setting
 either one fixes the other at glibc's default, and that faults more than glibc as it is.
 
-``FINETUI_CPU_MALLOC``: ``auto`` (default) as above; ``mimalloc`` preloads it for any
+``FINETUI_CPU_MALLOC`` (internal, for the benchmarks' A/B: ``train.kernels`` is the user's
+switch; ``reference`` keeps glibc as it is): ``auto`` (default) as above; ``mimalloc`` preloads it for any
 model on any device; ``heap`` glibc keeping what is freed (``HEAP``) for any model;
 ``system`` glibc as it is; ``lean`` glibc with a 256 KB mmap threshold (the least memory,
 the most page faults; also what a CPU run of a large model gets when mimalloc is not
@@ -79,12 +80,17 @@ def trains_on_cpu(device: str, env: dict[str, str]) -> bool:
     return NvmlBackend(env).problem is not None
 
 
-def trainer_env(device: str, env: dict[str, str], hidden_size: int | None = None) -> dict[str, str]:
+def trainer_env(device: str, env: dict[str, str], hidden_size: int | None = None,
+                kernels: str = "auto") -> dict[str, str]:
     """``env`` for a trainer process. A CPU run gets mimalloc preloaded for a model at least
     ``MIN_HIDDEN`` wide (or of unknown width), glibc keeping freed memory (``HEAP``) for a
-    narrower one; ``FINETUI_CPU_MALLOC`` can ask for either anywhere (see the module
-    docstring). Sets ``FINETUI_CPU_MALLOC`` to what it chose (``mimalloc``, ``heap``, or
-    ``lean`` when a wide CPU run finds no mimalloc library): the trainer reads only that."""
+    narrower one; ``FINETUI_CPU_MALLOC`` (internal: the benchmarks' A/B) can ask for either
+    anywhere (see the module docstring). Sets ``FINETUI_CPU_MALLOC`` to what it chose
+    (``mimalloc``, ``heap``, or ``lean`` when a wide CPU run finds no mimalloc library): the
+    trainer reads only that. ``kernels`` = ``reference`` (train.kernels): ``env`` as it is,
+    glibc as the process starts."""
+    if kernels == "reference":
+        return {k: v for k, v in env.items() if k != MARKER}
     choice = env.get(MARKER, "auto")
     if choice == "auto":
         if not trains_on_cpu(device, env):

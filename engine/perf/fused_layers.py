@@ -25,18 +25,17 @@ where the model's own code is transformers' Llama code: the model module's
 most others copy it) and an RMSNorm class's ``forward`` identical to ``LlamaRMSNorm``'s
 (Gemma's ``1 + weight``, for one, is not). The fast paths take float32 (RMSNorm) or one
 dtype for q, k, cos and sin (rotary) and the usual shapes; anything else goes to the
-original code. Not used under autocast; ``FINETUI_FUSED_LAYERS=0`` switches it off.
+original code. Used only with ``train.kernels: auto`` on float32 weights without autocast
+(engine.perf.plan).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 
 import torch
 
-ENV = "FINETUI_FUSED_LAYERS"
 # cos/sin are expanded over the heads (contiguous kernels) up to this many elements;
 # beyond, they broadcast (long head dimensions vectorise well enough that way)
 EXPAND_LIMIT = 1 << 21
@@ -214,9 +213,3 @@ def restore() -> None:
     while _replaced:
         module, original = _replaced.popitem()
         module.apply_rotary_pos_emb = original
-
-
-def wanted(mixed_precision: bool) -> bool:
-    """Off under autocast (its casts would happen inside the functions) and with
-    FINETUI_FUSED_LAYERS=0."""
-    return os.environ.get(ENV, "1") != "0" and not mixed_precision

@@ -10,9 +10,12 @@ so do gate/up. Here such a group is one autograd function::
     out = x @ [W_q; W_k; W_v]^T + (x @ [A_q; A_k; A_v]^T) @ blockdiag(s_q B_q, s_k B_k, s_v B_v)^T
 
 and the output is cut back into one tensor per linear: 3 matmuls forward and 5 backward
-for the whole group (24 -> 8 for q/k/v), with no other autograd nodes. In float32 the LoRA
-product is added into the weight first, ``x @ (W + BD @ A)^T``: one matmul over the tokens
-forward instead of three (``x @ A^T`` is recomputed in backward, where it is needed).
+for the whole group (24 -> 8 for q/k/v), with no other autograd nodes. The LoRA product is
+added into the (float32) weight first, ``x @ (W + BD @ A)^T``: one matmul over the tokens
+forward instead of three (``x @ A^T`` is recomputed in backward, where it is needed). Only
+float32 (and float64) weights are fused: in a 16-bit dtype W + BD @ A would round the small
+LoRA term away, and 16-bit training runs under autocast, where this module is off anyway
+(engine.perf.plan); such layers keep peft's forward.
 Linears outside a group (o_proj, down_proj, any other target) get the same function for
 one, which saves the nodes. A Llama-style MLP (transformers' ``LlamaMLP`` code: Llama,
 Qwen2/3, Mistral, ...) whose gate/up group and down linear are all fused runs as one
@@ -31,24 +34,22 @@ share their input falls apart into single linears for good.
 
 Used for plain LoRA without dropout on an unquantised model in one dtype (no autocast):
 dropout draws a separate mask per linear, and the quantised and DoRA variants have their
-own forwards. ``FINETUI_FUSED_LORA=0`` switches it off.
+own forwards. Used only with ``train.kernels: auto`` on float32 weights without autocast
+(engine.perf.plan).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-ENV = "FINETUI_FUSED_LORA"
 # Llama-style MLPs as one function (benchmarks/step_levers.py measures it off)
 FUSE_MLP = True
 # Sibling linears that read one tensor, by name (Llama, Qwen, Mistral, Gemma, Phi-3's
 # MLP, OLMo, ...). Whether they really do is checked on every call.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("gate_up_proj",), ("w1", "w3"))
 ADAPTER = "default"
-# dtypes precise enough to add the LoRA product into the weight (see _LoraLinears.forward)
-MERGED_DTYPES = (torch.float32, torch.float64)
+# dtypes precise enough to add the LoRA product into the weight: the only ones fused
+DTYPES = (torch.float32, torch.float64)
 
 
 def _lora_matrices(a, b, scalings) -> tuple:
@@ -58,32 +59,21 @@ def _lora_matrices(a, b, scalings) -> tuple:
     return lora_a, lora_bd
 
 
-def _lora_forward(x2, weight, bias, lora_a, lora_bd, merged: bool) -> tuple:
-    """(x2 @ W^T + bias + (x2 @ A^T) @ BD^T, h = x2 @ A^T or None when merged).
-
-    float32 (``merged``): the LoRA product goes into the weight, W + BD @ A, and the input
-    meets one matrix (one matmul instead of three; BD @ A is out x in x r, nothing next to
-    tokens x out x in); h is recomputed in backward. In a 16-bit dtype W + BD @ A would
-    round the small LoRA term away, so those keep the two products apart."""
-    if merged:
-        weight = torch.addmm(weight, lora_bd, lora_a)
-        return (x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())), None
-    h = x2 @ lora_a.t()
-    base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-    return torch.addmm(base, h, lora_bd.t()), h
+def _lora_forward(x2, weight, bias, lora_a, lora_bd):
+    """x2 @ W^T + bias + (x2 @ A^T) @ BD^T, as x2 @ (W + BD @ A)^T + bias: the input meets
+    one matrix (one matmul instead of three; BD @ A is out x in x r, nothing next to tokens x
+    out x in)."""
+    weight = torch.addmm(weight, lora_bd, lora_a)
+    return x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
 
 
-def _lora_backward(g2, x2, weight, lora_a, lora_bd, h, merged: bool, need_x: bool,
-                   sizes, ranks, scalings) -> tuple:
+def _lora_backward(g2, x2, weight, lora_a, lora_bd, need_x: bool, sizes, ranks, scalings) -> tuple:
     """Gradients of :func:`_lora_forward` for the output gradient g2: (grad_x2 or None,
     [grad A_i], [grad B_i])."""
     grad_h = g2 @ lora_bd
-    grad_x = None
-    if need_x:
-        grad_x = g2 @ torch.addmm(weight, lora_bd, lora_a) if merged else torch.addmm(g2 @ weight, grad_h, lora_a)
+    grad_x = g2 @ torch.addmm(weight, lora_bd, lora_a) if need_x else None
     grad_a = (grad_h.t() @ x2).split(ranks, 0)
-    if h is None:
-        h = x2 @ lora_a.t()
+    h = x2 @ lora_a.t()  # recomputed here, where it is needed
     grad_bd = g2.t() @ h  # only its diagonal blocks are wanted: k x the FLOPs of k small matmuls, in one
     grad_b, row, col = [], 0, 0
     for size, rank, scaling in zip(sizes, ranks, scalings):
@@ -104,9 +94,8 @@ class _LoraLinears(torch.autograd.Function):
         a, b = lora[:k], lora[k:]
         lora_a, lora_bd = _lora_matrices(a, b, scalings)
         x2 = x.reshape(-1, x.shape[-1])
-        ctx.merged = weight.dtype in MERGED_DTYPES
-        out, h = _lora_forward(x2, weight, bias, lora_a, lora_bd, ctx.merged)
-        ctx.save_for_backward(x2, weight, lora_a, lora_bd, *(() if h is None else (h,)))
+        out = _lora_forward(x2, weight, bias, lora_a, lora_bd)
+        ctx.save_for_backward(x2, weight, lora_a, lora_bd)
         ctx.x_shape, ctx.scalings = x.shape, scalings
         ctx.ranks, ctx.sizes = [w.shape[0] for w in a], [w.shape[0] for w in b]
         out = out.view(*x.shape[:-1], out.shape[-1])
@@ -119,15 +108,15 @@ class _LoraLinears(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        x2, weight, lora_a, lora_bd, *saved_h = ctx.saved_tensors
+        x2, weight, lora_a, lora_bd = ctx.saved_tensors
         if len(grads) == 1:
             grad = grads[0]
         else:  # an output nobody used has no gradient
             grad = torch.cat([g if g is not None else x2.new_zeros(*ctx.x_shape[:-1], n)
                               for g, n in zip(grads, ctx.sizes)], -1)
         grad_x, grad_a, grad_b = _lora_backward(
-            grad.reshape(-1, grad.shape[-1]), x2, weight, lora_a, lora_bd, saved_h[0] if saved_h else None,
-            ctx.merged, ctx.needs_input_grad[0], ctx.sizes, ctx.ranks, ctx.scalings)
+            grad.reshape(-1, grad.shape[-1]), x2, weight, lora_a, lora_bd, ctx.needs_input_grad[0],
+            ctx.sizes, ctx.ranks, ctx.scalings)
         if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape)
         return (grad_x, None, None, None, *grad_a, *grad_b)
@@ -149,20 +138,13 @@ class _LoraSwiGLU(torch.autograd.Function):
     def forward(ctx, x, gu_weight, down_weight, gu_scalings, down_scalings, *lora):
         gu_a, gu_bd = _lora_matrices(lora[0:2], lora[2:4], gu_scalings)
         down_a, down_bd = _lora_matrices(lora[4:5], lora[5:6], down_scalings)
-        merged = ctx.merged = gu_weight.dtype in MERGED_DTYPES
         x2 = x.reshape(-1, x.shape[-1])
         inter = lora[2].shape[0]  # gate's width
-        if merged:
-            weight, gu_h = torch.addmm(gu_weight, gu_bd, gu_a), None
-            gate, up = x2 @ weight[:inter].t(), x2 @ weight[inter:].t()
-        else:
-            gu_h = x2 @ gu_a.t()
-            gate = torch.addmm(x2 @ gu_weight[:inter].t(), gu_h, gu_bd[:inter].t())
-            up = torch.addmm(x2 @ gu_weight[inter:].t(), gu_h, gu_bd[inter:].t())
+        weight = torch.addmm(gu_weight, gu_bd, gu_a)
+        gate, up = x2 @ weight[:inter].t(), x2 @ weight[inter:].t()
         silu = torch.nn.functional.silu(gate)
-        out, down_h = _lora_forward(silu * up, down_weight, None, down_a, down_bd, merged)
-        hs = () if merged else (gu_h, down_h)
-        ctx.save_for_backward(x2, gate, up, silu, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs)
+        out = _lora_forward(silu * up, down_weight, None, down_a, down_bd)
+        ctx.save_for_backward(x2, gate, up, silu, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd)
         ctx.x_shape, ctx.scalings = x.shape, (gu_scalings, down_scalings)
         ctx.gu_sizes, ctx.gu_ranks = [lora[2].shape[0], lora[3].shape[0]], [lora[0].shape[0], lora[1].shape[0]]
         ctx.down_sizes, ctx.down_ranks = [lora[5].shape[0]], [lora[4].shape[0]]
@@ -170,18 +152,17 @@ class _LoraSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x2, gate, up, silu, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd, *hs = ctx.saved_tensors
-        gu_h, down_h = hs if hs else (None, None)
+        x2, gate, up, silu, gu_weight, gu_a, gu_bd, down_weight, down_a, down_bd = ctx.saved_tensors
         gu_scalings, down_scalings = ctx.scalings
         grad_act, grad_down_a, grad_down_b = _lora_backward(
-            grad.reshape(-1, grad.shape[-1]), silu * up, down_weight, down_a, down_bd, down_h, ctx.merged, True,
+            grad.reshape(-1, grad.shape[-1]), silu * up, down_weight, down_a, down_bd, True,
             ctx.down_sizes, ctx.down_ranks, down_scalings)
         inter = ctx.gu_sizes[0]
         grad_gu = gate.new_empty(gate.shape[0], 2 * inter)
         torch.mul(grad_act, silu, out=grad_gu[:, inter:])
         torch.ops.aten.silu_backward.grad_input(grad_act.mul_(up), gate, grad_input=grad_gu[:, :inter])
         grad_x, grad_gu_a, grad_gu_b = _lora_backward(
-            grad_gu, x2, gu_weight, gu_a, gu_bd, gu_h, ctx.merged, ctx.needs_input_grad[0],
+            grad_gu, x2, gu_weight, gu_a, gu_bd, ctx.needs_input_grad[0],
             ctx.gu_sizes, ctx.gu_ranks, gu_scalings)
         if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape)
@@ -189,7 +170,8 @@ class _LoraSwiGLU(torch.autograd.Function):
 
 
 def fusable(layer) -> bool:
-    """A peft LoRA Linear this module can compute: plain LoRA on an unquantised nn.Linear."""
+    """A peft LoRA Linear this module can compute: plain LoRA on an unquantised float32 (or
+    float64) nn.Linear."""
     from peft.tuners.lora import Linear
 
     if type(layer) is not Linear or type(layer.base_layer) is not torch.nn.Linear:
@@ -202,7 +184,7 @@ def fusable(layer) -> bool:
     if not isinstance(dropout, torch.nn.Identity):
         return False
     dtypes = {layer.base_layer.weight.dtype, layer.lora_A[ADAPTER].weight.dtype, layer.lora_B[ADAPTER].weight.dtype}
-    return len(dtypes) == 1 and layer.base_layer.weight.dtype.is_floating_point
+    return len(dtypes) == 1 and layer.base_layer.weight.dtype in DTYPES
 
 
 class Group:
@@ -343,12 +325,3 @@ def apply(model) -> int:
         if FUSE_MLP and "gate_proj" in groups and "down_proj" in groups:
             _fuse_mlp(parent, groups["gate_proj"], groups["down_proj"])
     return layers
-
-
-def wanted(config, mixed_precision: bool) -> bool:
-    """Whether a run should use it (see the module docstring for the conditions)."""
-    if os.environ.get(ENV, "1") == "0" or mixed_precision:
-        return False
-    method = config.method
-    return (method.type == "lora" and config.model.quantization == "none"
-            and float(method.lora_dropout) == 0.0 and not getattr(method, "use_dora", False))

@@ -28,19 +28,17 @@ Applied per model instance, only where the causal-LM forward is transformers'
 the head a plain ``nn.Linear`` without hooks and the loss ``ForCausalLMLoss``; and per call
 only in training mode with gradients on and labels: evaluation and generation, which want
 the logits, run the model's own forward. When the head trains (full fine-tuning) its
-gradient is kept in float32 from forward to backward. ``FINETUI_FUSED_LOSS=0`` switches it
-off.
+gradient is kept in float32 from forward to backward. Used only with ``train.kernels: auto``
+on float32 weights without autocast (engine.perf.plan).
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 import types
 
 import torch
 
-ENV = "FINETUI_FUSED_LOSS"
 IGNORE_INDEX = -100
 # Logits kept at once, in elements (rows x vocabulary): 16 MB of float32. A small
 # vocabulary goes in one block (tiny model, 1,490 x 1,024 logits, forward + backward:
@@ -210,9 +208,3 @@ def apply(model) -> bool:
     # bound to the model (a deep copy gets its own), its modules read at each call
     base.forward = types.MethodType(forward, base)
     return True
-
-
-def wanted(mixed_precision: bool) -> bool:
-    """Off under autocast (the head's matmul would be cast inside the function) and with
-    FINETUI_FUSED_LOSS=0."""
-    return os.environ.get(ENV, "1") != "0" and not mixed_precision
