@@ -127,6 +127,17 @@ def test_pdf_passages_follow_the_seed_limits_with_headings_and_pages(tmp_path):
     assert [p.index for p in ps] == list(range(len(ps)))
 
 
+def test_running_headers_of_one_chapter_are_dropped():
+    """A manual's chapter 4 spans 12 of its 36 pages, each opening with "Chapter 4: Function
+    reference N" (libtasn1's manual does): a running header, though not on most pages."""
+    pages = [[f"Chapter 4: Function reference {k + 9}", f"int asn1_call_{k} (node) [Function]", "Returns: zero."]
+             for k in range(12)]
+    pages += [[f"The {WORDS[k]} section opens with prose.", "Returns: zero.", f"Body of {WORDS[k]}.", "Returns: zero."]
+              for k in range(24)]
+    running = documents._running_lines(pages)
+    assert running == {"chapter #: function reference #"}  # "Returns: zero." also stands inside pages
+
+
 def test_markdown_html_and_epub_headings(tmp_path):
     md = tmp_path / "guide.md"
     md.write_text("---\ntitle: x\n---\n# Guide\n\nThe introduction runs over a first long line that\nwraps onto a second one.\n\n## Install\n\n"

@@ -32,8 +32,9 @@ from pathlib import Path
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html",
             ".htm": "html", ".xhtml": "html", ".pdf": "pdf", ".epub": "epub"}
 DOCS_EXTRA = "pip install 'finetui[docs]'"
-HEADING_MAX_CHARS = 100
-RUNNING_MAX_CHARS = 60  # a running header or footer is a short line  # a .txt line longer than this is never a heading
+HEADING_MAX_CHARS = 100  # a .txt line longer than this is never a heading
+RUNNING_MAX_CHARS = 60  # a running header or footer is a short line ...
+RUNNING_SHARE = 0.1  # ... at an edge of at least this share of the pages (and of 3 or more)
 SEPARATOR = "\n\n"
 
 
@@ -399,7 +400,7 @@ def _running_lines(pages: list[list[str]]) -> set[str]:
         ends = content[:1] + content[-1:]
         edges.update({_mask(line) for line in ends if len(line) <= RUNNING_MAX_CHARS})
         inside.update(_mask(line) for line in content[1:-1])
-    return {line for line, n in edges.items() if n >= max(3, 0.5 * len(pages)) and line and line not in inside}
+    return {line for line, n in edges.items() if n >= max(3, RUNNING_SHARE * len(pages)) and line and line not in inside}
 
 
 def _mask(line: str) -> str:
