@@ -649,9 +649,8 @@ def add_parser(sub) -> None:
 
 
 def command(args) -> int:
-    def show(stage: str, fraction: float) -> None:
-        if not args.json:
-            print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
+    def show(stage: str, fraction: float) -> None:  # stderr, also with --json (stdout stays one object)
+        print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
 
     if (args.private or args.dry_run) and not args.push_to_hub:
         raise ExportError("--private and --dry-run go with --push-to-hub REPO")

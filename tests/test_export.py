@@ -332,3 +332,44 @@ def test_full_fine_tune_exports_its_weights_as_they_are(tmp_path, finetui_cache)
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ex.ExportError, match="not empty"):
         ex.export(run_dir, other)
+
+
+# ---------------------------------------------------------------------------- the TUI
+
+
+async def test_runs_screen_export_key_runs_the_export_in_a_subprocess(lora_run, tmp_path, monkeypatch,
+                                                                      finetui_cache):
+    from tui_helpers import SIZE, copy_run, wait_until
+
+    from tui.app import FinetuiApp
+    from tui.screens.export import ExportScreen
+    from tui.screens.runs import RunsScreen
+
+    for name in ("config", "work"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("FINETUI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path / "work")
+    run_dir = copy_run(lora_run, tmp_path / "runs")
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded
+                         and len(app.screen.infos) == 1, timeout=30, what="the runs list")
+        await pilot.press("e")
+        await wait_until(pilot, lambda: isinstance(app.screen, ExportScreen), timeout=10, what="the export dialog")
+        dialog = app.screen
+        out_field = dialog.query_one("#export-out")
+        assert Path(out_field.value).resolve() == (run_dir / "export").resolve()
+        await pilot.press("enter")
+        assert dialog.running
+        await wait_until(pilot, lambda: not dialog.running, timeout=240, what="the export subprocess")
+        assert dialog.result is not None, dialog.lines
+        out = run_dir / "export"
+        assert dialog.folder == out.resolve() or dialog.folder == out
+        assert (out / "README.md").exists() and (out / "config.json").exists()
+        assert any(line.startswith("$ finetui export") for line in dialog.lines)
+        assert any(re.match(r"\s*\d+% merging", line) for line in dialog.lines)  # the progress lines
+        assert any(line.startswith(f"exported to {dialog.folder}") for line in dialog.lines)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen), timeout=10, what="back to Runs")

@@ -32,6 +32,7 @@ from tui.safetext import safe, visible
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.screens.compare import CompareScreen
 from tui.screens.dashboard import STATUS_MARK, DashboardScreen, app_key, resume_run, show_config
+from tui.screens.export import ExportScreen
 from tui.widgets.dialogs import ConfirmDialog
 from tui.widgets.lossplot import theme_colors
 from tui.widgets.runprogress import fmt_num
@@ -90,12 +91,13 @@ class RunsTable(DataTable):
 class RunsScreen(FinetuiScreen):
     MODE = "runs"
     AUTO_FOCUS = "#runs-table"
-    HELP_CLASSES = [RunsTable, DashboardScreen, CompareScreen, ConfirmDialog]
+    HELP_CLASSES = [RunsTable, DashboardScreen, CompareScreen, ConfirmDialog, ExportScreen]
     BINDINGS = [
         Binding("space", "mark", "Mark", id="runs.mark"),
         Binding("v", "compare", "Compare", id="runs.compare"),
         Binding("n", "new", "New", id="runs.new"),
         Binding("R", "resume", "Resume", id="runs.resume"),
+        Binding("e", "export", "Export", id="runs.export"),
         Binding("x,delete", "delete", "Delete", id="runs.delete"),
         Binding("o", "config", "Config", show=False, id="runs.config"),
         Binding("j", "cursor('down')", "Down", show=False, id="runs.down"),
@@ -394,6 +396,20 @@ class RunsScreen(FinetuiScreen):
         if info is not None:
             show_config(self, Path(info.path))
 
+    def action_export(self) -> None:
+        """The selected run's model + model card into a folder (and the Hub): ExportScreen."""
+        info = self._need_run("Export")
+        if info is None:
+            return
+        run_dir = Path(info.path)
+        if not (run_dir / "adapter").is_dir():
+            self.notify(f"{info.id} has no adapter/ yet (saved when training ends or is stopped)", title="Export",
+                        severity="warning")
+            return
+        from tui.session import display_path
+
+        self.app.push_screen(ExportScreen(run_dir, display_path(run_dir / "export")))
+
     def action_delete(self) -> None:
         info = self._need_run("Delete")
         if info is None:
@@ -425,6 +441,8 @@ class RunsScreen(FinetuiScreen):
             ("Runs: new run", "Settings, then Start", self.action_new),
             ("Runs: resume the selected run", "From its last checkpoint", self.action_resume),
             ("Runs: compare the two marked runs", "Loss curves and config diff", self.action_compare),
+            ("Runs: export the selected run…", "finetui export: merged model + model card, optionally to the Hub",
+             self.action_export),
             ("Runs: delete the selected run", "Asks first", self.action_delete),
             ("Runs: reload", "Read the runs folder again", self.action_reload),
         ]
