@@ -163,3 +163,25 @@ def test_a_template_that_looks_into_contents_falls_back(base_tokenizer):
     assert render._apply(tok, template, messages, None, False) == render._apply_jinja(tok, template, messages, None, False)
     built = [form for (_, form), s in template._skeletons.shapes.items() if s is not None]
     assert built and not [form for form in built if ("assistant", True) in form]
+
+
+def test_inspect_in_fresh_workers_under_mimalloc_reports_what_one_process_does(tiny_model_dir, shared_datasets,
+                                                                                 monkeypatch):
+    """A big source renders in workers started from a fork server with mimalloc preloaded
+    (they get the job pickled, not inherited): the same report as one process."""
+    from transformers import AutoTokenizer
+
+    from engine.data import inspection
+    from engine.perf import allocator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = str(shared_datasets / "llamafactory" / "alpaca_en_demo.json")
+    one = inspection.inspect(path, tokenizer=tok, num_proc=1, progress=False, example=700)
+    monkeypatch.setattr(inspection, "MIMALLOC_BYTES", 0)  # this small file counts as big
+    fresh = inspection.inspect(path, tokenizer=tok, num_proc=2, progress=False, example=700)
+    assert fresh == one and one["counts"]["records"] == 999
+    if allocator.mimalloc_library() is not None:  # a Linux x86_64/aarch64 install has it
+        job = inspection._Job(tok, render.resolve_template(tok, "auto"), "assistant", 512, "chunk", 0, None)
+        with inspection._Pipeline(job, inspection._Tally(512, False), 2, None, big=True) as pipeline:
+            pipeline._start()
+            assert pipeline.pool.apply(allocator.mimalloc_loaded)

@@ -401,8 +401,8 @@ def _skeletons(tokenizer, template: Template):
     """(the template's skeleton cache, the tokenizer state its texts depend on)."""
     if template._skeletons is None or template._skeletons.source != template.source:
         template._skeletons = skeleton.Cache(template.source)
-    env = (id(tokenizer), len(tokenizer), str(tokenizer.special_tokens_map), _template_kwargs(tokenizer, template))
-    return template._skeletons, str(env)
+    return template._skeletons, (id(tokenizer), len(tokenizer), str(tokenizer.special_tokens_map),
+                                 _template_kwargs(tokenizer, template).get("finetui_bos"))
 
 
 def _apply(tokenizer, template: Template, messages, tools, add_generation_prompt: bool) -> str:
@@ -722,7 +722,7 @@ def _render_steps(conv: Conversation, tokenizer, template: Template, train_on: s
         ids = enc["input_ids"]
         trained = [True] * len(ids)
     else:
-        if not conv.to_messages():
+        if not conv.messages and not conv.system:  # conv.to_messages() is empty
             raise RenderError("conversation has no messages")
         tools = _tools(conv.tools)
         generation = None
