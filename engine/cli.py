@@ -91,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_create.add_parser(dsub)
 
     r = sub.add_parser("runs", help="list, show, attach to or stop runs")
-    r.add_argument("action", nargs="?", default="list", choices=("list", "show", "attach", "stop", "kill"))
+    r.add_argument("action", nargs="?", default="list", choices=("list", "show", "attach", "stop", "kill", "export"))
     r.add_argument("run", nargs="?", help="run id (or unique prefix)")
+    r.add_argument("--tensorboard", metavar="DIR",
+                   help="export: write the run's events (loss, eval loss, lr, grad norm, tokens/s...) as "
+                   "TensorBoard scalars into DIR")
     r.add_argument("--json", action="store_true")
 
     m = sub.add_parser("merge", help="merge a run's adapter into its base model")

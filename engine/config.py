@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from engine.perf import KERNELS  # train.kernels
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SECTIONS = ("model", "data", "method", "train", "output")
 
@@ -136,6 +134,17 @@ class DataConfig(_Section):
         return self
 
 
+# method.init_lora_weights: peft's init_lora_weights ("default" is peft's True)
+LORA_INITS = ("default", "gaussian", "pissa", "pissa_niter_16", "olora", "loftq")
+# train.report_to: the Trainer's trackers, each an optional package (TRACKER_PACKAGES)
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
+# module each tracker imports -> the pip requirement that provides it
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+                    "mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio")}
+# train.optimizer values that are transformers' GaLore optimizers (need galore-torch)
+GALORE_OPTIMIZERS = ("galore_adamw", "galore_adamw_8bit", "galore_adafactor")
+
+
 class MethodConfig(_Section):
     type: Literal["full", "lora", "qlora"] = Field(
         "lora", description="full: all weights; lora: adapters on a 16-bit base; qlora: adapters on a 4-bit base."
@@ -149,6 +158,26 @@ class MethodConfig(_Section):
     modules_to_save: list[str] = Field(
         default_factory=list, description="Extra modules trained in full and saved with the adapter."
     )
+    use_dora: bool = Field(
+        False,
+        description="DoRA (peft): each adapted weight split into a magnitude vector and a LoRA-updated direction; "
+        "closer to full fine-tuning at low rank, slower steps.",
+    )
+    use_rslora: bool = Field(
+        False, description="rsLoRA (peft): scale by lora_alpha / sqrt(lora_r) instead of / lora_r (stable at high rank)."
+    )
+    init_lora_weights: Literal[LORA_INITS] = Field(  # type: ignore[valid-type]
+        "default",
+        description="LoRA initialisation (peft): default (B = 0), gaussian, pissa (principal singular vectors; "
+        "pissa_niter_16: fast SVD), olora (QR), loftq (qlora only: offsets the 4-bit rounding). pissa and olora "
+        "move the base weights; the saved adapter is converted so it applies to the untouched base.",
+    )
+    loraplus_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1000.0,
+        description="LoRA+ (peft.optimizers.create_loraplus_optimizer): lora_B learns this many times faster "
+        "than lora_A, e.g. 16 (0: off).",
+    )
+
 
 
 class TrainConfig(_Section):
@@ -160,8 +189,20 @@ class TrainConfig(_Section):
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of steps spent warming up.")
     warmup_steps: int = Field(0, ge=0, description="Warm-up steps (overrides warmup_ratio when > 0).")
-    optimizer: Literal["adamw_torch", "paged_adamw_32bit", "adamw_8bit"] = Field(
-        "adamw_torch", description="paged_adamw_32bit and adamw_8bit need CUDA."
+    optimizer: Literal["adamw_torch", "paged_adamw_32bit", "adamw_8bit", *GALORE_OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        "adamw_torch",
+        description="paged_adamw_32bit, adamw_8bit and galore_adamw_8bit need CUDA; galore_* (transformers' GaLore: "
+        "gradients projected to galore_rank) go with method.type: full and need galore-torch.",
+    )
+    galore_rank: int = Field(128, ge=1, le=65_536, description="GaLore: rank of the gradient projection.")
+    optim_target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["self_attn", "mlp"],
+        description="GaLore: the linear layers whose gradients are projected (names or regexes, or all-linear).",
+    )
+    neftune_noise_alpha: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="NEFTune (the Trainer's): uniform noise of this scale added to the input embeddings while "
+        "training, e.g. 5 (0: off).",
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping (0: off).")
@@ -190,11 +231,30 @@ class TrainConfig(_Section):
     seed: int = Field(42, description="Seed for data order, init and dropout.")
     dataloader_num_workers: int = Field(0, ge=0, le=64, description="Data-loading worker processes.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
-    kernels: Literal[KERNELS] = Field(  # type: ignore[valid-type]
-        "auto",
-        description="auto: finetui's faster code where it wins (fused CPU kernels; Liger Kernel and flash-attn on CUDA "
-        "when installed); reference: plain transformers + peft, the same losses (engine/perf).",
+    report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description="Trackers the Trainer reports to as well, e.g. [tensorboard] (tensorboard, wandb, mlflow, "
+        "trackio: each an optional package, pip install 'finetui[trackers]'); [] or none: off. finetui's own "
+        "events drive the dashboard either way.",
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):  # --set train.report_to=tensorboard, or tensorboard,wandb
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_known(cls, value: list[str]) -> list[str]:
+        if "none" in value:
+            if len(value) > 1:
+                raise ValueError("train.report_to: none cannot be listed with trackers; give [] or the trackers")
+            return []
+        return list(dict.fromkeys(value))
 
 
 class OutputConfig(_Section):
@@ -220,6 +280,8 @@ class Config(BaseModel):
         if t.early_stopping_patience and t.eval_strategy == "no":
             raise ValueError("train.early_stopping_patience: early stopping needs evaluations; "
                              "set train.eval_strategy to steps or epoch")
+        for problem in _method_problems(self):
+            raise ValueError(problem)
         if self.method.type == "full" and self.model.quantization != "none":
             raise ValueError(
                 "method.type: full fine-tuning cannot update quantised weights; "
@@ -233,6 +295,38 @@ class Config(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _method_problems(config: "Config") -> list[str]:
+    """Settings of the PEFT family that do not go together (what peft and transformers
+    would refuse later, or silently ignore), each naming the settings."""
+    m, t = config.method, config.train
+    problems = []
+    lora_only = [name for name, on in (("use_dora", m.use_dora), ("use_rslora", m.use_rslora),
+                                       ("init_lora_weights", m.init_lora_weights != "default"),
+                                       ("loraplus_lr_ratio", m.loraplus_lr_ratio > 0)) if on]
+    if m.type == "full" and lora_only:
+        problems.append(f"method.{lora_only[0]}: a LoRA setting, but method.type is full; "
+                        "use method.type: lora or qlora, or turn it off")
+    if m.init_lora_weights == "loftq" and m.type != "qlora":
+        problems.append("method.init_lora_weights: loftq initialises LoRA to offset the rounding of a 4-bit base; "
+                        "it needs method.type: qlora (model.quantization: 4bit)")
+    if m.init_lora_weights == "loftq" and config.model.quantization == "8bit":
+        problems.append("method.init_lora_weights: loftq needs model.quantization: 4bit (got 8bit)")
+    if m.init_lora_weights in ("pissa", "pissa_niter_16", "olora") and config.model.quantization != "none":
+        problems.append(f"method.init_lora_weights: {m.init_lora_weights} rewrites the base weights, which a "
+                        f"quantised base (model.quantization: {config.model.quantization}) cannot take; "
+                        "use method.type: lora with model.quantization: none, or loftq for qlora")
+    if m.init_lora_weights in ("pissa", "pissa_niter_16", "olora") and m.use_dora:
+        problems.append(f"method.init_lora_weights: {m.init_lora_weights} with method.use_dora: the adapter "
+                        "cannot be converted back to the untouched base (peft); turn one off")
+    if t.optimizer in GALORE_OPTIMIZERS and m.type != "full":
+        problems.append(f"train.optimizer: {t.optimizer} (GaLore) projects the gradients of full weights; "
+                        f"it needs method.type: full (got {m.type}); LoRA runs use adamw_torch")
+    if m.loraplus_lr_ratio > 0 and t.optimizer in GALORE_OPTIMIZERS:
+        problems.append("method.loraplus_lr_ratio: LoRA+ builds its own optimizer; "
+                        f"it cannot go with train.optimizer: {t.optimizer}")
+    return problems
 
 
 class ConfigError(ValueError):

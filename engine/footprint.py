@@ -363,12 +363,14 @@ def _targets(target_modules: Any) -> set[str]:
     return found
 
 
-def lora_params(arch: Architecture, r: int, target_modules: Any = "all-linear") -> int:
+def lora_params(arch: Architecture, r: int, target_modules: Any = "all-linear", dora: bool = False) -> int:
+    """LoRA's A and B of every targeted linear; DoRA (``dora``) adds a magnitude vector, one
+    value per output feature."""
     per_layer = 0
     for name, (fan_in, fan_out) in arch.linear_shapes().items():
         if name in _targets(target_modules):
             experts = arch.num_experts if name in ("gate_proj", "up_proj", "down_proj") else 1
-            per_layer += r * (fan_in + fan_out) * experts
+            per_layer += (r * (fan_in + fan_out) + (fan_out if dora else 0)) * experts
     return per_layer * arch.num_hidden_layers
 
 
@@ -447,7 +449,11 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
         adapters = 0
     else:
         r = int(_get(config, "method.lora_r", 16))
-        lora = lora_params(arch, r, _get(config, "method.target_modules", "all-linear"))
+        dora = bool(_get(config, "method.use_dora", False))
+        lora = lora_params(arch, r, _get(config, "method.target_modules", "all-linear"), dora=dora)
+        if dora:
+            notes.append("DoRA: its magnitude vectors are counted; the weight norms its forward computes "
+                         "(one adapted weight at a time) are not")
         saved = _saved_params(arch, counts, _get(config, "method.modules_to_save", []) or [])
         trainable = lora + saved
         adapters = trainable * 4

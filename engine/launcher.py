@@ -68,7 +68,8 @@ def check_start(config: cfg.Config, args) -> None:
     --force (engine.startcheck). Raises ConfigError, one line per problem."""
     from engine import startcheck
 
-    problems = [p for p in [startcheck.model_problem(config)] if p] + startcheck.data_problems(config)
+    problems = startcheck.package_problems(config)
+    problems += [p for p in [startcheck.model_problem(config)] if p] + startcheck.data_problems(config)
     if problems:
         raise cfg.ConfigError(problems)
     if getattr(args, "force", False):

@@ -5,7 +5,8 @@ generation_config) that any tool can load without peft.
 Heavy module (torch, transformers, peft); the TUI calls :func:`merge` in a subprocess.
 
 The base is loaded unquantised, even for a QLoRA run: merging into 4-bit weights would
-round the adapter away. Its embeddings are grown exactly as in training
+round the adapter away. A LoftQ adapter is the exception: it was initialised to make up for
+the 4-bit rounding, so it merges into the 4-bit base dequantised. Its embeddings are grown exactly as in training
 (``engine.modeling.fit_tokenizer`` with the tokenizer saved beside the adapter), so an
 adapter that trained new tokens (ChatML on a base model) fits. A full fine-tune's output is
 already a plain model: "merging" it links (or copies) the files.
@@ -98,8 +99,12 @@ def merge(run_dir_or_adapter: str | os.PathLike, out: str | os.PathLike | None =
 
     report("loading base and adapter", 0.1)
     # Full precision for the arithmetic: the base's own dtype on the CPU (fp32 for tiny).
-    model, tokenizer = modeling.load_adapter_model(adapter, device="cpu", quantization="none",
-                                                   trust_remote_code=trust_remote_code)
+    # A LoftQ adapter (method.init_lora_weights: loftq) holds what 4-bit rounding took from
+    # the base: it merges into the 4-bit weights it trained on, dequantised, not into the
+    # original ones (which would count the rounding twice).
+    loftq = (modeling.read_meta(adapter).get("variant") or {}).get("init_lora_weights") == "loftq"
+    model, tokenizer = modeling.load_adapter_model(adapter, device="cpu", quantization="4bit" if loftq else "none",
+                                                   dequantized=loftq, trust_remote_code=trust_remote_code)
     report("merging", 0.6)
     merged = model.merge_and_unload()
     native = _native_dtype(adapter, trust_remote_code)

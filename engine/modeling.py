@@ -305,8 +305,11 @@ def _embeddings_tied(model) -> bool:
     return out is not None and out.weight is model.get_input_embeddings().weight
 
 
-def apply_lora(model, method_cfg, train_embeddings: bool, gradient_checkpointing: bool = False):
-    """Wrap the model with LoRA adapters (QLoRA: after k-bit preparation)."""
+def apply_lora(model, method_cfg, train_embeddings: bool, gradient_checkpointing: bool = False,
+               base_path: Path | None = None):
+    """Wrap the model with LoRA adapters (QLoRA: after k-bit preparation), in the variant
+    the method asks for (peft's DoRA, rsLoRA, PiSSA/OLoRA/LoftQ initialisation). LoftQ
+    reads the unquantised weights from ``base_path``'s safetensors."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
@@ -326,6 +329,7 @@ def apply_lora(model, method_cfg, train_embeddings: bool, gradient_checkpointing
             if name not in modules_to_save:
                 modules_to_save.append(name)
     target = method_cfg.target_modules
+    init = getattr(method_cfg, "init_lora_weights", "default")
     lora = LoraConfig(
         r=method_cfg.lora_r,
         lora_alpha=method_cfg.lora_alpha,
@@ -333,16 +337,36 @@ def apply_lora(model, method_cfg, train_embeddings: bool, gradient_checkpointing
         target_modules=target if target == "all-linear" else list(target),
         modules_to_save=modules_to_save or None,
         ensure_weight_tying=bool(train_embeddings and _embeddings_tied(model)),
+        use_dora=bool(getattr(method_cfg, "use_dora", False)),
+        use_rslora=bool(getattr(method_cfg, "use_rslora", False)),
+        # loftq: peft's replace_lora_weights_loftq below, on the 4-bit layers
+        init_lora_weights=True if init in ("default", "loftq") else init,
         task_type="CAUSAL_LM",
     )
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise ModelError(f"method.target_modules: {_first_line(exc)}") from None
+    if init == "loftq":
+        _loftq(model, base_path)
     if gradient_checkpointing:
         # With a frozen base, the checkpointed blocks' inputs need requires_grad.
         model.enable_input_require_grads()
     return model
+
+
+def _loftq(model, base_path: Path | None) -> None:
+    """LoftQ for a 4-bit base: each LoRA pair starts at the low-rank part of what 4-bit
+    rounding lost (peft.replace_lora_weights_loftq, from the base's safetensors)."""
+    from peft import replace_lora_weights_loftq
+
+    if base_path is None or not any(Path(base_path).glob("*.safetensors")):
+        raise ModelError("method.init_lora_weights: loftq reads the unquantised weights from the base model's "
+                         ".safetensors files, and this model has none")
+    try:
+        replace_lora_weights_loftq(model, model_path=str(base_path))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"method.init_lora_weights: loftq: {_first_line(exc)}") from None
 
 
 def _cpu_4bit_packing_guard(model, training: bool) -> None:
@@ -415,7 +439,7 @@ def load_model(
     if tokenizer is not None:
         fit_tokenizer(model, tokenizer, eos_token_ids)
     if method in ("lora", "qlora"):
-        model = apply_lora(model, method_cfg, bool(added_tokens), gradient_checkpointing)
+        model = apply_lora(model, method_cfg, bool(added_tokens), gradient_checkpointing, base_path=path)
     elif method_cfg is None:
         model.eval()
     return model
@@ -450,7 +474,8 @@ def footprint(model) -> dict[str, int]:
 # --------------------------------------------------------------------------- metadata
 
 
-def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eos_token_ids: list[int]) -> None:
+def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eos_token_ids: list[int],
+               variant: dict[str, Any] | None = None) -> None:
     """``finetui.json`` beside a saved adapter/model: how to rebuild its base (by the name the
     user gave, e.g. ``tiny``, not a cache path that differs between machines)."""
     meta = {
@@ -464,6 +489,8 @@ def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eo
         "added_tokens": list(added_tokens),
         "eos_token_ids": list(eos_token_ids),
     }
+    if variant:  # the PEFT family's settings (DoRA, rsLoRA, initialisation, LoRA+), as trained
+        meta["variant"] = variant
     from engine import atomic
 
     atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=1))
@@ -515,9 +542,12 @@ def is_model_dir(path: Path) -> bool:
 
 
 def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: str = "none",
-                       dtype: str | None = None, trainable: bool = False, trust_remote_code: bool = False):
+                       dtype: str | None = None, trainable: bool = False, trust_remote_code: bool = False,
+                       dequantized: bool = False):
     """Base + LoRA adapter, fitted exactly as in training: the tokenizer saved with the
-    adapter (added tokens, eos) decides the embedding size before the adapter loads."""
+    adapter (added tokens, eos) decides the embedding size before the adapter loads.
+    ``dequantized``: the base loaded with ``quantization`` and dequantised back to plain
+    linears (the weights a 4-bit run trained against, in full precision)."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
@@ -529,6 +559,8 @@ def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: 
         if (adapter_dir / "tokenizer_config.json").exists() \
         else load_tokenizer(base_cfg.name_or_path, base_cfg.revision, base_cfg.trust_remote_code, base_cfg.gguf_file)
     base = load_model(base_cfg, None, device=device, quantization=quantization)
+    if dequantized and quantization != "none":
+        base = base.dequantize()
     fit_tokenizer(base, tokenizer, meta.get("eos_token_ids"))
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)

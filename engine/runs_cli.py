@@ -1,4 +1,4 @@
-"""`finetui runs [list|show ID|attach ID|stop ID|kill ID] [--json]`.
+"""`finetui runs [list|show ID|attach ID|stop ID|kill ID|export ID --tensorboard DIR] [--json]`.
 
 Light: reads run folders and events files; never imports torch.
 """
@@ -122,6 +122,28 @@ def attach(run_dir, out=sys.stdout) -> int:
     return 0 if status in ("completed", "stopped") else 1
 
 
+def export(run_dir, args) -> int:
+    """``finetui runs export RUN --tensorboard DIR``: the run's events as TensorBoard scalars."""
+    from pathlib import Path
+
+    from engine import tb_export
+
+    target = getattr(args, "tensorboard", None)
+    if not target:
+        raise runs.RunError("`finetui runs export RUN` needs --tensorboard DIR (the folder to write the scalars to)")
+    if runs.trainer_alive(run_dir):
+        raise runs.RunError(f"run {run_dir.name} is still running: export it when it has finished")
+    try:
+        path, count = tb_export.export(run_dir, Path(target).expanduser())
+    except tb_export.ExportError as exc:
+        raise runs.RunError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"run": run_dir.name, "tensorboard": str(path), "scalars": count}))
+    else:
+        print(visible(f"{count} scalars from run {run_dir.name} -> {path} (tensorboard --logdir {target})"))
+    return 0
+
+
 def command(args) -> int:
     action = args.action
     if action == "list":
@@ -157,6 +179,8 @@ def command(args) -> int:
         return 0
     if action == "attach":
         return attach(run_dir)
+    if action == "export":
+        return export(run_dir, args)
     if action in ("stop", "kill"):
         if not runs.stop(run_dir, kill=action == "kill"):
             raise runs.RunError(f"run {run_dir.name} is not running")

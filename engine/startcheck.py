@@ -55,6 +55,33 @@ def model_problem(config) -> str | None:
     return None  # the trainer downloads it
 
 
+def package_problems(config) -> list[str]:
+    """Optional packages the settings need and this Python lacks (train.report_to's trackers,
+    GaLore's galore-torch), each naming the setting and the pip command. Looked up with
+    importlib's find_spec: nothing is imported."""
+    import importlib.util
+
+    from engine.config import GALORE_OPTIMIZERS, TRACKER_PACKAGES
+
+    def missing(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):
+            return True
+
+    problems = []
+    for tracker in config.train.report_to:
+        module, requirement = TRACKER_PACKAGES[tracker]
+        if missing(module):
+            problems.append(f"train.report_to: {tracker} needs the {requirement} package, which is not installed: "
+                            f"pip install {requirement} (or pip install 'finetui[trackers]'), "
+                            "or take it out of train.report_to")
+    if config.train.optimizer in GALORE_OPTIMIZERS and missing("galore_torch"):
+        problems.append(f"train.optimizer: {config.train.optimizer} needs the galore-torch package, which is not "
+                        "installed: pip install galore-torch (or pip install 'finetui[galore]')")
+    return problems
+
+
 def data_problems(config) -> list[str]:
     """``data.path`` / ``data.test_path`` that cannot be found or named (hub datasets are
     read by the trainer)."""

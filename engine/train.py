@@ -45,7 +45,7 @@ from engine import errors, run_summary
 from engine.perf import import_cache
 from engine import events as ev
 
-CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
+CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit", "galore_adamw_8bit")
 
 
 # --------------------------------------------------------------------------- process
@@ -109,16 +109,6 @@ def _refuse(run_dir: Path, message: str) -> int:
     return 1
 
 
-def _kernels(run_dir: Path) -> str:
-    """The run's train.kernels (auto when its config cannot be read: train() reports that)."""
-    from engine import config as config_mod
-
-    try:
-        return config_mod.load(run_dir / "config.yaml").train.kernels
-    except Exception:  # noqa: BLE001 - reported by train()
-        return "auto"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.train", description="finetui trainer process")
     parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
@@ -130,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     # ~430k objects would be scanned over and over (~0.9 s of a ~3.5 s start-up on 2 cores).
     # train() freezes what the imports built and turns collection back on.
     gc.disable()
-    if _kernels(Path(args.run_dir)) != "reference":
-        import_cache.install()  # transformers' import table from the cache (~0.4 s)
+    import_cache.install()  # transformers' import table from the cache (~0.4 s)
 
     # The launcher starts us in our own session already; ignoring SIGHUP also covers a
     # trainer started by hand in a terminal that then goes away.
@@ -195,6 +184,16 @@ def check_setup(config, device: str) -> None:
             f"train.optimizer: {t.optimizer} needs a CUDA GPU (bitsandbytes' paged and 8-bit optimizers); "
             "use adamw_torch on the CPU"
         )
+    if config.method.init_lora_weights == "loftq" and not device.startswith("cuda"):
+        raise errors.SetupError(
+            "method.init_lora_weights: loftq needs a CUDA GPU (peft computes the LoftQ initialisation there); "
+            "use default, gaussian or another init on the CPU"
+        )
+    from engine import startcheck
+
+    missing = startcheck.package_problems(config)  # a run started by hand or by the TUI
+    if missing:
+        raise errors.SetupError(missing[0])
     if config.method.type == "full" and config.model.dtype == "float16" and t.precision in ("auto", "fp16"):
         raise errors.SetupError(
             "model.dtype: float16 weights cannot be fully fine-tuned with fp16 mixed precision (the optimizer "
@@ -299,6 +298,8 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
     """engine.config.TrainConfig -> transformers.TrainingArguments."""
     from transformers import TrainingArguments
 
+    from engine import config as config_mod
+
     t = config.train
     track_best = has_eval and t.eval_strategy != "no" and (t.keep_best or t.early_stopping_patience > 0)
     bf16, fp16 = _precision(t.precision, device)
@@ -307,6 +308,7 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
         scheduler = "constant_with_warmup"
     # warmup_steps > 0 wins; else the ratio (TrainingArguments reads a float < 1 as one).
     warmup: int | float = t.warmup_steps if t.warmup_steps > 0 else min(t.warmup_ratio, 0.999)
+    galore = t.optimizer in config_mod.GALORE_OPTIMIZERS
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -321,6 +323,11 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
         # 0.22 instead of 1.0 ms a step for the tiny model's 56 LoRA tensors (the default
         # there is a loop over tensors)
         optim="adamw_torch_fused" if t.optimizer == "adamw_torch" else t.optimizer,
+        # GaLore (transformers' optimizers over galore-torch): the linears whose gradients
+        # are projected, and the projection's rank
+        optim_target_modules=t.optim_target_modules if galore else None,
+        optim_args=f"rank={t.galore_rank}" if galore else None,
+        neftune_noise_alpha=t.neftune_noise_alpha or None,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -355,7 +362,9 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
         use_cpu=not device.startswith("cuda"),
         ddp_backend="gloo" if world_size > 1 and not device.startswith("cuda") else None,
         ddp_find_unused_parameters=False,
-        report_to="none",
+        # train.report_to: the Trainer's own tracker callbacks (TensorBoard, W&B, MLflow,
+        # Trackio); finetui's events go out either way and drive the dashboard
+        report_to=list(t.report_to) or "none",
         disable_tqdm=True,
     )
 
@@ -366,7 +375,10 @@ def _skip_bitsandbytes(config) -> None:
     8-bit/paged optimizers use it. For any other run, a None entry in sys.modules makes
     their availability checks (importlib.util.find_spec) answer "not installed". Must run
     before transformers is imported."""
-    if config.model.quantization == "none" and config.train.optimizer not in CUDA_ONLY_OPTIMIZERS:
+    from engine.config import GALORE_OPTIMIZERS
+
+    if config.model.quantization == "none" and config.train.optimizer not in (*CUDA_ONLY_OPTIMIZERS,
+                                                                               *GALORE_OPTIMIZERS):
         sys.modules.setdefault("bitsandbytes", None)
 
 
@@ -456,6 +468,55 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
+def _variant(config) -> dict | None:
+    """The PEFT family's settings a run trained with (finetui.json beside the adapter), or None."""
+    m = config.method
+    if m.type == "full":
+        return None
+    return {"use_dora": m.use_dora, "use_rslora": m.use_rslora, "init_lora_weights": m.init_lora_weights,
+            "loraplus_lr_ratio": m.loraplus_lr_ratio}
+
+
+def _loraplus_optimizer(model, config):
+    """LoRA+ (method.loraplus_lr_ratio): peft's optimizer, lora_B's learning rate that many
+    times lora_A's; None lets the Trainer build train.optimizer as usual."""
+    ratio = config.method.loraplus_lr_ratio
+    if not ratio or config.method.type == "full":
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    t = config.train
+    if t.optimizer == "adamw_torch":
+        import torch
+
+        optimizer_cls, extra = torch.optim.AdamW, {"fused": True}
+    else:  # the bitsandbytes optimizers (CUDA; check_setup refused them on the CPU)
+        import bitsandbytes as bnb
+
+        optimizer_cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "adamw_8bit": bnb.optim.AdamW8bit}[t.optimizer]
+        extra = {}
+    return create_loraplus_optimizer(model, optimizer_cls, lr=t.learning_rate, loraplus_lr_ratio=ratio,
+                                     weight_decay=t.weight_decay, **extra)
+
+
+def _keep_initial_adapter(model, config, run_dir: Path, rank: int) -> Path | None:
+    """PiSSA and OLoRA (method.init_lora_weights) start from the base's own principal
+    directions and take them out of the base weights. The adapter as it starts is kept in
+    ``adapter-init/`` so the final one can be saved relative to the untouched base."""
+    if config.method.init_lora_weights not in ("pissa", "pissa_niter_16", "olora"):
+        return None
+    folder = run_dir / "adapter-init"
+    if rank == 0 and not (folder / "adapter_config.json").exists():  # a resumed run keeps the first one
+        peft_config = model.peft_config["default"]
+        was = peft_config.init_lora_weights
+        peft_config.init_lora_weights = True  # loading it must not run the initialisation again
+        try:
+            model.save_pretrained(str(folder))
+        finally:
+            peft_config.init_lora_weights = was
+    return folder
+
+
 def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: StopRequest | None = None,
           checkpoint_step: int | None = None) -> str:
     """Train the run in ``run_dir``; return the finished status (completed | stopped)."""
@@ -473,17 +534,18 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     from engine.perf.threads import CpuThreads
 
     # Watches what other processes take while we start up: the first thread count.
-    # train.kernels: reference keeps torch's own thread count.
-    cpu_watch = None if os.environ.get("OMP_NUM_THREADS") or config.train.kernels == "reference" else CpuThreads()
+    cpu_watch = None if os.environ.get("OMP_NUM_THREADS") else CpuThreads()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # dataloader workers fork
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "tensorboard" in config.train.report_to:  # the Trainer's TensorBoard files, in the run folder
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
     _quiet_libraries(events)
     from transformers import PrinterCallback, set_seed
 
     from engine import modeling
     from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
     from engine.data import dataset as dataset_mod
-    from engine.lean_trainer import trainer_class
+    from engine.lean_trainer import LeanTrainer
 
     _imports_done()
     device = modeling.pick_device(config.model.device)
@@ -518,29 +580,48 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         gradient_checkpointing=config.train.gradient_checkpointing,
         device=device,
     )
+    if config.data.packing and config.model.attn_implementation == "auto":
+        from engine.perf.attention import use_packed_sdpa
+
+        # sdpa on a packed row needs an L x L mask, and with a mask the CPU kernels do the
+        # whole row's attention; per example it is ~5x less work (engine/perf/attention.py).
+        if use_packed_sdpa(model):
+            events.emit("log", level="info",
+                        message="packing: attention runs per example, equal lengths as one batch (sdpa_packed)")
     meta = {"model_cfg": config.model, "method": config.method.type,
-            "added_tokens": data.added_tokens, "eos_token_ids": data.eos_token_ids}
+            "added_tokens": data.added_tokens, "eos_token_ids": data.eos_token_ids,
+            "variant": _variant(config)}
 
     has_eval = data.test is not None and len(data.test) > 0
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
-    # train.kernels: what runs for speed on this device and precision (engine/perf)
-    from engine import perf
-    from engine.perf.apply import prepare
+    from engine.perf import fused_lora
 
-    plan = perf.plan(config.train.kernels, device, args.bf16 or args.fp16,
-                     dtype=str(next(model.parameters()).dtype).replace("torch.", ""), method=config.method.type,
-                     lora_dropout=config.method.lora_dropout, quantization=config.model.quantization,
-                     use_dora=getattr(config.method, "use_dora", False), packing=config.data.packing,
-                     attn_implementation=config.model.attn_implementation)
-    events.emit("log", level="info", message=plan.describe())
-    prepare(model, plan, say=lambda message: events.emit("log", level="info", message=message))
-    args.use_liger_kernel = plan.liger  # transformers applies Liger Kernel to the model in train()
+    if fused_lora.wanted(config, mixed_precision=args.bf16 or args.fp16):
+        # LoRA linears sharing an input (q/k/v, gate/up) as one autograd function: same
+        # gradients, fewer and larger matmuls (engine/perf/fused_lora.py)
+        fused = fused_lora.apply(model)
+        if fused:
+            mlps = fused_lora.fused_mlps(model)
+            events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together"
+                        + (f"; {mlps} MLPs as one function each)" if mlps else ")"))
+    from engine.perf import fused_layers
+
+    if fused_layers.wanted(mixed_precision=args.bf16 or args.fp16):
+        # rotary embedding and RMSNorm as one autograd function each where the model runs
+        # Llama's code for them: same results, fewer kernels (engine/perf/fused_layers.py)
+        replaced = fused_layers.apply(model)
+        if replaced:
+            events.emit("log", level="info", message=f"{' and '.join(replaced)} run as single functions")
+    from engine.perf import fused_loss
+
+    if fused_loss.wanted(mixed_precision=args.bf16 or args.fp16) and fused_loss.apply(model):
+        # the LM head and the cross-entropy as one function, block by block, the gradient
+        # taken in the forward: no vocabulary-wide tensor kept (engine/perf/fused_loss.py)
+        events.emit("log", level="info", message="LM head and loss run as one function, in blocks of rows")
     collate = dataset_mod.collator(config, tokenizer)
-    # FINETUI_ALL_LOGITS=1: internal, for the benchmarks' A/B of TrainedLogitsOnly
-    if (plan.trained_logits_only and os.environ.get("FINETUI_ALL_LOGITS") != "1"
-            and dataset_mod.trained_logits_supported(model)):
+    if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):
         # lm_head and the loss only where a label is trained: same loss, less work and
         # memory (engine/data/dataset.py TrainedLogitsOnly)
         collate = dataset_mod.TrainedLogitsOnly(collate)
@@ -559,7 +640,8 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         extra_callbacks.append(early_stop)
     else:
         early_stop = None
-    trainer = trainer_class(plan.lean_trainer)(
+    initial_adapter = _keep_initial_adapter(model, config, run_dir, rank)
+    trainer = LeanTrainer(
         model=model,
         args=args,
         data_collator=counter,
@@ -567,6 +649,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         eval_dataset=data.test if has_eval else None,
         processing_class=tokenizer,  # saved beside every checkpoint and the final adapter
         callbacks=[reporter, StopOnSignal(stop), *extra_callbacks],
+        optimizers=(_loraplus_optimizer(model, config), None),
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
 
@@ -609,6 +692,11 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if trainer.state.global_step > 0:
         adapter_dir = run_dir / "adapter"
         trainer.save_model(str(adapter_dir))  # adapter or full model, + tokenizer
+        if initial_adapter is not None and rank == 0:
+            # PiSSA/OLoRA moved the base weights: saved as the difference from the initial
+            # adapter (peft's conversion, rank 2r), the adapter applies to the untouched base
+            trainer.model.save_pretrained(str(adapter_dir),
+                                          path_initial_model_for_weight_conversion=str(initial_adapter))
         if rank == 0:
             modeling.write_meta(adapter_dir, **meta)
         outputs["adapter"] = str(adapter_dir)
