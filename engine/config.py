@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.perf import KERNELS  # train.kernels
+
 SECTIONS = ("model", "data", "method", "train", "output")
 
 
@@ -231,6 +233,11 @@ class TrainConfig(_Section):
     seed: int = Field(42, description="Seed for data order, init and dropout.")
     dataloader_num_workers: int = Field(0, ge=0, le=64, description="Data-loading worker processes.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    kernels: Literal[KERNELS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="auto: finetui's faster code where it wins (fused CPU kernels; Liger Kernel and flash-attn on CUDA "
+        "when installed); reference: plain transformers + peft, the same losses (engine/perf).",
+    )
     report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
         default_factory=list,
         description="Trackers the Trainer reports to as well, e.g. [tensorboard] (tensorboard, wandb, mlflow, "

@@ -109,6 +109,16 @@ def _refuse(run_dir: Path, message: str) -> int:
     return 1
 
 
+def _kernels(run_dir: Path) -> str:
+    """The run's train.kernels (auto when its config cannot be read: train() reports that)."""
+    from engine import config as config_mod
+
+    try:
+        return config_mod.load(run_dir / "config.yaml").train.kernels
+    except Exception:  # noqa: BLE001 - reported by train()
+        return "auto"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.train", description="finetui trainer process")
     parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     # ~430k objects would be scanned over and over (~0.9 s of a ~3.5 s start-up on 2 cores).
     # train() freezes what the imports built and turns collection back on.
     gc.disable()
-    import_cache.install()  # transformers' import table from the cache (~0.4 s)
+    if _kernels(Path(args.run_dir)) != "reference":
+        import_cache.install()  # transformers' import table from the cache (~0.4 s)
 
     # The launcher starts us in our own session already; ignoring SIGHUP also covers a
     # trainer started by hand in a terminal that then goes away.
@@ -534,7 +545,8 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     from engine.perf.threads import CpuThreads
 
     # Watches what other processes take while we start up: the first thread count.
-    cpu_watch = None if os.environ.get("OMP_NUM_THREADS") else CpuThreads()
+    # train.kernels: reference keeps torch's own thread count.
+    cpu_watch = None if os.environ.get("OMP_NUM_THREADS") or config.train.kernels == "reference" else CpuThreads()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # dataloader workers fork
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "tensorboard" in config.train.report_to:  # the Trainer's TensorBoard files, in the run folder
@@ -545,7 +557,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     from engine import modeling
     from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
     from engine.data import dataset as dataset_mod
-    from engine.lean_trainer import LeanTrainer
+    from engine.lean_trainer import trainer_class
 
     _imports_done()
     device = modeling.pick_device(config.model.device)
@@ -580,14 +592,6 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         gradient_checkpointing=config.train.gradient_checkpointing,
         device=device,
     )
-    if config.data.packing and config.model.attn_implementation == "auto":
-        from engine.perf.attention import use_packed_sdpa
-
-        # sdpa on a packed row needs an L x L mask, and with a mask the CPU kernels do the
-        # whole row's attention; per example it is ~5x less work (engine/perf/attention.py).
-        if use_packed_sdpa(model):
-            events.emit("log", level="info",
-                        message="packing: attention runs per example, equal lengths as one batch (sdpa_packed)")
     meta = {"model_cfg": config.model, "method": config.method.type,
             "added_tokens": data.added_tokens, "eos_token_ids": data.eos_token_ids,
             "variant": _variant(config)}
@@ -596,32 +600,22 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
-    from engine.perf import fused_lora
+    # train.kernels: what runs for speed on this device and precision (engine/perf)
+    from engine import perf
+    from engine.perf.apply import prepare
 
-    if fused_lora.wanted(config, mixed_precision=args.bf16 or args.fp16):
-        # LoRA linears sharing an input (q/k/v, gate/up) as one autograd function: same
-        # gradients, fewer and larger matmuls (engine/perf/fused_lora.py)
-        fused = fused_lora.apply(model)
-        if fused:
-            mlps = fused_lora.fused_mlps(model)
-            events.emit("log", level="info", message=f"LoRA: {fused} linears run fused (q/k/v and gate/up together"
-                        + (f"; {mlps} MLPs as one function each)" if mlps else ")"))
-    from engine.perf import fused_layers
-
-    if fused_layers.wanted(mixed_precision=args.bf16 or args.fp16):
-        # rotary embedding and RMSNorm as one autograd function each where the model runs
-        # Llama's code for them: same results, fewer kernels (engine/perf/fused_layers.py)
-        replaced = fused_layers.apply(model)
-        if replaced:
-            events.emit("log", level="info", message=f"{' and '.join(replaced)} run as single functions")
-    from engine.perf import fused_loss
-
-    if fused_loss.wanted(mixed_precision=args.bf16 or args.fp16) and fused_loss.apply(model):
-        # the LM head and the cross-entropy as one function, block by block, the gradient
-        # taken in the forward: no vocabulary-wide tensor kept (engine/perf/fused_loss.py)
-        events.emit("log", level="info", message="LM head and loss run as one function, in blocks of rows")
+    plan = perf.plan(config.train.kernels, device, args.bf16 or args.fp16,
+                     dtype=str(next(model.parameters()).dtype).replace("torch.", ""), method=config.method.type,
+                     lora_dropout=config.method.lora_dropout, quantization=config.model.quantization,
+                     use_dora=getattr(config.method, "use_dora", False), packing=config.data.packing,
+                     attn_implementation=config.model.attn_implementation)
+    events.emit("log", level="info", message=plan.describe())
+    prepare(model, plan, say=lambda message: events.emit("log", level="info", message=message))
+    args.use_liger_kernel = plan.liger  # transformers applies Liger Kernel to the model in train()
     collate = dataset_mod.collator(config, tokenizer)
-    if os.environ.get("FINETUI_ALL_LOGITS") != "1" and dataset_mod.trained_logits_supported(model):
+    # FINETUI_ALL_LOGITS=1: internal, for the benchmarks' A/B of TrainedLogitsOnly
+    if (plan.trained_logits_only and os.environ.get("FINETUI_ALL_LOGITS") != "1"
+            and dataset_mod.trained_logits_supported(model)):
         # lm_head and the loss only where a label is trained: same loss, less work and
         # memory (engine/data/dataset.py TrainedLogitsOnly)
         collate = dataset_mod.TrainedLogitsOnly(collate)
@@ -641,7 +635,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     else:
         early_stop = None
     initial_adapter = _keep_initial_adapter(model, config, run_dir, rank)
-    trainer = LeanTrainer(
+    trainer = trainer_class(plan.lean_trainer)(
         model=model,
         args=args,
         data_collator=counter,
