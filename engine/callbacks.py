@@ -143,20 +143,33 @@ class EventCallback(TrainerCallback):
         self.window_start = time.time()
         self.window_tokens, self.window_samples = self.counter.read()
 
+    heartbeat = None  # engine.heartbeat.Heartbeat (rank 0): told of each micro-batch and evaluation batch
+
+    def _progress(self, doing: str) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.progress(doing)
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_start = time.time()
         self.first_step = state.global_step  # > 0 when resuming
         self._reset_window()
+        if self.heartbeat is not None:
+            self.heartbeat.leave()  # loading is over: from here on, beats need progress
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.counter.new_epoch()
 
     def on_substep_end(self, args, state, control, **kwargs):
         self.counter.consume(1)  # a gradient-accumulation micro-batch
+        self._progress("training")
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self._progress("evaluating")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.counter.consume(1)  # the micro-batch that ended the optimizer step
         self.built_at_step_end = len(self.counter.built)
+        self._progress("training")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -209,13 +222,38 @@ class EventCallback(TrainerCallback):
             # With its finetui.json a checkpoint loads like the final adapter (chat mid-run).
             if path.is_dir():
                 write_meta(path, **self.meta)
+                _relative_best(path)  # trainer_state.json names the best checkpoint inside the run
                 # Written last, once its files check out: only then does resume take it.
                 problem = mark_complete(path)
                 if problem:
                     self.events.emit("log", level="warning",
                                      message=f"{path.name} is not complete ({problem}): resume will skip it")
-            self.events.emit("checkpoint", path=str(path), step=state.global_step)
+            from engine import run_paths
+
+            # relative to the run folder, as every path in the events: runs can move
+            self.events.emit("checkpoint", path=run_paths.stored(Path(args.output_dir).parent, path),
+                             step=state.global_step)
         self._reset_window()
+
+
+def _relative_best(checkpoint: Path) -> None:
+    """The Trainer writes the best checkpoint's absolute path into trainer_state.json; make
+    it relative to the run folder (engine.train.best_in_this_folder makes it absolute again,
+    in the folder the run is in then, before a resume), so a copied run never points at the
+    original's weights."""
+    import json
+
+    from engine import atomic, run_paths
+
+    state_file = checkpoint / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the completeness check names it
+    best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
+    if isinstance(best, str) and Path(best).is_absolute():
+        state["best_model_checkpoint"] = run_paths.stored(checkpoint.parent.parent, best)
+        atomic.write_text(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 class StopOnSignal(TrainerCallback):

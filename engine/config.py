@@ -233,6 +233,10 @@ class TrainConfig(_Section):
     seed: int = Field(42, description="Seed for data order, init and dropout.")
     dataloader_num_workers: int = Field(0, ge=0, le=64, description="Data-loading worker processes.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    hang_after_s: float = Field(
+        600, ge=10, le=604_800,
+        description="No event or heartbeat for this many seconds while the trainer lives: the run looks hung.",
+    )
     kernels: Literal[KERNELS] = Field(  # type: ignore[valid-type]
         "auto",
         description="auto: finetui's faster code where it wins (fused CPU kernels; Liger Kernel and flash-attn on CUDA "

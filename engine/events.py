@@ -41,6 +41,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "error": ("kind", "message", "hint"),
     # status: completed | stopped | failed; metrics: final numbers; outputs: {name: path}
     "finished": ("status", "metrics", "outputs"),
+    # phase: loading | saving | training | evaluating ...; written only after a quiet spell
+    # (engine.heartbeat): a run silent for train.hang_after_s while its trainer lives looks hung
+    "heartbeat": ("phase",),
 }
 
 ERROR_KINDS = ("oom", "disk", "data", "config", "model", "internal")
@@ -117,6 +120,7 @@ _FIELDS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "log": (("level", _TEXT, False), ("message", _TEXT, False)),
     "error": (("kind", _TEXT, False), ("message", _TEXT, False), ("hint", _TEXT, False)),
     "finished": (("status", _TEXT, True), ("metrics", _MAPPING, False), ("outputs", _MAPPING, False)),
+    "heartbeat": (("phase", _TEXT, False),),
 }
 
 
@@ -286,6 +290,15 @@ class EventWriter:
             self.last_emit = time.monotonic()
             self.finished = self.finished or type_ == "finished"
             return event
+
+    def heartbeat(self, phase: str, quiet_s: float) -> dict[str, Any] | None:
+        """A ``heartbeat`` event, when nothing went out for ``quiet_s`` seconds and this
+        session has not finished (checked and written as one step: a heartbeat never
+        follows the finished event, which would read as a new session)."""
+        with self._lock:
+            if self.finished or time.monotonic() - self.last_emit < quiet_s:
+                return None
+            return self.emit("heartbeat", phase=phase)
 
     def _file_end(self) -> tuple[int, int] | None:
         """(size of the file, 1 when its last line is torn else 0); None when it cannot be

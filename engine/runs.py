@@ -37,7 +37,7 @@ from typing import Any
 from engine import atomic, run_summary
 from engine.perf import allocator
 from engine import events as ev
-from engine import trainer_pid
+from engine import run_paths, trainer_pid
 from engine.config import Config
 
 PID_FILE = trainer_pid.PID_FILE
@@ -77,6 +77,8 @@ class RunInfo:
     checkpoints: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # events.jsonl:LINE: why, for each bad line skipped
+    # running, but no event or heartbeat for longer than train.hang_after_s: seconds of silence
+    hung_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +183,7 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
         for e in events:
             summary.apply(e)
     info = RunInfo(id=run_dir.name, path=str(run_dir), status="created")
+    cfg: dict[str, Any] = {}
     try:
         import yaml
 
@@ -192,7 +195,8 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
     info.started = summary.started
     info.step, info.total_steps, info.epoch = summary.step, summary.total_steps, summary.epoch
     info.last_loss, info.best_eval_loss = summary.last_loss, summary.best_eval_loss
-    info.checkpoints = list(summary.checkpoints)
+    # paths in the records are relative to the run folder (older ones absolute: re-anchored)
+    info.checkpoints = [str(run_paths.resolve(run_dir, p)) for p in summary.checkpoints if p]
     info.error, info.hint = summary.error, summary.hint
     info.ended = summary.last_time
     info.problems = summary.problem_lines()
@@ -200,17 +204,30 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
     finished = summary.finished
     if finished is not None:
         info.status = finished.get("status") or "failed"
-        info.outputs = finished.get("outputs") or {}
+        info.outputs = {name: str(run_paths.resolve(run_dir, path)) if isinstance(path, str) else path
+                        for name, path in (finished.get("outputs") or {}).items()}
         info.ended = finished.get("time")
     elif trainer_alive(run_dir):
         info.status = "running"
         info.ended = time.time()
+        info.hung_s = _silence(run_dir, summary.last_time, cfg)
     elif summary.events or info.pid:
         info.status = "failed"
         info.error = info.error or "trainer process ended without a finished event (killed or crashed)"
     if info.started and info.ended:
         info.duration_s = max(0.0, info.ended - info.started)
     return info
+
+
+def _silence(run_dir: Path, last_time: float | None, cfg: Any) -> float | None:
+    """Seconds the running trainer has said nothing (no event, no heartbeat), counted from
+    its last event or from its start when later (a resumed run's last event is from the
+    session before), when that is over the run's train.hang_after_s; else None."""
+    from engine import heartbeat
+
+    record = trainer_pid.read(run_dir)
+    since = max([t for t in (last_time, record.create_time if record else None) if t is not None], default=None)
+    return heartbeat.silence(since, heartbeat.hang_after(cfg if isinstance(cfg, dict) else None))
 
 
 def unreadable(run_dir: Path, exc: BaseException) -> RunInfo:

@@ -89,10 +89,18 @@ def _table(infos: list[runs.RunInfo]) -> str:
     rows = [head]
     for i in infos:
         step = f"{i.step}/{i.total_steps}" if i.total_steps else str(i.step)
-        rows.append((i.id, i.status, i.method or "-", (i.model or "-")[-28:], step,
+        rows.append((i.id, "hung?" if i.hung_s is not None else i.status, i.method or "-", (i.model or "-")[-28:], step,
                      _fmt_num(i.last_loss), _fmt_num(i.best_eval_loss), format_duration(i.duration_s)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     return visible("\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows))
+
+
+def hung_line(info: runs.RunInfo) -> str:
+    """``the trainer looks hung: no event or heartbeat for 12m 03s (pid 4242 is alive; ...)``."""
+    from engine import heartbeat
+
+    return (f"the trainer looks hung: {heartbeat.describe(info.hung_s or 0)} (pid {info.pid} is alive; "
+            f"`finetui runs stop {info.id}` or kill it; train.hang_after_s sets when a quiet run is called hung)")
 
 
 def attach(run_dir, out=sys.stdout) -> int:
@@ -161,6 +169,8 @@ def command(args) -> int:
                     print(visible(f"{i.id}: {i.problems[0]}" + (f" (+{len(i.problems) - 1} more: finetui runs show "
                                                                  f"{i.id})" if len(i.problems) > 1 else "")),
                           file=sys.stderr)
+                if i.hung_s is not None:
+                    print(visible(f"{i.id}: {hung_line(i)}"), file=sys.stderr)
         return 0
     if not args.run:
         raise runs.RunError(f"`finetui runs {action}` needs a run id (see `finetui runs list`)")
@@ -174,6 +184,8 @@ def command(args) -> int:
                 if key == "problems":
                     for line in value:
                         print(f"{'problem':15} {visible(line)}")
+                elif key == "hung_s" and value is not None:
+                    print(f"{'hung':15} {visible(hung_line(info))}")
                 elif value not in (None, [], {}):
                     print(f"{key:15} {visible(value)}")
         return 0

@@ -33,6 +33,7 @@ Exit status: 0 when completed or stopped, 1 when failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import signal
@@ -149,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:  # another trainer has the run: say so on the pipe, not in its events
             return _refuse(run_dir, lock)
     events = _event_writer(run_dir, rank)
+    beat = _heartbeat(run_dir, events) if rank == 0 else None
     try:
         status = train(run_dir, events, resume=args.resume or args.checkpoint is not None, stop=stop,
-                       checkpoint_step=args.checkpoint)
+                       checkpoint_step=args.checkpoint, heartbeat=beat)
         return 0 if status in ("completed", "stopped") else 1
     except BaseException as exc:  # noqa: BLE001 - every failure must end in events
         kind, message, hint = errors.classify(exc)
@@ -160,12 +162,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"finetui trainer (rank {rank}): {kind}: {message}", file=sys.stderr)
         events.emit("error", kind=kind, message=message, hint=hint)
-        events.emit("finished", status="failed", metrics={},
-                    outputs={"checkpoints": str(run_dir / "checkpoints")})
+        events.emit("finished", status="failed", metrics={}, outputs={"checkpoints": "checkpoints"})
         return 1
     finally:
         gc.enable()
+        if beat is not None:
+            beat.stop()
         events.close()
+
+
+def _heartbeat(run_dir: Path, events: ev.EventWriter):
+    """Rank 0's heartbeat (engine.heartbeat), beating from now on through the loading phase:
+    every fifth of the run's train.hang_after_s without an event (config.yaml is read
+    plainly here; train() validates it)."""
+    from engine import heartbeat
+
+    try:
+        import yaml
+
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - train() reports a bad config
+        raw = None
+    beat = heartbeat.Heartbeat(events, heartbeat.beat_every(heartbeat.hang_after(raw)))
+    beat.enter("loading")  # imports, tokenizer, data, model, the checkpoint to resume from
+    return beat.start()
 
 
 # --------------------------------------------------------------------------- checks
@@ -467,6 +487,32 @@ def _resume_point(run_dir: Path, events: ev.EventWriter, step: int | None, rank:
     return chosen
 
 
+def best_in_this_folder(run_dir: Path, checkpoint: Path) -> None:
+    """Before a resume: the best checkpoint that ``checkpoint``'s trainer_state.json names
+    (relative to the run folder, or an absolute path from before, maybe the folder this run
+    was copied from) as an absolute path in this run folder, which is what the Trainer reads
+    (it checks the folder exists, from the current directory). The checkpoint's completion
+    marker is written again for the changed file."""
+    import json
+
+    from engine import atomic, run_paths, runs
+
+    state_file = checkpoint / runs.TRAINER_STATE
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
+    if not isinstance(best, str) or not best:
+        return
+    here = str(run_paths.resolve(run_dir, best))
+    if here != best:
+        state["best_model_checkpoint"] = here
+        atomic.write_text(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        if (checkpoint / runs.COMPLETE_FILE).exists():
+            runs.mark_complete(checkpoint)
+
+
 def _set_aside(path: Path) -> Path:
     target, n = path.with_name(f"skipped-{path.name}"), 1
     while target.exists():
@@ -529,8 +575,11 @@ def _keep_initial_adapter(model, config, run_dir: Path, rank: int) -> Path | Non
 
 
 def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: StopRequest | None = None,
-          checkpoint_step: int | None = None) -> str:
-    """Train the run in ``run_dir``; return the finished status (completed | stopped)."""
+          checkpoint_step: int | None = None, heartbeat=None) -> str:
+    """Train the run in ``run_dir``; return the finished status (completed | stopped).
+    ``heartbeat`` (engine.heartbeat.Heartbeat, in its loading phase) is told of progress and
+    of quiet phases. Paths in the events are relative to the run folder (engine.run_paths)."""
+    from engine import run_paths
     from engine import config as config_mod
     from engine import runs
 
@@ -621,6 +670,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         collate = dataset_mod.TrainedLogitsOnly(collate)
     counter = TokenCounter(collate, train_dataset=data.train)
     reporter = EventCallback(events, counter, device, world_size, meta)
+    reporter.heartbeat = heartbeat  # progress per micro-batch and evaluation batch; loading ends at train begin
     if has_eval and config.train.keep_best and not args.load_best_model_at_end and config.train.save_strategy != "no":
         events.emit("log", level="warning",
                     message="train.keep_best: checkpoints do not line up with evaluations (save_strategy/save_steps "
@@ -646,8 +696,11 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         optimizers=(_loraplus_optimizer(model, config), None),
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    trainer.heartbeat = heartbeat  # checkpoint saves and loading the best one are quiet phases
 
     checkpoint = _resume_point(run_dir, events, checkpoint_step, rank) if resume else None
+    if checkpoint is not None and rank == 0:
+        best_in_this_folder(run_dir, checkpoint)
     if resume and checkpoint is None:
         events.emit("log", level="warning", message="no checkpoint to resume from: starting at step 0")
     events.emit(
@@ -661,7 +714,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         precision={"dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                    "bf16": args.bf16, "fp16": args.fp16},
         world_size=world_size,
-        resumed_from=str(checkpoint) if checkpoint else None,
+        resumed_from=run_paths.stored(run_dir, checkpoint) if checkpoint else None,
     )
 
     started = time.time()
@@ -679,21 +732,22 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
                     message=f"stopped early at step {trainer.state.global_step}: no lower eval loss in "
                     f"{early_stop.early_stopping_patience} evaluations (best {trainer.state.best_metric:.4g} "
                     f"at step {trainer.state.best_global_step})")
-    outputs = {"checkpoints": str(run_dir / "checkpoints")}
+    outputs = {"checkpoints": "checkpoints"}  # relative to the run folder: runs can move
     best = trainer.state.best_model_checkpoint
     if best:
-        outputs["best_checkpoint"] = str(best)
+        outputs["best_checkpoint"] = run_paths.stored(run_dir, best)
     if trainer.state.global_step > 0:
         adapter_dir = run_dir / "adapter"
-        trainer.save_model(str(adapter_dir))  # adapter or full model, + tokenizer
-        if initial_adapter is not None and rank == 0:
-            # PiSSA/OLoRA moved the base weights: saved as the difference from the initial
-            # adapter (peft's conversion, rank 2r), the adapter applies to the untouched base
-            trainer.model.save_pretrained(str(adapter_dir),
-                                          path_initial_model_for_weight_conversion=str(initial_adapter))
+        with heartbeat.quiet("saving") if heartbeat is not None else contextlib.nullcontext():
+            trainer.save_model(str(adapter_dir))  # adapter or full model, + tokenizer
+            if initial_adapter is not None and rank == 0:
+                # PiSSA/OLoRA moved the base weights: saved as the difference from the initial
+                # adapter (peft's conversion, rank 2r), the adapter applies to the untouched base
+                trainer.model.save_pretrained(str(adapter_dir),
+                                              path_initial_model_for_weight_conversion=str(initial_adapter))
         if rank == 0:
             modeling.write_meta(adapter_dir, **meta)
-        outputs["adapter"] = str(adapter_dir)
+        outputs["adapter"] = "adapter"
     events.emit(
         "finished",
         status=status,

@@ -53,7 +53,7 @@ def test_the_best_checkpoint_is_kept_and_is_the_result(tmp_path, finetui_cache):
     assert finished["metrics"]["best_eval_loss"] == pytest.approx(best_loss)
     assert finished["metrics"]["final_is_best"] is True
     best_dir = run_dir / "checkpoints" / f"checkpoint-{best_step}"
-    assert finished["outputs"]["best_checkpoint"] == str(best_dir)
+    assert finished["outputs"]["best_checkpoint"] == f"checkpoints/checkpoint-{best_step}"  # in the run folder
     # save_total_limit 2 would have rotated it away long ago
     assert best_dir.is_dir()
     result = _weights(run_dir / "adapter")

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import events as ev
-from engine import runs
+from engine import heartbeat, runs, trainer_pid
 from engine.runs_cli import format_event
 from engine.visible import visible
 
@@ -82,6 +82,7 @@ class RunState:
         self.error: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.process_alive: bool | None = None  # None: not known yet
+        self.alive_since: float | None = None  # when the live trainer started (a hang counts from then at most)
         # The history in events.jsonl is still being read: until it is, the status is
         # "loading" (a completed run read halfway would look failed and offer a resume).
         self.loading = False
@@ -165,6 +166,14 @@ class RunState:
             return "failed" if self.events or self.source == "pipe" else "created"
         return "running" if self.events or self.process_alive else "starting"
 
+    def hung_s(self, now: float | None = None) -> float | None:
+        """Seconds the running trainer has said nothing (no event, no heartbeat) when that is
+        longer than the run's train.hang_after_s (engine.heartbeat), else None."""
+        if self.status != "running" or self.process_alive is not True:
+            return None
+        since = max([t for t in (self.last_time, self.alive_since) if t is not None], default=None)
+        return heartbeat.silence(since, heartbeat.hang_after(self.config), now)
+
     @property
     def process_gone(self) -> bool:
         """The trainer died without saying how it ended (kill -9, a crash)."""
@@ -222,6 +231,8 @@ class RunFeed:
         self.source = "pipe" if proc is not None and proc.stdout is not None else "file"
         self.state = RunState(self.run_id)
         self.state.source = self.source
+        if self.source == "pipe":
+            self.state.alive_since = time.time()  # just launched by this UI
         self.state.loading = _size(self.events_path) > 0  # until the first pumps have read the history
         self._line = 0  # file: lines of events.jsonl read so far (bad ones are named by number)
         self.lock = threading.Lock()  # held while the state changes and while it is drawn
@@ -385,6 +396,8 @@ class RunFeed:
         if not self._started:
             self._started = True
             self._set_alive(runs.trainer_alive(self.run_dir))
+            record = trainer_pid.read(self.run_dir)
+            self.state.alive_since = record.create_time if record is not None else None
         grew = False
         try:
             with open(path, "rb") as fh:
@@ -402,6 +415,9 @@ class RunFeed:
         if not grew and now - self._checked >= LIVENESS_S:
             self._checked = now
             alive = runs.trainer_alive(self.run_dir)
+            if alive and not self.state.process_alive:  # a new session: its trainer's start
+                record = trainer_pid.read(self.run_dir)
+                self.state.alive_since = record.create_time if record is not None else None
             if alive != self.state.process_alive and (alive or _size(path) <= self._offset):
                 self._set_alive(alive)
 

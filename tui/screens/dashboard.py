@@ -37,7 +37,7 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding
 
-from engine import errors, runs
+from engine import errors, heartbeat, runs
 from engine.runs_cli import data_line
 from tui.runfeed import RunFeed, RunState, feeds
 from tui.screens.base import FinetuiScreen, PaletteCommand
@@ -166,6 +166,7 @@ class DashboardScreen(FinetuiScreen):
     DashboardScreen #problem { height: auto; max-height: 6; padding: 0 1; display: none; }
     DashboardScreen #problem.-failed { display: block; background: $error 15%; }
     DashboardScreen #problem.-stopped { display: block; background: $warning 10%; }
+    DashboardScreen #problem.-hung { display: block; background: $error 15%; }
     DashboardScreen GpuPanel { padding: 0 1; background: $surface; }
     DashboardScreen #ckpts { height: 1; padding: 0 1; background: $surface; }
     DashboardScreen #log { height: 1fr; min-height: 3; padding: 0 1; }
@@ -256,7 +257,10 @@ class DashboardScreen(FinetuiScreen):
         first = self._hw_seen is None
         self._hw_seen = hw
         self._show_gpus(hw)  # its own 1 Hz cadence: a small widget
-        key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]))
+        with self.feed.lock:
+            hung = self.feed.state.hung_s()  # silence grows with no event: the banner counts it
+        key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]),
+               None if hung is None else int(hung))
         if first:
             self._version = -1  # the first poll brings config.yaml: draw everything once more
         if first or key != self._hw_key:
@@ -412,6 +416,9 @@ class DashboardScreen(FinetuiScreen):
             banner.set_class(status == "failed", "-failed")
         if banner.has_class("-stopped") != (status == "stopped"):
             banner.set_class(status == "stopped", "-stopped")
+        hung = st.hung_s() if status == "running" else None
+        if banner.has_class("-hung") != (hung is not None):
+            banner.set_class(hung is not None, "-hung")
         text = Text()
         width = max(self.size.width - 2, 20)
         if status == "failed":
@@ -432,6 +439,14 @@ class DashboardScreen(FinetuiScreen):
                 key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
                     app_key(self.app, "dashboard.resume", "R")
                 text.append("\n" + _clip(f"{key}: {self._fix.text}", width, 2), style=f"bold {colors['eval']}")
+        elif hung is not None:
+            # no event or heartbeat for train.hang_after_s, and the process lives
+            text.append(_clip(f"⚠ the trainer looks hung: {heartbeat.describe(hung)} (process alive)", width, 2),
+                        style=f"bold {colors['bad']}")
+            stop, kill = app_key(self.app, "dashboard.stop", "S"), app_key(self.app, "dashboard.kill", "K")
+            limit = heartbeat.hang_after(st.config or self._config)
+            text.append("\n" + _clip(f"{stop}: stop  ·  {kill}: kill  ·  hung after train.hang_after_s: {limit:g} s",
+                                     width, 2))
         elif status == "stopped":
             text.append("■ stopped", style=f"bold {colors['eval']}")
             step = (st.last_step or {}).get("step")
