@@ -432,13 +432,13 @@ def cpu_threads(model: Any, params: int) -> int | None:
     running beside the chat, as it often is) OpenMP threads that spin at every barrier
     make it up to 10x slower (measured: tiny, 2 cores, one trainer beside it: 1 thread
     ~1100 tok/s, 2 threads 60-300 tok/s). So: one thread per ~100M parameters, at most
-    half the cores. ``FINETUI_CHAT_THREADS`` or ``OMP_NUM_THREADS`` overrides.
+    half the cores. ``OMP_NUM_THREADS`` overrides.
     """
     import torch
 
     if _device_of(model).type != "cpu":
         return None
-    wanted = os.environ.get("FINETUI_CHAT_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    wanted = os.environ.get("OMP_NUM_THREADS")
     if wanted and wanted.isdigit() and int(wanted) > 0:
         n = int(wanted)
     else:
