@@ -4,10 +4,14 @@ other, and a combination peft cannot do is refused in the row, naming the settin
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 from test_tui_settings import edit, goto_field, open_settings
 from tui_helpers import SIZE, settle, text_of, tui_env  # noqa: F401
 
 from tui.app import FinetuiApp
+from tui.widgets.dialogs import ConfirmDialog
 from tui.widgets.fieldform import RowError
 
 
@@ -68,3 +72,28 @@ async def test_peft_variants_by_keyboard(tui_env):
         assert config().method.type == "lora"
         assert "method.use_dora: a LoRA setting, but method.type is full" in row.error
         assert any("method.use_dora: a LoRA setting" in text_of(e) for e in app.screen.query(RowError))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+async def test_start_refuses_a_tracker_that_is_not_installed(tui_env, monkeypatch):
+    """Start with train.report_to: [wandb] and no wandb: the start dialog names the setting
+    and the pip line, and no run is made."""
+    from engine import runs
+
+    monkeypatch.setattr(runs, "new_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("run folder made")))
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_settings(pilot, app)
+        await edit(pilot, app, "train.report_to", "[wandb]")
+        await settle(pilot, app)
+        await pilot.press("g")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        error = text_of(app.screen.query_one(".dialog-error"))
+        assert "train.report_to: wandb needs the wandb package" in error and "pip install wandb" in error
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)  # Start stays refused
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not app.run_processes

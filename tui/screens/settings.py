@@ -415,6 +415,11 @@ class SettingsScreen(FinetuiScreen):
         problem = data_path_problem(self.state.config.data.path)
         if problem:
             return problem
+        from engine import startcheck
+
+        missing = startcheck.package_problems(self.state.config)  # a tracker or galore-torch not installed
+        if missing:
+            return missing[0]
         if self.estimate is None and self.estimate_problem and self.estimate_blocks:
             return self.estimate_problem
         return None
