@@ -19,11 +19,14 @@ folder (``HfApi.upload_folder``) with the token from ``HF_TOKEN`` or ``hf auth l
 ``HF_ENDPOINT`` names another Hub. ``--dry-run`` lists the repo and every file with its
 size and touches no network.
 
-GGUF (``--gguf``) goes through llama.cpp's ``convert_hf_to_gguf.py``, found with
-``--llama-cpp DIR`` or ``$FINETUI_LLAMA_CPP``. The ``gguf`` package finetui depends on
-reads and edits GGUF files (transformers loads them through it) but has no converter from
-a Hugging Face folder; without llama.cpp the export stops before any work with a message
-saying how to get one.
+GGUF (``--gguf [f16|bf16|f32|q8_0]``): with ``--llama-cpp DIR`` (or ``$FINETUI_LLAMA_CPP``)
+llama.cpp's ``convert_hf_to_gguf.py`` writes it, for any architecture llama.cpp knows.
+Without llama.cpp, the ``gguf`` package finetui depends on writes it when it can
+(:func:`write_gguf_llama`): the gguf package has a GGUFWriter, llama's tensor-name map and
+the special-vocabulary reader but no Hugging Face converter, so finetui does the rest for
+the llama architecture with a byte-level BPE tokenizer (GPT-2's or Llama 3's split): the
+hyperparameters, the vocabulary and merges, the q/k rows in llama.cpp's order. Anything
+else stops before any work with a message saying how to get llama.cpp's converter.
 
 Heavy module (torch, transformers, peft through engine.merge): CLI and worker processes.
 """
@@ -49,10 +52,9 @@ LLAMA_CPP_ENV = "FINETUI_LLAMA_CPP"
 CONVERTER = "convert_hf_to_gguf.py"
 CARD = "README.md"
 LLAMA_CPP_HOW = (
-    "GGUF export needs llama.cpp's converter: `git clone https://github.com/ggml-org/llama.cpp` and "
+    "use llama.cpp's converter: `git clone https://github.com/ggml-org/llama.cpp` and "
     "`pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt`, then pass "
-    f"--llama-cpp PATH/TO/llama.cpp (or set {LLAMA_CPP_ENV}); the gguf package finetui installs reads GGUF "
-    "files but cannot convert a model to one"
+    f"--llama-cpp PATH/TO/llama.cpp (or set {LLAMA_CPP_ENV})"
 )
 
 
@@ -447,12 +449,12 @@ def _fix_generation_config(out: Path, eos_ids: list[int]) -> None:
         atomic.write_text(path, json.dumps(gen, indent=2) + "\n")
 
 
-def find_converter(llama_cpp: str | os.PathLike | None) -> Path:
-    """llama.cpp's convert_hf_to_gguf.py from --llama-cpp or $FINETUI_LLAMA_CPP, else an
-    ExportError that says how to get it."""
+def find_converter(llama_cpp: str | os.PathLike | None) -> Path | None:
+    """llama.cpp's convert_hf_to_gguf.py from --llama-cpp or $FINETUI_LLAMA_CPP (None when
+    neither names one; an ExportError that says how when the folder has none)."""
     where = llama_cpp or os.environ.get(LLAMA_CPP_ENV)
     if not where:
-        raise ExportError(LLAMA_CPP_HOW)
+        return None
     path = Path(where).expanduser()
     script = path if path.is_file() else path / CONVERTER
     if not script.is_file():
@@ -470,6 +472,176 @@ def write_gguf(folder: Path, script: Path, outtype: str, say: Callable[[str], No
     if proc.returncode != 0 or not target.is_file():
         tail = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1:] or [f"exit status {proc.returncode}"]
         raise ExportError(f"llama.cpp's {CONVERTER} failed: {tail[0].strip()}")
+    return target
+
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _pre_tokenizer(tok: dict[str, Any]) -> str | None:
+    """llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer, for the two this
+    writer knows exactly: GPT-2's (ByteLevel with its regex) and Llama 3's split."""
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return "gpt2"
+    parts = pre.get("pretokenizers") or []
+    if pre.get("type") == "Sequence" and len(parts) == 2 and parts[0].get("type") == "Split" \
+            and (parts[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT and parts[1].get("type") == "ByteLevel" \
+            and not parts[1].get("use_regex", True):
+        return "llama-bpe"
+    return None
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gguf_problem(config: dict[str, Any] | None, tok: dict[str, Any] | None) -> str | None:
+    """Why the built-in writer cannot convert a model with this config.json and
+    tokenizer.json (None: it can)."""
+    if config is None:
+        return "no readable config.json"
+    if config.get("model_type") != "llama":
+        return f"the built-in GGUF writer knows the llama architecture only, not {config.get('model_type')!r}"
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        return f"rope scaling {rope.get('rope_type') or rope.get('type')!r} is not written by the built-in GGUF writer"
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        return "biases in attention or MLP are not written by the built-in GGUF writer"
+    if tok is None:
+        return "no tokenizer.json (a fast tokenizer) to write the vocabulary from"
+    if (tok.get("model") or {}).get("type") != "BPE" or _pre_tokenizer(tok) is None or tok.get("normalizer"):
+        return "the built-in GGUF writer knows byte-level BPE tokenizers with GPT-2's or Llama 3's split only"
+    return None
+
+
+def _permute(weight, n_head: int):
+    """Hugging Face's q/k rows (rotary halves) in llama.cpp's order (interleaved pairs), as
+    convert_hf_to_gguf.py does."""
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2) \
+        .reshape(weight.shape)
+
+
+def _source_gguf_problem(run_dir: Path, trust_remote_code: bool) -> str | None:
+    """gguf_problem for the model a run will export, before any merging: the full
+    fine-tune's config, or the base's; the tokenizer saved with the run."""
+    from engine import modeling
+
+    adapter = run_dir / "adapter"
+    config = _json(adapter / "config.json")
+    if config is None and modeling.is_adapter_dir(adapter):
+        try:
+            base = modeling.base_config_for_adapter(adapter, trust_remote_code)
+            folder = modeling.resolve_model_path(base.name_or_path, base.revision, gguf_file=base.gguf_file)
+        except ModelError as exc:
+            return f"the base model: {exc}"
+        config = _json(folder / "config.json")
+    return gguf_problem(config, _json(adapter / "tokenizer.json"))
+
+
+def write_gguf_llama(folder: Path, target: Path, outtype: str) -> Path:
+    """A llama-architecture model folder as one GGUF file, through the gguf package's
+    GGUFWriter and its tensor-name map: metadata, the byte-level BPE vocabulary with its
+    merges, special tokens and chat template (gguf.SpecialVocab), and every tensor (q/k
+    rows permuted; 1-D tensors in float32, the rest in ``outtype``)."""
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    config, tok = _json(folder / "config.json"), _json(folder / "tokenizer.json")
+    problem = gguf_problem(config, tok)
+    if problem:
+        raise ExportError(f"{problem}: {LLAMA_CPP_HOW}")
+    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    hidden, n_layer = config["hidden_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or hidden // n_head
+    rope = config.get("rope_parameters") or {}
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[outtype]
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(folder.name)
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(ftype)
+
+    # The vocabulary by id; ids the tokenizer does not use (embeddings padded to a multiple)
+    # get placeholder tokens, as llama.cpp's converter writes them.
+    vocab = dict(tok["model"]["vocab"])
+    added = {a["content"]: a for a in tok.get("added_tokens", [])}
+    for content, a in added.items():
+        vocab[content] = a["id"]
+    by_id = {i: t for t, i in vocab.items()}
+    tokens, types = [], []
+    for i in range(config["vocab_size"]):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif token in added:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if added[token].get("special") else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer(tok))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=config["vocab_size"])
+    special.add_to_gguf(writer, quiet=True)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
+    files = sorted(folder.glob("*.safetensors"))
+    seen = set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+                if new is None:
+                    raise ExportError(f"{path.name}: tensor {name} has no GGUF name for llama: {LLAMA_CPP_HOW}")
+                data = f.get_tensor(name).float().numpy()
+                if name.endswith("q_proj.weight"):
+                    data = _permute(data, n_head)
+                elif name.endswith("k_proj.weight"):
+                    data = _permute(data, n_kv)
+                if data.ndim <= 1 or qtype == gguf.GGMLQuantizationType.F32:
+                    writer.add_tensor(new, data.astype(np.float32))
+                else:
+                    kind = qtype
+                    if kind == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32:
+                        kind = gguf.GGMLQuantizationType.F16  # rows must be whole Q8_0 blocks
+                    writer.add_tensor(new, gguf.quants.quantize(data, kind), raw_dtype=kind)
+                seen.add(name)
+    if not any(n.startswith("lm_head") for n in seen) and not config.get("tie_word_embeddings", False):
+        raise ExportError(f"{folder}: no lm_head weights found")
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, target)
     return target
 
 
@@ -492,6 +664,10 @@ def export(run: str | os.PathLike, out: str | os.PathLike | None = None, *, shar
     if gguf is not None and gguf not in GGUF_TYPES:
         raise ExportError(f"--gguf {gguf}: expected one of {', '.join(GGUF_TYPES)}")
     script = find_converter(llama_cpp) if gguf is not None else None  # before any work
+    if gguf is not None and script is None:
+        problem = _source_gguf_problem(run_dir, trust_remote_code)
+        if problem:
+            raise ExportError(f"--gguf: {problem}; {LLAMA_CPP_HOW}")
     folder = Path(out).expanduser() if out is not None else run_dir / "export"
     _prepare_out(folder, run_dir)
 
@@ -525,6 +701,9 @@ def export(run: str | os.PathLike, out: str | os.PathLike | None = None, *, shar
     if script is not None:
         report(f"writing GGUF ({gguf}) with llama.cpp", 0.92)
         gguf_file = write_gguf(folder, script, gguf, lambda line: report(line, 0.92))
+    elif gguf is not None:
+        report(f"writing GGUF ({gguf}) with the gguf package", 0.92)
+        gguf_file = write_gguf_llama(folder, folder / f"{folder.name}-{gguf}.gguf", gguf)
 
     base = meta.get("base_model") or (json.loads((adapter / "adapter_config.json").read_text()).get(
         "base_model_name_or_path") if lora else None)
@@ -640,8 +819,9 @@ def add_parser(sub) -> None:
     x.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the repo and every file that "
                    "would be uploaded, with sizes; no network")
     x.add_argument("--gguf", nargs="?", const="f16", choices=GGUF_TYPES, metavar="TYPE",
-                   help=f"also write a GGUF file with llama.cpp's {CONVERTER} (TYPE: {', '.join(GGUF_TYPES)}; "
-                   "default f16)")
+                   help=f"also write a GGUF file into the folder (TYPE: {', '.join(GGUF_TYPES)}; default f16): "
+                   f"with llama.cpp's {CONVERTER} when --llama-cpp or ${LLAMA_CPP_ENV} names it, else with the gguf "
+                   "package for llama-architecture models")
     x.add_argument("--llama-cpp", metavar="DIR", help=f"llama.cpp checkout holding {CONVERTER} (default "
                    f"${LLAMA_CPP_ENV})")
     x.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)

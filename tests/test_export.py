@@ -300,13 +300,47 @@ def test_push_offline_unreachable_or_without_token_fails_in_one_line(lora_run, e
         os.environ.pop("HF_ENDPOINT")
 
 
-def test_gguf_without_llama_cpp_says_how_before_any_work(lora_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("outtype,tolerance", [("f32", 1e-5), ("q8_0", 0.1)])
+def test_gguf_written_by_the_gguf_package_loads_with_the_same_logits_and_tokens(lora_run, tmp_path, monkeypatch,
+                                                                                  outtype, tolerance):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     monkeypatch.delenv(ex.LLAMA_CPP_ENV, raising=False)
+    done = ex.export(lora_run, tmp_path / "g", gguf=outtype)
+    assert done.gguf == done.folder / f"g-{outtype}.gguf" and done.gguf.stat().st_size > 0
+    assert done.gguf.name in {name for name, _ in done.files}  # it is part of the folder (and of a push)
+    # transformers reads GGUF files on its own (dequantising, undoing llama.cpp's q/k order).
+    model = AutoModelForCausalLM.from_pretrained(done.folder).eval()
+    from_gguf = AutoModelForCausalLM.from_pretrained(done.folder, gguf_file=done.gguf.name).eval()
+    tokenizer = AutoTokenizer.from_pretrained(done.folder)
+    gguf_tok = AutoTokenizer.from_pretrained(done.folder, gguf_file=done.gguf.name)
+    for text in ["What is finetui? It's 42 times ÄÖ!", "<|im_start|>user\nhi  there<|im_end|>\n\n 12345"]:
+        assert gguf_tok(text, add_special_tokens=False)["input_ids"] == tokenizer(text, add_special_tokens=False)[
+            "input_ids"]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is finetui?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    torch.testing.assert_close(logits(from_gguf, ids), logits(model, ids), rtol=0, atol=tolerance)
+    fields = gguf.GGUFReader(done.gguf).fields  # what llama.cpp reads beyond the weights
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
+
+
+def test_gguf_says_how_when_neither_llama_cpp_nor_the_built_in_writer_can(lora_run, tmp_path, monkeypatch):
+    monkeypatch.delenv(ex.LLAMA_CPP_ENV, raising=False)
+    run = tmp_path / "runs" / "20200101-000000-qwen"
+    (run / "adapter").mkdir(parents=True)
+    for name in ("config.yaml", "events.jsonl"):
+        shutil.copy(lora_run / name, run / name)
+    shutil.copy(lora_run / "adapter" / "tokenizer.json", run / "adapter")
+    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
     out = tmp_path / "g"
-    done = cli("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out), "--gguf")
-    assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert "git clone https://github.com/ggml-org/llama.cpp" in done.stderr and "--llama-cpp" in done.stderr
-    assert not out.exists()  # stopped before merging
+    done = cli("--runs-dir", str(run.parent), "export", run.name, "--out", str(out), "--gguf")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "not 'qwen3'" in done.stderr and "git clone https://github.com/ggml-org/llama.cpp" in done.stderr
+    assert "--llama-cpp" in done.stderr
+    assert not out.exists()  # stopped before any work
     with pytest.raises(ex.ExportError, match="no convert_hf_to_gguf.py in"):
         ex.export(lora_run, out, gguf="f16", llama_cpp=tmp_path)
 
