@@ -95,16 +95,19 @@ def test_auto_and_reference_train_alike_on_cpu(tiny_model_dir, finetui_cache, me
 
 
 def test_a_wrong_kernel_is_caught(tiny_model_dir, finetui_cache, monkeypatch):
-    """RMSNorm's fused function off by one part in 10^4: the parity check fails."""
-    from engine.perf import fused_layers
+    """The fused loss normalised by one target too many (an off-by-one, ~0.3% here): the
+    parity check fails."""
+    from engine.perf import fused_loss
 
-    original = fused_layers._RMSNorm.forward
+    original = fused_loss.linear_cross_entropy
 
-    def slightly_wrong(ctx, x, weight, eps):
-        return original(ctx, x, weight, eps) * (1 + 1e-4)
+    def off_by_one(hidden, weight, bias, targets, num_items_in_batch=None, **kwargs):
+        n = (targets != fused_loss.IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+        return original(hidden, weight, bias, targets, n + 1, **kwargs)
 
     reference, _ = run_job(job("lora", True, "fp32", "reference"))
-    monkeypatch.setattr(fused_layers._RMSNorm, "forward", staticmethod(slightly_wrong))
+    assert_same(run_job(job("lora", True, "fp32", "auto"))[0], reference, "fp32")  # the right kernel passes
+    monkeypatch.setattr(fused_loss, "linear_cross_entropy", off_by_one)
     wrong, _ = run_job(job("lora", True, "fp32", "auto"))
     with pytest.raises(AssertionError):
         assert_same(wrong, reference, "fp32")
