@@ -189,3 +189,22 @@ def test_estimate_counts_dora_magnitudes(tiny_model_dir):
                        cfg.validate({"method": {"type": "lora", "use_dora": True}}).method, device="cpu")
     magnitudes = sum(p.numel() for n, p in model.named_parameters() if "lora_magnitude_vector" in n)
     assert extra == magnitudes > 0
+
+
+def test_dora_on_a_4bit_base_trains(tmp_path, finetui_cache):
+    """peft supports DoRA on bitsandbytes' 4-bit linears: QLoRA + DoRA is allowed and trains."""
+    run_dir, _ = trained(tmp_path, "qdora", {"type": "qlora", "use_dora": True})
+    assert adapter_config(run_dir)["use_dora"] is True
+
+
+def test_galore_without_its_package_is_refused_naming_the_setting(monkeypatch):
+    import sys
+
+    from engine import startcheck
+
+    config = cfg.validate({"method": {"type": "full"}, "train": {"optimizer": "galore_adamw"}})
+    assert startcheck.package_problems(config) == []  # installed with the test extra
+    monkeypatch.setitem(sys.modules, "galore_torch", None)  # as if it were not installed
+    assert startcheck.package_problems(config) == [
+        "train.optimizer: galore_adamw needs the galore-torch package, which is not installed: "
+        "pip install galore-torch (or pip install 'finetui[galore]')"]
