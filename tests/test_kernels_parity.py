@@ -82,6 +82,7 @@ def assert_same(auto: list[float], reference: list[float], precision: str) -> No
 JOBS = [(m, p, x) for x in ("fp32", "bf16") for m in ("lora", "full") for p in (True, False)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,packing,precision", JOBS,
                          ids=[f"{m}-{'packed' if p else 'padded'}-{x}" for m, p, x in JOBS])
 def test_auto_and_reference_train_alike_on_cpu(tiny_model_dir, finetui_cache, method, packing, precision):
@@ -94,6 +95,7 @@ def test_auto_and_reference_train_alike_on_cpu(tiny_model_dir, finetui_cache, me
     assert len(set(auto)) > 1  # the losses move: the steps trained
 
 
+@pytest.mark.slow
 def test_a_wrong_kernel_is_caught(tiny_model_dir, finetui_cache, monkeypatch):
     """The fused loss normalised by one target too many (an off-by-one, ~0.3% here): the
     parity check fails."""
@@ -113,6 +115,7 @@ def test_a_wrong_kernel_is_caught(tiny_model_dir, finetui_cache, monkeypatch):
         assert_same(wrong, reference, "fp32")
 
 
+@pytest.mark.slow
 def test_the_switch_switches(tiny_model_dir, finetui_cache, monkeypatch):
     """Calls into our fused code and the lean Trainer: many under auto, none under reference."""
     from engine.perf import attention, fused_layers, fused_lora, fused_loss
@@ -142,6 +145,7 @@ def test_the_switch_switches(tiny_model_dir, finetui_cache, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method,packing", [("lora", True), ("full", False)])
 def test_auto_and_reference_train_alike_on_cuda(tiny_model_dir, finetui_cache, method, packing):
