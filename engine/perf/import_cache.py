@@ -23,7 +23,8 @@ sit between launch and the first training step.
 The table is the same either way (tests/test_import_cache.py compares it with transformers'
 own scan). Anything unexpected (a transformers without the function, an unreadable or
 stale cache file, a folder we cannot write) falls back to transformers' scan.
-``FINETUI_IMPORT_CACHE=0`` switches it off.
+A trainer with ``train.kernels: reference`` does without it; ``FINETUI_IMPORT_CACHE=0``
+(internal: benchmarks/import_time.py's A/B) switches it off anywhere.
 """
 
 from __future__ import annotations
