@@ -407,3 +407,18 @@ async def test_runs_screen_export_key_runs_the_export_in_a_subprocess(lora_run, 
         assert any(line.startswith(f"exported to {dialog.folder}") for line in dialog.lines)
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen), timeout=10, what="back to Runs")
+
+
+def test_an_up_to_date_merge_is_linked_not_merged_again(lora_run, exported, tmp_path):
+    from engine.merge import merge
+
+    merged = merge(lora_run, shard_size="500KB")
+    stages: list[str] = []
+    done = ex.export(lora_run, tmp_path / "from-merged", progress=lambda stage, fraction: stages.append(stage))
+    assert stages[0] == "linking the merged model of `finetui merge`" and "merging" not in stages
+    for name in ("model.safetensors.index.json", "config.json", "tokenizer.json"):
+        assert (done.folder / name).stat().st_ino == (merged / name).stat().st_ino
+    meta = json.loads((done.folder / "finetui.json").read_text())
+    assert meta["method"] == "lora" and "merged_from" not in meta
+    assert "merged_from" in json.loads((merged / "finetui.json").read_text())  # the run's own copy is untouched
+    shutil.rmtree(merged)
