@@ -87,8 +87,8 @@ def test_training_finishes_while_the_ui_reads_nothing_and_the_feed_catches_up(tm
 @pytest.mark.slow
 def test_a_suspended_finetui_train_never_stalls_the_trainer_and_catches_up(tmp_path, finetui_cache):
     """`finetui train` is suspended (SIGSTOP, as a hung SSH terminal does) right after it
-    started the run: the trainer still finishes; resumed (SIGCONT), the CLI prints every
-    step and the finished event and exits 0."""
+    started the run: the trainer still finishes; resumed (SIGCONT), the CLI prints up to the
+    last step and the finished event and exits 0."""
     config = tmp_path / "stalled.yaml"
     config.write_text(make_config(train=QUIET).to_yaml())
     out_path = tmp_path / "out.txt"
@@ -107,8 +107,10 @@ def test_a_suspended_finetui_train_never_stalls_the_trainer_and_catches_up(tmp_p
         _, err = cli.communicate(timeout=120)
         assert cli.returncode == 0, err
         lines = out_path.read_text().splitlines()
-        steps = [line.split()[1] for line in lines if line.startswith("step ")]
-        assert steps == [f"{i}/{STEPS}" for i in range(1, STEPS + 1)]
+        # off a terminal the CLI may print only some step lines: the last one and the finished
+        # event are among those the pipe dropped, so they come from the file
+        steps = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("step ")]
+        assert steps and steps == sorted(set(steps)) and steps[-1] == STEPS, lines[-5:]
         assert lines[-1].startswith("finished: completed")
     finally:
         if cli.poll() is None:
