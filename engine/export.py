@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -346,9 +345,10 @@ def model_card(run_dir: Path, *, base_model: str | None, method: str | None, tit
     results = _eval_results(run_dir)
     table = eval_table(results) if results else []
     if table:
+        of = results.get("split_size")
+        of_text = f" of {of}" if of not in (None, results.get("examples")) else ""
         lines.append(f"`finetui eval` on the {results.get('split', 'test')} split, {results.get('examples')} examples"
-                     + (f" of {results['split_size']}" if results.get("split_size") not in (None, results.get("examples"))
-                        else "") + " (greedy decoding; exact match of the whole reply):")
+                     f"{of_text} (greedy decoding; exact match of the whole reply):")
         lines += [""] + table
     else:
         lines.append("No held-out evaluation was run (`finetui eval RUN` writes one; export again to include it).")

@@ -252,7 +252,7 @@ def test_dry_run_lists_every_file_with_its_size_and_no_network(lora_run, tmp_pat
     for name, size in files:
         assert any(line.split()[:1] == [name] and f"({size:,} bytes)" in line for line in lines), name
     total = sum(size for _, size in files)
-    assert f"total" in lines[-2] and f"({total:,} bytes)" in lines[-2]
+    assert "total" in lines[-2] and f"({total:,} bytes)" in lines[-2]
 
 
 def test_push_to_a_hub_uploads_the_folder(lora_run, exported, tmp_path, fake_hub, finetui_cache):
@@ -334,7 +334,8 @@ def test_gguf_says_how_when_neither_llama_cpp_nor_the_built_in_writer_can(lora_r
     for name in ("config.yaml", "events.jsonl"):
         shutil.copy(lora_run / name, run / name)
     shutil.copy(lora_run / "adapter" / "tokenizer.json", run / "adapter")
-    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
+    (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "qwen3",
+                                                             "architectures": ["Qwen3ForCausalLM"]}))
     out = tmp_path / "g"
     done = cli("--runs-dir", str(run.parent), "export", run.name, "--out", str(out), "--gguf")
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
