@@ -809,10 +809,12 @@ def add_parser(sub) -> None:
     x = sub.add_parser("export", help="a run's merged model + model card in a folder; push it to the Hub, write GGUF",
                        description="Write a run's model (merged safetensors, tokenizer, chat template, generation "
                                    "config) and a model card README.md into a folder; optionally push the folder to "
-                                   "the Hugging Face Hub and write a GGUF file with llama.cpp's converter.")
+                                   "the Hugging Face Hub, and write a GGUF file (llama.cpp's converter, or the gguf "
+                                   "package for Llama-architecture models).")
     x.add_argument("run", help="run id (or unique prefix, or last)")
-    x.add_argument("--out", help="output folder (default runs/<id>/export); an earlier export there is replaced")
-    x.add_argument("--shard-size", default="2GB", help="max safetensors shard size, e.g. 500MB")
+    x.add_argument("--out", metavar="DIR", help="output folder (default runs/<id>/export); an earlier export there is replaced")
+    x.add_argument("--shard-size", default="2GB", metavar="SIZE",
+                   help="max safetensors shard size, e.g. 500MB (default 2GB)")
     x.add_argument("--push-to-hub", metavar="REPO", help="create the Hub repo user/name (if missing) and upload the "
                    "folder; token from HF_TOKEN or `hf auth login`, endpoint from HF_ENDPOINT")
     x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
