@@ -17,15 +17,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,133 +30,16 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, RichLog, Static
 
-from engine.units import format_bytes
+from tui import evalstate
+from tui.evalstate import Job, default_run, read_results, run_choices
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.dialogs import PickDialog
 from tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
 from tui.widgets.pathinput import PathInput
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-REPO_ROOT = str(Path(__file__).resolve().parents[2])
-ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-MERGE_STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
-BAR_LINE = re.compile(r"\d+%\|")  # a tqdm bar: the last one is kept, not every redraw
 HINT = "⏎ example · g evaluate · x export (merge) · o run · t chat · v log"
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def read_results(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str | None]:
-    """A run's saved evaluation: (summary, rows, problem). (None, [], None) when there is
-    none yet."""
-    folder = run_dir / "eval"
-    summary_path = folder / "results.json"
-    if not summary_path.exists():
-        return None, [], None
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return None, [], f"{summary_path}: cannot read ({exc})"
-    rows: list[dict[str, Any]] = []
-    problem = None
-    try:
-        with open(folder / "results.jsonl", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        problem = f"results.jsonl line {n}: not JSON (skipped)"
-    except OSError:
-        problem = "results.jsonl is missing: metrics only"
-    return summary, rows, problem
-
-
-def run_choices() -> list[tuple[str, str, str]]:
-    """(run folder, id, description) for every run, newest first."""
-    from engine import runs
-
-    items = []
-    for info in runs.list_runs():
-        run_dir = Path(info.path)
-        done = "evaluated" if (run_dir / "eval" / "results.json").exists() else "not evaluated"
-        has = "merged" if (run_dir / "merged" / "config.json").exists() else \
-            "adapter" if (run_dir / "adapter").is_dir() else "no result yet"
-        items.append((str(run_dir.resolve()), info.id,
-                      f"{info.status} · {info.method or '?'} · {info.model or '?'} · {has} · {done}"))
-    return items
-
-
-def default_run() -> Path | None:
-    """The newest run with a result to evaluate (adapter/), else the newest run."""
-    from engine import runs
-
-    found = runs.list_runs()
-    for info in found:
-        if (Path(info.path) / "adapter").is_dir():
-            return Path(info.path).resolve()
-    return Path(found[0].path).resolve() if found else None
-
-
-def folder_summary(path: Path) -> str:
-    try:
-        files = [p for p in path.iterdir() if p.is_file()]
-    except OSError:
-        return ""
-    size = sum(p.stat().st_size for p in files)
-    shards = sum(1 for p in files if p.suffix == ".safetensors")
-    return f"{len(files)} files, {shards} safetensors shard{'s' if shards != 1 else ''}, {format_bytes(size)}"
-
-
-def _fmt(value: float | None, pattern: str = "{:.4f}") -> str:
-    return "—" if value is None else pattern.format(value)
-
-
-# ---------------------------------------------------------------------------- subprocess
-
-
-@dataclass
-class Job:
-    """An evaluation or a merge running as a subprocess."""
-
-    kind: str  # eval | merge
-    run_dir: Path
-    command: list[str]
-    out: Path | None = None
-    proc: subprocess.Popen | None = None
-    started: float = field(default_factory=time.monotonic)
-    stage: str = "starting"
-    fraction: float | None = None
-    errors: list[str] = field(default_factory=list)
-    tail: list[str] = field(default_factory=list)
-    stopped: bool = False
-
-
-def job_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _open_stderr() -> tuple[int | None, int | None]:
-    """A pseudo-terminal for the child's stderr (the evaluator prints its progress only to a
-    terminal), or (None, None) where there is none."""
-    try:
-        import fcntl
-        import pty
-        import struct
-        import termios
-
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-        attrs = termios.tcgetattr(slave)
-        attrs[1] &= ~termios.ONLCR  # plain \n line ends
-        termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        return master, slave
-    except (ImportError, OSError):
-        return None, None
+LINE_STYLES = {"error": "bold red", "stage": "bold", "dim": "dim"}
 
 
 # ---------------------------------------------------------------------------- the screen
@@ -202,7 +78,6 @@ class EvalScreen(FinetuiScreen):
         self.job: Job | None = None
         self.options = EvalOptions()
         self.detail_index: int | None = None
-        self._bar = ""  # the latest progress-bar redraw of the job
         self._tick_n = 0
         self._timer = None
         self._message: Text | None = None  # last outcome, shown until the next job
@@ -347,52 +222,16 @@ class EvalScreen(FinetuiScreen):
                         "x exports it as a merged model folder.", style="dim")
             widget.update(text)
             return
-        metrics = r.get("metrics", {})
-        names = [n for n in ("base", "tuned") if n in metrics]
+        names = evalstate.models_in(r)
         table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, expand=False, pad_edge=False)
         table.add_column("metric", style="bold")
         for n in names:
             table.add_column(n, justify="right")
         if len(names) == 2:
             table.add_column("tuned − base", justify="right", style="dim")
-
-        def delta(key: str, pattern: str) -> str:
-            a, b = metrics["base"].get(key), metrics["tuned"].get(key)
-            return "" if a is None or b is None else pattern.format(b - a)
-
-        def em(n: str) -> str:
-            m = metrics[n]
-            if m.get("exact_match") is None:
-                return "—"
-            return f"{m['n_exact']}/{m['n_generated']} ({100 * m['exact_match']:.0f}%)"
-
-        rows = [
-            ("eval loss", [_fmt(metrics[n].get("eval_loss")) for n in names], delta("eval_loss", "{:+.4f}")),
-            ("perplexity", [_fmt(metrics[n].get("perplexity"), "{:.2f}") for n in names],
-             delta("perplexity", "{:+.2f}")),
-            ("exact match", [em(n) for n in names], delta("exact_match", "{:+.0%}")),
-        ]
-        if r.get("labels"):
-            labels = ", ".join(r["labels"][:6]) + (" …" if len(r["labels"]) > 6 else "")
-            rows.append((f"accuracy ({labels})", [_fmt(metrics[n].get("accuracy"), "{:.1%}") for n in names],
-                         delta("accuracy", "{:+.1%}")))
-        if r.get("refusal") is not None:
-            def rate(n: str, hits: str, of: str, key: str) -> str:
-                m = metrics[n]
-                return "—" if m.get(key) is None else f"{m[hits]}/{m[of]} ({100 * m[key]:.0f}%)"
-
-            rows.append(("refusals, off-topic", [rate(n, "n_refused", "n_off_topic", "refusal_rate") for n in names],
-                         delta("refusal_rate", "{:+.0%}")))
-            rows.append(("false refusals", [rate(n, "n_false_refusals", "n_in_domain", "false_refusal_rate")
-                                            for n in names], delta("false_refusal_rate", "{:+.0%}")))
-        for label, values, d in rows:
-            table.add_row(label, *values, *([d] if len(names) == 2 else []))
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else "?"
-        of = f"{r.get('examples')}" + (f" of {r['split_size']}" if r.get("split_size", 0) > r.get("examples", 0) else "")
-        split = "held-out test split" if r.get("split", "test") == "test" else f"{r['split']} split"
-        head = Text(f"{split} · {of} examples · evaluated {when}", style="dim", no_wrap=True, overflow="ellipsis")
-        if r.get("total_s"):
-            head.append(f" in {r['total_s']:.0f}s")
+        for row in evalstate.metric_rows(r):
+            table.add_row(row.label, *row.values, *([row.delta] if len(names) == 2 else []))
+        head = Text(evalstate.result_heading(r), style="dim", no_wrap=True, overflow="ellipsis")
         widget.update(Group(head, table))
 
     def fill_table(self) -> None:
@@ -400,7 +239,7 @@ class EvalScreen(FinetuiScreen):
         table.clear(columns=True)
         if not self.rows:
             return
-        names = [n for n in ("base", "tuned") if self.result and n in self.result.get("metrics", {})]
+        names = evalstate.models_in(self.result)
         width = max(self.query_one("#ev-switcher").size.width or self.size.width, 40)
         cols = 2 + len(names)
         text_width = max(8, (width - 1 - 5 - cols * 2) // cols)
@@ -511,7 +350,7 @@ class EvalScreen(FinetuiScreen):
                 filled = round(10 * job.fraction)
                 line.append("█" * filled + "░" * (10 - filled) + f" {job.fraction:.0%} ",
                             style=self._color("accent"))
-            line.append(f"{time.monotonic() - job.started:.0f}s · {job.stage}")
+            line.append(job.status())
             line.append(" · S stops", style="dim")
         elif self._message is not None:
             line.append_text(self._message)
@@ -538,20 +377,14 @@ class EvalScreen(FinetuiScreen):
         if options is None or self.run_dir is None:
             return
         self.options = options
-        command = [sys.executable, "-m", "engine.cli", "eval", str(self.run_dir), "--json",
-                   "--max-new-tokens", str(options.max_new_tokens)]
-        if options.compare_base:
-            command.append("--compare-base")
-        if options.limit is not None:
-            command += ["--limit", str(options.limit)]
-        command += self._trust_flag()
+        command = evalstate.eval_command(self.run_dir, options, self._trusts())
         self.start_job(Job("eval", self.run_dir, command))
 
-    def _trust_flag(self) -> list[str]:
+    def _trusts(self) -> bool:
         """--trust-remote-code only when the user's own config (Settings) sets it."""
         from tui.session import trusts_remote_code
 
-        return ["--trust-remote-code"] if trusts_remote_code(self.app) else []
+        return trusts_remote_code(self.app)
 
     # ------------------------------------------------------------------ export
 
@@ -582,8 +415,7 @@ class EvalScreen(FinetuiScreen):
         if options is None or self.run_dir is None:
             return
         out = options.out.resolve()
-        command = [sys.executable, "-m", "engine.cli", "merge", str(self.run_dir), "--out", str(out),
-                   "--shard-size", options.shard_size, *self._trust_flag()]
+        command = evalstate.merge_command(self.run_dir, out, options.shard_size, self._trusts())
         self.start_job(Job("merge", self.run_dir, command, out=out))
 
     # ------------------------------------------------------------------ jobs
@@ -591,8 +423,7 @@ class EvalScreen(FinetuiScreen):
     def start_job(self, job: Job) -> None:
         self.job = job
         self._message = None
-        self._bar = ""
-        self.write_log(Text(f"$ finetui {' '.join(job.command[3:])}", style="bold"))
+        self.write_log(Text(job.shown_command, style="bold"))
         self.switch_to("ev-log")
         self._timer.resume()
         self.refresh_bindings()
@@ -601,61 +432,8 @@ class EvalScreen(FinetuiScreen):
 
     def _job_thread(self, job: Job) -> None:
         """Thread: run the subprocess; its stderr lines go to the log as they come."""
-        master, slave = _open_stderr()
-        try:
-            job.proc = subprocess.Popen(
-                job.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=slave if slave is not None else subprocess.PIPE,
-                start_new_session=True, env=job_env(), cwd=os.getcwd(),
-            )
-        except OSError as exc:
-            for fd in (master, slave):
-                if fd is not None:
-                    os.close(fd)
-            self._ui(self.job_done, job, None, "", f"cannot start: {exc}")
-            return
-        if slave is not None:
-            os.close(slave)
-        out: list[bytes] = []
-        reader = threading.Thread(target=lambda: out.append(job.proc.stdout.read()), daemon=True)
-        reader.start()
-        if master is not None:
-            self._read_pty(job, master)
-        else:
-            for raw in job.proc.stderr:
-                self._line(job, raw.decode("utf-8", errors="replace"))
-        returncode = job.proc.wait()
-        reader.join()
-        self._ui(self.job_done, job, returncode, b"".join(out).decode("utf-8", errors="replace"), None)
-
-    def _read_pty(self, job: Job, master: int) -> None:
-        pending = ""
-        try:
-            while True:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed its end
-                    break
-                if not chunk:
-                    break
-                pending += chunk.decode("utf-8", errors="replace")
-                *lines, pending = re.split(r"\r\n|\r|\n", pending)
-                for line in lines:
-                    self._line(job, line)
-        finally:
-            os.close(master)
-        if pending:
-            self._line(job, pending)
-
-    def _line(self, job: Job, raw: str) -> None:
-        line = ANSI.sub("", raw).rstrip()
-        if not line.strip():
-            return
-        if BAR_LINE.search(line):
-            self._bar = line  # shown in the status line only
-            job.stage = line.strip()[:60]
-            return
-        self._ui(self.job_line, job, line)
+        returncode, stdout, problem = evalstate.run_job(job, lambda line, kind: self._ui(self.job_line, line, kind))
+        self._ui(self.job_done, job, returncode, stdout, problem)
 
     def _ui(self, fn, *args) -> None:
         try:
@@ -670,21 +448,8 @@ class EvalScreen(FinetuiScreen):
         self.log_lines = (self.log_lines + [text.plain])[-5000:]
         self.query_one("#ev-log", RichLog).write(text)
 
-    def job_line(self, job: Job, line: str) -> None:
-        job.tail = (job.tail + [line])[-20:]
-        style = ""
-        if line.startswith("finetui: "):
-            job.errors.append(line.removeprefix("finetui: "))
-            style = "bold red"
-        elif line.startswith("· "):
-            job.stage = line[2:]
-            style = "bold"
-        elif (m := MERGE_STEP.match(line)) is not None:
-            job.fraction, job.stage = int(m.group(1)) / 100, m.group(2)
-            style = "bold"
-        else:
-            style = "dim"
-        self.write_log(Text(line, style=style))
+    def job_line(self, line: str, kind: str) -> None:
+        self.write_log(Text(line, style=LINE_STYLES[kind]))
         self.show_status()
 
     def job_done(self, job: Job, returncode: int | None, stdout: str, problem: str | None) -> None:
@@ -695,9 +460,7 @@ class EvalScreen(FinetuiScreen):
         took = time.monotonic() - job.started
         if job.stopped:
             self._outcome(f"{job.kind} stopped after {took:.0f}s", "warning")
-        elif problem or returncode != 0:
-            reason = problem or "; ".join(job.errors) or (job.tail[-1] if job.tail else "") \
-                or f"exited with status {returncode}"
+        elif (reason := job.failure(returncode, problem)) is not None:
             self._outcome(f"{job.kind} failed: {reason}", "error")
             self.notify(reason, title=f"{'Evaluation' if job.kind == 'eval' else 'Export'} failed",
                         severity="error", timeout=15)
@@ -713,10 +476,8 @@ class EvalScreen(FinetuiScreen):
         self._message = Text(message, style=style)
 
     def _eval_done(self, job: Job, stdout: str, took: float) -> None:
-        line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("{")), "")
-        try:
-            result = json.loads(line)
-        except ValueError:
+        result = evalstate.parse_eval_output(stdout)
+        if result is None:
             self._outcome("evaluation finished but printed no JSON result (see the log)", "error")
             return
         rows = result.pop("rows", [])
@@ -727,10 +488,7 @@ class EvalScreen(FinetuiScreen):
         self.show_run_line()
         self.show_metrics()
         self.fill_table()
-        tuned = result.get("metrics", {}).get("tuned", {})
-        summary = f"evaluated {result.get('examples')} examples in {took:.0f}s: tuned loss {_fmt(tuned.get('eval_loss'))}"
-        if tuned.get("exact_match") is not None:
-            summary += f", exact match {tuned['n_exact']}/{tuned['n_generated']}"
+        summary = evalstate.eval_summary(result, took)
         saved = result.get("saved", {}).get("results")
         for note in result.get("notes", []):
             self.write_log(Text(f"note: {note}", style=self._color("warning")))
@@ -740,13 +498,12 @@ class EvalScreen(FinetuiScreen):
         self.switch_to("ev-table")
 
     def _merge_done(self, job: Job, stdout: str, took: float) -> None:
-        printed = next((ln.strip() for ln in reversed(stdout.splitlines()) if ln.strip()), "")
-        out = Path(printed) if printed else job.out
+        out = evalstate.merge_output(stdout, job.out)
         if out is None or not (out / "config.json").exists():
             self._outcome(f"merge finished but {out} holds no config.json (see the log)", "error")
             return
         job.fraction = 1.0
-        self.write_log(Text(f"merged model: {out} ({folder_summary(out)})", style="bold"))
+        self.write_log(Text(f"merged model: {out} ({evalstate.folder_summary(out)})", style="bold"))
         self.write_log(Text(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}); "
                        f"Chat (c, ctrl+o) can load it too", style="dim"))
         self._outcome(f"exported to {out} in {took:.0f}s", "success")
@@ -763,14 +520,7 @@ class EvalScreen(FinetuiScreen):
         self.show_status()
 
     def _signal_job(self, sig: int, job: Job | None = None) -> None:
-        job = job or self.job
-        proc = job.proc if job is not None else None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        evalstate.signal_job(job or self.job, sig)
 
     # ------------------------------------------------------------------ palette
 
