@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine import chat_protocol as proto
+from engine.json_errors import json_error
 from engine.visible import json_text, visible
 
 
@@ -861,21 +862,22 @@ def _one_shot(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any])
         if args.json:
             try:
                 done = chat.generate(messages, params)
-                print(json_text({"prompt": prompt, **done}), flush=True)
-            except InputError as exc:
-                print(json.dumps({"prompt": prompt, "error": {"kind": "input", "message": str(exc)}}), flush=True)
+                print(json_text({"ok": True, "prompt": prompt, **done}), flush=True)
+            except InputError as exc:  # engine.json_errors' shape, with the prompt it is about
+                print(json_text({"prompt": prompt, **json_error("input", str(exc), "--prompt")}), flush=True)
                 status = 1
             continue
-        print(f"> {visible(prompt)}", flush=True)
+        if sys.stderr.isatty():  # the answer alone goes to stdout: `answer=$(finetui chat ... --prompt ...)`
+            print(f"> {visible(prompt)}", file=sys.stderr, flush=True)
         try:  # the model's tokens are shown, never obeyed by the terminal (engine.visible)
             done = chat.generate(messages, params, on_token=lambda t: print(visible(t), end="", flush=True))
         except InputError as exc:
             print(f"finetui: {visible(exc)}", file=sys.stderr)
             status = 1
             continue
-        print("\n" if done["text"] else "(empty reply)\n", end="", flush=True)
+        print(flush=True)  # the answer's line ends (an empty reply is an empty line)
         if sys.stderr.isatty():
-            print(_stats(done), file=sys.stderr, flush=True)
+            print(("(empty reply)\n" if not done["text"] else "") + _stats(done), file=sys.stderr, flush=True)
     return status
 
 

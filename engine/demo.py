@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
                                      "base vs tuned on held-out questions (--model tiny: the 1-minute version)")
     dm.add_argument("--model", choices=tuple(CONFIGS), default="smollm2",
                     help="smollm2 (default: a real instruction model, a few minutes) or tiny (seconds)")
-    dm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    dm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of the demo's config, e.g. --set train.epochs=2 (repeatable)")
 
 
 def _show_answers(run_dir: Path) -> None:

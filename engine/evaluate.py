@@ -492,10 +492,11 @@ def _fmt(value: float | None, pattern: str = "{:.4f}") -> str:
 
 
 def print_report(result: dict[str, Any], console: Any = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from engine.console import console as make_console
+
+    console = console or make_console()
     metrics = result["metrics"]
     names = [n for n in ("base", "tuned") if n in metrics]
     title = f"{result['run_id']} · {result['split']} split · {result['examples']} examples"

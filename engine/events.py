@@ -39,7 +39,8 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "checkpoint": ("path", "step"),
     "log": ("level", "message"),
     "error": ("kind", "message", "hint"),
-    # status: completed | stopped | failed; metrics: final numbers; outputs: {name: path}
+    # status: completed | stopped | killed | failed (killed: written by `finetui runs kill`
+    # once the trainer is gone, engine.runs.stop); metrics: final numbers; outputs: {name: path}
     "finished": ("status", "metrics", "outputs"),
     # phase: loading | saving | training | evaluating ...; written only after a quiet spell
     # (engine.heartbeat): a run silent for train.hang_after_s while its trainer lives looks hung
@@ -47,7 +48,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
 }
 
 ERROR_KINDS = ("oom", "disk", "data", "config", "model", "internal")
-FINISH_STATUSES = ("completed", "stopped", "failed")
+FINISH_STATUSES = ("completed", "stopped", "killed", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

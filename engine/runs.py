@@ -18,7 +18,8 @@ Light module (stdlib, psutil, yaml via engine.config). Layout of a run folder::
 
 Status comes from the events plus process liveness: a ``finished`` event decides; without
 one, a live trainer process means *running* and a dead one means *failed* (it crashed or
-was killed before it could say so).
+was killed before it could say so). ``finetui runs kill`` (:func:`stop` with ``kill``)
+writes the finished event itself once the trainer is gone: status *killed*.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class RunBusy(RunError):
 class RunInfo:
     id: str
     path: str
-    status: str  # running | completed | stopped | failed | created | unreadable
+    status: str  # running | completed | stopped | killed | failed | created | unreadable
     started: float | None = None
     ended: float | None = None
     duration_s: float | None = None
@@ -74,7 +75,7 @@ class RunInfo:
     pid: int | None = None
     error: str | None = None
     hint: str | None = None
-    checkpoints: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)  # those still on disk, oldest first
     outputs: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # events.jsonl:LINE: why, for each bad line skipped
     # running, but no event or heartbeat for longer than train.hang_after_s: seconds of silence
@@ -196,7 +197,9 @@ def summarize(run_dir: str | Path, events: list[dict[str, Any]] | None = None) -
     info.step, info.total_steps, info.epoch = summary.step, summary.total_steps, summary.epoch
     info.last_loss, info.best_eval_loss = summary.last_loss, summary.best_eval_loss
     # paths in the records are relative to the run folder (older ones absolute: re-anchored)
-    info.checkpoints = [str(run_paths.resolve(run_dir, p)) for p in summary.checkpoints if p]
+    # only those still on disk (train.save_total_limit deletes older ones; a user may too)
+    info.checkpoints = [path for path in (str(run_paths.resolve(run_dir, p)) for p in summary.checkpoints if p)
+                        if os.path.isdir(path)]
     info.error, info.hint = summary.error, summary.hint
     info.ended = summary.last_time
     info.problems = summary.problem_lines()
@@ -493,7 +496,38 @@ def stop(run_dir: str | Path, kill: bool = False) -> bool:
     if finished is not None:
         raise RunError(f"run {run_dir.name} has finished ({finished.get('status') or 'failed'}): "
                        f"it has no trainer to {'kill' if kill else 'stop'}")
-    return trainer_pid.send(run_dir, kill=kill)
+    if not kill:
+        return trainer_pid.send(run_dir)
+    if not trainer_pid.send(run_dir, kill=True):
+        return False
+    if _gone(run_dir):
+        mark_killed(run_dir)
+    return True
+
+
+KILL_WAIT_S = 10.0
+
+
+def _gone(run_dir: Path, timeout: float = KILL_WAIT_S) -> bool:
+    """Wait until the run has no live trainer (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while trainer_pid.process(run_dir) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def mark_killed(run_dir: str | Path) -> None:
+    """The ``finished`` event (status killed) a killed trainer could not write, appended to
+    its events.jsonl (after a torn last line, on a line of its own: engine.events)."""
+    run_dir = Path(run_dir)
+    writer = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=None)
+    try:
+        writer.emit("finished", status="killed", metrics={}, outputs={},
+                    message="killed (SIGKILL) by finetui runs kill: no checkpoint was saved at the end")
+    finally:
+        writer.close()
 
 
 def last_finished(run_dir: str | Path, tail_bytes: int = 65536) -> dict[str, Any] | None:

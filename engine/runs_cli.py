@@ -16,6 +16,38 @@ from engine.units import format_duration
 from engine.visible import visible
 
 
+DATE_KEYS = ("started", "ended")
+
+
+def format_date(epoch: float | None) -> str:
+    """``2026-12-05 21:03:17 +0100``: local time, ISO-like, with the offset."""
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(epoch))
+
+
+def show_lines(info: runs.RunInfo) -> list[str]:
+    """``finetui runs show RUN``: one ``key  value`` line per known field; dates in local
+    time, the duration as 1m 05s, one line per checkpoint still on disk."""
+    lines = []
+    for key, value in info.to_dict().items():
+        if key == "problems":
+            lines += [f"{'problem':15} {visible(line)}" for line in value]
+        elif key == "hung_s" and value is not None:
+            lines.append(f"{'hung':15} {visible(hung_line(info))}")
+        elif key in DATE_KEYS and value is not None:
+            lines.append(f"{key:15} {format_date(value)}")
+        elif key == "duration_s" and value is not None:
+            lines.append(f"{'duration':15} {format_duration(value)}")
+        elif key == "checkpoints":
+            lines += [f"{'checkpoint':15} {visible(path)}" for path in value]
+        elif key == "outputs" and value:
+            lines += [f"{'output':15} {visible(name)}: {visible(path)}" for name, path in value.items()]
+        elif value not in (None, [], {}):
+            lines.append(f"{key:15} {visible(value)}")
+    return lines
+
+
 def _fmt_num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
@@ -180,14 +212,7 @@ def command(args) -> int:
         if args.json:
             print(json.dumps(info.to_dict(), indent=1))
         else:
-            for key, value in info.to_dict().items():
-                if key == "problems":
-                    for line in value:
-                        print(f"{'problem':15} {visible(line)}")
-                elif key == "hung_s" and value is not None:
-                    print(f"{'hung':15} {visible(hung_line(info))}")
-                elif value not in (None, [], {}):
-                    print(f"{key:15} {visible(value)}")
+            print("\n".join(show_lines(info)))
         return 0
     if action == "attach":
         return attach(run_dir)

@@ -59,7 +59,8 @@ def test_inspect_exits_1_when_no_record_is_usable_and_says_why(inspect_cli, tmp_
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
     assert result["counts"]["ok"] == 0 and result["counts"]["invalid"] == 3
-    assert result["place"] == f"{path}:1" and "no usable record" in result["error"]
+    assert result["ok"] is False and result["error"]["kind"] == "data"
+    assert result["error"]["where"] == f"{path}:1" and "no usable record" in result["error"]["message"]
 
     # records that read but train no token (no assistant reply within max_length) too
     path = write_jsonl(tmp_path / "long_prompt.jsonl", [{"question": "word " * 300, "answer": "ok"}])
@@ -67,7 +68,7 @@ def test_inspect_exits_1_when_no_record_is_usable_and_says_why(inspect_cli, tmp_
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
     assert result["counts"] == {**result["counts"], "records": 1, "ok": 0, "no_trained": 1}
-    assert result["place"] == f"{path}:1"
+    assert result["error"]["where"] == f"{path}:1"
 
     good = write_jsonl(tmp_path / "good.jsonl", [QA, {"question": "q", "answer": ""}])
     assert inspect_cli(str(good)).returncode == 0
@@ -77,22 +78,24 @@ def test_inspect_json_errors_are_json_on_stdout(inspect_cli, tmp_path):
     missing = tmp_path / "missing.jsonl"
     proc = inspect_cli(str(missing), "--json")
     assert proc.returncode == 1 and proc.stderr == ""
-    assert json.loads(proc.stdout) == {"error": f"{missing}: no such file or folder", "place": str(missing)}
+    assert json.loads(proc.stdout) == {"ok": False, "error": {"kind": "data", "message": f"{missing}: no such file or folder",
+                                                              "where": str(missing)}}
 
     proc = inspect_cli(str(write_jsonl(tmp_path / "d.jsonl", [QA])), "--json", "--max-length", "0")
     assert proc.returncode == 1
-    assert json.loads(proc.stdout) == {"error": "--max-length 0: must be at least 1", "place": "--max-length 0"}
+    assert json.loads(proc.stdout)["error"] == {"kind": "data", "message": "--max-length 0: must be at least 1",
+                                                "where": "--max-length 0"}
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [QA, '{"question": "q", "answer": '])
     proc = inspect_cli(str(bad), "--json", "--strict")
     assert proc.returncode == 1
-    error = json.loads(proc.stdout)
-    assert error["place"] == f"{bad}:2" and error["error"].startswith(f"{bad}:2: invalid JSON")
+    error = json.loads(proc.stdout)["error"]
+    assert error["where"] == f"{bad}:2" and error["message"].startswith(f"{bad}:2: invalid JSON")
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    error = json.loads(inspect_cli(str(empty), "--json").stdout)
-    assert error["place"] == str(empty) and "file is empty" in error["error"]
+    error = json.loads(inspect_cli(str(empty), "--json").stdout)["error"]
+    assert error["where"] == str(empty) and "file is empty" in error["message"]
 
 
 # --------------------------------------------------------------------------- train

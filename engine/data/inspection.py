@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.data.formats import MESSAGE_CHARS, clip
 from engine.visible import json_text, visible
+from engine.json_errors import error_kind, json_error
 
 SHOW_ISSUES = 5
 HIST_BINS = 10
@@ -41,9 +42,10 @@ class InspectError(ValueError):
 
 def command(args) -> int:
     """Exit status 0 when at least one record is usable, 1 otherwise (no usable record, or
-    an input that cannot be read). With ``--json`` an error is a JSON object on stdout too:
-    ``{"error": message, "place": "file:line" | "--option" | null}`` (plus the report when
-    the records were read but none is usable)."""
+    an input that cannot be read). With ``--json`` an error is a JSON object on stdout too,
+    engine.json_errors' shape: ``{"ok": false, "error": {"kind": "data", "message": ...,
+    "where": "file:line" | "--option" | null}}`` (plus the report when the records were
+    read but none is usable)."""
     if getattr(args, "data_command", "inspect") not in (None, "inspect"):
         raise InspectError(f"unknown data command: {args.data_command}")
     as_json = bool(getattr(args, "json", False))
@@ -62,31 +64,30 @@ def command(args) -> int:
     else:
         print_report(result)
         if unusable:
-            print(f"finetui: {visible(result['error'])}", file=sys.stderr)
+            print(f"finetui: {visible(result['error']['message'])}", file=sys.stderr)
     return 1 if unusable else 0
 
 
 def no_usable_error(result: dict[str, Any]) -> dict[str, Any]:
-    """The ``error`` and ``place`` of a report in which no record can be trained."""
+    """The ``ok`` and ``error`` (engine.json_errors) of a report in which no record can be trained."""
     c = result["counts"]
     issues = result.get("issues") or []
     first = issues[0] if issues else ((result.get("skipped") or [None])[0])
     why = f"; first: {first}" if first else ""
     place = _split_place(first)[0] if first else None
-    return {
-        "error": f"{result['source']}: no usable record ({c['records']} read: {c['invalid']} invalid, "
-                 f"{c.get('skipped', 0)} skipped, {c['no_trained']} with no trained token){why}",
-        "place": place or result["source"],
-    }
+    return json_error("data", f"{result['source']}: no usable record ({c['records']} read: {c['invalid']} invalid, "
+                              f"{c.get('skipped', 0)} skipped, {c['no_trained']} with no trained token){why}",
+                      place or result["source"])
 
 
 def error_object(exc: BaseException) -> dict[str, Any]:
-    """``{"error", "place"}`` for an input that cannot be inspected."""
+    """engine.json_errors' object for an input that cannot be inspected."""
     message = clip(str(exc).strip() or type(exc).__name__, MESSAGE_CHARS)
     place = getattr(exc, "place", None)
     if place is None:
         place, _ = _split_place(message)
-    return {"error": message, "place": place}
+    kind = error_kind(exc)
+    return json_error("data" if kind == "internal" else kind, message, place)
 
 
 def _split_place(message: str) -> tuple[str | None, str]:
@@ -633,15 +634,16 @@ class _Progress:
     def __enter__(self) -> "_Progress":
         if not self.enabled:
             return self
-        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from engine.console import console
 
         total = sum(self.sizes.values()) or None
         self.progress = Progress(
             TextColumn("[bold]inspect[/]"), BarColumn(bar_width=24),
             TextColumn("{task.percentage:>3.0f}%" if total else ""),
             TextColumn("{task.fields[records]} records"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(file=sys.stderr), transient=True,
+            console=console(file=sys.stderr), transient=True,
         )
         self.task = self.progress.add_task("inspect", total=total, records="0")
         self.progress.start()
@@ -712,12 +714,13 @@ def _example_dict(ex, tokenizer) -> dict[str, Any]:
 
 
 def print_report(result: dict[str, Any], file=None) -> None:
-    from rich.console import Console
     from rich.text import Text
+
+    from engine.console import console as make_console
 
     file = file or sys.stdout
     tty = file.isatty()
-    console = Console(file=file, highlight=False, soft_wrap=True, emoji=False, markup=False)
+    console = make_console(file=file, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
     def line(*parts: tuple[str, str] | str) -> None:
         text = Text()  # markup=False: data is shown literally; visible(): never as control codes

@@ -404,7 +404,11 @@ class CreateScreen(FinetuiScreen):
             self.report = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
         except ValueError:
             self.report = None
-        if self.report is not None:
+        failure = self.report.get("error") if isinstance(self.report, dict) and self.report.get("ok") is False else None
+        if failure is not None:  # --json failures are engine.json_errors' object on stdout
+            self.report = None
+            self.status(f"finetui data create failed: {failure.get('message')}", True)
+        elif self.report is not None:
             rejected = sum(self.report.get("rejected", {}).values())
             message = (f"done: {self.report['written']} pairs written, {rejected} rejected by the gates, "
                        f"{self.report.get('failed', 0)} failed · v review")

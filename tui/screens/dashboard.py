@@ -56,7 +56,7 @@ STDOUT_TAIL_BYTES = 16384
 
 STATUS_MARK = {
     "running": ("●", "good"), "starting": ("…", "dim"), "completed": ("✔", "train"),
-    "stopped": ("■", "eval"), "failed": ("✖", "bad"), "created": ("·", "dim"),
+    "stopped": ("■", "eval"), "killed": ("✖", "eval"), "failed": ("✖", "bad"), "created": ("·", "dim"),
     "loading": ("…", "dim"),  # the history is still being read: no status, no resume offer yet
     "unreadable": ("?", "bad"),  # the Runs screen: a run folder that could not be read
 }
@@ -579,7 +579,7 @@ class DashboardScreen(FinetuiScreen):
         if action in ("stop", "kill"):
             return status in ("running", "starting")
         if action == "resume":
-            return status in ("stopped", "failed", "created")
+            return status in ("stopped", "killed", "failed", "created")
         if action == "fix":
             return self._fix is not None
         if action == "chat":

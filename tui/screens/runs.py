@@ -316,7 +316,7 @@ class RunsScreen(FinetuiScreen):
             text.append(info.error.splitlines()[0][:300], style=colors["bad"])
             if info.hint:
                 text.append(f"\nhint: {info.hint.splitlines()[0][:300]}", style="dim")
-        if info.status in ("stopped", "failed"):
+        if info.status in ("stopped", "killed", "failed"):
             text.append(f"\n{app_key(self.app, 'runs.resume', 'R')}: resume from the last checkpoint",
                         style="dim")
         detail.update(safe(text))

@@ -176,13 +176,14 @@ class Progress:
         self.counts: Counter = Counter()
         self.bar = None
         if mode == "bar" and total:
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
                 TimeRemainingColumn
 
+            from engine.console import console
+
             self.bar = Bar(TextColumn("questions"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                            TimeRemainingColumn(), TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
-                           console=Console(stderr=True), transient=False)
+                           console=console(stderr=True), transient=False)
             self.task = self.bar.add_task("create", total=total, note="")
             self.bar.start()
 
