@@ -27,195 +27,38 @@ Faults keep the conversation: a model that cannot load, a worker that dies mid-r
 partial reply stays on screen, marked), a prompt the model cannot take (too long for its
 context: the text goes back into the prompt box), an empty prompt. This process never
 imports torch; everything heavy is in the workers.
+
+The screen composes and plumbs (keys, threads, widgets); what it knows and decides lives
+in ``tui.chatstate`` (settings, panes' models, requests, records) and
+``tui.chathistory`` (what each model is sent), which tests drive without Textual.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.containers import Container, Horizontal, Vertical
+from textual.containers import Container
 from textual.widgets import Input, Static
 
-from engine.chat_protocol import ChatClient, ChatError, Generation
-from tui.chathistory import ChatHistory, Side
+from engine.chat_protocol import ChatClient, ChatError
+from tui.chatstate import TINY, ChatSession, Job, load_choices, params_summary, run_dir_of, worker_client
 from tui.safetext import safe
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
-from tui.widgets.chatlog import ChatLog, ChatMessage
+from tui.widgets.chatlog import ChatLog
+from tui.widgets.chatpane import SPINNER, Pane, PaneView, header
 from tui.widgets.pathinput import PathInput
 
 FLUSH_S = 0.05  # how often streamed text reaches the screen
 FLASH_S = 8.0  # how long a refusal stays in the status line
 STACK_BELOW = 70  # narrower than this, side by side stacks the panes
-SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-DEFAULT_PARAMS: dict[str, Any] = {
-    "system": "",
-    "max_new_tokens": 256,
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "repetition_penalty": 1.0,
-    "seed": None,
-    "min_new_tokens": 0,  # not in the dialog: benchmarks and tests
-}
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "min_new_tokens")
-RECORD_DEFAULT = "chat_records.jsonl"
-
-
-def run_dir_of(target: str) -> Path | None:
-    """The run folder a load target belongs to (a run id, ``last``, a run folder, or a
-    run's merged/ or adapter/ folder), else None. Light: engine.runs only."""
-    from engine import runs
-
-    path = Path(target)
-    if path.is_dir() and (path.parent / "config.yaml").exists() and path.name in ("merged", "adapter"):
-        return path.parent.resolve()
-    if (path / "config.yaml").exists():
-        return path.resolve()
-    if target == "tiny" or path.is_absolute() or path.exists():
-        return None  # a model folder
-    try:
-        return runs.resolve(target).resolve()
-    except (runs.RunError, OSError, NotImplementedError):
-        return None
-
-
-def worker_client(target: str, base: bool = False, trust_remote_code: bool = False) -> ChatClient:
-    """A ChatClient for ``target``. An absolute model folder is handed to the worker as
-    ``./NAME`` from its parent folder: the worker first asks engine.runs.resolve whether the
-    target names a run, and that globs ``<runs dir>/<target>*``, which pathlib refuses for
-    an absolute pattern (NotImplementedError) whenever the runs folder exists.
-    ``trust_remote_code``: the user's own config (Settings), never the run's or adapter's."""
-    path = Path(target)
-    if not (path.is_absolute() and path.is_dir()) or (path / "config.yaml").exists():
-        return ChatClient(target, base=base, trust_remote_code=trust_remote_code)
-    env = {"FINETUI_RUNS_DIR": str(Path(os.environ.get("FINETUI_RUNS_DIR") or "runs").resolve())}
-    if os.environ.get("FINETUI_CACHE"):
-        env["FINETUI_CACHE"] = str(Path(os.environ["FINETUI_CACHE"]).resolve())
-    client = ChatClient(f"./{path.name}", base=base, cwd=str(path.parent), env=env,
-                        trust_remote_code=trust_remote_code)
-    client.model = str(path)  # what its messages name
-    return client
-
-
-def load_choices() -> list[tuple[str, str, str]]:
-    """What the load dialog offers: each run's results (merged, base + adapter, full
-    fine-tune), newest first, then the demo model. Reads the runs folder (a thread)."""
-    from engine import runs
-
-    items: list[tuple[str, str, str]] = []
-    for info in runs.list_runs():
-        run_dir = Path(info.path).resolve()
-        what = f"{info.status} · {info.method or '?'} · {info.model or '?'}"
-        merged, adapter = run_dir / "merged", run_dir / "adapter"
-        for folder in (merged, adapter):
-            if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
-                items.append((str(folder), f"{info.id} · {_folder_kind(folder)}", what))
-    items.append(("tiny", "tiny", "the built-in demo model (untrained)"))
-    return items
-
-
-@dataclass
-class Job:
-    """One reply being generated. The thread appends to ``pending`` (under ``lock``); the
-    UI's timer moves it into ``widget``."""
-
-    turn: int
-    widget: ChatMessage
-    messages: list[dict[str, str]] = field(default_factory=list)  # what the request carried
-    started: float = field(default_factory=time.monotonic)
-    gen: Generation | None = None
-    cancelled: bool = False
-    fragments: int = 0
-    pending: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take(self) -> str:
-        with self.lock:
-            text = "".join(self.pending)
-            self.pending.clear()
-        return text
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        gen = self.gen
-        if gen is not None:
-            gen.cancel()
-
-
-class PaneView(Vertical):
-    """A model's header line over its conversation."""
-
-    DEFAULT_CSS = """
-    PaneView { width: 1fr; height: 1fr; }
-    PaneView .pane-top { height: 1; background: $surface; }
-    PaneView .pane-header { width: 1fr; height: 1; padding: 0 1; }
-    PaneView .pane-history { width: auto; height: 1; padding: 0 1; color: $text-muted; }
-    """
-
-    def __init__(self, side: str, empty: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.side = side
-        self.empty = empty
-
-    def compose(self):
-        with Horizontal(classes="pane-top"):
-            yield Static("", classes="pane-header")
-            yield Static("", classes="pane-history")
-        yield ChatLog(self.empty, id=f"log-{self.side}")
-
-
-class Pane:
-    """One model, its side of the conversation (``history``: replies by turn, where its
-    conversation starts) and the widgets that show it."""
-
-    def __init__(self, side: str, history: Side) -> None:
-        self.side = side  # main | base
-        self.history = history
-        self.client: ChatClient | None = None
-        self.state = "empty"  # empty | loading | ready | failed | crashed
-        self.target = ""
-        self.title = ""  # what is loaded, for headers and notes
-        self.stage = ""  # the worker's latest loading message
-        self.info: dict[str, Any] = {}
-        self.problem = ""
-        self.users: dict[int, ChatMessage] = {}
-        self.reply_widgets: dict[int, ChatMessage] = {}
-        self.job: Job | None = None
-        self.last_job: Job | None = None
-        self.view: PaneView | None = None
-
-    @property
-    def replies(self) -> dict[int, str | None]:
-        return self.history.replies
-
-    @property
-    def failures(self) -> dict[int, str]:
-        return self.history.failures
-
-    @property
-    def first_turn(self) -> int:
-        """Turns before it are not in this pane's conversation (another model's, or asked
-        before the base pane joined)."""
-        return self.history.start
-
-    @property
-    def log(self) -> ChatLog:
-        assert self.view is not None
-        return self.view.query_one(ChatLog)
-
-    @property
-    def busy(self) -> bool:
-        return self.job is not None
+BUSY = "a reply is still coming: esc stops it first"
 
 
 class ChatScreen(FinetuiScreen):
@@ -248,13 +91,11 @@ class ChatScreen(FinetuiScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.history = ChatHistory()
-        self.main = Pane("main", self.history.side("main"))
-        self.base = Pane("base", self.history.side("base"))
-        self.params: dict[str, Any] = dict(DEFAULT_PARAMS)
-        self.compare = False
-        self.run_dir: Path | None = None  # the run the main model comes from
-        self.record_path = RECORD_DEFAULT
+        self.chat = ChatSession(Pane)
+        self.history = self.chat.history
+        self.main: Pane = self.chat.main
+        self.base: Pane = self.chat.base
+        self.params: dict[str, Any] = self.chat.params
         self._flash: tuple[Text, float] | None = None
         self._tick_n = 0
         self._timer = None
@@ -297,71 +138,42 @@ class ChatScreen(FinetuiScreen):
 
     @property
     def turns(self) -> list[str]:
-        """The user's messages, by turn."""
-        return self.history.turns
+        return self.chat.turns
 
     @property
     def panes(self) -> list[Pane]:
-        return [self.base, self.main] if self.compare else [self.main]
+        return self.chat.panes
 
     @property
     def busy(self) -> bool:
-        return any(p.busy for p in (self.main, self.base))
+        return self.chat.busy
+
+    @property
+    def compare(self) -> bool:
+        return self.chat.compare
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.chat.run_dir
 
     @property
     def prompt(self) -> Input:
         return self.query_one("#prompt", Input)
 
+    def messages_for(self, pane: Pane, turn: int) -> list[dict[str, str]]:
+        return self.chat.messages_for(pane, turn)
+
     # ------------------------------------------------------------------ headers, status
 
-    def label(self, pane: Pane) -> str:
-        """Who speaks in a pane's replies."""
-        if pane.side == "base":
-            return "base"
-        if self.run_dir is not None:
-            return "tuned"
-        return Path(pane.target).name or pane.target or "model"
-
     def show_headers(self) -> None:
-        for pane in (self.main, self.base):
-            if pane.view is not None and pane.view.is_mounted:
-                pane.view.query_one(".pane-header", Static).update(safe(self.header(pane)))  # names, paths
-                pane.view.query_one(".pane-history", Static).update(self.history_line(pane))
-
-    def history_line(self, pane: Pane) -> Text:
-        """How much earlier conversation the pane's next request carries."""
-        narrow = pane.view is not None and pane.view.size.width < 60
-        return Text(self.history.size(pane.side, self.params["system"]).describe(narrow), no_wrap=True)
-
-    def header(self, pane: Pane) -> Text:
         colors = self.app.theme_variables
-        text = Text(no_wrap=True, overflow="ellipsis")
-        who = self.label(pane) if pane.state != "empty" else ""
-        if pane.state == "ready":
-            text.append("● ", style=f"bold {colors.get('success', 'green')}")
-            text.append(who, style="bold")
-            info = pane.info
-            details = [pane.title]
-            if info.get("params"):
-                details.append(_count(info["params"]) + " params")
-            if info.get("device"):
-                details.append(str(info["device"]))
-            if info.get("context"):
-                details.append(f"ctx {info['context']}")
-            text.append(" · " + " · ".join(d for d in details if d), style="dim")
-        elif pane.state == "loading":
-            text.append(SPINNER[self._tick_n % len(SPINNER)] + " ", style=f"bold {colors.get('accent', '')}")
-            text.append(f"loading {pane.title}", style="bold")
-            if pane.stage:
-                text.append(f" · {pane.stage}", style="dim")
-        elif pane.state in ("failed", "crashed"):
-            text.append("✖ ", style=f"bold {colors.get('error', 'red')}")
-            text.append(f"{pane.title}: " + ("could not load" if pane.state == "failed" else "worker stopped"),
-                        style="bold")
-            text.append(" · ctrl+o loads again", style="dim")
-        else:
-            text.append("no model · ctrl+o loads one", style="dim")
-        return text
+        for pane in (self.main, self.base):
+            if pane.shown:
+                who = self.chat.label(pane) if pane.state != "empty" else ""
+                pane.view.query_one(".pane-header", Static).update(safe(header(pane, who, colors, self._tick_n)))
+                narrow = pane.view.size.width < 60  # how much earlier conversation the next request carries
+                size = self.history.size(pane.side, self.params["system"])
+                pane.view.query_one(".pane-history", Static).update(Text(size.describe(narrow), no_wrap=True))
 
     def flash(self, message: str, error: bool = True) -> None:
         """A short message in the status line (a refusal, a hint) until the next keystroke."""
@@ -376,19 +188,13 @@ class ChatScreen(FinetuiScreen):
             line.append_text(self._flash[0])
         elif self.busy:
             jobs = [p for p in self.panes if p.job is not None]
-            spin = SPINNER[self._tick_n % len(SPINNER)]
-            elapsed = max(time.monotonic() - j.job.started for j in jobs)
-            who = " + ".join(self.label(p) for p in jobs)
-            line.append(f"{spin} {who} replying {elapsed:.1f}s", style="bold")
+            elapsed = max(time.monotonic() - p.job.started for p in jobs)
+            who = " + ".join(self.chat.label(p) for p in jobs)
+            line.append(f"{SPINNER[self._tick_n % len(SPINNER)]} {who} replying {elapsed:.1f}s", style="bold")
             line.append(" · esc stops", style="dim")
         else:
-            p = self.params
-            temp = "greedy" if p["temperature"] == 0 else f"temp {p['temperature']:g}"
-            line.append(f"max {p['max_new_tokens']} · {temp} · top-p {p['top_p']:g} · "
-                        f"top-k {p['top_k'] or 'off'} · rep {p['repetition_penalty']:g}")
-            if p.get("seed") is not None:
-                line.append(f" · seed {p['seed']}")
-            system = " ".join(p["system"].split())
+            settings, system = params_summary(self.params)
+            line.append(settings)
             line.append(" · system: ", style="dim")
             line.append(system or "(none)", style="" if system else "dim")
             line.append("  ^t edit", style="dim")
@@ -442,7 +248,7 @@ class ChatScreen(FinetuiScreen):
         try:
             items, problem = load_choices(), ""
         except Exception as exc:  # noqa: BLE001 - a broken runs folder still leaves tiny and paths
-            items, problem = [("tiny", "tiny", "the built-in demo model (untrained)")], f"runs: {exc}"
+            items, problem = [TINY], f"runs: {exc}"
         self._ui(self._open_load_dialog, items, problem)
 
     def _open_load_dialog(self, items: list[tuple[str, str, str]], problem: str) -> None:
@@ -461,7 +267,7 @@ class ChatScreen(FinetuiScreen):
         one). A different model starts a new conversation (see _start_loading)."""
         if self.compare:
             self._set_compare(False)
-        self.run_dir = None
+        self.chat.run_dir = None
         self._start_loading(self.main, target, base=False)
 
     def _start_loading(self, pane: Pane, target: str, base: bool) -> None:
@@ -469,27 +275,14 @@ class ChatScreen(FinetuiScreen):
         a new conversation there: the transcript stays on screen above a separator, but
         none of it is sent. The same model again (after a crash, an unload) keeps it."""
         self._close_client(pane)
-        swap = target != pane.target
         from tui.session import trusts_remote_code
 
         client = worker_client(target, base=base, trust_remote_code=trusts_remote_code(self.app))
-        pane.client, pane.target, pane.state, pane.stage, pane.info = client, target, "loading", "starting", {}
-        pane.title = self._title(target, base)
-        if swap:
-            self._new_conversation(pane, f"new conversation: {pane.title}")
+        if pane.start(client, target, self.run_dir) and self.history.restart(pane.side) and pane.shown:
+            pane.log.rule(f"new conversation: {pane.title}")
         self.show_headers()
         self._wake()
         self.run_worker(partial(self._load_thread, pane, client, target), thread=True, group=f"chat-load-{pane.side}")
-
-    def _title(self, target: str, base: bool) -> str:
-        path = Path(target)
-        if base:
-            return f"base model of {self.run_dir.name if self.run_dir else target}"
-        if path.name in ("merged", "adapter") and (path.parent / "config.yaml").exists():
-            return f"{path.parent.name} ({_folder_kind(path)})"
-        if target != "tiny" and path.exists():
-            return path.name
-        return target
 
     def _load_thread(self, pane: Pane, client: ChatClient, target: str) -> None:
         """Thread: start the worker and wait for ``ready`` (or its error)."""
@@ -513,19 +306,9 @@ class ChatScreen(FinetuiScreen):
         if pane.client is not client:  # unloaded or replaced meanwhile
             threading.Thread(target=client.close, kwargs={"timeout": 2}, daemon=True).start()
             return
-        pane.state, pane.info, pane.stage = "ready", dict(ready.get("model") or {}), ""
-        if pane.side == "base":
-            pane.title = str(pane.info.get("base_model") or pane.title)
         if pane.side == "main":
-            self.run_dir = run_dir
-            if run_dir is not None and Path(pane.target).name not in ("merged", "adapter"):
-                pane.title = f"{run_dir.name} ({pane.info.get('source', 'run')})"
-        took = ready.get("load_s")
-        note = f"loaded {pane.title}" + (f" in {took:.1f}s" if isinstance(took, (int, float)) else "")
-        info = pane.info
-        if info.get("template"):
-            note += f" · template {info['template']}"
-        pane.log.note(note)
+            self.chat.run_dir = run_dir
+        pane.log.note(pane.ready(ready, run_dir))
         self.show_headers()
         self.show_status()
 
@@ -535,18 +318,11 @@ class ChatScreen(FinetuiScreen):
         pane.client = None
         pane.state, pane.problem = "failed", exc.message
         if pane.side == "main":
-            self.run_dir = None
-        message = f"cannot load {pane.title}: {exc.message}"
-        pane.log.note(message, error=True)
+            self.chat.run_dir = None
+        pane.log.note(f"cannot load {pane.title}: {exc.message}", error=True)
         self.notify(exc.message, title=f"Load {pane.title}", severity="error", timeout=12)
         self.show_headers()
         self.show_status()
-
-    def _new_conversation(self, pane: Pane, why: str) -> None:
-        """Nothing said before goes to this pane's model any more; a separator says so
-        where there was something to leave behind."""
-        if self.history.restart(pane.side) and pane.view is not None and pane.view.is_mounted:
-            pane.log.rule(why)
 
     def unload(self) -> None:
         if self.compare:
@@ -554,7 +330,7 @@ class ChatScreen(FinetuiScreen):
         title = self.main.title
         self._close_client(self.main)
         self.main.state, self.main.info = "empty", {}
-        self.run_dir = None
+        self.chat.run_dir = None
         if title:
             self.main.log.note(f"unloaded {title} (its worker ended; memory freed)")
         self.show_headers()
@@ -562,9 +338,7 @@ class ChatScreen(FinetuiScreen):
 
     def _close_client(self, pane: Pane) -> None:
         """End a pane's worker without blocking the UI (close waits for the process)."""
-        client, pane.client = pane.client, None
-        if pane.job is not None:
-            pane.job.cancel()
+        client = pane.release()
         if client is not None:
             threading.Thread(target=client.close, kwargs={"timeout": 2}, daemon=True, name="chat-close").start()
 
@@ -574,21 +348,18 @@ class ChatScreen(FinetuiScreen):
         if self.compare:
             self._set_compare(False)
             return
-        if self.busy:
-            self.flash("a reply is still coming: esc stops it first")
-            return
-        if self.main.state != "ready" or self.run_dir is None:
-            self.flash("side by side needs a run's model: ctrl+o loads one (base vs tuned of that run)")
+        problem = self.chat.side_by_side_problem()
+        if problem:
+            self.flash(problem)
             return
         self._set_compare(True)
 
     def _set_compare(self, on: bool) -> None:
-        self.compare = on
+        self.chat.compare = on
         self.query_one("#panes").set_class(on, "-compare")
         base = self.base
         if on:
-            base.log.clear_messages()
-            base.users, base.reply_widgets = {}, {}
+            base.clear()
             self.history.restart("base")  # its own conversation, from the next turn on
             if self.turns:
                 base.log.note("the base model answers from here on; earlier turns are not in its context")
@@ -615,7 +386,7 @@ class ChatScreen(FinetuiScreen):
         if self.busy:
             self.flash("a reply is still coming: esc stops it, then send")
             return
-        problem = self._not_ready()
+        problem = self.chat.not_ready()
         if problem:
             self.flash(problem)
             return
@@ -630,49 +401,28 @@ class ChatScreen(FinetuiScreen):
             pane.log.anchor()  # sending means: show me the answer
             self._ask(pane, turn)
 
-    def _not_ready(self) -> str | None:
-        if self.main.state == "loading" or (self.compare and self.base.state == "loading"):
-            return "still loading the model: wait for ● in the header"
-        if self.main.state != "ready":
-            if self.main.state in ("failed", "crashed"):
-                return f"{self.main.title} is not loaded ({self.main.state}): ctrl+o loads a model"
-            return "no model loaded: ctrl+o loads one (a run's result, tiny, or a folder)"
-        return None
-
-    def messages_for(self, pane: Pane, turn: int) -> list[dict[str, str]]:
-        """What the model sees for ``turn``: the system prompt, the earlier exchanges of
-        this pane's conversation that have a reply (none in single-turn mode), and the new
-        user message."""
-        return self.history.messages(pane.side, turn, self.params["system"])
-
     def _ask(self, pane: Pane, turn: int) -> None:
         if pane.state != "ready" or pane.client is None:
             pane.log.note(f"not asked: {pane.title or 'no model'} is not loaded", error=True)
             return
-        widget = pane.log.add("assistant", self.label(pane), streaming=True)
+        widget = pane.log.add("assistant", self.chat.label(pane), streaming=True)
         pane.reply_widgets[turn] = widget
-        self.history.asked(pane.side, turn)
-        messages = self.messages_for(pane, turn)
-        job = Job(turn, widget, messages)
-        pane.job = job
-        params = {k: self.params[k] for k in GENERATION_KEYS if self.params.get(k) is not None}
-        self.run_worker(partial(self._generate_thread, pane, pane.client, job, messages, params), thread=True,
+        job, params = self.chat.ask(pane, turn, widget)
+        self.run_worker(partial(self._generate_thread, pane, pane.client, job, params), thread=True,
                         group=f"chat-reply-{pane.side}")
         self._wake()
         self.show_headers()
         self.show_status()
 
-    def _generate_thread(self, pane: Pane, client: ChatClient, job: Job, messages: list[dict], params: dict) -> None:
+    def _generate_thread(self, pane: Pane, client: ChatClient, job: Job, params: dict) -> None:
         """Thread: send the request and collect its tokens; never touches a widget."""
         try:
-            gen = client.generate(messages, **params)
+            gen = client.generate(job.messages, **params)
             job.gen = gen
             if job.cancelled:
                 gen.cancel()
             for message in gen:
-                with job.lock:
-                    job.pending.append(message.get("text", ""))
-                    job.fragments += 1
+                job.put(message.get("text", ""))
             self._ui(self._reply_done, pane, job, gen.done or {})
         except ChatError as exc:
             self._ui(self._reply_failed, pane, job, exc)
@@ -683,21 +433,9 @@ class ChatScreen(FinetuiScreen):
         if pane.job is not job:
             return  # cleared or unloaded meanwhile: its widget is gone
         self._flush(job)
-        pane.job, pane.last_job = None, job
-        text = done.get("text", job.widget.text)
-        reason = done.get("stop_reason")
-        stats = [f"{done.get('new_tokens', 0)} tok"]
-        if done.get("tokens_per_s"):
-            stats.append(f"{done['tokens_per_s']:.0f} tok/s")
-        if reason == "length":
-            stats.append("max tokens")
-        elif reason == "cancelled":
-            stats.append("stopped")
-        job.widget.finish(text, " · ".join(stats))
+        text, stats = self.chat.answered(pane, job, done, job.widget.text)
+        job.widget.finish(text, stats)
         job.widget.done = done
-        tokens = (done.get("prompt_tokens") or 0) + (done.get("new_tokens") or 0)
-        self.history.answered(pane.side, job.turn, text if (text or reason != "cancelled") else None,
-                              job.messages, tokens if done.get("prompt_tokens") else None)
         self.show_headers()
         self.show_status()
 
@@ -705,14 +443,14 @@ class ChatScreen(FinetuiScreen):
         if pane.job is not job:
             return
         self._flush(job)
-        pane.job, pane.last_job = None, job
-        self.history.failed(pane.side, job.turn, exc.kind)
+        self.chat.failed(pane, job, exc.kind)
         if exc.kind == "input":
             # The prompt cannot be answered as given (too long for the context, ...).
             job.widget.remove()
             pane.reply_widgets.pop(job.turn, None)
             pane.log.note(f"not sent: {exc.message}", error=True)
-            self._drop_unanswerable(job.turn, exc.message)
+            if self.chat.unanswerable(job.turn):
+                self._give_back(job.turn, exc.message)
         elif exc.kind == "closed":
             job.widget.finish(problem="(unloaded)")
         else:
@@ -720,20 +458,14 @@ class ChatScreen(FinetuiScreen):
             if exc.kind == "crashed" or (pane.client is not None and not pane.client.alive):
                 self._worker_died(pane, exc)
             else:
-                self.notify(exc.message, title=f"Reply from {self.label(pane)}", severity="error", timeout=12)
+                self.notify(exc.message, title=f"Reply from {self.chat.label(pane)}", severity="error", timeout=12)
         self.show_headers()
         self.show_status()
 
-    def _drop_unanswerable(self, turn: int, message: str) -> None:
+    def _give_back(self, turn: int, message: str) -> None:
         """A prompt every pane refused: take it off the conversation and give it back to
         the prompt box, so the user can shorten it."""
-        if turn != len(self.turns) - 1:
-            return
         panes = [p for p in self.panes if p.first_turn <= turn]
-        if any(p.job is not None and p.job.turn == turn for p in panes):
-            return  # another side is still answering
-        if not all(p.failures.get(turn) == "input" or p.state != "ready" for p in panes):
-            return
         text = self.history.pop()
         for pane in panes:
             widget = pane.users.pop(turn, None)
@@ -792,17 +524,10 @@ class ChatScreen(FinetuiScreen):
         self.prompt.focus()
 
     def action_retry(self) -> None:
-        if self.busy:
-            self.flash("a reply is still coming: esc stops it first")
+        turn, problem = self.chat.retry_turn()
+        if turn is None:
+            self.flash(problem or "")
             return
-        if not self.turns:
-            self.flash("nothing to retry yet")
-            return
-        problem = self._not_ready()
-        if problem:
-            self.flash(problem)
-            return
-        turn = len(self.turns) - 1
         if self.main.first_turn > turn:
             # A new conversation began after it (another model, single-turn toggled): ask it
             # again as the first message of this one, below the separator.
@@ -819,7 +544,7 @@ class ChatScreen(FinetuiScreen):
 
     def action_undo(self) -> None:
         if self.busy:
-            self.flash("a reply is still coming: esc stops it first")
+            self.flash(BUSY)
             return
         if not self.turns:
             self.flash("nothing to undo")
@@ -830,9 +555,7 @@ class ChatScreen(FinetuiScreen):
         turn = len(self.turns) - 1
         text = self.history.pop()
         for pane in (self.main, self.base):
-            for widget in (pane.users.pop(turn, None), pane.reply_widgets.pop(turn, None)):
-                if widget is not None:
-                    widget.remove()
+            pane.forget_widgets(turn)
         self.show_headers()
         self.prompt.value = text
         self.prompt.cursor_position = len(text)
@@ -843,13 +566,12 @@ class ChatScreen(FinetuiScreen):
             if pane.job is not None:
                 pane.job.cancel()
                 pane.job = None
-            pane.log.clear_messages()
-            pane.users, pane.reply_widgets = {}, {}
+            pane.clear()
         self.history.clear()
         self.show_headers()
         self.show_status()
 
-    # ------------------------------------------------------------------ settings
+    # ------------------------------------------------------------------ settings, records
 
     def action_params(self) -> None:
         self.app.push_screen(ParamsDialog(self.params), self._after_params)
@@ -861,57 +583,24 @@ class ChatScreen(FinetuiScreen):
             self.show_headers()  # the system prompt counts in the history's tokens
         self.prompt.focus()
 
-    # ------------------------------------------------------------------ save as a record
-
-    def record_messages(self, pane: Pane) -> list[dict[str, str]]:
-        """The conversation on one side as an OpenAI ``messages`` list (answered turns of
-        its conversation only; in single-turn mode the last exchange, as it was asked)."""
-        return self.history.record(pane.side, self.params["system"])
-
     def action_save(self) -> None:
         if self.busy:
-            self.flash("a reply is still coming: esc stops it first")
+            self.flash(BUSY)
             return
-        sides = [(p.side, f"{self.label(p)} replies") for p in reversed(self.panes)
-                 if any(m["role"] == "assistant" for m in self.record_messages(p))]
+        sides, summary = self.chat.save_choice()
         if not sides:
             self.flash("nothing to save yet: a record needs a message and its reply")
             return
-        main = self.main if sides[0][0] == "main" else self.base
-        n = sum(1 for m in self.record_messages(main) if m["role"] == "assistant")
-        summary = f"{n} exchange{'s' if n != 1 else ''}" + (" + the system prompt" if self.params["system"].strip() else "")
-        summary += " · appended as one line: {\"messages\": [...]}"
-        self.app.push_screen(SaveRecordDialog(self.record_path, sides, summary, self._append_record),
+        self.app.push_screen(SaveRecordDialog(self.chat.record_path, sides, summary, self._append_record),
                              self._after_save)
 
     def _append_record(self, path: Path, side: str) -> str | None:
-        if path.suffix != ".jsonl":
-            return f"{path.name}: records are JSON lines, use a .jsonl file"
-        if path.is_dir():
-            return f"{path}: a folder; give a .jsonl file in it"
-        if not path.parent.is_dir():
-            return f"{path.parent}: no such folder"
-        pane = self.main if side == "main" else self.base
-        record = {"messages": self.record_messages(pane)}
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        try:
-            if path.exists() and path.stat().st_size > 0:
-                with open(path, "rb") as fh:
-                    fh.seek(-1, 2)
-                    if fh.read(1) != b"\n":
-                        line = "\n" + line  # the file's last line had no newline: do not glue onto it
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-        except OSError as exc:
-            return f"{path}: {exc.strerror or exc}"
-        self.record_path = str(path)
-        self._saved = (path, len(record["messages"]))
-        return None
+        problem, self._saved = self.chat.append_record(path, side)
+        return problem
 
     def _after_save(self, path: Path | None) -> None:
         if path is not None:
-            _path, n = self._saved
-            self.notify(f"appended a record of {n} messages to {path}", title="Saved", timeout=8)
+            self.notify(f"appended a record of {self._saved} messages to {path}", title="Saved", timeout=8)
         self.prompt.focus()
 
     # ------------------------------------------------------------------ palette
@@ -930,17 +619,3 @@ class ChatScreen(FinetuiScreen):
             ("Chat: single-turn / multi-turn", "Send each message alone, or with the conversation before it",
              self.action_single_turn),
         ]
-
-
-def _folder_kind(path: Path) -> str:
-    """What a run's merged/ or adapter/ folder holds, as the load dialog names it."""
-    if path.name == "merged":
-        return "merged"
-    return "base + adapter" if (path / "adapter_config.json").exists() else "full fine-tune"
-
-
-def _count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)

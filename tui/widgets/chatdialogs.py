@@ -19,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Static
 from textual.widgets.option_list import Option
 
+from tui.chatstate import FIELDS, parse_params
 from tui.widgets.dialogs import DIALOG_CSS
 from tui.widgets.fieldform import show_value
 from tui.widgets.pathinput import PathInput
@@ -111,46 +112,6 @@ class LoadDialog(ModalScreen[str | None]):
 
 
 # ---------------------------------------------------------------------------- parameters
-
-FIELDS: tuple[tuple[str, str, str], ...] = (
-    # key, label, rule shown when refused
-    ("system", "system prompt", ""),
-    ("max_new_tokens", "max new tokens", "an integer >= 1"),
-    ("temperature", "temperature", "a number >= 0 (0 = greedy)"),
-    ("top_p", "top p", "a number in (0, 1]"),
-    ("top_k", "top k", "an integer >= 0 (0 = off)"),
-    ("repetition_penalty", "repetition penalty", "a number > 0 (1 = off)"),
-    ("seed", "seed", "an integer, or empty for none"),
-)
-
-
-def parse_params(raw: dict[str, str]) -> tuple[dict[str, Any], str | None]:
-    """Typed generation settings from the dialog's text, or the first problem. The same
-    rules as the worker (engine.chat.check_params), checked here so a typo never reaches it."""
-    out: dict[str, Any] = {"system": raw.get("system", "")}
-    checks: dict[str, tuple[type, Callable[[float], bool]]] = {
-        "max_new_tokens": (int, lambda v: v >= 1),
-        "temperature": (float, lambda v: v >= 0),
-        "top_p": (float, lambda v: 0 < v <= 1),
-        "top_k": (int, lambda v: v >= 0),
-        "repetition_penalty": (float, lambda v: v > 0),
-        "seed": (int, lambda v: True),
-    }
-    rules = {key: rule for key, _label, rule in FIELDS}
-    for key, (kind, ok) in checks.items():
-        text = raw.get(key, "").strip()
-        if key == "seed" and not text:
-            out[key] = None
-            continue
-        try:
-            value = kind(float(text)) if kind is float else int(text)
-        except ValueError:
-            return out, f"{key}: {text or '(empty)'} is not {rules[key]}"
-        if not ok(value):
-            return out, f"{key}: {text} must be {rules[key]}"
-        out[key] = value
-    return out, None
-
 
 class ParamsDialog(ModalScreen[dict | None]):
     """System prompt and sampling settings; enter applies, esc keeps the old ones."""

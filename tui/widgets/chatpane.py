@@ -1,0 +1,91 @@
+"""One Chat pane on screen: a model's header line over its conversation
+(``tui.widgets.chatlog``). The model itself, its worker and its side of the history are
+``tui.chatstate.ModelPane``; :class:`Pane` adds the widgets that show them.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Static
+
+from tui.chatstate import ModelPane
+from tui.chathistory import Side
+from tui.widgets.chatlog import ChatLog, ChatMessage
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+class PaneView(Vertical):
+    """A model's header line over its conversation."""
+
+    DEFAULT_CSS = """
+    PaneView { width: 1fr; height: 1fr; }
+    PaneView .pane-top { height: 1; background: $surface; }
+    PaneView .pane-header { width: 1fr; height: 1; padding: 0 1; }
+    PaneView .pane-history { width: auto; height: 1; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, side: str, empty: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.side = side
+        self.empty = empty
+
+    def compose(self):
+        with Horizontal(classes="pane-top"):
+            yield Static("", classes="pane-header")
+            yield Static("", classes="pane-history")
+        yield ChatLog(self.empty, id=f"log-{self.side}")
+
+
+class Pane(ModelPane):
+    """A pane's model and the widgets that show its conversation: the user's messages and
+    the replies by turn."""
+
+    def __init__(self, side: str, history: Side) -> None:
+        super().__init__(side, history)
+        self.users: dict[int, ChatMessage] = {}
+        self.reply_widgets: dict[int, ChatMessage] = {}
+        self.view: PaneView | None = None
+
+    @property
+    def log(self) -> ChatLog:
+        assert self.view is not None
+        return self.view.query_one(ChatLog)
+
+    @property
+    def shown(self) -> bool:
+        return self.view is not None and self.view.is_mounted
+
+    def forget_widgets(self, turn: int) -> None:
+        """Take a turn's message and reply off the screen."""
+        for widget in (self.users.pop(turn, None), self.reply_widgets.pop(turn, None)):
+            if widget is not None:
+                widget.remove()
+
+    def clear(self) -> None:
+        self.log.clear_messages()
+        self.users, self.reply_widgets = {}, {}
+
+
+def header(pane: ModelPane, who: str, colors: dict[str, str], tick: int) -> Text:
+    """A pane's header line: what is loaded (●), loading (a spinner and the worker's stage),
+    failed (✖), or nothing."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    if pane.state == "ready":
+        text.append("● ", style=f"bold {colors.get('success', 'green')}")
+        text.append(who, style="bold")
+        text.append(" · " + " · ".join(pane.details()), style="dim")
+    elif pane.state == "loading":
+        text.append(SPINNER[tick % len(SPINNER)] + " ", style=f"bold {colors.get('accent', '')}")
+        text.append(f"loading {pane.title}", style="bold")
+        if pane.stage:
+            text.append(f" · {pane.stage}", style="dim")
+    elif pane.state in ("failed", "crashed"):
+        text.append("✖ ", style=f"bold {colors.get('error', 'red')}")
+        text.append(f"{pane.title}: " + ("could not load" if pane.state == "failed" else "worker stopped"),
+                    style="bold")
+        text.append(" · ctrl+o loads again", style="dim")
+    else:
+        text.append("no model · ctrl+o loads one", style="dim")
+    return text
