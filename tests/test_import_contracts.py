@@ -1,7 +1,8 @@
 """The layering contracts of pyproject.toml ([tool.importlinter], checked by import-linter's
 ``lint-imports``) hold in this checkout, and each one fails when an import that breaks it
 is added (to a copy of the packages): the engine never imports the UI, the UI never imports
-the heavy ML stack, and engine.data never imports training code.
+the heavy ML stack, the screens' state modules (tui.chatstate, tui.chathistory,
+tui.evalstate) never import Textual, and engine.data never imports training code.
 
 Run time is what tests/test_engine_imports.py and tests/test_tui_imports.py check (what a
 fresh interpreter holds after an import); these contracts read every import statement,
@@ -19,7 +20,7 @@ import importlinter  # noqa: F401 - in the test extra (pip install -e ".[test]")
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONTRACTS = ("engine-headless", "tui-light", "data-no-training")
+CONTRACTS = ("engine-headless", "tui-light", "tui-plain-state", "data-no-training")
 
 
 def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess:
@@ -51,6 +52,8 @@ OFFENCES = [
     ("tui-light", "tui/app.py", "import torch"),
     ("tui-light", "tui/widgets/lossplot.py", "def _load():\n    from transformers import AutoModel"),
     ("tui-light", "tui/session.py", "import peft, bitsandbytes, datasets"),
+    ("tui-plain-state", "tui/chatstate.py", "from textual.widgets import Static"),
+    ("tui-plain-state", "tui/evalstate.py", "def _show():\n    from tui.widgets.chatlog import ChatLog"),
     ("data-no-training", "engine/data/render.py", "from engine.perf import fused_loss"),
     ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from engine.lean_trainer import LeanTrainer"),
 ]
