@@ -201,3 +201,18 @@ def test_an_unknown_kernels_value_is_refused():
 
     with pytest.raises(cfg.ConfigError, match="kernels"):
         make_config(train={"kernels": "fast"})
+
+
+def test_prepare_switches_attention_as_the_plan_asks(tiny_model_dir):
+    """The CUDA plan's attention switch (flash_attention_2 there), run here with eager: the
+    model's attention implementation follows and the run's log says so."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.perf.apply import prepare
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
+    said = []
+    done = prepare(model, perf.Plan("auto", "cuda", attn_implementation="eager"), say=said.append)
+    assert done == ["eager"] and model.config._attn_implementation == "eager"
+    assert said == ["attention: eager (packed rows as variable-length sequences)"]
+    assert prepare(model, perf.Plan("reference", "cuda"), say=said.append) == [] and len(said) == 1
