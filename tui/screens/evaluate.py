@@ -22,9 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich import box
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -35,6 +32,7 @@ from tui.evalstate import Job, default_run, read_results, run_choices
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.dialogs import PickDialog
 from tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
+from tui.widgets import evalviews
 from tui.widgets.pathinput import PathInput
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -214,25 +212,7 @@ class EvalScreen(FinetuiScreen):
     # ------------------------------------------------------------------ results
 
     def show_metrics(self) -> None:
-        widget = self.query_one("#ev-metrics", Static)
-        r = self.result
-        if not r:
-            text = Text("No evaluation yet. ", style="bold")
-            text.append("g evaluates the run on its held-out split (`finetui eval`, tuned and base); "
-                        "x exports it as a merged model folder.", style="dim")
-            widget.update(text)
-            return
-        names = evalstate.models_in(r)
-        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, expand=False, pad_edge=False)
-        table.add_column("metric", style="bold")
-        for n in names:
-            table.add_column(n, justify="right")
-        if len(names) == 2:
-            table.add_column("tuned − base", justify="right", style="dim")
-        for row in evalstate.metric_rows(r):
-            table.add_row(row.label, *row.values, *([row.delta] if len(names) == 2 else []))
-        head = Text(evalstate.result_heading(r), style="dim", no_wrap=True, overflow="ellipsis")
-        widget.update(Group(head, table))
+        self.query_one("#ev-metrics", Static).update(evalviews.metrics_view(self.result))
 
     def fill_table(self) -> None:
         table = self.query_one("#ev-table", DataTable)
@@ -240,23 +220,14 @@ class EvalScreen(FinetuiScreen):
         if not self.rows:
             return
         names = evalstate.models_in(self.result)
-        width = max(self.query_one("#ev-switcher").size.width or self.size.width, 40)
-        cols = 2 + len(names)
-        text_width = max(8, (width - 1 - 5 - cols * 2) // cols)
+        width = evalviews.column_width(max(self.query_one("#ev-switcher").size.width or self.size.width, 40),
+                                       len(names))
         table.add_column("#", width=3, key="index")
         for key in ("prompt", "target", *names):
-            table.add_column(key if key in ("prompt", "target") else f"{key} out", width=text_width, key=key)
-        good, bad = self._color("success"), self._color("error")
+            table.add_column(key if key in ("prompt", "target") else f"{key} out", width=width, key=key)
+        colors = self.app.theme_variables
         for i, row in enumerate(self.rows):
-            cells: list[Any] = [Text(str(row.get("index", i)), style="dim")]
-            for key in ("prompt", "target"):
-                cells.append(_cell(row.get(key) or ""))
-            for n in names:
-                out = row.get(n)
-                mark = Text("✓ " if row.get(f"{n}_match") else "✗ ", style=good if row.get(f"{n}_match") else bad)
-                cell = _cell(out if out is not None else "—")
-                cells.append(mark + cell if out is not None else cell)
-            table.add_row(*cells, key=str(i))
+            table.add_row(*evalviews.table_cells(i, row, names, colors), key=str(i))
 
     def _color(self, name: str) -> str:
         return self.app.theme_variables.get(name, "")
@@ -270,39 +241,7 @@ class EvalScreen(FinetuiScreen):
             return
         index = max(0, min(index, len(self.rows) - 1))
         self.detail_index = index
-        row = self.rows[index]
-        names = [n for n in ("base", "tuned") if n in row]
-        head, good, bad = self._color("primary"), self._color("success"), self._color("error")
-        from tui.safetext import visible  # prompts, targets, model outputs: never control codes
-
-        text = Text()
-        text.append(f"example {row.get('index', index)}", style="bold")
-        text.append(f"  ({index + 1} of {len(self.rows)} · ←/→ previous/next · esc back)\n", style="dim")
-
-        def section(title: str, body: str, extra: Text | None = None) -> None:
-            text.append(f"\n{title}", style=f"bold {head}")
-            if extra is not None:
-                text.append("  ")
-                text.append_text(extra)
-            text.append("\n")
-            text.append(visible(body) if body else "(empty)", style="" if body else "dim italic")
-            text.append("\n")
-
-        section("prompt", row.get("prompt") or "")
-        section("target", row.get("target") or "")
-        for n in names:
-            extra = Text()
-            match = row.get(f"{n}_match")
-            if match is not None:
-                extra.append("✓ exact match" if match else "✗ differs", style=good if match else bad)
-            loss = row.get(f"{n}_loss")
-            if loss is not None:
-                extra.append(f"  loss {loss:.4f}", style="dim")
-            out = row.get(n)
-            section(f"{n} output", out if out is not None else "(not generated: no prompt before the target)",
-                    extra)
-        if row.get("prompt_text"):
-            section("prompt as the model saw it (chat template)", row["prompt_text"])
+        text = evalviews.example_view(self.rows, index, self.app.theme_variables)
         self.query_one("#ev-detail-text", Static).update(text)
         if self.view != "ev-detail":
             self.switch_to("ev-detail")
@@ -534,8 +473,3 @@ class EvalScreen(FinetuiScreen):
             ("Eval: chat with this run", "Load the run's model on the Chat screen", self.action_chat),
         ]
 
-
-def _cell(text: str) -> Text:
-    from tui.safetext import visible
-
-    return Text(visible(" ".join(text.split())), no_wrap=True, overflow="ellipsis")
