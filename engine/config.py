@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.perf import KERNELS  # train.kernels
 
-SECTIONS = ("model", "data", "method", "train", "output")
+SECTIONS = ("model", "data", "method", "train", "distributed", "output")
 
 
 class _Section(BaseModel):
@@ -268,6 +268,32 @@ class TrainConfig(_Section):
         return list(dict.fromkeys(value))
 
 
+class DistributedConfig(_Section):
+    """How several processes share the work (``finetui train --nproc N`` / ``--nnodes``):
+    through the transformers Trainer's own FSDP and DeepSpeed support (accelerate), not
+    hand-written wrapping. One process ignores it."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a full copy per GPU; fsdp: PyTorch FSDP2 shards weights, gradients and "
+        "optimizer state; deepspeed: ZeRO stage 2/3 (needs the deepspeed package).")
+    fsdp_sharding: Literal["full_shard", "hybrid_shard"] = Field(
+        "full_shard", description="FSDP: shard across every GPU (full_shard) or within a node and replicate "
+        "across nodes (hybrid_shard: less inter-node traffic, more memory).")
+    fsdp_state_dict: Literal["full", "sharded"] = Field(
+        "full", description="FSDP checkpoints: one full state dict gathered on rank 0, or one shard per rank "
+        "(faster to save, loads only on the same world size).")
+    activation_checkpointing: bool = Field(
+        False, description="FSDP: recompute each layer's activations in the backward pass (FSDP's own; "
+        "leave train.gradient_checkpointing off).")
+    cpu_offload: bool = Field(
+        False, description="Keep parameters and optimizer state in CPU memory (FSDP: parameters and "
+        "gradients; DeepSpeed: optimizer state, and parameters at ZeRO-3). Slower, less GPU memory.")
+    zero_stage: Literal[2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 2 shards gradients and optimizer state, 3 the weights too.")
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed: your own DeepSpeed JSON (replaces zero_stage and cpu_offload).")
+
+
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
     run_name: str | None = Field(None, description="Name in the run id (default: the config file's name).")
@@ -280,6 +306,7 @@ class Config(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -291,7 +318,7 @@ class Config(BaseModel):
         if t.early_stopping_patience and t.eval_strategy == "no":
             raise ValueError("train.early_stopping_patience: early stopping needs evaluations; "
                              "set train.eval_strategy to steps or epoch")
-        for problem in _method_problems(self):
+        for problem in (*_method_problems(self), *_distributed_problems(self)):
             raise ValueError(problem)
         if self.method.type == "full" and self.model.quantization != "none":
             raise ValueError(
@@ -337,6 +364,24 @@ def _method_problems(config: "Config") -> list[str]:
     if m.loraplus_lr_ratio > 0 and t.optimizer in GALORE_OPTIMIZERS:
         problems.append("method.loraplus_lr_ratio: LoRA+ builds its own optimizer; "
                         f"it cannot go with train.optimizer: {t.optimizer}")
+    return problems
+
+
+def _distributed_problems(config: "Config") -> list[str]:
+    """Sharding settings that do not go together, each naming the settings."""
+    d, problems = config.distributed, []
+    if d.strategy == "fsdp" and d.activation_checkpointing and config.train.gradient_checkpointing:
+        problems.append("distributed.activation_checkpointing: FSDP's activation checkpointing and "
+                        "train.gradient_checkpointing do the same; turn one off")
+    if d.strategy == "fsdp" and config.model.quantization == "8bit":
+        problems.append("distributed.strategy: fsdp cannot shard 8-bit weights (bitsandbytes); use "
+                        "model.quantization: 4bit (QLoRA) or none, or distributed.strategy: ddp")
+    if d.strategy == "deepspeed" and config.model.quantization != "none" and d.zero_stage == 3:
+        problems.append(f"distributed.zero_stage: 3 cannot shard {config.model.quantization} quantised weights; "
+                        "use distributed.zero_stage: 2 or model.quantization: none")
+    if d.deepspeed_config is not None and d.strategy != "deepspeed":
+        problems.append("distributed.deepspeed_config: a DeepSpeed JSON needs distributed.strategy: deepspeed "
+                        f"(got {d.strategy})")
     return problems
 
 

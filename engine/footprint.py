@@ -206,6 +206,32 @@ class MemoryEstimate:
     # finetui's fused LoRA keeps for backward (engine/perf/fused_lora.py, fp32 without dropout).
     runtime_bytes: int = 0
     merged_weights_bytes: int = 0
+    layers: int = 0  # decoder layers
+    layer_weights_bytes: int = 0  # one decoder layer's weights as loaded (what FSDP/ZeRO-3 gather at a time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DeviceShare:
+    """One GPU's (one process's) share of a MemoryEstimate under a distributed strategy."""
+
+    strategy: str  # "ddp", "fsdp full_shard", "deepspeed ZeRO-3" ...
+    world_size: int
+    shards: int  # processes the sharded states are divided over (1: replicated)
+    weights_bytes: int
+    adapter_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    gathered_bytes: int  # full weights of the layers gathered at a time (FSDP, ZeRO-3)
+    activations_bytes: int
+    logits_bytes: int
+    runtime_bytes: int
+    overhead_bytes: int
+    total_bytes: int  # on the device
+    offloaded_bytes: int  # moved to CPU memory by cpu_offload (per process)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -487,6 +513,15 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
         if method == "lora" and fp32_acts and not float(_get(config, "method.lora_dropout", 0.0) or 0.0):
             merged = counts.linear * 4
 
+    L = arch.num_hidden_layers
+    layer_linear = counts.linear // max(1, L)
+    layer_rest = counts.per_layer - layer_linear
+    if quant == "4bit":
+        layer_weights = int(layer_linear * per + layer_rest * 2)
+    elif quant == "8bit":
+        layer_weights = int(layer_linear * 1.03 + layer_rest * 2)
+    else:
+        layer_weights = counts.per_layer * wbytes
     subtotal = weights + adapters + grads + optim + activations + logits + runtime + merged
     overhead = int(subtotal * OVERHEAD_FRACTION)
     on_disk = weight_files_size(name, revision)
@@ -512,7 +547,77 @@ def estimate(config: Any, model_config: dict[str, Any] | None = None, source: st
         notes=notes,
         runtime_bytes=runtime,
         merged_weights_bytes=merged,
+        layers=L,
+        layer_weights_bytes=layer_weights,
     )
+
+
+def per_device(est: MemoryEstimate, strategy: str = "ddp", world_size: int = 1, nnodes: int = 1,
+               fsdp_sharding: str = "full_shard", cpu_offload: bool = False, zero_stage: int = 2) -> DeviceShare:
+    """One process's memory under ``distributed.strategy`` over ``world_size`` processes
+    (``nnodes`` nodes). What each strategy divides by the number of shards ``N``::
+
+        ddp                every process holds everything (N = 1)
+        fsdp full_shard    weights, adapters, gradients, optimizer state / N (N = world size)
+        fsdp hybrid_shard  the same within a node (N = processes per node), replicated across nodes
+        ZeRO-2             gradients and optimizer state / N; weights and adapters replicated
+        ZeRO-3             weights, adapters, gradients, optimizer state / N
+
+    FSDP and ZeRO-3 gather full weights one layer at a time: two decoder layers (the one
+    computing and the next, prefetched) and, for FSDP2, the root module (embeddings, final
+    norm, lm_head: everything outside the layers), which stays gathered through the step.
+    ``cpu_offload`` moves to CPU memory: FSDP the parameter, adapter and gradient shards
+    and the optimizer state (the step runs on the CPU); ZeRO the optimizer state, and at
+    stage 3 the parameter shards too. Activations, logits and the runtime are per process
+    and stay as they are (train.batch_size is per process); overhead is 10% of the rest."""
+    world_size = max(1, world_size)
+    nnodes = max(1, min(nnodes, world_size))
+    notes: list[str] = []
+    weights, adapters, grads, optim = est.weights_bytes, est.adapter_bytes, est.gradients_bytes, est.optimizer_bytes
+    gathered = offloaded = 0
+    if world_size == 1 or strategy == "ddp":
+        shards, name = 1, "ddp" if world_size > 1 else "one process"
+    elif strategy == "fsdp":
+        shards = world_size if fsdp_sharding == "full_shard" or nnodes == 1 else world_size // nnodes
+        name = f"fsdp {fsdp_sharding}"
+        weights, adapters, grads, optim = (-(-x // shards) for x in (weights, adapters, grads, optim))
+        outside = max(0, est.weights_bytes - est.layers * est.layer_weights_bytes)
+        gathered = outside + min(2, est.layers) * est.layer_weights_bytes
+        if cpu_offload:
+            offloaded = weights + adapters + grads + optim
+            weights = adapters = grads = optim = 0
+    elif strategy == "deepspeed":
+        shards, name = world_size, f"deepspeed ZeRO-{zero_stage}"
+        grads, optim = -(-grads // shards), -(-optim // shards)
+        if zero_stage == 3:
+            weights, adapters = -(-weights // shards), -(-adapters // shards)
+            outside = max(0, est.weights_bytes - est.layers * est.layer_weights_bytes)
+            gathered = outside + min(2, est.layers) * est.layer_weights_bytes
+        if cpu_offload:
+            offloaded, optim = optim, 0
+            if zero_stage == 3:
+                offloaded += weights + adapters
+                weights = adapters = 0
+    else:
+        raise ValueError(f"distributed.strategy: {strategy!r} (expected ddp, fsdp or deepspeed)")
+    if strategy == "fsdp" and fsdp_sharding == "hybrid_shard" and nnodes == 1 and world_size > 1:
+        notes.append("hybrid_shard on one node shards like full_shard")
+    subtotal = (weights + adapters + grads + optim + gathered + est.activations_bytes + est.logits_bytes
+                + est.runtime_bytes + est.merged_weights_bytes)
+    overhead = int(subtotal * OVERHEAD_FRACTION)
+    return DeviceShare(
+        strategy=name, world_size=world_size, shards=shards, weights_bytes=weights, adapter_bytes=adapters,
+        gradients_bytes=grads, optimizer_bytes=optim, gathered_bytes=gathered,
+        activations_bytes=est.activations_bytes, logits_bytes=est.logits_bytes, runtime_bytes=est.runtime_bytes,
+        overhead_bytes=overhead, total_bytes=subtotal + overhead, offloaded_bytes=offloaded, notes=notes)
+
+
+def for_config(est: MemoryEstimate, config: Any, world_size: int, nnodes: int = 1) -> DeviceShare:
+    """per_device with the config's ``distributed`` section (engine.config.Config or its dict)."""
+    return per_device(est, str(_get(config, "distributed.strategy", "ddp")), world_size, nnodes,
+                      fsdp_sharding=str(_get(config, "distributed.fsdp_sharding", "full_shard")),
+                      cpu_offload=bool(_get(config, "distributed.cpu_offload", False)),
+                      zero_stage=int(_get(config, "distributed.zero_stage", 2)))
 
 
 # ---------------------------------------------------------------------------- formatting

@@ -21,8 +21,10 @@ masks and packs (``engine.data``) exactly as the dataset browser shows it; SFTTr
 re-tokenise and re-mask by its own rules, and TRL would be one more pinned dependency for
 nothing we need.
 
-Only rank 0 speaks: under ``torchrun`` the other ranks write no events (their stdout goes
-to stderr, i.e. the run's stdout.log).
+Only rank 0 speaks on the pipe and in events.jsonl: under ``torchrun`` each other rank
+writes its own ``events.rank<R>.jsonl`` (their stdout goes to stderr, i.e. the run's
+stdout.log). ``distributed.strategy`` (ddp, fsdp, deepspeed) becomes the Trainer's own
+arguments (engine/distributed.py).
 
 This module imports only the standard library and light engine modules at the top, so
 the first event goes out before the seconds that torch and transformers take to import.
@@ -74,9 +76,9 @@ def _event_writer(run_dir: Path, rank: int) -> ev.EventWriter:
     """Rank 0: events go to the original stdout (the pipe) and to events.jsonl. Then fd 1
     points at stderr on every rank, so a stray print from a library lands in stdout.log
     instead of splicing itself into a JSON line."""
-    if rank != 0:
+    if rank != 0:  # its own stream, events.rank<R>.jsonl: the pipe and events.jsonl are rank 0's
         os.dup2(2, 1)
-        return ev.EventWriter(run_dir.name, None, stream=None)
+        return ev.EventWriter(run_dir.name, run_dir / f"events.rank{rank}.jsonl", stream=None)
     events_fd = os.dup(1)
     os.dup2(2, 1)
     stream = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
@@ -225,6 +227,11 @@ def check_setup(config, device: str) -> None:
     missing = startcheck.package_problems(config)  # a run started by hand or by the TUI
     if missing:
         raise errors.SetupError(missing[0])
+    from engine import distributed
+
+    sharding = distributed.setup_problems(config, device, _world_size())
+    if sharding:
+        raise errors.SetupError(sharding[0])
     if config.method.type == "full" and config.model.dtype == "float16" and t.precision in ("auto", "fp16"):
         raise errors.SetupError(
             "model.dtype: float16 weights cannot be fully fine-tuned with fp16 mixed precision (the optimizer "
@@ -340,7 +347,11 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
     # warmup_steps > 0 wins; else the ratio (TrainingArguments reads a float < 1 as one).
     warmup: int | float = t.warmup_steps if t.warmup_steps > 0 else min(t.warmup_ratio, 0.999)
     galore = t.optimizer in config_mod.GALORE_OPTIMIZERS
+    from engine import distributed
+
+    sharding = distributed.trainer_arguments(config, world_size, distributed.world()[2])
     return TrainingArguments(
+        **sharding,  # distributed.strategy: fsdp / deepspeed (nothing for ddp or one process)
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -685,7 +696,9 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     else:
         early_stop = None
     initial_adapter = _keep_initial_adapter(model, config, run_dir, rank)
-    trainer = trainer_class(plan.lean_trainer)(
+    # FSDP and DeepSpeed replace the parameters with their shards: the Trainer's own steps
+    sharded = world_size > 1 and config.distributed.strategy != "ddp"
+    trainer = trainer_class(plan.lean_trainer and not sharded)(
         model=model,
         args=args,
         data_collator=counter,
@@ -696,6 +709,14 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         optimizers=(_loraplus_optimizer(model, config), None),
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    if sharded:  # what the Trainer (accelerate) actually set up, not what was asked
+        d = config.distributed
+        how = (f"FSDP{trainer.accelerator.state.fsdp_plugin.fsdp_version} {d.fsdp_sharding}, "
+               f"{d.fsdp_state_dict} state dict" if trainer.is_fsdp_enabled
+               else "DeepSpeed ZeRO " + (d.deepspeed_config or str(d.zero_stage)) if trainer.is_deepspeed_enabled
+               else "nothing: the Trainer did not take it up")
+        events.emit("log", level="info", message=f"distributed.strategy: {d.strategy} over {world_size} processes "
+                    f"({how})")
     trainer.heartbeat = heartbeat  # checkpoint saves and loading the best one are quiet phases
 
     checkpoint = _resume_point(run_dir, events, checkpoint_step, rank) if resume else None

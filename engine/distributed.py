@@ -1,0 +1,162 @@
+"""More than one process: the sharding strategy's Trainer arguments, and multi-node launch
+commands (torchrun's c10d rendezvous, SLURM sbatch scripts).
+
+Light module (standard library only at import time): the CLI prints an sbatch script
+without importing torch. :func:`trainer_arguments` runs in the trainer process.
+
+``distributed.strategy`` goes through the transformers Trainer's own support (accelerate):
+
+* ``ddp``: nothing to add (the Trainer wraps the model in DistributedDataParallel under torchrun);
+* ``fsdp``: ``fsdp`` + ``fsdp_config`` with ``version: 2`` (PyTorch FSDP2 ``fully_shard`` on
+  each decoder layer); ``hybrid_shard`` shards within a node and replicates across nodes
+  (accelerate's ``ParallelismConfig``: ``dp_replicate_size`` nodes x ``dp_shard_size`` GPUs);
+* ``deepspeed``: ``deepspeed`` = a ZeRO stage 2/3 JSON built here (``"auto"`` values the
+  Trainer fills from its own arguments), or the user's own JSON file.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+DEFAULT_PORT = 29500
+
+
+def world() -> tuple[int, int, int]:
+    """(global rank, world size, nodes) of this process, from torchrun's environment."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
+    return int(os.environ.get("RANK", "0")), size, max(1, size // max(1, local))
+
+
+def deepspeed_json(stage: int, offload: bool) -> dict[str, Any]:
+    """A ZeRO config for the Trainer; ``auto`` values are filled from TrainingArguments."""
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # a loadable adapter/ or model
+    return {
+        "zero_optimization": zero,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+    }
+
+
+def fsdp_config(d, nnodes: int = 1) -> dict[str, Any]:
+    """``fsdp_config`` for TrainingArguments (FSDP2)."""
+    return {
+        "version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one fully_shard per decoder layer (_no_split_modules)
+        "reshard_after_forward": True,
+        "cpu_offload": d.cpu_offload,
+        "state_dict_type": "FULL_STATE_DICT" if d.fsdp_state_dict == "full" else "SHARDED_STATE_DICT",
+        "activation_checkpointing": d.activation_checkpointing,
+        "cpu_ram_efficient_loading": False,
+    }
+
+
+def trainer_arguments(config, world_size: int, nnodes: int = 1) -> dict[str, Any]:
+    """Extra TrainingArguments for ``distributed.strategy`` (none for one process or ddp)."""
+    d = config.distributed
+    if world_size <= 1 or d.strategy == "ddp":
+        return {}
+    if d.strategy == "deepspeed":
+        return {"deepspeed": d.deepspeed_config or deepspeed_json(d.zero_stage, d.cpu_offload)}
+    args: dict[str, Any] = {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config(d, nnodes)}
+    if d.fsdp_sharding == "hybrid_shard" and nnodes > 1:
+        from accelerate.parallelism_config import ParallelismConfig
+
+        args["parallelism_config"] = ParallelismConfig(dp_replicate_size=nnodes,
+                                                       dp_shard_size=world_size // nnodes)
+    return args
+
+
+def setup_problems(config, device: str, world_size: int) -> list[str]:
+    """What the strategy needs that this machine or install lacks, naming the settings."""
+    d, problems = config.distributed, []
+    if world_size <= 1 or d.strategy == "ddp":
+        return problems
+    if d.strategy == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append("distributed.strategy: deepspeed needs the deepspeed package, which is not installed: "
+                            "pip install deepspeed (or pip install 'finetui[deepspeed]'; it compiles its ops "
+                            "for CUDA), or use distributed.strategy: fsdp")
+        elif not device.startswith("cuda"):
+            problems.append("distributed.strategy: deepspeed trains on CUDA GPUs only; use distributed.strategy: "
+                            "fsdp or ddp on the CPU")
+        if d.deepspeed_config and not os.path.isfile(d.deepspeed_config):
+            problems.append(f"distributed.deepspeed_config: {d.deepspeed_config} is not a file")
+    if d.strategy == "fsdp" and config.model.quantization == "4bit" and not device.startswith("cuda"):
+        problems.append("distributed.strategy: fsdp with a 4-bit base (QLoRA) needs CUDA GPUs (bitsandbytes "
+                        "stores the 4-bit weights in a shardable dtype there only); use distributed.strategy: "
+                        "ddp, or method.type: lora")
+    if d.strategy == "fsdp" and d.cpu_offload and not device.startswith("cuda"):
+        problems.append("distributed.cpu_offload: the weights are already in CPU memory on a CPU run; turn it off")
+    return problems
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv: str | None = None,
+                       run_id: str = "finetui") -> list[str]:
+    """torchrun's arguments: one node (``--standalone``) or a c10d rendezvous at HOST:PORT."""
+    if nnodes <= 1:
+        return ["--standalone", f"--nproc_per_node={nproc}"]
+    if not rdzv:
+        raise ValueError("--nnodes above 1 needs --rdzv HOST:PORT (the first node's address, reachable by all)")
+    host, _, port = rdzv.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--rdzv {rdzv}: expected HOST:PORT")
+    return [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", f"--node_rank={node_rank}",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv}", f"--rdzv_id={run_id}"]
+
+
+def slurm_script(config_path: str, nodes: int, gpus_per_node: int, partition: str | None = None,
+                 time: str | None = None, runs_dir: str | None = None, job_name: str = "finetui",
+                 port: int = DEFAULT_PORT, account: str | None = None, cpus_per_task: int | None = None,
+                 python: str = "python") -> str:
+    """An sbatch script: one task per node; each runs torchrun with ``gpus_per_node``
+    processes, the nodes meeting at the first node's c10d rendezvous. The run folder
+    (``runs_dir``, default the config's output.runs_dir) must be on storage every node sees."""
+    q = shlex.quote
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
+             "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={gpus_per_node}"]
+    if cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={cpus_per_task}")
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    if account:
+        lines.append(f"#SBATCH --account={account}")
+    if time:
+        lines.append(f"#SBATCH --time={time}")
+    lines.append("#SBATCH --output=finetui-%j.out")
+    set_runs = f" --set output.runs_dir={q(runs_dir)}" if runs_dir else ""
+    lines += [
+        "set -euo pipefail",
+        "",
+        "# The run folder must be on storage every node sees (only global rank 0 writes",
+        "# checkpoints and the run record; each rank writes its own events stream).",
+        f"CONFIG={q(config_path)}",
+        'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"PORT={port}",
+        "",
+        "# One task per node; SLURM_NODEID is the node rank, the rendezvous is on the first node.",
+        "srun --kill-on-bad-exit=1 bash -c '",
+        f"  exec {q(python)} -m engine.cli train \"$0\"{set_runs} --foreground \\",
+        '    --nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID" \\',
+        f'    --nproc {gpus_per_node} --rdzv "$1:$2" --rdzv-id "$SLURM_JOB_ID"',
+        "' \"$CONFIG\" \"$HEAD_NODE\" \"$PORT\"",
+        "",
+    ]
+    return "\n".join(lines)
