@@ -24,7 +24,7 @@ from engine import cli, runs
 from engine.json_errors import KINDS
 from test_dashboard_helpers import synthetic_run
 from test_train_cli import finetui, write_config
-from train_helpers import file_events, launch, new_run, of_type
+from train_helpers import file_events, of_type
 
 REPO = Path(__file__).resolve().parents[1]
 ESC = "\x1b"
@@ -265,31 +265,37 @@ def test_runs_list_into_head_ends_quietly(tmp_path, json_flag):
 
 @pytest.mark.slow
 def test_runs_kill_marks_the_run_killed(tmp_path, finetui_cache):
-    root = tmp_path / "runs"
-    run_dir = new_run(root, "victim", train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
-    trainer = launch(run_dir)
-    trainer.stdout.close()
+    """A run followed by `finetui train` in the foreground, killed from another shell: the
+    run is killed (not failed) in runs show/list, and the foreground CLI says so."""
+    path = write_config(tmp_path, name="victim", train={"max_steps": 100000, "eval_strategy": "no",
+                                                        "save_strategy": "no"})
+    follower = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path,
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        run_dir = tmp_path / "runs" / follower.stdout.readline().strip()
         deadline = time.time() + 180
         while not of_type(file_events(run_dir), "step"):
-            assert time.time() < deadline and trainer.poll() is None, "no step"
+            assert time.time() < deadline and follower.poll() is None, "no step"
             time.sleep(0.2)
-        proc = finetui("runs", "kill", run_dir.name, cwd=tmp_path, env={"FINETUI_RUNS_DIR": str(root)})
+        proc = finetui("runs", "kill", run_dir.name, cwd=tmp_path)
         assert proc.returncode == 0 and f"killed: {run_dir.name}" in proc.stdout, proc.stderr
-        trainer.wait(timeout=30)
-        assert trainer.returncode == -9
+        assert not runs.trainer_alive(run_dir)
         assert [e["status"] for e in of_type(file_events(run_dir), "finished")] == ["killed"]
-        info = json.loads(finetui("runs", "show", run_dir.name, "--json", cwd=tmp_path,
-                                  env={"FINETUI_RUNS_DIR": str(root)}).stdout)
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 1 and f"run {run_dir.name} was killed (finetui runs kill)" in err, err
+        assert "out-of-memory" not in err
+        info = json.loads(finetui("runs", "show", run_dir.name, "--json", cwd=tmp_path).stdout)
         assert info["status"] == "killed", info
-        listed = finetui("runs", "list", cwd=tmp_path, env={"FINETUI_RUNS_DIR": str(root)})
+        listed = finetui("runs", "list", cwd=tmp_path)
         assert re.search(rf"^{run_dir.name}\s+killed\b", listed.stdout, re.M), listed.stdout
-        again = finetui("runs", "kill", run_dir.name, cwd=tmp_path, env={"FINETUI_RUNS_DIR": str(root)})
+        again = finetui("runs", "kill", run_dir.name, cwd=tmp_path)
         assert again.returncode == 1 and "has finished (killed)" in again.stderr
     finally:
-        if trainer.poll() is None:
-            trainer.kill()
-        trainer.wait()
+        if follower.poll() is None:
+            follower.kill()
+        follower.communicate()
+        if "run_dir" in locals() and runs.trainer_alive(run_dir):
+            runs.stop(run_dir, kill=True)
 
 
 # --------------------------------------------------------------------------- train output
