@@ -39,25 +39,14 @@ from tui.render_client import RenderClient
 from tui.safetext import safe
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.screens.create import CreateScreen, QuestionInput, WriterDialog
+from tui.widgets import datasetviews
 from tui.widgets.columnmap import ColumnMapDialog
 from tui.widgets.dialogs import PathDialog
 from tui.widgets.pathinput import PathInput
 from tui.widgets.rowtable import RowTable
 
 RAW_MAX_CHARS = 20_000
-MAX_WINDOWS = 20  # windows of a long text shown in the record view
 GROUP_SCAN = 20_000  # rows read for a transcript row's conversation
-
-
-def _short_place(place: str) -> str:
-    """file:line with the file relative to the working directory when inside it."""
-    from tui.session import display_path
-
-    path, sep, line = place.rpartition(":")
-    if not sep or not line.isdigit():
-        return place
-    return f"{display_path(path)}:{line}"
-BAR_WIDTH = 40
 HINT = "⏎ view record · / search · i lengths · m columns · u use in Settings · o open"
 
 
@@ -475,7 +464,7 @@ class DatasetsScreen(FinetuiScreen):
         if row.index != self.record_index:
             return
         head = Text(f"record {row.index + 1}", style="bold")
-        head.append(f"  {_short_place(row.place)}", style="dim")
+        head.append(f"  {datasetviews.short_place(row.place)}", style="dim")
         self.query_one("#ds-record-head", Static).update(safe(head))
         rendered = self.query_one("#ds-rendered", Static)
         if row.error:
@@ -539,65 +528,11 @@ class DatasetsScreen(FinetuiScreen):
             widget.update(safe(Text(f"{place}: {answer.get('message')}", style="bold red")))
             return
         info = self.client.info if self.client else {}
-        head = Text(f"{answer['n_tokens']} tokens, {answer['n_trained']} trained", style="bold")
-        head.append(" (highlighted)", style=f"bold {self._color('success')}")
-        head.append(f" · format {answer['format']} · template {info.get('template', '?')} · "
-                    f"model {info.get('model', '?')}", style="dim")
-        windows = answer.get("windows") or []
-        if windows:
-            head = Text(f"{answer['full_tokens']} tokens split into {len(windows)} windows of ≤ max_length "
-                        f"(data.long_text chunk), {sum(w['n_trained'] for w in windows)} trained", style="bold")
-            head.append(f" · format {answer['format']} · template {info.get('template', '?')}", style="dim")
-        if answer.get("truncated"):
-            why = " (data.long_text truncate: the rest is not trained)" if answer.get("format") == "text" else ""
-            head.append(f"\ntruncated: {answer['full_tokens']} tokens > max_length{why}",
-                        style=f"bold {self._color('warning')}")
-        for note in answer.get("notes") or []:
-            head.append(f"\nnote: {note}", style=self._color("warning"))
-        if answer.get("unused"):
-            head.append(f"\nnot trained: column{'s' if len(answer['unused']) > 1 else ''} "
-                        f"{', '.join(answer['unused'])} (m: map columns)", style=f"bold {self._color('warning')}")
-        if answer.get("format") == "transcript" and answer.get("messages"):
-            roles = ", ".join(f"{m['role']}" for m in answer["messages"][:12])
-            more = len(answer["messages"]) - 12
-            head.append(f"\nconversation: {len(answer['messages'])} turns ({roles}{', …' if more > 0 else ''})",
-                        style="dim")
-        head.append("\n\n")
-        if windows:
-            place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
-            for k, window in enumerate(windows[:MAX_WINDOWS]):
-                head.append(f"── {_short_place(place)}#chunk{k + 1} · {window['n_tokens']} tokens, "
-                            f"{window['n_trained']} trained ──\n", style=f"bold {self._color('primary')}")
-                head.append_text(self.marked(window))
-                head.append("\n")
-            if len(windows) > MAX_WINDOWS:
-                head.append(f"… {len(windows) - MAX_WINDOWS} more windows", style="dim")
-        else:
-            head.append_text(self.marked(answer))
-        widget.update(safe(head))
+        place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
+        widget.update(safe(datasetviews.rendered_view(answer, info, place, self._color)))
 
     def _color(self, name: str) -> str:
         return self.app.theme_variables.get(name, "green")
-
-    def marked(self, answer: dict[str, Any]) -> Text:
-        """The rendered text: trained tokens highlighted, the rest dim, the cut-off struck."""
-        text, end = answer["text"], answer.get("kept_chars", len(answer["text"]))
-        trained = f"bold {self._color('success')}"
-        out = Text()
-        pos = 0
-        for a, b in answer["trained_spans"]:
-            a, b = min(a, end), min(b, end)
-            if a > pos:
-                out.append(text[pos:a], style="dim")
-            if b > a:
-                out.append(text[a:b], style=trained)
-            pos = max(pos, b)
-        if pos < end:
-            out.append(text[pos:end], style="dim")
-        if end < len(text):
-            out.append("\n✂ max_length: the rest is not trained\n", style=f"bold {self._color('warning')}")
-            out.append(text[end:], style="dim strike")
-        return out
 
     def action_step(self, step: int) -> None:
         if self.view != "ds-record" or self.record_index is None:
@@ -675,44 +610,7 @@ class DatasetsScreen(FinetuiScreen):
             split=data.split, subset=data.subset, limit=5000)
 
     def show_stats(self, result: dict[str, Any]) -> None:
-        c = result["counts"]
-        text = Text()
-        text.append("records   ", style="bold")
-        mild = "".join(f"{c[k]:,} {k}, " for k in ("skipped", "repaired") if c.get(k))
-        text.append(f"{c['records']:,}: {c['ok']:,} ok, {c['invalid']:,} invalid, {mild}{c['truncated']:,} truncated, "
-                    f"{c['no_trained']:,} with nothing to train")
-        if c.get("chunked"):
-            text.append("\nwindows   ", style="bold")
-            text.append(f"{c['chunked']:,} long texts split into windows: {c['examples']:,} training examples "
-                        f"(data.long_text chunk, overlap {result.get('text_overlap', 0)})")
-        if result.get("limited"):
-            text.append(f"  (first {result['limit']:,} records)", style="dim")
-        stats = result.get("stats") or {}
-        if stats:
-            text.append("\ntokens    ", style="bold")
-            text.append(f"min {stats['min']}  median {stats['median']:g}  p95 {stats['p95']}  max {stats['max']}  "
-                        f"(max_length {result['max_length']})")
-        if result.get("total_tokens"):
-            share = 100 * result["trained_tokens"] / result["total_tokens"]
-            text.append("\ntrained   ", style="bold")
-            text.append(f"{result['trained_tokens']:,} of {result['total_tokens']:,} tokens ({share:.0f}%)")
-        hist = result.get("histogram") or []
-        if hist:
-            text.append("\n\ntoken length histogram", style="bold")
-            text.append(" (per record, before truncation or chunking; ▒ = over max_length)\n", style="dim")
-            top = max(b["count"] for b in hist) or 1
-            width = len(str(hist[-1]["hi"]))
-            for b in hist:
-                bar_len = max(1 if b["count"] else 0, round(BAR_WIDTH * b["count"] / top))
-                over = b["lo"] > result["max_length"]
-                text.append(f"  {b['lo']:>{width}}-{b['hi']:<{width}} ")
-                text.append(("▒" if over else "█") * bar_len, style=self._color("warning" if over else "primary"))
-                text.append(f" {b['count']:,}\n")
-        for note in result.get("notes") or []:
-            text.append(f"\n{note}", style=self._color("warning"))
-        for issue in result.get("issues", [])[:10]:
-            text.append(f"\n{issue}", style="red")
-        self.query_one("#ds-stats-text", Static).update(safe(text))
+        self.query_one("#ds-stats-text", Static).update(safe(datasetviews.lengths_view(result, self._color)))
 
     # ------------------------------------------------------------------ search
 
