@@ -44,6 +44,7 @@ HANDLERS = {
     "demo": "engine.demo",
     "models": "engine.models_cli",
     "import": "engine.importers",
+    "launch": "engine.distributed",
 }
 GLOBAL_HELP = "folder of runs (default: ./runs or $FINETUI_RUNS_DIR); also accepted after the command"
 RUNS_ACTIONS = """actions:
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", type=int, metavar="STEP",
                    help="with --resume: continue from checkpoint-STEP instead")
     t.add_argument("--nproc", type=int, default=1, metavar="N", help="processes (torchrun) on this machine (default 1)")
+    t.add_argument("--nnodes", type=_at_least_one, default=1, metavar="N",
+                   help="nodes of a multi-node run (torchrun c10d); run the same command on each node")
+    t.add_argument("--node-rank", type=int, default=0, metavar="R", help="this node's rank, 0 to N-1")
+    t.add_argument("--rdzv", metavar="HOST:PORT", help="the rendezvous: node 0's address, reachable by every node")
+    t.add_argument("--rdzv-id", metavar="ID", help="the job's id, the same on every node (default finetui); "
+                   "the run folder is RUNS_DIR/NAME-ID, on storage every node sees")
     t.add_argument("--name", help="name part of the run id")
     t.add_argument("--allow-drops", action="store_true",
                    help="start even when more than data.max_drop_fraction of the records would be dropped")
@@ -222,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engine import importers
 
     importers.add_parser(sub)
+
+    from engine import distributed
+
+    distributed.add_parser(sub)
 
     co = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
                         description="Print a completion script. bash: eval \"$(finetui completion bash)\" in "

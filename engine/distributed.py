@@ -122,41 +122,98 @@ def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv: st
             "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv}", f"--rdzv_id={run_id}"]
 
 
-def slurm_script(config_path: str, nodes: int, gpus_per_node: int, partition: str | None = None,
-                 time: str | None = None, runs_dir: str | None = None, job_name: str = "finetui",
-                 port: int = DEFAULT_PORT, account: str | None = None, cpus_per_task: int | None = None,
-                 python: str = "python") -> str:
-    """An sbatch script: one task per node; each runs torchrun with ``gpus_per_node``
-    processes, the nodes meeting at the first node's c10d rendezvous. The run folder
-    (``runs_dir``, default the config's output.runs_dir) must be on storage every node sees."""
+def slurm_script(run_dir: str, nodes: int, gpus_per_node: int, partition: str | None = None,
+                 time: str | None = None, account: str | None = None, cpus_per_task: int | None = None,
+                 job_name: str = "finetui", port: int = DEFAULT_PORT, python: str = "python",
+                 setup: str | None = None) -> str:
+    """An sbatch script for a run folder already made (``finetui launch slurm`` makes it):
+    one task per node (srun), each running torchrun with ``gpus_per_node`` processes; the
+    nodes meet at a c10d rendezvous on the job's first node, node rank from SLURM_NODEID.
+    The run folder must be on storage every node sees; only global rank 0 writes its
+    checkpoints and run record, every other rank its own events.rank<R>.jsonl."""
     q = shlex.quote
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
-             "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={gpus_per_node}"]
-    if cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={cpus_per_task}")
-    if partition:
-        lines.append(f"#SBATCH --partition={partition}")
-    if account:
-        lines.append(f"#SBATCH --account={account}")
-    if time:
-        lines.append(f"#SBATCH --time={time}")
-    lines.append("#SBATCH --output=finetui-%j.out")
-    set_runs = f" --set output.runs_dir={q(runs_dir)}" if runs_dir else ""
-    lines += [
+    head = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={nodes}",
+            "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={gpus_per_node}"]
+    for flag, value in (("cpus-per-task", cpus_per_task), ("partition", partition), ("account", account),
+                        ("time", time)):
+        if value:
+            head.append(f"#SBATCH --{flag}={value}")
+    head.append(f"#SBATCH --output={run_dir}/slurm-%j.out")
+    body = [
         "set -euo pipefail",
-        "",
-        "# The run folder must be on storage every node sees (only global rank 0 writes",
-        "# checkpoints and the run record; each rank writes its own events stream).",
-        f"CONFIG={q(config_path)}",
+        *([setup] if setup else []),
+        f"RUN_DIR={q(run_dir)}  # on storage every node sees",
         'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"PORT={port}",
+        "export RUN_DIR HEAD_NODE PORT PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}",
         "",
-        "# One task per node; SLURM_NODEID is the node rank, the rendezvous is on the first node.",
-        "srun --kill-on-bad-exit=1 bash -c '",
-        f"  exec {q(python)} -m engine.cli train \"$0\"{set_runs} --foreground \\",
-        '    --nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID" \\',
-        f'    --nproc {gpus_per_node} --rdzv "$1:$2" --rdzv-id "$SLURM_JOB_ID"',
-        "' \"$CONFIG\" \"$HEAD_NODE\" \"$PORT\"",
+        "# one task per node: SLURM_NODEID is the node rank; the rendezvous is on the first node",
+        "srun --kill-on-bad-exit=1 bash -c '" + " ".join([
+            f"{q(python)} -m torch.distributed.run",
+            '--nnodes "$SLURM_NNODES"', f"--nproc-per-node {gpus_per_node}", '--node-rank "$SLURM_NODEID"',
+            "--rdzv-backend c10d", '--rdzv-endpoint "$HEAD_NODE:$PORT"', '--rdzv-id "$SLURM_JOB_ID"',
+            '-m engine.train --run-dir "$RUN_DIR"']) + "'",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(head + [""] + body)
+
+
+# --------------------------------------------------------------------------- finetui launch
+
+
+def add_parser(sub) -> None:
+    la = sub.add_parser("launch", help="print a job script for a cluster scheduler (slurm)",
+                        description="Create the run folder and print an sbatch script that trains it on "
+                                    "several nodes (srun + torchrun, c10d rendezvous). Submit it with "
+                                    "`finetui launch slurm c.yaml --nodes 2 --gpus-per-node 8 > job.sh; "
+                                    "sbatch job.sh`. The runs folder (--runs-dir) must be on storage "
+                                    "every node sees.")
+    lsub = la.add_subparsers(dest="scheduler", metavar="SCHEDULER", required=True)
+    s = lsub.add_parser("slurm", help="an sbatch script (srun + torchrun)")
+    s.add_argument("config", help="config YAML")
+    s.add_argument("--nodes", type=int, required=True, metavar="N", help="nodes")
+    s.add_argument("--gpus-per-node", type=int, required=True, metavar="G", help="GPUs (processes) per node")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set distributed.strategy=fsdp (repeatable)")
+    s.add_argument("--name", help="name part of the run id")
+    s.add_argument("--partition", metavar="P", help="#SBATCH --partition")
+    s.add_argument("--time", metavar="T", help="#SBATCH --time, e.g. 12:00:00")
+    s.add_argument("--account", metavar="A", help="#SBATCH --account")
+    s.add_argument("--cpus-per-task", type=int, metavar="C", help="#SBATCH --cpus-per-task")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"rendezvous port on the first node "
+                   f"(default {DEFAULT_PORT})")
+    s.add_argument("--setup", metavar="LINE", help="a shell line run first on the batch host, e.g. "
+                   "'source ~/venv/bin/activate'")
+
+
+def command(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from engine import config as cfg
+    from engine import footprint, runs
+    from engine.units import format_bytes
+
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        print("finetui launch slurm: --nodes and --gpus-per-node must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        config = cfg.load(args.config, args.overrides)
+    except cfg.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    world_size = args.nodes * args.gpus_per_node
+    run_dir = runs.new_run(config, name=args.name or config.output.run_name or Path(args.config).stem).resolve()
+    print(slurm_script(str(run_dir), args.nodes, args.gpus_per_node, partition=args.partition, time=args.time,
+                       account=args.account, cpus_per_task=args.cpus_per_task, job_name=run_dir.name[:64],
+                       port=args.port, python=sys.executable, setup=args.setup), end="")
+    print(f"run folder: {run_dir} (must be on storage every node sees)", file=sys.stderr)
+    try:
+        share = footprint.for_config(footprint.estimate(config, gpu=True), config, world_size, args.nodes)
+        print(f"memory per GPU ({share.strategy}, {world_size} processes): {format_bytes(share.total_bytes)}"
+              + (f", {format_bytes(share.offloaded_bytes)} offloaded to CPU" if share.offloaded_bytes else ""),
+              file=sys.stderr)
+    except footprint.FootprintError as exc:
+        print(f"memory per GPU: no estimate ({exc})", file=sys.stderr)
+    return 0

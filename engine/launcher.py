@@ -1,5 +1,8 @@
 """`finetui train CONFIG [--set key=value ...] [--detach] [--resume RUN_ID [--checkpoint STEP]] [--nproc N] [--name NAME] [--allow-drops] [--force] [--verbose | --log-steps N]`.
 
+Several nodes: ``--nnodes N --node-rank R --rdzv HOST:PORT [--rdzv-id ID]`` on each node
+(torchrun's c10d rendezvous; :func:`multinode_run`).
+
 Light module (no torch): validates the config, checks the model and the data are there and
 fit (engine.startcheck: ``data.max_length`` within the model's context, the memory estimate
 within the free RAM/VRAM, unless ``--force``), checks the data (engine.data.dropcheck: when
@@ -143,20 +146,95 @@ def prepare_run(args) -> tuple[Path, bool]:
     return runs.new_run(config, name=name), False
 
 
-def command(args) -> int:
+def _runs_root(config: cfg.Config) -> Path:
+    """Where runs.new_run would put the run: --runs-dir / $FINETUI_RUNS_DIR, else output.runs_dir."""
+    import os
+
+    return runs.runs_dir(os.environ.get("FINETUI_RUNS_DIR") or config.output.runs_dir)
+
+
+NODE_WAIT_S = 600.0  # how long another node waits for node 0 to create the run folder
+
+
+def multinode_run(args) -> tuple[Path, bool, list[str]]:
+    """``--nnodes N --node-rank R --rdzv HOST:PORT [--rdzv-id ID]``: the run folder every
+    node uses, whether it resumes, and torchrun's arguments. The folder is
+    ``RUNS_DIR/<name>-<ID>`` (or the --resume run), on storage every node sees: node 0 checks
+    the config and creates it; the other nodes wait for its config.yaml."""
+    from engine import distributed
+
+    nnodes, node_rank = args.nnodes, args.node_rank
+    if not 0 <= node_rank < nnodes:
+        raise cfg.ConfigError([f"--node-rank {node_rank}: expected 0 to {nnodes - 1} (--nnodes {nnodes})"])
+    rdzv_id = getattr(args, "rdzv_id", None) or "finetui"
     try:
-        run_dir, resume = prepare_run(args)
+        torchrun = distributed.torchrun_arguments(max(1, args.nproc or 1), nnodes, node_rank, args.rdzv, rdzv_id)
+    except ValueError as exc:
+        raise cfg.ConfigError([str(exc)]) from None
+    if node_rank == 0:
+        if args.resume:
+            run_dir, resume = prepare_run(args)
+            return run_dir, resume, torchrun
+        if not args.config:
+            raise cfg.ConfigError(["finetui train: give a CONFIG.yaml or --resume RUN_ID"])
+        config = cfg.load(args.config, args.overrides)
+        preflight(config)
+        check_start(config, args)
+        _prepare_model(config)
+        name = getattr(args, "name", None) or config.output.run_name or Path(args.config).stem
+        run_dir = _runs_root(config) / runs.folder_name(f"{name}-{rdzv_id}")
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            raise cfg.ConfigError([f"run folder {run_dir} exists: give each multi-node job its own --rdzv-id "
+                                   "(e.g. the scheduler's job id), or --resume it"]) from None
+        cfg.save(config, run_dir / "config.yaml")
+        return run_dir, False, torchrun
+    if args.resume:
+        run_dir = runs.resolve(args.resume)
+    else:
+        if not args.config:
+            raise cfg.ConfigError(["finetui train: give the same CONFIG.yaml as node 0, or --resume RUN_ID"])
+        config = cfg.load(args.config, args.overrides)
+        name = getattr(args, "name", None) or config.output.run_name or Path(args.config).stem
+        run_dir = _runs_root(config) / runs.folder_name(f"{name}-{rdzv_id}")
+    deadline = time.monotonic() + NODE_WAIT_S
+    while not (run_dir / "config.yaml").exists():
+        if time.monotonic() > deadline:
+            raise cfg.ConfigError([f"node {node_rank}: node 0 did not create {run_dir} within {NODE_WAIT_S:.0f} s; "
+                                   "is the runs folder on storage both nodes see (--runs-dir)?"])
+        time.sleep(0.2)
+    return run_dir, bool(args.resume), torchrun
+
+
+def command(args) -> int:
+    nnodes = max(1, getattr(args, "nnodes", 1) or 1)
+    torchrun = None
+    try:
+        if nnodes > 1:
+            run_dir, resume, torchrun = multinode_run(args)
+        else:
+            run_dir, resume = prepare_run(args)
     except cfg.ConfigError as exc:
         for problem in exc.problems:
             print(visible(problem), file=sys.stderr)
         return 2
+    node_rank = getattr(args, "node_rank", 0) if torchrun else 0
     try:
         proc = runs.launch(run_dir, resume=resume, nproc=max(1, getattr(args, "nproc", 1) or 1),
-                           checkpoint=getattr(args, "checkpoint", None))
+                           checkpoint=getattr(args, "checkpoint", None), torchrun=torchrun, node_rank=node_rank)
     except runs.RunBusy as exc:
         print(f"finetui: {exc}", file=sys.stderr)
         return 1
     print(run_dir.name, flush=True)
+    if node_rank > 0:  # node 0 speaks for the run; this node's ranks write events.rank<R>.jsonl
+        proc.stdout.close()
+        print(f"node {node_rank}: training with node 0 ({args.rdzv}); its log: "
+              f"{run_dir / f'stdout.node{node_rank}.log'}", file=sys.stderr)
+        code = proc.wait()
+        if code != 0:
+            print(f"finetui: node {node_rank}'s torchrun exited with status {code}", file=sys.stderr)
+        return 0 if code == 0 else 1
     if args.detach:
         proc.stdout.close()  # the trainer notices nothing: it keeps writing events.jsonl
         print(f"detached: follow with `finetui runs attach {run_dir.name}`, "

@@ -93,6 +93,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "run"
 
 
+def folder_name(name: str) -> str:
+    """A run folder name made of safe characters (a multi-node run's fixed name)."""
+    return _slug(name)
+
+
 def new_run(config: Config, name: str | None = None, root: str | Path | None = None) -> Path:
     """Create ``runs/<id>/`` with its config.yaml and return the folder."""
     # --runs-dir (FINETUI_RUNS_DIR) beats the config file: the command line is the most specific.
@@ -405,10 +410,15 @@ def check_free(run_dir: str | Path) -> None:
         raise RunBusy(_lock_message(Path(run_dir)))
 
 
-def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1, checkpoint: int | None = None) -> list[str]:
+def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1, checkpoint: int | None = None,
+                    torchrun: list[str] | None = None) -> list[str]:
+    """The trainer's command line; ``torchrun``: torchrun's own arguments (several nodes:
+    engine.distributed.torchrun_arguments) instead of one node's ``--standalone``."""
     args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     if checkpoint is not None:
         args += ["--checkpoint", str(checkpoint)]
+    if torchrun:
+        return [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", TRAINER_MODULE, *args]
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={nproc}", "-m", TRAINER_MODULE, *args]
@@ -429,7 +439,8 @@ def completed_refusal(run_dir: str | Path) -> str | None:
 
 
 def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
-           env: dict[str, str] | None = None, checkpoint: int | None = None) -> subprocess.Popen:
+           env: dict[str, str] | None = None, checkpoint: int | None = None,
+           torchrun: list[str] | None = None, node_rank: int = 0) -> subprocess.Popen:
     """Start the trainer for a run folder in its own session (survives our death).
 
     stdout is a pipe carrying the event stream; stderr goes to stdout.log; stdin is closed.
@@ -438,15 +449,20 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
     is asked before: completed_refusal.)
     """
     run_dir = Path(run_dir).resolve()
+    if node_rank > 0:
+        # another node of a multi-node run (``torchrun`` given): node 0 holds the lock and
+        # writes the pid; this node's torchrun logs to stdout.node<R>.log
+        return _launch_locked(run_dir, None, resume, nproc, env, checkpoint, torchrun, node_rank)
     lock_fd = take_lock(run_dir)
     try:
-        return _launch_locked(run_dir, lock_fd, resume, nproc, env, checkpoint)
+        return _launch_locked(run_dir, lock_fd, resume, nproc, env, checkpoint, torchrun)
     finally:
         os.close(lock_fd)  # the trainer has its own copy of the locked file
 
 
-def _launch_locked(run_dir: Path, lock_fd: int, resume: bool, nproc: int, env: dict[str, str] | None,
-                   checkpoint: int | None) -> subprocess.Popen:
+def _launch_locked(run_dir: Path, lock_fd: int | None, resume: bool, nproc: int, env: dict[str, str] | None,
+                   checkpoint: int | None, torchrun: list[str] | None = None,
+                   node_rank: int = 0) -> subprocess.Popen:
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
@@ -455,20 +471,22 @@ def _launch_locked(run_dir: Path, lock_fd: int, resume: bool, nproc: int, env: d
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
     device, hidden, kernels = _model(run_dir)
     full_env = allocator.trainer_env(device, full_env, hidden, kernels)  # mimalloc for CPU training
-    full_env[LOCK_FD_ENV] = str(lock_fd)
-    log = open(run_dir / "stdout.log", "ab")
+    if lock_fd is not None:
+        full_env[LOCK_FD_ENV] = str(lock_fd)
+    log = open(run_dir / ("stdout.log" if node_rank == 0 else f"stdout.node{node_rank}.log"), "ab")
     proc = subprocess.Popen(
-        trainer_command(run_dir, resume=resume, nproc=nproc, checkpoint=checkpoint),
+        trainer_command(run_dir, resume=resume, nproc=nproc, checkpoint=checkpoint, torchrun=torchrun),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=log,
         start_new_session=True,
         env=full_env,
         cwd=os.getcwd(),
-        pass_fds=(lock_fd,),
+        pass_fds=(lock_fd,) if lock_fd is not None else (),
     )
     log.close()
-    trainer_pid.write(run_dir, proc.pid)  # pid, start time, folder: stop signals only this process
+    if node_rank == 0:
+        trainer_pid.write(run_dir, proc.pid)  # pid, start time, folder: stop signals only this process
     return proc
 
 

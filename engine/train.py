@@ -90,10 +90,11 @@ def _event_writer(run_dir: Path, rank: int) -> ev.EventWriter:
 def _own_run(run_dir: Path) -> str | None:
     """One trainer per run: the run's lock, held until this process ends. Started by
     engine.runs.launch, we inherited it already held; started by hand, we take it here.
-    Returns the refusal when another trainer holds it."""
+    Returns the refusal when another trainer holds it. Under torchrun only the global rank
+    0 holds it (the other ranks, on this node or another, belong to the same run)."""
     from engine import runs
 
-    if os.environ.get(runs.LOCK_FD_ENV):
+    if os.environ.get(runs.LOCK_FD_ENV) or _rank() != 0:
         return None
     try:
         runs.take_lock(run_dir)  # the descriptor stays open (and locked) for our whole life

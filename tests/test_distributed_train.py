@@ -56,3 +56,44 @@ def test_two_processes_follow_one(tmp_path, finetui_cache, one_process, strategy
     # rank 1 kept its own stream, beside rank 0's events.jsonl
     rank1 = ev.read_file(run_dir / "events.rank1.jsonl")
     assert [e["type"] for e in rank1][-1] == "finished"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_train_and_checkpoint(tmp_path, finetui_cache):
+    """Two `finetui train --nnodes 2` commands, one process each, meet at a c10d rendezvous."""
+    import subprocess
+    import sys
+
+    from tests.train_helpers import make_config
+
+    config = tmp_path / "two.yaml"
+    config.write_text(make_config(train={**HALF, "max_steps": 2, "save_strategy": "steps", "save_steps": 2}).to_yaml())
+    rdzv = f"127.0.0.1:{free_port()}"
+    root = tmp_path / "shared-runs"
+
+    def node(rank: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "engine.cli", "--runs-dir", str(root), "train", str(config),
+                                 "--nnodes", "2", "--node-rank", str(rank), "--rdzv", rdzv, "--rdzv-id", "job7",
+                                 "--verbose"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    nodes = [node(0), node(1)]
+    outs = [p.communicate(timeout=400) for p in nodes]
+    run_dir = root / "two-job7"
+    assert [p.returncode for p in nodes] == [0, 0], (outs, stdout_log(run_dir))
+    assert outs[0][0].splitlines()[0] == outs[1][0].splitlines()[0] == "two-job7"
+    events = ev.read_file(run_dir / "events.jsonl")
+    (started,) = of_type(events, "run_started")
+    assert started["world_size"] == 2
+    assert [s["step"] for s in of_type(events, "step")] == [1, 2]
+    assert events[-1]["type"] == "finished" and events[-1]["status"] == "completed"
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "model.safetensors").exists()
+    assert (run_dir / "adapter" / "model.safetensors").exists()
+    # node 1 (global rank 1) kept its own stream and log; node 0 alone the run record
+    assert [e["type"] for e in ev.read_file(run_dir / "events.rank1.jsonl")][-1] == "finished"
+    assert (run_dir / "stdout.node1.log").exists()
+    assert sorted(p.name for p in run_dir.glob("events*.jsonl")) == ["events.jsonl", "events.rank1.jsonl"]
