@@ -153,6 +153,21 @@ def _runs_root(config: cfg.Config) -> Path:
     return runs.runs_dir(os.environ.get("FINETUI_RUNS_DIR") or config.output.runs_dir)
 
 
+def per_gpu_line(run_dir: Path, world_size: int, nnodes: int = 1) -> str:
+    """One process's memory under the run's distributed.strategy (engine.footprint.per_device)."""
+    from engine import footprint
+    from engine.units import format_bytes
+
+    try:
+        config = cfg.load(run_dir / "config.yaml")
+        share = footprint.for_config(footprint.estimate(config), config, world_size, nnodes)
+    except (footprint.FootprintError, cfg.ConfigError, OSError, ValueError) as exc:
+        return f"memory per process: no estimate ({exc})"
+    offload = f", {format_bytes(share.offloaded_bytes)} offloaded to CPU" if share.offloaded_bytes else ""
+    return (f"memory per process ({share.strategy}, {world_size} processes): about "
+            f"{format_bytes(share.total_bytes)}{offload}")
+
+
 NODE_WAIT_S = 600.0  # how long another node waits for node 0 to create the run folder
 
 
@@ -220,6 +235,9 @@ def command(args) -> int:
             print(visible(problem), file=sys.stderr)
         return 2
     node_rank = getattr(args, "node_rank", 0) if torchrun else 0
+    world_size = nnodes * max(1, getattr(args, "nproc", 1) or 1)
+    if world_size > 1 and node_rank == 0:
+        print(per_gpu_line(run_dir, world_size, nnodes), file=sys.stderr)
     try:
         proc = runs.launch(run_dir, resume=resume, nproc=max(1, getattr(args, "nproc", 1) or 1),
                            checkpoint=getattr(args, "checkpoint", None), torchrun=torchrun, node_rank=node_rank)

@@ -220,15 +220,19 @@ def memory_problem(config, est: footprint.MemoryEstimate, free: int | None, wher
                    nproc: int = 1) -> str | None:
     if free is None:
         return None
-    copies = 1 if gpu else max(1, nproc)  # each CPU process holds its own model
-    need = est.total_bytes * copies
+    # one process's share under distributed.strategy (ddp: everything; fsdp/ZeRO: shards)
+    share = footprint.for_config(est, config, max(1, nproc))
+    copies = 1 if gpu else max(1, nproc)  # each CPU process holds its own share in the same RAM
+    need = share.total_bytes * copies
     if need <= free:
         return None
     hb = format_bytes
+    states = (share.weights_bytes + share.adapter_bytes + share.gradients_bytes + share.optimizer_bytes
+              + share.gathered_bytes + est.merged_weights_bytes)
     parts = (f"activations {hb(est.activations_bytes + est.logits_bytes)} for train.batch_size "
              f"{config.train.batch_size} x data.max_length {config.data.max_length}, "
-             f"weights+optimizer {hb(est.weights_bytes + est.adapter_bytes + est.gradients_bytes + est.optimizer_bytes + est.merged_weights_bytes)}")
-    times = f" x {copies} processes" if copies > 1 else ""
+             f"weights+optimizer {hb(states)}")
+    times = f" x {copies} processes ({share.strategy})" if copies > 1 else ""
     return (f"memory: this run needs about {hb(need)}{times} ({parts}), more than the {hb(free)} of {where}: "
             f"{_knobs(config, est, gpu)}")
 

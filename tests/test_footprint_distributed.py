@@ -91,3 +91,15 @@ def test_ddp_share_is_the_single_process_estimate_and_the_config_picks_the_strat
     assert share.strategy == "fsdp full_shard"
     assert share.gathered_bytes == e.weights_bytes - 2 * e.layer_weights_bytes
     assert share.total_bytes < e.total_bytes
+
+
+def test_start_check_counts_one_process_share():
+    from engine import startcheck
+
+    ddp = cfg.validate({"model": {"name_or_path": "tiny"}, "method": {"type": "full"}})
+    fsdp = cfg.validate({"model": {"name_or_path": "tiny"}, "method": {"type": "full"},
+                         "distributed": {"strategy": "fsdp"}})
+    free = 40 * GB  # an 8-GPU box of 40 GB cards: full fine-tune of the 7B estimate
+    assert startcheck.memory_problem(fsdp, est(), free, "GPU0", True, nproc=8) is None
+    problem = startcheck.memory_problem(ddp, est(), free, "GPU0", True, nproc=8)
+    assert problem is not None and "needs about 107 GiB" in problem  # 114.4e9 bytes: every GPU holds everything

@@ -231,6 +231,9 @@ class SettingsScreen(FinetuiScreen):
             line.append(f" │ {estimate.method} {human_count(estimate.params_trainable)} trainable")
             line.append(f" │ est. {format_bytes(estimate.total_bytes)}", style="bold")
             line.append(f" (bs {config.train.batch_size} × {config.data.max_length})", style="dim")
+            share = self.share_text(config, estimate)
+            if share:
+                line.append(f" │ {share}", style="bold")
             fit = self.fit_text(estimate)
             if fit is not None:
                 line.append(" │ ")
@@ -238,6 +241,19 @@ class SettingsScreen(FinetuiScreen):
         self.query_one("#footprint", Static).update(line)
         if self.query_one(ContentSwitcher).current == "preview":
             self.render_preview()
+
+    def share_text(self, config: cfg.Config, estimate) -> str | None:
+        """Per-GPU memory under distributed.strategy (fsdp, deepspeed) over this box's GPUs
+        (two when fewer are seen): `finetui train --nproc N` runs one process per GPU."""
+        from engine import footprint
+        from engine.units import format_bytes
+
+        if config.distributed.strategy == "ddp":
+            return None
+        n = max(2, len(self._gpus or []))
+        share = footprint.for_config(estimate, config, n)
+        offload = f" +{format_bytes(share.offloaded_bytes)} CPU" if share.offloaded_bytes else ""
+        return f"{share.strategy} ×{n}: {format_bytes(share.total_bytes)}/GPU{offload}"
 
     def fit_text(self, estimate) -> Text | None:
         """Whether the estimate fits the first GPU's memory (None without a GPU reading)."""
@@ -247,7 +263,12 @@ class SettingsScreen(FinetuiScreen):
         total = gpus[0].memory_total_bytes if gpus else None
         if not total:
             return None
-        fits = estimate.total_bytes <= total * 0.95
+        need = estimate.total_bytes
+        if self.state.config.distributed.strategy != "ddp":  # one GPU's share (share_text)
+            from engine import footprint
+
+            need = footprint.for_config(estimate, self.state.config, max(2, len(gpus))).total_bytes
+        fits = need <= total * 0.95
         colour = self.app.theme_variables.get("success" if fits else "error", "")
         return Text(f"{'fits' if fits else 'exceeds'} GPU0 {format_bytes(total)}", style=f"bold {colour}")
 
