@@ -324,3 +324,39 @@ def _raw(data: Any) -> str:
         return json.dumps(data, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(data)
+
+
+# ---------------------------------------------------------------------------- browser and Settings
+
+
+def merged_columns(source: readers.Source | None, columns: dict[str, str]) -> dict[str, str]:
+    """What the readers use: a dataset_info entry's columns, then the user's mapping."""
+    return {**(source.columns if source is not None else {}), **columns}
+
+
+def own_columns(source: readers.Source | None, columns: dict[str, str]) -> dict[str, str]:
+    """The user's part of a mapping: what a dataset_info entry already maps stays the entry's."""
+    registry = source.columns if source is not None else {}
+    return {k: v for k, v in columns.items() if registry.get(k) != v}
+
+
+def reads_otherwise(data: Any, spec: str | None, fmt: str | None, how: str, columns: dict[str, str]) -> bool:
+    """Whether the Settings (``data``: the config's data section) would read the open
+    dataset otherwise than the browser does (another format or column mapping)."""
+    if spec != data.path or fmt is None:
+        return False  # another dataset: "u" is in the hint line anyway
+    same_format = data.format == fmt or (data.format == "auto" and how in ("detected", "dataset_info.json"))
+    return not same_format or dict(data.columns) != columns
+
+
+def use_values(data: Any, spec: str, fmt: str | None, how: str, source: readers.Source | None,
+               columns: dict[str, str], template: str) -> dict[str, Any]:
+    """The data settings that read the open dataset as the browser shows it (``template``:
+    the one the browser renders with)."""
+    fmt = fmt or "auto"
+    if how == "detected" and source is not None and len(source.paths) > 1:
+        fmt = "auto"  # a folder: the readers detect per file, as they did here on its first file
+    values = {"path": spec, "format": fmt, "columns": dict(columns), "template": template}
+    if data.test_path and spec != data.path:
+        values["test_path"] = None  # the held-out file of the old dataset; data.test_size holds out of this one
+    return values

@@ -291,17 +291,12 @@ class DatasetsScreen(FinetuiScreen):
         self.show_columns_line()
 
     def merged_columns(self) -> dict[str, str]:
-        """What the readers use: a dataset_info entry's columns, then the user's mapping."""
-        return {**(self.source.columns if self.source is not None else {}), **self.columns}
+        return datasource.merged_columns(self.source, self.columns)
 
     def differs_from_settings(self) -> bool:
         """Whether the Settings would read the open dataset otherwise than the browser does."""
-        data = self.app.settings_state.config.data
-        if self.spec != data.path or self.format is None:
-            return False  # another dataset: "u" is in the hint line anyway
-        same_format = data.format == self.format or (
-            data.format == "auto" and self.format_how in ("detected", "dataset_info.json"))
-        return not same_format or dict(data.columns) != self.columns
+        return datasource.reads_otherwise(self.app.settings_state.config.data, self.spec, self.format,
+                                          self.format_how, self.columns)
 
     def show_columns_line(self) -> None:
         """One line under the source: the mapping, the columns not trained, what m / u do."""
@@ -334,8 +329,7 @@ class DatasetsScreen(FinetuiScreen):
         if result is None:
             return
         fmt, columns = result
-        registry = self.source.columns if self.source is not None else {}
-        columns = {k: v for k, v in columns.items() if registry.get(k) != v}  # the entry's own stay its own
+        columns = datasource.own_columns(self.source, columns)
         if fmt == self.format and columns == self.columns:
             return
         if fmt != self.format:
@@ -381,14 +375,9 @@ class DatasetsScreen(FinetuiScreen):
     def use_values(self) -> dict[str, Any]:
         """The data settings that read the open dataset as the browser shows it."""
         data = self.app.settings_state.config.data
-        fmt = self.format or "auto"
-        if self.format_how == "detected" and self.source is not None and len(self.source.paths) > 1:
-            fmt = "auto"  # a folder: the readers detect per file, as they did here on its first file
         template = self.client.key[1] if self.client is not None else data.template
-        values = {"path": self.spec, "format": fmt, "columns": dict(self.columns), "template": template}
-        if data.test_path and self.spec != data.path:
-            values["test_path"] = None  # the held-out file of the old dataset; data.test_size holds out of this one
-        return values
+        return datasource.use_values(data, self.spec, self.format, self.format_how, self.source, self.columns,
+                                     template)
 
     def action_use(self) -> None:
         """Point the Settings at the open dataset: its path, format, columns and template."""
