@@ -79,6 +79,7 @@ def test_old_absolute_records_are_read_in_the_folder_they_are_in(tmp_path):
     w.emit("checkpoint", path=f"{elsewhere}/checkpoints/checkpoint-2", step=2)
     w.emit("finished", status="completed", metrics={},
            outputs={"adapter": f"{elsewhere}/adapter", "checkpoints": f"{elsewhere}/checkpoints"})
+    (run_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # the list names checkpoints on disk only
     info = runs.summarize(run_dir)
     assert info.checkpoints == [str(run_dir / "checkpoints" / "checkpoint-2")]
     assert info.outputs == {"adapter": str(run_dir / "adapter"), "checkpoints": str(run_dir / "checkpoints")}
