@@ -560,10 +560,7 @@ class _Pipeline:
         # a worker per core renders; the tokenizer's own threads would only compete
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         preload = _mimalloc_env() if self.big and _main_is_guarded() else None
-        if preload is None:
-            _job = self.job  # inherited by the forked workers
-            self.pool = multiprocessing.get_context("fork").Pool(self.workers)
-        else:
+        if preload is not None:
             import pickle
 
             saved = {name: os.environ.get(name) for name in preload}
@@ -573,12 +570,17 @@ class _Pipeline:
                 context.set_forkserver_preload(["engine.data.inspection", "engine.data.chunking",
                                                 "transformers.tokenization_utils_tokenizers"])
                 self.pool = context.Pool(self.workers, initializer=_set_job, initargs=(pickle.dumps(self.job),))
+            except OSError:  # no fork server here (it needs a Unix socket): forked workers
+                self.pool = None
             finally:
                 for name, value in saved.items():
                     if value is None:
                         os.environ.pop(name, None)
                     else:
                         os.environ[name] = value
+        if self.pool is None:
+            _job = self.job  # inherited by the forked workers
+            self.pool = multiprocessing.get_context("fork").Pool(self.workers)
         self.pending = collections.deque()
 
     def _take(self, results: list[tuple]) -> None:
