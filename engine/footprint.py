@@ -225,6 +225,7 @@ class DeviceShare:
     gradients_bytes: int
     optimizer_bytes: int
     gathered_bytes: int  # full weights of the layers gathered at a time (FSDP, ZeRO-3)
+    buckets_bytes: int  # DDP's gradient buckets: a second copy of the gradients for the all-reduce
     activations_bytes: int
     logits_bytes: int
     runtime_bytes: int
@@ -557,7 +558,8 @@ def per_device(est: MemoryEstimate, strategy: str = "ddp", world_size: int = 1, 
     """One process's memory under ``distributed.strategy`` over ``world_size`` processes
     (``nnodes`` nodes). What each strategy divides by the number of shards ``N``::
 
-        ddp                every process holds everything (N = 1)
+        ddp                every process holds everything (N = 1), and DDP's reducer keeps its
+                           gradient buckets beside the gradients (one more copy of them)
         fsdp full_shard    weights, adapters, gradients, optimizer state / N (N = world size)
         fsdp hybrid_shard  the same within a node (N = processes per node), replicated across nodes
         ZeRO-2             gradients and optimizer state / N; weights and adapters replicated
@@ -574,9 +576,10 @@ def per_device(est: MemoryEstimate, strategy: str = "ddp", world_size: int = 1, 
     nnodes = max(1, min(nnodes, world_size))
     notes: list[str] = []
     weights, adapters, grads, optim = est.weights_bytes, est.adapter_bytes, est.gradients_bytes, est.optimizer_bytes
-    gathered = offloaded = 0
+    gathered = offloaded = buckets = 0
     if world_size == 1 or strategy == "ddp":
         shards, name = 1, "ddp" if world_size > 1 else "one process"
+        buckets = grads if world_size > 1 else 0
     elif strategy == "fsdp":
         shards = world_size if fsdp_sharding == "full_shard" or nnodes == 1 else world_size // nnodes
         name = f"fsdp {fsdp_sharding}"
@@ -602,12 +605,12 @@ def per_device(est: MemoryEstimate, strategy: str = "ddp", world_size: int = 1, 
         raise ValueError(f"distributed.strategy: {strategy!r} (expected ddp, fsdp or deepspeed)")
     if strategy == "fsdp" and fsdp_sharding == "hybrid_shard" and nnodes == 1 and world_size > 1:
         notes.append("hybrid_shard on one node shards like full_shard")
-    subtotal = (weights + adapters + grads + optim + gathered + est.activations_bytes + est.logits_bytes
+    subtotal = (weights + adapters + grads + optim + gathered + buckets + est.activations_bytes + est.logits_bytes
                 + est.runtime_bytes + est.merged_weights_bytes)
     overhead = int(subtotal * OVERHEAD_FRACTION)
     return DeviceShare(
         strategy=name, world_size=world_size, shards=shards, weights_bytes=weights, adapter_bytes=adapters,
-        gradients_bytes=grads, optimizer_bytes=optim, gathered_bytes=gathered,
+        gradients_bytes=grads, optimizer_bytes=optim, gathered_bytes=gathered, buckets_bytes=buckets,
         activations_bytes=est.activations_bytes, logits_bytes=est.logits_bytes, runtime_bytes=est.runtime_bytes,
         overhead_bytes=overhead, total_bytes=subtotal + overhead, offloaded_bytes=offloaded, notes=notes)
 
