@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine import configfile
 from engine.perf import KERNELS  # train.kernels
 
 SECTIONS = ("model", "data", "method", "train", "distributed", "output")
@@ -491,18 +492,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config file, apply ``key=value`` overrides, validate."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such config file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+        text = configfile.read(path, missing="no such config file")
+        data = configfile.parse(text, path, toml=False)
+    except configfile.ConfigFileError as exc:
+        raise ConfigError([str(exc)]) from None
     if data is None:  # an empty (or comments-only) file is a mistake, not "all defaults"
         raise ConfigError([f"{path}: the config file is empty (no settings in it); write the keys to set "
                            "(model:, data:, train: ...), e.g. from sample_data/quickstart.yaml"])
@@ -522,11 +515,9 @@ def _override_keys(overrides: list[str]) -> dict[tuple[str, ...], str]:
 
 def loads(text: str, source: str = "<string>") -> Config:
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+        data = configfile.parse(text, source, toml=False) or {}
+    except configfile.ConfigFileError as exc:
+        raise ConfigError([str(exc)]) from None
     return validate(data, source=source, text=text)
 
 

@@ -23,9 +23,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
+
+from engine import configfile
 
 DEFAULT_THEME = "finetui"
 THEME_SUFFIXES = (".yaml", ".yml", ".toml")
@@ -81,23 +82,9 @@ def parse(data: Any, source: str) -> Theme:
 
 def load_file(path: Path) -> Theme:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ThemeError(f"{path}: cannot read: {exc}") from None
-    if path.suffix == ".toml":
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ThemeError(f"{path}: invalid TOML: {exc}") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ThemeError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        data = configfile.parse(configfile.read(path, missing=None), path, toml=path.suffix == ".toml")
+    except configfile.ConfigFileError as exc:
+        raise ThemeError(str(exc)) from None
     return parse(data, str(path))
 
 

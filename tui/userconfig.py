@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from engine import configfile
+
 FILE_NAMES = ("config.yaml", "config.toml")
 
 
@@ -62,19 +64,10 @@ def find_file() -> Path:
 
 
 def _parse(path: Path, text: str) -> dict[str, Any]:
-    if path.suffix == ".toml":
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ValueError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    toml = path.suffix == ".toml"
+    data = configfile.parse(text, path, toml=toml)  # a ConfigFileError is a ValueError
+    if toml:
+        return data
     if data is None:
         return {}
     if not isinstance(data, dict):

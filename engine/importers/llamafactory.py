@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from engine import config as cfg
+from engine import configfile
 
 REFUSED_STAGES = {"rm": "reward modelling", "ppo": "PPO", "dpo": "DPO", "kto": "KTO"}
 # LLaMA-Factory templates with a finetui template of the same layout
@@ -252,18 +253,11 @@ def read_job(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """The job's top-level keys and the line each is on; errors name JOB.yaml:LINE."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ImportProblem([f"{path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportProblem([f"{path}: cannot read: {exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ImportProblem([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+        text = configfile.read(path)
+        data = configfile.parse(text, path, toml=False)
+        root = yaml.compose(text)  # the same text parsed just above: no error of its own
+    except configfile.ConfigFileError as exc:
+        raise ImportProblem([str(exc)]) from None
     if data is None:
         raise ImportProblem([f"{path}: the file is empty; a LLaMA-Factory job has model_name_or_path, stage, "
                              "finetuning_type, dataset, template ..."])
