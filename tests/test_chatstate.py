@@ -181,7 +181,7 @@ def test_save_as_a_training_record(tmp_path):
     assert session.append_record(tmp_path / "no" / "r.jsonl", "main")[0] == f"{tmp_path / 'no'}: no such folder"
 
 
-@pytest.mark.parametrize("module", ["tui.chatstate", "tui.evalstate", "tui.chathistory"])
+@pytest.mark.parametrize("module", ["tui.chatstate", "tui.evalstate", "tui.chathistory", "tui.dashstate"])
 def test_no_textual_or_torch(module):
     import subprocess
     import sys

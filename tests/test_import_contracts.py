@@ -2,7 +2,7 @@
 ``lint-imports``) hold in this checkout, and each one fails when an import that breaks it
 is added (to a copy of the packages): the engine never imports the UI, the UI never imports
 the heavy ML stack, the screens' state modules (tui.chatstate, tui.chathistory,
-tui.evalstate) never import Textual, and engine.data never imports training code.
+tui.evalstate, tui.dashstate) never import Textual, and engine.data never imports training code.
 
 Run time is what tests/test_engine_imports.py and tests/test_tui_imports.py check (what a
 fresh interpreter holds after an import); these contracts read every import statement,
@@ -54,6 +54,7 @@ OFFENCES = [
     ("tui-light", "tui/session.py", "import peft, bitsandbytes, datasets"),
     ("tui-plain-state", "tui/chatstate.py", "from textual.widgets import Static"),
     ("tui-plain-state", "tui/evalstate.py", "def _show():\n    from tui.widgets.chatlog import ChatLog"),
+    ("tui-plain-state", "tui/dashstate.py", "from textual.app import App"),
     ("data-no-training", "engine/data/render.py", "from engine.perf import fused_loss"),
     ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from engine.lean_trainer import LeanTrainer"),
 ]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from textual.binding import Binding
 
 from engine import errors, heartbeat, runs
 from engine.runs_cli import data_line
+from tui.dashstate import STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, read_yaml, tail_lines
 from tui.runfeed import RunFeed, RunState, feeds
 from tui.screens.base import FinetuiScreen, PaletteCommand
 from tui.widgets.dialogs import ConfirmDialog
@@ -53,67 +53,6 @@ HW_POLL_S = 1.0
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
 VIEWS = ("log", "stdout.log", "checkpoints")
 STDOUT_TAIL_BYTES = 16384
-
-STATUS_MARK = {
-    "running": ("●", "good"), "starting": ("…", "dim"), "completed": ("✔", "train"),
-    "stopped": ("■", "eval"), "killed": ("✖", "eval"), "failed": ("✖", "bad"), "created": ("·", "dim"),
-    "loading": ("…", "dim"),  # the history is still being read: no status, no resume offer yet
-    "unreadable": ("?", "bad"),  # the Runs screen: a run folder that could not be read
-}
-
-
-@dataclass
-class HwSnapshot:
-    """What the poll thread read, handed to the UI in one assignment."""
-
-    gpus: list[Any] = field(default_factory=list)
-    problem: str | None = None
-    host: Any = None
-    last_checkpoint: Path | None = None
-    existing_checkpoints: set[str] = field(default_factory=set)
-    stdout_lines: list[str] = field(default_factory=list)
-    newer_session_pid: int | None = None  # a trainer for this run started elsewhere
-    thread: str = ""
-
-
-@dataclass
-class Fix:
-    """What the dashboard offers when a run failed (the ``f`` key)."""
-
-    kind: str  # settings | resume | stdout
-    text: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-def likely_fix(state: RunState, last_checkpoint: Path | None, config: dict[str, Any] | None = None) -> Fix | None:
-    """The most likely way out of a failed run, from its error event. ``config`` is the
-    run's config.yaml, for runs that failed before their run_started event."""
-    if state.status != "failed":
-        return None
-    error = state.error
-    if error is None:  # killed or crashed without a word: pick up where it left off
-        where = f"from {last_checkpoint.name}" if last_checkpoint else "from step 0 (no checkpoint yet)"
-        return Fix("resume", f"resume {where}")
-    kind = error.get("kind")
-    config = state.config or config or {}
-    train = config.get("train") or {}
-    data = config.get("data") or {}
-    if kind == "oom":
-        batch = int(train.get("batch_size") or 1)
-        accum = int(train.get("gradient_accumulation_steps") or 1)
-        if batch > 1:
-            return Fix("settings", f"Settings with train.batch_size {batch // 2} (was {batch}) and "
-                                   f"gradient_accumulation_steps {accum * 2} (same effective batch)",
-                       {"train.batch_size": batch // 2, "train.gradient_accumulation_steps": accum * 2})
-        if not train.get("gradient_checkpointing"):
-            return Fix("settings", "Settings with train.gradient_checkpointing on (batch size is already 1)",
-                       {"train.gradient_checkpointing": True})
-        length = int(data.get("max_length") or 512)
-        return Fix("settings", f"Settings with data.max_length {max(16, length // 2)} (was {length})",
-                   {"data.max_length": max(16, length // 2)})
-    if kind in ("config", "data", "model"):
-        return Fix("settings", f"open this run's config in Settings and change what the {kind} error names")
-    return Fix("stdout", "show stdout.log (the traceback is there)")
 
 
 def apply_to_settings(app, run_dir: Path, overrides: dict[str, Any] | None = None, note: str = "") -> str | None:
@@ -430,22 +369,22 @@ class DashboardScreen(FinetuiScreen):
                 head = f"✖ failed: the trainer was {killed[0]}"
             else:
                 head = "✖ failed: the trainer process is gone without a finished event (killed or crashed)"
-            text.append(_clip(head, width, 2), style=f"bold {colors['bad']}")
+            text.append(clip(head, width, 2), style=f"bold {colors['bad']}")
             if error is not None and error.get("hint"):
-                text.append("\n" + _clip(f"hint: {error['hint']}", width, 2))
+                text.append("\n" + clip(f"hint: {error['hint']}", width, 2))
             elif killed is not None:
-                text.append("\n" + _clip(f"hint: {killed[1]}", width, 2))
+                text.append("\n" + clip(f"hint: {killed[1]}", width, 2))
             if self._fix is not None:
                 key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
                     app_key(self.app, "dashboard.resume", "R")
-                text.append("\n" + _clip(f"{key}: {self._fix.text}", width, 2), style=f"bold {colors['eval']}")
+                text.append("\n" + clip(f"{key}: {self._fix.text}", width, 2), style=f"bold {colors['eval']}")
         elif hung is not None:
             # no event or heartbeat for train.hang_after_s, and the process lives
-            text.append(_clip(f"⚠ the trainer looks hung: {heartbeat.describe(hung)} (process alive)", width, 2),
+            text.append(clip(f"⚠ the trainer looks hung: {heartbeat.describe(hung)} (process alive)", width, 2),
                         style=f"bold {colors['bad']}")
             stop, kill = app_key(self.app, "dashboard.stop", "S"), app_key(self.app, "dashboard.kill", "K")
             limit = heartbeat.hang_after(st.config or self._config)
-            text.append("\n" + _clip(f"{stop}: stop  ·  {kill}: kill  ·  hung after train.hang_after_s: {limit:g} s",
+            text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  hung after train.hang_after_s: {limit:g} s",
                                      width, 2))
         elif status == "stopped":
             text.append("■ stopped", style=f"bold {colors['eval']}")
@@ -534,7 +473,7 @@ class DashboardScreen(FinetuiScreen):
         if self._backend is None:
             self._backend = hardware.gpu_backend()
         if self._config is None:
-            self._config = _read_yaml(self.run_dir / "config.yaml")
+            self._config = read_yaml(self.run_dir / "config.yaml")
         backend = self._backend
         feed = self.feed
         pid = feed.pid if feed is not None else runs.read_pid(self.run_dir)
@@ -560,7 +499,7 @@ class DashboardScreen(FinetuiScreen):
             size = 0
         if size != self._stdout_size:
             self._stdout_size = size
-            self._stdout_lines = _tail_lines(stdout_path, STDOUT_TAIL_BYTES)
+            self._stdout_lines = tail_lines(stdout_path, STDOUT_TAIL_BYTES)
         snap.stdout_lines = self._stdout_lines
         if feed is not None and feed.ended:
             file_pid = runs.read_pid(self.run_dir)
@@ -699,45 +638,10 @@ class DashboardScreen(FinetuiScreen):
 # --------------------------------------------------------------------------- shared
 
 
-def _clip(text: str, width: int, max_lines: int) -> str:
-    """``text`` wrapped to ``width``, at most ``max_lines`` lines (the last one cut with …)."""
-    import textwrap
-
-    lines = textwrap.wrap(" ".join(text.split()), width) or [""]
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1][: width - 1].rstrip() + "…"
-    return "\n".join(lines)
-
-
 def app_key(app, binding_id: str, default: str) -> str:
     """The key a binding has now (after the user's keymap), as shown to the user."""
     key_for = getattr(app, "key_for", None)
     return key_for(binding_id, default) if callable(key_for) else default
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        import yaml
-
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except Exception:
-        return {}
-
-
-def _tail_lines(path: Path, size: int) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            end = fh.tell()
-            fh.seek(max(0, end - size))
-            data = fh.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if end > size and lines:
-        lines = lines[1:]  # the first one is cut
-    return [line.rstrip() for line in lines if line.strip()][-200:]
 
 
 def show_config(screen, run_dir: Path) -> None:
