@@ -100,6 +100,10 @@ def setup_problems(config, device: str, world_size: int) -> list[str]:
         problems.append("distributed.strategy: fsdp with a 4-bit base (QLoRA) needs CUDA GPUs (bitsandbytes "
                         "stores the 4-bit weights in a shardable dtype there only); use distributed.strategy: "
                         "ddp, or method.type: lora")
+    if (d.strategy == "fsdp" and d.fsdp_sharding == "hybrid_shard" and world()[2] > 1
+            and not device.startswith("cuda")):
+        problems.append("distributed.fsdp_sharding: hybrid_shard across nodes needs CUDA GPUs (accelerate builds "
+                        "its 2-D device mesh for GPU process groups only); use full_shard on CPU nodes")
     if d.strategy == "fsdp" and d.cpu_offload and not device.startswith("cuda"):
         problems.append("distributed.cpu_offload: the weights are already in CPU memory on a CPU run; turn it off")
     return problems
