@@ -96,10 +96,12 @@ def setup_problems(config, device: str, world_size: int) -> list[str]:
                             "fsdp or ddp on the CPU")
         if d.deepspeed_config and not os.path.isfile(d.deepspeed_config):
             problems.append(f"distributed.deepspeed_config: {d.deepspeed_config} is not a file")
-    if d.strategy == "fsdp" and config.model.quantization == "4bit" and not device.startswith("cuda"):
-        problems.append("distributed.strategy: fsdp with a 4-bit base (QLoRA) needs CUDA GPUs (bitsandbytes "
-                        "stores the 4-bit weights in a shardable dtype there only); use distributed.strategy: "
-                        "ddp, or method.type: lora")
+    if d.strategy == "fsdp" and config.model.quantization == "4bit":
+        # bitsandbytes can store 4-bit weights in a shardable dtype (bnb_4bit_quant_storage) on
+        # CUDA, but finetui's QLoRA loading does not set that up for FSDP yet
+        problems.append("distributed.strategy: fsdp with a 4-bit base (method.type: qlora / model.quantization: "
+                        "4bit) is not supported yet; use distributed.strategy: ddp (a QLoRA copy per GPU) or "
+                        "deepspeed with zero_stage: 2, or method.type: lora with fsdp")
     if (d.strategy == "fsdp" and d.fsdp_sharding == "hybrid_shard" and world()[2] > 1
             and not device.startswith("cuda")):
         problems.append("distributed.fsdp_sharding: hybrid_shard across nodes needs CUDA GPUs (accelerate builds "

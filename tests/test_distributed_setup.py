@@ -55,7 +55,8 @@ def test_deepspeed_missing_is_a_clear_refusal():
 def test_cpu_refusals(monkeypatch):
     qlora = cfg.validate({"model": {"name_or_path": "tiny"}, "method": {"type": "qlora"},
                           "distributed": {"strategy": "fsdp"}})
-    assert "needs CUDA GPUs" in distributed.setup_problems(qlora, "cpu", 2)[0]
+    assert "fsdp with a 4-bit base" in distributed.setup_problems(qlora, "cpu", 2)[0]
+    assert "fsdp with a 4-bit base" in distributed.setup_problems(qlora, "cuda:0", 2)[0]
     assert distributed.setup_problems(qlora, "cpu", 1) == []  # one process: the section is ignored
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # two nodes of one process

@@ -97,3 +97,19 @@ def test_two_nodes_on_localhost_train_and_checkpoint(tmp_path, finetui_cache):
     assert [e["type"] for e in ev.read_file(run_dir / "events.rank1.jsonl")][-1] == "finished"
     assert (run_dir / "stdout.node1.log").exists()
     assert sorted(p.name for p in run_dir.glob("events*.jsonl")) == ["events.jsonl", "events.rank1.jsonl"]
+
+
+@pytest.mark.gpu
+def test_fsdp_lora_on_two_gpus_follows_one(tmp_path, finetui_cache):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    curves = {}
+    for nproc, train in ((1, ONE), (2, HALF)):
+        run_dir = new_run(tmp_path, f"gpu{nproc}", method={"type": "lora"}, train=train,
+                          distributed={"strategy": "fsdp"})
+        rc, events = finish(runs.launch(run_dir, nproc=nproc), timeout=600)
+        assert rc == 0, stdout_log(run_dir)
+        curves[nproc] = losses(events)
+    assert curves[2] == pytest.approx(curves[1], rel=2e-2)  # bf16 on GPUs: a looser tolerance
