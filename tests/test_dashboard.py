@@ -318,10 +318,11 @@ async def test_pipe_feed_resume_stop_and_kill_on_a_fake_trainer(dash_env, monkey
         await pilot.press("K")
         await pilot.pause(0.1)
         await pilot.press("y")
-        await wait_for(pilot, lambda: dash.state.status == "failed", timeout=10)
+        await wait_for(pilot, lambda: dash.state.status == "killed", timeout=15)
         assert app.run_processes[run.name].wait(timeout=5) == -signal.SIGKILL
         await pilot.pause(0.6)
-        assert "gone without a finished event" in screen_text(app)
+        shown = screen_text(app)
+        assert "✖ killed" in shown and "R: resume from" in shown and "failed" not in shown
 
 
 async def test_a_run_started_while_another_dashboard_is_open_takes_the_screen(dash_env, monkeypatch):

@@ -353,8 +353,9 @@ class DashboardScreen(FinetuiScreen):
         # Class changes restyle the screen: only when they really change.
         if banner.has_class("-failed") != (status == "failed"):
             banner.set_class(status == "failed", "-failed")
-        if banner.has_class("-stopped") != (status == "stopped"):
-            banner.set_class(status == "stopped", "-stopped")
+        stopped = status in ("stopped", "killed")
+        if banner.has_class("-stopped") != stopped:
+            banner.set_class(stopped, "-stopped")
         hung = st.hung_s() if status == "running" else None
         if banner.has_class("-hung") != (hung is not None):
             banner.set_class(hung is not None, "-hung")
@@ -386,8 +387,9 @@ class DashboardScreen(FinetuiScreen):
             limit = heartbeat.hang_after(st.config or self._config)
             text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  hung after train.hang_after_s: {limit:g} s",
                                      width, 2))
-        elif status == "stopped":
-            text.append("■ stopped", style=f"bold {colors['eval']}")
+        elif status in ("stopped", "killed"):
+            text.append("■ stopped" if status == "stopped" else "✖ killed (no checkpoint saved at the kill)",
+                        style=f"bold {colors['eval']}")
             step = (st.last_step or {}).get("step")
             if step is not None:
                 text.append(f" at step {step}")
