@@ -130,13 +130,9 @@ def _card_license(base: str | None) -> str | None:
     if path.is_dir():
         readme = path / CARD
     elif _is_hub_id(base):
-        try:
-            from huggingface_hub import try_to_load_from_cache
+        from engine import hub
 
-            found = try_to_load_from_cache(base, CARD)
-            readme = Path(found) if isinstance(found, str) else None
-        except Exception:  # noqa: BLE001 - a malformed id or cache: no license known
-            readme = None
+        readme = hub.cached_file(base, CARD)  # None: not cached, or a malformed id or cache
     if readme is None:
         return None
     try:
@@ -758,11 +754,11 @@ def _network_error(exc: BaseException, offline: type) -> bool:
 def check_push(repo: str, token: str | None = None) -> str:
     """What a push needs before any work: a repo id, the network allowed, a token.
     Returns the token."""
-    from engine import modeling
+    from engine import hub
 
     if not re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", repo):
         raise ExportError(f"--push-to-hub {repo}: expected a repo id like user/name")
-    if modeling._hub_offline():
+    if hub.offline():
         raise ExportError(f"offline (HF_HUB_OFFLINE is set): cannot push to {repo}; "
                           "--dry-run lists what would be uploaded")
     from huggingface_hub import get_token

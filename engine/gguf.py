@@ -118,10 +118,12 @@ def ensure_local(gguf_path: str | os.PathLike, say: Say = _stderr) -> Path:
 
 def ensure_hub(repo_id: str, filename: str, revision: str | None, download: bool, say: Say = _stderr) -> Path:
     """A GGUF file of a hub repo (``model.gguf_file``), from the HF cache or downloaded."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download
 
-    found = try_to_load_from_cache(repo_id, filename, revision=revision)
-    if not isinstance(found, str):
+    from engine import hub
+
+    found = hub.cached_file(repo_id, filename, revision)
+    if found is None:
         if not download:
             raise ModelError(f"model.gguf_file: '{filename}' of '{repo_id}' is not in the Hugging Face cache "
                              "and the hub cannot be reached (offline)")

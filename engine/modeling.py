@@ -42,18 +42,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
-import threading
 from pathlib import Path
 from typing import Any
 
-from engine import tiny
+from engine import hub, tiny
 from engine.errors import ModelError
 
 META_FILE = "finetui.json"  # written beside every adapter/model the trainer saves
-HUB_TIMEOUT_S = 3.0
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 # --------------------------------------------------------------------------- where
@@ -64,56 +59,6 @@ def _offline_message(name: str) -> str:
         f"model '{name}' is not in the Hugging Face cache and the hub cannot be reached (offline): "
         "download it on a connected machine or set model.name_or_path to a local folder"
     )
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    # "org/name" or a legacy single name ("gpt2"); anything with ./, ~, .. or more
-    # slashes is meant as a path.
-    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
-
-
-def _hub_offline() -> bool:
-    # The environment is read here too: huggingface_hub reads it once, at its import.
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(name, "").lower() in ("1", "true", "yes", "on"):
-            return True
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """One TCP connect to the hub's host. Run in a thread because the DNS lookup itself
-    has no timeout and can hang for a long time on a box without a resolver."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    return bool(result and result[0])
-
-
-def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except Exception:  # a malformed id: treat as not cached
-        return None
-    return Path(found).parent if isinstance(found, str) else None
 
 
 def _download(repo_id: str, revision: str | None, trust_remote_code: bool) -> Path:
@@ -149,9 +94,9 @@ def resolve_model_path(name: str, revision: str | None = None, trust_remote_code
     if gguf_file:
         if path.is_dir():
             return gguf.ensure_local(path / gguf_file)
-        if not _looks_like_hub_id(name):
+        if not hub.is_hub_id(name):
             raise ModelError(f"model.name_or_path: no such folder '{name}'")
-        return gguf.ensure_hub(name, gguf_file, revision, download=not _hub_offline() and _hub_reachable())
+        return gguf.ensure_hub(name, gguf_file, revision, download=not hub.offline() and hub.reachable())
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(
@@ -160,12 +105,12 @@ def resolve_model_path(name: str, revision: str | None = None, trust_remote_code
         return path
     if path.exists():
         raise ModelError(f"model.name_or_path: '{name}' is a file; expected a model folder")
-    if not _looks_like_hub_id(name):
+    if not hub.is_hub_id(name):
         raise ModelError(f"model.name_or_path: no such folder '{name}'")
-    cached = _cached_snapshot(name, revision)
+    cached = hub.cached_snapshot(name, revision)
     if cached is not None:
         return cached
-    if _hub_offline() or not _hub_reachable():
+    if hub.offline() or not hub.reachable():
         raise ModelError(_offline_message(name))
     return _download(name, revision, trust_remote_code)
 

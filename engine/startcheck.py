@@ -34,7 +34,7 @@ GPU_HEADROOM = 0.95  # the CUDA context and other processes' memory are not in t
 def model_problem(config) -> str | None:
     """Why the trainer could not find ``model.name_or_path``, or None. Never downloads:
     a hub id that is not cached is refused only when the hub cannot be reached."""
-    from engine import model_catalog, modeling, tiny
+    from engine import hub, model_catalog, modeling, tiny
     from engine.errors import ModelError
 
     m = config.model
@@ -42,17 +42,15 @@ def model_problem(config) -> str | None:
     if tiny.is_tiny(name) or model_catalog.builtin(name) or model_catalog.is_gguf(name) or m.gguf_file:
         return None  # built, fetched or converted in the foreground (engine.launcher), which says why not
     path = Path(name).expanduser()
-    if path.exists() or not modeling._looks_like_hub_id(name):
+    if path.exists() or not hub.is_hub_id(name):
         try:
             modeling.resolve_model_path(name, m.revision)  # a local path: no network
         except ModelError as exc:
             return str(exc)
         return None
-    if modeling._cached_snapshot(name, m.revision) is not None:
-        return None
-    if modeling._hub_offline() or not modeling._hub_reachable():
+    if hub.probe(name, m.revision) == "offline":
         return modeling._offline_message(name)
-    return None  # the trainer downloads it
+    return None  # cached, or the trainer downloads it
 
 
 def package_problems(config) -> list[str]:

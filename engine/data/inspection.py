@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine import hub
 from engine.data.formats import MESSAGE_CHARS, clip
 from engine.visible import json_text, visible
 from engine.json_errors import error_kind, json_error
@@ -186,7 +187,7 @@ def _load_tokenizer(name_or_path: str):
         return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub.env_offline("HF_HUB_OFFLINE"):
         raise InspectError(
             f"--model {name_or_path}: not a local folder and not in the Hugging Face cache "
             "(offline: HF_HUB_OFFLINE is set)"

@@ -34,13 +34,12 @@ import functools
 import json
 import os
 import re
-import socket
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import urlparse
 
+from engine import hub
 from engine.data import transcripts
 from engine.data.columns import ColumnUse
 from engine.data.conversation import Conversation
@@ -1130,27 +1129,6 @@ def _iter_file(path: Path, report: Reporter, max_line_bytes: int, encoding_error
 # --------------------------------------------------------------------------- hub
 
 
-def _hub_endpoint() -> tuple[str, int]:
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-
-
-def _env_offline() -> bool:
-    return any(
-        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """A quick TCP probe of the hub: ``datasets`` retries for ~25 s before giving up."""
-    try:
-        with socket.create_connection(_hub_endpoint(), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 class _ForcedOffline:
     """Put datasets/huggingface_hub in offline mode for one call: they read the setting
     at import, so the environment alone is not enough once they are imported."""
@@ -1172,8 +1150,8 @@ class _ForcedOffline:
 
 
 def _open_hub(hub_id: str, subset: str | None, split: str, streaming: bool, data_dir: str | None):
-    offline_reason = "HF_HUB_OFFLINE=1" if _env_offline() else None
-    if offline_reason is None and not hub_reachable():
+    offline_reason = "HF_HUB_OFFLINE=1" if hub.env_offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") else None
+    if offline_reason is None and not hub.reachable(HUB_PROBE_TIMEOUT_S):  # datasets retries for ~25 s
         offline_reason = "no network"
     try:
         import datasets
