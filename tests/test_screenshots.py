@@ -181,3 +181,23 @@ async def test_readme_key_table_matches_the_keymap(tui_env_keys):
 def tui_env_keys(dash_env):  # noqa: F811
     """No user config: the keys as shipped."""
     return dash_env
+
+
+async def test_chat_and_eval_screens(screen_env):
+    """Chat and Eval as they open, before a model is loaded (a loaded model's answers are
+    the engine's, not the screen's, and would tie the pictures to torch's numerics); Eval on
+    the finished synthetic run, before it is evaluated."""
+    fixed_run(screen_env)
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("c")
+        await settle(pilot, app)
+        # out of the message box, as a user leaves it for the screen keys: its cursor blinks
+        app.screen.set_focus(None)
+        await pilot.pause(0.5)
+        check("chat", svg_of(app))
+        await pilot.press("e")
+        await settle(pilot, app)
+        await pilot.pause(0.5)
+        check("eval", svg_of(app))
