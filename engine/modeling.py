@@ -47,6 +47,7 @@ from typing import Any
 
 from engine import hub, tiny
 from engine.errors import ModelError
+from engine.targets import is_adapter_dir, is_model_dir  # noqa: F401 - engine.modeling.is_*_dir for its callers
 
 META_FILE = "finetui.json"  # written beside every adapter/model the trainer saves
 
@@ -478,14 +479,6 @@ def base_config_for_adapter(adapter_dir: Path, trust_remote_code: bool = False):
 # --------------------------------------------------------------------------- inference
 
 
-def is_adapter_dir(path: Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()
-
-
-def is_model_dir(path: Path) -> bool:
-    return (Path(path) / "config.json").exists()
-
-
 def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: str = "none",
                        dtype: str | None = None, trainable: bool = False, trust_remote_code: bool = False,
                        dequantized: bool = False):
@@ -541,27 +534,16 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
     """
     device = pick_device(device)
     target = str(run_dir_or_model)
-    path = Path(target).expanduser()
-    from engine import model_catalog
+    from engine import runs, targets
 
-    if tiny.is_tiny(target) or model_catalog.builtin(target) is not None or model_catalog.is_gguf(target) \
-            or (path.is_dir() and is_model_dir(path) and not (path / "config.yaml").exists()):
+    what = targets.resolve(target)
+    if what.kind == "adapter":
+        q = quantization if quantization is not None else (read_meta(what.path).get("quantization") or "none")
+        return load_adapter_model(what.path, device=device, quantization=q, trust_remote_code=trust_remote_code)
+    if what.kind != "run":  # a model, a hub id, or a clear error
         return _load_folder(resolve_model_path(target, trust_remote_code=trust_remote_code), device,
                             trust_remote_code)
-    if path.is_dir() and is_adapter_dir(path):
-        q = quantization if quantization is not None else (read_meta(path).get("quantization") or "none")
-        return load_adapter_model(path, device=device, quantization=q, trust_remote_code=trust_remote_code)
-
-    from engine import runs
-
-    try:
-        run_dir = runs.resolve(target)
-    except runs.RunError:
-        run_dir = None
-    if run_dir is None:
-        # hub id or a clear error
-        return _load_folder(resolve_model_path(target, trust_remote_code=trust_remote_code), device,
-                            trust_remote_code)
+    run_dir = what.path
 
     from engine.config import load as load_config
 

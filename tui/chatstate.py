@@ -98,11 +98,12 @@ def params_summary(params: dict[str, Any]) -> tuple[str, str]:
 def run_dir_of(target: str) -> Path | None:
     """The run folder a load target belongs to (a run id, ``last``, a run folder, or a
     run's merged/ or adapter/ folder), else None. Light: engine.runs only."""
-    from engine import runs
+    from engine import runs, targets
 
     path = Path(target)
-    if path.is_dir() and (path.parent / "config.yaml").exists() and path.name in ("merged", "adapter"):
-        return path.parent.resolve()
+    owner = targets.run_of_folder(path)
+    if owner is not None:
+        return owner
     if (path / "config.yaml").exists():
         return path.resolve()
     if target == "tiny" or path.is_absolute() or path.exists():
