@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from engine import spawn
 from engine.events import decode_object_line
 
 VERSION = 1
@@ -258,19 +259,10 @@ class ChatClient:
         """Start the worker process (does not wait for it to load)."""
         if self.proc is not None:
             return
-        env = dict(os.environ)
-        env.update(self.env or {})
-        env["PYTHONUNBUFFERED"] = "1"
-        # `engine` importable from a source checkout, whatever the cwd.
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
+        self.proc = spawn.start(
             self.command,
+            env=self.env,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            env=env,
             cwd=self.cwd,
             bufsize=-1,  # buffered: readline on a raw pipe would read byte by byte
         )

@@ -38,7 +38,7 @@ from typing import Any
 from engine import atomic, run_summary
 from engine.perf import allocator
 from engine import events as ev
-from engine import run_paths, trainer_pid
+from engine import run_paths, spawn, trainer_pid
 from engine.config import Config
 
 PID_FILE = trainer_pid.PID_FILE
@@ -463,24 +463,16 @@ def launch(run_dir: str | Path, resume: bool = False, nproc: int = 1,
 def _launch_locked(run_dir: Path, lock_fd: int | None, resume: bool, nproc: int, env: dict[str, str] | None,
                    checkpoint: int | None, torchrun: list[str] | None = None,
                    node_rank: int = 0) -> subprocess.Popen:
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env["PYTHONUNBUFFERED"] = "1"
-    # Make `engine` importable when running from a source checkout.
-    root = str(Path(__file__).resolve().parent.parent)
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH")) if p)
+    full_env = spawn.child_env(env)
     device, hidden, kernels = _model(run_dir)
     full_env = allocator.trainer_env(device, full_env, hidden, kernels)  # mimalloc for CPU training
     if lock_fd is not None:
         full_env[LOCK_FD_ENV] = str(lock_fd)
     log = open(run_dir / ("stdout.log" if node_rank == 0 else f"stdout.node{node_rank}.log"), "ab")
-    proc = subprocess.Popen(
+    proc = spawn.start(
         trainer_command(run_dir, resume=resume, nproc=nproc, checkpoint=checkpoint, torchrun=torchrun),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        full_env=full_env,
         stderr=log,
-        start_new_session=True,
-        env=full_env,
         cwd=os.getcwd(),
         pass_fds=(lock_fd,) if lock_fd is not None else (),
     )

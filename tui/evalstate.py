@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine import spawn
 from engine.units import format_bytes
 
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 MERGE_STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
 BAR_LINE = re.compile(r"\d+%\|")  # a tqdm bar: the last one is kept, not every redraw
@@ -277,13 +277,6 @@ class Job:
         return f"{elapsed:.0f}s · {self.stage}"
 
 
-def job_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _open_stderr() -> tuple[int | None, int | None]:
     """A pseudo-terminal for the child's stderr (the evaluator prints its progress only to a
     terminal), or (None, None) where there is none."""
@@ -309,11 +302,7 @@ def run_job(job: Job, on_line: Callable[[str, str], None]) -> tuple[int | None, 
     problem), problem set when it could not even start."""
     master, slave = _open_stderr()
     try:
-        job.proc = subprocess.Popen(
-            job.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=slave if slave is not None else subprocess.PIPE,
-            start_new_session=True, env=job_env(), cwd=os.getcwd(),
-        )
+        job.proc = spawn.start(job.command, stderr=slave if slave is not None else subprocess.PIPE, cwd=os.getcwd())
     except OSError as exc:
         for fd in (master, slave):
             if fd is not None:

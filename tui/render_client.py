@@ -13,17 +13,16 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import os
 import queue
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from engine import spawn
+
 Callback = Callable[[dict[str, Any]], None]
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RenderClient:
@@ -53,14 +52,10 @@ class RenderClient:
     def start(self) -> None:
         if self.proc is not None:
             return
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         try:
-            self.proc = subprocess.Popen(
+            self.proc = spawn.start(  # its own session: ctrl+c in the terminal goes to the UI, not here
                 [sys.executable, "-m", "engine.data.render_worker", *self.args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, encoding="utf-8", errors="replace", bufsize=1, env=env,
-                start_new_session=True,  # ctrl+c in the terminal goes to the UI, not here
+                stdin=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
             )
         except OSError as exc:
             self._set_state("failed", f"cannot start the render worker: {exc}")

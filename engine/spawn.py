@@ -1,0 +1,40 @@
+"""Starting finetui's own worker processes (trainer, chat, eval, render, export, data create)
+the same way: one place.
+
+Light module (standard library): the UI imports it.
+
+- ``child_env(extra)``: this process's environment plus ``extra``, with ``PYTHONUNBUFFERED=1``
+  (the parent reads their lines as they come) and this checkout first on ``PYTHONPATH``
+  (``engine`` importable from a source checkout, whatever the cwd);
+- ``start(command, ...)``: ``subprocess.Popen`` with that environment, stdin closed unless
+  asked, stdout and stderr piped unless redirected, in a new session (process group), so
+  ctrl+c in the terminal goes to the UI or the CLI, and a stop signals the worker's own group.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ROOT = str(Path(__file__).resolve().parent.parent)  # the folder that holds engine/
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start(command: Sequence[str], *, env: Mapping[str, str] | None = None, full_env: Mapping[str, str] | None = None,
+          stdin: Any = subprocess.DEVNULL, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE,
+          **popen: Any) -> subprocess.Popen:
+    """``command`` started with ``child_env(env)`` (or ``full_env``, a ``child_env`` the caller
+    changed further) in its own session; ``popen``: the rest of Popen's arguments (cwd, text,
+    encoding, bufsize, pass_fds ...)."""
+    return subprocess.Popen(list(command), stdin=stdin, stdout=stdout, stderr=stderr,
+                            env=dict(full_env) if full_env is not None else child_env(env),
+                            start_new_session=True, **popen)
