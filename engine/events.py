@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from engine.units import format_duration
+from engine.visible import visible
+
 VERSION = 1
 
 # type -> required fields (beyond v/type/time/run_id)
@@ -538,3 +541,76 @@ def follow(path: str | Path, poll_s: float = 0.2, stop: Any = None) -> Iterator[
             if stop is not None and stop():
                 return
             time.sleep(poll_s)
+
+
+# --------------------------------------------------------------------------- as text
+# One plain line per event: `finetui runs attach`, `finetui train` off a terminal, the dashboard.
+
+
+def format_number(value: float | None, digits: int = 4) -> str:
+    """``digits`` significant digits, ``-`` for a missing value."""
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def data_line(data: dict[str, Any] | None, reasons: int = 3, extras: bool = True) -> str | None:
+    """The run_started data report in one line: ``data: 999 read · 974 kept · 25 skipped
+    (empty text 20, invalid JSON 5) · 317 truncated`` (records read from the training
+    source, kept for training, not trained with the ``reasons`` most frequent reasons, and
+    with ``extras`` repaired and truncated)."""
+    counts = (data or {}).get("counts") or {}
+    read, kept = counts.get("records"), counts.get("ok")
+    if not isinstance(read, int) or not isinstance(kept, int):
+        return None
+    parts = [f"{read:,} read", f"{kept:,} kept"]
+    dropped = read - kept
+    if dropped > 0:
+        why = [(kind, n) for kind, n in ((data or {}).get("reasons") or {}).items() if n]
+        shown = [f"{kind} {n:,}" for kind, n in why[:reasons]]
+        if shown and len(why) > reasons:
+            shown.append(f"{len(why) - reasons} more")
+        parts.append(f"{dropped:,} skipped" + (f" ({', '.join(shown)})" if shown else ""))
+    for key in ("repaired", "truncated") if extras else ():
+        if counts.get(key):
+            parts.append(f"{counts[key]:,} {key}")
+    return "data: " + " · ".join(parts)
+
+
+def event_lines(event: dict[str, Any]) -> list[str]:
+    """What the CLI prints for an event: format_event's line, and for run_started the data
+    report's line under it."""
+    line = format_event(event)
+    lines = [line] if line else []
+    if event.get("type") == "run_started":
+        data = data_line(event.get("data"))
+        if data:
+            lines.append(data)
+    return [visible(line) for line in lines]  # messages, paths and names from the run folder
+
+
+def format_event(event: dict[str, Any]) -> str | None:
+    """One plain line for an event (used by attach and by `finetui train` off a terminal)."""
+    t = event.get("type")
+    if t == "run_started":
+        fp = event.get("footprint") or {}
+        ds = event.get("datasets") or {}
+        return (f"started: {fp.get('params_total', '?')} params ({fp.get('params_trainable', '?')} trainable), "
+                f"train {ds.get('train', '?')} / test {ds.get('test', '?')} examples, "
+                f"devices {', '.join(event.get('devices') or []) or '?'}")
+    if t == "step":
+        return (f"step {event['step']}/{event['total_steps']}  epoch {format_number(event.get('epoch'), 3)}  "
+                f"loss {format_number(event.get('loss'))}  lr {format_number(event.get('learning_rate'), 3)}  "
+                f"{format_number(event.get('tokens_per_s'), 4)} tok/s  eta {format_duration(event.get('eta_s'))}")
+    if t == "eval":
+        return f"eval  step {event['step']}  eval_loss {format_number(event.get('eval_loss'))}  ppl {format_number(event.get('perplexity'))}"
+    if t == "checkpoint":
+        return f"checkpoint  step {event['step']}  {event['path']}"
+    if t == "log":
+        return f"[{event.get('level')}] {event.get('message')}"
+    if t == "error":
+        hint = f"\n  hint: {event['hint']}" if event.get("hint") else ""
+        return f"error ({event.get('kind')}): {event.get('message')}{hint}"
+    if t == "finished":
+        metrics = event.get("metrics") or {}
+        shown = "  ".join(f"{k} {format_number(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        return f"finished: {event.get('status')}  {shown}"
+    return None

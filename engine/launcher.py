@@ -32,7 +32,7 @@ from typing import IO, Any
 from engine import config as cfg
 from engine import events as ev
 from engine import runs
-from engine.runs_cli import event_lines
+from engine.events import event_lines
 from engine.units import format_duration
 from engine.visible import visible
 

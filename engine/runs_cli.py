@@ -48,81 +48,13 @@ def show_lines(info: runs.RunInfo) -> list[str]:
     return lines
 
 
-def _fmt_num(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
-
-
-def data_line(data: dict[str, Any] | None, reasons: int = 3, extras: bool = True) -> str | None:
-    """The run_started data report in one line: ``data: 999 read · 974 kept · 25 skipped
-    (empty text 20, invalid JSON 5) · 317 truncated`` (records read from the training
-    source, kept for training, not trained with the ``reasons`` most frequent reasons, and
-    with ``extras`` repaired and truncated)."""
-    counts = (data or {}).get("counts") or {}
-    read, kept = counts.get("records"), counts.get("ok")
-    if not isinstance(read, int) or not isinstance(kept, int):
-        return None
-    parts = [f"{read:,} read", f"{kept:,} kept"]
-    dropped = read - kept
-    if dropped > 0:
-        why = [(kind, n) for kind, n in ((data or {}).get("reasons") or {}).items() if n]
-        shown = [f"{kind} {n:,}" for kind, n in why[:reasons]]
-        if shown and len(why) > reasons:
-            shown.append(f"{len(why) - reasons} more")
-        parts.append(f"{dropped:,} skipped" + (f" ({', '.join(shown)})" if shown else ""))
-    for key in ("repaired", "truncated") if extras else ():
-        if counts.get(key):
-            parts.append(f"{counts[key]:,} {key}")
-    return "data: " + " · ".join(parts)
-
-
-def event_lines(event: dict[str, Any]) -> list[str]:
-    """What the CLI prints for an event: format_event's line, and for run_started the data
-    report's line under it."""
-    line = format_event(event)
-    lines = [line] if line else []
-    if event.get("type") == "run_started":
-        data = data_line(event.get("data"))
-        if data:
-            lines.append(data)
-    return [visible(line) for line in lines]  # messages, paths and names from the run folder
-
-
-def format_event(event: dict[str, Any]) -> str | None:
-    """One plain line for an event (used by attach and by `finetui train` off a terminal)."""
-    t = event.get("type")
-    if t == "run_started":
-        fp = event.get("footprint") or {}
-        ds = event.get("datasets") or {}
-        return (f"started: {fp.get('params_total', '?')} params ({fp.get('params_trainable', '?')} trainable), "
-                f"train {ds.get('train', '?')} / test {ds.get('test', '?')} examples, "
-                f"devices {', '.join(event.get('devices') or []) or '?'}")
-    if t == "step":
-        return (f"step {event['step']}/{event['total_steps']}  epoch {_fmt_num(event.get('epoch'), 3)}  "
-                f"loss {_fmt_num(event.get('loss'))}  lr {_fmt_num(event.get('learning_rate'), 3)}  "
-                f"{_fmt_num(event.get('tokens_per_s'), 4)} tok/s  eta {format_duration(event.get('eta_s'))}")
-    if t == "eval":
-        return f"eval  step {event['step']}  eval_loss {_fmt_num(event.get('eval_loss'))}  ppl {_fmt_num(event.get('perplexity'))}"
-    if t == "checkpoint":
-        return f"checkpoint  step {event['step']}  {event['path']}"
-    if t == "log":
-        return f"[{event.get('level')}] {event.get('message')}"
-    if t == "error":
-        hint = f"\n  hint: {event['hint']}" if event.get("hint") else ""
-        return f"error ({event.get('kind')}): {event.get('message')}{hint}"
-    if t == "finished":
-        metrics = event.get("metrics") or {}
-        shown = "  ".join(f"{k} {_fmt_num(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        return f"finished: {event.get('status')}  {shown}"
-    return None
-
-
 def _table(infos: list[runs.RunInfo]) -> str:
     head = ("RUN", "STATUS", "METHOD", "MODEL", "STEP", "LOSS", "EVAL", "TIME")
     rows = [head]
     for i in infos:
         step = f"{i.step}/{i.total_steps}" if i.total_steps else str(i.step)
         rows.append((i.id, "hung?" if i.hung_s is not None else i.status, i.method or "-", (i.model or "-")[-28:], step,
-                     _fmt_num(i.last_loss), _fmt_num(i.best_eval_loss), format_duration(i.duration_s)))
+                     ev.format_number(i.last_loss), ev.format_number(i.best_eval_loss), format_duration(i.duration_s)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     return visible("\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows))
 
@@ -151,7 +83,7 @@ def attach(run_dir, out=sys.stdout) -> int:
 
     finished = False
     for event in ev.follow(run_dir / "events.jsonl", stop=gone):
-        for line in event_lines(event):
+        for line in ev.event_lines(event):
             print(line, file=out, flush=True)
         if event.get("type") == "finished":
             status = event.get("status", "failed")

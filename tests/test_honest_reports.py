@@ -102,7 +102,7 @@ def test_inspect_json_errors_are_json_on_stdout(inspect_cli, tmp_path):
 
 
 def test_data_line_names_kept_skipped_and_reasons():
-    from engine.runs_cli import data_line, event_lines
+    from engine.events import data_line, event_lines
 
     data = {"counts": {"records": 999, "ok": 974, "invalid": 20, "skipped": 5, "repaired": 2, "truncated": 317,
                        "no_trained": 0},

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import events as ev
 from engine import heartbeat, runs, trainer_pid
-from engine.runs_cli import format_event
+from engine.events import format_event
 from engine.visible import visible
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from textual import work
 from textual.binding import Binding
 
 from engine import errors, heartbeat, runs
-from engine.runs_cli import data_line
+from engine.events import data_line
 from tui.dashstate import STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, read_yaml, tail_lines
 from tui.runfeed import RunFeed, RunState, feeds
 from tui.screens.base import FinetuiScreen, PaletteCommand
