@@ -182,7 +182,6 @@ class MethodConfig(_Section):
     )
 
 
-
 class TrainConfig(_Section):
     epochs: float = Field(3.0, gt=0, le=10_000, description="Passes over the training set.")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
