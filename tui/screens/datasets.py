@@ -68,7 +68,7 @@ class DatasetsScreen(FinetuiScreen):
         Binding("i", "stats", "Lengths", id="datasets.stats"),
         Binding("m", "columns", "Columns", id="datasets.columns"),
         Binding("u", "use", "Use", id="datasets.use"),
-        Binding("n", "create", "From documents", id="datasets.create"),
+        Binding("n", "create", "Docs", id="datasets.create"),
         Binding("escape", "back", "Back", id="datasets.back"),
         Binding("left,h", "step(-1)", "Previous record", show=False, id="datasets.prev"),
         Binding("right,l", "step(1)", "Next record", show=False, id="datasets.next"),
