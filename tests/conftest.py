@@ -88,3 +88,18 @@ def mixed_length_batch(tiny_model_dir: Path, tmp_path_factory):
     batch = [rows[0], rows[-1], rows[len(rows) // 2], rows[1]]
     assert len({r["length"] for r in batch}) > 1
     return config, tokenizer, batch
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_they_were():
+    """Code run in the test process (engine.train.main ignores SIGHUP and SIGXFSZ) must not
+    leave its signal dispositions behind: an ignored signal is inherited by every process a
+    later test starts, and a CLI that ignores SIGHUP or SIGINT cannot be tested."""
+    import signal
+
+    names = ("SIGINT", "SIGHUP", "SIGTERM", "SIGXFSZ", "SIGPIPE")
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    yield
+    for name, handler in saved.items():
+        if handler is not None and signal.getsignal(getattr(signal, name)) != handler:
+            signal.signal(getattr(signal, name), handler)

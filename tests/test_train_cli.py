@@ -143,13 +143,23 @@ def test_ctrl_c_detaches_and_the_run_goes_on(tmp_path, finetui_cache):
     path = write_config(tmp_path, train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("FINETUI_RUNS_DIR", None)
+    # Ctrl-C as a terminal delivers it, whatever the test runner's own SIGINT disposition
+    # (a runner started in the background of a script ignores SIGINT, and children inherit it)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step "):
-            break
-    proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal that follows the run
-    out, err = proc.communicate(timeout=60)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:
+            if line.startswith("step "):
+                break
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal that follows the run
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for run in (tmp_path / "runs").glob("*"):
+            if runs.summarize(run).status == "running" and proc.returncode != 0:
+                runs.stop(run, kill=True)  # never leave a 100,000-step trainer behind
     run = the_run(tmp_path)
     assert proc.returncode == 0 and f"detached; the run continues — `finetui runs attach {run.name}`" in err
     assert runs.summarize(run).status == "running"
