@@ -562,10 +562,17 @@ def render_many(
     """:func:`render` of each conversation (its Example, or the RenderError it raises), the
     full texts tokenised in one call: the same examples, at about half the cost of a call
     per conversation (``finetui data inspect`` on a million records)."""
-    results: list[Example | RenderError | None] = [None] * len(convs)
+    return _batched([_render_steps(conv, tokenizer, template, train_on, max_length) for conv in convs],
+                    tokenizer)
+
+
+def _batched(all_steps: list, tokenizer) -> list:
+    """Run each conversation's render steps up to its full text, tokenise those texts in
+    one call, and finish each with its encoding: what each step generator returns, or the
+    RenderError it raised."""
+    results: list[Any] = [None] * len(all_steps)
     waiting: list[tuple[int, Any, str]] = []
-    for i, conv in enumerate(convs):
-        steps = _render_steps(conv, tokenizer, template, train_on, max_length)
+    for i, steps in enumerate(all_steps):
         try:
             waiting.append((i, steps, next(steps)))
         except RenderError as exc:
@@ -612,22 +619,8 @@ def count_many(
 ) -> list[Counts | RenderError]:
     """:func:`render_many` counted (its Counts, or the RenderError): the same rendering,
     tokens and mask, without the Examples (``finetui data inspect`` keeps only counts)."""
-    results: list[Counts | RenderError | None] = [None] * len(convs)
-    waiting: list[tuple[int, Any, str]] = []
-    for i, conv in enumerate(convs):
-        steps = _render_steps(conv, tokenizer, template, train_on, max_length, counts_only=True, end_id=end_id)
-        try:
-            waiting.append((i, steps, next(steps)))
-        except RenderError as exc:
-            results[i] = exc
-    if waiting:
-        batch = _encode(tokenizer, [text for _, _, text in waiting])
-        for k, (i, steps, _) in enumerate(waiting):
-            try:
-                results[i] = _resume(steps, _Encoded(batch, k))
-            except RenderError as exc:
-                results[i] = exc
-    return results
+    return _batched([_render_steps(conv, tokenizer, template, train_on, max_length, counts_only=True, end_id=end_id)
+                     for conv in convs], tokenizer)
 
 
 def _encode(tokenizer, texts: list[str]):
