@@ -53,13 +53,13 @@ MARKER = "bench_model.json"
 
 
 def default_dir() -> Path:
-    from engine.tiny import cache_root
+    from finetui.engine.tiny import cache_root
 
     return cache_root() / "bench-models"
 
 
 def _marker(name: str) -> dict:
-    from engine import tiny
+    from finetui.engine import tiny
 
     settings = tiny.MODEL_SETTINGS if name == "tiny" else SMALL_SETTINGS
     return {"name": name, "tiny_version": tiny.VERSION, "seed": tiny.SEED if name == "tiny" else SEED,
@@ -77,7 +77,7 @@ def build_small(folder: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from engine import tiny
+    from finetui.engine import tiny
 
     tok = AutoTokenizer.from_pretrained(tiny.path())
     config = LlamaConfig(
@@ -100,7 +100,7 @@ def ensure(name: str, root: Path | None = None) -> Path:
     if name not in MODELS:
         raise SystemExit(f"unknown bench model {name!r} (choose from {', '.join(MODELS)})")
     if name == "smollm2":  # a real model: its converted folder in finetui's cache, as is
-        from engine.modeling import resolve_model_path
+        from finetui.engine.modeling import resolve_model_path
 
         return resolve_model_path("smollm2")
     root = Path(root) if root else default_dir()
@@ -114,7 +114,7 @@ def ensure(name: str, root: Path | None = None) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if name == "tiny":
-        from engine import tiny
+        from finetui.engine import tiny
 
         for item in tiny.path().iterdir():
             if item.is_file():
@@ -130,7 +130,7 @@ def alpaca_config(model_dir: Path, cutoff: int, rows: int):
     """The benchmark job as an ``engine.config.Config``, for the in-process benchmarks:
     LoRA r8 / alpha 16 all-linear without dropout, ChatML, packed, the first ``rows``
     records of LLaMA-Factory's alpaca_en_demo cut at ``cutoff`` tokens, no test split."""
-    from engine.config import Config
+    from finetui.engine.config import Config
 
     config = Config()
     config.model.name_or_path = str(model_dir)

@@ -50,10 +50,10 @@ def _status_mb(field: str) -> float:
 
 async def _measure(path: Path, timeout: float = 120.0) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tui import datasource
-    from tui.app import FinetuiApp
-    from tui.screens.datasets import DatasetsScreen
-    from tui.widgets.rowtable import RowTable
+    from finetui.tui import datasource
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.datasets import DatasetsScreen
+    from finetui.tui.widgets.rowtable import RowTable
 
     app = FinetuiApp()
     async with app.run_test(size=(80, 24)) as pilot:

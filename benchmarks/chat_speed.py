@@ -10,7 +10,7 @@ same chat prompt rendered with the model's template:
              process; time to first token = a ``max_new_tokens=1`` call (prefill + 1 token);
 - in-proc:   ``engine.chat.ChatModel.generate`` (TextIteratorStreamer + generate() in a
              thread + cancel StoppingCriteria), no IPC;
-- worker:    ``ChatClient`` -> ``python -m engine.chat --serve``: time to first token is
+- worker:    ``ChatClient`` -> ``python -m finetui.engine.chat --serve``: time to first token is
              measured by the client (request written -> first token line read), tokens/s
              = N / (request written -> done line read).
 
@@ -42,7 +42,7 @@ def build_mid(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from engine import tiny
+    from finetui.engine import tiny
 
     if (folder / "config.json").exists():
         return folder
@@ -68,7 +68,7 @@ class Bare:
     def __init__(self, chat, n: int):
         import torch
 
-        from engine.chat import check_params
+        from finetui.engine.chat import check_params
 
         self.torch, self.chat, self.n = torch, chat, n
         self.ids = torch.tensor([chat.prompt_ids(PROMPT)], device=chat.model.device)
@@ -91,7 +91,7 @@ class Bare:
 
 
 class InProcess:
-    """engine.chat.ChatModel.generate: streamer + generate() in a thread, no IPC."""
+    """finetui.engine.chat.ChatModel.generate: streamer + generate() in a thread, no IPC."""
 
     def __init__(self, chat, n: int):
         self.chat, self.n = chat, n
@@ -107,7 +107,7 @@ class InProcess:
 
 
 class Worker:
-    """ChatClient -> python -m engine.chat --serve: measured from the client's side."""
+    """ChatClient -> python -m finetui.engine.chat --serve: measured from the client's side."""
 
     def __init__(self, client, n: int):
         self.client, self.n = client, n
@@ -131,8 +131,8 @@ def measure(target: str, n: int, repeats: int, default_threads: bool) -> dict:
     alike; medians."""
     import torch
 
-    from engine import chat as chat_mod
-    from engine.chat_protocol import ChatClient
+    from finetui.engine import chat as chat_mod
+    from finetui.engine.chat_protocol import ChatClient
 
     loaded = chat_mod.load(target)  # sets this process's CPU threads as the worker does
     threads = torch.get_num_threads()
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engine import chat as chat_mod
+    from finetui.engine import chat as chat_mod
 
     chat_mod._quiet_libraries()
     results = []

@@ -46,11 +46,11 @@ def child(args) -> dict:
     import torch
 
     import bench_models
-    from engine import modeling
-    from engine.perf import fused_layers, fused_lora, fused_loss
-    from engine.perf.allocator import mimalloc_loaded
-    from engine.perf.attention import use_packed_sdpa
-    from engine.data import dataset
+    from finetui.engine import modeling
+    from finetui.engine.perf import fused_layers, fused_lora, fused_loss
+    from finetui.engine.perf.allocator import mimalloc_loaded
+    from finetui.engine.perf.attention import use_packed_sdpa
+    from finetui.engine.data import dataset
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model_dir = bench_models.ensure(args.model, None)
@@ -84,7 +84,7 @@ def child(args) -> dict:
 
 
 def env_for(allocator: str) -> dict[str, str]:
-    from engine.perf.allocator import HEAP, trainer_env
+    from finetui.engine.perf.allocator import HEAP, trainer_env
 
     env = dict(os.environ)
     for key in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "FINETUI_CPU_MALLOC", "THP_MEM_ALLOC_ENABLE", *HEAP):

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 FAKE_TRAINER = textwrap.dedent('''
     import sys, time
     from pathlib import Path
-    from engine import events as ev
+    from finetui.engine import events as ev
     run_dir, count, rate = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     w = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=sys.stdout)
     w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
@@ -67,14 +67,14 @@ def max_per_second(times: list[float]) -> int:
 
 
 async def measure(mode: str, count: int, rate: float, root: Path) -> dict:
-    from engine import config as cfg
-    from engine import events as ev
-    from engine import runs
-    from engine import trainer_pid
-    from tui.app import FinetuiApp
-    from tui.screens.dashboard import DashboardScreen
-    from tui.widgets.lossplot import LossPlot
-    from tui.widgets.runprogress import RunProgress
+    from finetui.engine import config as cfg
+    from finetui.engine import events as ev
+    from finetui.engine import runs
+    from finetui.engine import trainer_pid
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.dashboard import DashboardScreen
+    from finetui.tui.widgets.lossplot import LossPlot
+    from finetui.tui.widgets.runprogress import RunProgress
 
     run_dir = runs.new_run(cfg.Config(), name=f"latency-{mode}", root=root / "runs")
     written: dict[int, float] = {}  # step -> event time
@@ -84,7 +84,7 @@ async def measure(mode: str, count: int, rate: float, root: Path) -> dict:
         if mode == "attached":
             w = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=None)
             w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
-            holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "-m", "engine.train"])
+            holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "-m", "finetui.engine.train"])
             trainer_pid.write(run_dir, holder.pid)
             await pilot.press("r")
             await pilot.pause(1.0)
@@ -92,7 +92,7 @@ async def measure(mode: str, count: int, rate: float, root: Path) -> dict:
         else:
             script = root / "fake_trainer.py"
             script.write_text(FAKE_TRAINER)
-            proc = subprocess.Popen([sys.executable, str(script), str(run_dir), str(count), str(rate), "engine.train"],
+            proc = subprocess.Popen([sys.executable, str(script), str(run_dir), str(count), str(rate), "finetui.engine.train"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
                                     env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1"))
             trainer_pid.write(run_dir, proc.pid)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 
 def config(steps: int):
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     c = cfg.load(REPO / "sample_data" / "quickstart.yaml")
     for key, value in (("train.max_steps", steps), ("train.logging_steps", 1), ("train.eval_strategy", "'no'"),
@@ -46,7 +46,7 @@ def config(steps: int):
 
 def tokens_per_s(run_dir: Path) -> tuple[float, float]:
     """(tokens / train_runtime_s, windowed tokens/s) from the run's events."""
-    from engine import events as ev
+    from finetui.engine import events as ev
 
     events = ev.read_file(run_dir / "events.jsonl")
     steps = [e for e in events if e["type"] == "step"]
@@ -67,7 +67,7 @@ def tokens_per_s(run_dir: Path) -> tuple[float, float]:
 
 
 def headless(steps: int) -> Path:
-    from engine import runs
+    from finetui.engine import runs
 
     run_dir = runs.new_run(config(steps))
     proc = runs.launch(run_dir)
@@ -77,9 +77,9 @@ def headless(steps: int) -> Path:
 
 
 async def watched(steps: int) -> tuple[Path, float]:
-    from engine import runs
-    from tui.app import FinetuiApp
-    from tui.screens.dashboard import DashboardScreen
+    from finetui.engine import runs
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.dashboard import DashboardScreen
 
     run_dir = runs.new_run(config(steps))
     app = FinetuiApp()
@@ -108,7 +108,7 @@ def main() -> int:
         root = Path(tmp)
         os.environ.update(XDG_CONFIG_HOME=str(root / "config"), FINETUI_RUNS_DIR=str(root / "runs"))
         os.environ.setdefault("FINETUI_CACHE", str(root / "cache"))
-        from engine import tiny
+        from finetui.engine import tiny
 
         tiny.path()  # build the tiny model once, outside the timings
         results: dict[str, list[tuple[float, float]]] = {"headless": [], "watched": []}

@@ -23,8 +23,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import config as cfg  # noqa: E402
-from engine import footprint, runs, tiny  # noqa: E402
+from finetui.engine import config as cfg  # noqa: E402
+from finetui.engine import footprint, runs, tiny  # noqa: E402
 
 
 def make_model(folder: Path, hidden: int, layers: int) -> Path:

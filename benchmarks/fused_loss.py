@@ -30,7 +30,7 @@ def child(shape: str, way: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from engine.perf.fused_loss import linear_cross_entropy
+    from finetui.engine.perf.fused_loss import linear_cross_entropy
 
     torch.set_num_threads(2)
     n, d, v, steps = SHAPES[shape]
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(child(*args.child)))
         return 0
     sys.path.insert(0, str(ROOT))
-    from engine.perf.allocator import trainer_env
+    from finetui.engine.perf.allocator import trainer_env
 
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):

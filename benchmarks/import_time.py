@@ -25,7 +25,7 @@ PROBE = """
 import json, sys, time
 sys.modules["bitsandbytes"] = None  # as the trainer does for unquantised runs
 sys.modules["datasets"] = None      # and for local data
-from engine.perf import import_cache
+from finetui.engine.perf import import_cache
 import_cache.install()
 t = time.perf_counter()
 import torch

@@ -11,7 +11,7 @@ variation: each repeat numbers its instruction (``(variant 12)``), takes a diffe
 of the reply (cut at a word, about 155 characters) and numbers it too, so no two records
 are alike and nothing can be skipped as seen. 1,000,000 records are about 273 MB.
 
-Each run is `python -m engine.cli data inspect FILE` (default model tiny, max_length 512)
+Each run is `python -m finetui.engine.cli data inspect FILE` (default model tiny, max_length 512)
 in a fresh subprocess started by a parent that runs nothing else and reaps every process
 of the run (a child subreaper), so its peak RSS is the parent's
 ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` and its CPU time (user + sys) that
@@ -92,7 +92,7 @@ def generate(path: Path, rows: int) -> int:
 def measure(repo: Path, path: Path, extra: list[str]) -> dict:
     """One `finetui data inspect PATH --json` in ``repo``: wall time, peak RSS, counts."""
     env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "engine.cli", "data", "inspect", str(path), "--json", *extra]
+    command = [sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path), "--json", *extra]
     out = subprocess.run([sys.executable, "-c", _PARENT, str(repo), *command], env=env,
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)

@@ -74,7 +74,7 @@ def _vm_hwm_mb() -> float | None:
 
 def measure(path: Path) -> dict:
     sys.path.insert(0, str(ROOT))
-    from engine.data.paged import PagedFile
+    from finetui.engine.data.paged import PagedFile
 
     base = _maxrss_mb()
     began = time.perf_counter()

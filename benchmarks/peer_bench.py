@@ -24,7 +24,7 @@ system prompt, which the job leaves out everywhere so that all three train the s
 
 Systems:
 
-- ``finetui``: ``python -m engine.cli train CONFIG`` (headless; the launcher starts the
+- ``finetui``: ``python -m finetui.engine.cli train CONFIG`` (headless; the launcher starts the
   trainer process) with finetui's fast path: padding-free packing (``data.packing``) with
   attention per example, and (always on) lm_head and loss only at trained positions.
 - ``llamafactory``: LLaMA-Factory 0.9.5 with its defaults, through
@@ -262,7 +262,7 @@ def run_finetui(job: Job, tag: str, sets: list[str], extra_env: dict[str, str], 
     runs_dir = job.work / "runs"
     config = write_yaml(job.work / "finetui.yaml", job.finetui_yaml(runs_dir))
     env = dict(os.environ, **extra_env)
-    cmd = [sys.executable, "-m", "engine.cli", "train", str(config), "--name", tag]
+    cmd = [sys.executable, "-m", "finetui.engine.cli", "train", str(config), "--name", tag]
     for s in sets:
         cmd += ["--set", s]
     logf = job.work / f"{tag}.log"

@@ -10,7 +10,7 @@ encode, as the trainer writes it: run_started, ``--steps`` step events (every fi
 included), an eval and a checkpoint every 1,000 steps, a log line every 100 steps, and a
 ``finished`` (completed) event. 208,000 steps are about 76 MB.
 
-Each command is `python -m engine.cli runs ...` in a fresh subprocess started by a parent
+Each command is `python -m finetui.engine.cli runs ...` in a fresh subprocess started by a parent
 that runs nothing else, so its peak RSS is the parent's ``ru_maxrss`` of its children; the
 wall time is the subprocess's. ``runs list`` runs twice: the first call may have to read the
 whole events file (no summary.json yet: runs made before summaries, or a copied folder),
@@ -47,8 +47,8 @@ _PARENT = (
 def generate(runs_root: Path, steps: int) -> Path:
     """A completed run with ``steps`` step events; returns its events file."""
     sys.path.insert(0, str(ROOT))
-    from engine import events as ev
-    from engine.config import Config
+    from finetui.engine import events as ev
+    from finetui.engine.config import Config
 
     run_dir = runs_root / RUN_ID
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def generate(runs_root: Path, steps: int) -> Path:
 
 def measure(repo: Path, runs_root: Path, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(repo), FINETUI_RUNS_DIR=str(runs_root))
-    command = [sys.executable, "-m", "engine.cli", "runs", *args]
+    command = [sys.executable, "-m", "finetui.engine.cli", "runs", *args]
     out = subprocess.run([sys.executable, "-c", _PARENT, str(repo), *command], env=env,
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)

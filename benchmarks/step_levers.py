@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import bench_models
-    from engine.perf import allocator
+    from finetui.engine.perf import allocator
 
     model_dir = bench_models.ensure(args.model, None)
     # the memory allocator a trainer process of this model gets (engine/perf/allocator.py)
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from engine import lean_trainer, modeling
-    from engine.perf import attention, fused_layers, fused_lora, fused_loss
-    from engine.perf.attention import use_packed_sdpa
-    from engine.data import dataset
-    from engine.train import training_arguments
+    from finetui.engine import lean_trainer, modeling
+    from finetui.engine.perf import attention, fused_layers, fused_lora, fused_loss
+    from finetui.engine.perf.attention import use_packed_sdpa
+    from finetui.engine.data import dataset
+    from finetui.engine.train import training_arguments
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     config = bench_models.alpaca_config(model_dir, args.cutoff, args.rows)

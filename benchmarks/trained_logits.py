@@ -37,9 +37,9 @@ def one(args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from engine import tiny
-    from engine.config import Config
-    from engine.data import dataset
+    from finetui.engine import tiny
+    from finetui.engine.config import Config
+    from finetui.engine.data import dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Time to the TUI's first frame, next to `python -c "import torch"`.
 
-Starts the real `python -m engine.cli` (what `finetui` runs) on a pseudo-terminal of
+Starts the real `python -m finetui.engine.cli` (what `finetui` runs) on a pseudo-terminal of
 80x24 and reads what it draws. Two clocks:
 
 * first frame: the Datasets screen is drawn (its screen bar and footer are on screen);
@@ -49,7 +49,7 @@ def first_frame(timeout: float = 20.0) -> tuple[float, float, float]:
                    FINETUI_RUNS_DIR=f"{tmp}/runs",
                    PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli"], stdin=slave, stdout=slave, stderr=slave,
+        proc = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli"], stdin=slave, stdout=slave, stderr=slave,
                                 env=env, cwd=REPO, start_new_session=True, close_fds=True)
         os.close(slave)
         seen = b""

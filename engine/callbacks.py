@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from engine import events as ev
+from finetui.engine import events as ev
 
 MAX_FORWARDED_WARNINGS = 20
 
@@ -215,9 +215,9 @@ class EventCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
-            from engine.modeling import write_meta
+            from finetui.engine.modeling import write_meta
 
-            from engine.runs import mark_complete
+            from finetui.engine.runs import mark_complete
 
             # With its finetui.json a checkpoint loads like the final adapter (chat mid-run).
             if path.is_dir():
@@ -228,7 +228,7 @@ class EventCallback(TrainerCallback):
                 if problem:
                     self.events.emit("log", level="warning",
                                      message=f"{path.name} is not complete ({problem}): resume will skip it")
-            from engine import run_paths
+            from finetui.engine import run_paths
 
             # relative to the run folder, as every path in the events: runs can move
             self.events.emit("checkpoint", path=run_paths.stored(Path(args.output_dir).parent, path),
@@ -243,7 +243,7 @@ def _relative_best(checkpoint: Path) -> None:
     original's weights."""
     import json
 
-    from engine import atomic, run_paths
+    from finetui.engine import atomic, run_paths
 
     state_file = checkpoint / "trainer_state.json"
     try:

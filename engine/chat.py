@@ -4,7 +4,7 @@ Heavy module (torch, transformers, peft): worker processes and the CLI only. The
 to the worker through :mod:`engine.chat_protocol` (the JSON-lines protocol and
 ``ChatClient``), never by importing this module.
 
-- ``python -m engine.chat --serve MODEL_OR_RUN [--base]`` (also ``finetui chat X --serve``):
+- ``python -m finetui.engine.chat --serve MODEL_OR_RUN [--base]`` (also ``finetui chat X --serve``):
   the worker. Loads one model, says ``ready``, then answers ``generate`` requests one at a
   time, streaming ``token`` fragments; the main thread keeps reading stdin so ``cancel``
   stops a reply mid-way. It ends on ``shutdown`` or when its stdin closes (the UI died).
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import chat_protocol as proto
-from engine.json_errors import json_error
-from engine.visible import json_text, visible
+from finetui.engine import chat_protocol as proto
+from finetui.engine.json_errors import json_error
+from finetui.engine.visible import json_text, visible
 
 
 class ModelLoadError(RuntimeError):
@@ -326,7 +326,7 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], chat_template:
 def resolve_template(tokenizer: Any, name: str) -> tuple[Any, str, dict[str, Any]]:
     """(render.Template, Jinja source, extra render variables) for a configured
     ``data.template``, resolved exactly as training resolves it."""
-    from engine.data import render
+    from finetui.engine.data import render
 
     try:
         template = render.resolve_template(tokenizer, name)
@@ -339,7 +339,7 @@ def resolve_template(tokenizer: Any, name: str) -> tuple[Any, str, dict[str, Any
 def end_of_turn_ids(tokenizer: Any, model: Any, template: Any) -> list[int]:
     """Token ids that end a reply: the template's end-of-turn token and eos (as training
     set them), plus whatever the model's generation config already stops at."""
-    from engine.data import render
+    from finetui.engine.data import render
 
     ids: list[int] = []
 
@@ -362,7 +362,7 @@ def end_of_turn_ids(tokenizer: Any, model: Any, template: Any) -> list[int]:
 def as_run(target: str) -> Path | None:
     """The run folder ``target`` names (id, unique prefix, ``last``, a run folder), or None
     when it names no run (then it is a model)."""
-    from engine import runs
+    from finetui.engine import runs
 
     try:
         return runs.resolve(target)
@@ -373,7 +373,7 @@ def as_run(target: str) -> Path | None:
 
 
 def _run_config(run_dir: Path):
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     try:
         return cfg.load(run_dir / "config.yaml")
@@ -464,8 +464,8 @@ def _load_weights(target: str, run_dir: Path | None, base: bool, progress: Calla
                   trust_remote_code: bool = False):
     """(model, tokenizer, info) through engine.modeling, so chat, eval and merge load a
     run's result the same way (merged, else base + adapter, else full, else checkpoint)."""
-    from engine import modeling
-    from engine.errors import ModelError
+    from finetui.engine import modeling
+    from finetui.engine.errors import ModelError
 
     what = f"run {run_dir.name}" + (" (base model)" if base else "") if run_dir else target
     progress("model", f"loading {what}")
@@ -938,9 +938,9 @@ def _repl(chat: ChatModel, args: argparse.Namespace, params: dict[str, Any]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.chat ...``: the same arguments as ``finetui chat``."""
-    from engine import cli
-    from engine.perf import import_cache
+    """``python -m finetui.engine.chat ...``: the same arguments as ``finetui chat``."""
+    from finetui.engine import cli
+    from finetui.engine.perf import import_cache
 
     import_cache.install()
     argv = sys.argv[1:] if argv is None else argv

@@ -1,7 +1,7 @@
 """The chat worker's JSON-lines protocol, and :class:`ChatClient`, which drives a worker.
 
 Light module (stdlib only): the TUI imports it, so it must never pull in torch. The worker
-itself is ``python -m engine.chat --serve MODEL_OR_RUN [--base]`` (engine/chat.py); one
+itself is ``python -m finetui.engine.chat --serve MODEL_OR_RUN [--base]`` (engine/chat.py); one
 process holds one model, and unloading a model means ending that process, so its memory
 (VRAM included) really goes back.
 
@@ -49,8 +49,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine import spawn
-from engine.events import decode_object_line
+from finetui.engine import spawn
+from finetui.engine.events import decode_object_line
 
 VERSION = 1
 
@@ -134,7 +134,7 @@ def worker_command(model: str, base: bool = False, python: str | None = None,
                    trust_remote_code: bool = False) -> list[str]:
     """``trust_remote_code``: the user's own choice (their config, --trust-remote-code);
     without it the worker never runs code shipped with a model."""
-    cmd = [python or sys.executable, "-m", "engine.chat", "--serve", str(model)]
+    cmd = [python or sys.executable, "-m", "finetui.engine.chat", "--serve", str(model)]
     return cmd + (["--base"] if base else []) + (["--trust-remote-code"] if trust_remote_code else [])
 
 

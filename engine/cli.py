@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from engine.json_errors import error_kind, error_where, json_error
+from finetui.engine.json_errors import error_kind, error_where, json_error
 
 MESSAGE_CHARS = 2000  # an error line longer than this is cut (engine.data.formats caps values at 200)
 TRUST_HELP = ("run code shipped with the model (auto_map + .py files in its folder); off unless you "
@@ -33,18 +33,18 @@ TRUST_HELP = ("run code shipped with the model (auto_map + .py files in its fold
 
 # sub-command -> module that implements command(args)
 HANDLERS = {
-    "train": "engine.launcher",
-    "data": "engine.data.inspection",
-    "runs": "engine.runs_cli",
-    "merge": "engine.merge",
-    "export": "engine.export",
-    "chat": "engine.chat",
-    "eval": "engine.evaluate",
-    "bench": "engine.bench",
-    "demo": "engine.demo",
-    "models": "engine.models_cli",
-    "import": "engine.importers",
-    "launch": "engine.distributed",
+    "train": "finetui.engine.launcher",
+    "data": "finetui.engine.data.inspection",
+    "runs": "finetui.engine.runs_cli",
+    "merge": "finetui.engine.merge",
+    "export": "finetui.engine.export",
+    "chat": "finetui.engine.chat",
+    "eval": "finetui.engine.evaluate",
+    "bench": "finetui.engine.bench",
+    "demo": "finetui.engine.demo",
+    "models": "finetui.engine.models_cli",
+    "import": "finetui.engine.importers",
+    "launch": "finetui.engine.distributed",
 }
 GLOBAL_HELP = "folder of runs (default: ./runs or $FINETUI_RUNS_DIR); also accepted after the command"
 RUNS_ACTIONS = """actions:
@@ -93,7 +93,7 @@ def _at_least_one(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.data.formats import FORMATS
+    from finetui.engine.data.formats import FORMATS
 
     p = Parser(
         prog="finetui",
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--num-proc", type=int, metavar="N",
                     help="processes that render the records (default: one per core; 1: this process only)")
     di.add_argument("--json", action="store_true", help="machine-readable output")
-    from engine.data.create import run as data_create
+    from finetui.engine.data.create import run as data_create
 
     data_create.add_parser(dsub)
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     m.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
-    from engine import export
+    from finetui.engine import export
 
     export.add_parser(sub)
 
@@ -218,19 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     e.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
-    from engine import demo
+    from finetui.engine import demo
 
     demo.add_parser(sub)
 
-    from engine import models_cli
+    from finetui.engine import models_cli
 
     models_cli.add_parser(sub)
 
-    from engine import importers
+    from finetui.engine import importers
 
     importers.add_parser(sub)
 
-    from engine import distributed
+    from finetui.engine import distributed
 
     distributed.add_parser(sub)
 
@@ -322,7 +322,7 @@ def _main(argv: list[str] | None = None) -> int:
         os.environ["FINETUI_RUNS_DIR"] = args.runs_dir
     try:
         if args.command is None:
-            from tui.app import run as run_tui
+            from finetui.tui.app import run as run_tui
 
             return run_tui() or 0
         if args.command == "data" and args.data_command is None:
@@ -330,11 +330,11 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "completion":
             print(completion_script(parser, args.shell), end="")
             return 0
-        from engine.perf import import_cache
+        from finetui.engine.perf import import_cache
 
         import_cache.install()  # before any command imports transformers
         create = args.command == "data" and args.data_command == "create"
-        handler = importlib.import_module("engine.data.create.run" if create else HANDLERS[args.command])
+        handler = importlib.import_module("finetui.engine.data.create.run" if create else HANDLERS[args.command])
         return int(handler.command(args) or 0)
     except KeyboardInterrupt as exc:
         print("finetui: interrupted", file=sys.stderr)
@@ -346,7 +346,7 @@ def _main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line, not a traceback
         if os.environ.get("FINETUI_DEBUG"):
             raise
-        from engine.visible import json_text, visible  # a message may quote a record, a path, a name
+        from finetui.engine.visible import json_text, visible  # a message may quote a record, a path, a name
         message = str(exc).strip() or type(exc).__name__
         lines = []
         for line in message.splitlines() or [message]:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine import configfile
-from engine.perf import KERNELS  # train.kernels
+from finetui.engine import configfile
+from finetui.engine.perf import KERNELS  # train.kernels
 
 SECTIONS = ("model", "data", "method", "train", "distributed", "output")
 
@@ -523,7 +523,7 @@ def loads(text: str, source: str = "<string>") -> Config:
 def save(config: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from engine import atomic
+    from finetui.engine import atomic
 
     atomic.write_text(path, config.to_yaml())
     return path

@@ -23,7 +23,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from engine.visible import visible
+from finetui.engine.visible import visible
 
 CONFIGS = {"smollm2": "presets/smollm2_lora_cpu.yaml", "tiny": "quickstart.yaml"}
 SHOWN_ANSWERS = 2  # per kind (in-domain, off-topic), full text, base next to tuned
@@ -58,7 +58,7 @@ def _show_answers(run_dir: Path) -> None:
 
 
 def command(args) -> int:
-    from engine import cli, runs
+    from finetui.engine import cli, runs
 
     started = time.monotonic()
     model = getattr(args, "model", "smollm2")
@@ -69,7 +69,7 @@ def command(args) -> int:
 
     if model != "tiny" and step("the model", ["models", "fetch", model]):
         return 1
-    config = resources.files("sample_data") / CONFIGS[model]
+    config = resources.files("finetui.sample_data") / CONFIGS[model]
     with resources.as_file(config) as path:
         overrides = [x for o in getattr(args, "overrides", []) for x in ("--set", o)]
         rc = step("train", ["train", str(path), *overrides])

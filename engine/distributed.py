@@ -158,7 +158,7 @@ def slurm_script(run_dir: str, nodes: int, gpus_per_node: int, partition: str | 
             f"{q(python)} -m torch.distributed.run",
             '--nnodes "$SLURM_NNODES"', f"--nproc-per-node {gpus_per_node}", '--node-rank "$SLURM_NODEID"',
             "--rdzv-backend c10d", '--rdzv-endpoint "$HEAD_NODE:$PORT"', '--rdzv-id "$SLURM_JOB_ID"',
-            '-m engine.train --run-dir "$RUN_DIR"']) + "'",
+            '-m finetui.engine.train --run-dir "$RUN_DIR"']) + "'",
         "",
     ]
     return "\n".join(head + [""] + body)
@@ -196,9 +196,9 @@ def command(args) -> int:
     import sys
     from pathlib import Path
 
-    from engine import config as cfg
-    from engine import footprint, runs
-    from engine.units import format_bytes
+    from finetui.engine import config as cfg
+    from finetui.engine import footprint, runs
+    from finetui.engine.units import format_bytes
 
     if args.nodes < 1 or args.gpus_per_node < 1:
         print("finetui launch slurm: --nodes and --gpus-per-node must be at least 1", file=sys.stderr)

@@ -140,7 +140,7 @@ def classify(exc: BaseException) -> tuple[str, str, str]:
     # Errors raised by other parts of the engine carry their meaning in their type.
     if name == "ConfigError" or name == "TemplateError":
         return "config", str(exc), ""
-    if module.startswith("engine.data") or name in ("DataError", "RenderError", "ReaderError"):
+    if module.startswith("finetui.engine.data") or name in ("DataError", "RenderError", "ReaderError"):
         return "data", str(exc), ""
     text = str(exc).strip() or name
     return "internal", f"{name}: {text}", "see stdout.log in the run folder for the traceback"

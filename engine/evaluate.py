@@ -237,7 +237,7 @@ def generate_greedy(chat: Any, items: list[Item], max_new_tokens: int, batch_siz
     left padding (prompts of similar length together), stopping at the end-of-turn ids."""
     import torch
 
-    from engine.chat import check_params
+    from finetui.engine.chat import check_params
 
     model, tokenizer = chat.model, chat.tokenizer
     device = _device_of(model)
@@ -349,10 +349,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a run on its held-out split. Returns the results (also saved).
     ``trust_remote_code``: the user's --trust-remote-code (the run's config.yaml cannot)."""
-    from engine import chat as chat_mod
-    from engine import runs
-    from engine.config import ConfigError, load as load_config
-    from engine.data import dataset
+    from finetui.engine import chat as chat_mod
+    from finetui.engine import runs
+    from finetui.engine.config import ConfigError, load as load_config
+    from finetui.engine.data import dataset
 
     progress = progress or (lambda message: None)
     started = time.perf_counter()
@@ -476,7 +476,7 @@ def evaluate(
         out = run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         summary = {k: v for k, v in result.items() if k != "rows"}
-        from engine import atomic
+        from finetui.engine import atomic
 
         atomic.write_text(out / "results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         atomic.write_text(out / "results.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows_out))
@@ -494,7 +494,7 @@ def _fmt(value: float | None, pattern: str = "{:.4f}") -> str:
 def print_report(result: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
-    from engine.console import console as make_console
+    from finetui.engine.console import console as make_console
 
     console = console or make_console()
     metrics = result["metrics"]
@@ -565,13 +565,13 @@ def _escape(text: str) -> str:
     """Data and model output as the report shows them: literal markup, visible controls."""
     from rich.markup import escape
 
-    from engine.visible import visible
+    from finetui.engine.visible import visible
 
     return escape(visible(text))
 
 
 def command(args: argparse.Namespace) -> int:
-    from engine.chat import _quiet_libraries
+    from finetui.engine.chat import _quiet_libraries
 
     _quiet_libraries()
     try:
@@ -594,7 +594,7 @@ def command(args: argparse.Namespace) -> int:
         trust_remote_code=getattr(args, "trust_remote_code", False),
     )
     if args.json:
-        from engine.visible import json_text
+        from finetui.engine.visible import json_text
 
         print(json_text(result))
     else:
@@ -603,6 +603,6 @@ def command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from engine import cli
+    from finetui.engine import cli
 
     sys.exit(cli.main(["eval", *sys.argv[1:]]))

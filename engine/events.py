@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from engine.units import format_duration
-from engine.visible import visible
+from finetui.engine.units import format_duration
+from finetui.engine.visible import visible
 
 VERSION = 1
 

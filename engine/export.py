@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import ModelError
+from finetui.engine.errors import ModelError
 
 Progress = Callable[[str, float], None]  # (stage, fraction done 0..1), as engine.merge
 GGUF_TYPES = ("f16", "bf16", "f32", "q8_0")
@@ -94,7 +94,7 @@ def folder_files(folder: Path) -> list[tuple[str, int]]:
 
 
 def _read_events(run_dir: Path) -> list[dict[str, Any]]:
-    from engine import events as ev
+    from finetui.engine import events as ev
 
     try:
         return ev.read_file(run_dir / "events.jsonl")
@@ -130,7 +130,7 @@ def _card_license(base: str | None) -> str | None:
     if path.is_dir():
         readme = path / CARD
     elif _is_hub_id(base):
-        from engine import hub
+        from finetui.engine import hub
 
         readme = hub.cached_file(base, CARD)  # None: not cached, or a malformed id or cache
     if readme is None:
@@ -260,7 +260,7 @@ def model_card(run_dir: Path, *, base_model: str | None, method: str | None, tit
     usage example passes to from_pretrained (the Hub repo, else the folder)."""
     import yaml
 
-    from engine.units import format_bytes, format_duration
+    from finetui.engine.units import format_bytes, format_duration
 
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -412,7 +412,7 @@ def _prepare_out(out: Path, run_dir: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: is a file")
     if out.is_dir() and any(out.iterdir()):
-        from engine import modeling
+        from finetui.engine import modeling
 
         if not (out / modeling.META_FILE).exists():
             raise ExportError(f"--out {out}: the folder is not empty and holds no earlier export; "
@@ -424,7 +424,7 @@ def _prepare_out(out: Path, run_dir: Path) -> None:
 
 def _fix_generation_config(out: Path, eos_ids: list[int]) -> None:
     """Every end-of-reply token of the run's template in generation_config.json."""
-    from engine import atomic
+    from finetui.engine import atomic
 
     path = out / "generation_config.json"
     try:
@@ -526,7 +526,7 @@ def _permute(weight, n_head: int):
 def _source_gguf_problem(run_dir: Path, trust_remote_code: bool) -> str | None:
     """gguf_problem for the model a run will export, before any merging: the full
     fine-tune's config, or the base's; the tokenizer saved with the run."""
-    from engine import modeling
+    from finetui.engine import modeling
 
     adapter = run_dir / "adapter"
     config = _json(adapter / "config.json")
@@ -647,7 +647,7 @@ def export(run: str | os.PathLike, out: str | os.PathLike | None = None, *, shar
     """Write the run's model, its card and (with ``gguf``) a GGUF file into ``out``
     (default ``runs/<id>/export``). ``hub_repo``: the repo it will be pushed to (the card
     is titled with it and its usage example loads it)."""
-    from engine import atomic, merge, modeling, runs
+    from finetui.engine import atomic, merge, modeling, runs
 
     report = progress or (lambda stage, fraction: None)
     try:
@@ -731,7 +731,7 @@ def _endpoint() -> str:
 
 def describe_push(folder: Path, repo: str, private: bool) -> list[str]:
     """What --dry-run prints: the repo, then every file with its size, then the total."""
-    from engine.units import format_bytes
+    from finetui.engine.units import format_bytes
 
     files = folder_files(folder)
     lines = [f"would create {'private' if private else 'public'} model repo {repo} on {_endpoint()} "
@@ -754,7 +754,7 @@ def _network_error(exc: BaseException, offline: type) -> bool:
 def check_push(repo: str, token: str | None = None) -> str:
     """What a push needs before any work: a repo id, the network allowed, a token.
     Returns the token."""
-    from engine import hub
+    from finetui.engine import hub
 
     if not re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", repo):
         raise ExportError(f"--push-to-hub {repo}: expected a repo id like user/name")
@@ -800,7 +800,7 @@ def push(folder: Path, repo: str, *, private: bool = False, token: str | None = 
 
 
 def add_parser(sub) -> None:
-    from engine.cli import TRUST_HELP
+    from finetui.engine.cli import TRUST_HELP
 
     x = sub.add_parser("export", help="a run's merged model + model card in a folder; push it to the Hub, write GGUF",
                        description="Write a run's model (merged safetensors, tokenizer, chat template, generation "

@@ -274,7 +274,7 @@ def _snapshot(repo_dir: Path, revision: str | None) -> Path | None:
 def locate(name_or_path: str, revision: str | None = None) -> Path | None:
     """The folder holding the model's config.json, or None for 'tiny'. Raises
     FootprintError naming what was tried when it cannot be found locally."""
-    from engine import model_catalog
+    from finetui.engine import model_catalog
 
     name = name_or_path.strip()
     if name.lower() == "tiny":
@@ -309,11 +309,11 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> tuple[d
     """(config dict, where it came from) for 'tiny', a folder or a cached hub id."""
     folder = locate(name_or_path, revision)
     if folder is None and name_or_path.strip().lower() != "tiny":
-        from engine import model_catalog
+        from finetui.engine import model_catalog
 
         return model_catalog.config_for(name_or_path) or {}, f"built-in {name_or_path} (engine.model_catalog)"
     if folder is None:
-        from engine import tiny  # stdlib-only at import time; keeps torch out
+        from finetui.engine import tiny  # stdlib-only at import time; keeps torch out
 
         cfg = dict(tiny.MODEL_SETTINGS)
         cfg.update(vocab_size=tiny.VOCAB_SIZE, model_type="llama", torch_dtype="float32")

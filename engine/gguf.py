@@ -30,9 +30,9 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from engine import model_catalog
-from engine.errors import ModelError
-from engine.units import format_bytes
+from finetui.engine import model_catalog
+from finetui.engine.errors import ModelError
+from finetui.engine.units import format_bytes
 
 Say = Callable[[str], None]
 
@@ -120,7 +120,7 @@ def ensure_hub(repo_id: str, filename: str, revision: str | None, download: bool
     """A GGUF file of a hub repo (``model.gguf_file``), from the HF cache or downloaded."""
     from huggingface_hub import hf_hub_download
 
-    from engine import hub
+    from finetui.engine import hub
 
     found = hub.cached_file(repo_id, filename, revision)
     if found is None:

@@ -29,19 +29,19 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from engine import config as cfg
-from engine import events as ev
-from engine import runs
-from engine.events import event_lines
-from engine.units import format_duration
-from engine.visible import visible
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import runs
+from finetui.engine.events import event_lines
+from finetui.engine.units import format_duration
+from finetui.engine.visible import visible
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit")
 
 
 def _no_gpu_visible() -> bool:
     """NVML says no NVIDIA GPU (cheap; no torch). Unknown counts as "maybe a GPU"."""
-    from engine.hardware import NvmlBackend
+    from finetui.engine.hardware import NvmlBackend
 
     backend = NvmlBackend()
     return not backend.read() and backend.problem is not None
@@ -62,7 +62,7 @@ def check_drops(config: cfg.Config) -> None:
     """Stop (ConfigError) when the data would lose more than data.max_drop_fraction of its
     records: how many, the top reasons with file:line, how to go on. Reads and normalises
     the records (no tokenizer)."""
-    from engine.data import dropcheck
+    from finetui.engine.data import dropcheck
 
     lines = dropcheck.refusal(config.data)
     if lines:
@@ -73,7 +73,7 @@ def check_start(config: cfg.Config, args) -> None:
     """The model and the data are there (else the trainer would fail at once, leaving a
     failed run behind), and the run fits the model's context and the free memory unless
     --force (engine.startcheck). Raises ConfigError, one line per problem."""
-    from engine import startcheck
+    from finetui.engine import startcheck
 
     problems = startcheck.package_problems(config)
     problems += [p for p in [startcheck.model_problem(config)] if p] + startcheck.data_problems(config)
@@ -90,12 +90,12 @@ def _prepare_model(config: cfg.Config) -> None:
     """A built-in not fetched yet or a GGUF file not converted yet is done here, in the
     foreground, where its progress shows, rather than inside the trainer (whose stderr goes
     to stdout.log). engine.gguf (torch, transformers) is imported only when there is work."""
-    from engine import model_catalog
+    from finetui.engine import model_catalog
 
     name = config.model.name_or_path
     if not (model_catalog.builtin(name) or model_catalog.is_gguf(name) or config.model.gguf_file):
         return
-    from engine import gguf
+    from finetui.engine import gguf
 
     if gguf.needs_preparing(config.model):
         gguf.prepare(config.model)
@@ -155,8 +155,8 @@ def _runs_root(config: cfg.Config) -> Path:
 
 def per_gpu_line(run_dir: Path, world_size: int, nnodes: int = 1) -> str:
     """One process's memory under the run's distributed.strategy (engine.footprint.per_device)."""
-    from engine import footprint
-    from engine.units import format_bytes
+    from finetui.engine import footprint
+    from finetui.engine.units import format_bytes
 
     try:
         config = cfg.load(run_dir / "config.yaml")
@@ -176,7 +176,7 @@ def multinode_run(args) -> tuple[Path, bool, list[str]]:
     node uses, whether it resumes, and torchrun's arguments. The folder is
     ``RUNS_DIR/<name>-<ID>`` (or the --resume run), on storage every node sees: node 0 checks
     the config and creates it; the other nodes wait for its config.yaml."""
-    from engine import distributed
+    from finetui.engine import distributed
 
     nnodes, node_rank = args.nnodes, args.node_rank
     if not 0 <= node_rank < nnodes:
@@ -282,7 +282,7 @@ def report_end(run_dir: Path, finished: dict[str, Any] | None, code: int,
     if finished is None and code == -9:
         finished = _killed_event(run_dir)  # `finetui runs kill` writes it once the trainer is gone
     if finished is None:
-        from engine import errors
+        from finetui.engine import errors
 
         killed = errors.exit_problem(code, run_dir.name)
         if killed is not None:
@@ -393,7 +393,7 @@ def _follow_progress(pipe: IO[bytes], errors: list[dict[str, Any]] | None = None
     events print above it. NO_COLOR: no colours or styles (engine.console)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from engine.console import console as make_console
+    from finetui.engine.console import console as make_console
 
     console = make_console()
     progress = Progress(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import transformers
 
-from engine.perf.lean_trainer import LeanSteps
+from finetui.engine.perf.lean_trainer import LeanSteps
 
 
 class RunTrainer(transformers.Trainer):

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from engine.errors import ModelError
+from finetui.engine.errors import ModelError
 
 Progress = Callable[[str, float], None]  # (stage, fraction done 0..1)
 
@@ -33,7 +33,7 @@ def _source(run_dir_or_adapter: str | os.PathLike) -> tuple[Path, Path | None]:
     if path.is_dir() and ((path / "adapter_config.json").exists() or (path / "config.json").exists()) \
             and not (path / "config.yaml").exists():
         return path, None
-    from engine import runs
+    from finetui.engine import runs
 
     run_dir = runs.resolve(str(run_dir_or_adapter))
     adapter = run_dir / "adapter"
@@ -64,7 +64,7 @@ def _native_dtype(adapter: Path, trust_remote_code: bool = False):
     """The dtype the base model's config.json declares (None when it says nothing)."""
     import torch
 
-    from engine import modeling
+    from finetui.engine import modeling
 
     base = modeling.base_config_for_adapter(adapter, trust_remote_code)
     folder = modeling.resolve_model_path(base.name_or_path, base.revision, gguf_file=base.gguf_file)
@@ -81,7 +81,7 @@ def merge(run_dir_or_adapter: str | os.PathLike, out: str | os.PathLike | None =
     """Merge and save; return the output folder (default: the run's ``merged/``, or
     ``<adapter>-merged`` beside a bare adapter folder). ``trust_remote_code``: the user's
     --trust-remote-code; an adapter's finetui.json asking for it is refused."""
-    from engine import modeling
+    from finetui.engine import modeling
 
     report = progress or (lambda stage, fraction: None)
     adapter, run_dir = _source(run_dir_or_adapter)
@@ -116,7 +116,7 @@ def merge(run_dir_or_adapter: str | os.PathLike, out: str | os.PathLike | None =
     tokenizer.save_pretrained(str(out))
     meta = modeling.read_meta(adapter)
     meta.update({"merged_from": str(adapter.resolve()), "method": "merged"})
-    from engine import atomic
+    from finetui.engine import atomic
 
     atomic.write_text(out / modeling.META_FILE, json.dumps(meta, indent=1))
     report("done", 1.0)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.tiny import cache_root
+from finetui.engine.tiny import cache_root
 
 GGUF_SUFFIX = ".gguf"
 SOURCE_FILE = "finetui_source.json"  # written into every converted folder: where it came from
@@ -175,7 +175,7 @@ def _folder_bytes(folder: Path) -> int:
 def list_models() -> list[dict[str, Any]]:
     """Every model finetui can load without a download: built-ins (cached or fetchable),
     converted GGUF files, and hub models in the Hugging Face cache."""
-    from engine import footprint
+    from finetui.engine import footprint
 
     rows: list[dict[str, Any]] = []
     for b in BUILTINS.values():

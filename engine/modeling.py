@@ -45,9 +45,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine import hub, tiny
-from engine.errors import ModelError
-from engine.targets import is_adapter_dir, is_model_dir  # noqa: F401 - engine.modeling.is_*_dir for its callers
+from finetui.engine import hub, tiny
+from finetui.engine.errors import ModelError
+from finetui.engine.targets import is_adapter_dir, is_model_dir  # noqa: F401 - engine.modeling.is_*_dir for its callers
 
 META_FILE = "finetui.json"  # written beside every adapter/model the trainer saves
 
@@ -82,7 +82,7 @@ def _download(repo_id: str, revision: str | None, trust_remote_code: bool) -> Pa
 def resolve_model_path(name: str, revision: str | None = None, trust_remote_code: bool = False,
                        gguf_file: str | None = None) -> Path:
     """``model.name_or_path`` -> a local folder holding config.json (see module docstring)."""
-    from engine import gguf, model_catalog
+    from finetui.engine import gguf, model_catalog
 
     name = str(name).strip()
     if tiny.is_tiny(name):
@@ -437,7 +437,7 @@ def write_meta(folder: Path, model_cfg, method: str, added_tokens: list[str], eo
     }
     if variant:  # the PEFT family's settings (DoRA, rsLoRA, initialisation, LoRA+), as trained
         meta["variant"] = variant
-    from engine import atomic
+    from finetui.engine import atomic
 
     atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=1))
 
@@ -453,7 +453,7 @@ def base_config_for_adapter(adapter_dir: Path, trust_remote_code: bool = False):
     """A ModelConfig for the base an adapter was trained on (finetui.json, else peft's
     adapter_config.json). ``trust_remote_code`` is the user's own choice: a finetui.json
     that asks for it without that is refused (:func:`remote_code_refused`)."""
-    from engine.config import ModelConfig
+    from finetui.engine.config import ModelConfig
 
     meta = read_meta(adapter_dir)
     if meta.get("base_model"):
@@ -509,7 +509,7 @@ def load_adapter_model(adapter_dir: Path, *, device: str = "cpu", quantization: 
 
 
 def _load_folder(folder: Path, device: str, trust_remote_code: bool = False):
-    from engine.config import ModelConfig
+    from finetui.engine.config import ModelConfig
 
     cfg = ModelConfig(name_or_path=str(folder), trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
@@ -534,7 +534,7 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
     """
     device = pick_device(device)
     target = str(run_dir_or_model)
-    from engine import runs, targets
+    from finetui.engine import runs, targets
 
     what = targets.resolve(target)
     if what.kind == "adapter":
@@ -545,7 +545,7 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
                             trust_remote_code)
     run_dir = what.path
 
-    from engine.config import load as load_config
+    from finetui.engine.config import load as load_config
 
     config = load_config(run_dir / "config.yaml")
     if config.model.trust_remote_code and not trust_remote_code:

@@ -15,9 +15,9 @@ import argparse
 import json
 import sys
 
-from engine import model_catalog
-from engine.footprint import human_count
-from engine.units import format_bytes
+from finetui.engine import model_catalog
+from finetui.engine.footprint import human_count
+from finetui.engine.units import format_bytes
 
 
 def add_parser(sub) -> None:
@@ -54,7 +54,7 @@ def command(args: argparse.Namespace) -> int:
         else:
             _table(rows)
         return 0
-    from engine import gguf
+    from finetui.engine import gguf
 
     if not args.name:
         print(f"finetui: models {args.action}: name {'a built-in' if args.action == 'fetch' else 'a .gguf file'}",

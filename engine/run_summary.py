@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine import atomic
-from engine import events as ev
+from finetui.engine import atomic
+from finetui.engine import events as ev
 
 SUMMARY_FILE = "summary.json"
 EVENTS_FILE = "events.jsonl"

@@ -35,11 +35,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import atomic, run_summary
-from engine.perf import allocator
-from engine import events as ev
-from engine import run_paths, spawn, trainer_pid
-from engine.config import Config
+from finetui.engine import atomic, run_summary
+from finetui.engine.perf import allocator
+from finetui.engine import events as ev
+from finetui.engine import run_paths, spawn, trainer_pid
+from finetui.engine.config import Config
 
 PID_FILE = trainer_pid.PID_FILE
 LOCK_FILE = "trainer.lock"
@@ -158,7 +158,7 @@ def trainer_alive(run_dir: str | Path) -> bool:
 def pid_alive(pid: int | None, run_dir: str | Path | None = None) -> bool:
     """Whether ``pid`` is a live trainer: with ``run_dir``, exactly that run's trainer
     (trainer_alive, and the pid is the recorded one); without, a process running
-    ``-m engine.train`` (a pid seen by other means, e.g. a process this UI started)."""
+    ``-m finetui.engine.train`` (a pid seen by other means, e.g. a process this UI started)."""
     if not pid:
         return False
     if run_dir is not None:
@@ -231,7 +231,7 @@ def _silence(run_dir: Path, last_time: float | None, cfg: Any) -> float | None:
     """Seconds the running trainer has said nothing (no event, no heartbeat), counted from
     its last event or from its start when later (a resumed run's last event is from the
     session before), when that is over the run's train.hang_after_s; else None."""
-    from engine import heartbeat
+    from finetui.engine import heartbeat
 
     record = trainer_pid.read(run_dir)
     since = max([t for t in (last_time, record.create_time if record else None) if t is not None], default=None)
@@ -485,7 +485,7 @@ def _launch_locked(run_dir: Path, lock_fd: int | None, resume: bool, nproc: int,
 def _model(run_dir: Path) -> tuple[str, int | None, str]:
     """The run's (model.device, hidden size, train.kernels); (auto, None, auto) when the
     config cannot be read (the trainer reports that)."""
-    from engine import config as config_mod
+    from finetui.engine import config as config_mod
 
     try:
         config = config_mod.load(run_dir / "config.yaml")

@@ -10,10 +10,10 @@ import sys
 import time
 from typing import Any
 
-from engine import events as ev
-from engine import runs
-from engine.units import format_duration
-from engine.visible import visible
+from finetui.engine import events as ev
+from finetui.engine import runs
+from finetui.engine.units import format_duration
+from finetui.engine.visible import visible
 
 
 DATE_KEYS = ("started", "ended")
@@ -61,7 +61,7 @@ def _table(infos: list[runs.RunInfo]) -> str:
 
 def hung_line(info: runs.RunInfo) -> str:
     """``the trainer looks hung: no event or heartbeat for 12m 03s (pid 4242 is alive; ...)``."""
-    from engine import heartbeat
+    from finetui.engine import heartbeat
 
     return (f"the trainer looks hung: {heartbeat.describe(info.hung_s or 0)} (pid {info.pid} is alive; "
             f"`finetui runs stop {info.id}` or kill it; train.hang_after_s sets when a quiet run is called hung)")
@@ -98,7 +98,7 @@ def export(run_dir, args) -> int:
     """``finetui runs export RUN --tensorboard DIR``: the run's events as TensorBoard scalars."""
     from pathlib import Path
 
-    from engine import tb_export
+    from finetui.engine import tb_export
 
     target = getattr(args, "tensorboard", None)
     if not target:

@@ -4,8 +4,8 @@ the same way: one place.
 Light module (standard library): the UI imports it.
 
 - ``child_env(extra)``: this process's environment plus ``extra``, with ``PYTHONUNBUFFERED=1``
-  (the parent reads their lines as they come) and this checkout first on ``PYTHONPATH``
-  (``engine`` importable from a source checkout, whatever the cwd);
+  (the parent reads their lines as they come); the workers are ``python -m finetui.engine...``
+  modules of the installed package (an editable install maps them to this checkout);
 - ``start(command, ...)``: ``subprocess.Popen`` with that environment, stdin closed unless
   asked, stdout and stderr piped unless redirected, in a new session (process group), so
   ctrl+c in the terminal goes to the UI or the CLI, and a stop signals the worker's own group.
@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-ROOT = str(Path(__file__).resolve().parent.parent)  # the folder that holds engine/
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra or {})
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     return env
 
 

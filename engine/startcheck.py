@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import footprint
-from engine.units import format_bytes
+from finetui.engine import footprint
+from finetui.engine.units import format_bytes
 
 FORCE_HINT = "--force starts it anyway (the TUI: start anyway)"
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -34,8 +34,8 @@ GPU_HEADROOM = 0.95  # the CUDA context and other processes' memory are not in t
 def model_problem(config) -> str | None:
     """Why the trainer could not find ``model.name_or_path``, or None. Never downloads:
     a hub id that is not cached is refused only when the hub cannot be reached."""
-    from engine import hub, model_catalog, modeling, tiny
-    from engine.errors import ModelError
+    from finetui.engine import hub, model_catalog, modeling, tiny
+    from finetui.engine.errors import ModelError
 
     m = config.model
     name = str(m.name_or_path).strip()
@@ -59,7 +59,7 @@ def package_problems(config) -> list[str]:
     importlib's find_spec: nothing is imported."""
     import importlib.util
 
-    from engine.config import GALORE_OPTIMIZERS, TRACKER_PACKAGES
+    from finetui.engine.config import GALORE_OPTIMIZERS, TRACKER_PACKAGES
 
     def missing(module: str) -> bool:
         try:
@@ -83,7 +83,7 @@ def package_problems(config) -> list[str]:
 def data_problems(config) -> list[str]:
     """``data.path`` / ``data.test_path`` that cannot be found or named (hub datasets are
     read by the trainer)."""
-    from engine.data import formats, readers
+    from finetui.engine.data import formats, readers
 
     problems = []
     data = config.data
@@ -179,7 +179,7 @@ def free_memory(config, gpus: list | None = None) -> tuple[int | None, str, bool
     """(free bytes, what they are, whether the run trains on a GPU)."""
     if gpus is None:
         try:
-            from engine import hardware
+            from finetui.engine import hardware
 
             gpus = hardware.gpu_backend().read()
         except Exception:

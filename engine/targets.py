@@ -46,7 +46,7 @@ def is_run_dir(path: str | Path) -> bool:
 
 def resolve(text: str | Path, root: str | Path | None = None) -> Target:
     """``text`` read as the module docstring says; ``root``: the runs folder (default: engine.runs')."""
-    from engine import model_catalog, runs, tiny
+    from finetui.engine import model_catalog, runs, tiny
 
     text = str(text)
     path = Path(text).expanduser()

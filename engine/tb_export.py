@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import events as ev
+from finetui.engine import events as ev
 
 # step fields that are the x axis or bookkeeping, not a curve
 SKIPPED = {"v", "type", "time", "run_id", "step", "total_steps", "offset", "eta_s", "memory", "metrics"}

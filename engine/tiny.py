@@ -23,7 +23,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from engine.data.templates import CHATML
+from finetui.engine.data.templates import CHATML
 
 VERSION = 2
 SEED = 1234
@@ -77,7 +77,7 @@ def _corpus() -> list[str]:
                 strings(value)
 
     try:
-        root = resources.files("sample_data")
+        root = resources.files("finetui.sample_data")
         files = sorted((p for p in root.iterdir() if p.name.endswith((".jsonl", ".json", ".txt"))), key=lambda p: p.name)
     except (ModuleNotFoundError, FileNotFoundError):
         files = []

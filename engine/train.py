@@ -1,4 +1,4 @@
-"""The trainer process: ``python -m engine.train --run-dir runs/<id> [--resume]``.
+"""The trainer process: ``python -m finetui.engine.train --run-dir runs/<id> [--resume]``.
 
 Read top to bottom:
 
@@ -44,9 +44,9 @@ import time
 import traceback
 from pathlib import Path
 
-from engine import errors, run_summary
-from engine.perf import import_cache
-from engine import events as ev
+from finetui.engine import errors, run_summary
+from finetui.engine.perf import import_cache
+from finetui.engine import events as ev
 
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit", "galore_adamw_8bit")
 
@@ -92,7 +92,7 @@ def _own_run(run_dir: Path) -> str | None:
     engine.runs.launch, we inherited it already held; started by hand, we take it here.
     Returns the refusal when another trainer holds it. Under torchrun only the global rank
     0 holds it (the other ranks, on this node or another, belong to the same run)."""
-    from engine import runs
+    from finetui.engine import runs
 
     if os.environ.get(runs.LOCK_FD_ENV) or _rank() != 0:
         return None
@@ -115,7 +115,7 @@ def _refuse(run_dir: Path, message: str) -> int:
 
 def _kernels(run_dir: Path) -> str:
     """The run's train.kernels (auto when its config cannot be read: train() reports that)."""
-    from engine import config as config_mod
+    from finetui.engine import config as config_mod
 
     try:
         return config_mod.load(run_dir / "config.yaml").train.kernels
@@ -124,7 +124,7 @@ def _kernels(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.train", description="finetui trainer process")
+    parser = argparse.ArgumentParser(prog="python -m finetui.engine.train", description="finetui trainer process")
     parser.add_argument("--run-dir", required=True, help="runs/<id> (holds config.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
@@ -178,7 +178,7 @@ def _heartbeat(run_dir: Path, events: ev.EventWriter):
     """Rank 0's heartbeat (engine.heartbeat), beating from now on through the loading phase:
     every fifth of the run's train.hang_after_s without an event (config.yaml is read
     plainly here; train() validates it)."""
-    from engine import heartbeat
+    from finetui.engine import heartbeat
 
     try:
         import yaml
@@ -196,7 +196,7 @@ def _heartbeat(run_dir: Path, events: ev.EventWriter):
 
 def _precision(requested: str, device: str) -> tuple[bool, bool]:
     """train.precision -> (bf16, fp16) for TrainingArguments."""
-    from engine.modeling import bf16_supported
+    from finetui.engine.modeling import bf16_supported
 
     on_gpu = device.startswith("cuda")
     if requested == "auto":
@@ -223,12 +223,12 @@ def check_setup(config, device: str) -> None:
             "method.init_lora_weights: loftq needs a CUDA GPU (peft computes the LoftQ initialisation there); "
             "use default, gaussian or another init on the CPU"
         )
-    from engine import startcheck
+    from finetui.engine import startcheck
 
     missing = startcheck.package_problems(config)  # a run started by hand or by the TUI
     if missing:
         raise errors.SetupError(missing[0])
-    from engine import distributed
+    from finetui.engine import distributed
 
     sharding = distributed.setup_problems(config, device, _world_size())
     if sharding:
@@ -250,7 +250,7 @@ def _keep_template(tokenizer, template) -> None:
     fixed here with Jinja ``set`` lines."""
     import json
 
-    from engine.data import render
+    from finetui.engine.data import render
 
     if template.origin == "tokenizer":
         return  # it is already the tokenizer's own
@@ -267,7 +267,7 @@ def _cpu_threads(watch) -> list:
     OMP_NUM_THREADS (torchrun sets it to 1 per process) wins: ``watch`` is None then."""
     if watch is None:
         return []
-    from engine.perf import threads
+    from finetui.engine.perf import threads
 
     watch.start()
     return [threads.callback(watch)]
@@ -279,7 +279,7 @@ def _lean_cpu_memory() -> bool:
     model where mimalloc cannot be preloaded (engine/perf/allocator.py decides; nothing is read
     twice). Decided before torch is imported (THP_MEM_ALLOC_ENABLE is read once, at its
     first allocation)."""
-    from engine.perf import allocator
+    from finetui.engine.perf import allocator
 
     if os.environ.get(allocator.MARKER) != "lean":
         return False
@@ -288,7 +288,7 @@ def _lean_cpu_memory() -> bool:
 
 
 def _allocator_name(lean: bool) -> str:
-    from engine.perf.allocator import MARKER, mimalloc_loaded
+    from finetui.engine.perf.allocator import MARKER, mimalloc_loaded
 
     if mimalloc_loaded():
         return "mimalloc (preloaded)"
@@ -334,10 +334,10 @@ def best_checkpoint_aligned(t, has_eval: bool) -> bool:
 
 
 def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world_size: int):
-    """engine.config.TrainConfig -> transformers.TrainingArguments."""
+    """finetui.engine.config.TrainConfig -> transformers.TrainingArguments."""
     from transformers import TrainingArguments
 
-    from engine import config as config_mod
+    from finetui.engine import config as config_mod
 
     t = config.train
     track_best = has_eval and t.eval_strategy != "no" and (t.keep_best or t.early_stopping_patience > 0)
@@ -348,7 +348,7 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
     # warmup_steps > 0 wins; else the ratio (TrainingArguments reads a float < 1 as one).
     warmup: int | float = t.warmup_steps if t.warmup_steps > 0 else min(t.warmup_ratio, 0.999)
     galore = t.optimizer in config_mod.GALORE_OPTIMIZERS
-    from engine import distributed
+    from finetui.engine import distributed
 
     sharding = distributed.trainer_arguments(config, world_size, distributed.world()[2])
     return TrainingArguments(
@@ -418,7 +418,7 @@ def _skip_bitsandbytes(config) -> None:
     8-bit/paged optimizers use it. For any other run, a None entry in sys.modules makes
     their availability checks (importlib.util.find_spec) answer "not installed". Must run
     before transformers is imported."""
-    from engine.config import GALORE_OPTIMIZERS
+    from finetui.engine.config import GALORE_OPTIMIZERS
 
     if config.model.quantization == "none" and config.train.optimizer not in (*CUDA_ONLY_OPTIMIZERS,
                                                                                *GALORE_OPTIMIZERS):
@@ -430,7 +430,7 @@ def _skip_datasets(config) -> None:
     the pandas it pulls in), though only a Hugging Face hub dataset needs it here: the
     tokenised tables are pyarrow (engine.data.table). For local data, the same None entry
     in sys.modules as for bitsandbytes. Must run before transformers is imported."""
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     try:
         on_hub = readers.resolve_source(config.data.path).kind == "hub"  # the same for every split
@@ -456,7 +456,7 @@ def _quiet_libraries(events: ev.EventWriter) -> None:
 
     import transformers
 
-    from engine.callbacks import WarningsToEvents
+    from finetui.engine.callbacks import WarningsToEvents
 
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
@@ -475,7 +475,7 @@ def _resume_point(run_dir: Path, events: ev.EventWriter, step: int | None, rank:
     complete), else the newest complete one; each newer checkpoint skipped is said with
     its reason and set aside (renamed skipped-checkpoint-N), so the Trainer neither
     rotates a good one away in its favour nor writes into it again."""
-    from engine import runs
+    from finetui.engine import runs
 
     if step is not None:
         path = run_dir / "checkpoints" / f"checkpoint-{step}"
@@ -507,7 +507,7 @@ def best_in_this_folder(run_dir: Path, checkpoint: Path) -> None:
     marker is written again for the changed file."""
     import json
 
-    from engine import atomic, run_paths, runs
+    from finetui.engine import atomic, run_paths, runs
 
     state_file = checkpoint / runs.TRAINER_STATE
     try:
@@ -591,9 +591,9 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     """Train the run in ``run_dir``; return the finished status (completed | stopped).
     ``heartbeat`` (engine.heartbeat.Heartbeat, in its loading phase) is told of progress and
     of quiet phases. Paths in the events are relative to the run folder (engine.run_paths)."""
-    from engine import run_paths
-    from engine import config as config_mod
-    from engine import runs
+    from finetui.engine import run_paths
+    from finetui.engine import config as config_mod
+    from finetui.engine import runs
 
     stop = stop or StopRequest()
     rank, world_size = _rank(), _world_size()
@@ -603,7 +603,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     _skip_bitsandbytes(config)
     _skip_datasets(config)
     lean_memory = _lean_cpu_memory()
-    from engine.perf.threads import CpuThreads
+    from finetui.engine.perf.threads import CpuThreads
 
     # Watches what other processes take while we start up: the first thread count.
     # train.kernels: reference keeps torch's own thread count.
@@ -615,10 +615,10 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     _quiet_libraries(events)
     from transformers import PrinterCallback, set_seed
 
-    from engine import modeling
-    from engine.callbacks import EventCallback, StopOnSignal, TokenCounter
-    from engine.data import dataset as dataset_mod
-    from engine.lean_trainer import trainer_class
+    from finetui.engine import modeling
+    from finetui.engine.callbacks import EventCallback, StopOnSignal, TokenCounter
+    from finetui.engine.data import dataset as dataset_mod
+    from finetui.engine.lean_trainer import trainer_class
 
     _imports_done()
     device = modeling.pick_device(config.model.device)
@@ -631,7 +631,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         events.emit("log", level="info", message=f"CPU memory allocator: {_allocator_name(lean_memory)}")
     set_seed(config.train.seed)  # before the model: LoRA's initial weights are drawn from it
 
-    from engine import gguf
+    from finetui.engine import gguf
 
     # A built-in fetched or a GGUF file converted on first use says so on the event stream
     gguf.prepare(config.model, say=lambda message: events.emit("log", level="info", message=message))
@@ -662,8 +662,8 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
     args = training_arguments(config, run_dir, device, has_eval, world_size)
     # train.kernels: what runs for speed on this device and precision (engine/perf)
-    from engine import perf
-    from engine.perf.apply import prepare
+    from finetui.engine import perf
+    from finetui.engine.perf.apply import prepare
 
     plan = perf.plan(config.train.kernels, device, args.bf16 or args.fp16,
                      dtype=str(next(model.parameters()).dtype).replace("torch.", ""), method=config.method.type,

@@ -27,10 +27,10 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import atomic
+from finetui.engine import atomic
 
 PID_FILE = "trainer.pid"
-TRAINER_MODULE = "engine.train"
+TRAINER_MODULE = "finetui.engine.train"
 START_TOLERANCE_S = 0.05  # create_time is in clock ticks (1/100 s); the same process reads the same
 
 
@@ -89,7 +89,7 @@ def _same_folder(a: str | Path, b: str | Path) -> bool:
 
 
 def _runs_this_folder(proc, run_dir: Path) -> bool:
-    """Whether a process's command line is ``... -m engine.train ... --run-dir <run_dir>``."""
+    """Whether a process's command line is ``... -m finetui.engine.train ... --run-dir <run_dir>``."""
     try:
         argv = proc.cmdline()
         cwd = proc.cwd()

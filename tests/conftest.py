@@ -34,7 +34,7 @@ def shared_datasets(shared: Path) -> Path:
 def tiny_model_dir(finetui_cache_dir: Path) -> Path:
     """The built-in tiny model's folder (engine.tiny) in the session's cache, so tests that
     point FINETUI_CACHE at a tmp dir do not rebuild it."""
-    from engine import tiny
+    from finetui.engine import tiny
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINETUI_CACHE", str(finetui_cache_dir))
@@ -47,7 +47,7 @@ def finetui_cache_dir(tmp_path_factory) -> Path:
     tests that start worker processes (they inherit or are given this folder)."""
     import os
 
-    from engine import tiny
+    from finetui.engine import tiny
 
     cache = tmp_path_factory.mktemp("finetui-cache")
     previous = os.environ.get("FINETUI_CACHE")
@@ -75,8 +75,8 @@ def mixed_length_batch(tiny_model_dir: Path, tmp_path_factory):
     comparing collators on the tiny model: a padded batch of them really pads."""
     from transformers import AutoTokenizer
 
-    from engine.config import Config
-    from engine.data import dataset
+    from finetui.engine.config import Config
+    from finetui.engine.data import dataset
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINETUI_CACHE", str(tmp_path_factory.mktemp("mixed-length-cache")))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine.perf import allocator
+from finetui.engine.perf import allocator
 from train_helpers import of_type, stdout_log, train
 
 linux_wheel = pytest.mark.skipif(
@@ -40,7 +40,7 @@ def test_cpu_trainer_env_preloads_mimalloc_without_losing_a_preload():
 def test_narrow_models_keep_glibc_keeping_freed_memory(tmp_path):
     from train_helpers import new_run
 
-    from engine import runs
+    from finetui.engine import runs
 
     env = {"PATH": "/bin"}
     heap = {**env, "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864",
@@ -69,9 +69,9 @@ def test_gpu_runs_and_opt_outs_keep_the_environment():
 
 
 def test_auto_with_a_visible_gpu_is_not_a_cpu_run(monkeypatch):
-    monkeypatch.setattr("engine.hardware.NvmlBackend.__init__", lambda self, env=None: setattr(self, "problem", None))
+    monkeypatch.setattr("finetui.engine.hardware.NvmlBackend.__init__", lambda self, env=None: setattr(self, "problem", None))
     assert not allocator.trains_on_cpu("auto", {})
-    monkeypatch.setattr("engine.hardware.NvmlBackend.__init__",
+    monkeypatch.setattr("finetui.engine.hardware.NvmlBackend.__init__",
                         lambda self, env=None: setattr(self, "problem", "no NVIDIA GPU found"))
     assert allocator.trains_on_cpu("auto", {})
 
@@ -117,7 +117,7 @@ def test_without_the_library_a_wide_cpu_run_gets_lean_glibc(monkeypatch, tmp_pat
 
 
 def test_the_trainer_goes_lean_only_when_told(monkeypatch):
-    from engine.train import _lean_cpu_memory
+    from finetui.engine.train import _lean_cpu_memory
 
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     monkeypatch.setenv(allocator.MARKER, "auto")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.readers import DataError, load_records
+from finetui.engine.data.readers import DataError, load_records
 
 GOOD = {"question": "What is finetui?", "answer": "A terminal app for fine-tuning."}
 

@@ -100,7 +100,7 @@ def test_early_stopping_ends_the_run_after_patience_evaluations(tmp_path, finetu
 
 
 def test_early_stopping_without_evaluation_is_a_config_error():
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     with pytest.raises(cfg.ConfigError, match="train.early_stopping_patience"):
         cfg.validate({"train": {"early_stopping_patience": 3, "eval_strategy": "no"}})

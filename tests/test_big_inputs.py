@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.readers import DataError, load_records
+from finetui.engine.data.readers import DataError, load_records
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 10_000_000
@@ -76,7 +76,7 @@ def peak_rss_mb(args: list[str], env: dict) -> tuple[float, subprocess.Completed
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode, p.stdout, p.stderr]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "engine.cli", *args],
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "finetui.engine.cli", *args],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=True)
     kib, rc, stdout, stderr = json.loads(out.stdout)
     return kib / 1024, subprocess.CompletedProcess(args, rc, stdout, stderr)
@@ -147,7 +147,7 @@ def _array_cases() -> dict[str, bytes]:
 def test_a_json_array_read_in_chunks_reads_as_the_whole_file(tmp_path, monkeypatch, name):
     """Records, lines and issues as reading the whole file gives, however the chunks cut
     (a character, a number, a string, an escape)."""
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     path = tmp_path / "d.json"
     path.write_bytes(_array_cases()[name])
@@ -169,7 +169,7 @@ def test_a_json_array_read_in_chunks_reads_as_the_whole_file(tmp_path, monkeypat
 def test_a_big_json_array_is_not_held_in_memory(tmp_path):
     import tracemalloc
 
-    from engine.data.readers import iter_records
+    from finetui.engine.data.readers import iter_records
 
     path = tmp_path / "big.json"
     record = {"instruction": "Describe a process of making crepes.", "input": "", "output": "Mix, rest, cook. " * 10}
@@ -191,7 +191,7 @@ def test_render_many_is_render_of_each(tiny_model_dir, shared_datasets):
     trainer's) does, on markers and markerless templates, tool calls and raw text."""
     from transformers import AutoTokenizer
 
-    from engine.data import chunking, readers, render
+    from finetui.engine.data import chunking, readers, render
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     root = shared_datasets / "llamafactory"
@@ -224,7 +224,7 @@ def test_inspect_keeps_no_record(tmp_path, tiny_model_dir):
 
     from transformers import AutoTokenizer
 
-    from engine.data.inspection import inspect
+    from finetui.engine.data.inspection import inspect
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     peaks = {}
@@ -245,7 +245,7 @@ def test_inspect_keeps_no_record(tmp_path, tiny_model_dir):
 def test_inspect_with_workers_reports_what_one_process_does(tmp_path, tiny_model_dir, shared_datasets):
     from transformers import AutoTokenizer
 
-    from engine.data.inspection import inspect
+    from finetui.engine.data.inspection import inspect
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     path = str(shared_datasets / "llamafactory" / "alpaca_en_demo.json")
@@ -261,7 +261,7 @@ def test_inspect_shows_a_progress_bar_on_a_terminal(tmp_path, env):
 
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD] * 3000)
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "data", "inspect", str(path)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=follower, text=True)
     os.close(follower)
     seen = b""

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from train_helpers import foreign_adapter
 
-from engine import chat_protocol as proto
-from engine.chat_protocol import ChatClient, ChatError, WorkerCrashed
+from finetui.engine import chat_protocol as proto
+from finetui.engine.chat_protocol import ChatClient, ChatError, WorkerCrashed
 
 REPO = Path(__file__).resolve().parents[1]
 USER = [{"role": "user", "content": "How do I start a run?"}]
@@ -83,7 +83,7 @@ def test_streams_tokens_and_matches_bare_generate(client, finetui_cache):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine import tiny
+    from finetui.engine import tiny
 
     tok = AutoTokenizer.from_pretrained(tiny.path())
     model = AutoModelForCausalLM.from_pretrained(tiny.path()).eval()
@@ -209,7 +209,7 @@ def test_shutdown_cancels_what_is_running_and_queued(finetui_cache_dir):
     # Both requests wait in the pipe while the model loads; shutdown right behind them.
     requests = [proto.generate_request(rid, USER, max_new_tokens=900, min_new_tokens=900) for rid in ("a", "b")]
     lines = "".join(proto.encode(r) + "\n" for r in [*requests, proto.shutdown_request()])
-    proc = subprocess.run([sys.executable, "-m", "engine.chat", "--serve", "tiny"], input=lines, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.chat", "--serve", "tiny"], input=lines, cwd=REPO,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "FINETUI_CACHE": str(finetui_cache_dir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -224,8 +224,8 @@ def test_shutdown_cancels_what_is_running_and_queued(finetui_cache_dir):
 
 def _fake_run(root: Path, model_dir: Path, template: str = "auto") -> Path:
     """A run folder whose 'fine-tuned' full model is a copy of tiny (no trainer needed)."""
-    from engine import config as cfg
-    from engine import runs
+    from finetui.engine import config as cfg
+    from finetui.engine import runs
 
     c = cfg.validate({"model": {"name_or_path": "tiny"}, "method": {"type": "full"},
                       "data": {"template": template}})
@@ -235,7 +235,7 @@ def _fake_run(root: Path, model_dir: Path, template: str = "auto") -> Path:
 
 
 def test_one_shot_cli_with_a_run(finetui_cache, tmp_path, monkeypatch, capsys):
-    from engine import cli, tiny
+    from finetui.engine import cli, tiny
 
     monkeypatch.setenv("FINETUI_RUNS_DIR", str(tmp_path))
     run_dir = _fake_run(tmp_path, tiny.path(), template="qa")
@@ -246,7 +246,7 @@ def test_one_shot_cli_with_a_run(finetui_cache, tmp_path, monkeypatch, capsys):
     assert [x["prompt"] for x in lines] == ["How do I start a run?", "Hi"]
     assert all(1 <= x["new_tokens"] <= 6 for x in lines)
 
-    from engine import chat
+    from finetui.engine import chat
 
     loaded = chat.load(run_dir.name)
     assert loaded.info["source"] == "full" and loaded.template == "qa"
@@ -260,7 +260,7 @@ def test_one_shot_cli_with_a_run(finetui_cache, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_errors_are_one_line(finetui_cache, tmp_path, monkeypatch, capsys):
-    from engine import cli
+    from finetui.engine import cli
 
     monkeypatch.setenv("FINETUI_RUNS_DIR", str(tmp_path / "none"))
     assert cli.main(["chat", "last", "--prompt", "hi"]) == 1

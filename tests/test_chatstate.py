@@ -1,4 +1,4 @@
-"""tui.chatstate without Textual or a worker: a conversation per pane, single-turn mode, a
+"""finetui.tui.chatstate without Textual or a worker: a conversation per pane, single-turn mode, a
 model swap that starts a new conversation, the generation settings' rules, what a finished
 reply leaves in the history, and a conversation saved as a training record."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.chatstate import (
+from finetui.tui.chatstate import (
     DEFAULT_PARAMS, ChatSession, ModelPane, generation_request, model_title, params_summary, parse_params,
     reply_outcome,
 )
@@ -181,7 +181,7 @@ def test_save_as_a_training_record(tmp_path):
     assert session.append_record(tmp_path / "no" / "r.jsonl", "main")[0] == f"{tmp_path / 'no'}: no such folder"
 
 
-@pytest.mark.parametrize("module", ["tui.chatstate", "tui.evalstate", "tui.chathistory", "tui.dashstate"])
+@pytest.mark.parametrize("module", ["finetui.tui.chatstate", "finetui.tui.evalstate", "finetui.tui.chathistory", "finetui.tui.dashstate"])
 def test_no_textual_or_torch(module):
     import subprocess
     import sys

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli, runs
-from engine.json_errors import KINDS
+from finetui.engine import cli, runs
+from finetui.engine.json_errors import KINDS
 from test_dashboard_helpers import synthetic_run
 from test_train_cli import finetui, write_config
 from train_helpers import file_events, of_type
@@ -172,7 +172,7 @@ def test_runs_help_describes_each_action(tmp_path):
 def _stdout_on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> str:
     """Run the CLI with stdout on a pseudo-terminal (stderr to a pipe); what it wrote there."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *argv], cwd=cwd, env=env, stdout=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=env, stdout=slave,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     os.close(slave)
     chunks = []
@@ -208,7 +208,7 @@ def test_every_console_honours_no_color():
     assert not direct, direct
     from io import StringIO
 
-    from engine.console import console
+    from finetui.engine.console import console
 
     out = StringIO()
     os.environ["NO_COLOR"] = "1"
@@ -252,7 +252,7 @@ def test_runs_list_into_head_ends_quietly(tmp_path, json_flag):
         folder = root / f"20260101-000000-run{i:04d}-{'x' * 40}"
         folder.mkdir()
         (folder / "config.yaml").write_text(config)
-    command = f"{sys.executable} -m engine.cli runs list {'--json' if json_flag else ''} | head -1"
+    command = f"{sys.executable} -m finetui.engine.cli runs list {'--json' if json_flag else ''} | head -1"
     proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=tmp_path, capture_output=True,
                           text=True, env=_env(FINETUI_RUNS_DIR=str(root)), timeout=300)
     assert proc.stderr == "", proc.stderr
@@ -269,7 +269,7 @@ def test_runs_kill_marks_the_run_killed(tmp_path, finetui_cache):
     run is killed (not failed) in runs show/list, and the foreground CLI says so."""
     path = write_config(tmp_path, name="victim", train={"max_steps": 100000, "eval_strategy": "no",
                                                         "save_strategy": "no"})
-    follower = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path,
+    follower = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path,
                                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_dir = tmp_path / "runs" / follower.stdout.readline().strip()
@@ -302,7 +302,7 @@ def test_runs_kill_marks_the_run_killed(tmp_path, finetui_cache):
 
 
 def test_step_lines_off_a_terminal():
-    from engine.launcher import StepLines
+    from finetui.engine.launcher import StepLines
 
     now = [0.0]
     lines = StepLines(clock=lambda: now[0])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine import config as cfg
+from finetui.engine import config as cfg
 
 
 def write(tmp_path, text):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import configfile
-from engine.configfile import ConfigFileError
+from finetui.engine import configfile
+from finetui.engine.configfile import ConfigFileError
 
 
 def test_yaml_mapping_and_empty_file(tmp_path):

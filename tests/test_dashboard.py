@@ -16,16 +16,16 @@ from test_dashboard_helpers import (  # noqa: F401
     wait_for, widget_text, writer,
 )
 
-from engine import runs
-from tui.app import FinetuiApp
-from tui.runfeed import RunState, feeds
-from tui.screens.dashboard import DashboardScreen, likely_fix
-from tui.screens.runs import RunsScreen
-from tui.widgets.dialogs import ConfirmDialog
-from tui.widgets.gpupanel import GpuPanel
-from tui.widgets.logview import LogView
-from tui.widgets.lossplot import LossPlot, Series, ema, render_chart
-from tui.widgets.runprogress import RunProgress
+from finetui.engine import runs
+from finetui.tui.app import FinetuiApp
+from finetui.tui.runfeed import RunState, feeds
+from finetui.tui.screens.dashboard import DashboardScreen, likely_fix
+from finetui.tui.screens.runs import RunsScreen
+from finetui.tui.widgets.dialogs import ConfirmDialog
+from finetui.tui.widgets.gpupanel import GpuPanel
+from finetui.tui.widgets.logview import LogView
+from finetui.tui.widgets.lossplot import LossPlot, Series, ema, render_chart
+from finetui.tui.widgets.runprogress import RunProgress
 
 
 async def open_dashboard(pilot, app, run_id: str) -> DashboardScreen:
@@ -226,7 +226,7 @@ async def test_gpu_panel_fake_backend_two_gpus_one_without_power(dash_env, monke
 
 
 async def test_without_nvml_the_panel_says_so_plainly(dash_env):
-    from engine import hardware
+    from finetui.engine import hardware
 
     run = synthetic_run(steps=3, every=5)
     app = FinetuiApp()
@@ -363,8 +363,8 @@ def test_ui_modules_never_import_torch():
     fresh interpreter: no torch, transformers, peft, datasets or bitsandbytes."""
     code = (
         "import asyncio, sys\n"
-        "from tui.app import FinetuiApp\n"
-        "import tui.screens.runs, tui.screens.dashboard, tui.screens.compare, tui.runfeed\n"
+        "from finetui.tui.app import FinetuiApp\n"
+        "import finetui.tui.screens.runs, finetui.tui.screens.dashboard, finetui.tui.screens.compare, finetui.tui.runfeed\n"
         "async def main():\n"
         "    app = FinetuiApp()\n"
         "    async with app.run_test(size=(80, 24)) as pilot:\n"

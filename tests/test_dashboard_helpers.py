@@ -19,10 +19,10 @@ from typing import Iterator
 
 import pytest
 
-from engine import config as cfg
-from engine import events as ev
-from engine import runs
-from engine import trainer_pid
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import runs
+from finetui.engine import trainer_pid
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (80, 24)
@@ -98,9 +98,9 @@ def synthetic_run(root: Path | None = None, name: str = "demo", steps: int = 40,
 
 
 def fake_live_pid() -> subprocess.Popen:
-    """A process that engine.runs.pid_alive takes for a trainer (it runs ``-m engine.train``
+    """A process that engine.runs.pid_alive takes for a trainer (it runs ``-m finetui.engine.train``
     in name only: its argv says so; it sleeps)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "engine.train"])
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "finetui.engine.train"])
 
 
 @contextlib.contextmanager
@@ -122,7 +122,7 @@ FAKE_TRAINER = textwrap.dedent('''
     checkpoint + finished(stopped), SIGHUP ignored. argv: run_dir steps interval [--resume]"""
     import os, signal, sys, time
     from pathlib import Path
-    from engine import events as ev
+    from finetui.engine import events as ev
 
     run_dir = Path(sys.argv[1]); total = int(sys.argv[2]); interval = float(sys.argv[3])
     resume = "--resume" in sys.argv
@@ -166,7 +166,7 @@ def fake_launch(tmp_path: Path, steps: int = 20, interval: float = 0.05):
         full_env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             [sys.executable, str(script), str(run_dir), str(steps), str(interval),
-             *(["--resume"] if resume else []), "engine.train"],
+             *(["--resume"] if resume else []), "finetui.engine.train"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(run_dir / "stdout.log", "ab"),
             start_new_session=True, env=full_env)
         trainer_pid.write(run_dir, proc.pid)

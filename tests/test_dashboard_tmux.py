@@ -25,8 +25,8 @@ import psutil
 import pytest
 from test_dashboard_helpers import REPO, SIZE, dash_env, wait_for  # noqa: F401
 
-from engine import events as ev
-from engine import runs
+from finetui.engine import events as ev
+from finetui.engine import runs
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +65,10 @@ def wait_screen(session: str, predicate, timeout: float = 60.0, what: str = "") 
 
 
 def start_tui(session: str, env: dict[str, str], cwd: Path) -> int:
-    """`finetui` (python -m engine.cli) in a new 80x24 tmux session; returns its pid."""
+    """`finetui` (python -m finetui.engine.cli) in a new 80x24 tmux session; returns its pid."""
     exports = " ".join(f"{k}={v}" for k, v in env.items())
     tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24",
-         f"cd {cwd} && exec env {exports} {sys.executable} -m engine.cli")
+         f"cd {cwd} && exec env {exports} {sys.executable} -m finetui.engine.cli")
     return int(tmux("list-panes", "-t", session, "-F", "#{pane_pid}").split()[0])
 
 
@@ -172,9 +172,9 @@ def test_trainer_survives_the_tui_dying_and_a_new_tui_attaches_with_full_history
 
 
 async def test_kill_9_shows_failed_offers_resume_and_resume_completes(dash_env, finetui_cache):
-    from engine import config as cfg
-    from tui.app import FinetuiApp
-    from tui.screens.dashboard import DashboardScreen
+    from finetui.engine import config as cfg
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.dashboard import DashboardScreen
 
     config = cfg.loads(SHORT_RUN)
     run_dir = runs.new_run(config, name="killed")

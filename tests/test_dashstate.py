@@ -1,10 +1,10 @@
-"""tui.dashstate without an app: the text clipping of the dashboard's banners, the tail of
+"""finetui.tui.dashstate without an app: the text clipping of the dashboard's banners, the tail of
 stdout.log, the run's config.yaml read forgivingly, and the fix a failed run is offered."""
 
 from __future__ import annotations
 
-from tui.dashstate import clip, likely_fix, read_yaml, tail_lines
-from tui.runfeed import RunState
+from finetui.tui.dashstate import clip, likely_fix, read_yaml, tail_lines
+from finetui.tui.runfeed import RunState
 
 
 def test_clip_wraps_and_cuts_with_an_ellipsis():

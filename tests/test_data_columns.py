@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import formats, render
-from engine.data.inspection import inspect, parse_columns, print_report
-from engine.data.readers import load_records
+from finetui.engine.data import formats, render
+from finetui.engine.data.inspection import inspect, parse_columns, print_report
+from finetui.engine.data.readers import load_records
 
 DATA = Path(__file__).resolve().parent / "data" / "fidelity"
 ORCA = DATA / "openorca_system_prompt.jsonl"
@@ -118,8 +118,8 @@ def test_a_mapped_column_no_record_has_is_said():
 
 
 def test_the_trainer_report_names_unused_columns(tokenizer, tmp_path, monkeypatch):
-    from engine.config import Config
-    from engine.data import dataset
+    from finetui.engine.config import Config
+    from finetui.engine.data import dataset
 
     monkeypatch.setenv("FINETUI_CACHE", str(tmp_path / "cache"))
     config = Config()

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli
-from engine.data.create import documents, passages, quality
-from engine.data.create.store import repair_tail
-from engine.data.create.writers import PromptTemplate
+from finetui.engine import cli
+from finetui.engine.data.create import documents, passages, quality
+from finetui.engine.data.create.store import repair_tail
+from finetui.engine.data.create.writers import PromptTemplate
 from test_real_model import smollm2, smollm2_dir  # noqa: F401 - fixtures: the built-in smollm2, fetched once
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,7 +360,7 @@ def test_endpoint_writes_a_dataset_with_sources_retries_and_gates(tmp_path, caps
     dup = next(r for r in rejected if r["reason"] == "near-duplicate question")
     assert "passage" in dup["duplicate_of"]
     # finetui reads the result as a messages dataset with every record usable
-    from engine.data.readers import load_records
+    from finetui.engine.data.readers import load_records
 
     loaded = load_records(out)
     assert loaded.format == "messages" and loaded.counts["ok"] == len(records) and loaded.counts["invalid"] == 0
@@ -445,7 +445,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path, finetui_cache):
     out = tmp_path / "ds.jsonl"
     expected = [p for p in passages.passages(documents.read(doc)) if not quality.boilerplate(p.text, p.heading)]
     with FakeOpenAI(delay=0.25, first_429=False) as server:
-        argv = [sys.executable, "-m", "engine.cli", "data", "create", str(doc), "--out", str(out), "--base-url",
+        argv = [sys.executable, "-m", "finetui.engine.cli", "data", "create", str(doc), "--out", str(out), "--base-url",
                 server.url, "--model", "m", "--concurrency", "1", "--json"]
         proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -538,7 +538,7 @@ def test_a_30_page_pdf_becomes_a_dataset_a_run_trains_on(tmp_path, capsys, finet
     assert {r["source"]["page"] for r in records} >= set(range(3, doc.pages, 3))
     runs_dir = tmp_path / "runs"
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--runs-dir", str(runs_dir), "train",
+        [sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(runs_dir), "train",
          str(REPO / "sample_data" / "quickstart.yaml"), "--name", "book", "--set", f"data.path={out}",
          "--set", "data.format=messages", "--set", "data.test_path=null", "--set", "data.test_size=0.1",
          "--set", "data.max_length=256", "--set", "train.max_steps=6", "--set", "train.eval_steps=3",
@@ -546,7 +546,7 @@ def test_a_30_page_pdf_becomes_a_dataset_a_run_trains_on(tmp_path, capsys, finet
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = [p for p in runs_dir.iterdir() if (p / "config.yaml").exists()]
-    from engine import events as ev
+    from finetui.engine import events as ev
 
     events = ev.read_file(run_dir / "events.jsonl")
     started = next(e for e in events if e["type"] == "run_started")

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import config as cfg
-from engine import launcher
-from engine.data import dropcheck
+from finetui.engine import config as cfg
+from finetui.engine import launcher
+from finetui.engine.data import dropcheck
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO / "tests" / "data" / "datasets" / "llamafactory" / "alpaca_en_demo.json"
@@ -105,7 +105,7 @@ def args(config: Path, *overrides: str, allow_drops: bool = False) -> argparse.N
 
 def test_finetui_train_stops_before_the_run_and_says_why(tmp_path):
     config = write_config(tmp_path, path=str(ALPACA), format="qa")
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--runs-dir", str(tmp_path / "runs"), "train",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(tmp_path / "runs"), "train",
                            str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2, proc.stderr
@@ -135,8 +135,8 @@ def test_allow_drops_or_the_setting_lets_it_start(tmp_path, monkeypatch):
 def test_the_check_imports_no_tokenizer_or_torch():
     code = (
         "import json, sys\n"
-        "from engine import config as cfg\n"
-        "from engine.data import dropcheck\n"
+        "from finetui.engine import config as cfg\n"
+        "from finetui.engine.data import dropcheck\n"
         f"data = cfg.validate({{'data': {{'path': {str(ALPACA)!r}, 'format': 'qa'}}}}).data\n"
         "assert dropcheck.refusal(data)\n"
         "print(json.dumps([m for m in ('torch', 'transformers', 'tokenizers', 'datasets') if m in sys.modules]))\n"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import render
-from engine.data.inspection import inspect, print_report
-from engine.data.readers import load_records
+from finetui.engine.data import render
+from finetui.engine.data.inspection import inspect, print_report
+from finetui.engine.data.readers import load_records
 from render_helpers import trained_runs
 
 DATA = Path(__file__).resolve().parent / "data" / "fidelity"
@@ -184,8 +184,8 @@ def test_inspect_and_the_trainer_report_say_what_is_skipped(tokenizer, tmp_path,
     assert "3 of 7 records skipped: undesirable reply (KTO label false)" in text
     assert f"skipped: {path}:2: field 'label'" in text
 
-    from engine.config import Config
-    from engine.data import dataset
+    from finetui.engine.config import Config
+    from finetui.engine.data import dataset
 
     monkeypatch.setenv("FINETUI_CACHE", str(tmp_path / "cache"))
     config = Config()
@@ -240,7 +240,7 @@ def test_one_empty_user_turn_drops_its_exchange():
 
 
 def test_strict_still_refuses_an_empty_turn():
-    from engine.data.readers import DataError
+    from finetui.engine.data.readers import DataError
 
     with pytest.raises(DataError, match=r"conversations\[5\]\.value': empty turn dropped"):
         load_records(DATA / "sharegpt_12_turns_one_empty.jsonl", on_error="strict")
@@ -258,7 +258,7 @@ def test_dataset_browser_counts_skipped_rows(finetui_cache):
         {"id": 2, "op": "render", "record": json.loads(path.read_text().splitlines()[1])},
     ]
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.data.render_worker", "--model", "tiny"],
+        [sys.executable, "-m", "finetui.engine.data.render_worker", "--model", "tiny"],
         input="".join(json.dumps(r) + "\n" for r in requests), capture_output=True, text=True,
         cwd=Path(__file__).resolve().parents[1], timeout=300,
     )

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from engine.config import Config
-from engine.data import dataset, render as render_mod
-from engine.data.conversation import Conversation, Message
+from finetui.engine.config import Config
+from finetui.engine.data import dataset, render as render_mod
+from finetui.engine.data.conversation import Conversation, Message
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_sample_data_builds(cache, tokenizer):
 
 def test_build_matches_render(cache, tokenizer, shared_datasets):
     """The training rows are exactly what render() (the browser's view) produces."""
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     path = str(shared_datasets / "llamafactory" / "alpaca_en_demo.json")
     built = dataset.build(config(path, test_size=0.0, max_samples=20), tokenizer)
@@ -131,7 +131,7 @@ def test_truncation_and_no_trained_are_counted(cache, tokenizer, shared_datasets
     assert report.format == "sharegpt"
     assert all(r["length"] <= 160 for r in built.train)
     # count independently with render()
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     loaded = readers.load_records(path)
     template = render_mod.resolve_template(tokenizer, "chatml")

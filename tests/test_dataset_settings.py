@@ -1,4 +1,4 @@
-"""tui.datasource's part between the dataset browser and the Settings, without an app:
+"""finetui.tui.datasource's part between the dataset browser and the Settings, without an app:
 which columns the readers use, when the Settings would read the open dataset otherwise,
 and what "u" (use in Settings) writes."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tui import datasource
+from finetui.tui import datasource
 
 
 def data(**kw):

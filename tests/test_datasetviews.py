@@ -1,9 +1,9 @@
-"""tui.widgets.datasetviews without an app: the trained tokens highlighted in a rendered
+"""finetui.tui.widgets.datasetviews without an app: the trained tokens highlighted in a rendered
 record, a long text's windows, and the token-lengths summary with its histogram."""
 
 from __future__ import annotations
 
-from tui.widgets.datasetviews import MAX_WINDOWS, lengths_view, marked, rendered_view
+from finetui.tui.widgets.datasetviews import MAX_WINDOWS, lengths_view, marked, rendered_view
 
 
 def color(name: str) -> str:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_on_tiny_runs_every_step(tmp_path, finetui_cache):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--model", "tiny"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "demo", "--model", "tiny"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout

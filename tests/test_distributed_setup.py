@@ -7,8 +7,8 @@ import importlib.util
 
 import pytest
 
-from engine import config as cfg
-from engine import distributed
+from finetui.engine import config as cfg
+from finetui.engine import distributed
 
 
 def config(**dist):

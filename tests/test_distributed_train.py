@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from engine import events as ev
-from engine import runs
+from finetui.engine import events as ev
+from finetui.engine import runs
 from tests.train_helpers import finish, new_run, of_type, stdout_log
 
 STEPS = 3
@@ -77,7 +77,7 @@ def test_two_nodes_on_localhost_train_and_checkpoint(tmp_path, finetui_cache):
     root = tmp_path / "shared-runs"
 
     def node(rank: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "engine.cli", "--runs-dir", str(root), "train", str(config),
+        return subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(root), "train", str(config),
                                  "--nnodes", "2", "--node-rank", str(rank), "--rdzv", rdzv, "--rdzv-id", "job7",
                                  "--verbose"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

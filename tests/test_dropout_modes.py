@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import runs
+from finetui.engine import runs
 from train_helpers import file_events, finish, make_config, of_type, stdout_log
 
 pytestmark = pytest.mark.slow

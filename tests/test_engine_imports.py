@@ -19,29 +19,29 @@ ENGINE = REPO / "engine"
 
 # Modules the UI process imports: stdlib + pydantic/yaml/psutil (and pyarrow lazily) only.
 LIGHT_MODULES = (
-    "engine.config",
-    "engine.events",
-    "engine.atomic",
-    "engine.runs",
-    "engine.data.conversation",
-    "engine.data.readers",
-    "engine.data.formats",
-    "engine.data.columns",
-    "engine.data.dropcheck",
-    "engine.data.paged",
-    "engine.hardware",
-    "engine.footprint",
-    "engine.perf",
-    "engine.perf.allocator",
-    "engine.perf.import_cache",
-    "engine.perf.threads",
-    "engine.units",
-    "engine.data.create.documents",
-    "engine.data.create.passages",
-    "engine.data.create.quality",
-    "engine.data.create.store",
-    "engine.data.create.writers",
-    "engine.data.create.run",
+    "finetui.engine.config",
+    "finetui.engine.events",
+    "finetui.engine.atomic",
+    "finetui.engine.runs",
+    "finetui.engine.data.conversation",
+    "finetui.engine.data.readers",
+    "finetui.engine.data.formats",
+    "finetui.engine.data.columns",
+    "finetui.engine.data.dropcheck",
+    "finetui.engine.data.paged",
+    "finetui.engine.hardware",
+    "finetui.engine.footprint",
+    "finetui.engine.perf",
+    "finetui.engine.perf.allocator",
+    "finetui.engine.perf.import_cache",
+    "finetui.engine.perf.threads",
+    "finetui.engine.units",
+    "finetui.engine.data.create.documents",
+    "finetui.engine.data.create.passages",
+    "finetui.engine.data.create.quality",
+    "finetui.engine.data.create.store",
+    "finetui.engine.data.create.writers",
+    "finetui.engine.data.create.run",
 )
 HEAVY_PACKAGES = ("torch", "transformers", "peft", "datasets", "bitsandbytes")
 UI_PACKAGES = ("textual",)
@@ -53,7 +53,7 @@ def engine_modules() -> list[str]:
         parts = path.relative_to(REPO).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        names.append(".".join(parts))
+        names.append(".".join(("finetui", *parts)))
     return names
 
 
@@ -73,7 +73,7 @@ def imported_after(module: str) -> list[str]:
 
 def test_light_modules_are_engine_modules():
     missing = [m for m in LIGHT_MODULES if m not in engine_modules()]
-    optional = {"engine.hardware", "engine.footprint"}
+    optional = {"finetui.engine.hardware", "finetui.engine.footprint"}
     assert not [m for m in missing if m not in optional], f"LIGHT_MODULES names modules that do not exist: {missing}"
 
 

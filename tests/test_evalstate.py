@@ -1,4 +1,4 @@
-"""tui.evalstate without Textual: the comparison table's rows and deltas, the result
+"""finetui.tui.evalstate without Textual: the comparison table's rows and deltas, the result
 heading, the subprocess command lines, how progress lines are read, and a job run to its
 end through a real subprocess."""
 
@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from tui import evalstate
-from tui.evalstate import Job, MetricRow
+from finetui.tui import evalstate
+from finetui.tui.evalstate import Job, MetricRow
 
 
 def result(**extra) -> dict:
@@ -81,7 +81,7 @@ class Options:
 def test_command_lines():
     run = Path("/runs/r1")
     command = evalstate.eval_command(run, Options(), trust_remote_code=False)
-    assert command[1:] == ["-m", "engine.cli", "eval", "/runs/r1", "--json", "--max-new-tokens", "32",
+    assert command[1:] == ["-m", "finetui.engine.cli", "eval", "/runs/r1", "--json", "--max-new-tokens", "32",
                            "--compare-base", "--limit", "5"]
     Options.compare_base, Options.limit = False, None
     assert evalstate.eval_command(run, Options(), True)[-3:] == ["--max-new-tokens", "32", "--trust-remote-code"]

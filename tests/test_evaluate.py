@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import evaluate as E
+from finetui.engine import evaluate as E
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def _labels_data(path: Path, n: int = 24) -> Path:
 
 def _fake_run(root: Path, data: Path, *, test_size: float = 0.25) -> Path:
     """A run whose 'fine-tuned' full model is an untouched copy of tiny."""
-    from engine import config as cfg
-    from engine import runs, tiny
+    from finetui.engine import config as cfg
+    from finetui.engine import runs, tiny
 
     c = cfg.validate({
         "model": {"name_or_path": "tiny"}, "method": {"type": "full"},
@@ -99,8 +99,8 @@ def test_evaluate_a_run(finetui_cache, tmp_path):
 
     # The split is the one training used: rebuild it by hand and compare per-example loss
     # with transformers' own loss, and batched generation with one-at-a-time generation.
-    from engine import chat, config as cfg
-    from engine.data import dataset
+    from finetui.engine import chat, config as cfg
+    from finetui.engine.data import dataset
 
     loaded = chat.load(str(run_dir))
     built = dataset.build(cfg.load(run_dir / "config.yaml"), loaded.tokenizer)
@@ -123,7 +123,7 @@ def test_no_held_out_split_is_a_clear_error(finetui_cache, tmp_path):
 
 
 def test_cli_json_and_table(finetui_cache, tmp_path, monkeypatch, capsys):
-    from engine import cli
+    from finetui.engine import cli
 
     run_dir = _fake_run(tmp_path / "runs", _labels_data(tmp_path / "reviews.jsonl"))
     monkeypatch.setenv("FINETUI_RUNS_DIR", str(tmp_path / "runs"))
@@ -142,9 +142,9 @@ def test_cli_json_and_table(finetui_cache, tmp_path, monkeypatch, capsys):
 def test_split_matches_the_trainers_eval(finetui_cache, tmp_path):
     """Train a small run with the real trainer; the eval split must be the trainer's: the
     trainer's final eval_loss (mean of per-batch means) comes out of our split again."""
-    pytest.importorskip("engine.train")
-    from engine import config as cfg
-    from engine import events, runs
+    pytest.importorskip("finetui.engine.train")
+    from finetui.engine import config as cfg
+    from finetui.engine import events, runs
 
     c = cfg.validate({
         "model": {"name_or_path": "tiny"}, "method": {"type": "full"},
@@ -155,14 +155,14 @@ def test_split_matches_the_trainers_eval(finetui_cache, tmp_path):
         "output": {"runs_dir": str(tmp_path)},
     })
     run_dir = runs.new_run(c, name="evaltrain", root=tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "engine.train", "--run-dir", str(run_dir)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.train", "--run-dir", str(run_dir)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     evs = events.read_file(run_dir / "events.jsonl")
     assert proc.returncode == 0, proc.stderr[-2000:]
     trainer_loss = [e for e in evs if e["type"] == "eval"][-1]["eval_loss"]
 
-    from engine import chat
-    from engine.data import dataset
+    from finetui.engine import chat
+    from finetui.engine.data import dataset
 
     loaded = chat.load(str(run_dir))
     built = dataset.build(cfg.load(run_dir / "config.yaml"), loaded.tokenizer)
@@ -181,9 +181,9 @@ def test_split_matches_the_trainers_eval(finetui_cache, tmp_path):
 
 @pytest.mark.slow
 def test_lora_run_compares_with_its_base_by_switching_the_adapter_off(finetui_cache, tmp_path):
-    pytest.importorskip("engine.train")
-    from engine import config as cfg
-    from engine import runs
+    pytest.importorskip("finetui.engine.train")
+    from finetui.engine import config as cfg
+    from finetui.engine import runs
 
     c = cfg.validate({
         "model": {"name_or_path": "tiny"}, "method": {"type": "lora", "lora_r": 8},
@@ -193,7 +193,7 @@ def test_lora_run_compares_with_its_base_by_switching_the_adapter_off(finetui_ca
         "output": {"runs_dir": str(tmp_path)},
     })
     run_dir = runs.new_run(c, name="evallora", root=tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "engine.train", "--run-dir", str(run_dir)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.train", "--run-dir", str(run_dir)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -203,8 +203,8 @@ def test_lora_run_compares_with_its_base_by_switching_the_adapter_off(finetui_ca
     assert tuned["eval_loss"] != base["eval_loss"]
 
     # The adapter switched off is the untouched base: same loss as tiny loaded on its own.
-    from engine import chat
-    from engine.data import dataset
+    from finetui.engine import chat
+    from finetui.engine.data import dataset
 
     plain = chat.load("tiny")
     built = dataset.build(cfg.load(run_dir / "config.yaml"), plain.tokenizer)

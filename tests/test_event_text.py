@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import events as ev
+from finetui.engine import events as ev
 
 
 def test_each_event_type_has_its_line():

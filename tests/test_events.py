@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine import events as ev
+from finetui.engine import events as ev
 
 
 def sample_events():

@@ -23,8 +23,8 @@ import pytest
 import torch
 import yaml
 
-from engine import export as ex
-from engine import modeling
+from finetui.engine import export as ex
+from finetui.engine import modeling
 from train_helpers import stdout_log, train
 
 pytestmark = pytest.mark.slow
@@ -128,7 +128,7 @@ def closed_port() -> int:
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, finetui_cache_dir) -> Path:
     """A tiny LoRA run, evaluated (eval/results.json, tuned and base)."""
-    from engine import evaluate
+    from finetui.engine import evaluate
 
     os.environ["FINETUI_CACHE"] = str(finetui_cache_dir)
     root = tmp_path_factory.mktemp("export-runs")
@@ -146,7 +146,7 @@ def exported(lora_run, tmp_path_factory) -> ex.Exported:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -376,9 +376,9 @@ async def test_runs_screen_export_key_runs_the_export_in_a_subprocess(lora_run, 
                                                                       finetui_cache):
     from tui_helpers import SIZE, copy_run, wait_until
 
-    from tui.app import FinetuiApp
-    from tui.screens.export import ExportScreen
-    from tui.screens.runs import RunsScreen
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.export import ExportScreen
+    from finetui.tui.screens.runs import RunsScreen
 
     for name in ("config", "work"):
         (tmp_path / name).mkdir()
@@ -411,7 +411,7 @@ async def test_runs_screen_export_key_runs_the_export_in_a_subprocess(lora_run, 
 
 
 def test_an_up_to_date_merge_is_linked_not_merged_again(lora_run, exported, tmp_path):
-    from engine.merge import merge
+    from finetui.engine.merge import merge
 
     merged = merge(lora_run, shard_size="500KB")
     stages: list[str] = []

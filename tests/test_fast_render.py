@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import chunking, readers, render, skeleton
-from engine.data import templates as builtin
-from engine.data.conversation import Conversation, Message
+from finetui.engine.data import chunking, readers, render, skeleton
+from finetui.engine.data import templates as builtin
+from finetui.engine.data.conversation import Conversation, Message
 
 DATA = Path(__file__).resolve().parent / "data"
 TEMPLATES = DATA / "chat_templates"
@@ -171,8 +171,8 @@ def test_inspect_in_fresh_workers_under_mimalloc_reports_what_one_process_does(t
     (they get the job pickled, not inherited): the same report as one process."""
     from transformers import AutoTokenizer
 
-    from engine.data import inspection
-    from engine.perf import allocator
+    from finetui.engine.data import inspection
+    from finetui.engine.perf import allocator
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     path = str(shared_datasets / "llamafactory" / "alpaca_en_demo.json")

@@ -1,4 +1,4 @@
-"""engine.footprint: parameter counts against published sizes, the memory formula's
+"""finetui.engine.footprint: parameter counts against published sizes, the memory formula's
 terms, config lookup (tiny, folder, HF cache) and that it stays light."""
 
 import json
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from engine import footprint as fp
-from engine.config import Config
+from finetui.engine import footprint as fp
+from finetui.engine.config import Config
 
 LLAMA2_7B = {
     "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -79,7 +79,7 @@ def test_qlora_is_much_smaller_than_lora_and_checkpointing_cuts_activations():
 
 def test_tiny_comes_from_engine_tiny_settings_without_building_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUI_CACHE", str(tmp_path / "cache"))
-    from engine import tiny
+    from finetui.engine import tiny
 
     cfg, source = fp.read_model_config("tiny")
     assert cfg["hidden_size"] == tiny.MODEL_SETTINGS["hidden_size"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import config as cfg
-from engine import footprint
+from finetui.engine import config as cfg
+from finetui.engine import footprint
 
 GB = 10 ** 9
 
@@ -95,7 +95,7 @@ def test_ddp_share_is_the_single_process_estimate_and_the_config_picks_the_strat
 
 
 def test_start_check_counts_one_process_share():
-    from engine import startcheck
+    from finetui.engine import startcheck
 
     ddp = cfg.validate({"model": {"name_or_path": "tiny"}, "method": {"type": "full"}})
     fsdp = cfg.validate({"model": {"name_or_path": "tiny"}, "method": {"type": "full"},

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine.config import DATA_FORMATS
-from engine.data.formats import (
+from finetui.engine.config import DATA_FORMATS
+from finetui.engine.data.formats import (
     FORMATS,
     DataError,
     RecordError,

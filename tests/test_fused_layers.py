@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.perf import fused_layers  # noqa: E402
+from finetui.engine.perf import fused_layers  # noqa: E402
 from model_helpers import loss_and_grads, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -164,7 +164,7 @@ def test_same_code_tells_functions_apart():
 
 
 def test_which_runs_use_it():
-    from engine import perf
+    from finetui.engine import perf
 
     assert perf.plan("auto", "cpu", False).fused_layers
     assert not perf.plan("auto", "cpu", True).fused_layers  # autocast

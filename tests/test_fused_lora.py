@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine import config as cfg  # noqa: E402
-from engine.perf import fused_lora  # noqa: E402
+from finetui.engine import config as cfg  # noqa: E402
+from finetui.engine.perf import fused_lora  # noqa: E402
 from model_helpers import loss_and_grads  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -163,7 +163,7 @@ def test_dropout_is_left_to_peft():
 
 
 def test_which_runs_use_it():
-    from engine import perf
+    from finetui.engine import perf
 
     assert cfg.Config.model_validate({"model": {"name_or_path": "tiny"}, "data": {"path": "x.jsonl"}}).method.lora_dropout == 0.0
     assert perf.plan("auto", "cpu", False).fused_lora

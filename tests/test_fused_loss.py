@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.perf import fused_loss  # noqa: E402
+from finetui.engine.perf import fused_loss  # noqa: E402
 from model_helpers import loss_and_grads, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -137,7 +137,7 @@ def make_model(kind: str, lora: bool, tied: bool = False):
 
 
 def batches():
-    from engine.data.dataset import TrainedLogitsOnly
+    from finetui.engine.data.dataset import TrainedLogitsOnly
 
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 96, (2, 14), generator=g)

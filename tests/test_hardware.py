@@ -2,7 +2,7 @@
 
 import json
 
-from engine import hardware
+from finetui.engine import hardware
 
 
 def test_without_nvml_or_gpu_there_is_a_plain_problem(monkeypatch):

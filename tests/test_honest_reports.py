@@ -19,7 +19,7 @@ from test_dashboard import open_dashboard
 from test_dashboard_helpers import SIZE, config, dash_env, screen_text, started_event, step_event, writer  # noqa: F401
 from test_train_cli import finetui, the_run, write_config
 
-from engine import runs
+from finetui.engine import runs
 
 REPO = Path(__file__).resolve().parents[1]
 QA = {"question": "What is finetui?", "answer": "A terminal app for fine-tuning."}
@@ -31,7 +31,7 @@ def inspect_cli(tiny_model_dir):
     env.pop("FINETUI_DEBUG", None)
 
     def call(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", *args],
+        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", *args],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     return call
@@ -102,7 +102,7 @@ def test_inspect_json_errors_are_json_on_stdout(inspect_cli, tmp_path):
 
 
 def test_data_line_names_kept_skipped_and_reasons():
-    from engine.events import data_line, event_lines
+    from finetui.engine.events import data_line, event_lines
 
     data = {"counts": {"records": 999, "ok": 974, "invalid": 20, "skipped": 5, "repaired": 2, "truncated": 317,
                        "no_trained": 0},
@@ -141,7 +141,7 @@ def test_train_prints_kept_and_skipped_with_reasons_before_training(tmp_path, fi
 
 
 async def test_dashboard_shows_the_data_line_within_80_columns(dash_env):
-    from tui.app import FinetuiApp
+    from finetui.tui.app import FinetuiApp
 
     c = config()
     run_dir = runs.new_run(c, name="data")

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from engine import hub
+from finetui.engine import hub
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -1,4 +1,4 @@
-"""engine.perf.import_cache: transformers' import table read once per installation, and the same
+"""finetui.engine.perf.import_cache: transformers' import table read once per installation, and the same
 table as transformers' own scan."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import textwrap
 import types
 from pathlib import Path
 
-from engine.perf import import_cache
+from finetui.engine.perf import import_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,13 +147,13 @@ def test_something_else_than_transformers_function_is_left_alone(tmp_path):
 _PROBE = textwrap.dedent("""
     import os, pickle, sys
     sys.path.insert(0, {root!r})
-    from engine.perf import import_cache
+    from finetui.engine.perf import import_cache
     armed = import_cache.install({cache!r}) if os.environ.get("ARM") else False
     import transformers
     from transformers.utils import import_utils
     from transformers import AutoConfig  # imports transformers.models: the second ask
     models = os.path.join(os.path.dirname(transformers.__file__), "models")
-    patched = import_utils.create_import_structure_from_path.__module__ == "engine.perf.import_cache"
+    patched = import_utils.create_import_structure_from_path.__module__ == "finetui.engine.perf.import_cache"
     table = import_utils.define_import_structure(models, prefix="models")
     with open(sys.argv[1], "wb") as f:
         pickle.dump((armed, patched, table), f)

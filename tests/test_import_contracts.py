@@ -30,33 +30,43 @@ def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess:
                           timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
 
 
-def test_the_checkout_keeps_every_contract():
-    out = lint_imports(REPO)
+def installed_layout(root: Path, copy: bool) -> Path:
+    """``root/finetui/{engine,tui}``: the packages as the wheel installs them (pyproject.toml maps
+    the repository's folders into one import name), copied or linked to this checkout."""
+    package = root / "finetui"
+    package.mkdir(parents=True)
+    shutil.copy(REPO / "finetui" / "__init__.py", package / "__init__.py")
+    for name in ("engine", "tui"):
+        if copy:
+            shutil.copytree(REPO / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            (package / name).symlink_to(REPO / name, target_is_directory=True)
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+def test_the_checkout_keeps_every_contract(tmp_path):
+    out = lint_imports(installed_layout(tmp_path / "tree", copy=False))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert out.stdout.count(" KEPT") == len(CONTRACTS), out.stdout[-2000:]
 
 
 def copy_packages(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("engine", "tui"):
-        shutil.copytree(REPO / package, root / package, ignore=ignore)
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    return root
+    return installed_layout(tmp_path / "tree", copy=True)
 
 
 # (contract, module to edit, the offending line): at module level, or inside a function
 OFFENCES = [
     ("engine-headless", "engine/runs.py", "from textual.app import App"),
-    ("engine-headless", "engine/data/readers.py", "def _show():\n    from tui import app"),
+    ("engine-headless", "engine/data/readers.py", "def _show():\n    from finetui.tui import app"),
     ("tui-light", "tui/app.py", "import torch"),
     ("tui-light", "tui/widgets/lossplot.py", "def _load():\n    from transformers import AutoModel"),
     ("tui-light", "tui/session.py", "import peft, bitsandbytes, datasets"),
     ("tui-plain-state", "tui/chatstate.py", "from textual.widgets import Static"),
-    ("tui-plain-state", "tui/evalstate.py", "def _show():\n    from tui.widgets.chatlog import ChatLog"),
+    ("tui-plain-state", "tui/evalstate.py", "def _show():\n    from finetui.tui.widgets.chatlog import ChatLog"),
     ("tui-plain-state", "tui/dashstate.py", "from textual.app import App"),
-    ("data-no-training", "engine/data/render.py", "from engine.perf import fused_loss"),
-    ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from engine.lean_trainer import LeanTrainer"),
+    ("data-no-training", "engine/data/render.py", "from finetui.engine.perf import fused_loss"),
+    ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from finetui.engine.lean_trainer import LeanTrainer"),
 ]
 
 
@@ -64,7 +74,7 @@ OFFENCES = [
 def test_each_contract_catches_an_offending_import(tmp_path, contract, module, line):
     root = copy_packages(tmp_path)
     assert lint_imports(root, contract).returncode == 0  # the copy keeps it before the edit
-    path = root / module
+    path = root / "finetui" / module
     path.write_text(path.read_text() + "\n\n" + line + "\n")
     out = lint_imports(root, contract)
     assert out.returncode == 1 and "BROKEN" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfg
-from engine import events as ev
-from engine.data import readers
-from engine.importers import llamafactory as lf
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine.data import readers
+from finetui.engine.importers import llamafactory as lf
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "tests" / "data" / "llamafactory"
@@ -27,7 +27,7 @@ DEMO_DATA = REPO / "tests" / "data" / "datasets" / "llamafactory"
 def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     full_env.pop("FINETUI_RUNS_DIR", None)
-    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -23,7 +23,7 @@ def run(tiny_model_dir, tmp_path):
 
     def call(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "engine.cli", "data", "inspect", *args],
+            [sys.executable, "-m", "finetui.engine.cli", "data", "inspect", *args],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
         )
 

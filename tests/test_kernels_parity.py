@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine import perf  # noqa: E402
+from finetui.engine import perf  # noqa: E402
 from train_helpers import make_config  # noqa: E402
 
 FP32_TOLERANCE = 1e-5
@@ -31,12 +31,12 @@ def run_job(config, device: str = "cpu") -> tuple[list[float], perf.Plan]:
 
     from transformers import PrinterCallback, set_seed
 
-    from engine import modeling
-    from engine.data import dataset as dataset_mod
-    from engine.lean_trainer import trainer_class
-    from engine.perf import fused_layers
-    from engine.perf.apply import prepare
-    from engine.train import training_arguments
+    from finetui.engine import modeling
+    from finetui.engine.data import dataset as dataset_mod
+    from finetui.engine.lean_trainer import trainer_class
+    from finetui.engine.perf import fused_layers
+    from finetui.engine.perf.apply import prepare
+    from finetui.engine.train import training_arguments
 
     set_seed(config.train.seed)
     tokenizer = modeling.load_tokenizer(config.model.name_or_path)
@@ -99,7 +99,7 @@ def test_auto_and_reference_train_alike_on_cpu(tiny_model_dir, finetui_cache, me
 def test_a_wrong_kernel_is_caught(tiny_model_dir, finetui_cache, monkeypatch):
     """The fused loss normalised by one target too many (an off-by-one, ~0.3% here): the
     parity check fails."""
-    from engine.perf import fused_loss
+    from finetui.engine.perf import fused_loss
 
     original = fused_loss.linear_cross_entropy
 
@@ -118,8 +118,8 @@ def test_a_wrong_kernel_is_caught(tiny_model_dir, finetui_cache, monkeypatch):
 @pytest.mark.slow
 def test_the_switch_switches(tiny_model_dir, finetui_cache, monkeypatch):
     """Calls into our fused code and the lean Trainer: many under auto, none under reference."""
-    from engine.perf import attention, fused_layers, fused_lora, fused_loss
-    from engine.perf import lean_trainer as lean
+    from finetui.engine.perf import attention, fused_layers, fused_lora, fused_loss
+    from finetui.engine.perf import lean_trainer as lean
 
     calls = {"lora": 0, "layers": 0, "loss": 0, "attention": 0, "lean": 0}
 
@@ -197,7 +197,7 @@ def test_cuda_plans_liger_and_flash_attention_when_installed():
 def test_an_unknown_kernels_value_is_refused():
     with pytest.raises(ValueError, match="train.kernels"):
         perf.plan("fast", "cpu", False)
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     with pytest.raises(cfg.ConfigError, match="kernels"):
         make_config(train={"kernels": "fast"})
@@ -208,7 +208,7 @@ def test_prepare_switches_attention_as_the_plan_asks(tiny_model_dir):
     model's attention implementation follows and the run's log says so."""
     from transformers import AutoModelForCausalLM
 
-    from engine.perf.apply import prepare
+    from finetui.engine.perf.apply import prepare
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
     said = []

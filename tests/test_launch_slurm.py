@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from engine import distributed
+from finetui.engine import distributed
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def launch(tmp_path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "--runs-dir", str(tmp_path / "runs"), "launch",
+    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(tmp_path / "runs"), "launch",
                            "slurm", str(ROOT / "sample_data" / "quickstart.yaml"), *extra],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
@@ -35,7 +35,7 @@ def test_sbatch_script_parses_and_names_the_torchrun_arguments(tmp_path):
     (srun,) = [line for line in script.splitlines() if line.startswith("srun ")]
     for arg in ('--nnodes "$SLURM_NNODES"', "--nproc-per-node 4", '--node-rank "$SLURM_NODEID"',
                 "--rdzv-backend c10d", '--rdzv-endpoint "$HEAD_NODE:$PORT"', '--rdzv-id "$SLURM_JOB_ID"',
-                '-m engine.train --run-dir "$RUN_DIR"'):
+                '-m finetui.engine.train --run-dir "$RUN_DIR"'):
         assert arg in srun
     assert "torch.distributed.run" in srun
     assert re.search(r"^export RUN_DIR HEAD_NODE PORT", script, re.M)  # seen inside srun's bash -c
@@ -60,7 +60,7 @@ def test_sbatch_script_runs_its_srun_line_with_slurms_variables(tmp_path):
     assert len(lines) == 2
     for rank, line in enumerate(lines):
         assert line.startswith(f"torchrun --nnodes 2 --nproc-per-node 8 --node-rank {rank} --rdzv-backend c10d "
-                               "--rdzv-endpoint node-a:29500 --rdzv-id 42 -m engine.train --run-dir ")
+                               "--rdzv-endpoint node-a:29500 --rdzv-id 42 -m finetui.engine.train --run-dir ")
 
 
 def test_torchrun_arguments():

@@ -1,4 +1,4 @@
-"""engine.lean_trainer.LeanTrainer: the Hugging Face Trainer's per-step module walks, done once or
+"""finetui.engine.lean_trainer.LeanTrainer: the Hugging Face Trainer's per-step module walks, done once or
 over the trained parameters only, must leave training exactly as it was: the same clipped
 gradients and norm, the same FLOs, gradients cleared, and modes that really switch between
 training and evaluation (dropout on in training, off in evaluation)."""
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.lean_trainer import LeanTrainer  # noqa: E402
+from finetui.engine.lean_trainer import LeanTrainer  # noqa: E402
 
 
 def make_model(dropout: float = 0.0):
@@ -92,8 +92,8 @@ def test_modes_switch_between_training_and_evaluation(tmp_path):
 
 
 def test_adamw_runs_fused(tmp_path):
-    from engine import config as cfg
-    from engine.train import training_arguments
+    from finetui.engine import config as cfg
+    from finetui.engine.train import training_arguments
 
     config = cfg.Config.model_validate({"model": {"name_or_path": "tiny"}, "data": {"path": "x.jsonl"}})
     args = training_arguments(config, tmp_path, "cpu", has_eval=False, world_size=1)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import render
-from engine.data.inspection import inspect, print_report
-from engine.data.readers import load_records
+from finetui.engine.data import render
+from finetui.engine.data.inspection import inspect, print_report
+from finetui.engine.data.readers import load_records
 
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO / "tests" / "data" / "fidelity" / "wiki_articles.jsonl"
@@ -80,7 +80,7 @@ def test_truncate_is_an_explicit_choice_and_says_what_it_loses(tokenizer):
 
 
 def test_windows_are_the_rendered_tokens_and_an_overlap_is_context(tokenizer):
-    from engine.data import chunking
+    from finetui.engine.data import chunking
 
     template = render.resolve_template(tokenizer, "auto")
     render.prepare_tokenizer(tokenizer, template)
@@ -110,8 +110,8 @@ def test_windows_are_the_rendered_tokens_and_an_overlap_is_context(tokenizer):
 
 
 def test_training_set_has_one_row_per_window_and_keeps_a_text_on_one_side(tokenizer, tmp_path, monkeypatch):
-    from engine.config import Config
-    from engine.data import dataset
+    from finetui.engine.config import Config
+    from finetui.engine.data import dataset
 
     lengths = full_tokens(tokenizer)
     monkeypatch.setenv("FINETUI_CACHE", str(tmp_path / "cache"))
@@ -152,7 +152,7 @@ def test_training_set_has_one_row_per_window_and_keeps_a_text_on_one_side(tokeni
 
 
 def test_long_text_settings_are_validated():
-    from engine.config import ConfigError, validate
+    from finetui.engine.config import ConfigError, validate
 
     assert validate({}).data.long_text == "chunk" and validate({}).data.text_overlap == 0
     with pytest.raises(ConfigError, match=r"data.long_text: Input should be 'chunk' or 'truncate'"):
@@ -160,8 +160,8 @@ def test_long_text_settings_are_validated():
     with pytest.raises(ConfigError, match=r"data.text_overlap: 256 must be less than half of data.max_length \(512\)"):
         validate({"data": {"text_overlap": 256}})
     assert validate({"data": {"text_overlap": 32, "max_length": 128}}).data.text_overlap == 32
-    from engine.config import LONG_TEXT
-    from engine.data import chunking
+    from finetui.engine.config import LONG_TEXT
+    from finetui.engine.data import chunking
 
     assert LONG_TEXT == chunking.LONG_TEXT
 
@@ -171,7 +171,7 @@ def test_inspect_command_line_takes_long_text_and_overlap(tiny_model_dir):
     env.pop("FINETUI_DEBUG", None)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(WIKI), *args],
+        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(WIKI), *args],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     lapped = json.loads(run("--text-overlap", "64", "--json").stdout)

@@ -22,11 +22,11 @@ import yaml
 from test_dashboard_helpers import SIZE, dash_env, fake_launch, screen_text, wait_for  # noqa: F401
 from tui_helpers import settle, text_of, tui_env  # noqa: F401
 
-from engine import config as cfg
-from engine import events as ev
-from engine import footprint, runs, startcheck
-from engine.hardware import GpuReading
-from engine.units import format_bytes
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import footprint, runs, startcheck
+from finetui.engine.hardware import GpuReading
+from finetui.engine.units import format_bytes
 from train_helpers import BASE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     full_env.pop("FINETUI_RUNS_DIR", None)
     full_env.pop("FINETUI_FAKE_GPUS", None)
-    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -158,7 +158,7 @@ def test_a_sigkilled_trainer_is_named_in_the_cli(tmp_path, finetui_cache):
     path = write_config(tmp_path, train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("FINETUI_RUNS_DIR", None)
-    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path, env=env,
+    cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_dir = tmp_path / "runs" / cli.stdout.readline().strip()
@@ -178,7 +178,7 @@ def test_a_sigkilled_trainer_is_named_in_the_cli(tmp_path, finetui_cache):
 
 
 def test_exit_statuses_are_named():
-    from engine import errors
+    from finetui.engine import errors
 
     assert errors.exit_problem(-signal.SIGKILL, "r1")[0] == KILLED
     assert "--resume r1" in errors.exit_problem(-signal.SIGKILL, "r1")[1]
@@ -187,9 +187,9 @@ def test_exit_statuses_are_named():
 
 
 async def test_the_dashboard_names_a_sigkill_but_not_its_own_kill(dash_env, monkeypatch):
-    from engine import runs
-    from tui.app import FinetuiApp
-    from tui.screens.dashboard import DashboardScreen
+    from finetui.engine import runs
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.dashboard import DashboardScreen
 
     from test_dashboard_helpers import config
 
@@ -213,9 +213,9 @@ async def test_the_dashboard_names_a_sigkill_but_not_its_own_kill(dash_env, monk
 
 
 async def test_settings_show_the_refusal_before_start(tui_env, monkeypatch):
-    from engine import runs
-    from tui.app import FinetuiApp
-    from tui.widgets.dialogs import ConfirmDialog
+    from finetui.engine import runs
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.widgets.dialogs import ConfirmDialog
 
     from test_tui_settings import edit, open_settings
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import modeling
-from engine.merge import merge
+from finetui.engine import modeling
+from finetui.engine.merge import merge
 from train_helpers import of_type, stdout_log, train
 
 pytestmark = pytest.mark.slow
@@ -115,7 +115,7 @@ def test_full_fine_tune_merge_is_a_link_and_cli(tmp_path, finetui_cache):
     run_dir, rc, _ = train(tmp_path, "full", train={"eval_strategy": "no", "save_strategy": "no"})
     assert rc == 0, stdout_log(run_dir)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "merge", str(run_dir), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "merge", str(run_dir), "--json"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = Path(json.loads(proc.stdout)["merged"])

@@ -1,4 +1,4 @@
-"""engine.modeling: where models come from, the clear errors, LoRA/QLoRA wiring, sizes."""
+"""finetui.engine.modeling: where models come from, the clear errors, LoRA/QLoRA wiring, sizes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from engine import modeling
-from engine.config import MethodConfig, ModelConfig
-from engine.errors import ModelError
+from finetui.engine import modeling
+from finetui.engine.config import MethodConfig, ModelConfig
+from finetui.engine.errors import ModelError
 
 
 def test_missing_local_folder_is_one_clear_line(tmp_path):
@@ -111,14 +111,14 @@ def test_load_for_inference_plain_model(finetui_cache):
 def test_error_kinds():
     import torch
 
-    from engine import errors
+    from finetui.engine import errors
 
     kind, message, hint = errors.classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert kind == "oom" and "batch_size" in hint and "gradient_checkpointing" in hint and "4-bit" in hint
     assert errors.classify(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))[0] == "oom"
     assert errors.classify(ModelError("model.name_or_path: no such folder 'x'"))[0] == "model"
     assert errors.classify(errors.SetupError("train.optimizer: ..."))[0] == "config"
-    from engine.data.dataset import DataError
+    from finetui.engine.data.dataset import DataError
 
     assert errors.classify(DataError("no usable records"))[0] == "data"
     assert errors.classify(KeyError("boom"))[0] == "internal"
@@ -137,7 +137,7 @@ def test_cached_hub_id_loads_offline(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
-    code = ("from engine import modeling; print(modeling.resolve_model_path('some-org/tiny-cached')); "
+    code = ("from finetui.engine import modeling; print(modeling.resolve_model_path('some-org/tiny-cached')); "
             "print(len(modeling.load_tokenizer('some-org/tiny-cached')))")
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))

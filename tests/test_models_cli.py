@@ -27,7 +27,7 @@ def _models(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (snap / "config.json").symlink_to(blobs / "0123abcd")
     env = {"PATH": "/usr/bin:/bin", "FINETUI_CACHE": str(tmp_path / "cache"), "HF_HUB_CACHE": str(hub),
            "HOME": str(tmp_path)}
-    code = ("import sys; from engine import cli; rc = cli.main(sys.argv[1:]); "
+    code = ("import sys; from finetui.engine import cli; rc = cli.main(sys.argv[1:]); "
             "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, "models", *args], cwd=REPO, env=env,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import events as ev
-from engine import heartbeat, run_paths, runs, trainer_pid
+from finetui.engine import events as ev
+from finetui.engine import heartbeat, run_paths, runs, trainer_pid
 from test_dashboard_helpers import (  # noqa: F401
     SIZE, dash_env, live_trainer, screen_text, synthetic_run, wait_for, writer,
 )
@@ -56,7 +56,7 @@ def test_a_copied_run_reads_and_resumes_its_own_folder(tmp_path, finetui_cache):
     assert info.outputs["best_checkpoint"].startswith(str(copy / "checkpoints"))
     assert info.checkpoints and all(c.startswith(str(copy / "checkpoints")) for c in info.checkpoints)
 
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     cfg.save(cfg.load(copy / "config.yaml", ["train.max_steps=6"]), copy / "config.yaml")
     rc, events = finish(launch(copy, resume=True))
@@ -72,7 +72,7 @@ def test_a_copied_run_reads_and_resumes_its_own_folder(tmp_path, finetui_cache):
 def test_old_absolute_records_are_read_in_the_folder_they_are_in(tmp_path):
     """Records written before (absolute paths into the folder a run was copied from) name
     the copy's files; a path outside any run folder stays as it is."""
-    run_dir = runs.new_run(__import__("engine.config", fromlist=["Config"]).Config(), name="old", root=tmp_path)
+    run_dir = runs.new_run(__import__("finetui.engine.config", fromlist=["Config"]).Config(), name="old", root=tmp_path)
     elsewhere = f"/mnt/old-box/runs/{run_dir.name}"
     w = writer(run_dir)
     w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
@@ -125,9 +125,9 @@ async def test_a_silent_live_trainer_is_named_hung_by_the_list_and_the_dashboard
     """A run whose trainer lives but has said nothing for train.hang_after_s (10 s here):
     runs list marks it hung? and says why, runs show too, the dashboard shows the banner;
     a heartbeat ends it."""
-    from tui.app import FinetuiApp
-    from tui.screens.dashboard import DashboardScreen
-    from tui.screens.runs import RunsScreen
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.dashboard import DashboardScreen
+    from finetui.tui.screens.runs import RunsScreen
 
     run = synthetic_run(steps=12, total=60, status=None, every=10, train__hang_after_s=10)
     with live_trainer(run):
@@ -145,12 +145,12 @@ async def test_a_silent_live_trainer_is_named_hung_by_the_list_and_the_dashboard
             assert "hung after train.hang_after_s: 10 s" in text, text
 
             env = dict(os.environ, PYTHONPATH=str(REPO))
-            listed = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "list"], env=env,
+            listed = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "runs", "list"], env=env,
                                     capture_output=True, text=True, timeout=60)
             row = next(line for line in listed.stdout.splitlines() if line.startswith(run.name))
             assert row.split()[1] == "hung?", listed.stdout
             assert f"{run.name}: the trainer looks hung: no event or heartbeat for 0m 1" in listed.stderr
-            shown = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "show", run.name, "--json"],
+            shown = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "runs", "show", run.name, "--json"],
                                    env=env, capture_output=True, text=True, timeout=60)
             info = json.loads(shown.stdout)
             assert info["status"] == "running" and info["hung_s"] > 10

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from test_dashboard_helpers import dash_env, synthetic_run  # noqa: F401
 
-from engine import chat_protocol as proto
-from engine import cli, runs
-from engine import events as ev
-from engine.data.paged import PagedFile
-from engine.data.readers import load_records
-from tui.runfeed import RunFeed
+from finetui.engine import chat_protocol as proto
+from finetui.engine import cli, runs
+from finetui.engine import events as ev
+from finetui.engine.data.paged import PagedFile
+from finetui.engine.data.readers import load_records
+from finetui.tui.runfeed import RunFeed
 
 REPO = Path(__file__).resolve().parents[1]
 DEEP = "[" * 100_000 + "]" * 100_000  # json.loads alone raises RecursionError on it
@@ -145,7 +145,7 @@ def test_the_chat_worker_answers_every_line(finetui_cache_dir):
     generate = [proto.encode(proto.generate_request(rid, USER, max_new_tokens=2)).encode() for rid in ("ok", "late")]
     bad = b'{"op":"generate","id":"latin1","messages":[{"role":"user","content":"caf\xe9"}]}'
     lines = [bad, generate[0], proto.encode(proto.shutdown_request()).encode(), generate[1]]
-    proc = subprocess.run([sys.executable, "-m", "engine.chat", "--serve", "tiny"], input=b"\n".join(lines) + b"\n",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.chat", "--serve", "tiny"], input=b"\n".join(lines) + b"\n",
                           cwd=REPO, capture_output=True, timeout=120,
                           env={**os.environ, "FINETUI_CACHE": str(finetui_cache_dir), "PYTHONIOENCODING": "utf-8"})
     assert proc.returncode == 0, proc.stderr[-2000:]

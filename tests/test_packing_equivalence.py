@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.data import dataset  # noqa: E402
+from finetui.engine.data import dataset  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -106,7 +106,7 @@ def packed_model(tiny_model_dir):
     example instead of one masked sdpa over the row)."""
     from transformers import AutoModelForCausalLM
 
-    from engine.perf.attention import NAME, use_packed_sdpa
+    from finetui.engine.perf.attention import NAME, use_packed_sdpa
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
     assert use_packed_sdpa(model) and model.config._attn_implementation == NAME
@@ -146,7 +146,7 @@ def test_packed_attention_grouped_query_heads():
     block-diagonal mask on a packed row."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.perf.attention import use_packed_sdpa
+    from finetui.engine.perf.attention import use_packed_sdpa
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -172,7 +172,7 @@ def test_packed_attention_batches_examples_of_one_length():
     comes back later, and a row of equal lengths only."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.perf.attention import _runs, use_packed_sdpa
+    from finetui.engine.perf.attention import _runs, use_packed_sdpa
 
     segments = [(0, 7), (7, 14), (14, 21), (21, 25), (25, 34), (34, 43), (43, 47)]
     assert _runs(segments) == [(7, 3), (4, 1), (9, 2), (4, 1)]

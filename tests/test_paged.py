@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.paged import SEARCH_CHUNK_BYTES, PagedFile
-from engine.data.readers import DataError, RawRecord
+from finetui.engine.data.paged import SEARCH_CHUNK_BYTES, PagedFile
+from finetui.engine.data.readers import DataError, RawRecord
 
 MODERATION = "Let's keep the discussion relevant to finetui."
 

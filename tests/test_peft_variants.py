@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from engine import config as cfg
-from engine import footprint, modeling
-from engine.merge import merge
+from finetui.engine import config as cfg
+from finetui.engine import footprint, modeling
+from finetui.engine.merge import merge
 from train_helpers import of_type, stdout_log, train
 
 pytestmark = pytest.mark.slow
@@ -183,7 +183,7 @@ def test_estimate_counts_dora_magnitudes(tiny_model_dir):
     dora = footprint.estimate(cfg.validate({"method": {"type": "lora", "use_dora": True}}))
     extra = dora.params_trainable - plain.params_trainable
     # one magnitude per output feature of every adapted linear (7 per Llama block)
-    from engine.modeling import load_model
+    from finetui.engine.modeling import load_model
 
     model = load_model(cfg.validate({"method": {"type": "lora", "use_dora": True}}).model,
                        cfg.validate({"method": {"type": "lora", "use_dora": True}}).method, device="cpu")
@@ -200,7 +200,7 @@ def test_dora_on_a_4bit_base_trains(tmp_path, finetui_cache):
 def test_galore_without_its_package_is_refused_naming_the_setting(monkeypatch):
     import sys
 
-    from engine import startcheck
+    from finetui.engine import startcheck
 
     config = cfg.validate({"method": {"type": "full"}, "train": {"optimizer": "galore_adamw"}})
     assert startcheck.package_problems(config) == []  # installed with the test extra

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.readers import (
+from finetui.engine.data.readers import (
     DataError,
     RawRecord,
     iter_conversations,
@@ -312,7 +312,7 @@ def test_offline_hub_id_fails_fast_with_one_line():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     code = (
         "import sys\n"
-        "from engine.data.readers import load_records, DataError\n"
+        "from finetui.engine.data.readers import load_records, DataError\n"
         "try:\n"
         "    load_records('finetui-test/no-such-dataset-xyz')\n"
         "except DataError as e:\n"

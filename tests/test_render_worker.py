@@ -1,4 +1,4 @@
-"""engine.data.render_worker: the JSON-lines render server the dataset browser uses."""
+"""finetui.engine.data.render_worker: the JSON-lines render server the dataset browser uses."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_worker(requests: list[dict], *args: str, timeout: float = 180) -> list[dict]:
     stdin = "".join(json.dumps(r) + "\n" for r in requests)
-    out = subprocess.run([sys.executable, "-m", "engine.data.render_worker", *args], input=stdin,
+    out = subprocess.run([sys.executable, "-m", "finetui.engine.data.render_worker", *args], input=stdin,
                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 

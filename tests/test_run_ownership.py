@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import config as cfg
-from engine import events as ev
-from engine import runs, trainer_pid
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import runs, trainer_pid
 from test_train_cli import finetui
 from train_helpers import file_events, launch, new_run, of_type
 
@@ -142,7 +142,7 @@ def test_kill_takes_the_group_only_when_the_trainer_leads_it(tmp_path):
     inside = _run_with_events(root, "inside", finished=None)
     code = ("import subprocess, sys; t = subprocess.Popen([sys.executable, '-c', "
             "\"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);"
-            " time.sleep(120)\", '-m', 'engine.train', '--run-dir', sys.argv[1]]); "
+            " time.sleep(120)\", '-m', 'finetui.engine.train', '--run-dir', sys.argv[1]]); "
             f"print(t.pid, flush=True); {SLEEPER}")
     leader = subprocess.Popen([sys.executable, "-c", code, str(inside)], stdout=subprocess.PIPE,
                               start_new_session=True)
@@ -171,7 +171,7 @@ def test_kill_takes_the_group_only_when_the_trainer_leads_it(tmp_path):
     own = _run_with_events(root, "own", finished=None)
     proc = subprocess.Popen(
         [sys.executable, "-c", f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {SLEEPER!r}]); "
-                               f"print('ok', flush=True); {SLEEPER}", "-m", "engine.train", "--run-dir", str(own)],
+                               f"print('ok', flush=True); {SLEEPER}", "-m", "finetui.engine.train", "--run-dir", str(own)],
         stdout=subprocess.PIPE, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == b"ok"
@@ -189,7 +189,7 @@ def test_a_recorded_pid_now_another_process_is_not_the_trainer(tmp_path):
     process that looks just like a trainer of this run): not running, nothing signalled."""
     root = tmp_path / "runs"
     run_dir = _run_with_events(root, "reused", finished=None)
-    proc = subprocess.Popen([sys.executable, "-c", SLEEPER, "-m", "engine.train", "--run-dir", str(run_dir)])
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER, "-m", "finetui.engine.train", "--run-dir", str(run_dir)])
     try:
         record = trainer_pid.write(run_dir, proc.pid)
         assert runs.summarize(run_dir).status == "running"

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from engine import config as cfg
-from engine import events as ev
-from engine import runs, trainer_pid
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import runs, trainer_pid
 
 
 def test_status_from_events_and_liveness(tmp_path):
@@ -25,7 +25,7 @@ def test_status_from_events_and_liveness(tmp_path):
     w.emit("eval", step=6, eval_loss=1.4, perplexity=4.0, metrics={})
 
     # A live process that looks like a trainer -> running.
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "engine.train"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "finetui.engine.train"])
     try:
         trainer_pid.write(run_dir, proc.pid)
         info = runs.summarize(run_dir)
@@ -62,10 +62,10 @@ def test_resolve_by_prefix_and_errors(tmp_path):
 def test_runs_cli_list_and_show_json(tmp_path):
     run_dir = runs.new_run(cfg.Config(), name="cli", root=tmp_path)
     env = dict(os.environ, FINETUI_RUNS_DIR=str(tmp_path))
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "list"], env=env,
+    out = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "runs", "list"], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert run_dir.name in out and "created" in out
-    bad = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "show", "nope"], env=env,
+    bad = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "runs", "show", "nope"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("finetui: no run 'nope'")
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -77,7 +77,7 @@ def test_a_resumed_session_is_not_decided_by_the_earlier_finished_event(tmp_path
     w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
     w.emit("finished", status="stopped", metrics={}, outputs={})
     w.emit("run_started", config={}, footprint={}, datasets={}, devices=["cpu"])
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "engine.train"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "finetui.engine.train"])
     try:
         trainer_pid.write(run_dir, proc.pid)
         assert runs.summarize(run_dir).status == "running"

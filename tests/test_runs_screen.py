@@ -7,14 +7,14 @@ from test_dashboard_helpers import (  # noqa: F401
     SIZE, dash_env, fake_launch, live_trainer, screen_text, synthetic_run, wait_for, widget_text,
 )
 
-from engine import events as ev
-from engine import runs
-from tui.app import FinetuiApp
-from tui.screens.compare import CompareScreen, config_diff
-from tui.screens.dashboard import DashboardScreen
-from tui.screens.runs import RunsScreen, column_widths
-from tui.widgets.dialogs import ConfirmDialog
-from tui.widgets.lossplot import LossPlot
+from finetui.engine import events as ev
+from finetui.engine import runs
+from finetui.tui.app import FinetuiApp
+from finetui.tui.screens.compare import CompareScreen, config_diff
+from finetui.tui.screens.dashboard import DashboardScreen
+from finetui.tui.screens.runs import RunsScreen, column_widths
+from finetui.tui.widgets.dialogs import ConfirmDialog
+from finetui.tui.widgets.lossplot import LossPlot
 
 
 async def goto_runs(pilot, app, count: int) -> RunsScreen:
@@ -172,8 +172,8 @@ async def test_new_goes_to_settings_and_asks_to_start(dash_env):
 
 
 def test_every_binding_has_an_id_and_is_known_to_help():
-    from tui.keymap import bindings_of
-    from tui.screens.runs import RunsTable
+    from finetui.tui.keymap import bindings_of
+    from finetui.tui.screens.runs import RunsTable
 
     app = FinetuiApp()
     known = app.known_binding_ids()
@@ -189,7 +189,7 @@ def test_every_binding_has_an_id_and_is_known_to_help():
 def test_summary_reads_increments_and_a_resumed_run_is_running_again(dash_env):
     from test_dashboard_helpers import step_event, writer
 
-    from engine import run_summary
+    from finetui.engine import run_summary
 
     run = synthetic_run(name="again", steps=12, total=20, status="stopped", every=5)
     assert runs.summarize(run).status == "stopped"

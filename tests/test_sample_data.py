@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import config
+from finetui.engine import config
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 MODERATION = "Let's keep the discussion relevant to finetui."

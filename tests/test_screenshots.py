@@ -23,8 +23,8 @@ import pytest
 from test_dashboard_helpers import dash_env, synthetic_run  # noqa: F401
 from tui_helpers import settle, wait_until
 
-from engine import hardware
-from tui.app import FinetuiApp
+from finetui.engine import hardware
+from finetui.tui.app import FinetuiApp
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENS = REPO / "docs" / "screens"
@@ -133,8 +133,8 @@ async def test_settings_screen(screen_env):
 
 
 async def test_runs_and_dashboard_screens(screen_env):
-    from tui.screens.dashboard import DashboardScreen
-    from tui.screens.runs import RunsScreen
+    from finetui.tui.screens.dashboard import DashboardScreen
+    from finetui.tui.screens.runs import RunsScreen
 
     fixed_run(screen_env)
     app = FinetuiApp()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import events as ev
-from engine import runs
-from tui.runfeed import RunFeed
+from finetui.engine import events as ev
+from finetui.engine import runs
+from finetui.tui.runfeed import RunFeed
 from train_helpers import file_events, launch, make_config, new_run, of_type, stdout_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_a_suspended_finetui_train_never_stalls_the_trainer_and_catches_up(tmp_p
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("FINETUI_RUNS_DIR", None)
     with open(out_path, "wb") as out:
-        cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(config)], cwd=tmp_path,
+        cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(config)], cwd=tmp_path,
                                stdout=out, stderr=subprocess.PIPE, env=env)
     try:
         _wait(lambda: out_path.read_bytes().count(b"\n") >= 1, 120, "the run id")

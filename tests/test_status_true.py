@@ -12,12 +12,12 @@ import pytest
 from test_dashboard_helpers import SIZE, dash_env, screen_text, step_event, synthetic_run, wait_for, writer  # noqa: F401
 from train_helpers import train
 
-from engine import cli, run_summary, runs
-from engine import config as cfg
-from engine import events as ev
-from tui.app import FinetuiApp
-from tui.runfeed import MAX_READ, RunFeed
-from tui.screens.runs import RunsScreen
+from finetui.engine import cli, run_summary, runs
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.tui.app import FinetuiApp
+from finetui.tui.runfeed import MAX_READ, RunFeed
+from finetui.tui.screens.runs import RunsScreen
 from test_dashboard import open_dashboard
 
 LONG = 40_000  # steps: ~19 MB of events, several pumps of MAX_READ to read

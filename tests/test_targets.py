@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine import targets
+from finetui.engine import targets
 
 
 def _run(root, run_id):

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import render
-from engine.data import templates as builtin
-from engine.data.conversation import Conversation, Message
+from finetui.engine.data import render
+from finetui.engine.data import templates as builtin
+from finetui.engine.data.conversation import Conversation, Message
 
 TEMPLATES = Path(__file__).resolve().parent / "data" / "chat_templates"
 FILES = sorted(p.stem for p in TEMPLATES.glob("*.jinja"))

@@ -1,4 +1,4 @@
-"""The real `python -m engine.cli` (what `finetui` runs) in tmux at 80x24, keyboard only:
+"""The real `python -m finetui.engine.cli` (what `finetui` runs) in tmux at 80x24, keyboard only:
 the first screen, help, a screen switch, an invalid then valid setting, quit.
 
 Each test gets its own tmux server socket (-L) and session name, an isolated
@@ -39,7 +39,7 @@ class Tmux:
             "TERM": "screen-256color",
         }
         assignments = " ".join(f"{k}={v}" for k, v in env.items())
-        command = f"cd {REPO} && exec env {assignments} {sys.executable} -m engine.cli"
+        command = f"cd {REPO} && exec env {assignments} {sys.executable} -m finetui.engine.cli"
         self.tmux("-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", "80", "-y", "24", command)
 
     def screen(self) -> str:

@@ -1,4 +1,4 @@
-"""engine.data.table.TokenTable: the tokenised tables the trainer reads without ``datasets``,
+"""finetui.engine.data.table.TokenTable: the tokenised tables the trainer reads without ``datasets``,
 and the trainer keeping ``datasets`` (and pandas) out of its start-up for local data."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from engine.data import table as table_mod
-from engine.data.table import TokenTable
+from finetui.engine.data import table as table_mod
+from finetui.engine.data.table import TokenTable
 
 from train_helpers import new_run
 
@@ -100,7 +100,7 @@ def test_reading_needs_neither_datasets_nor_pandas(tmp_path):
     TokenTable.from_columns(rows(20)).write(path)
     code = (
         "import sys, json; sys.modules['datasets'] = None; sys.modules['pandas'] = None\n"
-        "from engine.data.table import TokenTable\n"
+        "from finetui.engine.data.table import TokenTable\n"
         f"t = TokenTable.read({str(path)!r})\n"
         "s = t.train_test_split(test_size=4, seed=1)\n"
         "print(json.dumps([len(s['train']), s['test'][0]['length'], s['train'].__getitems__([0, 1])[1]['place']]))\n"
@@ -112,8 +112,8 @@ def test_reading_needs_neither_datasets_nor_pandas(tmp_path):
 
 
 def test_an_unreadable_cache_file_is_rendered_again(tmp_path, monkeypatch, capsys):
-    from engine import modeling
-    from engine.data import dataset, readers
+    from finetui.engine import modeling
+    from finetui.engine.data import dataset, readers
 
     monkeypatch.setenv("FINETUI_CACHE", str(tmp_path))
     tokenizer = modeling.load_tokenizer("tiny")
@@ -130,7 +130,7 @@ def test_an_unreadable_cache_file_is_rendered_again(tmp_path, monkeypatch, capsy
 
 
 def test_schema_names_every_column_the_renderer_makes():
-    from engine.data import dataset
+    from finetui.engine.data import dataset
 
     assert set(table_mod.schema().names) == {*dataset.MODEL_COLUMNS, *dataset._INTERNAL_COLUMNS}
 
@@ -142,7 +142,7 @@ def test_schema_names_every_column_the_renderer_makes():
     ("/no/such/file.jsonl", False),  # the data step reports it, with datasets importable
 ])
 def test_trainer_keeps_datasets_out_only_for_local_data(path, kept_out, monkeypatch):
-    from engine import train
+    from finetui.engine import train
 
     from train_helpers import make_config
 
@@ -155,7 +155,7 @@ def test_trainer_process_trains_without_importing_datasets_or_pandas(tmp_path, f
     run_dir = new_run(tmp_path, method={"type": "lora"},
                       train={"max_steps": 2, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "no"})
     code = (
-        "import sys, json\nfrom engine import train\n"
+        "import sys, json\nfrom finetui.engine import train\n"
         f"rc = train.main(['--run-dir', {str(run_dir)!r}])\n"
         "print(json.dumps([rc, sys.modules.get('datasets', 'absent') is None, 'pandas' in sys.modules]), "
         "file=sys.stderr)\n"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import readers
-from engine.data.conversation import Conversation, Message
-from engine.data.render import RenderError, prepare_tokenizer, render, resolve_template
+from finetui.engine.data import readers
+from finetui.engine.data.conversation import Conversation, Message
+from finetui.engine.data.render import RenderError, prepare_tokenizer, render, resolve_template
 
 DATA = Path(__file__).resolve().parent / "data"
 TEMPLATES = DATA / "chat_templates"  # see tests/data/SOURCES.md

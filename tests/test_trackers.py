@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import config as cfg
-from engine import startcheck
+from finetui.engine import config as cfg
+from finetui.engine import startcheck
 from train_helpers import of_type, stdout_log, train
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def test_tensorboard_run_through_the_lean_trainer_and_export(tmp_path, finetui_c
     assert len(of_type(events, "step")) == 4 and of_type(events, "finished")[0]["status"] == "completed"
 
     out = tmp_path / "exported"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--runs-dir", str(tmp_path), "runs", "export",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(tmp_path), "runs", "export",
                            run_dir.name, "--tensorboard", str(out), "--json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -85,7 +85,7 @@ def test_export_refuses_without_a_target_and_for_a_run_without_steps(tmp_path):
     (run / "events.jsonl").write_text("")
 
     def export(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "engine.cli", "--runs-dir", str(tmp_path), "runs", "export",
+        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(tmp_path), "runs", "export",
                                run.name, *extra], capture_output=True, text=True, timeout=60)
 
     proc = export()
@@ -105,7 +105,7 @@ def test_missing_tracker_is_refused_before_a_run_folder(tmp_path, finetui_cache)
     assert problems == ["train.report_to: wandb needs the wandb package, which is not installed: pip install wandb "
                         "(or pip install 'finetui[trackers]'), or take it out of train.report_to"]
     runs_dir = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--runs-dir", str(runs_dir), "train", str(config)],
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(runs_dir), "train", str(config)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2  # finetui train's status for a config it refuses
     assert "train.report_to: wandb needs the wandb package" in proc.stderr and "pip install wandb" in proc.stderr

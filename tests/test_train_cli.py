@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import events as ev
+from finetui.engine import events as ev
 from train_helpers import BASE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     full_env.pop("FINETUI_RUNS_DIR", None)
-    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -138,14 +138,14 @@ def test_detach_returns_at_once_and_the_run_goes_on(tmp_path, finetui_cache):
 def test_ctrl_c_detaches_and_the_run_goes_on(tmp_path, finetui_cache):
     import signal
 
-    from engine import runs
+    from finetui.engine import runs
 
     path = write_config(tmp_path, train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("FINETUI_RUNS_DIR", None)
     # Ctrl-C as a terminal delivers it, whatever the test runner's own SIGINT disposition
     # (a runner started in the background of a script ignores SIGINT, and children inherit it)
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import events as ev
-from engine import runs
+from finetui.engine import events as ev
+from finetui.engine import runs
 from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.data import dataset  # noqa: E402
+from finetui.engine.data import dataset  # noqa: E402
 
 TOLERANCE = 1e-5
 

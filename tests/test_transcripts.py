@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import render
-from engine.data.formats import DataError, detect
-from engine.data.inspection import inspect, print_report
-from engine.data.readers import iter_records, load_records
+from finetui.engine.data import render
+from finetui.engine.data.formats import DataError, detect
+from finetui.engine.data.inspection import inspect, print_report
+from finetui.engine.data.readers import iter_records, load_records
 from render_helpers import trained_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,8 +256,8 @@ def test_no_other_dataset_is_read_as_a_transcript():
 
 
 def test_data_roles_reach_training(tokenizer, tmp_path, monkeypatch):
-    from engine.config import TRANSCRIPT_ROLES, ConfigError, validate
-    from engine.data import dataset, transcripts
+    from finetui.engine.config import TRANSCRIPT_ROLES, ConfigError, validate
+    from finetui.engine.data import dataset, transcripts
 
     assert TRANSCRIPT_ROLES == transcripts.ROLES
     with pytest.raises(ConfigError, match=r"data.roles.Host: Input should be 'user', 'assistant' or 'system'"):
@@ -275,7 +275,7 @@ def test_inspect_command_line_takes_roles(tiny_model_dir):
     env.pop("FINETUI_DEBUG", None)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", *args],
+        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", *args],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     shown = run(str(PODCAST), "--roles", "Host=user,Guest=assistant", "--roles", "Producer=user", "--json")
@@ -291,7 +291,7 @@ def test_inspect_command_line_takes_roles(tiny_model_dir):
 def test_a_mapping_reaches_every_transcript_field(tmp_path):
     """speaker, text, conversation_id and system under a file's own column names, mapped
     with data.columns (--column FIELD=NAME): the same conversations, no column unused."""
-    from engine.data.formats import FIELDS
+    from finetui.engine.data.formats import FIELDS
 
     plain = tmp_path / "plain.jsonl"
     renamed = tmp_path / "renamed.jsonl"

@@ -20,11 +20,11 @@ from tui_helpers import (  # noqa: F401
 )
 from tui_helpers import wait_until as shared_wait_until
 
-from engine.data import formats
-from tui.app import FinetuiApp
-from tui.chathistory import ChatHistory
-from tui.screens.chat import FLUSH_S, ChatScreen
-from tui.widgets.chatdialogs import LoadDialog, ParamsDialog, SaveRecordDialog
+from finetui.engine.data import formats
+from finetui.tui.app import FinetuiApp
+from finetui.tui.chathistory import ChatHistory
+from finetui.tui.screens.chat import FLUSH_S, ChatScreen
+from finetui.tui.widgets.chatdialogs import LoadDialog, ParamsDialog, SaveRecordDialog
 
 
 async def wait_until(pilot, predicate, timeout: float = 120.0, what: str = "") -> None:
@@ -480,7 +480,7 @@ async def test_side_by_side_needs_a_run(tui_env, finetui_cache):
 
 
 def test_chat_history_without_textual():
-    """tui.chathistory on its own: contexts per side, a restart, single-turn, the size."""
+    """finetui.tui.chathistory on its own: contexts per side, a restart, single-turn, the size."""
     history = ChatHistory()
     for text, reply in (("a?", "A."), ("b?", None), ("c?", "C.")):  # b: stopped with nothing
         turn = history.add(text)

@@ -10,10 +10,10 @@ import json
 from test_data_create import FakeOpenAI, story
 from tui_helpers import SIZE, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
 
-from tui.app import FinetuiApp
-from tui.screens.create import CreateScreen, WriterDialog
-from tui.screens.datasets import DatasetsScreen
-from tui.widgets.dialogs import PathDialog
+from finetui.tui.app import FinetuiApp
+from finetui.tui.screens.create import CreateScreen, WriterDialog
+from finetui.tui.screens.datasets import DatasetsScreen
+from finetui.tui.widgets.dialogs import PathDialog
 
 
 async def test_documents_to_a_reviewed_dataset_by_keyboard(tui_env, tmp_path):

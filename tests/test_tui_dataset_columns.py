@@ -9,10 +9,10 @@ from pathlib import Path
 
 from tui_helpers import SIZE, open_path, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
 
-from tui.app import FinetuiApp
-from tui.screens.datasets import DatasetsScreen
-from tui.widgets.columnmap import ColumnMapDialog
-from tui.widgets.rowtable import RowTable
+from finetui.tui.app import FinetuiApp
+from finetui.tui.screens.datasets import DatasetsScreen
+from finetui.tui.widgets.columnmap import ColumnMapDialog
+from finetui.tui.widgets.rowtable import RowTable
 
 DATA = Path(__file__).resolve().parent / "data"
 PLAN = DATA / "fidelity" / "question_plan_answer.csv"
@@ -114,7 +114,7 @@ async def test_use_carries_the_detected_format_to_the_settings(tui_env):
         assert (data.path, data.format, data.columns, data.template) == (ALPACA.name, "alpaca", {}, "auto")
         assert data.test_path is None  # the quickstart's held-out FAQ file belongs to the FAQ
 
-        from engine.data.readers import load_records
+        from finetui.engine.data.readers import load_records
 
         loaded = load_records(data.path, format=data.format, columns=data.columns)
         assert loaded.counts == {"ok": 999, "invalid": 0}
@@ -161,9 +161,9 @@ async def test_start_asks_before_a_run_that_would_drop_records(tui_env, monkeypa
     import subprocess
     import sys
 
-    from engine import runs
-    from tui.screens.settings import SettingsScreen
-    from tui.widgets.dialogs import ConfirmDialog
+    from finetui.engine import runs
+    from finetui.tui.screens.settings import SettingsScreen
+    from finetui.tui.widgets.dialogs import ConfirmDialog
 
     launched = []
 
@@ -235,6 +235,6 @@ async def test_start_asks_before_a_run_that_would_drop_records(tui_env, monkeypa
 
 
 def cfg_of(run_dir: Path):
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     return cfg.load(run_dir / "config.yaml")

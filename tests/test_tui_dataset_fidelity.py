@@ -11,8 +11,8 @@ from pathlib import Path
 from test_tui_datasets import open_path, wait_until
 from tui_helpers import SIZE, settle, text_of, tui_env  # noqa: F401
 
-from tui.app import FinetuiApp
-from tui.widgets.rowtable import RowTable
+from finetui.tui.app import FinetuiApp
+from finetui.tui.widgets.rowtable import RowTable
 
 FIDELITY = Path(__file__).resolve().parent / "data" / "fidelity"
 WIKI = str(FIDELITY / "wiki_articles.jsonl")

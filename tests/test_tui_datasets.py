@@ -10,12 +10,12 @@ import time
 
 from tui_helpers import SIZE, open_path, notifications, settle, text_of, tui_env, type_text  # noqa: F401
 
-from tui import datasource
-from tui.app import FinetuiApp
-from tui.screens.datasets import DatasetsScreen
-from tui.widgets.dialogs import PathDialog
-from tui.widgets.pathinput import complete
-from tui.widgets.rowtable import RowTable
+from finetui.tui import datasource
+from finetui.tui.app import FinetuiApp
+from finetui.tui.screens.datasets import DatasetsScreen
+from finetui.tui.widgets.dialogs import PathDialog
+from finetui.tui.widgets.pathinput import complete
+from finetui.tui.widgets.rowtable import RowTable
 
 
 async def wait_until(pilot, predicate, timeout: float = 90.0) -> None:
@@ -46,7 +46,7 @@ async def test_opens_on_the_sample_dataset(tui_env):
 
 
 async def test_search_filters_with_a_match_count(tui_env):
-    from tui.session import sample_dir
+    from finetui.tui.session import sample_dir
 
     lines = (sample_dir() / "finetui_faq.jsonl").read_text().splitlines()
     expected = [i for i, line in enumerate(lines) if "lora" in json.dumps(json.loads(line), ensure_ascii=False).lower()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_tui_settings import goto_field, open_settings
 from tui_helpers import SIZE, settle, text_of, tui_env  # noqa: F401
-from tui.app import FinetuiApp
+from finetui.tui.app import FinetuiApp
 
 
 async def test_strategy_and_zero_stage_cycle_and_the_footprint_shows_the_share(tui_env):

@@ -15,10 +15,10 @@ from tui_helpers import (  # noqa: F401
     SIZE, copy_run, notifications, settle, text_of, trained_run, tui_env, type_text, wait_until,
 )
 
-from tui.app import FinetuiApp
-from tui.screens.evaluate import EvalScreen
-from tui.widgets.dialogs import PickDialog
-from tui.widgets.evaldialogs import EvalDialog, ExportDialog, normal_shard_size, shard_size_problem
+from finetui.tui.app import FinetuiApp
+from finetui.tui.screens.evaluate import EvalScreen
+from finetui.tui.widgets.dialogs import PickDialog
+from finetui.tui.widgets.evaldialogs import EvalDialog, ExportDialog, normal_shard_size, shard_size_problem
 
 
 async def open_eval(pilot, app) -> EvalScreen:

@@ -15,7 +15,7 @@ HEAVY = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerat
 
 SCRIPT = r"""
 import asyncio, json, sys
-from tui.app import FinetuiApp, SCREEN_TABLE
+from finetui.tui.app import FinetuiApp, SCREEN_TABLE
 
 async def settle(app):
     try:
@@ -71,17 +71,17 @@ def _modules(tmp_path: Path, code: str) -> set[str]:
 
 def test_ui_process_has_no_heavy_imports_after_start(tmp_path):
     modules = _modules(tmp_path, SCRIPT)
-    assert "textual" in modules and "tui.screens.settings" in modules  # it really ran
+    assert "textual" in modules and "finetui.tui.screens.settings" in modules  # it really ran
     loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert not loaded, f"heavy modules in the UI process: {loaded[:10]}"
 
 
 def test_tui_modules_import_light():
     code = (
-        "import importlib, json, pkgutil, sys, tui\n"
-        "for m in pkgutil.walk_packages(tui.__path__, 'tui.'):\n"
+        "import importlib, json, pkgutil, sys, finetui.tui\n"
+        "for m in pkgutil.walk_packages(finetui.tui.__path__, 'finetui.tui.'):\n"
         "    importlib.import_module(m.name)\n"
-        "import engine.footprint\n"
+        "import finetui.engine.footprint\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -10,9 +10,9 @@ import pytest
 from test_tui_settings import edit, goto_field, open_settings
 from tui_helpers import SIZE, settle, text_of, tui_env  # noqa: F401
 
-from tui.app import FinetuiApp
-from tui.widgets.dialogs import ConfirmDialog
-from tui.widgets.fieldform import RowError
+from finetui.tui.app import FinetuiApp
+from finetui.tui.widgets.dialogs import ConfirmDialog
+from finetui.tui.widgets.fieldform import RowError
 
 
 def on_screen(app, row) -> bool:
@@ -78,7 +78,7 @@ async def test_peft_variants_by_keyboard(tui_env):
 async def test_start_refuses_a_tracker_that_is_not_installed(tui_env, monkeypatch):
     """Start with train.report_to: [wandb] and no wandb: the start dialog names the setting
     and the pip line, and no run is made."""
-    from engine import runs
+    from finetui.engine import runs
 
     monkeypatch.setattr(runs, "new_run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("run folder made")))
     app = FinetuiApp()

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
 
-from engine import config as cfg
-from engine import footprint
-from engine.units import format_bytes
-from tui.app import FinetuiApp
-from tui.screens.settings import SettingsScreen
-from tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
-from tui.widgets.fieldform import FieldRow, RowEditor, RowError, SettingsForm
-from tui.widgets.modelpicker import ModelPicker
+from finetui.engine import config as cfg
+from finetui.engine import footprint
+from finetui.engine.units import format_bytes
+from finetui.tui.app import FinetuiApp
+from finetui.tui.screens.settings import SettingsScreen
+from finetui.tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
+from finetui.tui.widgets.fieldform import FieldRow, RowEditor, RowError, SettingsForm
+from finetui.tui.widgets.modelpicker import ModelPicker
 
 
 async def open_settings(pilot, app) -> None:
@@ -258,7 +258,7 @@ async def test_preset_picker_loads_a_preset(tui_env):
 
 
 async def test_start_launches_a_run_and_keeps_its_process(tui_env, monkeypatch):
-    from engine import runs
+    from finetui.engine import runs
 
     launched = []
 
@@ -292,7 +292,7 @@ async def test_start_launches_a_run_and_keeps_its_process(tui_env, monkeypatch):
 
 
 async def test_start_refuses_a_missing_data_file(tui_env, monkeypatch):
-    from engine import runs
+    from finetui.engine import runs
 
     monkeypatch.setattr(runs, "launch", lambda *a, **k: (_ for _ in ()).throw(AssertionError("launched")))
     app = FinetuiApp()
@@ -420,7 +420,7 @@ async def test_model_picker_sets_smollm2_and_the_estimate_follows(model_cache):
 
 
 async def test_model_picker_takes_a_typed_gguf_path(model_cache, monkeypatch):
-    from engine import runs
+    from finetui.engine import runs
 
     monkeypatch.setattr(runs, "launch", lambda *a, **k: (_ for _ in ()).throw(AssertionError("launched")))
     gguf = model_cache / "work" / "my-model.Q4_K_M.gguf"

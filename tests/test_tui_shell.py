@@ -8,10 +8,10 @@ from textual.binding import Binding
 from textual.command import CommandPalette
 from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text, user_config_dir  # noqa: F401
 
-from tui import keymap, themes, userconfig
-from tui.app import SCREEN_TABLE, FinetuiApp, screen_class
-from tui.screens.help import HelpScreen
-from tui.screens.settings import SettingsScreen
+from finetui.tui import keymap, themes, userconfig
+from finetui.tui.app import SCREEN_TABLE, FinetuiApp, screen_class
+from finetui.tui.screens.help import HelpScreen
+from finetui.tui.screens.settings import SettingsScreen
 
 
 async def test_screens_switch_by_key(tui_env):
@@ -147,8 +147,8 @@ async def test_help_lists_every_binding(tui_env):
 
 
 def test_every_finetui_binding_has_an_id():
-    from tui.screens import datasets
-    from tui.widgets import columnmap, dialogs, fieldform, pathinput, rowtable
+    from finetui.tui.screens import datasets
+    from finetui.tui.widgets import columnmap, dialogs, fieldform, pathinput, rowtable
 
     classes = [FinetuiApp, HelpScreen, fieldform.FieldRow, fieldform.RowEditor, fieldform.SettingsForm,
                pathinput.PathInput, dialogs.PathDialog, dialogs.PickDialog, dialogs.ConfirmDialog,

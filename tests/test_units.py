@@ -1,10 +1,10 @@
-"""engine.units: the one way sizes and durations are written (CLI, messages, screens)."""
+"""finetui.engine.units: the one way sizes and durations are written (CLI, messages, screens)."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.units import format_bytes, format_bytes_pair, format_duration
+from finetui.engine.units import format_bytes, format_bytes_pair, format_duration
 
 
 @pytest.mark.parametrize("n,iec,si", [

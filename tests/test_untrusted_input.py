@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from tui_helpers import tui_env  # noqa: F401 - a fixture
 
-from engine import config as cfg
-from engine import runs
-from engine.errors import ModelError
+from finetui.engine import config as cfg
+from finetui.engine import runs
+from finetui.engine.errors import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def evil(tmp_path, tiny_model_dir, monkeypatch) -> dict[str, Path]:
 
 
 def _finetui(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -104,7 +104,7 @@ def test_an_adapters_metadata_cannot_run_the_models_code(evil, finetui_cache, tm
 def test_a_runs_config_cannot_run_the_models_code_in_chat_eval_or_merge(evil, finetui_cache):
     """A run's config.yaml (a copied runs folder) asking for trust_remote_code is refused by
     chat, eval and merge, and an adapter's finetui.json by merge; nothing runs."""
-    from engine import chat, evaluate, merge, modeling
+    from finetui.engine import chat, evaluate, merge, modeling
 
     config_yaml = str(evil["run"] / "config.yaml")
     with pytest.raises(ModelError, match="--trust-remote-code") as refused:
@@ -127,7 +127,7 @@ def test_a_runs_config_cannot_run_the_models_code_in_chat_eval_or_merge(evil, fi
 def test_a_model_folders_own_code_does_not_run_when_loaded(evil, finetui_cache):
     """Loading the folder itself (finetui chat FOLDER) uses transformers' own Llama classes:
     its auto_map is not followed without --trust-remote-code."""
-    from engine import modeling
+    from finetui.engine import modeling
 
     model, _ = modeling.load_for_inference(str(evil["base"]), device="cpu")
     assert type(model).__name__ == "LlamaForCausalLM"
@@ -147,7 +147,7 @@ def _registry(folder: Path, entries: dict) -> Path:
 def test_a_dataset_info_entry_stays_inside_its_folder(tmp_path, where):
     """file_name ../outside.jsonl, /abs/path, a symlink out of the folder, or a symlink inside
     a folder entry: refused, naming dataset_info.json and the entry; nothing is read."""
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     secret = tmp_path / "outside.jsonl"
     secret.write_text(json.dumps({"text": "secret"}) + "\n")
@@ -176,7 +176,7 @@ def test_a_dataset_info_entry_stays_inside_its_folder(tmp_path, where):
 def test_a_dataset_info_entry_inside_its_folder_is_read(tmp_path):
     """Entries inside the folder (a subfolder, a symlink that stays inside) still read, and
     the user's own absolute data.path is theirs to give."""
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
@@ -218,7 +218,7 @@ def _assert_inert(text: str) -> None:
 
 
 def test_visible_shows_controls_and_keeps_the_rest():
-    from engine.visible import json_text, visible
+    from finetui.engine.visible import json_text, visible
 
     assert visible("a\x1b[2Jb\x07c\x9bd\x7fe\r\n\tf") == "a␛[2Jb␇c\\x9bd␡e␍\n\tf"
     assert visible("plain — ünïcödé █ [b]x[/b]\n\t") == "plain — ünïcödé █ [b]x[/b]\n\t"
@@ -233,7 +233,7 @@ def test_data_inspect_output_cannot_drive_the_terminal(tmp_path, finetui_cache):
     in the data is shown literally; --json stays valid and keeps the data exact."""
     path = _hostile_records(tmp_path)
     for example in range(len(HOSTILE)):
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(path), "--model", "tiny",
+        proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path), "--model", "tiny",
                                "--format", "alpaca", "--example", str(example), "--num-proc", "1"],
                               cwd=tmp_path, capture_output=True, timeout=300,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -244,7 +244,7 @@ def test_data_inspect_output_cannot_drive_the_terminal(tmp_path, finetui_cache):
     assert "␛]52;c;ZXZpbA==␇" in out or "[bold red]not markup[/]" in out
     assert "[bold red]not markup[/]" in out  # the last example: markup shown as written
 
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(path), "--model", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path), "--model", "tiny",
                            "--format", "alpaca", "--example", "3", "--num-proc", "1", "--json"],
                           cwd=tmp_path, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     text = proc.stdout.decode("utf-8")
@@ -252,7 +252,7 @@ def test_data_inspect_output_cannot_drive_the_terminal(tmp_path, finetui_cache):
     report = json.loads(text)
     assert HOSTILE["c1"] in report["example"]["text"]
 
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "data", "inspect", str(tmp_path / "no\x1b[2Jsuch.jsonl")],
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(tmp_path / "no\x1b[2Jsuch.jsonl")],
                           cwd=tmp_path, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1
     err = proc.stderr.decode("utf-8")
@@ -280,7 +280,7 @@ def control_model(tmp_path, tiny_model_dir) -> Path:
 
 def test_chat_prints_model_tokens_visibly(control_model, finetui_cache, tmp_path):
     """finetui chat MODEL --prompt: a reply of ESC and BEL tokens prints as ␛ and ␇."""
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "chat", str(control_model), "--prompt",
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "chat", str(control_model), "--prompt",
                            "hi \x1b[2J", "--max-new-tokens", "12"], cwd=tmp_path, capture_output=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr.decode()
@@ -306,7 +306,7 @@ def test_runs_list_and_show_cannot_drive_the_terminal(tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONPATH": str(REPO), "FINETUI_RUNS_DIR": str(root)}
     seen = ""
     for args in (["runs", "list"], ["runs", "show", hostile.name], ["runs", "attach", hostile.name]):
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=tmp_path, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", *args], cwd=tmp_path, capture_output=True,
                               timeout=120, env=env)
         text = proc.stdout.decode("utf-8") + proc.stderr.decode("utf-8")
         _assert_inert(text)
@@ -325,7 +325,7 @@ def _tui_inert(text: str) -> None:
 async def _open_in_datasets(pilot, app, path: Path) -> None:
     from textual.widgets import Input
 
-    from tui.widgets.dialogs import PathDialog
+    from finetui.tui.widgets.dialogs import PathDialog
     from tui_helpers import settle
 
     await settle(pilot, app)
@@ -343,8 +343,8 @@ async def test_tui_list_and_record_view_show_controls_visibly(tui_env, finetui_c
     from test_dashboard_helpers import screen_text
     from tui_helpers import SIZE, text_of, wait_until
 
-    from tui.app import FinetuiApp
-    from tui.widgets.rowtable import RowTable
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.widgets.rowtable import RowTable
 
     path = _hostile_records(tui_env / "work")
     app = FinetuiApp()
@@ -376,8 +376,8 @@ async def test_tui_chat_pane_shows_model_tokens_visibly(tui_env, finetui_cache, 
     """Chat: a reply of ESC and BEL tokens is shown as ␛ and ␇ in the pane."""
     from tui_helpers import SIZE, settle, text_of, wait_until
 
-    from tui.app import FinetuiApp
-    from tui.screens.chat import ChatScreen
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.chat import ChatScreen
 
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
@@ -406,10 +406,10 @@ async def test_tui_run_list_and_log_show_controls_visibly(tmp_path, monkeypatch)
     writes the clipboard and a stdout.log that clears the screen, all shown visibly."""
     from test_dashboard_helpers import SIZE, screen_text, synthetic_run, wait_for, widget_text
 
-    from tui.app import FinetuiApp
-    from tui.screens.dashboard import DashboardScreen
-    from tui.screens.runs import RunsScreen
-    from tui.widgets.logview import LogView
+    from finetui.tui.app import FinetuiApp
+    from finetui.tui.screens.dashboard import DashboardScreen
+    from finetui.tui.screens.runs import RunsScreen
+    from finetui.tui.widgets.logview import LogView
 
     for name in ("config", "work", "runs"):
         (tmp_path / name).mkdir()

@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from engine import config as cfg
-from engine import events as ev
-from engine import runs
+from finetui.engine import config as cfg
+from finetui.engine import events as ev
+from finetui.engine import runs
 
 BASE: dict[str, Any] = {
     "model": {"name_or_path": "tiny"},

@@ -70,7 +70,7 @@ async def settle(pilot, app, timeout: float = 15.0) -> None:
 
 async def open_path(pilot, app, path: str) -> None:
     """The Datasets screen's open dialog (o): type a path, enter, wait for it to load."""
-    from tui.widgets.dialogs import PathDialog
+    from finetui.tui.widgets.dialogs import PathDialog
 
     await pilot.press("o")
     await pilot.pause()
@@ -89,7 +89,7 @@ def train_tiny_run(tmp_path_factory, cache_dir: Path) -> Path:
     found = sorted(runs_dir.glob("*/adapter/adapter_config.json")) if runs_dir.exists() else []
     if found:
         return found[0].parent.parent
-    command = [sys.executable, "-m", "engine.cli", "--runs-dir", str(runs_dir), "train",
+    command = [sys.executable, "-m", "finetui.engine.cli", "--runs-dir", str(runs_dir), "train",
                str(REPO / "sample_data" / "quickstart.yaml"), "--name", "tui",
                "--set", "method.type=lora", "--set", "train.max_steps=20",
                "--set", "train.eval_steps=20", "--set", "train.save_steps=20"]

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 from textual.app import App
 from textual.binding import Binding
 
-from tui import keymap as keymaps
-from tui import themes as theme_files
-from tui import userconfig
-from tui.commands import FinetuiCommands
+from finetui.tui import keymap as keymaps
+from finetui.tui import themes as theme_files
+from finetui.tui import userconfig
+from finetui.tui.commands import FinetuiCommands
 
 if TYPE_CHECKING:
     import subprocess
@@ -50,11 +50,11 @@ class ScreenEntry:
 
 
 SCREEN_TABLE: tuple[ScreenEntry, ...] = (
-    ScreenEntry("datasets", "Datasets", "d", "tui.screens.datasets:DatasetsScreen"),
-    ScreenEntry("settings", "Settings", "s", "tui.screens.settings:SettingsScreen"),
-    ScreenEntry("runs", "Runs", "r", "tui.screens.runs:RunsScreen"),
-    ScreenEntry("chat", "Chat", "c", "tui.screens.chat:ChatScreen"),
-    ScreenEntry("eval", "Eval", "e", "tui.screens.evaluate:EvalScreen"),
+    ScreenEntry("datasets", "Datasets", "d", "finetui.tui.screens.datasets:DatasetsScreen"),
+    ScreenEntry("settings", "Settings", "s", "finetui.tui.screens.settings:SettingsScreen"),
+    ScreenEntry("runs", "Runs", "r", "finetui.tui.screens.runs:RunsScreen"),
+    ScreenEntry("chat", "Chat", "c", "finetui.tui.screens.chat:ChatScreen"),
+    ScreenEntry("eval", "Eval", "e", "finetui.tui.screens.evaluate:EvalScreen"),
 )
 # Textual's own app keys (no id, not remappable) as the help screen names them.
 UNNAMED_ACTIONS = {"help_quit": "How to quit (ctrl+c copies in text boxes)", "quit": "Quit"}
@@ -106,7 +106,7 @@ class FinetuiApp(App):
         if self._settings_state is None:
             with self._settings_lock:
                 if self._settings_state is None:
-                    from tui.session import SettingsState
+                    from finetui.tui.session import SettingsState
 
                     state, problems = SettingsState.initial()
                     for problem in problems:
@@ -122,7 +122,7 @@ class FinetuiApp(App):
                markup: bool = True) -> None:
         """Every toast (screens' and widgets' notify come here): errors quote paths, names and
         data, shown with their control characters made visible (engine.visible)."""
-        from tui.safetext import visible
+        from finetui.tui.safetext import visible
 
         super().notify(visible(message), title=visible(title), severity=severity, timeout=timeout, markup=markup)
 
@@ -182,7 +182,7 @@ class FinetuiApp(App):
         self.switch_mode(mode)
 
     def action_help(self) -> None:
-        from tui.screens.help import HelpScreen
+        from finetui.tui.screens.help import HelpScreen
 
         if isinstance(self.screen, HelpScreen):
             self.screen.dismiss(None)
@@ -196,7 +196,7 @@ class FinetuiApp(App):
         self.run_dirs[run_id] = run_dir
         self.notify(f"run {run_id} started (pid {proc.pid})", title="Start", timeout=10)
         self.action_goto("runs")
-        from tui.screens.runs import RunsScreen
+        from finetui.tui.screens.runs import RunsScreen
 
         if isinstance(self.screen, RunsScreen):
             self.screen.post_message(RunsScreen.RunStarted(run_id))
@@ -228,7 +228,7 @@ class FinetuiApp(App):
         for entry in SCREEN_TABLE:
             cls = screen_class(entry)
             groups.append((entry.title, [cls, *getattr(cls, "HELP_CLASSES", [])]))
-        from tui.screens.help import HelpScreen
+        from finetui.tui.screens.help import HelpScreen
 
         groups.append(("Help", [HelpScreen]))
         return groups

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.chat_protocol import ChatClient, Generation
-from tui.chathistory import ChatHistory, Message, Side
+from finetui.engine.chat_protocol import ChatClient, Generation
+from finetui.tui.chathistory import ChatHistory, Message, Side
 
 RECORD_DEFAULT = "chat_records.jsonl"
 TINY = ("tiny", "tiny", "the built-in demo model (untrained)")
@@ -98,7 +98,7 @@ def params_summary(params: dict[str, Any]) -> tuple[str, str]:
 def run_dir_of(target: str) -> Path | None:
     """The run folder a load target belongs to (a run id, ``last``, a run folder, or a
     run's merged/ or adapter/ folder), else None. Light: engine.runs only."""
-    from engine import runs, targets
+    from finetui.engine import runs, targets
 
     path = Path(target)
     owner = targets.run_of_folder(path)
@@ -142,7 +142,7 @@ def folder_kind(path: Path) -> str:
 def load_choices() -> list[tuple[str, str, str]]:
     """What the load dialog offers: each run's results (merged, base + adapter, full
     fine-tune), newest first, then the demo model. Reads the runs folder (a thread)."""
-    from engine import runs
+    from finetui.engine import runs
 
     items: list[tuple[str, str, str]] = []
     for info in runs.list_runs():

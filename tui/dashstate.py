@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui.runfeed import RunState
+from finetui.tui.runfeed import RunState
 
 STATUS_MARK = {
     "running": ("●", "good"), "starting": ("…", "dim"), "completed": ("✔", "train"),

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data import formats, readers
-from engine.data.paged import PagedFile
-from engine.units import format_bytes
+from finetui.engine.data import formats, readers
+from finetui.engine.data.paged import PagedFile
+from finetui.engine.units import format_bytes
 
 MAX_LIST_ROWS = 100_000
 PAGED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt")
@@ -199,7 +199,7 @@ def detect_format(rows: RowSource, source: readers.Source, configured: str = "au
     except formats.DataError as exc:
         return None, str(exc)
     if found == "text" and roles:
-        from engine.data import transcripts
+        from finetui.engine.data import transcripts
 
         if transcripts.text_transcript(sample, columns):
             return "transcript", "detected"
@@ -245,8 +245,8 @@ def check_columns(sample: list[Any], fmt: str | None, columns: dict[str, str] | 
                   roles: dict[str, str] | None = None) -> ColumnCheck:
     """Normalise a sample with ``fmt`` and ``columns`` (formats only: cheap, UI-safe); the
     rows of a transcript are converted a conversation at a time, with ``roles`` (data.roles)."""
-    from engine.data import transcripts
-    from engine.data.columns import ColumnUse
+    from finetui.engine.data import transcripts
+    from finetui.engine.data.columns import ColumnUse
 
     use = ColumnUse(columns)
     ok, problem = 0, None

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import spawn
-from engine.units import format_bytes
+from finetui.engine import spawn
+from finetui.engine.units import format_bytes
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 MERGE_STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
@@ -59,7 +59,7 @@ def read_results(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
 
 def run_choices() -> list[tuple[str, str, str]]:
     """(run folder, id, description) for every run, newest first."""
-    from engine import runs
+    from finetui.engine import runs
 
     items = []
     for info in runs.list_runs():
@@ -74,7 +74,7 @@ def run_choices() -> list[tuple[str, str, str]]:
 
 def default_run() -> Path | None:
     """The newest run with a result to evaluate (adapter/), else the newest run."""
-    from engine import runs
+    from finetui.engine import runs
 
     found = runs.list_runs()
     for info in found:
@@ -206,7 +206,7 @@ class EvalChoice(Protocol):
 
 
 def eval_command(run_dir: Path, options: EvalChoice, trust_remote_code: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "engine.cli", "eval", str(run_dir), "--json",
+    command = [sys.executable, "-m", "finetui.engine.cli", "eval", str(run_dir), "--json",
                "--max-new-tokens", str(options.max_new_tokens)]
     if options.compare_base:
         command.append("--compare-base")
@@ -216,7 +216,7 @@ def eval_command(run_dir: Path, options: EvalChoice, trust_remote_code: bool = F
 
 
 def merge_command(run_dir: Path, out: Path, shard_size: str, trust_remote_code: bool = False) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "merge", str(run_dir), "--out", str(out),
+    return [sys.executable, "-m", "finetui.engine.cli", "merge", str(run_dir), "--out", str(out),
             "--shard-size", shard_size, *(["--trust-remote-code"] if trust_remote_code else [])]
 
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from engine import spawn
+from finetui.engine import spawn
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -54,7 +54,7 @@ class RenderClient:
             return
         try:
             self.proc = spawn.start(  # its own session: ctrl+c in the terminal goes to the UI, not here
-                [sys.executable, "-m", "engine.data.render_worker", *self.args],
+                [sys.executable, "-m", "finetui.engine.data.render_worker", *self.args],
                 stdin=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
             )
         except OSError as exc:

@@ -36,10 +36,10 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import events as ev
-from engine import heartbeat, runs, trainer_pid
-from engine.events import format_event
-from engine.visible import visible
+from finetui.engine import events as ev
+from finetui.engine import heartbeat, runs, trainer_pid
+from finetui.engine.events import format_event
+from finetui.engine.visible import visible
 
 if TYPE_CHECKING:
     import subprocess

@@ -1,4 +1,4 @@
-"""engine.visible for Rich text: what the TUI shows of records, model output, file and run
+"""finetui.engine.visible for Rich text: what the TUI shows of records, model output, file and run
 names, logs and errors, with control characters made visible (ESC as ␛), styles kept.
 
 Widgets that show such text pass it through :func:`safe` (ChatMessage, LogView, TextLine,
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from engine.visible import has_controls, visible
+from finetui.engine.visible import has_controls, visible
 
 __all__ = ["safe", "visible"]
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import yaml
 
-from engine import config as cfg
+from finetui.engine import config as cfg
 
 QUICKSTART = "quickstart.yaml"
 
 
 def sample_dir() -> Path:
-    return Path(str(resources.files("sample_data")))
+    return Path(str(resources.files("finetui.sample_data")))
 
 
 def presets_dir() -> Path:

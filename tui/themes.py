@@ -26,7 +26,7 @@ from typing import Any
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
-from engine import configfile
+from finetui.engine import configfile
 
 DEFAULT_THEME = "finetui"
 THEME_SUFFIXES = (".yaml", ".yml", ".toml")
@@ -40,7 +40,7 @@ class ThemeError(ValueError):
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("themes")))
+    return Path(str(resources.files("finetui.themes")))
 
 
 def parse(data: Any, source: str) -> Theme:

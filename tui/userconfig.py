@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from engine import configfile
+from finetui.engine import configfile
 
 FILE_NAMES = ("config.yaml", "config.toml")
 

@@ -25,8 +25,8 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, Iterator
 
-from engine.data import render as render_mod
-from engine.data.conversation import Conversation
+from finetui.engine.data import render as render_mod
+from finetui.engine.data.conversation import Conversation
 
 BOUND_CHARS = 1 << 18  # a record with more characters of text than this is "big"
 CHARS_PER_TOKEN = 64  # ... or than this many per token of max_length
@@ -131,7 +131,7 @@ def encode_pieces(tokenizer, text: str) -> tuple[array, Offsets]:
 def text_windows(conv: Conversation, tokenizer, template, *, train_on: str, max_length: int, overlap: int):
     """The windows of a big raw text (``long_text="chunk"``): chunking's windows over its
     tokens in pieces. The text is what render makes of it (its BOS and EOS around)."""
-    from engine.data import chunking
+    from finetui.engine.data import chunking
 
     marked = render_mod.render(Conversation(kind="text", text=_MARK), tokenizer, template,
                                train_on=train_on, max_length=max_length)
@@ -194,7 +194,7 @@ def render_truncated(conv: Conversation, tokenizer, template, *, train_on: str, 
 def render_record(conv: Conversation, tokenizer, template, *, train_on: str, max_length: int,
                   long_text: str, overlap: int) -> Any:
     """chunking.render_record for a big record (:func:`is_big`)."""
-    from engine.data import chunking
+    from finetui.engine.data import chunking
 
     if conv.kind == "text" and long_text == "chunk":
         return text_windows(conv, tokenizer, template, train_on=train_on, max_length=max_length, overlap=overlap)

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.data import bigrecords
-from engine.data import render as render_mod
-from engine.data.conversation import Conversation
+from finetui.engine.data import bigrecords
+from finetui.engine.data import render as render_mod
+from finetui.engine.data.conversation import Conversation
 
 LONG_TEXT = ("chunk", "truncate")  # engine.config.LONG_TEXT (a test checks)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-from engine.data.formats import FIELDS, clip, unused_columns
+from finetui.engine.data.formats import FIELDS, clip, unused_columns
 
 SHOW_COLUMNS = 6  # columns named in one note line
 

@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from engine.data import chunking
-from engine.data import render as render_mod
-from engine.data.conversation import Conversation
-from engine.data.formats import MESSAGE_CHARS, clip
+from finetui.engine.data import chunking
+from finetui.engine.data import render as render_mod
+from finetui.engine.data.conversation import Conversation
+from finetui.engine.data.formats import MESSAGE_CHARS, clip
 
 CACHE_VERSION = 3  # 3: windows of long texts (2: Arrow IPC files written by engine.data.table; 1: datasets.map caches)
 MAX_ISSUES = 200  # issues kept in a report (the total is counted)
@@ -160,7 +160,7 @@ def no_trained_reason(truncated: bool, max_length: int) -> str:
 
 
 def cache_dir() -> Path:
-    from engine.tiny import cache_root
+    from finetui.engine.tiny import cache_root
 
     return cache_root() / "datasets"
 
@@ -267,7 +267,7 @@ def tokenise(
     Returns (TokenTable with model + internal columns, cache_hit). A miss renders in this
     process, or in ``num_proc`` forked processes (contiguous chunks, joined in order), and
     writes ``render-<key>.arrow``; a hit memory-maps that file."""
-    from engine.data.table import TokenTable
+    from finetui.engine.data.table import TokenTable
 
     render_mod.detect_end_token(tokenizer, template)  # once, before workers fork
     rows = [(_place(where), json.dumps(conv.to_dict(), ensure_ascii=False, sort_keys=True)) for where, conv in conversations]
@@ -319,7 +319,7 @@ def _render_in_processes(rows: list[tuple[str, str]], args: tuple, workers: int)
 
 def build(config, tokenizer) -> BuiltData:
     """Read, render, tokenise and split ``config.data`` (an ``engine.config.Config``)."""
-    from engine.data import readers
+    from finetui.engine.data import readers
 
     data = config.data
     template = render_mod.resolve_template(tokenizer, data.template)

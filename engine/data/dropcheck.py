@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.data import formats, readers
-from engine.data.columns import ColumnUse
+from finetui.engine.data import formats, readers
+from finetui.engine.data.columns import ColumnUse
 
 MAX_CHECK_RECORDS = 200_000  # records read per source; a bigger file is judged on its first ones
 TOP_REASONS = 3

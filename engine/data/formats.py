@@ -47,7 +47,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
-from engine.data.conversation import Conversation, Message
+from finetui.engine.data.conversation import Conversation, Message
 
 # Must match engine.config.DATA_FORMATS minus "auto" (a test checks); not imported from
 # there so this module stays stdlib-only.
@@ -241,7 +241,7 @@ def detect_one(
         "answer", "response", record_aliases=("completion", "response", "output")
     ):
         return "qa"
-    from engine.data import transcripts
+    from finetui.engine.data import transcripts
 
     # one utterance of a transcript: a speaker, its words and the conversation it is in
     if transcripts.is_row(record, columns, with_id=True):
@@ -1003,7 +1003,7 @@ def to_conversation(
     speaker -> role mapping. A transcript record here is one text of ``Name: text`` lines;
     rows of utterances are grouped into conversations by the readers."""
     if fmt == "transcript":
-        from engine.data import transcripts
+        from finetui.engine.data import transcripts
 
         if not isinstance(record, dict):
             raise RecordError(None, f"record is {_type_name(record)}, not an object")

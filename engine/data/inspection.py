@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine import hub
-from engine.data.formats import MESSAGE_CHARS, clip
-from engine.visible import json_text, visible
-from engine.json_errors import error_kind, json_error
+from finetui.engine import hub
+from finetui.engine.data.formats import MESSAGE_CHARS, clip
+from finetui.engine.visible import json_text, visible
+from finetui.engine.json_errors import error_kind, json_error
 
 SHOW_ISSUES = 5
 HIST_BINS = 10
@@ -82,7 +82,7 @@ def no_usable_error(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_object(exc: BaseException) -> dict[str, Any]:
-    """engine.json_errors' object for an input that cannot be inspected."""
+    """finetui.engine.json_errors' object for an input that cannot be inspected."""
     message = clip(str(exc).strip() or type(exc).__name__, MESSAGE_CHARS)
     place = getattr(exc, "place", None)
     if place is None:
@@ -135,7 +135,7 @@ def parse_columns(items: list[str] | None) -> dict[str, str]:
 
 def parse_roles(items: list[str] | str | None) -> dict[str, str]:
     """``--roles Host=user,Guest=assistant`` (repeatable): a transcript's speaker -> role."""
-    from engine.data.transcripts import ROLES
+    from finetui.engine.data.transcripts import ROLES
 
     if isinstance(items, str):
         items = [items]
@@ -157,8 +157,8 @@ def load_tokenizer(name_or_path: str):
     so inspect sees exactly the training tokenizer); else loads it here."""
     import importlib.util
 
-    if importlib.util.find_spec("engine.modeling") is not None:
-        from engine import modeling
+    if importlib.util.find_spec("finetui.engine.modeling") is not None:
+        from finetui.engine import modeling
 
         loader = getattr(modeling, "load_tokenizer", None)
         if loader is not None:
@@ -169,7 +169,7 @@ def load_tokenizer(name_or_path: str):
 def _load_tokenizer(name_or_path: str):
     import os
 
-    from engine import tiny
+    from finetui.engine import tiny
 
     if tiny.is_tiny(name_or_path):
         name_or_path = str(tiny.path())
@@ -234,9 +234,9 @@ def inspect(
     and how many examples they make, ``tokens_kept`` / ``tokens_total`` what is trained of
     the records' tokens. ``num_proc``: processes that render (None: one per core);
     ``progress``: a bar on stderr (None: when stderr is a terminal)."""
-    from engine.data import chunking
-    from engine.data import dataset as data_mod
-    from engine.data import readers, render
+    from finetui.engine.data import chunking
+    from finetui.engine.data import dataset as data_mod
+    from finetui.engine.data import readers, render
 
     if max_length < 1:
         raise InspectError(f"--max-length {max_length}: must be at least 1")
@@ -384,7 +384,7 @@ class _Job:
         (place, None, (full tokens, kept tokens, chunked, raw text, [(n_trained, n_tokens,
         truncated, notes, trains_end) per example])). The records render together, each as
         training renders it, and are counted (chunking.count_records: no examples built)."""
-        from engine.data import chunking, render
+        from finetui.engine.data import chunking, render
 
         counted = chunking.count_records([conv for _, conv in batch], self.tokenizer, self.template,
                                          train_on=self.train_on, max_length=self.max_length,
@@ -412,7 +412,7 @@ def _set_job(pickled: bytes) -> None:
 
 def _main_is_guarded() -> bool:
     """Whether a fresh worker can prepare itself from this process's ``__main__`` without
-    running it: run as a module (``python -m engine.cli``: its code is under ``if __name__
+    running it: run as a module (``python -m finetui.engine.cli``: its code is under ``if __name__
     == "__main__"``), the ``finetui`` entry point, or no main file. A script of the user's
     that calls inspect() at top level would run again in each fresh worker: forked ones
     then."""
@@ -433,7 +433,7 @@ def _mimalloc_env() -> dict[str, str] | None:
     mimalloc it takes ~25% less CPU than under glibc. A forked worker keeps its parent's
     allocator, so these workers start from a fork server that starts with the library
     preloaded (a second or two, once: only sources of ``MIMALLOC_BYTES`` or more use it)."""
-    from engine.perf import allocator
+    from finetui.engine.perf import allocator
 
     if os.environ.get(allocator.MARKER, "auto") not in ("auto", "mimalloc"):
         return None
@@ -462,14 +462,14 @@ class _Tally:
         self.total_tokens = self.trained_tokens = self.tokens_total = self.tokens_kept = 0
 
     def issue(self, text: str) -> None:
-        from engine.data.dataset import MAX_ISSUES
+        from finetui.engine.data.dataset import MAX_ISSUES
 
         self.issues_total += 1
         if len(self.issues) < MAX_ISSUES:
             self.issues.append(clip(text, MESSAGE_CHARS))
 
     def add(self, place: str, error: str | None, summary: tuple | None) -> None:
-        from engine.data.dataset import no_trained_reason
+        from finetui.engine.data.dataset import no_trained_reason
 
         if error is not None:
             if self.strict:
@@ -568,7 +568,7 @@ class _Pipeline:
             os.environ.update(preload)  # for the fork server, started now, and its children
             try:
                 context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(["engine.data.inspection", "engine.data.chunking",
+                context.set_forkserver_preload(["finetui.engine.data.inspection", "finetui.engine.data.chunking",
                                                 "transformers.tokenization_utils_tokenizers"])
                 self.pool = context.Pool(self.workers, initializer=_set_job, initargs=(pickle.dumps(self.job),))
             except OSError:  # no fork server here (it needs a Unix socket): forked workers
@@ -639,7 +639,7 @@ class _Progress:
             return self
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from engine.console import console
+        from finetui.engine.console import console
 
         total = sum(self.sizes.values()) or None
         self.progress = Progress(
@@ -719,7 +719,7 @@ def _example_dict(ex, tokenizer) -> dict[str, Any]:
 def print_report(result: dict[str, Any], file=None) -> None:
     from rich.text import Text
 
-    from engine.console import console as make_console
+    from finetui.engine.console import console as make_console
 
     file = file or sys.stdout
     tty = file.isatty()

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine.data.formats import DataError
-from engine.data.readers import (
+from finetui.engine.data.formats import DataError
+from finetui.engine.data.readers import (
     DEFAULT_MAX_LINE_BYTES,
     MB,
     Issue,
@@ -40,7 +40,7 @@ from engine.data.readers import (
     nul_problem,
     too_long_message,
 )
-from engine.units import format_bytes
+from finetui.engine.units import format_bytes
 
 INDEX_CHUNK_BYTES = 4 << 20
 SEARCH_CHUNK_BYTES = 4 << 20

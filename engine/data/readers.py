@@ -39,11 +39,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from engine import hub
-from engine.data import transcripts
-from engine.data.columns import ColumnUse
-from engine.data.conversation import Conversation
-from engine.data.formats import (
+from finetui.engine import hub
+from finetui.engine.data import transcripts
+from finetui.engine.data.columns import ColumnUse
+from finetui.engine.data.conversation import Conversation
+from finetui.engine.data.formats import (
     DETECT_SAMPLE,
     FORMATS,
     MESSAGE_CHARS,
@@ -61,7 +61,7 @@ from engine.data.formats import (
     to_conversation,
     too_deep_message,
 )
-from engine.units import format_bytes
+from finetui.engine.units import format_bytes
 
 __all__ = [
     "DataError",
@@ -431,7 +431,7 @@ def _sample_path(name: str) -> Path:
     import importlib.resources
 
     try:
-        root = importlib.resources.files("sample_data")
+        root = importlib.resources.files("finetui.sample_data")
     except ModuleNotFoundError:
         raise DataError(f"sample:{name}: the sample_data package is not installed") from None
     candidates = [name] if Path(name).suffix in SUFFIXES else [name + s for s in SAMPLE_SUFFIXES]

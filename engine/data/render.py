@@ -46,9 +46,9 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.data import skeleton
-from engine.data import templates as builtin
-from engine.data.conversation import Conversation
+from finetui.engine.data import skeleton
+from finetui.engine.data import templates as builtin
+from finetui.engine.data.conversation import Conversation
 
 IGNORE = -100
 TEMPLATE_NAMES = ("auto", "tokenizer", "chatml", "qa", "alpaca", "plain")

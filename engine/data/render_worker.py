@@ -4,7 +4,7 @@ Heavy (transformers via the tokenizer; ``datasets`` for hub ids): a worker proce
 The TUI starts one per (model, template, max_length, train_on, long_text, text_overlap,
 roles) and talks to it on stdin/stdout, one JSON object a line::
 
-    python -m engine.data.render_worker --model tiny [--revision R] [--template auto]
+    python -m finetui.engine.data.render_worker --model tiny [--revision R] [--template auto]
                                         [--max-length 512] [--train-on assistant]
                                         [--long-text chunk] [--text-overlap 0]
                                         [--roles '{"Host": "user"}']
@@ -83,10 +83,10 @@ class Worker:
     # ----------------------------------------------------------------- start-up
 
     def load(self) -> None:
-        from engine.data import render
-        from engine.data.inspection import load_tokenizer
+        from finetui.engine.data import render
+        from finetui.engine.data.inspection import load_tokenizer
 
-        from engine.data import chunking, transcripts
+        from finetui.engine.data import chunking, transcripts
 
         chunking.check(self.args.long_text, self.args.text_overlap, self.args.max_length)
         self.roles = transcripts.check_roles(json.loads(self.args.roles or "{}"))
@@ -102,8 +102,8 @@ class Worker:
                       group: list | None = None) -> dict[str, Any]:
         from types import SimpleNamespace
 
-        from engine.data import transcripts
-        from engine.data.formats import RecordError, detect_one, to_conversation, unused_columns
+        from finetui.engine.data import transcripts
+        from finetui.engine.data.formats import RecordError, detect_one, to_conversation, unused_columns
 
         if fmt in (None, "", "auto"):
             fmt = detect_one(record, columns or None, tags or None)
@@ -146,7 +146,7 @@ class Worker:
 
     def render_one(self, conv):
         """The examples of one conversation, as the dataset builder makes them."""
-        from engine.data import chunking
+        from finetui.engine.data import chunking
 
         return chunking.render_record(conv, self.tokenizer, self.template, train_on=self.args.train_on,
                                       max_length=self.args.max_length, long_text=self.args.long_text,
@@ -178,9 +178,9 @@ class Worker:
             self.requests.put(request)
 
     def job_lengths(self, request: dict[str, Any]) -> None:
-        from engine.data import dataset as data_mod
-        from engine.data import readers
-        from engine.data.columns import ColumnUse
+        from finetui.engine.data import dataset as data_mod
+        from finetui.engine.data import readers
+        from finetui.engine.data.columns import ColumnUse
 
         rid = request.get("id")
         limit = int(request.get("limit") or DEFAULT_LIMIT)
@@ -245,7 +245,7 @@ class Worker:
         })
 
     def job_records(self, request: dict[str, Any]) -> None:
-        from engine.data import readers
+        from finetui.engine.data import readers
 
         rid = request.get("id")
         limit = int(request.get("limit") or DEFAULT_LIMIT)
@@ -300,7 +300,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.data.render_worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m finetui.engine.data.render_worker", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
     p.add_argument("--template", default="auto")
     p.add_argument("--max-length", type=int, default=512)
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-overlap", type=int, default=0)
     p.add_argument("--roles", default="{}", help="data.roles as JSON: {speaker: role}")
     args = p.parse_args(argv)
-    from engine.perf import import_cache
+    from finetui.engine.perf import import_cache
 
     import_cache.install()
     return Worker(args).run()

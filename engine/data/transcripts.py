@@ -35,8 +35,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from engine.data.conversation import Conversation, Message
-from engine.data.formats import SYSTEM_COLUMNS, DataError, RecordError, _field, _MISSING, _role_of, _type_name
+from finetui.engine.data.conversation import Conversation, Message
+from finetui.engine.data.formats import SYSTEM_COLUMNS, DataError, RecordError, _field, _MISSING, _role_of, _type_name
 
 ROLES = ("user", "assistant", "system")  # engine.config.TRANSCRIPT_ROLES (a test checks)
 SPEAKER_KEYS = ("speaker", "speaker_name", "name", "role", "from")

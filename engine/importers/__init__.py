@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 # source name -> module that implements command(args)
-SOURCES = {"llamafactory": "engine.importers.llamafactory"}
+SOURCES = {"llamafactory": "finetui.engine.importers.llamafactory"}
 
 
 def add_parser(sub) -> None:

@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from engine import config as cfg
-from engine import configfile
+from finetui.engine import config as cfg
+from finetui.engine import configfile
 
 REFUSED_STAGES = {"rm": "reward modelling", "ppo": "PPO", "dpo": "DPO", "kto": "KTO"}
 # LLaMA-Factory templates with a finetui template of the same layout
@@ -545,7 +545,7 @@ def convert(data: dict[str, Any], lines: dict[str, int], source: str, cwd: str |
 
 
 def _map_data(job: _Job, put, unmap, pretrain: bool, cwd: str | Path | None) -> None:
-    from engine.data import formats, readers
+    from finetui.engine.data import formats, readers
 
     names = _names(job.get("dataset", str))
     if not names:
@@ -647,7 +647,7 @@ def command(args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        from engine import atomic
+        from finetui.engine import atomic
 
         atomic.write_text(out, text)
         cfg.load(out)  # what was written loads back (raises ConfigError naming out:line otherwise)

@@ -75,7 +75,7 @@ def trains_on_cpu(device: str, env: dict[str, str]) -> bool:
         return True
     if device != "auto":
         return False
-    from engine.hardware import NvmlBackend
+    from finetui.engine.hardware import NvmlBackend
 
     return NvmlBackend(env).problem is not None
 
@@ -128,7 +128,7 @@ def mimalloc_loaded() -> bool:
 
 def hidden_size(name_or_path: str, revision: str | None = None) -> int | None:
     """The model's hidden size from its config.json (tiny, a folder, the HF cache), or None."""
-    from engine.footprint import Architecture, read_model_config
+    from finetui.engine.footprint import Architecture, read_model_config
 
     try:
         cfg, _ = read_model_config(name_or_path, revision)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from engine.perf import Plan
+from finetui.engine.perf import Plan
 
 
 def prepare(model, plan: Plan, say: Callable[[str], None]) -> list[str]:
@@ -21,7 +21,7 @@ def prepare(model, plan: Plan, say: Callable[[str], None]) -> list[str]:
             done.append(plan.attn_implementation)
             say(f"attention: {plan.attn_implementation} (packed rows as variable-length sequences)")
     if plan.packed_attention:
-        from engine.perf.attention import use_packed_sdpa
+        from finetui.engine.perf.attention import use_packed_sdpa
 
         # sdpa on a packed row needs an L x L mask, and with a mask the CPU kernels do the
         # whole row's attention; per example it is ~5x less work (engine/perf/attention.py).
@@ -29,7 +29,7 @@ def prepare(model, plan: Plan, say: Callable[[str], None]) -> list[str]:
             done.append("sdpa_packed")
             say("packing: attention runs per example, equal lengths as one batch (sdpa_packed)")
     if plan.fused_lora:
-        from engine.perf import fused_lora
+        from finetui.engine.perf import fused_lora
 
         # LoRA linears sharing an input (q/k/v, gate/up) as one autograd function: same
         # gradients, fewer and larger matmuls (engine/perf/fused_lora.py)
@@ -40,7 +40,7 @@ def prepare(model, plan: Plan, say: Callable[[str], None]) -> list[str]:
             say(f"LoRA: {fused} linears run fused (q/k/v and gate/up together"
                 + (f"; {mlps} MLPs as one function each)" if mlps else ")"))
     if plan.fused_layers:
-        from engine.perf import fused_layers
+        from finetui.engine.perf import fused_layers
 
         # rotary embedding and RMSNorm as one autograd function each where the model runs
         # Llama's code for them: same results, fewer kernels (engine/perf/fused_layers.py)
@@ -49,7 +49,7 @@ def prepare(model, plan: Plan, say: Callable[[str], None]) -> list[str]:
             done.append("fused_layers")
             say(f"{' and '.join(replaced)} run as single functions")
     if plan.fused_loss:
-        from engine.perf import fused_loss
+        from finetui.engine.perf import fused_loss
 
         # the LM head and the cross-entropy as one function, block by block, the gradient
         # taken in the forward: no vocabulary-wide tensor kept (engine/perf/fused_loss.py)

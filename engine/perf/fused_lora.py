@@ -267,7 +267,7 @@ def _fuse_mlp(mlp, gate_up: Group, down: Group) -> bool:
     from transformers.activations import SiLUActivation
     from transformers.models.llama.modeling_llama import LlamaMLP
 
-    from engine.perf.fused_layers import _same_code, hooked
+    from finetui.engine.perf.fused_layers import _same_code, hooked
 
     if (not _same_code(type(mlp).forward, LlamaMLP.forward)
             or type(getattr(mlp, "act_fn", None)) not in (SiLUActivation, torch.nn.SiLU)

@@ -158,7 +158,7 @@ def apply(model) -> bool:
     from transformers.modeling_outputs import CausalLMOutputWithPast
     from transformers.models.llama.modeling_llama import LlamaForCausalLM
 
-    from engine.perf.fused_layers import _same_code, hooked
+    from finetui.engine.perf.fused_layers import _same_code, hooked
 
     try:  # where Llama's forward is the code below, these exist
         from transformers.loss.loss_utils import ForCausalLMLoss

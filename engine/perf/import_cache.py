@@ -51,7 +51,7 @@ def install(cache_dir: Path | None = None) -> bool:
 
 
 def default_cache_dir() -> Path:
-    from engine.tiny import cache_root
+    from finetui.engine.tiny import cache_root
 
     return cache_root() / "import-structure"
 

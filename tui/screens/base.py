@@ -14,7 +14,7 @@ from collections.abc import Callable
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from tui.widgets.screenbar import ScreenBar
+from finetui.tui.widgets.screenbar import ScreenBar
 
 PaletteCommand = tuple[str, str, Callable[[], object]]  # (name, help, callback)
 

@@ -3,7 +3,7 @@ tuned model; save a conversation as a training record.
 
 * load (ctrl+o): a run's merged model, the base plus a run's adapter, a run's full
   fine-tune, ``tiny``, or a folder / hub id. Each model lives in its own chat worker
-  (``python -m engine.chat --serve``, driven by ``engine.chat_protocol.ChatClient``);
+  (``python -m finetui.engine.chat --serve``, driven by ``engine.chat_protocol.ChatClient``);
   unloading ends that process, so its memory really goes back. The worker's ``loading``
   messages show in the pane's header while it loads.
 * replies stream: a thread per reply reads the worker's token messages into a buffer, and
@@ -46,14 +46,14 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.widgets import Input, Static
 
-from engine.chat_protocol import ChatClient, ChatError
-from tui.chatstate import TINY, ChatSession, Job, load_choices, params_summary, run_dir_of, worker_client
-from tui.safetext import safe
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
-from tui.widgets.chatlog import ChatLog
-from tui.widgets.chatpane import SPINNER, Pane, PaneView, header
-from tui.widgets.pathinput import PathInput
+from finetui.engine.chat_protocol import ChatClient, ChatError
+from finetui.tui.chatstate import TINY, ChatSession, Job, load_choices, params_summary, run_dir_of, worker_client
+from finetui.tui.safetext import safe
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
+from finetui.tui.widgets.chatlog import ChatLog
+from finetui.tui.widgets.chatpane import SPINNER, Pane, PaneView, header
+from finetui.tui.widgets.pathinput import PathInput
 
 FLUSH_S = 0.05  # how often streamed text reaches the screen
 FLASH_S = 8.0  # how long a refusal stays in the status line
@@ -275,7 +275,7 @@ class ChatScreen(FinetuiScreen):
         a new conversation there: the transcript stays on screen above a separator, but
         none of it is sent. The same model again (after a crash, an unload) keeps it."""
         self._close_client(pane)
-        from tui.session import trusts_remote_code
+        from finetui.tui.session import trusts_remote_code
 
         client = worker_client(target, base=base, trust_remote_code=trusts_remote_code(self.app))
         if pane.start(client, target, self.run_dir) and self.history.restart(pane.side) and pane.shown:

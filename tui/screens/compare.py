@@ -17,13 +17,13 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine.units import format_duration
-from tui.runfeed import RunState, read_state
-from tui.safetext import safe
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.widgets.fieldform import show_value
-from tui.widgets.lossplot import LossPlot, Series, theme_colors
-from tui.widgets.runprogress import fmt_num, fmt_rate
+from finetui.engine.units import format_duration
+from finetui.tui.runfeed import RunState, read_state
+from finetui.tui.safetext import safe
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.widgets.fieldform import show_value
+from finetui.tui.widgets.lossplot import LossPlot, Series, theme_colors
+from finetui.tui.widgets.runprogress import fmt_num, fmt_rate
 
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
 RELOAD_S = 2.0

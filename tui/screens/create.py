@@ -38,10 +38,10 @@ from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
-from engine.data.create import documents, passages, quality
-from engine.data.create.store import side_paths
-from tui.screens.base import FinetuiScreen
-from tui.widgets.dialogs import DIALOG_CSS, PathDialog
+from finetui.engine.data.create import documents, passages, quality
+from finetui.engine.data.create.store import side_paths
+from finetui.tui.screens.base import FinetuiScreen
+from finetui.tui.widgets.dialogs import DIALOG_CSS, PathDialog
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "smollm2"
@@ -315,7 +315,7 @@ class CreateScreen(FinetuiScreen):
     # ------------------------------------------------------------------ generation
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "engine.cli", "data", "create", *self.docs, "--out", self.out,
+        argv = [sys.executable, "-m", "finetui.engine.cli", "data", "create", *self.docs, "--out", self.out,
                 "--progress", "jsonl", "--json"]
         if self.base_url:
             argv += ["--base-url", self.base_url, "--model", self.model]
@@ -547,7 +547,7 @@ class CreateScreen(FinetuiScreen):
             return None
         target = reviewed_path(Path(self.out))
         kept = [p["record"] for p in self.pairs if p["status"] != "rejected"]
-        from engine import atomic
+        from finetui.engine import atomic
 
         text = "".join(json.dumps({k: v for k, v in r.items() if k not in ("reply", "duplicate_of")},
                                   ensure_ascii=False) + "\n" for r in kept)

@@ -36,17 +36,17 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding
 
-from engine import errors, heartbeat, runs
-from engine.events import data_line
-from tui.dashstate import STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, read_yaml, tail_lines
-from tui.runfeed import RunFeed, RunState, feeds
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.widgets.dialogs import ConfirmDialog
-from tui.widgets.gpupanel import GpuPanel
-from tui.widgets.logview import LogView
-from tui.widgets.lossplot import LossPlot, Series, theme_colors
-from tui.widgets.runprogress import MetricsLine, RunProgress
-from tui.widgets.textline import TextLine
+from finetui.engine import errors, heartbeat, runs
+from finetui.engine.events import data_line
+from finetui.tui.dashstate import STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, read_yaml, tail_lines
+from finetui.tui.runfeed import RunFeed, RunState, feeds
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.widgets.dialogs import ConfirmDialog
+from finetui.tui.widgets.gpupanel import GpuPanel
+from finetui.tui.widgets.logview import LogView
+from finetui.tui.widgets.lossplot import LossPlot, Series, theme_colors
+from finetui.tui.widgets.runprogress import MetricsLine, RunProgress
+from finetui.tui.widgets.textline import TextLine
 
 TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
 HW_POLL_S = 1.0
@@ -58,7 +58,7 @@ STDOUT_TAIL_BYTES = 16384
 def apply_to_settings(app, run_dir: Path, overrides: dict[str, Any] | None = None, note: str = "") -> str | None:
     """Load a run's config.yaml (plus overrides) into ``app.settings_state`` and go to
     Settings. Returns a problem, or None."""
-    from engine import config as cfg
+    from finetui.engine import config as cfg
 
     path = run_dir / "config.yaml"
     try:
@@ -470,7 +470,7 @@ class DashboardScreen(FinetuiScreen):
     @work(thread=True, exclusive=True, group="dashboard-hw")
     def poll_hardware(self) -> None:
         """NVML, psutil, checkpoints and stdout.log, once a second, off the UI thread."""
-        from engine import hardware
+        from finetui.engine import hardware
 
         if self._backend is None:
             self._backend = hardware.gpu_backend()

@@ -33,17 +33,17 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, Input, Static
 
-from engine.data import formats, transcripts
-from tui import datasource
-from tui.render_client import RenderClient
-from tui.safetext import safe
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.screens.create import CreateScreen, QuestionInput, WriterDialog
-from tui.widgets import datasetviews
-from tui.widgets.columnmap import ColumnMapDialog
-from tui.widgets.dialogs import PathDialog
-from tui.widgets.pathinput import PathInput
-from tui.widgets.rowtable import RowTable
+from finetui.engine.data import formats, transcripts
+from finetui.tui import datasource
+from finetui.tui.render_client import RenderClient
+from finetui.tui.safetext import safe
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.screens.create import CreateScreen, QuestionInput, WriterDialog
+from finetui.tui.widgets import datasetviews
+from finetui.tui.widgets.columnmap import ColumnMapDialog
+from finetui.tui.widgets.dialogs import PathDialog
+from finetui.tui.widgets.pathinput import PathInput
+from finetui.tui.widgets.rowtable import RowTable
 
 RAW_MAX_CHARS = 20_000
 GROUP_SCAN = 20_000  # rows read for a transcript row's conversation
@@ -383,7 +383,7 @@ class DatasetsScreen(FinetuiScreen):
         """Point the Settings at the open dataset: its path, format, columns and template."""
         if not self.spec:
             return
-        from engine import config as cfg
+        from finetui.engine import config as cfg
 
         state = self.app.settings_state
         data = state.config.to_dict()

@@ -27,13 +27,13 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, RichLog, Static
 
-from tui import evalstate
-from tui.evalstate import Job, default_run, read_results, run_choices
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.widgets.dialogs import PickDialog
-from tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
-from tui.widgets import evalviews
-from tui.widgets.pathinput import PathInput
+from finetui.tui import evalstate
+from finetui.tui.evalstate import Job, default_run, read_results, run_choices
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.widgets.dialogs import PickDialog
+from finetui.tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
+from finetui.tui.widgets import evalviews
+from finetui.tui.widgets.pathinput import PathInput
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 HINT = "⏎ example · g evaluate · x export (merge) · o run · t chat · v log"
@@ -139,7 +139,7 @@ class EvalScreen(FinetuiScreen):
         self._read_thread(run_dir)
 
     def _choose(self, target: str | Path) -> None:
-        from engine import runs
+        from finetui.engine import runs
 
         try:
             run_dir = runs.resolve(str(target)).resolve()
@@ -149,7 +149,7 @@ class EvalScreen(FinetuiScreen):
         self.run_worker(lambda: self._read_thread(run_dir), thread=True, group="eval-read", exclusive=True)
 
     def _read_thread(self, run_dir: Path) -> None:
-        from engine import runs
+        from finetui.engine import runs
 
         info = runs.summarize(run_dir)
         summary, rows, problem = read_results(run_dir)
@@ -321,7 +321,7 @@ class EvalScreen(FinetuiScreen):
 
     def _trusts(self) -> bool:
         """--trust-remote-code only when the user's own config (Settings) sets it."""
-        from tui.session import trusts_remote_code
+        from finetui.tui.session import trusts_remote_code
 
         return trusts_remote_code(self.app)
 
@@ -339,7 +339,7 @@ class EvalScreen(FinetuiScreen):
         if not adapter.is_dir():
             self.show_problem(f"run {run_dir.name} has no adapter/ yet (saved when training ends or is stopped)")
             return
-        from tui.session import display_path
+        from finetui.tui.session import display_path
 
         if (adapter / "adapter_config.json").exists():
             title = f"Export {run_dir.name}: merge its LoRA adapter into the base model"
@@ -381,7 +381,7 @@ class EvalScreen(FinetuiScreen):
             pass
 
     def write_log(self, text: Text) -> None:
-        from tui.safetext import safe
+        from finetui.tui.safetext import safe
 
         text = safe(text)  # the job's output, model replies, paths: never control codes
         self.log_lines = (self.log_lines + [text.plain])[-5000:]

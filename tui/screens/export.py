@@ -26,8 +26,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, RichLog, Static
 
-from tui.widgets.dialogs import DIALOG_CSS
-from tui.widgets.pathinput import PathInput
+from finetui.tui.widgets.dialogs import DIALOG_CSS
+from finetui.tui.widgets.pathinput import PathInput
 
 STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
 REPO_ID = re.compile(r"^([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -38,7 +38,7 @@ ROW_CSS = (".field-row { height: 1; }\n"
 
 
 def export_command(run_dir: Path, out: Path, repo: str | None, private: bool, trust: bool) -> list[str]:
-    command = [sys.executable, "-m", "engine.cli", "export", str(run_dir), "--out", str(out), "--json"]
+    command = [sys.executable, "-m", "finetui.engine.cli", "export", str(run_dir), "--out", str(out), "--json"]
     if repo:
         command += ["--push-to-hub", repo] + (["--private"] if private else [])
     return command + (["--trust-remote-code"] if trust else [])
@@ -108,7 +108,7 @@ class ExportScreen(ModalScreen[Path | None]):
         if repo and not REPO_ID.match(repo):
             error.update(Text(f"Hub repo {repo}: expected user/name"))
             return
-        from tui.session import trusts_remote_code
+        from finetui.tui.session import trusts_remote_code
 
         private = self.query_one("#export-private", Checkbox).value
         self.start(export_command(self.run_dir, out, repo or None, private, trusts_remote_code(self.app)))
@@ -149,7 +149,7 @@ class ExportScreen(ModalScreen[Path | None]):
             pass
 
     def write(self, line: str, style: str = "") -> None:
-        from tui.safetext import safe
+        from finetui.tui.safetext import safe
 
         self.lines.append(line)
         self.query_one("#export-log", RichLog).write(safe(Text(line, style=style)))

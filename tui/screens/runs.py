@@ -25,17 +25,17 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from engine import runs
-from engine.units import format_duration
-from tui.runfeed import feeds
-from tui.safetext import safe, visible
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.screens.compare import CompareScreen
-from tui.screens.dashboard import STATUS_MARK, DashboardScreen, app_key, resume_run, show_config
-from tui.screens.export import ExportScreen
-from tui.widgets.dialogs import ConfirmDialog
-from tui.widgets.lossplot import theme_colors
-from tui.widgets.runprogress import fmt_num
+from finetui.engine import runs
+from finetui.engine.units import format_duration
+from finetui.tui.runfeed import feeds
+from finetui.tui.safetext import safe, visible
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.screens.compare import CompareScreen
+from finetui.tui.screens.dashboard import STATUS_MARK, DashboardScreen, app_key, resume_run, show_config
+from finetui.tui.screens.export import ExportScreen
+from finetui.tui.widgets.dialogs import ConfirmDialog
+from finetui.tui.widgets.lossplot import theme_colors
+from finetui.tui.widgets.runprogress import fmt_num
 
 RELOAD_S = 2.0
 # (key, label, width incl. one space of gap); run and model share what is left
@@ -257,7 +257,7 @@ class RunsScreen(FinetuiScreen):
         return Text(visible(value))  # run names, model paths: never control codes
 
     def _show_title(self) -> None:
-        from tui.session import display_path
+        from finetui.tui.session import display_path
 
         title = Text(no_wrap=True, overflow="ellipsis")
         counts: dict[str, int] = {}
@@ -406,7 +406,7 @@ class RunsScreen(FinetuiScreen):
             self.notify(f"{info.id} has no adapter/ yet (saved when training ends or is stopped)", title="Export",
                         severity="warning")
             return
-        from tui.session import display_path
+        from finetui.tui.session import display_path
 
         self.app.push_screen(ExportScreen(run_dir, display_path(run_dir / "export")))
 

@@ -35,13 +35,13 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, Static
 
-from engine import config as cfg
-from tui.screens.base import FinetuiScreen, PaletteCommand
-from tui.session import SettingsState, display_path, presets, sample_dir
-from tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
-from tui.widgets.modelpicker import ModelPicker
-from tui.widgets.pathinput import PathInput
-from tui.widgets.fieldform import FieldRow, RowEditor, SettingsForm, describe, show_value
+from finetui.engine import config as cfg
+from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
+from finetui.tui.session import SettingsState, display_path, presets, sample_dir
+from finetui.tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
+from finetui.tui.widgets.modelpicker import ModelPicker
+from finetui.tui.widgets.pathinput import PathInput
+from finetui.tui.widgets.fieldform import FieldRow, RowEditor, SettingsForm, describe, show_value
 
 YAML_SUFFIXES = (".yaml", ".yml")
 CHECK_INLINE_BYTES = 2_000_000  # data this small is checked before the start dialog opens, in the UI thread
@@ -185,7 +185,7 @@ class SettingsScreen(FinetuiScreen):
         """GPUs this box has (NVML, cached for the screen's life); [] on a CPU-only box."""
         if self._gpus is None:
             try:
-                from engine import hardware
+                from finetui.engine import hardware
 
                 self._gpus = hardware.gpu_backend().read()
             except Exception:
@@ -194,7 +194,7 @@ class SettingsScreen(FinetuiScreen):
 
     @work(thread=True, exclusive=True, group="footprint")
     def compute_footprint(self, config: cfg.Config) -> None:
-        from engine import footprint, model_catalog, startcheck
+        from finetui.engine import footprint, model_catalog, startcheck
 
         gpus = self.probe_gpus()
         blocks = True
@@ -215,8 +215,8 @@ class SettingsScreen(FinetuiScreen):
                        limits: list[str] | None = None) -> None:
         if config is not self.state.config:
             return  # a newer config is being computed
-        from engine.footprint import human_count
-        from engine.units import format_bytes
+        from finetui.engine.footprint import human_count
+        from finetui.engine.units import format_bytes
 
         self.estimate, self.estimate_problem, self.estimate_blocks = estimate, problem, blocks
         self.limits = list(limits or [])
@@ -245,8 +245,8 @@ class SettingsScreen(FinetuiScreen):
     def share_text(self, config: cfg.Config, estimate) -> str | None:
         """Per-GPU memory under distributed.strategy (fsdp, deepspeed) over this box's GPUs
         (two when fewer are seen): `finetui train --nproc N` runs one process per GPU."""
-        from engine import footprint
-        from engine.units import format_bytes
+        from finetui.engine import footprint
+        from finetui.engine.units import format_bytes
 
         if config.distributed.strategy == "ddp":
             return None
@@ -257,7 +257,7 @@ class SettingsScreen(FinetuiScreen):
 
     def fit_text(self, estimate) -> Text | None:
         """Whether the estimate fits the first GPU's memory (None without a GPU reading)."""
-        from engine.units import format_bytes
+        from finetui.engine.units import format_bytes
 
         gpus = self._gpus or []
         total = gpus[0].memory_total_bytes if gpus else None
@@ -265,7 +265,7 @@ class SettingsScreen(FinetuiScreen):
             return None
         need = estimate.total_bytes
         if self.state.config.distributed.strategy != "ddp":  # one GPU's share (share_text)
-            from engine import footprint
+            from finetui.engine import footprint
 
             need = footprint.for_config(estimate, self.state.config, max(2, len(gpus))).total_bytes
         fits = need <= total * 0.95
@@ -273,8 +273,8 @@ class SettingsScreen(FinetuiScreen):
         return Text(f"{'fits' if fits else 'exceeds'} GPU0 {format_bytes(total)}", style=f"bold {colour}")
 
     def footprint_text(self) -> Text:
-        from engine.footprint import human_count
-        from engine.units import format_bytes
+        from finetui.engine.footprint import human_count
+        from finetui.engine.units import format_bytes
 
         est = self.estimate
         text = Text()
@@ -436,7 +436,7 @@ class SettingsScreen(FinetuiScreen):
         problem = data_path_problem(self.state.config.data.path)
         if problem:
             return problem
-        from engine import startcheck
+        from finetui.engine import startcheck
 
         missing = startcheck.package_problems(self.state.config)  # a tracker or galore-torch not installed
         if missing:
@@ -451,7 +451,7 @@ class SettingsScreen(FinetuiScreen):
         if blocking is not None:
             self.show_start(config, blocking, [])
             return
-        from engine.data import dropcheck
+        from finetui.engine.data import dropcheck
 
         if dropcheck.local_bytes(config.data) <= CHECK_INLINE_BYTES:
             self.show_start(config, None, dropcheck.refusal(config.data))
@@ -461,7 +461,7 @@ class SettingsScreen(FinetuiScreen):
 
     @work(thread=True, exclusive=True, group="dropcheck")
     def check_drops(self, config: cfg.Config) -> None:
-        from engine.data import dropcheck
+        from finetui.engine.data import dropcheck
 
         try:
             lines = dropcheck.refusal(config.data)
@@ -497,7 +497,7 @@ class SettingsScreen(FinetuiScreen):
 
     @work(thread=True, group="launch")
     def launch_run(self, config: cfg.Config, name: str, root: str | None) -> None:
-        from engine import runs
+        from finetui.engine import runs
 
         try:
             run_dir = runs.new_run(config, name=name, root=root)

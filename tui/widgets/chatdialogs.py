@@ -19,10 +19,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Static
 from textual.widgets.option_list import Option
 
-from tui.chatstate import FIELDS, parse_params
-from tui.widgets.dialogs import DIALOG_CSS
-from tui.widgets.fieldform import show_value
-from tui.widgets.pathinput import PathInput
+from finetui.tui.chatstate import FIELDS, parse_params
+from finetui.tui.widgets.dialogs import DIALOG_CSS
+from finetui.tui.widgets.fieldform import show_value
+from finetui.tui.widgets.pathinput import PathInput
 
 UNLOAD = "\x00unload"  # LoadDialog's answer for "unload what is loaded"
 

@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.safetext import visible
+from finetui.tui.safetext import visible
 
 ROLE_STYLES = {"user": "accent", "assistant": "primary", "note": "warning", "error": "error"}
 CURSOR = "▍"

@@ -9,9 +9,9 @@ from rich.text import Text
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from tui.chatstate import ModelPane
-from tui.chathistory import Side
-from tui.widgets.chatlog import ChatLog, ChatMessage
+from finetui.tui.chatstate import ModelPane
+from finetui.tui.chathistory import Side
+from finetui.tui.widgets.chatlog import ChatLog, ChatMessage
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 

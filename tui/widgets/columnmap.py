@@ -20,9 +20,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from engine.data import formats
-from tui import datasource
-from tui.widgets.dialogs import DIALOG_CSS
+from finetui.engine.data import formats
+from finetui.tui import datasource
+from finetui.tui.widgets.dialogs import DIALOG_CSS
 
 AUTO = "auto"
 LABEL_WIDTH = 14

@@ -19,7 +19,7 @@ Color = Callable[[str], str]
 
 def short_place(place: str) -> str:
     """file:line with the file relative to the working directory when inside it."""
-    from tui.session import display_path
+    from finetui.tui.session import display_path
 
     path, sep, line = place.rpartition(":")
     if not sep or not line.isdigit():

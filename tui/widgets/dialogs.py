@@ -18,7 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.widgets.pathinput import PathInput
+from finetui.tui.widgets.pathinput import PathInput
 
 DIALOG_CSS = """
 .dialog { width: 76; max-width: 100%; height: auto; max-height: 100%; padding: 0 1;

@@ -17,8 +17,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, Static
 
-from tui.widgets.dialogs import DIALOG_CSS
-from tui.widgets.pathinput import PathInput
+from finetui.tui.widgets.dialogs import DIALOG_CSS
+from finetui.tui.widgets.pathinput import PathInput
 
 # transformers.utils.hub.convert_file_size_to_int: whole numbers; KB/MB/GB or KiB/MiB/GiB
 SHARD_SIZE = re.compile(r"^\s*(\d+)\s*(KB|MB|GB|KIB|MIB|GIB)\s*$", re.IGNORECASE)

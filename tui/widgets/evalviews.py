@@ -12,8 +12,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tui import evalstate
-from tui.safetext import visible  # prompts, targets, model outputs: never control codes
+from finetui.tui import evalstate
+from finetui.tui.safetext import visible  # prompts, targets, model outputs: never control codes
 
 NO_RESULT = ("g evaluates the run on its held-out split (`finetui eval`, tuned and base); "
              "x exports it as a merged model folder.")

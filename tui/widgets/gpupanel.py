@@ -14,7 +14,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-from engine.units import format_bytes, format_bytes_pair
+from finetui.engine.units import format_bytes, format_bytes_pair
 
 def _pct_style(value: float | None) -> str:
     if not isinstance(value, (int, float)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from tui.safetext import safe, visible
+from finetui.tui.safetext import safe, visible
 
 
 class LogView(Widget):

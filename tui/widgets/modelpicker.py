@@ -29,9 +29,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.units import format_bytes
-from tui.widgets.dialogs import DIALOG_CSS
-from tui.widgets.pathinput import PathInput
+from finetui.engine.units import format_bytes
+from finetui.tui.widgets.dialogs import DIALOG_CSS
+from finetui.tui.widgets.pathinput import PathInput
 
 OTHER_ID = "__other__"  # the last option: type a path below
 NAME_WIDTH = 22
@@ -69,7 +69,7 @@ def scan_models(config: dict[str, Any], gpu: bool | None = None) -> list[ModelCh
     """Every model :func:`engine.model_catalog.list_models` finds, each with the memory
     estimate of ``config`` (a Config's ``to_dict()``) with that model in it. Reads folders:
     call it from a worker thread."""
-    from engine import footprint, model_catalog
+    from finetui.engine import footprint, model_catalog
 
     choices: list[ModelChoice] = []
     for row in model_catalog.list_models():
@@ -103,7 +103,7 @@ def scan_models(config: dict[str, Any], gpu: bool | None = None) -> list[ModelCh
 def path_problem(value: str) -> str | None:
     """Why a typed model path cannot be a model (None: acceptable). Built-in names and hub
     ids (ORG/NAME) pass; local paths must be a .gguf file or a folder with config.json."""
-    from engine import model_catalog
+    from finetui.engine import model_catalog
 
     raw = value.strip()
     if not raw:
@@ -167,7 +167,7 @@ class ModelPicker(ModalScreen[str | None]):
 
     @staticmethod
     def _is_builtin(name: str) -> bool:
-        from engine import model_catalog
+        from finetui.engine import model_catalog
 
         return model_catalog.builtin(name) is not None
 
@@ -198,7 +198,7 @@ class ModelPicker(ModalScreen[str | None]):
         return Text(f"{name:<{NAME_WIDTH}}{params:>6}  {memory:>9}  {status}", end="")
 
     def _option(self, choice: ModelChoice) -> Option:
-        from engine.footprint import human_count
+        from finetui.engine.footprint import human_count
 
         params = human_count(choice.params) if choice.params else "?"
         memory = f"{format_bytes(choice.estimate.total_bytes)}" if choice.estimate is not None else "?"
@@ -230,7 +230,7 @@ class ModelPicker(ModalScreen[str | None]):
         self.show_detail(current)
 
     def show_detail(self, index: int | None) -> None:
-        from engine.footprint import human_count
+        from finetui.engine.footprint import human_count
 
         text = Text(no_wrap=True, overflow="ellipsis")
         if index is None or index >= len(self.choices):

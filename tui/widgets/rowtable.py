@@ -18,8 +18,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tui.datasource import Row, RowSource, preview
-from tui.safetext import visible
+from finetui.tui.datasource import Row, RowSource, preview
+from finetui.tui.safetext import visible
 
 PAGE_ROWS = 100
 CACHED_PAGES = 64

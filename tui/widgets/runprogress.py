@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-from engine.units import format_duration
+from finetui.engine.units import format_duration
 
 
 def fmt_num(value: float | None, digits: int = 4) -> str:

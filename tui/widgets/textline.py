@@ -11,7 +11,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from tui.safetext import safe
+from finetui.tui.safetext import safe
 
 
 class TextLine(Widget):

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from engine.data.create.documents import Block, Document
+from finetui.engine.data.create.documents import Block, Document
 
 MIN_CHARS = 300
 MAX_CHARS = 2000

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from engine.data.create import documents, passages, quality
-from engine.data.create.store import Store
-from engine.data.create.writers import EndpointWriter, LocalWriter, PromptTemplate, WriterError
+from finetui.engine.data.create import documents, passages, quality
+from finetui.engine.data.create.store import Store
+from finetui.engine.data.create.writers import EndpointWriter, LocalWriter, PromptTemplate, WriterError
 
 DEFAULT_LOCAL_MODEL = "smollm2"
 SHOW_ERRORS = 3
@@ -179,7 +179,7 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
                 TimeRemainingColumn
 
-            from engine.console import console
+            from finetui.engine.console import console
 
             self.bar = Bar(TextColumn("questions"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                            TimeRemainingColumn(), TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
@@ -213,7 +213,7 @@ class Progress:
 
 
 def parse_roles(items: Iterable[str]) -> dict[str, str]:
-    from engine.data.inspection import parse_roles as parse
+    from finetui.engine.data.inspection import parse_roles as parse
 
     return parse(list(items))
 
@@ -464,8 +464,8 @@ def _print(report: Report, as_json: bool) -> None:
 def transcripts_command(args: argparse.Namespace) -> int:
     """Each document a transcript; each conversation in it one record, as the role
     mapping makes it (engine.data.transcripts through the readers)."""
-    from engine.data import readers
-    from engine.data.formats import DataError
+    from finetui.engine.data import readers
+    from finetui.engine.data.formats import DataError
 
     roles = parse_roles(args.roles)
     if args.preview:

@@ -254,7 +254,7 @@ class LocalWriter:
         return f"{self.model} (local)"
 
     def load(self, progress: Callable[[str, str], None] | None = None) -> None:
-        from engine import chat
+        from finetui.engine import chat
 
         try:
             self.chat = chat.load(self.model, progress=progress)
@@ -264,7 +264,7 @@ class LocalWriter:
     def ask_many(self, prompts: list[str]) -> list[str | WriterError]:
         """Replies to several user messages, in order (greedy, batched); a prompt that
         does not fit the model's context gets a WriterError in its place."""
-        from engine.evaluate import generate_greedy
+        from finetui.engine.evaluate import generate_greedy
 
         if self.chat is None:
             self.load()
