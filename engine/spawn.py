@@ -4,8 +4,10 @@ the same way: one place.
 Light module (standard library): the UI imports it.
 
 - ``child_env(extra)``: this process's environment plus ``extra``, with ``PYTHONUNBUFFERED=1``
-  (the parent reads their lines as they come); the workers are ``python -m finetui.engine...``
-  modules of the installed package (an editable install maps them to this checkout);
+  (the parent reads their lines as they come) and ``PYTHONSAFEPATH=1``: the workers are
+  ``python -m finetui.engine...`` modules of the installed package, and ``-m`` would otherwise
+  put the working folder first on ``sys.path``, where a checkout's ``finetui/`` (or a user's
+  ``torch.py`` beside their data) would shadow what is installed;
 - ``start(command, ...)``: ``subprocess.Popen`` with that environment, stdin closed unless
   asked, stdout and stderr piped unless redirected, in a new session (process group), so
   ctrl+c in the terminal goes to the UI or the CLI, and a stop signals the worker's own group.
@@ -23,6 +25,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra or {})
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 

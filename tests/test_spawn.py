@@ -41,3 +41,19 @@ def test_start_with_a_full_env_and_stdin_pipe():
     out, _ = proc.communicate("hello", timeout=60)
     seen = json.loads(out)
     assert seen["unbuffered"] is None and seen["stdin"] == "hello"
+
+
+def test_workers_import_the_installed_package_whatever_the_working_folder(tmp_path):
+    """``python -m finetui...`` started in a folder that holds its own ``finetui/`` (a source
+    checkout under a plain install) or a ``torch.py``: the worker still runs the installed code."""
+    (tmp_path / "finetui").mkdir()
+    (tmp_path / "finetui" / "__init__.py").write_text("raise SystemExit('the folder shadowed the installed finetui')\n")
+    (tmp_path / "torch.py").write_text("raise SystemExit('the folder shadowed torch')\n")
+    proc = spawn.start([sys.executable, "-m", "finetui.engine.cli", "--version"], cwd=tmp_path, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.startswith("finetui ")
+    code = "import importlib.util as u; print(u.find_spec('torch').origin)"
+    proc = spawn.start([sys.executable, "-c", code], cwd=tmp_path, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and str(tmp_path) not in out, out + err
