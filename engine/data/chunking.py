@@ -86,23 +86,37 @@ def render_records(
     the records rendered together (:func:`engine.data.render.render_many`): the same
     examples, for less."""
     check(long_text, overlap, max_length)
-    out: list[Rendered | render_mod.RenderError | None] = [None] * len(convs)
+
+    def whole(conv):
+        return bigrecords.render_record(conv, tokenizer, template, train_on=train_on, max_length=max_length,
+                                        long_text=long_text, overlap=overlap)
+
+    def batch(small):
+        return render_mod.render_many(small, tokenizer, template, train_on=train_on, max_length=max_length)
+
+    def finish(conv, ex):
+        return _rendered(conv, ex, tokenizer, max_length=max_length, long_text=long_text, overlap=overlap)
+
+    return _big_and_batched(convs, max_length, whole, batch, finish)
+
+
+def _big_and_batched(convs, max_length, whole, batch, finish) -> list:
+    """Each record's result, in order: ``whole(conv)`` for a record too big to tokenise whole,
+    and for the others ``finish(conv, r)`` of its result in ``batch(records)`` (the small ones
+    together); a RenderError, raised or batched, is the record's result."""
+    out: list = [None] * len(convs)
     small = []
     for i, conv in enumerate(convs):
         if bigrecords.is_big(conv, max_length):
             try:
-                out[i] = bigrecords.render_record(conv, tokenizer, template, train_on=train_on,
-                                                  max_length=max_length, long_text=long_text, overlap=overlap)
+                out[i] = whole(conv)
             except render_mod.RenderError as exc:
                 out[i] = exc
         else:
             small.append(i)
-    examples = render_mod.render_many([convs[i] for i in small], tokenizer, template, train_on=train_on,
-                                      max_length=max_length)
-    for i, ex in zip(small, examples):
+    for i, r in zip(small, batch([convs[i] for i in small])):
         try:
-            out[i] = ex if isinstance(ex, render_mod.RenderError) else _rendered(
-                convs[i], ex, tokenizer, max_length=max_length, long_text=long_text, overlap=overlap)
+            out[i] = r if isinstance(r, render_mod.RenderError) else finish(convs[i], r)
         except render_mod.RenderError as exc:
             out[i] = exc
     return out
@@ -142,24 +156,21 @@ def count_records(
     without examples; a long text to split into windows and a record too big to tokenise
     whole are rendered by :func:`render_record`, as training renders them."""
     check(long_text, overlap, max_length)
-    out: list[Counted | render_mod.RenderError | None] = [None] * len(convs)
-    small = []
-    for i, conv in enumerate(convs):
-        if bigrecords.is_big(conv, max_length):
-            out[i] = _counted_whole(conv, tokenizer, template, train_on, max_length, long_text, overlap, end_id)
-        else:
-            small.append(i)
-    counts = render_mod.count_many([convs[i] for i in small], tokenizer, template, train_on=train_on,
-                                   max_length=max_length, end_id=end_id)
-    for i, c in zip(small, counts):
-        if isinstance(c, render_mod.RenderError):
-            out[i] = c
-        elif c.truncated and convs[i].kind == "text" and long_text == "chunk":  # windows
-            out[i] = _counted_whole(convs[i], tokenizer, template, train_on, max_length, long_text, overlap, end_id)
-        else:
-            out[i] = Counted([(c.n_trained, c.n_tokens, c.truncated, tuple(c.notes), c.trains_end)],
-                             c.full_tokens, c.n_tokens)
-    return out
+
+    def whole(conv):
+        return _counted_whole(conv, tokenizer, template, train_on, max_length, long_text, overlap, end_id)
+
+    def batch(small):
+        return render_mod.count_many(small, tokenizer, template, train_on=train_on, max_length=max_length,
+                                     end_id=end_id)
+
+    def finish(conv, c):
+        if c.truncated and conv.kind == "text" and long_text == "chunk":  # windows
+            return whole(conv)
+        return Counted([(c.n_trained, c.n_tokens, c.truncated, tuple(c.notes), c.trains_end)],
+                       c.full_tokens, c.n_tokens)
+
+    return _big_and_batched(convs, max_length, whole, batch, finish)
 
 
 def _counted_whole(conv, tokenizer, template, train_on, max_length, long_text, overlap, end_id):
