@@ -301,3 +301,89 @@ class WarningsToEvents(logging.Handler):
             return
         self.seen.add(message)
         self.events.emit("log", level="warning", message=message)
+
+
+class RankTiming(TrainerCallback):
+    """Under torchrun, every rank's own pace into its own stream: a ``rank_step`` event at
+    each logged step (engine.ranks), on every rank.
+
+    * ``step_s``: wall seconds per optimizer step over the window (evaluation and saving
+      reset it). The ranks wait for each other in the gradient all-reduce, so this is about
+      the same on every rank: the pace of the whole run.
+    * ``own_s``: seconds per step of this rank's own forward passes (training only), which
+      come before it waits for the others: the rank with the most is the one the others
+      wait for. On CUDA they are timed with CUDA events (the host runs ahead of the GPU);
+      under FSDP the forward passes include the all-gathers of the shards.
+    * ``tokens_per_s``: this rank's own real tokens per second (engine.callbacks.TokenCounter):
+      the run's throughput is their sum (engine.ranks.RankBoard.global_tokens_per_s).
+    """
+
+    def __init__(self, events: ev.EventWriter, counter: TokenCounter, device: str):
+        self.events = events
+        self.counter = counter
+        self.device = device
+        self._pairs: list[Any] = []  # (start, end) of each training forward in the window
+        self._start: Any = None
+        self._hooks: list[Any] = []
+
+    def _reset(self, state) -> None:
+        self.window_start = time.time()
+        self.window_step = state.global_step
+        self.window_tokens, _ = self.counter.read()
+        self._pairs = []
+
+    def _now(self) -> Any:
+        if self.device.startswith("cuda"):
+            import torch
+
+            mark = torch.cuda.Event(enable_timing=True)
+            mark.record()
+            return mark
+        return time.perf_counter()
+
+    def _before(self, module, args) -> None:
+        if module.training:
+            self._start = self._now()
+
+    def _after(self, module, args, output) -> None:
+        if module.training and self._start is not None:
+            self._pairs.append((self._start, self._now()))
+            self._start = None
+
+    def _forward_s(self) -> float:
+        if not self._pairs:
+            return 0.0
+        if self.device.startswith("cuda"):
+            self._pairs[-1][1].synchronize()  # once per logged step
+            return sum(a.elapsed_time(b) for a, b in self._pairs) / 1000.0
+        return sum(b - a for a, b in self._pairs)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None and not self._hooks:
+            self._hooks = [model.register_forward_pre_hook(self._before),
+                           model.register_forward_hook(self._after)]
+        self._reset(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" not in (logs or {}):
+            return
+        now = time.time()
+        steps = max(state.global_step - self.window_step, 1)
+        window = max(now - self.window_start, 1e-9)
+        tokens, _ = self.counter.read()
+        self.events.emit("rank_step", step=state.global_step, step_s=round(window / steps, 4),
+                         own_s=round(self._forward_s() / steps, 4),
+                         tokens_per_s=round((tokens - self.window_tokens) / window, 1),
+                         tokens=tokens, device=str(args.device), memory=memory_now(self.device))
+        self._reset(state)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._reset(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._reset(state)

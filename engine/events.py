@@ -48,7 +48,23 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     # phase: loading | saving | training | evaluating ...; written only after a quiet spell
     # (engine.heartbeat): a run silent for train.hang_after_s while its trainer lives looks hung
     "heartbeat": ("phase",),
+    # Under torchrun (engine.ranks). rank_step: every rank, at each logged step, into its own
+    # stream: step_s (wall seconds per optimizer step), own_s (seconds per step of its own
+    # forward passes, before it waits for the others), tokens_per_s (its own tokens only).
+    "rank_step": ("step", "step_s"),
+    # hardware: each node's local rank 0, every engine.ranks.HARDWARE_EVERY_S: gpus (a list
+    # of engine.hardware.GpuReading dicts), host {cpu_percent, ram_used_bytes, ram_total_bytes}
+    "hardware": ("gpus", "host"),
 }
+
+# Readings, not signs of life: written by a thread of their own (engine.ranks), they go on
+# while the main thread hangs, so readers never count them when asking whether a run or a
+# rank is alive, and they never start a new session after a finished event.
+SAMPLE_TYPES = ("hardware",)
+
+# What each event of a run under torchrun carries about where it comes from (engine.ranks.identity):
+# rank (global), local_rank, node_rank (torchrun's GROUP_RANK), hostname (the node's).
+IDENTITY_FIELDS = ("rank", "local_rank", "node_rank", "hostname")
 
 ERROR_KINDS = ("oom", "disk", "data", "config", "model", "internal")
 FINISH_STATUSES = ("completed", "stopped", "killed", "failed")
@@ -125,7 +141,11 @@ _FIELDS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "error": (("kind", _TEXT, False), ("message", _TEXT, False), ("hint", _TEXT, False)),
     "finished": (("status", _TEXT, True), ("metrics", _MAPPING, False), ("outputs", _MAPPING, False)),
     "heartbeat": (("phase", _TEXT, False),),
+    "rank_step": (("step", _COUNT, True), ("step_s", _NUMBER, False), ("own_s", _NUMBER, False),
+                  ("tokens_per_s", _NUMBER, False), ("memory", _MAPPING, False)),
+    "hardware": (("gpus", _LIST, False), ("host", _MAPPING, False)),
 }
+_IDENTITY = (("rank", _COUNT), ("local_rank", _COUNT), ("node_rank", _COUNT), ("hostname", _TEXT))
 
 
 def _is(value: Any, what: str) -> bool:
@@ -162,6 +182,9 @@ def event_problem(event: dict[str, Any]) -> str | None:
         return f"{kind} event: time is {_shown(event['time'])}, not a number"
     if "run_id" in event and not isinstance(event["run_id"], str):
         return f"{kind} event: run_id is {_shown(event['run_id'])}, not a string"
+    for name, what in _IDENTITY:
+        if event.get(name) is not None and not _is(event[name], what):
+            return f"{kind} event: {name} is {_shown(event[name])}, not {what}"
     for name, what, required in _FIELDS.get(kind, ()):
         if name not in event or event[name] is None:
             if required:
@@ -249,8 +272,10 @@ class EventWriter:
     own line. Thread-safe (the trainer's heartbeat thread emits too).
     """
 
-    def __init__(self, run_id: str, path: str | Path | None, stream: IO[str] | None = sys.stdout):
+    def __init__(self, run_id: str, path: str | Path | None, stream: IO[str] | None = sys.stdout,
+                 identity: dict[str, Any] | None = None):
         self.run_id = run_id
+        self.identity = dict(identity or {})  # added to every event (engine.ranks.identity under torchrun)
         self.path = Path(path) if path else None
         self.stream = stream
         self.file_error: OSError | None = None  # the last write the file could not take
@@ -270,8 +295,20 @@ class EventWriter:
         self._pending = b""  # the rest of a line the pipe took only in part
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return self._emit(type_, fields, alive=True)
+
+    def sample(self, type_: str, **fields: Any) -> dict[str, Any] | None:
+        """A reading (one of :data:`SAMPLE_TYPES`) from a thread of its own: written like any
+        event, but it does not count as the main thread's sign of life (the heartbeat still
+        beats when only readings went out), and none follows the finished event."""
         with self._lock:
-            event = make(type_, self.run_id, **fields)
+            if self.finished:
+                return None
+            return self._emit(type_, fields, alive=False)
+
+    def _emit(self, type_: str, fields: dict[str, Any], alive: bool) -> dict[str, Any]:
+        with self._lock:
+            event = make(type_, self.run_id, **{**self.identity, **fields})
             where = self._file_end() if self._fd is not None else None
             if where is not None:
                 event["offset"] = where[0] + where[1]  # past the newline that ends a torn line
@@ -291,7 +328,8 @@ class EventWriter:
                     self.after_emit(event)
                 except Exception:  # noqa: BLE001 - a cache; readers rebuild it from the file
                     pass
-            self.last_emit = time.monotonic()
+            if alive:
+                self.last_emit = time.monotonic()
             self.finished = self.finished or type_ == "finished"
             return event
 

@@ -63,6 +63,8 @@ class Summary:
         kind = event.get("type")
         when = event.get("time")
         self.events += 1
+        if kind in ev.SAMPLE_TYPES:
+            return  # a reading from its own thread: no sign of life, no new session
         if when is not None:
             self.last_time = when
         if self.finished is not None and kind != "finished":

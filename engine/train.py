@@ -76,13 +76,16 @@ def _event_writer(run_dir: Path, rank: int) -> ev.EventWriter:
     """Rank 0: events go to the original stdout (the pipe) and to events.jsonl. Then fd 1
     points at stderr on every rank, so a stray print from a library lands in stdout.log
     instead of splicing itself into a JSON line."""
+    from finetui.engine import ranks
+
+    me = ranks.identity()  # under torchrun every event says which rank, node and host wrote it
     if rank != 0:  # its own stream, events.rank<R>.jsonl: the pipe and events.jsonl are rank 0's
         os.dup2(2, 1)
-        return ev.EventWriter(run_dir.name, run_dir / f"events.rank{rank}.jsonl", stream=None)
+        return ev.EventWriter(run_dir.name, run_dir / f"events.rank{rank}.jsonl", stream=None, identity=me)
     events_fd = os.dup(1)
     os.dup2(2, 1)
     stream = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
-    writer = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=stream)
+    writer = ev.EventWriter(run_dir.name, run_dir / "events.jsonl", stream=stream, identity=me)
     writer.after_emit = run_summary.Keeper(run_dir)  # summary.json: `finetui runs list` reads no history
     return writer
 
@@ -153,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:  # another trainer has the run: say so on the pipe, not in its events
             return _refuse(run_dir, lock)
     events = _event_writer(run_dir, rank)
-    beat = _heartbeat(run_dir, events) if rank == 0 else None
+    beat = _heartbeat(run_dir, events)  # every rank: a rank silent for train.hang_after_s is named
+    from finetui.engine import ranks
+
+    sampler = ranks.start_sampler(events)  # each node's local rank 0 under torchrun: its GPUs and host
     try:
         status = train(run_dir, events, resume=args.resume or args.checkpoint is not None, stop=stop,
                        checkpoint_step=args.checkpoint, heartbeat=beat)
@@ -171,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.enable()
         if beat is not None:
             beat.stop()
+        if sampler is not None:
+            sampler.stop()
         events.close()
 
 
@@ -616,7 +624,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     from transformers import PrinterCallback, set_seed
 
     from finetui.engine import modeling
-    from finetui.engine.callbacks import EventCallback, StopOnSignal, TokenCounter
+    from finetui.engine.callbacks import EventCallback, RankTiming, StopOnSignal, TokenCounter
     from finetui.engine.data import dataset as dataset_mod
     from finetui.engine.lean_trainer import trainer_class
 
@@ -706,7 +714,9 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
         train_dataset=data.train,
         eval_dataset=data.test if has_eval else None,
         processing_class=tokenizer,  # saved beside every checkpoint and the final adapter
-        callbacks=[reporter, StopOnSignal(stop), *extra_callbacks],
+        # RankTiming after StopOnSignal: its step window starts after that per-step all-reduce
+        callbacks=[reporter, StopOnSignal(stop), *extra_callbacks,
+                   *([RankTiming(events, counter, device)] if world_size > 1 else [])],
         optimizers=(_loraplus_optimizer(model, config), None),
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetui.engine import events as ev
-from finetui.engine import heartbeat, runs, trainer_pid
+from finetui.engine import heartbeat, ranks, runs, trainer_pid
 from finetui.engine.events import format_event
 from finetui.engine.visible import visible
 
@@ -90,12 +90,21 @@ class RunState:
         self.exit_code: int | None = None  # the trainer's exit status, when we started it (pipe)
         self.killed_here = False  # the user killed it from this UI (K): not the OOM killer
         self.source = ""  # "pipe" | "file"
+        # every rank of a run under torchrun (engine.ranks): rank 0's events from this
+        # stream, the others' from their events.rank<R>.jsonl (RunFeed follows them)
+        self.ranks = ranks.RankBoard()
 
     # ------------------------------------------------------------------ reading
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         when = event.get("time") or time.time()
+        if "rank" in event:
+            self.ranks.apply(event)
+        if kind in ev.SAMPLE_TYPES:  # a reading (rank 0's node): no sign of life, no new session
+            self.events += 1
+            self.version += 1
+            return
         if self.finished is not None and kind != "finished":
             # Anything after a finished event is a new session (a resume).
             self.finished = None
@@ -119,6 +128,7 @@ class RunState:
             self.started = event
             self.config = event.get("config") or self.config
             self.sessions += 1
+            self.ranks.new_session(event.get("world_size"), when)
         elif kind == "error":
             self.error = event
         elif kind == "finished":
@@ -173,6 +183,14 @@ class RunState:
             return None
         since = max([t for t in (self.last_time, self.alive_since) if t is not None], default=None)
         return heartbeat.silence(since, heartbeat.hang_after(self.config), now)
+
+    def silent_ranks(self, now: float | None = None) -> list[tuple[int, float]]:
+        """(rank, seconds) of the ranks of a running multi-process run that have said
+        nothing (no event but hardware readings) for the run's train.hang_after_s: dead or
+        hung (engine.ranks.RankBoard.silent), the longest silent first."""
+        if not self.ranks.multi or self.status != "running" or self.process_alive is not True:
+            return []
+        return self.ranks.silent(heartbeat.hang_after(self.config), now)
 
     @property
     def process_gone(self) -> bool:
@@ -250,6 +268,7 @@ class RunFeed:
         self._matched: int | None = None
         self._eof = False
         self._checked = 0.0
+        self._rank_reader = ranks.RankFollower(self.run_dir)  # the other ranks' streams, if any
 
     @property
     def pid(self) -> int | None:
@@ -274,6 +293,7 @@ class RunFeed:
                 self._pump_pipe()
             else:
                 self._pump_file()
+            self._pump_ranks()
             return self.state.version != before
         except Exception as exc:  # a reader must never take the UI down
             self.problem = f"{type(exc).__name__}: {exc}"
@@ -333,6 +353,15 @@ class RunFeed:
                 with self.lock:
                     self._skipped(f"{self.events_path.name}:{self._line}: {problem} (line skipped)")
         return events
+
+    def _pump_ranks(self) -> None:
+        """What the other ranks appended to their events.rank<R>.jsonl (engine.ranks)."""
+        events = self._rank_reader.read()
+        if events:
+            with self.lock:
+                for event in events:
+                    self.state.ranks.apply(event)
+                self.state.version += 1
 
     # ------------------------------------------------------------------ pipe
 
