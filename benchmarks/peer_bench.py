@@ -35,7 +35,11 @@ Systems:
 - ``baseline``: ``benchmarks/baseline_plain_trainer.py`` (padding collator, no packing).
 - ``--variant NAME:key=value,...``: more finetui runs with ``--set`` overrides (and
   ``env.NAME=value`` for environment variables), e.g.
-  ``--variant finetui-padded:data.packing=false`` or ``--variant finetui-2threads:env.OMP_NUM_THREADS=2``.
+  ``--variant finetui-padded:data.packing=false`` or ``--variant finetui-2threads:env.OMP_NUM_THREADS=2``;
+  ``python=PATH`` runs another finetui (another checkout's or version's venv interpreter) for a
+  before/after comparison in one interleaved run, e.g. ``--variant before:python=/tmp/old/bin/python``
+  (its CLI module, ``finetui.engine.cli`` or an older checkout's ``engine.cli``, is found by that
+  interpreter, started in the job's folder so this checkout does not shadow it).
 
 Figures, per run:
 
@@ -253,20 +257,39 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
         key, _, value = item.partition("=")
         if key.startswith("env."):
             env[key[4:]] = value
+        elif key == "python":
+            env[PYTHON_KEY] = value
         else:
             sets.append(f"{key}={value}")
     return name.strip(), sets, env
 
 
+PYTHON_KEY = "\0python"  # parse_variant's python=PATH, kept with the variant's environment
+
+
+def finetui_cli(python: str, cwd: Path) -> list[str]:
+    """The command that runs ``python``'s finetui CLI: ``finetui.engine.cli``, or ``engine.cli``
+    for a checkout from before the package had one import name."""
+    probe = subprocess.run([python, "-c", "import importlib.util as u; print(bool(u.find_spec('finetui') and u.find_spec('finetui.engine')))"],
+                           cwd=cwd, capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        raise SystemExit(f"--variant python={python}: cannot run it: {probe.stderr.strip()[-300:]}")
+    return [python, "-m", "finetui.engine.cli" if probe.stdout.strip() == "True" else "engine.cli"]
+
+
 def run_finetui(job: Job, tag: str, sets: list[str], extra_env: dict[str, str], args) -> dict:
     runs_dir = job.work / "runs"
     config = write_yaml(job.work / "finetui.yaml", job.finetui_yaml(runs_dir))
+    extra_env = dict(extra_env)
+    python = extra_env.pop(PYTHON_KEY, None)
     env = dict(os.environ, **extra_env)
-    cmd = [sys.executable, "-m", "finetui.engine.cli", "train", str(config), "--name", tag]
+    cwd = job.work if python else ROOT
+    cli = finetui_cli(python, cwd) if python else [sys.executable, "-m", "finetui.engine.cli"]
+    cmd = [*cli, "train", str(config), "--name", tag]
     for s in sets:
         cmd += ["--set", s]
     logf = job.work / f"{tag}.log"
-    start, end, code, rss = run_timed(cmd, env=env, cwd=ROOT, log_file=logf, timeout=args.timeout)
+    start, end, code, rss = run_timed(cmd, env=env, cwd=cwd, log_file=logf, timeout=args.timeout)
     result = {"wall_s": round(end - start, 3), "exit_code": code, "peak_rss_kb": rss}
     run_id = next((ln.strip() for ln in logf.read_text(errors="replace").splitlines() if ln.strip()), "")
     events_file = runs_dir / run_id / "events.jsonl"

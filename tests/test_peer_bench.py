@@ -122,3 +122,20 @@ def test_flop_estimate_of_the_tiny_model(peer_bench, tiny_model_dir):
     flops = bench_models.train_flops(c, real_tokens=1000, trained_tokens=400)
     assert flops == 4 * c["body"] * 1000 + 4 * c["head"] * 400 + 6 * c["lora"] * 1000
     assert bench_models.train_flops(c, 1000, None) == bench_models.train_flops(c, 1000, 1000)
+
+
+def test_a_variant_can_run_another_checkouts_finetui(peer_bench, tmp_path):
+    """--variant NAME:python=PATH (before/after in one interleaved run): the variant keeps its
+    --set overrides and environment, and runs that interpreter's CLI module, the current one
+    (finetui.engine.cli) or an older checkout's (engine.cli)."""
+    name, sets, env = peer_bench.parse_variant(f"before:python={sys.executable},data.packing=false,env.X=1")
+    assert (name, sets) == ("before", ["data.packing=false"])
+    assert env == {"X": "1", peer_bench.PYTHON_KEY: sys.executable}
+    assert peer_bench.finetui_cli(sys.executable, tmp_path) == [sys.executable, "-m", "finetui.engine.cli"]
+    old = tmp_path / "old"
+    (old / "engine").mkdir(parents=True)
+    (old / "engine" / "__init__.py").write_text("")
+    shim = tmp_path / "python-old"  # an interpreter that sees only the old layout
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    shim.chmod(0o755)
+    assert peer_bench.finetui_cli(str(shim), old) == [str(shim), "-m", "engine.cli"]
