@@ -533,6 +533,27 @@ def best_in_this_folder(run_dir: Path, checkpoint: Path) -> None:
             runs.mark_complete(checkpoint)
 
 
+def _check_world_change(checkpoint: Path, config, world_size: int, events: ev.EventWriter) -> None:
+    """A checkpoint saved by another number of processes (or another strategy) resumes here
+    when it can (engine/checkpoint_kind.py, engine/lean_trainer.py), and says so; a DeepSpeed
+    checkpoint on another world size is refused, naming it and the way across."""
+    from finetui.engine import checkpoint_kind
+
+    refusal = checkpoint_kind.refusal(checkpoint, config.distributed.strategy, world_size)
+    if refusal:
+        raise errors.SetupError(refusal, "see README, More than one GPU / node: resuming on another number of "
+                                "processes")
+    was = checkpoint_kind.saved_world_size(checkpoint)
+    if was is not None and was != world_size:
+        t = config.train
+        events.emit("log", level="info",
+                    message=f"resuming {checkpoint_kind.describe(checkpoint)} on {world_size} process"
+                    f"{'es' if world_size != 1 else ''} ({checkpoint_kind.setup(config.distributed.strategy, world_size)}):"
+                    f" step count, optimizer state and learning-rate schedule go on; the global batch is now "
+                    f"{t.batch_size * t.gradient_accumulation_steps * world_size} sequences "
+                    "(train.batch_size x gradient_accumulation_steps x processes)")
+
+
 def _set_aside(path: Path) -> Path:
     target, n = path.with_name(f"skipped-{path.name}"), 1
     while target.exists():
@@ -731,6 +752,8 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     trainer.heartbeat = heartbeat  # checkpoint saves and loading the best one are quiet phases
 
     checkpoint = _resume_point(run_dir, events, checkpoint_step, rank) if resume else None
+    if checkpoint is not None:
+        _check_world_change(checkpoint, config, world_size, events)
     if checkpoint is not None and rank == 0:
         best_in_this_folder(run_dir, checkpoint)
     if resume and checkpoint is None:
