@@ -17,7 +17,7 @@ from finetui.engine import config as cfg
 from finetui.engine import events as ev
 from finetui.tui.app import FinetuiApp
 from finetui.tui.runfeed import MAX_READ, RunFeed
-from finetui.tui.screens.runs import RunsScreen
+from finetui.tui.runsstate import RunsList
 from test_dashboard import open_dashboard
 
 LONG = 40_000  # steps: ~19 MB of events, several pumps of MAX_READ to read
@@ -126,12 +126,12 @@ def test_overlapping_runs_screen_reads_agree(dash_env):
     first = synthetic_run(root, name="same", steps=2000, every=1000)
     for i in range(24):
         shutil.copytree(first, root / f"{first.name}-copy{i:02d}")
-    screen = RunsScreen()
+    listing = RunsList()  # what the Runs screen reads with
     results, errors = [], []
 
     def read():
         try:
-            results.append(screen._list(root))
+            results.append(listing.scan(root))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
