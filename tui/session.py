@@ -81,7 +81,8 @@ def display_path(path: Path | str) -> str:
         return str(path)
 
 
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """A config's sections as ``section.key`` -> value."""
     return {f"{section}.{k}": v for section, values in data.items() for k, v in (values or {}).items()}
 
 
@@ -135,8 +136,8 @@ class SettingsState:
 
     def changed(self) -> dict[str, Any]:
         """key -> value for every setting that differs from the base."""
-        base = _flatten(self.base_config.to_dict())
-        now = _flatten(self.config.to_dict())
+        base = flatten(self.base_config.to_dict())
+        now = flatten(self.config.to_dict())
         return {k: v for k, v in now.items() if base.get(k) != v}
 
     def overrides(self) -> list[str]:
