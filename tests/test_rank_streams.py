@@ -7,10 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+
+import pytest
+from test_dashboard import open_dashboard
+from test_dashboard_helpers import SIZE, config, dash_env, live_trainer, screen_text, wait_for, widget_text  # noqa: F401
 
 from finetui.engine import events as ev
-from finetui.engine import ranks
+from finetui.engine import ranks, runs
+from finetui.tui.app import FinetuiApp
 from finetui.tui.runfeed import RunFeed
+from finetui.tui.widgets.gpupanel import GpuPanel
+from finetui.tui.widgets.logview import LogView
 from tests.train_helpers import make_config, of_type, stdout_log
 
 FAKE_GPUS = [{"name": "NVIDIA H100 80GB HBM3", "util_percent": 90, "memory_used_bytes": 2 << 30,
@@ -107,7 +115,7 @@ def test_slowest_rank_and_global_throughput_from_synthetic_streams(tmp_path):
 class Clock:
     """engine.events' clock, set by the test: events written at chosen times."""
 
-    monotonic = staticmethod(__import__("time").monotonic)
+    monotonic = staticmethod(time.monotonic)
 
     def __init__(self, t: float) -> None:
         self.t = t
@@ -169,3 +177,58 @@ def test_identity_is_none_for_one_process_and_read_from_torchrun_for_several():
     me = ranks.identity({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"})
     assert {k: me[k] for k in ("rank", "local_rank", "node_rank")} == {"rank": 3, "local_rank": 1, "node_rank": 1}
     assert ranks.start_sampler(None, {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) is None
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+async def test_dashboard_shows_every_node_the_slowest_rank_and_names_a_silent_one(dash_env):
+    """80x24, keyboard only: two nodes (one rank each, one GPU each, as their hardware
+    events say); rank 1 is the slowest and has been silent past train.hang_after_s while
+    rank 0 goes on: the GPU rows mark it, the banner names it, w opens the ranks view."""
+    c = config(train__hang_after_s=30)
+    run = runs.new_run(c, name="ranks")
+    now = time.time()
+    clock = Clock(now - 90)
+    with pytest.MonkeyPatch.context() as patch:  # events written 90 s ago and since
+        patch.setattr(ev, "time", clock)
+        writers = {r: ev.EventWriter(run.name, run / ("events.jsonl" if r == 0 else f"events.rank{r}.jsonl"),
+                                     stream=None, identity={"rank": r, "local_rank": 0, "node_rank": r,
+                                                            "hostname": f"gpu-{'ab'[r]}"}) for r in (0, 1)}
+        writers[0].emit("run_started", config=c.to_dict(), footprint={}, datasets={}, devices=["cuda:0", "cuda:0"],
+                        world_size=2)
+        for r, w in writers.items():
+            w.sample("hardware", gpus=[{"index": 0, "name": "NVIDIA H100 80GB HBM3", "util_percent": 50 + 40 * r,
+                                        "memory_used_bytes": (10 + r) << 30, "memory_total_bytes": 80 << 30}],
+                     host={"cpu_percent": 20.0, "ram_used_bytes": 1 << 30, "ram_total_bytes": 8 << 30})
+            w.emit("rank_step", step=1, step_s=0.8, own_s=0.3 + 0.4 * r, tokens_per_s=1500.0 - 500 * r,
+                   device="cuda:0")
+        writers[0].emit("step", step=1, total_steps=100, epoch=0.01, loss=2.0, learning_rate=1e-4, grad_norm=1.0,
+                        tokens_per_s=3000.0, samples_per_s=4.0, elapsed_s=1.0, eta_s=99.0, memory={})
+        clock.t = now - 2  # rank 0 goes on; rank 1 said nothing for 90 s
+        writers[0].emit("heartbeat", phase="training")
+
+    with live_trainer(run):
+        app = FinetuiApp()
+        async with app.run_test(size=SIZE) as pilot:
+            dash = await open_dashboard(pilot, app, run.name)
+            await wait_for(pilot, lambda: dash.state.ranks.multi and 1 in dash.state.ranks.ranks
+                           and dash.state.silent_ranks() and dash._hw is not None)
+            await pilot.pause(0.6)
+            text = screen_text(app)
+            assert "⚠ rank 1 (node 1, gpu-b) silent for 1m 3" in text and "dead or hung" in text
+            assert "ranks 2 on 2 nodes  Σ tok/s 2,500  slowest rank 1: 0.7 s vs 0.3  (w)" in text
+            assert "gnorm 1  tok/s 2,500" in text  # the metrics line: the ranks' sum, not rank 0's 3,000
+            panel = widget_text(dash.query_one(GpuPanel), 78).splitlines()
+            assert panel[0].startswith("n0 gpu-a") and "H100" in panel[0] and "◀ slowest" not in panel[0]
+            assert panel[1].startswith("n1 gpu-b") and "90%" in panel[1] and "◀ slowest" in panel[1]
+            await pilot.press("w")
+            await pilot.pause(0.2)
+            log = dash.query_one(LogView)
+            assert log.title.startswith("ranks")
+            table = widget_text(log, 78)
+            row1 = next(line for line in table.splitlines() if line.strip().startswith("1 "))
+            assert "gpu-b" in row1 and "silent 1m 3" in row1 and "◀ slowest" in row1
+            await pilot.press("w")
+            await pilot.pause(0.1)
+            assert log.title.startswith("log")

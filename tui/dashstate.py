@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
+from finetui.engine.ranks import RankBoard
 from finetui.tui.runfeed import RunState
 
 STATUS_MARK = {
@@ -107,3 +110,103 @@ def tail_lines(path: Path, size: int) -> list[str]:
     if end > size and lines:
         lines = lines[1:]  # the first one is cut
     return [line.rstrip() for line in lines if line.strip()][-200:]
+
+
+# --------------------------------------------------------------------------- ranks
+# A run of several processes (torchrun): what engine.ranks.RankBoard adds up, as text.
+
+
+def fmt_rate(value: float | None) -> str:
+    """Tokens per second as the metrics line writes them: ``2,054``, ``12.3k``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "N/A"
+    return f"{value / 1000:,.1f}k" if value >= 10_000 else f"{value:,.0f}"
+
+
+def rank_summary(board: RankBoard, key: str = "w") -> Text | None:
+    """One line for a run of several processes (None for one): ranks, nodes, the run's
+    throughput (the sum of every rank's own tokens/s), the slowest rank (its step time
+    against the fastest one's) and the key of the ranks view."""
+    if not board.multi:
+        return None
+    ranks = board.expected()
+    nodes = {(i.node_rank, i.host) for i in board.ranks.values()} | set(board.nodes)
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append("ranks ", style="bold")
+    line.append(f"{len(ranks)}")
+    line.append(f" on {len(nodes)} node{'s' if len(nodes) != 1 else ''}", style="dim")
+    total = board.global_tokens_per_s()
+    line.append("  Σ tok/s ", style="dim")
+    line.append(fmt_rate(total) if total is not None else "…", style="bold")
+    slow = board.slowest()
+    if slow is not None:
+        fastest = min(i.step_time for i in board.ranks.values() if i.step_time is not None)
+        line.append("  slowest ", style="dim")
+        line.append(f"rank {slow.rank}", style="bold yellow")
+        line.append(f": {slow.step_time:.3g} s vs {fastest:.3g}", style="dim")
+    line.append(f"  ({key})", style="dim")
+    return line
+
+
+def silent_text(board: RankBoard, silent: list[tuple[int, float]]) -> str:
+    """The banner's first line for silent ranks: ``⚠ rank 1 (node 0, host-a) silent for 12m
+    03s: dead or hung`` (+ the others, fewer words)."""
+    def where(rank: int) -> str:
+        info = board.ranks.get(rank)
+        return info.where() if info is not None else f"rank {rank} (never heard from)"
+
+    (first, quiet), rest = silent[0], silent[1:]
+    text = f"⚠ {where(first)} silent for {_duration(quiet)}: dead or hung"
+    if rest:
+        text += "; also " + ", ".join(f"rank {r} ({_duration(q)})" for r, q in rest[:6])
+        if len(rest) > 6:
+            text += f" and {len(rest) - 6} more"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs} s"
+
+
+RANK_HEAD = "rnk nod host       device   step s/stp own s  tok/s heard"
+
+
+def rank_lines(board: RankBoard, silent: list[tuple[int, float]], now: float | None = None,
+               bad: str = "red") -> list[Text]:
+    """The ranks view: one row per rank of the session; the slowest one marked, a silent
+    one (dead or hung) in ``bad``, a failed one with its error."""
+    import time as _time
+
+    now = _time.time() if now is None else now
+    quiet = dict(silent)
+    slow = board.slowest()
+    lines = [Text(RANK_HEAD, style="dim")]
+    for r in board.expected():
+        info = board.ranks.get(r)
+        step = (info.last_step or {}) if info else {}
+        slowest = slow is not None and slow.rank == r
+        line = Text(no_wrap=True, overflow="ellipsis", style="bold yellow" if slowest else "")
+        line.append(f"{r:>3} ", style=f"bold {bad}" if r in quiet else "bold")
+        node = info.node_rank if info and info.node_rank is not None else "?"
+        line.append(f"{node!s:>3} {((info.host if info else None) or '?')[:10]:<10} ")
+        line.append(f"{str((info.device if info else None) or '-')[:7]:<7} {step.get('step', '-')!s:>5} ")
+        for key in ("step_s", "own_s"):
+            v = step.get(key)
+            line.append(f"{v:>5.3g} " if isinstance(v, (int, float)) else f"{'-':>5} ")
+        line.append(f"{fmt_rate(step.get('tokens_per_s')) if step else '-':>6} ")
+        if r in quiet:
+            line.append(f"silent {_duration(quiet[r])}", style=f"bold {bad}")
+        elif info is None or info.alive_time is None:
+            line.append("never", style=bad)
+        elif info.finished:
+            line.append(info.finished, style=bad if info.finished == "failed" else "dim")
+        else:
+            line.append(f"{_duration(max(0.0, now - info.alive_time))} ago", style="dim")
+        if slowest:
+            line.append(" ◀ slowest", style="bold yellow")
+        if info is not None and info.error:
+            line.append(f"  {info.error}", style=bad)
+        lines.append(line)
+    return lines

@@ -14,11 +14,13 @@ Layout at 80x24 (22 rows between the screen bar and the footer)::
     ● running  <run id>  full · tiny · cpu · live (or attached)
     ━━━━━━━━━━━━━━━━━━━━━━━━━━━ 24/40 60%  ep 1.50  0:28  eta 0:19
     loss 5.56  eval 5.78 (best 5.63@20)  lr 1.3e-3  gnorm 0.83  tok/s 2,054
+    ranks 2 on 1 node  Σ tok/s 4,108  slowest rank 1: 0.61 s vs 0.42  (w)   (several processes only)
     data: 999 read · 974 kept · 25 skipped (empty text 20, …)  (from run_started)
     <chart: title row + plot rows>                        (grows with the window)
     <failure / stopped banner with its fix>               (only when it applies)
     host cpu … ram … trainer rss … peak …
-    GPU rows (or one line saying why there are none)
+    GPU rows (or one line saying why there are none); several processes: a row per GPU
+    per node from the ranks' hardware events, the slowest rank's row marked
     checkpoints 10 20 30 (last checkpoint-30)
     <log: the last events, or stdout.log, or the checkpoints list>   (grows too)
 """
@@ -38,7 +40,9 @@ from textual.binding import Binding
 
 from finetui.engine import errors, heartbeat, runs
 from finetui.engine.events import data_line
-from finetui.tui.dashstate import STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, read_yaml, tail_lines
+from finetui.tui.dashstate import (
+    STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, rank_lines, rank_summary, read_yaml, silent_text, tail_lines,
+)
 from finetui.tui.runfeed import RunFeed, RunState, feeds
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.widgets.dialogs import ConfirmDialog
@@ -51,7 +55,7 @@ from finetui.tui.widgets.textline import TextLine
 TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
 HW_POLL_S = 1.0
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
-VIEWS = ("log", "stdout.log", "checkpoints")
+VIEWS = ("log", "stdout.log", "checkpoints", "ranks")  # ranks: runs of several processes only
 STDOUT_TAIL_BYTES = 16384
 
 
@@ -96,11 +100,14 @@ class DashboardScreen(FinetuiScreen):
         Binding("l", "log_scale", "Log-y", id="dashboard.log_scale"),
         Binding("p", "plot", "Plot", id="dashboard.plot"),
         Binding("v", "view", "View", show=False, id="dashboard.view"),
+        # runs of several processes: the ranks line names the key (the footer has no room)
+        Binding("w", "ranks", "Ranks", show=False, id="dashboard.ranks"),
     ]
     DEFAULT_CSS = """
     DashboardScreen #dash-head { height: 1; padding: 0 1; background: $surface; }
     DashboardScreen RunProgress, DashboardScreen MetricsLine { padding: 0 1; }
     DashboardScreen #data { height: 1; padding: 0 1; display: none; }
+    DashboardScreen #ranks { height: 1; padding: 0 1; display: none; }
     DashboardScreen #chart { height: 2fr; min-height: 6; padding: 0 1 0 0; }
     DashboardScreen #problem { height: auto; max-height: 6; padding: 0 1; display: none; }
     DashboardScreen #problem.-failed { display: block; background: $error 15%; }
@@ -143,6 +150,7 @@ class DashboardScreen(FinetuiScreen):
         yield TextLine("", id="dash-head")
         yield RunProgress(id="progress")
         yield MetricsLine(id="metrics")
+        yield TextLine("", id="ranks")
         yield TextLine("", id="data")
         yield LossPlot(title="loss", id="chart")
         yield TextLine("", id="problem")
@@ -198,8 +206,9 @@ class DashboardScreen(FinetuiScreen):
         self._show_gpus(hw)  # its own 1 Hz cadence: a small widget
         with self.feed.lock:
             hung = self.feed.state.hung_s()  # silence grows with no event: the banner counts it
+            silent = tuple((r, int(q)) for r, q in self.feed.state.silent_ranks())
         key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]),
-               None if hung is None else int(hung))
+               None if hung is None else int(hung), silent)
         if first:
             self._version = -1  # the first poll brings config.yaml: draw everything once more
         if first or key != self._hw_key:
@@ -291,17 +300,33 @@ class DashboardScreen(FinetuiScreen):
         self.query_one(MetricsLine).show(
             loss=last.get("loss"), eval_loss=(st.last_eval or {}).get("eval_loss"), best_eval=st.best_eval,
             learning_rate=last.get("learning_rate"), grad_norm=last.get("grad_norm"),
-            tokens_per_s=last.get("tokens_per_s"))
+            # several processes: the sum of every rank's own tokens/s (rank 0's step event
+            # has its own count times the world size)
+            tokens_per_s=st.ranks.global_tokens_per_s() if st.ranks.multi and st.ranks.global_tokens_per_s()
+            is not None else last.get("tokens_per_s"))
         if last.get("step") is not None and (not self.shown_steps or self.shown_steps[-1][0] != last["step"]):
             self.shown_steps.append((int(last["step"]), time.time()))
             del self.shown_steps[:-1000]
 
+        self._show_ranks(st)
         self._show_data(st)
         self._show_chart(st)
         self._show_problem(st, hw)
         self._show_checkpoints(st, hw)
         self._show_log(st, hw)
         self._refresh_keys()
+
+    def _show_ranks(self, st: RunState) -> None:
+        """A run of several processes: the ranks line, every node's GPUs, the ranks view."""
+        widget = self.query_one("#ranks", TextLine)
+        line = rank_summary(st.ranks, app_key(self.app, "dashboard.ranks", "w"))
+        if widget.display != (line is not None):
+            widget.display = line is not None
+            self.refresh_bindings()  # w (Ranks) is offered for such runs only
+        if line is not None:
+            widget.show(line)
+            if self._hw_seen is not None or st.ranks.nodes:
+                self._show_gpus(self._hw_seen)
 
     def _show_data(self, st: RunState) -> None:
         """The run_started data report, one line: records read, kept, skipped and why."""
@@ -357,8 +382,9 @@ class DashboardScreen(FinetuiScreen):
         if banner.has_class("-stopped") != stopped:
             banner.set_class(stopped, "-stopped")
         hung = st.hung_s() if status == "running" else None
-        if banner.has_class("-hung") != (hung is not None):
-            banner.set_class(hung is not None, "-hung")
+        silent = st.silent_ranks() if status == "running" else []
+        if banner.has_class("-hung") != (hung is not None or bool(silent)):
+            banner.set_class(hung is not None or bool(silent), "-hung")
         text = Text()
         width = max(self.size.width - 2, 20)
         if status == "failed":
@@ -379,6 +405,14 @@ class DashboardScreen(FinetuiScreen):
                 key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
                     app_key(self.app, "dashboard.resume", "R")
                 text.append("\n" + clip(f"{key}: {self._fix.text}", width, 2), style=f"bold {colors['eval']}")
+        elif silent:
+            # ranks of a run of several processes with nothing but readings for train.hang_after_s
+            text.append(clip(silent_text(st.ranks, silent), width, 2), style=f"bold {colors['bad']}")
+            stop, kill = app_key(self.app, "dashboard.stop", "S"), app_key(self.app, "dashboard.kill", "K")
+            ranks_key = app_key(self.app, "dashboard.ranks", "w")
+            limit = heartbeat.hang_after(st.config or self._config)
+            text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  {ranks_key}: ranks  ·  silent after "
+                                     f"train.hang_after_s: {limit:g} s", width, 2))
         elif hung is not None:
             # no event or heartbeat for train.hang_after_s, and the process lives
             text.append(clip(f"⚠ the trainer looks hung: {heartbeat.describe(hung)} (process alive)", width, 2),
@@ -426,10 +460,17 @@ class DashboardScreen(FinetuiScreen):
                 message = message.replace(prefix, "").replace("\n", "  ")
                 line.append(message, style=style)
                 lines.append(line)
-            log.show(f"log  ({key}: stdout.log, checkpoints)", lines, empty="no log events yet")
+            more = ", ranks" if st is not None and st.ranks.multi else ""
+            log.show(f"log  ({key}: stdout.log, checkpoints{more})", lines, empty="no log events yet")
         elif view == "stdout.log":
             lines = [Text(s) for s in (hw.stdout_lines if hw else [])]
             log.show(f"stdout.log (the trainer's stderr)  ({key}: checkpoints)", lines, empty="stdout.log is empty")
+        elif view == "ranks":
+            board = st.ranks if st is not None else None
+            lines = rank_lines(board, st.silent_ranks(), bad=colors["bad"]) if board is not None else []
+            total = board.global_tokens_per_s() if board is not None else None
+            head = "ranks" + (f"  Σ {total:,.0f} tok/s (every rank's own, summed)" if total is not None else "")
+            log.show(f"{head}  ({key}: log)", lines, empty="no rank has reported yet")
         else:
             existing = hw.existing_checkpoints if hw else set()
             lines = []
@@ -441,7 +482,8 @@ class DashboardScreen(FinetuiScreen):
                 else:
                     line.append(f"  {Path(path).parent}/", style="dim")
                 lines.append(line)
-            log.show(f"checkpoints  ({key}: log)", lines, empty="no checkpoints yet")
+            after = "ranks" if st is not None and st.ranks.multi else "log"
+            log.show(f"checkpoints  ({key}: {after})", lines, empty="no checkpoints yet")
 
     def _show_hw_parts(self, st: RunState, hw: HwSnapshot) -> None:
         """What depends on the poll (checkpoints on disk, stdout.log); lock held."""
@@ -450,8 +492,16 @@ class DashboardScreen(FinetuiScreen):
         self._show_log(st, hw)
         self._refresh_keys()
 
-    def _show_gpus(self, hw: HwSnapshot) -> None:
+    def _show_gpus(self, hw: HwSnapshot | None) -> None:
         st = self.state
+        if st is not None and st.ranks.multi:  # every node, as its local rank 0 reported it
+            slow = st.ranks.slowest()
+            key = app_key(self.app, "dashboard.ranks", "w")
+            self.query_one(GpuPanel).show_nodes(st.ranks.hw_rows(), slow.rank if slow else None,
+                                                more_hint=f" ({key}: ranks)")
+            return
+        if hw is None:
+            return
         devices = ((st.started or {}).get("devices") or []) if st else []
         on_gpu = any(str(d).startswith("cuda") for d in devices)
         memory = dict((st.last_step or {}).get("memory") or {}) if st else {}
@@ -525,6 +575,8 @@ class DashboardScreen(FinetuiScreen):
             return self._fix is not None
         if action == "chat":
             return status in ("completed", "stopped") or None
+        if action == "ranks":
+            return self.state is not None and self.state.ranks.multi
         return True
 
     def action_back(self) -> None:
@@ -619,9 +671,16 @@ class DashboardScreen(FinetuiScreen):
 
     def action_view(self) -> None:
         self.view = (self.view + 1) % len(VIEWS)
+        if VIEWS[self.view] == "ranks" and not (self.state is not None and self.state.ranks.multi):
+            self.view = 0  # one process: no ranks view
         if self.feed is not None:
             with self.feed.lock:
                 self._show_log(self.feed.state, self._hw)
+
+    def action_ranks(self) -> None:
+        """The ranks view in the log area, or back to the log."""
+        self.view = VIEWS.index("ranks") - 1 if VIEWS[self.view] != "ranks" else len(VIEWS) - 1
+        self.action_view()
 
     def palette_commands(self) -> list[PaletteCommand]:
         return [
@@ -633,7 +692,8 @@ class DashboardScreen(FinetuiScreen):
             ("Chart: cycle smoothing", "off → 0.6 → 0.9", self.action_smooth),
             ("Chart: log scale", "toggle", self.action_log_scale),
             ("Chart: next plot", "loss, learning rate, grad norm, tokens/s", self.action_plot),
-            ("Log: next view", "events, stdout.log, checkpoints", self.action_view),
+            ("Log: next view", "events, stdout.log, checkpoints (ranks)", self.action_view),
+            ("Ranks: every rank's pace, the slowest and the silent ones", "several processes", self.action_ranks),
         ]
 
 

@@ -5,6 +5,11 @@ its step events.
 The widget only renders; the dashboard polls NVML and psutil in a thread worker and hands
 the readings over (:meth:`GpuPanel.show`). Missing readings show as N/A; without NVML or
 without GPUs the panel says why in one plain line.
+
+A run of several processes (torchrun) shows what each node's local rank 0 reported in its
+event stream instead (:meth:`GpuPanel.show_nodes`, engine.ranks): one row per GPU per node,
+or one CPU/RAM row for a node without GPUs, each naming the ranks on it; the slowest rank's
+row stands out. At most ``max_rows`` rows; the rest are counted (the ranks view has all).
 """
 
 from __future__ import annotations
@@ -47,10 +52,14 @@ class GpuPanel(Widget):
         self.peak_bytes: int | None = None
         self.on_gpu = False
         self.polled = False
+        self.nodes: list[Any] | None = None  # engine.ranks.HwRow, for a run of several processes
+        self.slowest: int | None = None
+        self.max_rows = 4
+        self.more_hint = ""
 
     def show(self, gpus: list[Any], problem: str | None, host: Any, trainer_memory: dict[str, Any] | None,
              peak_bytes: int | None, on_gpu: bool) -> None:
-        self.gpus, self.problem, self.host = gpus, problem, host
+        self.gpus, self.problem, self.host, self.nodes = gpus, problem, host, None
         self.trainer_memory = trainer_memory or {}
         self.peak_bytes, self.on_gpu, self.polled = peak_bytes, on_gpu, True
         lines = 1 + max(len(gpus), 1)
@@ -58,8 +67,19 @@ class GpuPanel(Widget):
             self.styles.height = lines  # a layout change: only when the GPU count changes
         self.refresh()
 
+    def show_nodes(self, rows: list[Any], slowest: int | None, more_hint: str = "") -> None:
+        """Every node's readings from the ranks' streams (engine.ranks.RankBoard.hw_rows)."""
+        self.nodes, self.slowest, self.more_hint, self.polled = rows, slowest, more_hint, True
+        shown = min(len(rows), self.max_rows) + (1 if len(rows) > self.max_rows else 0)
+        lines = max(shown, 1)
+        if self.styles.height is None or self.styles.height.value != lines:
+            self.styles.height = lines
+        self.refresh()
+
     def render(self) -> Text:
         width = max(self.size.width, 20)
+        if self.nodes is not None:
+            return self._render_nodes(width)
         lines: list[Text] = [self._host_line(width)]
         if not self.polled:
             lines.append(Text("GPU  reading…", style="dim"))
@@ -73,6 +93,50 @@ class GpuPanel(Widget):
         for line in lines:
             line.truncate(width, overflow="ellipsis")
         return Text("\n").join(lines)
+
+    def _render_nodes(self, width: int) -> Text:
+        rows = self.nodes or []
+        lines = [self._node_line(row) for row in rows[:self.max_rows]]
+        if len(rows) > self.max_rows:
+            lines.append(Text(f"… {len(rows) - self.max_rows} more GPU rows{self.more_hint}", style="dim"))
+        if not lines:
+            lines = [Text("nodes  waiting for the first hardware reading…", style="dim")]
+        for line in lines:
+            line.truncate(width, overflow="ellipsis")
+        return Text("\n").join(lines)
+
+    def _node_line(self, row: Any) -> Text:
+        node, g = row.node, row.gpu
+        slow = self.slowest is not None and any(i.rank == self.slowest for i in row.ranks)
+        line = Text(no_wrap=True, overflow="ellipsis", style="bold yellow" if slow else "")
+        where = f"n{node.node_rank if node.node_rank is not None else '?'} {node.host or ''}"
+        line.append(f"{where[:11]:<11} ", style="bold")
+        if g is None:
+            h = node.host_reading or {}
+            cpu = h.get("cpu_percent")
+            line.append("cpu ", style="dim")
+            line.append(f"{cpu:>3.0f}%" if isinstance(cpu, (int, float)) else " N/A", style=_pct_style(cpu))
+            line.append(" ")
+            line.append_text(_bar(cpu / 100 if isinstance(cpu, (int, float)) else None, 5))
+            line.append("  ram ", style="dim")
+            line.append(format_bytes_pair(h.get("ram_used_bytes"), h.get("ram_total_bytes"), missing="N/A"))
+        else:
+            name = str(g.get("name") or "GPU").replace("NVIDIA ", "")
+            line.append(f"{g.get('index', '?')} {name[:9]:<9} ")
+            util = g.get("util_percent")
+            line.append(f"{util:>3.0f}%" if isinstance(util, (int, float)) else " N/A", style=_pct_style(util))
+            line.append(" ")
+            line.append_text(_bar(util / 100 if isinstance(util, (int, float)) else None, 5))
+            used, total = g.get("memory_used_bytes"), g.get("memory_total_bytes")
+            mem_pct = used / total * 100 if isinstance(used, (int, float)) and total else None
+            line.append(f" {format_bytes_pair(used, total, missing='N/A'):>15}", style=_pct_style(mem_pct))
+            temp = g.get("temperature_c")
+            line.append(f" {temp:.0f}°C" if isinstance(temp, (int, float)) else " N/A°C")
+        ranks = ",".join(str(i.rank) for i in row.ranks)
+        line.append(f"  rank {ranks}" if ranks else "", style="dim" if not slow else "")
+        if slow:
+            line.append(" ◀ slowest", style="bold yellow")
+        return line
 
     def _host_line(self, width: int) -> Text:
         h = self.host
