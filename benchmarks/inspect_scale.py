@@ -27,34 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import child_usage  # noqa: E402
+
 DEMO = ROOT / "tests" / "data" / "datasets" / "llamafactory" / "alpaca_en_demo.json"
 REPLY_CHARS = 155
 BEFORE = {"wall_s": 296.0, "peak_rss_mb": 1670.0, "note": "issue 19, before: 2 cores"}
-
-_PARENT = (
-    "import ctypes, json, os, resource, subprocess, sys, time\n"
-    # a subreaper: workers a fork server started (orphans once it exits) are reaped here too,
-    # so RUSAGE_CHILDREN holds the CPU time and peak RSS of every process of the run
-    "ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)\n"
-    "t = time.perf_counter()\n"
-    "p = subprocess.run(sys.argv[2:], cwd=sys.argv[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
-    "wall = time.perf_counter() - t\n"
-    "while True:\n"
-    "    try:\n"
-    "        os.waitpid(-1, 0)\n"
-    "    except ChildProcessError:\n"
-    "        break\n"
-    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-    "print(json.dumps({'wall_s': wall, 'cpu_s': u.ru_utime + u.ru_stime, 'peak_rss_mb': u.ru_maxrss / 1024,"
-    " 'rc': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr[-2000:]}))\n"
-)
 
 
 def _cut(text: str, start: int, size: int) -> str:
@@ -93,9 +77,7 @@ def measure(repo: Path, path: Path, extra: list[str]) -> dict:
     """One `finetui data inspect PATH --json` in ``repo``: wall time, peak RSS, counts."""
     env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path), "--json", *extra]
-    out = subprocess.run([sys.executable, "-c", _PARENT, str(repo), *command], env=env,
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
+    result = child_usage.measure(command, repo, env)
     if result["rc"] != 0:
         raise SystemExit(f"inspect failed ({result['rc']}): {result['stderr']}")
     report = json.loads(result.pop("stdout"))
@@ -146,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['repo'][-40:]:<40} {r['rows']:>10,} {r['size_mb']:>6.0f} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} "
               f"{1e6 * r['cpu_s'] / r['rows']:>10.0f} {r['peak_rss_mb']:>12,.0f}")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    print(f"(python {sys.version.split()[0]}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the end)")
+    print(child_usage.machine_line())
     print(json.dumps(results))
     return 0
 

@@ -21,27 +21,19 @@ deletes it before the first call to measure that fallback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_ID = "20260101-000000-long-history"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import child_usage  # noqa: E402
 
-_PARENT = (
-    "import json, resource, subprocess, sys, time\n"
-    "t = time.perf_counter()\n"
-    "p = subprocess.run(sys.argv[2:], cwd=sys.argv[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
-    "wall = time.perf_counter() - t\n"
-    "print(json.dumps({'wall_s': wall, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,"
-    " 'rc': p.returncode, 'stdout': p.stdout[-2000:], 'stderr': p.stderr[-2000:]}))\n"
-)
+RUN_ID = "20260101-000000-long-history"
 
 
 def generate(runs_root: Path, steps: int) -> Path:
@@ -87,9 +79,7 @@ def generate(runs_root: Path, steps: int) -> Path:
 def measure(repo: Path, runs_root: Path, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(repo), FINETUI_RUNS_DIR=str(runs_root))
     command = [sys.executable, "-m", "finetui.engine.cli", "runs", *args]
-    out = subprocess.run([sys.executable, "-c", _PARENT, str(repo), *command], env=env,
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
+    result = child_usage.measure(command, repo, env)
     if result["rc"] != 0:
         raise SystemExit(f"`finetui runs {' '.join(args)}` failed ({result['rc']}): {result['stderr']}")
     return result
@@ -131,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'checkout':<40} {'call':<11} {'MB':>5} {'wall s':>7} {'peak RSS MB':>12}")
     for r in rows:
         print(f"{r['repo'][-40:]:<40} {r['call']:<11} {r['size_mb']:>5.0f} {r['wall_s']:>7.2f} {r['peak_rss_mb']:>12,.0f}")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    print(f"(python {sys.version.split()[0]}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the end)")
+    print(child_usage.machine_line())
     return 0
 
 

@@ -1,0 +1,51 @@
+"""What one command costs, measured from outside: wall time, CPU time and peak RSS of the
+command and every process it starts, for the benchmarks that time a ``finetui`` command line
+(inspect_scale, runs_list_scale).
+
+The command runs under a fresh parent that runs nothing else, so the parent's
+``resource.getrusage(RUSAGE_CHILDREN)`` is the command's alone; the parent is a subreaper,
+so workers a fork server started (orphans once it exits) are reaped and counted too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_PARENT = (
+    "import ctypes, json, os, resource, subprocess, sys, time\n"
+    # a subreaper: workers a fork server started (orphans once it exits) are reaped here too,
+    # so RUSAGE_CHILDREN holds the CPU time and peak RSS of every process of the run
+    "ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.run(sys.argv[2:], cwd=sys.argv[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
+    "wall = time.perf_counter() - t\n"
+    "while True:\n"
+    "    try:\n"
+    "        os.waitpid(-1, 0)\n"
+    "    except ChildProcessError:\n"
+    "        break\n"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(json.dumps({'wall_s': wall, 'cpu_s': u.ru_utime + u.ru_stime, 'peak_rss_mb': u.ru_maxrss / 1024,"
+    " 'rc': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr[-2000:]}))\n"
+)
+
+
+def measure(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
+    """Run ``command`` in ``cwd``: {wall_s, cpu_s, peak_rss_mb, rc, stdout, stderr (its last
+    2,000 characters)}."""
+    out = subprocess.run([sys.executable, "-c", _PARENT, str(cwd), *command], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def machine_line() -> str:
+    """The Python version, the cores this process may use and the load average now."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return f"(python {sys.version.split()[0]}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the end)"
