@@ -325,7 +325,7 @@ class DashboardScreen(FinetuiScreen):
             self.refresh_bindings()  # w (Ranks) is offered for such runs only
         if line is not None:
             widget.show(line)
-            if self._hw_seen is not None or st.ranks.nodes:
+            if st.ranks.nodes:
                 self._show_gpus(self._hw_seen)
 
     def _show_data(self, st: RunState) -> None:
@@ -494,7 +494,7 @@ class DashboardScreen(FinetuiScreen):
 
     def _show_gpus(self, hw: HwSnapshot | None) -> None:
         st = self.state
-        if st is not None and st.ranks.multi:  # every node, as its local rank 0 reported it
+        if st is not None and st.ranks.multi and st.ranks.nodes:  # every node, as its local rank 0 reported it
             slow = st.ranks.slowest()
             key = app_key(self.app, "dashboard.ranks", "w")
             self.query_one(GpuPanel).show_nodes(st.ranks.hw_rows(), slow.rank if slow else None,
