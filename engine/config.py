@@ -281,7 +281,7 @@ class DistributedConfig(_Section):
         "across nodes (hybrid_shard: less inter-node traffic, more memory).")
     fsdp_state_dict: Literal["full", "sharded"] = Field(
         "full", description="FSDP checkpoints: one full state dict gathered on rank 0, or one shard per rank "
-        "(faster to save, loads only on the same world size).")
+        "(faster to save); either resumes on another number of processes.")
     activation_checkpointing: bool = Field(
         False, description="FSDP: recompute each layer's activations in the backward pass (FSDP's own; "
         "leave train.gradient_checkpointing off).")
@@ -292,6 +292,9 @@ class DistributedConfig(_Section):
         2, description="DeepSpeed ZeRO stage: 2 shards gradients and optimizer state, 3 the weights too.")
     deepspeed_config: str | None = Field(
         None, description="DeepSpeed: your own DeepSpeed JSON (replaces zero_stage and cpu_offload).")
+    timeout_s: int = Field(
+        600, ge=10, description="Seconds a process waits in a collective (all-reduce, all-gather, barrier) for "
+        "the others before it gives up: a hung rank ends the run instead of holding every other one forever.")
 
 
 class OutputConfig(_Section):

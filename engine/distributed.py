@@ -155,7 +155,7 @@ def slurm_script(run_dir: str, nodes: int, gpus_per_node: int, partition: str | 
         "",
         "# one task per node: SLURM_NODEID is the node rank; the rendezvous is on the first node",
         "srun --kill-on-bad-exit=1 bash -c '" + " ".join([
-            f"{q(python)} -m torch.distributed.run",
+            f"{q(python)} -m finetui.engine.torchrun",  # torchrun, naming a failed rank on the run's record
             '--nnodes "$SLURM_NNODES"', f"--nproc-per-node {gpus_per_node}", '--node-rank "$SLURM_NODEID"',
             "--rdzv-backend c10d", '--rdzv-endpoint "$HEAD_NODE:$PORT"', '--rdzv-id "$SLURM_JOB_ID"',
             '-m finetui.engine.train --run-dir "$RUN_DIR"']) + "'",

@@ -47,6 +47,7 @@ LOCK_FD_ENV = "FINETUI_RUN_LOCK_FD"  # set by launch(): the trainer inherits the
 COMPLETE_FILE = "finetui-complete.json"  # written last into a checkpoint folder
 TRAINER_STATE = "trainer_state.json"
 TRAINER_MODULE = trainer_pid.TRAINER_MODULE
+TORCHRUN_MODULE = trainer_pid.TORCHRUN_MODULE  # torchrun that names a failed rank (engine/torchrun.py)
 
 
 class RunError(ValueError):
@@ -418,9 +419,9 @@ def trainer_command(run_dir: Path, resume: bool = False, nproc: int = 1, checkpo
     if checkpoint is not None:
         args += ["--checkpoint", str(checkpoint)]
     if torchrun:
-        return [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", TRAINER_MODULE, *args]
+        return [sys.executable, "-m", TORCHRUN_MODULE, *torchrun, "-m", TRAINER_MODULE, *args]
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        return [sys.executable, "-m", TORCHRUN_MODULE, "--standalone",
                 f"--nproc_per_node={nproc}", "-m", TRAINER_MODULE, *args]
     return [sys.executable, "-m", TRAINER_MODULE, *args]
 

@@ -413,6 +413,8 @@ def training_arguments(config, run_dir: Path, device: str, has_eval: bool, world
         use_cpu=not device.startswith("cuda"),
         ddp_backend="gloo" if world_size > 1 and not device.startswith("cuda") else None,
         ddp_find_unused_parameters=False,
+        # a rank that hangs (or dies unseen) ends the others' collectives after this long
+        ddp_timeout=config.distributed.timeout_s,
         # train.report_to: the Trainer's own tracker callbacks (TensorBoard, W&B, MLflow,
         # Trackio); finetui's events go out either way and drive the dashboard
         report_to=list(t.report_to) or "none",

@@ -31,6 +31,7 @@ from finetui.engine import atomic
 
 PID_FILE = "trainer.pid"
 TRAINER_MODULE = "finetui.engine.train"
+TORCHRUN_MODULE = "finetui.engine.torchrun"  # torch.distributed.run, reporting a failed rank
 START_TOLERANCE_S = 0.05  # create_time is in clock ticks (1/100 s); the same process reads the same
 
 
@@ -139,7 +140,8 @@ def _stop_targets(proc) -> list:
     forward the signal but SIGKILL them 30 s later, cutting a slow checkpoint short; when
     the workers end on their own, torchrun exits cleanly."""
     try:
-        if "torch.distributed.run" in " ".join(proc.cmdline()):
+        command = " ".join(proc.cmdline())
+        if "torch.distributed.run" in command or TORCHRUN_MODULE in command:
             workers = [c for c in proc.children() if TRAINER_MODULE in " ".join(c.cmdline())]
             if workers:
                 return workers

@@ -37,7 +37,7 @@ def test_sbatch_script_parses_and_names_the_torchrun_arguments(tmp_path):
                 "--rdzv-backend c10d", '--rdzv-endpoint "$HEAD_NODE:$PORT"', '--rdzv-id "$SLURM_JOB_ID"',
                 '-m finetui.engine.train --run-dir "$RUN_DIR"'):
         assert arg in srun
-    assert "torch.distributed.run" in srun
+    assert "-m finetui.engine.torchrun" in srun  # torch.distributed.run, naming a failed rank
     assert re.search(r"^export RUN_DIR HEAD_NODE PORT", script, re.M)  # seen inside srun's bash -c
     # the run folder exists, with the config the job trains
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -52,7 +52,7 @@ def test_sbatch_script_runs_its_srun_line_with_slurms_variables(tmp_path):
     done = launch(tmp_path, "--nodes", "2", "--gpus-per-node", "8")
     script = done.stdout.replace("#!/bin/bash", "#!/bin/bash\nscontrol() { echo node-a; echo node-b; }\n"
                                  "srun() { shift; for n in 0 1; do SLURM_NODEID=$n \"$@\"; done; }", 1)
-    script = script.replace(f"{sys.executable} -m torch.distributed.run", "echo torchrun")
+    script = script.replace(f"{sys.executable} -m finetui.engine.torchrun", "echo torchrun")
     env = {"SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "42", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
