@@ -23,18 +23,12 @@ import pytest
 from finetui.engine import cli, runs
 from finetui.engine.json_errors import KINDS
 from test_dashboard_helpers import synthetic_run
-from test_train_cli import finetui, write_config
-from train_helpers import file_events, of_type
+from cli_helpers import cli_env, finetui
+from train_helpers import file_events, of_type, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 ESC = "\x1b"
 DATE = re.compile(r"^(started|ended) +\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} [+-]\d{4}$")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **extra)
-    env.pop("FINETUI_RUNS_DIR", None)
-    return env
 
 
 def _json_failure(proc: subprocess.CompletedProcess) -> dict:
@@ -192,9 +186,9 @@ def _stdout_on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> st
 
 def test_no_color_means_no_escape_sequences(tmp_path):
     argv = ["data", "inspect", "sample:finetui_faq", "--num-proc", "1"]
-    coloured = _stdout_on_a_terminal(argv, {**_env(), "TERM": "xterm-256color"}, tmp_path)
+    coloured = _stdout_on_a_terminal(argv, {**cli_env(), "TERM": "xterm-256color"}, tmp_path)
     assert ESC in coloured and "source" in coloured  # styled on a terminal...
-    env = {**_env(), "TERM": "xterm-256color", "NO_COLOR": "1"}
+    env = {**cli_env(), "TERM": "xterm-256color", "NO_COLOR": "1"}
     plain = _stdout_on_a_terminal(argv, env, tmp_path)
     assert ESC not in plain and "source" in plain  # ...and not at all under NO_COLOR
 
@@ -254,7 +248,7 @@ def test_runs_list_into_head_ends_quietly(tmp_path, json_flag):
         (folder / "config.yaml").write_text(config)
     command = f"{sys.executable} -m finetui.engine.cli runs list {'--json' if json_flag else ''} | head -1"
     proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=tmp_path, capture_output=True,
-                          text=True, env=_env(FINETUI_RUNS_DIR=str(root)), timeout=300)
+                          text=True, env=cli_env(FINETUI_RUNS_DIR=str(root)), timeout=300)
     assert proc.stderr == "", proc.stderr
     assert proc.stdout.count("\n") == 1 and proc.stdout.strip()
     assert proc.returncode == 141  # the CLI's status: ended by the closed pipe, quietly
@@ -270,7 +264,7 @@ def test_runs_kill_marks_the_run_killed(tmp_path, finetui_cache):
     path = write_config(tmp_path, name="victim", train={"max_steps": 100000, "eval_strategy": "no",
                                                         "save_strategy": "no"})
     follower = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path,
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_dir = tmp_path / "runs" / follower.stdout.readline().strip()
         deadline = time.time() + 180
@@ -344,7 +338,7 @@ def test_train_output_is_bounded_off_a_terminal(tmp_path, finetui_cache):
 def test_train_on_a_terminal_shows_one_progress_line(tmp_path, finetui_cache):
     path = write_config(tmp_path, train={"max_steps": 30, "eval_strategy": "no", "save_strategy": "no",
                                          "logging_steps": 1})
-    out = _stdout_on_a_terminal(["train", str(path)], {**_env(), "TERM": "xterm", "COLUMNS": "120"}, tmp_path)
+    out = _stdout_on_a_terminal(["train", str(path)], {**cli_env(), "TERM": "xterm", "COLUMNS": "120"}, tmp_path)
     assert "30/30" in out and " lr " in out and "tok/s" in out and "eta" in out
     newline_ended = [ln for ln in re.split(r"\r?\n", out) if "/30" in ln and "loss" in ln]
     # the bar is redrawn in place: its states share a line or two, never one line per step

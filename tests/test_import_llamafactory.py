@@ -6,13 +6,11 @@ as llamafactory-cli runs from its repository."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import finetui
 
 from finetui.engine import config as cfg
 from finetui.engine import events as ev
@@ -22,13 +20,6 @@ from finetui.engine.importers import llamafactory as lf
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "tests" / "data" / "llamafactory"
 DEMO_DATA = REPO / "tests" / "data" / "datasets" / "llamafactory"
-
-
-def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    full_env.pop("FINETUI_RUNS_DIR", None)
-    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from cli_helpers import cli_env, finetui
 from test_dashboard_helpers import SIZE, dash_env, fake_launch, screen_text, wait_for  # noqa: F401
 from tui_helpers import settle, text_of, tui_env  # noqa: F401
 
@@ -27,27 +27,9 @@ from finetui.engine import events as ev
 from finetui.engine import footprint, runs, startcheck
 from finetui.engine.hardware import GpuReading
 from finetui.engine.units import format_bytes
-from train_helpers import BASE
+from train_helpers import write_config
 
-REPO = Path(__file__).resolve().parents[1]
 KILLED = "killed (SIGKILL) — often the out-of-memory killer"
-
-
-def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    full_env.pop("FINETUI_RUNS_DIR", None)
-    full_env.pop("FINETUI_FAKE_GPUS", None)
-    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def write_config(folder: Path, **sections) -> Path:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def no_runs(folder: Path) -> bool:
@@ -156,8 +138,7 @@ def test_a_set_error_names_the_set(tmp_path):
 @pytest.mark.slow
 def test_a_sigkilled_trainer_is_named_in_the_cli(tmp_path, finetui_cache):
     path = write_config(tmp_path, train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("FINETUI_RUNS_DIR", None)
+    env = cli_env()
     cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -18,7 +18,9 @@ import pytest
 from finetui.engine import atomic
 from finetui.engine import events as ev
 from finetui.engine import runs
-from test_train_cli import finetui, the_run, write_config
+from cli_helpers import finetui
+from test_train_cli import the_run
+from train_helpers import write_config
 from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,24 +28,10 @@ import yaml
 from finetui.engine import config as cfg
 from finetui.engine import events as ev
 from finetui.engine import runs
-from train_helpers import BASE, file_events, finish, launch, new_run, of_type, stdout_log, train
+from cli_helpers import cli_env
+from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **extra)
-    env.pop("FINETUI_RUNS_DIR", None)
-    return env
-
-
-def _write_config(folder: Path, **sections) -> Path:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def _wait_for_step(run_dir: Path, step: int = 1, timeout: float = 120) -> None:
@@ -103,9 +89,9 @@ def test_kill_9_mid_run_resumes_from_the_last_checkpoint_with_the_same_losses(tm
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["kill-9", "hup"])
 def test_killing_the_cli_leaves_the_trainer_and_attach_shows_every_step(tmp_path, finetui_cache, sig):
     total = 300
-    path = _write_config(tmp_path, train={"max_steps": total, "eval_strategy": "no", "save_strategy": "no"})
+    path = write_config(tmp_path, train={"max_steps": total, "eval_strategy": "no", "save_strategy": "no"})
     # The CLI leads its own process group, as a shell's foreground job does.
-    cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=_env(),
+    cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=cli_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / cli.stdout.readline().decode().strip()
     _wait_for_step(run_dir)
@@ -121,7 +107,7 @@ def test_killing_the_cli_leaves_the_trainer_and_attach_shows_every_step(tmp_path
 
     started = time.monotonic()
     attach = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "runs", "attach", run_dir.name], cwd=tmp_path,
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=cli_env(), capture_output=True, text=True, timeout=300)
     assert attach.returncode == 0, attach.stdout + attach.stderr
     shown = [line for line in attach.stdout.splitlines() if line.startswith("step ")]
     assert len(shown) == total and shown[-1].startswith(f"step {total}/{total}")
@@ -142,7 +128,7 @@ def test_runs_started_in_the_same_second_get_distinct_ids(tmp_path):
         for _ in range(10):
             print(runs.new_run(config, name="same", root={str(tmp_path / 'runs')!r}).name)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     ids = [line for p in procs for line in p.communicate(timeout=120)[0].split()]
     assert all(p.returncode == 0 for p in procs)
@@ -185,7 +171,7 @@ def test_yaml_python_tags_are_refused(tmp_path):
     with pytest.raises(cfg.ConfigError) as err:
         cfg.load(path)
     assert str(err.value).startswith(f"{path}:2: invalid YAML: could not determine a constructor for the tag")
-    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "tag:yaml.org,2002:python/object/apply:os.system" in proc.stderr
     assert not marker.exists() and not (tmp_path / "runs").exists()
@@ -212,7 +198,7 @@ def test_jinja_templates_are_sandboxed(tmp_path, finetui_cache):
     path = tmp_path / "evil.jinja"
     path.write_text(template)
     proc = subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", "sample:finetui_faq",
-                           "--template", str(path), "--num-proc", "1"], cwd=tmp_path, env=_env(),
+                           "--template", str(path), "--num-proc", "1"], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
     print(proc.stderr.strip().splitlines()[-1])
     assert proc.returncode != 0

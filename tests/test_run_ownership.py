@@ -20,7 +20,7 @@ import pytest
 from finetui.engine import config as cfg
 from finetui.engine import events as ev
 from finetui.engine import runs, trainer_pid
-from test_train_cli import finetui
+from cli_helpers import finetui
 from train_helpers import file_events, launch, new_run, of_type
 
 REPO = Path(__file__).resolve().parents[1]

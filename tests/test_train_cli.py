@@ -3,35 +3,16 @@ are one clear line (exit 1), --detach returns at once, --resume continues a run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from finetui.engine import events as ev
-from train_helpers import BASE
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    full_env.pop("FINETUI_RUNS_DIR", None)
-    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *argv], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def write_config(folder: Path, name: str = "job", **sections) -> Path:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+from cli_helpers import cli_env, finetui
+from train_helpers import write_config
 
 
 def the_run(folder: Path) -> Path:
@@ -141,8 +122,7 @@ def test_ctrl_c_detaches_and_the_run_goes_on(tmp_path, finetui_cache):
     from finetui.engine import runs
 
     path = write_config(tmp_path, train={"max_steps": 100000, "eval_strategy": "no", "save_strategy": "no"})
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("FINETUI_RUNS_DIR", None)
+    env = cli_env()
     # Ctrl-C as a terminal delivers it, whatever the test runner's own SIGINT disposition
     # (a runner started in the background of a script ignores SIGINT, and children inherit it)
     proc = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=env,

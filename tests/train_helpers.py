@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from finetui.engine import config as cfg
 from finetui.engine import events as ev
 from finetui.engine import runs
@@ -33,6 +35,16 @@ def make_config(**sections: dict[str, Any]) -> cfg.Config:
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return cfg.validate(data)
+
+
+def write_config(folder: Path, name: str = "job", **sections: dict[str, Any]) -> Path:
+    """BASE with ``sections`` merged in, written as ``folder/name.yaml``: a job for ``finetui train``."""
+    data = {k: dict(v) for k, v in BASE.items()}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def new_run(root: Path, name: str = "t", **sections: dict[str, Any]) -> Path:
