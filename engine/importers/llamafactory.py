@@ -45,6 +45,7 @@ REFUSED_STAGES = {"rm": "reward modelling", "ppo": "PPO", "dpo": "DPO", "kto": "
 TEMPLATES = {"alpaca": "alpaca", "chatml": "chatml", "chatml_de": "chatml", "empty": "plain"}
 # LLaMA-Factory's flash_attn -> model.attn_implementation
 ATTENTION = {"auto": "auto", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
+STRATEGIES = ("no", "steps", "epoch")  # eval_strategy, save_strategy
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_hf": "adamw_torch", "adamw_torch_fused": "adamw_torch",
               "paged_adamw_32bit": "paged_adamw_32bit", "adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit"}
@@ -327,10 +328,7 @@ def convert(data: dict[str, Any], lines: dict[str, int], source: str, cwd: str |
             job.problem("quantization_bit", f"{bits}-bit is not supported: bitsandbytes quantises to 4 or 8 bits")
         qtype = job.get("quantization_type", str)
         if qtype is not None:
-            if qtype in ("nf4", "fp4"):
-                put("model.bnb_4bit_quant_type", qtype, "quantization_type")
-            else:
-                job.problem("quantization_type", f"{qtype!r}: nf4 or fp4")
+            _put_one_of(job, put, "quantization_type", qtype, "model.bnb_4bit_quant_type", ("nf4", "fp4"))
         double = job.get("double_quantization", bool)
         if double is not None:
             put("model.bnb_4bit_use_double_quant", double, "double_quantization")
@@ -356,11 +354,10 @@ def convert(data: dict[str, Any], lines: dict[str, int], source: str, cwd: str |
             mapped.append(f"lora_alpha (absent: twice lora_rank) -> method.lora_alpha: {2 * (rank or 8)}")
         target = job.get("lora_target", str)
         if target is not None:
-            names = [t.strip() for t in target.split(",") if t.strip()]
-            put("method.target_modules", "all-linear" if names == ["all"] else names, "lora_target")
+            put("method.target_modules", _modules(target), "lora_target")
         extra = job.get("additional_target", str)
         if extra is not None:
-            put("method.modules_to_save", [t.strip() for t in extra.split(",") if t.strip()], "additional_target")
+            put("method.modules_to_save", _names(extra), "additional_target")
     if job.get("pissa_init", bool):
         if _has("method.init_lora_weights"):
             niter = job.get("pissa_iter", int, 16)
@@ -380,8 +377,7 @@ def convert(data: dict[str, Any], lines: dict[str, int], source: str, cwd: str |
                 put("train.galore_rank", rank, "galore_rank")
             target = job.get("galore_target", str)
             if target is not None:
-                names = [t.strip() for t in target.split(",") if t.strip()]
-                put("train.optim_target_modules", "all-linear" if names == ["all"] else names, "galore_target")
+                put("train.optim_target_modules", _modules(target), "galore_target")
             for key in ("galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise"):
                 if key in job:
                     unmap(key, "finetui passes galore_rank and the target modules only; transformers' defaults "
@@ -416,10 +412,7 @@ def convert(data: dict[str, Any], lines: dict[str, int], source: str, cwd: str |
     # model
     attention = job.get("flash_attn", str)
     if attention is not None:
-        if attention in ATTENTION:
-            put("model.attn_implementation", ATTENTION[attention], "flash_attn")
-        else:
-            job.problem("flash_attn", f"{attention!r}: auto, disabled, sdpa or fa2")
+        _put_one_of(job, put, "flash_attn", attention, "model.attn_implementation", ATTENTION)
     if job.get("trust_remote_code", bool):
         unmap("trust_remote_code", "finetui runs code shipped with a model only when you turn it on yourself: "
               "add model.trust_remote_code: true to the config if you trust this model")
@@ -479,16 +472,10 @@ def convert(data: dict[str, Any], lines: dict[str, int], source: str, cwd: str |
         put("train.gradient_checkpointing", job.get("gradient_checkpointing", bool, True), "gradient_checkpointing")
     strategy = job.get("eval_strategy", str) or job.get("evaluation_strategy", str)
     if strategy is not None:
-        if strategy in ("no", "steps", "epoch"):
-            put("train.eval_strategy", strategy, "eval_strategy")
-        else:
-            job.problem("eval_strategy", f"{strategy!r}: no, steps or epoch")
+        _put_one_of(job, put, "eval_strategy", strategy, "train.eval_strategy", STRATEGIES)
     save = job.get("save_strategy", str)
     if save is not None:
-        if save in ("no", "steps", "epoch"):
-            put("train.save_strategy", save, "save_strategy")
-        else:
-            job.problem("save_strategy", f"{save!r}: no, steps or epoch")
+        _put_one_of(job, put, "save_strategy", save, "train.save_strategy", STRATEGIES)
     steps = job.get("save_steps", int)
     if steps is not None:
         put("train.save_steps", steps, "save_steps")
@@ -602,7 +589,7 @@ def _map_report_to(job: _Job, put, unmap) -> None:
     raw = job.data["report_to"]
     job.used.add("report_to")
     if isinstance(raw, str):
-        raw = [v.strip() for v in raw.split(",") if v.strip()]
+        raw = _names(raw)
     if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
         job.problem("report_to", f"expected a tracker name or a list of them, got {raw!r}")
         return
@@ -621,7 +608,24 @@ def _map_report_to(job: _Job, put, unmap) -> None:
 
 
 def _names(value: str | None) -> list[str]:
+    """LLaMA-Factory's comma-separated list: its names."""
     return [n.strip() for n in (value or "").split(",") if n.strip()]
+
+
+def _modules(value: str) -> str | list[str]:
+    """A comma-separated list of module names as finetui's target modules (``all``: every linear layer)."""
+    names = _names(value)
+    return "all-linear" if names == ["all"] else names
+
+
+def _put_one_of(job: _Job, put, key: str, value: Any, target: str, choices) -> None:
+    """``put`` ``value`` at ``target`` (mapped through ``choices`` where it is a dict) when it is one
+    of ``choices``; otherwise a problem at ``key`` naming them."""
+    if value in choices:
+        put(target, choices[value] if isinstance(choices, dict) else value, key)
+    else:
+        names = list(choices)
+        job.problem(key, f"{value!r}: {', '.join(names[:-1])} or {names[-1]}")
 
 
 def _shown(value: Any) -> str:
