@@ -74,25 +74,13 @@ def _ready(folder: Path, name: str) -> bool:
 
 
 def build_small(folder: Path) -> None:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from finetui.engine import tiny
 
     tok = AutoTokenizer.from_pretrained(tiny.path())
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **SMALL_SETTINGS,
-    )
-    torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
+    tiny.save_random_llama(folder, tok, SMALL_SETTINGS, SEED, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id)
 
 
 def ensure(name: str, root: Path | None = None) -> Path:

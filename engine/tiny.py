@@ -160,26 +160,35 @@ def build_tokenizer(corpus: list[str]):
 
 def build(folder: Path, corpus: list[str] | None = None) -> Path:
     """Build tokenizer + randomly initialised model (seeded) into ``folder``."""
+    corpus = corpus if corpus is not None else _corpus()
+    tokenizer = build_tokenizer(corpus)
+    save_random_llama(folder, tokenizer, MODEL_SETTINGS, SEED,
+                      eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tokenizer.convert_tokens_to_ids("<|pad|>"))
+    (folder / "finetui_tiny.json").write_text(json.dumps({"version": VERSION, "seed": SEED}))
+    return folder
+
+
+def save_random_llama(folder: Path, tokenizer, settings: dict, seed: int, *, eos_token_id: int,
+                      pad_token_id: int) -> None:
+    """A Llama of ``settings`` for ``tokenizer``, its weights drawn from ``seed``, saved with the
+    tokenizer in ``folder`` (the tiny model, and the benchmarks' larger random one)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    corpus = corpus if corpus is not None else _corpus()
-    tokenizer = build_tokenizer(corpus)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|pad|>"),
-        **MODEL_SETTINGS,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **settings,
     )
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    (folder / "finetui_tiny.json").write_text(json.dumps({"version": VERSION, "seed": SEED}))
-    return folder
 
 
 def is_tiny(name_or_path: str) -> bool:
