@@ -185,3 +185,46 @@ def test_inspect_in_fresh_workers_under_mimalloc_reports_what_one_process_does(t
         with inspection._Pipeline(job, inspection._Tally(512, False), 2, None, big=True) as pipeline:
             pipeline._start()
             assert pipeline.pool.apply(allocator.mimalloc_loaded)
+
+
+REALISTIC = [
+    DATA / "datasets" / "llamafactory" / "alpaca_en_demo.json",
+    DATA / "datasets" / "llamafactory" / "identity.json",
+    DATA / "datasets" / "llamafactory" / "glaive_toolcall_en_demo.json",
+    DATA / "datasets" / "llamafactory" / "dpo_en_demo.json",
+    *sorted((Path(__file__).resolve().parents[1] / "sample_data").glob("*.json*")),
+]
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "alpaca", "qa"])
+def test_plain_counting_counts_every_realistic_record_as_the_full_path(base_tokenizer, monkeypatch, name):
+    """``finetui data inspect`` counts plain conversations (no tools, every reply trained)
+    under a template with generation markers without the per-record render steps
+    (render._PlainCounts): on every record of real alpaca, identity, tool-call and
+    preference files and of sample_data, the counts are the full path's, record by record,
+    and most records took that way (so the comparison tests it)."""
+    convs = []
+    for path in REALISTIC:
+        convs.extend(conv for _, conv in readers.load_records(str(path)).conversations)
+    assert len(convs) > 1500
+    def setup():
+        tok = copy.deepcopy(base_tokenizer)
+        template = render.resolve_template(tok, name)  # the model's own (ChatML) or finetui's
+        render.prepare_tokenizer(tok, template)
+        return tok, template
+
+    tok, template = setup()
+    assert template.has_generation
+    end_id = tok.convert_tokens_to_ids(template.end_token)
+    plain = render._PlainCounts.of(tok, template, "assistant", 512, end_id)
+    taken = sum(plain.start(c) is not None for c in convs)
+    assert taken > 0.8 * len(convs) and taken < len(convs)  # tool-call rows take the full steps
+    for max_length in (512, 40):
+        counted = chunking.count_records(convs, tok, template, max_length=max_length, end_id=end_id)
+        with monkeypatch.context() as m:  # the full path: Jinja for every text, transformers' call
+            m.setattr(skeleton, "ENABLED", False)
+            m.setattr(render, "_backend", lambda tokenizer: None)
+            whole = chunking.render_records(convs, *setup(), max_length=max_length)
+        for k, (conv, c, r) in enumerate(zip(convs, counted, whole)):
+            got = str(c) if isinstance(c, render.RenderError) else (c.parts, c.full_tokens, c.kept_tokens)
+            assert got == _parts(r, end_id), (name, max_length, k, conv)

@@ -573,6 +573,9 @@ def _batched(all_steps: list, tokenizer) -> list:
     results: list[Any] = [None] * len(all_steps)
     waiting: list[tuple[int, Any, str]] = []
     for i, steps in enumerate(all_steps):
+        if type(steps) is _Plain:  # its text is known; finished without a generator
+            waiting.append((i, steps, steps.text))
+            continue
         try:
             waiting.append((i, steps, next(steps)))
         except RenderError as exc:
@@ -581,7 +584,10 @@ def _batched(all_steps: list, tokenizer) -> list:
         batch = _encode(tokenizer, [text for _, _, text in waiting])
         for k, (i, steps, _) in enumerate(waiting):
             try:
-                results[i] = _resume(steps, _Encoded(batch, k))
+                if type(steps) is _Plain:
+                    results[i] = steps.finish(_Encoded(batch, k))
+                else:
+                    results[i] = _resume(steps, _Encoded(batch, k))
             except RenderError as exc:
                 results[i] = exc
     return results
@@ -618,9 +624,75 @@ def count_many(
     end_id: int | None = None,
 ) -> list[Counts | RenderError]:
     """:func:`render_many` counted (its Counts, or the RenderError): the same rendering,
-    tokens and mask, without the Examples (``finetui data inspect`` keeps only counts)."""
-    return _batched([_render_steps(conv, tokenizer, template, train_on, max_length, counts_only=True, end_id=end_id)
-                     for conv in convs], tokenizer)
+    tokens and mask, without the Examples (``finetui data inspect`` keeps only counts).
+
+    A plain conversation (no tools, no tool calls, every reply trained) under a template
+    with generation markers whose shape a skeleton renders takes :class:`_Plain`: the
+    same text, spans, mask and counts as :func:`_render_steps` gives it (the same
+    functions), without the per-record work that cannot apply to it."""
+    plain = _PlainCounts.of(tokenizer, template, train_on, max_length, end_id)
+    all_steps = []
+    for conv in convs:
+        fast = plain.start(conv) if plain is not None else None
+        all_steps.append(fast if fast is not None else _render_steps(conv, tokenizer, template, train_on, max_length,
+                                                                     counts_only=True, end_id=end_id))
+    return _batched(all_steps, tokenizer)
+
+
+class _PlainCounts:
+    """What counting a batch of plain conversations reads once: the template's skeleton
+    cache and the tokenizer state it depends on, the ids that close a reply."""
+
+    __slots__ = ("tokenizer", "cache", "env", "jinja", "end_ids", "max_length", "end_id")
+
+    @classmethod
+    def of(cls, tokenizer, template: Template, train_on: str, max_length: int,
+           end_id: int | None) -> "_PlainCounts | None":
+        """None where :func:`_render_steps` takes another path for every conversation (no
+        generation markers, ``train_on="all"``, skeletons off)."""
+        if train_on != "assistant" or not template.has_generation or not skeleton.ENABLED:
+            return None
+        detect_end_token(tokenizer, template)
+        self = cls()
+        self.tokenizer, self.max_length, self.end_id = tokenizer, max_length, end_id
+        self.cache, self.env = _skeletons(tokenizer, template)
+        self.jinja = lambda probe: _generation_jinja(tokenizer, template, probe, None)
+        self.end_ids = _end_ids(tokenizer, template)
+        return self
+
+    def start(self, conv: Conversation) -> "_Plain | None":
+        """The conversation's text and generation spans from its shape's skeleton; None
+        when it is not plain or no skeleton renders it (then _render_steps does)."""
+        if conv.kind == "text" or conv.tools or not conv.messages:
+            return None
+        chat = [{"role": "system", "content": conv.system}] if conv.system else []
+        for m in conv.messages:
+            if m.tool_calls or not m.train:
+                return None
+            chat.append({"role": m.role, "content": m.content})
+        fast = self.cache.render(self.env, chat, ("generation",), self.jinja)
+        if fast is None:
+            return None
+        return _Plain(self, fast[0], fast[1])
+
+
+class _Plain:
+    """A plain conversation's text and generation spans, counted once tokenised as
+    :func:`_render_steps` counts it (generation markers, train_on="assistant", no
+    context turns, no notes)."""
+
+    __slots__ = ("job", "text", "generation")
+
+    def __init__(self, job: _PlainCounts, text: str, generation):
+        self.job, self.text, self.generation = job, text, generation
+
+    def finish(self, enc: "_Encoded") -> Counts:
+        job = self.job
+        ids = enc["input_ids"]
+        trained = _assistant_masks(enc, len(ids), self.generation)
+        trained = _untrain_after_end(job.tokenizer, ids, lambda: enc["offset_mapping"], self.text, trained,
+                                     job.end_ids)
+        return _counts(ids, trained, job.max_length, [], job.end_id)
 
 
 def _encode(tokenizer, texts: list[str]):
