@@ -28,9 +28,15 @@ def flat_values(config: cfg.Config) -> dict[str, Any]:
 def propose(config: cfg.Config, key: str, value: Any) -> cfg.Config:
     """``config`` with ``key`` set to ``value``, validated whole as ``finetui train`` does;
     ConfigError (with the CLI's words) when refused."""
-    section, name = key.split(".", 1)
+    return update(config, {key: value})
+
+
+def update(config: cfg.Config, values: dict[str, Any]) -> cfg.Config:
+    """``config`` with every ``section.key`` of ``values`` set, validated whole (ConfigError)."""
     data = config.to_dict()
-    data[section][name] = value
+    for key, value in values.items():
+        section, name = key.split(".", 1)
+        data[section][name] = value
     return cfg.validate(data)
 
 

@@ -23,7 +23,6 @@ File reading and searching run in worker threads; the tokenizer never enters thi
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -33,8 +32,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, Input, Static
 
-from finetui.engine.data import formats, transcripts
-from finetui.tui import datasource
+from finetui.engine.data import formats
+from finetui.tui import datasetstate, datasource
+from finetui.tui.datasetstate import Browser, Opened
 from finetui.tui.render_client import RenderClient
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
@@ -45,8 +45,6 @@ from finetui.tui.widgets.dialogs import PathDialog
 from finetui.tui.widgets.pathinput import PathInput
 from finetui.tui.widgets.rowtable import RowTable
 
-RAW_MAX_CHARS = 20_000
-GROUP_SCAN = 20_000  # rows read for a transcript row's conversation
 HINT = "⏎ view record · / search · i lengths · m columns · u use in Settings · o open"
 
 
@@ -88,25 +86,22 @@ class DatasetsScreen(FinetuiScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.spec: str | None = None
-        self.source = None  # engine.data.readers.Source
-        self.rows: datasource.RowSource | None = None
-        self.format: str | None = None
-        self.format_how = ""
-        self.columns: dict[str, str] = {}  # the column mapping the browser reads with (data.columns)
-        self.sample: list[Any] = []  # the first records, for the column check and the column dialog
-        self.sample_places: list[str] = []
-        self.column_check: datasource.ColumnCheck | None = None
+        self.browser = Browser()  # the open dataset and how it is read
         self._settings_seen: tuple | None = None  # (path, format, columns) of the Settings last opened
         self.follow_settings = True  # show the config's data.path until the user opens another
         self.client: RenderClient | None = None
         self.record_index: int | None = None
         self.search_text = ""
         self._search_stop: threading.Event | None = None
-        self._stats_cache: dict[tuple, dict[str, Any]] = {}
         self._stats_request: int | None = None
         self._render_request: int | None = None
         self._timer = None
+
+    # The open dataset, under the names the screen has always had.
+    spec = property(lambda self: self.browser.spec)
+    rows = property(lambda self: self.browser.rows)
+    format = property(lambda self: self.browser.format)
+    columns = property(lambda self: self.browser.columns)
 
     def compose_body(self):
         yield Static("opening…", id="ds-source")
@@ -132,20 +127,21 @@ class DatasetsScreen(FinetuiScreen):
     def view(self) -> str:
         return self.query_one(ContentSwitcher).current or "ds-table"
 
+    @property
+    def data(self):
+        """The Settings' data section (the first use imports engine.config)."""
+        return self.app.settings_state.config.data
+
     def on_mount(self) -> None:
         # Reading the config (pydantic) and the file happen after the first frame.
         self.call_after_refresh(self.open_from_settings)
 
     def on_screen_resume(self) -> None:
         if self.follow_settings and self.spec is not None:
-            if self._settings_key() != self._settings_seen:
+            if datasetstate.settings_key(self.data) != self._settings_seen:
                 self.open_from_settings()
         elif self.spec is not None:
             self.show_columns_line()  # the Settings may have changed: does "u" still differ?
-
-    def _settings_key(self) -> tuple:
-        data = self.app.settings_state.config.data
-        return data.path, data.format, tuple(sorted(data.columns.items())), tuple(sorted(data.roles.items()))
 
     def on_unmount(self) -> None:
         if self.client is not None:
@@ -162,9 +158,8 @@ class DatasetsScreen(FinetuiScreen):
 
     @work(thread=True, exclusive=True, group="open")
     def open_from_settings(self) -> None:
-        state = self.app.settings_state  # first use imports engine.config: off the UI thread
-        data = state.config.data
-        self._settings_seen = self._settings_key()
+        data = self.data  # first use imports engine.config: off the UI thread
+        self._settings_seen = datasetstate.settings_key(data)
         try:
             source = datasource.resolve(data.path, data.split, data.subset)
         except formats.DataError as exc:
@@ -182,23 +177,11 @@ class DatasetsScreen(FinetuiScreen):
             self.app.call_from_thread(self.open_hub, spec, source)
             return
         try:
-            rows = datasource.open_rows(source)
+            opened = datasetstate.open_local(spec, source, self.data)
         except (formats.DataError, OSError) as exc:
             self.app.call_from_thread(self.open_failed, spec, str(exc))
             return
-        configured, columns = self._configured(spec)
-        fmt, how = datasource.detect_format(rows, source, configured, columns, self._roles())
-        sample = [row for row in rows.fetch(0, formats.DETECT_SAMPLE) if row.error is None]
-        self.app.call_from_thread(self.opened, spec, source, rows, fmt, how, columns, sample)
-
-    def _roles(self) -> dict[str, str]:
-        return dict(self.app.settings_state.config.data.roles)
-
-    def _configured(self, spec: str) -> tuple[str, dict[str, str]]:
-        data = self.app.settings_state.config.data
-        if spec == data.path:
-            return data.format, dict(data.columns)
-        return "auto", {}
+        self.app.call_from_thread(self.opened, opened)
 
     def open_failed(self, spec: str, message: str) -> None:
         if self.rows is None:
@@ -207,24 +190,19 @@ class DatasetsScreen(FinetuiScreen):
         self.status(message, error=True)
         self.notify(message, title="dataset", severity="error", timeout=10)
 
-    def opened(self, spec: str, source, rows: datasource.RowSource, fmt: str | None, how: str,
-               columns: dict[str, str] | None = None, sample: list[datasource.Row] | None = None) -> None:
-        old, self.rows = self.rows, rows
-        if old is not None and old is not rows:
+    def opened(self, opened: Opened) -> None:
+        old = self.browser.take(opened, dict(self.data.roles))
+        if old is not None:
             threading.Thread(target=old.close, daemon=True).start()
-        self.spec, self.source, self.format, self.format_how = spec, source, fmt, how
-        self.columns = dict(columns or {})
-        self.sample = [row.data for row in sample or []]
-        self.sample_places = [row.place for row in sample or []]
-        self.check_columns()
+        self.show_columns_line()
         self.record_index = None
         self.search_text = ""
-        self.table.set_source(rows, empty_text="no records")
+        self.table.set_source(opened.rows, empty_text="no records")
         self.switch_to("ds-table")
         self.table.focus()
         self.show_source_line()
-        if fmt is None:
-            self.status(f"format: {how}", error=True)
+        if opened.format is None:
+            self.status(f"format: {opened.how}", error=True)
         else:
             self.status(HINT)
         if self._timer is not None:
@@ -235,7 +213,7 @@ class DatasetsScreen(FinetuiScreen):
 
     def open_hub(self, spec: str, source) -> None:
         self.status(f"{spec}: reading through the render worker (Hugging Face datasets)…")
-        configured, columns = self._configured(spec)
+        data = self.data
 
         def answered(message: dict[str, Any]) -> None:
             if message.get("type") != "records":
@@ -243,9 +221,7 @@ class DatasetsScreen(FinetuiScreen):
                 return
             rows = datasource.ListSource.from_worker(message["records"], f"hub {source.hub_id}[{source.split}]",
                                                      message.get("limited", False), message.get("issues", []))
-            fmt, how = datasource.detect_format(rows, source, configured, columns, self._roles())
-            sample = [row for row in rows.fetch(0, formats.DETECT_SAMPLE) if row.error is None]
-            self.opened(spec, source, rows, fmt, how, columns, sample)
+            self.opened(datasetstate.examine(spec, source, rows, data))
 
         self.render_client().request("records", answered, path=spec, split=source.split, subset=source.subset,
                                      limit=5000)
@@ -260,83 +236,33 @@ class DatasetsScreen(FinetuiScreen):
             self._timer = None
 
     def show_source_line(self) -> None:
-        rows = self.rows
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(self.spec or "", style="bold")
-        if rows is not None:
-            line.append(f" · {rows.description}")
-            if self.format:
-                line.append(f" · {self.format} ({self.format_how})")
-            else:
-                line.append(" · format unknown", style="bold red")
-            total = rows.total
-            if total is None:
-                line.append(f" · ≈{rows.estimated_total:,} rows, indexing {rows.progress:.0%}")
-            else:
-                line.append(f" · {total:,} rows" + (" (first ones only)" if rows.limited else ""))
-            if self.table.filter is not None:
-                line.append(f" · {len(self.table.filter):,} match", style="bold")
+        b, matches = self.browser, self.table.filter
+        line = datasetviews.source_line(b.spec, b.rows, b.format, b.format_how,
+                                        len(matches) if matches is not None else None)
         self.query_one("#ds-source", Static).update(safe(line))
 
     # ------------------------------------------------------------------ columns
 
-    def check_columns(self) -> None:
-        """Normalise the sample with the browser's format and mapping (formats only, cheap)."""
-        if self.format is None or not self.sample:
-            self.column_check = None
-        else:
-            tags = self.source.tags if self.source is not None else {}
-            self.column_check = datasource.check_columns(self.sample, self.format, self.merged_columns(), tags,
-                                                         self.sample_places, self._roles())
-        self.show_columns_line()
-
-    def merged_columns(self) -> dict[str, str]:
-        return datasource.merged_columns(self.source, self.columns)
-
-    def differs_from_settings(self) -> bool:
-        """Whether the Settings would read the open dataset otherwise than the browser does."""
-        return datasource.reads_otherwise(self.app.settings_state.config.data, self.spec, self.format,
-                                          self.format_how, self.columns)
-
     def show_columns_line(self) -> None:
         """One line under the source: the mapping, the columns not trained, what m / u do."""
-        line = Text(no_wrap=True, overflow="ellipsis")
-        check = self.column_check
-        if self.columns:
-            line.append("columns " + ", ".join(f"{k}={v}" for k, v in self.columns.items()), style="bold")
-        if check is not None and check.line():
-            if line:
-                line.append(" · ")
-            line.append(check.line(), style=f"bold {self._color('warning')}")
-        if line:
-            line.append(" · m map", style="dim")
-        if self.differs_from_settings():
-            line.append(" · " if line else "")
-            line.append("Settings read it otherwise: u", style=f"bold {self._color('warning')}")
+        b = self.browser
+        line = datasetviews.columns_line(b.columns, b.column_check, b.reads_otherwise(self.data), self._color)
         widget = self.query_one("#ds-columns", Static)
         widget.update(safe(line))
         widget.set_class(bool(line), "-shown")
 
     def action_columns(self) -> None:
-        if self.rows is None or not self.sample:
+        b = self.browser
+        if self.rows is None or not b.sample:
             self.status("m: open a dataset with records first", error=True)
             return
-        tags = self.source.tags if self.source is not None else {}
-        self.app.push_screen(ColumnMapDialog(self.format, self.merged_columns(), self.sample, tags,
-                                             self.sample_places), self.columns_chosen)
+        self.app.push_screen(ColumnMapDialog(b.format, b.merged_columns(), b.sample, b.tags, b.sample_places),
+                             self.columns_chosen)
 
     def columns_chosen(self, result: tuple[str, dict[str, str]] | None) -> None:
-        if result is None:
+        if result is None or not self.browser.choose(*result, dict(self.data.roles)):
             return
-        fmt, columns = result
-        columns = datasource.own_columns(self.source, columns)
-        if fmt == self.format and columns == self.columns:
-            return
-        if fmt != self.format:
-            self.format, self.format_how = fmt, "chosen"
-        self.columns = columns
-        self._stats_cache.clear()
-        self.check_columns()
+        self.show_columns_line()
         self.show_source_line()
         if self.view == "ds-record" and self.record_index is not None:
             self.show_record(self.record_index)
@@ -356,8 +282,7 @@ class DatasetsScreen(FinetuiScreen):
             self._after_open)
 
     def _check_open(self, path) -> str | None:
-        spec = str(path) if not str(path).startswith("sample:") else str(path)
-        data = self.app.settings_state.config.data
+        spec, data = str(path), self.data
         try:
             self._pending = (spec, datasource.resolve(spec, data.split, data.subset))
         except formats.DataError as exc:
@@ -368,16 +293,9 @@ class DatasetsScreen(FinetuiScreen):
         if path is None:
             return
         spec, source = self._pending
-        self.follow_settings = spec == self.app.settings_state.config.data.path
+        self.follow_settings = spec == self.data.path
         self.status(f"opening {spec}…")
         self.open_resolved(spec, source)
-
-    def use_values(self) -> dict[str, Any]:
-        """The data settings that read the open dataset as the browser shows it."""
-        data = self.app.settings_state.config.data
-        template = self.client.key[1] if self.client is not None else data.template
-        return datasource.use_values(data, self.spec, self.format, self.format_how, self.source, self.columns,
-                                     template)
 
     def action_use(self) -> None:
         """Point the Settings at the open dataset: its path, format, columns and template."""
@@ -386,30 +304,21 @@ class DatasetsScreen(FinetuiScreen):
         from finetui.engine import config as cfg
 
         state = self.app.settings_state
-        data = state.config.to_dict()
-        values = self.use_values()
-        data["data"].update(values)
+        template = self.client.key[1] if self.client is not None else state.config.data.template
         try:
-            state.config = cfg.validate(data)
+            state.config, values = self.browser.use(state.config, template)
         except cfg.ConfigError as exc:
             self.notify(str(exc), title="Use dataset", severity="error")
             return
         self.follow_settings = True
-        self._settings_seen = self._settings_key()
+        self._settings_seen = datasetstate.settings_key(self.data)
         self.show_columns_line()
-        columns = ", ".join(f"{k}={v}" for k, v in values["columns"].items()) or "none"
-        cleared = (f"\ndata.test_path cleared: data.test_size {state.config.data.test_size:g} of it is held out"
-                   if "test_path" in values else "")
-        self.notify(f"data.path = {self.spec}\nformat {values['format']} · columns {columns} · "
-                    f"template {values['template']}{cleared}", title="Settings")
+        self.notify(datasetstate.use_message(self.spec, values, state.config.data.test_size), title="Settings")
 
     # ------------------------------------------------------------------ rendering worker
 
     def render_client(self) -> RenderClient:
-        config = self.app.settings_state.config
-        data = config.data
-        key = (config.model.name_or_path, data.template, data.max_length, data.train_on, data.long_text,
-               data.text_overlap, tuple(sorted(data.roles.items())))
+        key = datasetstate.render_key(self.app.settings_state.config)
         if self.client is None or self.client.key != key:
             if self.client is not None:
                 self.client.close()
@@ -452,72 +361,46 @@ class DatasetsScreen(FinetuiScreen):
     def fill_record(self, row: datasource.Row) -> None:
         if row.index != self.record_index:
             return
-        head = Text(f"record {row.index + 1}", style="bold")
-        head.append(f"  {datasetviews.short_place(row.place)}", style="dim")
-        self.query_one("#ds-record-head", Static).update(safe(head))
+        self.query_one("#ds-record-head", Static).update(safe(datasetviews.record_head(row)))
+        self.query_one("#ds-raw", Static).update(safe(datasetviews.raw_view(row)))
         rendered = self.query_one("#ds-rendered", Static)
         if row.error:
-            raw = Text(row.raw[:RAW_MAX_CHARS])
-            raw.append(f"\n{row.place}: {row.error}", style="bold red")
-            self.query_one("#ds-raw", Static).update(safe(raw))
             rendered.update(Text("not rendered: the record cannot be read", style="red"))
             return
-        pretty = json.dumps(row.data, ensure_ascii=False, indent=2, default=str)
-        raw = Text(pretty[:RAW_MAX_CHARS])
-        if len(pretty) > RAW_MAX_CHARS:
-            raw.append(f"\n… {len(pretty) - RAW_MAX_CHARS:,} more characters", style="dim")
-        self.query_one("#ds-raw", Static).update(safe(raw))
         client = self.render_client()
         waiting = "rendering…" if client.state == "ready" else f"{client.message or 'starting the render worker…'}"
         rendered.update(Text(waiting, style="dim"))
         if self._render_request is not None and self.client is not None:
             self.client.cancel(self._render_request)
             self._render_request = None
-        columns = self.merged_columns()
-        if self.format == "transcript" and transcripts.is_row(row.data, columns) and self.rows is not None:
-            self.read_group(self.rows, row, columns)  # its conversation is all the rows with its id
+        if self.browser.is_transcript_row(row) and self.rows is not None:
+            self.read_group(self.rows, row, self.browser.merged_columns())  # its conversation: the rows with its id
             return
         self.request_render(row, None)
 
     @work(thread=True, exclusive=True, group="group")
     def read_group(self, rows: datasource.RowSource, row: datasource.Row, columns: dict[str, str]) -> None:
-        """Thread: the rows of a transcript row's conversation (those with its id, in the
-        order of the file, as the readers group them), among the first GROUP_SCAN rows."""
-        keys = transcripts.row_keys(row.data, columns)
-        ident = row.data.get(keys[2]) if keys and keys[2] else None
-        group: list[Any] = []
-        start = 0
-        while start < GROUP_SCAN:
-            page = rows.fetch(start, 500)
-            if not page:
-                break
-            for other in page:
-                if other.error is None and transcripts.is_row(other.data, columns):
-                    other_keys = transcripts.row_keys(other.data, columns)
-                    if (other.data.get(other_keys[2]) if other_keys[2] else None) == ident:
-                        group.append(other.data)
-            start += len(page)
-        self.app.call_from_thread(self.request_render, row, group or [row.data])
+        """Thread: the rows of a transcript row's conversation."""
+        self.app.call_from_thread(self.request_render, row, datasetstate.conversation(rows, row, columns))
 
     def request_render(self, row: datasource.Row, group: list[Any] | None) -> None:
         if row.index != self.record_index:
             return
-        source = self.source
         self._render_request = self.render_client().request(
             "render", lambda answer, index=row.index: self.show_rendered(index, answer),
-            record=row.data, format=self.format or "auto", columns=self.merged_columns(),
-            tags=(source.tags if source else {}), group=group)
+            record=row.data, format=self.format or "auto", columns=self.browser.merged_columns(),
+            tags=self.browser.tags, group=group)
 
     def show_rendered(self, index: int, answer: dict[str, Any]) -> None:
         if index != self.record_index:
             return
         widget = self.query_one("#ds-rendered", Static)
+        row = self.table.row(index)
+        place = row.place if row else f"record {index + 1}"
         if answer.get("type") == "error":
-            place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
             widget.update(safe(Text(f"{place}: {answer.get('message')}", style="bold red")))
             return
         info = self.client.info if self.client else {}
-        place = self.table.row(index).place if self.table.row(index) else f"record {index + 1}"
         widget.update(safe(datasetviews.rendered_view(answer, info, place, self._color)))
 
     def _color(self, name: str) -> str:
@@ -526,9 +409,7 @@ class DatasetsScreen(FinetuiScreen):
     def action_step(self, step: int) -> None:
         if self.view != "ds-record" or self.record_index is None:
             return
-        line = self.table.filter.index(self.record_index) if self.table.filter is not None and \
-            self.record_index in self.table.filter else self.record_index
-        line = max(0, min(line + step, self.table.count - 1))
+        line = datasetstate.step_line(self.record_index, self.table.filter, self.table.count, step)
         self.table.cursor = line
         index = self.table.source_index(line)
         if index is not None:
@@ -571,31 +452,31 @@ class DatasetsScreen(FinetuiScreen):
         if not self.spec:
             return
         client = self.render_client()
-        key = (self.spec, client.key, self.format, tuple(sorted(self.columns.items())))
-        if key in self._stats_cache:
-            self.show_stats(self._stats_cache[key])
+        key = self.browser.stats_key(client.key)
+        if key in self.browser.stats:
+            self.show_stats(self.browser.stats[key])
             return
         if self._stats_request is not None:
             client.cancel(self._stats_request)
-        self.query_one("#ds-stats-text", Static).update(Text(
-            f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…", style="dim"))
-        data = self.app.settings_state.config.data
-        columns = self.columns
+        text = self.query_one("#ds-stats-text", Static)
+        text.update(Text(f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…",
+                         style="dim"))
 
         def answered(message: dict[str, Any]) -> None:
             kind = message.get("type")
             if kind == "progress":
-                self.query_one("#ds-stats-text", Static).update(Text(f"rendered {message['done']:,} records…", style="dim"))
+                text.update(Text(f"rendered {message['done']:,} records…", style="dim"))
                 return
             self._stats_request = None
             if kind == "lengths":
-                self._stats_cache[key] = message
+                self.browser.stats[key] = message
                 self.show_stats(message)
             else:
-                self.query_one("#ds-stats-text", Static).update(safe(Text(str(message.get("message")), style="bold red")))
+                text.update(safe(Text(str(message.get("message")), style="bold red")))
 
+        data = self.data
         self._stats_request = client.request(
-            "lengths", answered, path=self.spec, format=self.format or "auto", columns=columns,
+            "lengths", answered, path=self.spec, format=self.format or "auto", columns=self.columns,
             split=data.split, subset=data.subset, limit=5000)
 
     def show_stats(self, result: dict[str, Any]) -> None:
@@ -635,17 +516,11 @@ class DatasetsScreen(FinetuiScreen):
 
     @work(thread=True, exclusive=True, group="search")
     def run_search(self, rows: datasource.RowSource, query: str, stop: threading.Event) -> None:
-        matches: list[int] = []
-        last = [0.0]
-
         def progress(fraction: float, count: int) -> None:
-            if fraction - last[0] >= 0.05:
-                last[0] = fraction
-                self.app.call_from_thread(self.status, f"searching for {query!r}: {fraction:.0%}, {count:,} matches…")
+            self.app.call_from_thread(self.status, f"searching for {query!r}: {fraction:.0%}, {count:,} matches…")
 
         try:
-            for index in rows.search(query, progress=progress, stop=stop):
-                matches.append(index)
+            matches = datasetstate.search(rows, query, stop, progress)
         except Exception as exc:
             self.app.call_from_thread(self.status, f"search failed: {exc}", True)
             return

@@ -1,7 +1,9 @@
 """How the Datasets screen draws a record and the token lengths: the rendered training
 text with its trained tokens highlighted (and the windows of a long text), the record's
-header, and the counts and histogram of the lengths pass. Rich text only, from the render
-worker's answers; ``color(name)`` gives a theme colour.
+header and raw text, the counts and histogram of the lengths pass, and the two lines over
+the table (what is open and how it is read; the column mapping). Rich text only, from the
+render worker's answers and :mod:`finetui.tui.datasetstate`; ``color(name)`` gives a theme
+colour.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from rich.text import Text
 
 MAX_WINDOWS = 20  # windows of a long text shown in the record view
+RAW_MAX_CHARS = 20_000  # of a raw record shown
 BAR_WIDTH = 40
 
 Color = Callable[[str], str]
@@ -129,3 +132,71 @@ def lengths_view(result: dict[str, Any], color: Color) -> Text:
     for issue in result.get("issues", [])[:10]:
         text.append(f"\n{issue}", style="red")
     return text
+
+
+# ---------------------------------------------------------------------------- the lines above the table
+
+
+def source_line(spec: str | None, rows: Any, fmt: str | None, how: str, matches: int | None) -> Text:
+    """``spec · jsonl 1.2 MB · qa (detected) · 1,000 rows · 12 match``: what is open, how
+    it is read, how many rows (counting while a big file is indexed) and the search's matches."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(spec or "", style="bold")
+    if rows is not None:
+        line.append(f" · {rows.description}")
+        if fmt:
+            line.append(f" · {fmt} ({how})")
+        else:
+            line.append(" · format unknown", style="bold red")
+        total = rows.total
+        if total is None:
+            line.append(f" · ≈{rows.estimated_total:,} rows, indexing {rows.progress:.0%}")
+        else:
+            line.append(f" · {total:,} rows" + (" (first ones only)" if rows.limited else ""))
+        if matches is not None:
+            line.append(f" · {matches:,} match", style="bold")
+    return line
+
+
+def columns_line(columns: dict[str, str], check: Any, differs: bool, color: Color) -> Text:
+    """One line under the source: the mapping, the columns not trained (``check``: a
+    datasource.ColumnCheck), what m / u do; empty when there is nothing to say."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    if columns:
+        line.append("columns " + ", ".join(f"{k}={v}" for k, v in columns.items()), style="bold")
+    if check is not None and check.line():
+        if line:
+            line.append(" · ")
+        line.append(check.line(), style=f"bold {color('warning')}")
+    if line:
+        line.append(" · m map", style="dim")
+    if differs:
+        line.append(" · " if line else "")
+        line.append("Settings read it otherwise: u", style=f"bold {color('warning')}")
+    return line
+
+
+# ---------------------------------------------------------------------------- the record view
+
+
+def record_head(row: Any) -> Text:
+    """``record 12  data.jsonl:12``."""
+    head = Text(f"record {row.index + 1}", style="bold")
+    head.append(f"  {short_place(row.place)}", style="dim")
+    return head
+
+
+def raw_view(row: Any) -> Text:
+    """The record as read: pretty JSON (the first RAW_MAX_CHARS), or the raw line and why it
+    cannot be read."""
+    import json
+
+    if row.error:
+        raw = Text(row.raw[:RAW_MAX_CHARS])
+        raw.append(f"\n{row.place}: {row.error}", style="bold red")
+        return raw
+    pretty = json.dumps(row.data, ensure_ascii=False, indent=2, default=str)
+    raw = Text(pretty[:RAW_MAX_CHARS])
+    if len(pretty) > RAW_MAX_CHARS:
+        raw.append(f"\n… {len(pretty) - RAW_MAX_CHARS:,} more characters", style="dim")
+    return raw
