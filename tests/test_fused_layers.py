@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from finetui.engine.perf import fused_layers  # noqa: E402
-from model_helpers import loss_and_grads, with_lora  # noqa: E402
+from model_helpers import loss_and_grads, packed_batch, padded_batch, with_lora  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -50,22 +50,6 @@ def make_model(kind: str, lora: bool, seed: int = 0):
             if "norm" in name:
                 param.uniform_(0.5, 1.5)  # initialised to ones: a dropped weight would go unnoticed
     return with_lora(model, lora)
-
-
-def padded_batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 96, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 5:] = 0
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
-
-
-def packed_batch():
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(0, 96, (1, 20), generator=g)
-    positions = torch.tensor([list(range(7)) + list(range(9)) + list(range(4))])
-    return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
 
 
 def reference_run(model, batch):

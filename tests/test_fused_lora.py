@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from finetui.engine import config as cfg  # noqa: E402
 from finetui.engine.perf import fused_lora  # noqa: E402
-from model_helpers import loss_and_grads  # noqa: E402
+from model_helpers import loss_and_grads, packed_batch, padded_batch  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -43,23 +43,6 @@ def make_model(seed: int = 0, **lora_options):
 @pytest.fixture
 def pair():
     return make_model(), make_model()
-
-
-def padded_batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 96, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 5:] = 0
-    labels = ids.masked_fill(mask == 0, -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def packed_batch():
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(0, 96, (1, 20), generator=g)
-    positions = torch.tensor([list(range(7)) + list(range(9)) + list(range(4))])
-    return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
 
 
 def largest_difference(a: dict, b: dict) -> float:
