@@ -210,3 +210,229 @@ def rank_lines(board: RankBoard, silent: list[tuple[int, float]], now: float | N
             line.append(f"  {info.error}", style=bad)
         lines.append(line)
     return lines
+
+
+# --------------------------------------------------------------------------- the screen's lines
+# What each part of the dashboard shows, from the state (the screen only hands it over).
+# ``key(binding_id, default)`` is the key a binding has now (the user's keymap).
+
+
+def head_text(st: RunState, run_id: str, cfg: dict[str, Any], colors: dict[str, str]) -> Text:
+    """``● running  <run id>  full · tiny · cpu×2 · resumed ×1 · live``."""
+    status = st.status
+    mark, color = STATUS_MARK.get(status, ("?", "dim"))
+    head = Text(no_wrap=True, overflow="ellipsis")
+    head.append(f"{mark} {status}", style=f"bold {colors.get(color, color)}")
+    head.append(f"  {run_id}", style="bold")
+    method = (cfg.get("method") or {}).get("type") or ""
+    model = (cfg.get("model") or {}).get("name_or_path") or ""
+    devices = ((st.started or {}).get("devices") or [])
+    bits = [b for b in (method, str(model)[-24:], devices[0].split(" ")[0] if devices else "") if b]
+    if len(devices) > 1:
+        bits[-1] += f"×{len(devices)}"
+    if st.sessions > 1:
+        bits.append(f"resumed ×{st.sessions - 1}")
+    # live: reading the pipe of a trainer started here; attached: following events.jsonl
+    bits.append("live" if st.source == "pipe" else "attached")
+    head.append("  " + " · ".join(bits), style="dim")
+    return head
+
+
+def progress_note(st: RunState) -> str:
+    """What the progress bar says before there is a step."""
+    status = st.status
+    if status == "running" and st.last_step is None:
+        return "loading model and data…"
+    return {"starting": "starting: loading model and data…", "created": "never started",
+            "loading": "loading: reading the run's history…"}.get(status, "")
+
+
+def tokens_per_s(st: RunState) -> float | None:
+    """The run's throughput: for several processes the sum of every rank's own tokens/s
+    (rank 0's step event has its own count times the world size), else the step event's."""
+    total = st.ranks.global_tokens_per_s() if st.ranks.multi else None
+    return total if total is not None else (st.last_step or {}).get("tokens_per_s")
+
+
+def data_text(data: dict[str, Any] | None, width: int, skipped_style: str) -> Text | None:
+    """The run_started data report in one line of at most ``width`` (the reasons go first)."""
+    from finetui.engine.events import data_line
+
+    line = None
+    for reasons, extras in ((3, True), (2, True), (3, False), (2, False), (1, False), (0, False)):
+        line = data_line(data, reasons=reasons, extras=extras)
+        if line is None or len(line) <= width:
+            break
+    if line is None:
+        return None
+    head, _, rest = line.partition(" ")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(head + " ", style="bold")
+    counts = (data or {}).get("counts") or {}
+    text.append(rest, style=skipped_style if counts.get("ok", 0) < counts.get("records", 0) else "")
+    return text
+
+
+def problem_text(st: RunState, last_ckpt: Path | None, fix: Fix | None, config: dict[str, Any] | None,
+                 width: int, colors: dict[str, str], key) -> tuple[str | None, Text]:
+    """The banner under the chart: (its class: -failed | -stopped | -hung | None, its text):
+    how a failed run failed and its likely fix, the ranks that went silent, a hung trainer,
+    a stopped or killed run and where it resumes from."""
+    from finetui.engine import errors, heartbeat
+
+    status = st.status
+    text = Text()
+    silent = st.silent_ranks() if status == "running" else []
+    hung = st.hung_s() if status == "running" else None
+    stop, kill = key("dashboard.stop", "S"), key("dashboard.kill", "K")
+    if status == "failed":
+        error = st.error
+        killed = errors.exit_problem(st.exit_code, st.run_id) if error is None and not st.killed_here else None
+        if error is not None:
+            head = f"✖ failed: {error.get('kind')} error: {error.get('message') or ''}"
+        elif killed is not None:
+            head = f"✖ failed: the trainer was {killed[0]}"
+        else:
+            head = "✖ failed: the trainer process is gone without a finished event (killed or crashed)"
+        text.append(clip(head, width, 2), style=f"bold {colors['bad']}")
+        if error is not None and error.get("hint"):
+            text.append("\n" + clip(f"hint: {error['hint']}", width, 2))
+        elif killed is not None:
+            text.append("\n" + clip(f"hint: {killed[1]}", width, 2))
+        if fix is not None:
+            fix_key = key("dashboard.fix", "f") if fix.kind != "resume" else key("dashboard.resume", "R")
+            text.append("\n" + clip(f"{fix_key}: {fix.text}", width, 2), style=f"bold {colors['eval']}")
+        return "-failed", text
+    limit = heartbeat.hang_after(st.config or config)
+    if silent:
+        # ranks of a run of several processes with nothing but readings for train.hang_after_s
+        text.append(clip(silent_text(st.ranks, silent), width, 2), style=f"bold {colors['bad']}")
+        text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  {key('dashboard.ranks', 'w')}: ranks  ·  "
+                                f"silent after train.hang_after_s: {limit:g} s", width, 2))
+        return "-hung", text
+    if hung is not None:
+        # no event or heartbeat for train.hang_after_s, and the process lives
+        text.append(clip(f"⚠ the trainer looks hung: {heartbeat.describe(hung)} (process alive)", width, 2),
+                    style=f"bold {colors['bad']}")
+        text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  hung after train.hang_after_s: {limit:g} s",
+                                width, 2))
+        return "-hung", text
+    if status in ("stopped", "killed"):
+        text.append("■ stopped" if status == "stopped" else "✖ killed (no checkpoint saved at the kill)",
+                    style=f"bold {colors['eval']}")
+        step = (st.last_step or {}).get("step")
+        if step is not None:
+            text.append(f" at step {step}")
+        where = last_ckpt.name if last_ckpt else "step 0 (no checkpoint)"
+        text.append(f"  ·  {key('dashboard.resume', 'R')}: resume from {where}")
+        return "-stopped", text
+    return None, text
+
+
+def checkpoints_text(st: RunState, last_ckpt: Path | None, config: dict[str, Any] | None) -> Text:
+    """``checkpoints 10 20 30  (last on disk: checkpoint-30)``, or when the first one comes."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append("checkpoints ", style="bold")
+    if st.checkpoints:
+        line.append(" ".join(str(step) for step, _path in st.checkpoints[-12:]))
+        if last_ckpt is not None:
+            line.append(f"  (last on disk: {last_ckpt.name})", style="dim")
+    else:
+        every = ((st.config or config or {}).get("train") or {}).get("save_steps")
+        line.append("none yet" + (f" (every {every} steps)" if every else ""), style="dim")
+    return line
+
+
+def log_view(view: str, st: RunState | None, hw: HwSnapshot | None, run_dir: Path, colors: dict[str, str],
+             key: str) -> tuple[str, list[Text], str]:
+    """The log area's (title, lines, what it says when empty) for one of its views: log
+    (the log and error events), stdout.log, checkpoints, ranks (several processes)."""
+    import time
+
+    multi = st is not None and st.ranks.multi
+    if view == "log":
+        prefix = f"{run_dir.resolve()}/"
+        lines = []
+        for when, kind, message in list(st.lines if st else [])[-200:]:
+            line = Text(time.strftime("%H:%M:%S ", time.localtime(when)), style="dim")
+            style = {"error": colors["bad"], "checkpoint": "dim", "eval": colors["eval"]}.get(kind, "")
+            # Paths inside the run folder are shown relative to it: the name is what matters.
+            line.append(message.replace(prefix, "").replace("\n", "  "), style=style)
+            lines.append(line)
+        more = ", ranks" if multi else ""
+        return f"log  ({key}: stdout.log, checkpoints{more})", lines, "no log events yet"
+    if view == "stdout.log":
+        lines = [Text(s) for s in (hw.stdout_lines if hw else [])]
+        return f"stdout.log (the trainer's stderr)  ({key}: checkpoints)", lines, "stdout.log is empty"
+    if view == "ranks":
+        board = st.ranks if st is not None else None
+        lines = rank_lines(board, st.silent_ranks(), bad=colors["bad"]) if board is not None else []
+        total = board.global_tokens_per_s() if board is not None else None
+        head = "ranks" + (f"  Σ {total:,.0f} tok/s (every rank's own, summed)" if total is not None else "")
+        return f"{head}  ({key}: log)", lines, "no rank has reported yet"
+    existing = hw.existing_checkpoints if hw else set()
+    lines = []
+    for step, path in (st.checkpoints if st else []):
+        name = Path(path).name
+        line = Text(f"step {step:>7}  {name}")
+        if hw is not None and name not in existing:
+            line.append("  removed (save_total_limit)", style="dim")
+        else:
+            line.append(f"  {Path(path).parent}/", style="dim")
+        lines.append(line)
+    return f"checkpoints  ({key}: {'ranks' if multi else 'log'})", lines, "no checkpoints yet"
+
+
+class HwPoller:
+    """What the dashboard's poll thread reads once a second, off the UI thread: NVML and
+    psutil, the checkpoints on disk, the tail of stdout.log (read again only when it grew),
+    and whether a newer trainer of the run started elsewhere."""
+
+    STDOUT_TAIL_BYTES = 16384
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.backend = None  # engine.hardware backend, made on the first poll
+        self.config: dict[str, Any] | None = None  # config.yaml, read on the first poll
+        self._stdout_size = -1
+        self._stdout_lines: list[str] = []
+
+    def poll(self, feed) -> HwSnapshot:
+        import threading
+
+        from finetui.engine import hardware, runs
+
+        if self.backend is None:
+            self.backend = hardware.gpu_backend()
+        if self.config is None:
+            self.config = read_yaml(self.run_dir / "config.yaml")
+        pid = feed.pid if feed is not None else runs.read_pid(self.run_dir)
+        snap = HwSnapshot(thread=threading.current_thread().name)
+        try:
+            snap.gpus = self.backend.read()
+        except Exception as exc:  # a driver hiccup is a reading, not a crash
+            snap.problem = f"NVML read failed: {exc}"
+        snap.problem = snap.problem or self.backend.problem
+        alive = feed.proc.poll() is None if feed is not None and feed.proc is not None \
+            else runs.trainer_alive(self.run_dir)
+        try:
+            snap.host = hardware.read_host(pid if alive else None)
+        except Exception:
+            snap.host = None
+        snap.last_checkpoint = runs.last_checkpoint(self.run_dir)
+        ckpt_dir = self.run_dir / "checkpoints"
+        snap.existing_checkpoints = {p.name for p in ckpt_dir.glob("checkpoint-*")} if ckpt_dir.is_dir() else set()
+        stdout_path = self.run_dir / "stdout.log"
+        try:
+            size = stdout_path.stat().st_size
+        except OSError:
+            size = 0
+        if size != self._stdout_size:
+            self._stdout_size = size
+            self._stdout_lines = tail_lines(stdout_path, self.STDOUT_TAIL_BYTES)
+        snap.stdout_lines = self._stdout_lines
+        if feed is not None and feed.ended:
+            file_pid = runs.read_pid(self.run_dir)
+            if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid, self.run_dir):
+                snap.newer_session_pid = file_pid
+        return snap

@@ -27,7 +27,6 @@ Layout at 80x24 (22 rows between the screen bar and the footer)::
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from functools import partial
@@ -38,10 +37,10 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding
 
-from finetui.engine import errors, heartbeat, runs
-from finetui.engine.events import data_line
+from finetui.engine import runs
 from finetui.tui.dashstate import (
-    STATUS_MARK, Fix, HwSnapshot, clip, likely_fix, rank_lines, rank_summary, read_yaml, silent_text, tail_lines,
+    Fix, HwPoller, HwSnapshot, checkpoints_text, data_text, head_text, likely_fix, log_view, problem_text,
+    progress_note, rank_summary, tokens_per_s,
 )
 from finetui.tui.runfeed import RunFeed, RunState, feeds
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
@@ -49,6 +48,9 @@ from finetui.tui.widgets.dialogs import ConfirmDialog
 from finetui.tui.widgets.gpupanel import GpuPanel
 from finetui.tui.widgets.logview import LogView
 from finetui.tui.widgets.lossplot import LossPlot, Series, theme_colors
+from finetui.tui.widgets.runcontrol import (  # noqa: F401 - the Runs screen imports them from here
+    app_key, apply_to_settings, resume_run, show_config,
+)
 from finetui.tui.widgets.runprogress import MetricsLine, RunProgress
 from finetui.tui.widgets.textline import TextLine
 
@@ -56,34 +58,6 @@ TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
 HW_POLL_S = 1.0
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
 VIEWS = ("log", "stdout.log", "checkpoints", "ranks")  # ranks: runs of several processes only
-STDOUT_TAIL_BYTES = 16384
-
-
-def apply_to_settings(app, run_dir: Path, overrides: dict[str, Any] | None = None, note: str = "") -> str | None:
-    """Load a run's config.yaml (plus overrides) into ``app.settings_state`` and go to
-    Settings. Returns a problem, or None."""
-    from finetui.engine import config as cfg
-
-    path = run_dir / "config.yaml"
-    try:
-        base = cfg.load(path)
-        config = base
-        for key, value in (overrides or {}).items():
-            config = cfg.set_value(config, key, value)
-    except cfg.ConfigError as exc:
-        return str(exc)
-    state = app.settings_state
-    state.config, state.base_path, state.base_config = config, path, base
-    state.origin = f"run {run_dir.name}" + (f" ({note})" if note else "")
-    app.action_goto("settings")
-
-    def reload() -> None:
-        screen = app.screen
-        if getattr(screen, "MODE", "") == "settings" and hasattr(screen, "reload_form") and screen.is_mounted:
-            screen.reload_form()
-
-    app.call_after_refresh(reload)
-    return None
 
 
 class DashboardScreen(FinetuiScreen):
@@ -135,9 +109,7 @@ class DashboardScreen(FinetuiScreen):
         self._keys_for: tuple = ()
         self._draw_timer = None
         self._last_draw = 0.0
-        self._backend = None  # engine.hardware backend, made in the poll worker
-        self._stdout_size = -1
-        self._stdout_lines: list[str] = []
+        self._poller = HwPoller(self.run_dir)  # the poll worker's readers
         self._config: dict[str, Any] | None = None  # config.yaml, read by the poll worker
         self.draws = 0  # draws that changed something on screen (redraw-rate benchmark)
         self.draw_times: deque[float] = deque(maxlen=1000)  # monotonic time of each such draw
@@ -271,39 +243,14 @@ class DashboardScreen(FinetuiScreen):
         cfg = st.config or self._config or {}  # config.yaml until run_started brings the real one
         self._status = status
 
-        # header
-        mark, color = STATUS_MARK.get(status, ("?", "dim"))
-        head = Text(no_wrap=True, overflow="ellipsis")
-        head.append(f"{mark} {status}", style=f"bold {colors.get(color, color)}")
-        head.append(f"  {self.run_id}", style="bold")
-        method = (cfg.get("method") or {}).get("type") or ""
-        model = (cfg.get("model") or {}).get("name_or_path") or ""
-        devices = ((st.started or {}).get("devices") or [])
-        bits = [b for b in (method, str(model)[-24:], devices[0].split(" ")[0] if devices else "") if b]
-        if len(devices) > 1:
-            bits[-1] += f"×{len(devices)}"
-        if st.sessions > 1:
-            bits.append(f"resumed ×{st.sessions - 1}")
-        # live: reading the pipe of a trainer started here; attached: following events.jsonl
-        bits.append("live" if st.source == "pipe" else "attached")
-        head.append("  " + " · ".join(bits), style="dim")
-        self.query_one("#dash-head", TextLine).show(head)
-
-        # progress + numbers
-        note = {"starting": "starting: loading model and data…", "created": "never started",
-                "loading": "loading: reading the run's history…"}.get(status, "")
-        if status == "running" and st.last_step is None:
-            note = "loading model and data…"
+        self.query_one("#dash-head", TextLine).show(head_text(st, self.run_id, cfg, colors))
         self.query_one(RunProgress).show(
             last.get("step"), last.get("total_steps"), last.get("epoch"), last.get("elapsed_s"),
-            last.get("eta_s") if status == "running" else None, note=note, bar_color=colors["good"] if status == "completed" else colors["train"])
+            last.get("eta_s") if status == "running" else None, note=progress_note(st),
+            bar_color=colors["good"] if status == "completed" else colors["train"])
         self.query_one(MetricsLine).show(
             loss=last.get("loss"), eval_loss=(st.last_eval or {}).get("eval_loss"), best_eval=st.best_eval,
-            learning_rate=last.get("learning_rate"), grad_norm=last.get("grad_norm"),
-            # several processes: the sum of every rank's own tokens/s (rank 0's step event
-            # has its own count times the world size)
-            tokens_per_s=st.ranks.global_tokens_per_s() if st.ranks.multi and st.ranks.global_tokens_per_s()
-            is not None else last.get("tokens_per_s"))
+            learning_rate=last.get("learning_rate"), grad_norm=last.get("grad_norm"), tokens_per_s=tokens_per_s(st))
         if last.get("step") is not None and (not self.shown_steps or self.shown_steps[-1][0] != last["step"]):
             self.shown_steps.append((int(last["step"]), time.time()))
             del self.shown_steps[:-1000]
@@ -331,25 +278,11 @@ class DashboardScreen(FinetuiScreen):
     def _show_data(self, st: RunState) -> None:
         """The run_started data report, one line: records read, kept, skipped and why."""
         widget = self.query_one("#data", TextLine)
-        data = (st.started or {}).get("data")
-        width = max(self.size.width - 2, 20)
-        line = None
-        # as much as fits the width: the reasons go last
-        for reasons, extras in ((3, True), (2, True), (3, False), (2, False), (1, False), (0, False)):
-            line = data_line(data, reasons=reasons, extras=extras)
-            if line is None or len(line) <= width:
-                break
-        if widget.display != (line is not None):
-            widget.display = line is not None
-        if line is None:
-            return
-        head, _, rest = line.partition(" ")
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(head + " ", style="bold")
-        counts = data.get("counts") or {}
-        style = theme_colors(self.app)["eval"] if counts.get("ok", 0) < counts.get("records", 0) else ""
-        text.append(rest, style=style)
-        widget.show(text)
+        text = data_text((st.started or {}).get("data"), max(self.size.width - 2, 20), theme_colors(self.app)["eval"])
+        if widget.display != (text is not None):
+            widget.display = text is not None
+        if text is not None:
+            widget.show(text)
 
     def _show_chart(self, st: RunState) -> None:
         colors = theme_colors(self.app)
@@ -371,119 +304,22 @@ class DashboardScreen(FinetuiScreen):
 
     def _show_problem(self, st: RunState, hw: HwSnapshot | None) -> None:
         banner = self.query_one("#problem", TextLine)
-        colors = theme_colors(self.app)
-        status = st.status
         last_ckpt = hw.last_checkpoint if hw else None
         self._fix = likely_fix(st, last_ckpt, self._config)
-        # Class changes restyle the screen: only when they really change.
-        if banner.has_class("-failed") != (status == "failed"):
-            banner.set_class(status == "failed", "-failed")
-        stopped = status in ("stopped", "killed")
-        if banner.has_class("-stopped") != stopped:
-            banner.set_class(stopped, "-stopped")
-        hung = st.hung_s() if status == "running" else None
-        silent = st.silent_ranks() if status == "running" else []
-        if banner.has_class("-hung") != (hung is not None or bool(silent)):
-            banner.set_class(hung is not None or bool(silent), "-hung")
-        text = Text()
-        width = max(self.size.width - 2, 20)
-        if status == "failed":
-            error = st.error
-            killed = errors.exit_problem(st.exit_code, st.run_id) if error is None and not st.killed_here else None
-            if error is not None:
-                head = f"✖ failed: {error.get('kind')} error: {error.get('message') or ''}"
-            elif killed is not None:
-                head = f"✖ failed: the trainer was {killed[0]}"
-            else:
-                head = "✖ failed: the trainer process is gone without a finished event (killed or crashed)"
-            text.append(clip(head, width, 2), style=f"bold {colors['bad']}")
-            if error is not None and error.get("hint"):
-                text.append("\n" + clip(f"hint: {error['hint']}", width, 2))
-            elif killed is not None:
-                text.append("\n" + clip(f"hint: {killed[1]}", width, 2))
-            if self._fix is not None:
-                key = app_key(self.app, "dashboard.fix", "f") if self._fix.kind != "resume" else \
-                    app_key(self.app, "dashboard.resume", "R")
-                text.append("\n" + clip(f"{key}: {self._fix.text}", width, 2), style=f"bold {colors['eval']}")
-        elif silent:
-            # ranks of a run of several processes with nothing but readings for train.hang_after_s
-            text.append(clip(silent_text(st.ranks, silent), width, 2), style=f"bold {colors['bad']}")
-            stop, kill = app_key(self.app, "dashboard.stop", "S"), app_key(self.app, "dashboard.kill", "K")
-            ranks_key = app_key(self.app, "dashboard.ranks", "w")
-            limit = heartbeat.hang_after(st.config or self._config)
-            text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  {ranks_key}: ranks  ·  silent after "
-                                     f"train.hang_after_s: {limit:g} s", width, 2))
-        elif hung is not None:
-            # no event or heartbeat for train.hang_after_s, and the process lives
-            text.append(clip(f"⚠ the trainer looks hung: {heartbeat.describe(hung)} (process alive)", width, 2),
-                        style=f"bold {colors['bad']}")
-            stop, kill = app_key(self.app, "dashboard.stop", "S"), app_key(self.app, "dashboard.kill", "K")
-            limit = heartbeat.hang_after(st.config or self._config)
-            text.append("\n" + clip(f"{stop}: stop  ·  {kill}: kill  ·  hung after train.hang_after_s: {limit:g} s",
-                                     width, 2))
-        elif status in ("stopped", "killed"):
-            text.append("■ stopped" if status == "stopped" else "✖ killed (no checkpoint saved at the kill)",
-                        style=f"bold {colors['eval']}")
-            step = (st.last_step or {}).get("step")
-            if step is not None:
-                text.append(f" at step {step}")
-            key = app_key(self.app, "dashboard.resume", "R")
-            where = last_ckpt.name if last_ckpt else "step 0 (no checkpoint)"
-            text.append(f"  ·  {key}: resume from {where}")
+        kind, text = problem_text(st, last_ckpt, self._fix, self._config, max(self.size.width - 2, 20),
+                                  theme_colors(self.app), partial(app_key, self.app))
+        for name in ("-failed", "-stopped", "-hung"):  # class changes restyle the screen: only real ones
+            if banner.has_class(name) != (kind == name):
+                banner.set_class(kind == name, name)
         banner.show(text)
 
     def _show_checkpoints(self, st: RunState, hw: HwSnapshot | None) -> None:
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append("checkpoints ", style="bold")
-        if st.checkpoints:
-            line.append(" ".join(str(step) for step, _path in st.checkpoints[-12:]))
-            last = hw.last_checkpoint if hw else None
-            if last is not None:
-                line.append(f"  (last on disk: {last.name})", style="dim")
-        else:
-            every = ((st.config or self._config or {}).get("train") or {}).get("save_steps")
-            line.append("none yet" + (f" (every {every} steps)" if every else ""), style="dim")
-        self.query_one("#ckpts", TextLine).show(line)
+        last = hw.last_checkpoint if hw else None
+        self.query_one("#ckpts", TextLine).show(checkpoints_text(st, last, self._config))
 
     def _show_log(self, st: RunState | None, hw: HwSnapshot | None) -> None:
-        log = self.query_one(LogView)
-        colors = theme_colors(self.app)
-        view = VIEWS[self.view]
         key = app_key(self.app, "dashboard.view", "v")
-        if view == "log":
-            prefix = f"{self.run_dir.resolve()}/"
-            lines = []
-            for when, kind, message in list(st.lines if st else [])[-200:]:
-                line = Text(time.strftime("%H:%M:%S ", time.localtime(when)), style="dim")
-                style = {"error": colors["bad"], "checkpoint": "dim", "eval": colors["eval"]}.get(kind, "")
-                # Paths inside the run folder are shown relative to it: the name is what matters.
-                message = message.replace(prefix, "").replace("\n", "  ")
-                line.append(message, style=style)
-                lines.append(line)
-            more = ", ranks" if st is not None and st.ranks.multi else ""
-            log.show(f"log  ({key}: stdout.log, checkpoints{more})", lines, empty="no log events yet")
-        elif view == "stdout.log":
-            lines = [Text(s) for s in (hw.stdout_lines if hw else [])]
-            log.show(f"stdout.log (the trainer's stderr)  ({key}: checkpoints)", lines, empty="stdout.log is empty")
-        elif view == "ranks":
-            board = st.ranks if st is not None else None
-            lines = rank_lines(board, st.silent_ranks(), bad=colors["bad"]) if board is not None else []
-            total = board.global_tokens_per_s() if board is not None else None
-            head = "ranks" + (f"  Σ {total:,.0f} tok/s (every rank's own, summed)" if total is not None else "")
-            log.show(f"{head}  ({key}: log)", lines, empty="no rank has reported yet")
-        else:
-            existing = hw.existing_checkpoints if hw else set()
-            lines = []
-            for step, path in (st.checkpoints if st else []):
-                name = Path(path).name
-                line = Text(f"step {step:>7}  {name}")
-                if hw is not None and name not in existing:
-                    line.append("  removed (save_total_limit)", style="dim")
-                else:
-                    line.append(f"  {Path(path).parent}/", style="dim")
-                lines.append(line)
-            after = "ranks" if st is not None and st.ranks.multi else "log"
-            log.show(f"checkpoints  ({key}: {after})", lines, empty="no checkpoints yet")
+        self.query_one(LogView).show(*log_view(VIEWS[self.view], st, hw, self.run_dir, theme_colors(self.app), key))
 
     def _show_hw_parts(self, st: RunState, hw: HwSnapshot) -> None:
         """What depends on the poll (checkpoints on disk, stdout.log); lock held."""
@@ -520,44 +356,8 @@ class DashboardScreen(FinetuiScreen):
     @work(thread=True, exclusive=True, group="dashboard-hw")
     def poll_hardware(self) -> None:
         """NVML, psutil, checkpoints and stdout.log, once a second, off the UI thread."""
-        from finetui.engine import hardware
-
-        if self._backend is None:
-            self._backend = hardware.gpu_backend()
-        if self._config is None:
-            self._config = read_yaml(self.run_dir / "config.yaml")
-        backend = self._backend
-        feed = self.feed
-        pid = feed.pid if feed is not None else runs.read_pid(self.run_dir)
-        snap = HwSnapshot(thread=threading.current_thread().name)
-        try:
-            snap.gpus = backend.read()
-        except Exception as exc:  # a driver hiccup is a reading, not a crash
-            snap.problem = f"NVML read failed: {exc}"
-        snap.problem = snap.problem or backend.problem
-        alive = feed.proc.poll() is None if feed is not None and feed.proc is not None \
-            else runs.trainer_alive(self.run_dir)
-        try:
-            snap.host = hardware.read_host(pid if alive else None)
-        except Exception:
-            snap.host = None
-        snap.last_checkpoint = runs.last_checkpoint(self.run_dir)
-        ckpt_dir = self.run_dir / "checkpoints"
-        snap.existing_checkpoints = {p.name for p in ckpt_dir.glob("checkpoint-*")} if ckpt_dir.is_dir() else set()
-        stdout_path = self.run_dir / "stdout.log"
-        try:
-            size = stdout_path.stat().st_size
-        except OSError:
-            size = 0
-        if size != self._stdout_size:
-            self._stdout_size = size
-            self._stdout_lines = tail_lines(stdout_path, STDOUT_TAIL_BYTES)
-        snap.stdout_lines = self._stdout_lines
-        if feed is not None and feed.ended:
-            file_pid = runs.read_pid(self.run_dir)
-            if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid, self.run_dir):
-                snap.newer_session_pid = file_pid
-        self._hw = snap
+        self._hw = self._poller.poll(self.feed)
+        self._config = self._poller.config
         try:
             self.app.call_from_thread(self._tick)
         except Exception:  # the app is closing
@@ -695,59 +495,3 @@ class DashboardScreen(FinetuiScreen):
             ("Log: next view", "events, stdout.log, checkpoints (ranks)", self.action_view),
             ("Ranks: every rank's pace, the slowest and the silent ones", "several processes", self.action_ranks),
         ]
-
-
-# --------------------------------------------------------------------------- shared
-
-
-def app_key(app, binding_id: str, default: str) -> str:
-    """The key a binding has now (after the user's keymap), as shown to the user."""
-    key_for = getattr(app, "key_for", None)
-    return key_for(binding_id, default) if callable(key_for) else default
-
-
-def show_config(screen, run_dir: Path) -> None:
-    """The run's config.yaml in a dialog; enter loads it into Settings."""
-    try:
-        text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    except OSError as exc:
-        screen.notify(f"cannot read {run_dir / 'config.yaml'}: {exc}", severity="error")
-        return
-    body = Text(text.rstrip())
-
-    def done(ok: bool | None) -> None:
-        if ok:
-            problem = apply_to_settings(screen.app, run_dir)
-            if problem:
-                screen.app.notify(problem, title="config", severity="error", timeout=10)
-            else:
-                screen.app.notify(f"config of {run_dir.name} loaded; Start (g) makes a new run", title="Settings")
-
-    screen.app.push_screen(ConfirmDialog(f"{run_dir.name}/config.yaml", body, verb="load into Settings"), done)
-
-
-def resume_run(screen, run_dir: Path) -> None:
-    """Start the trainer again with --resume (from the last checkpoint), from this UI."""
-    last = runs.last_checkpoint(run_dir)
-    if last is None:
-        screen.notify("no checkpoint yet: the run starts again at step 0", title="Resume", severity="warning")
-    _launch_resume(screen, run_dir)
-
-
-def _launch_resume(screen, run_dir: Path) -> None:
-    app = screen.app
-    screen.run_worker(partial(_resume_in_thread, app, run_dir), thread=True, group="run-control")
-
-
-def _resume_in_thread(app, run_dir: Path) -> None:
-    try:
-        if runs.trainer_alive(run_dir):
-            raise runs.RunError(f"run {run_dir.name} is still running")
-        refusal = runs.completed_refusal(run_dir)  # a completed run is never resumed from here
-        if refusal:
-            raise runs.RunError(refusal)
-        proc = runs.launch(run_dir, resume=True)
-    except Exception as exc:
-        app.call_from_thread(app.notify, f"could not resume: {exc}", title="Resume", severity="error", timeout=10)
-        return
-    app.call_from_thread(app.run_launched, run_dir, proc)
