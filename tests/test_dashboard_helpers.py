@@ -201,6 +201,17 @@ def widget_text(widget, width: int | None = None) -> str:
     return console.export_text()
 
 
+async def launch_on_dashboard(pilot, app, run_dir: Path):
+    """Start ``run_dir``'s trainer (runs.launch) and hand it to the app as Start does; wait for
+    the Dashboard. Returns (the trainer process, the DashboardScreen)."""
+    from finetui.tui.screens.dashboard import DashboardScreen
+
+    proc = runs.launch(run_dir)
+    app.run_launched(run_dir, proc)
+    await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=10)
+    return proc, app.screen
+
+
 async def wait_for(pilot, predicate, timeout: float = 10.0, step: float = 0.05) -> float:
     """Pause until predicate() is true; returns the seconds it took; fails on timeout."""
     start = time.monotonic()

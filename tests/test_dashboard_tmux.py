@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_dashboard_helpers import REPO, SIZE, dash_env, wait_for  # noqa: F401
+from test_dashboard_helpers import REPO, SIZE, dash_env, launch_on_dashboard, wait_for  # noqa: F401
 
 from finetui.engine import events as ev
 from finetui.engine import runs
@@ -174,16 +174,12 @@ def test_trainer_survives_the_tui_dying_and_a_new_tui_attaches_with_full_history
 async def test_kill_9_shows_failed_offers_resume_and_resume_completes(dash_env, finetui_cache):
     from finetui.engine import config as cfg
     from finetui.tui.app import FinetuiApp
-    from finetui.tui.screens.dashboard import DashboardScreen
 
     config = cfg.loads(SHORT_RUN)
     run_dir = runs.new_run(config, name="killed")
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        proc = runs.launch(run_dir)
-        app.run_launched(run_dir, proc)
-        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=10)
-        dash = app.screen
+        proc, dash = await launch_on_dashboard(pilot, app, run_dir)
         assert dash.feed.source == "pipe"
         await wait_for(pilot, lambda: dash.state is not None and dash.state.checkpoints, timeout=180)
         os.killpg(os.getpgid(proc.pid), signal.SIGKILL)

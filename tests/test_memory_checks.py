@@ -170,18 +170,14 @@ def test_exit_statuses_are_named():
 async def test_the_dashboard_names_a_sigkill_but_not_its_own_kill(dash_env, monkeypatch):
     from finetui.engine import runs
     from finetui.tui.app import FinetuiApp
-    from finetui.tui.screens.dashboard import DashboardScreen
 
-    from test_dashboard_helpers import config
+    from test_dashboard_helpers import config, launch_on_dashboard
 
     monkeypatch.setattr(runs, "launch", fake_launch(dash_env, steps=400, interval=0.05))
     run_dir = runs.new_run(config(), name="oomkilled")
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
-        proc = runs.launch(run_dir)
-        app.run_launched(run_dir, proc)
-        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=10)
-        dash = app.screen
+        proc, dash = await launch_on_dashboard(pilot, app, run_dir)
         await wait_for(pilot, lambda: dash.state is not None and len(dash.state.steps) >= 3, timeout=15)
         os.kill(proc.pid, signal.SIGKILL)  # from outside, as the kernel's OOM killer does
         await wait_for(pilot, lambda: dash._status == "failed", timeout=10)
