@@ -4,11 +4,9 @@ token length histogram, and a big file paged lazily."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
-from tui_helpers import SIZE, open_path, notifications, settle, text_of, tui_env, type_text  # noqa: F401
+from tui_helpers import SIZE, notifications, open_path, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
 
 from finetui.tui import datasource
 from finetui.tui.app import FinetuiApp
@@ -16,15 +14,6 @@ from finetui.tui.screens.datasets import DatasetsScreen
 from finetui.tui.widgets.dialogs import PathDialog
 from finetui.tui.widgets.pathinput import complete
 from finetui.tui.widgets.rowtable import RowTable
-
-
-async def wait_until(pilot, predicate, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.1)
-        await pilot.pause()
 
 
 def source_line(app) -> str:
