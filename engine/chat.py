@@ -361,15 +361,13 @@ def end_of_turn_ids(tokenizer: Any, model: Any, template: Any) -> list[int]:
 
 def as_run(target: str) -> Path | None:
     """The run folder ``target`` names (id, unique prefix, ``last``, a run folder), or None
-    when it names no run (then it is a model)."""
-    from finetui.engine import runs
+    when it names no run (then it is a model): ``engine.targets.named_run``."""
+    from finetui.engine import targets
 
     try:
-        return runs.resolve(target)
-    except runs.RunError as exc:
-        if target == "last" or "ambiguous" in str(exc):
-            raise ModelLoadError(str(exc)) from None
-        return None
+        return targets.named_run(target)
+    except targets.NotFound as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _run_config(run_dir: Path):
@@ -398,8 +396,10 @@ def load(target: str, base: bool = False, progress: Callable[[str, str], None] |
     else:
         if base:
             raise ModelLoadError(f"--base needs a run; {target!r} is a model, not a run")
+        from finetui.engine.targets import is_run_dir
+
         parent = Path(target).resolve().parent
-        if Path(target).is_dir() and (parent / "config.yaml").exists():
+        if Path(target).is_dir() and is_run_dir(parent):
             # A run's merged/ or adapter/ folder: same template as the run.
             template_name = _run_config(parent).data.template
             info.update(run_id=parent.name)

@@ -350,7 +350,7 @@ def evaluate(
     """Evaluate a run on its held-out split. Returns the results (also saved).
     ``trust_remote_code``: the user's --trust-remote-code (the run's config.yaml cannot)."""
     from finetui.engine import chat as chat_mod
-    from finetui.engine import runs
+    from finetui.engine.targets import NotFound, find_run
     from finetui.engine.config import ConfigError, load as load_config
     from finetui.engine.data import dataset
 
@@ -363,8 +363,8 @@ def evaluate(
     if max_new_tokens < 1:
         raise EvalError("--max-new-tokens must be >= 1")
     try:
-        run_dir = runs.resolve(run)
-    except runs.RunError as exc:
+        run_dir = find_run(run)
+    except NotFound as exc:
         raise EvalError(str(exc)) from None
     try:
         config = load_config(run_dir / "config.yaml")

@@ -647,16 +647,14 @@ def export(run: str | os.PathLike, out: str | os.PathLike | None = None, *, shar
     """Write the run's model, its card and (with ``gguf``) a GGUF file into ``out``
     (default ``runs/<id>/export``). ``hub_repo``: the repo it will be pushed to (the card
     is titled with it and its usage example loads it)."""
-    from finetui.engine import atomic, merge, modeling, runs
+    from finetui.engine import atomic, merge, modeling, targets
 
     report = progress or (lambda stage, fraction: None)
     try:
-        run_dir = runs.resolve(str(run))
-    except runs.RunError as exc:
+        run_dir = targets.find_run(str(run))
+        adapter = targets.run_adapter(run_dir)
+    except targets.NotFound as exc:
         raise ExportError(str(exc)) from None
-    adapter = run_dir / "adapter"
-    if not adapter.is_dir():
-        raise ExportError(f"run {run_dir.name} has no adapter/ yet (it saves one when training ends or is stopped)")
     if gguf is not None and gguf not in GGUF_TYPES:
         raise ExportError(f"--gguf {gguf}: expected one of {', '.join(GGUF_TYPES)}")
     script = find_converter(llama_cpp) if gguf is not None else None  # before any work

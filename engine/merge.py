@@ -28,20 +28,16 @@ Progress = Callable[[str, float], None]  # (stage, fraction done 0..1)
 
 
 def _source(run_dir_or_adapter: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(adapter folder, run folder or None) from a run id/prefix/``last``/path or a folder."""
-    path = Path(run_dir_or_adapter).expanduser()
-    if path.is_dir() and ((path / "adapter_config.json").exists() or (path / "config.json").exists()) \
-            and not (path / "config.yaml").exists():
-        return path, None
-    from finetui.engine import runs
+    """(adapter folder, run folder or None) from a run id/prefix/``last``/path or a folder
+    (``engine.targets.merge_source``)."""
+    from finetui.engine import targets
 
-    run_dir = runs.resolve(str(run_dir_or_adapter))
-    adapter = run_dir / "adapter"
-    if not adapter.is_dir():
-        raise ModelError(
-            f"run {run_dir.name} has no adapter/ yet (it saves one when training ends or is stopped)"
-        )
-    return adapter, run_dir
+    try:
+        return targets.merge_source(run_dir_or_adapter)
+    except targets.NotFound as exc:
+        if exc.what != "adapter/":
+            raise
+        raise ModelError(str(exc)) from None
 
 
 def _link_or_copy(src: Path, out: Path) -> None:

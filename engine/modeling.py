@@ -565,7 +565,6 @@ def load_for_inference(run_dir_or_model: str | os.PathLike, use_adapter: bool = 
             return load_adapter_model(folder, device=device, quantization=q, trust_remote_code=trust_remote_code)
         if is_model_dir(folder):
             return _load_folder(folder, device, trust_remote_code)
-    raise ModelError(
-        f"run {run_dir.name} has no trained weights yet (no merged/, adapter/ or checkpoint); "
-        f"use --base to talk to its base model"
-    )
+    missing = targets.missing("trained weights", f"run {run_dir.name}", yet=True,
+                              hint="no merged/, adapter/ or checkpoint; use --base to talk to its base model")
+    raise ModelError(str(missing))

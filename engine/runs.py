@@ -120,28 +120,10 @@ def new_run(config: Config, name: str | None = None, root: str | Path | None = N
 
 def resolve(run: str | Path, root: str | Path | None = None) -> Path:
     """A run id (or unique prefix), ``last`` (the newest run), or a path to a run folder
-    -> the folder."""
-    path = Path(run)
-    if str(run) == "last":
-        newest = sorted((p for p in runs_dir(root).glob("*") if (p / "config.yaml").exists()),
-                        key=lambda p: p.name) if runs_dir(root).exists() else []
-        if not newest:
-            raise RunError(f"no runs in {runs_dir(root)}/ yet (start one with `finetui train CONFIG.yaml`)")
-        return newest[-1]
-    if (path / "config.yaml").exists():
-        return path
-    root = runs_dir(root)
-    exact = root / str(run)
-    if (exact / "config.yaml").exists():
-        return exact
-    if path.is_absolute() or os.sep in str(run):
-        raise RunError(f"no run at {run}: not a run folder (no config.yaml)")
-    matches = sorted(p for p in root.glob(f"{run}*") if (p / "config.yaml").exists()) if root.exists() else []
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise RunError(f"run {run!r} is ambiguous: {', '.join(p.name for p in matches[:5])}")
-    raise RunError(f"no run {run!r} in {root}/ (see `finetui runs list`)")
+    -> the folder (``engine.targets.find_run``: a ``RunError`` naming what was not found)."""
+    from finetui.engine import targets
+
+    return targets.find_run(run, root)
 
 
 def read_pid(run_dir: Path) -> int | None:
@@ -322,7 +304,7 @@ def checkpoint_problem(path: str | Path, marker_required: bool = True) -> str | 
         return f"{TRAINER_STATE} is garbled"
     weights = sorted(path.glob("*.safetensors"))
     if not weights and not any(path.glob("*.bin")):
-        return "no weight files"
+        return "no weight files"  # (FSDP's sharded state dict: a torch.distributed.checkpoint folder)
     for file in weights:
         problem = _safetensors_problem(file)
         if problem:
