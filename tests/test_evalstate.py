@@ -133,3 +133,67 @@ def test_saved_results(tmp_path):
     summary, rows, problem = evalstate.read_results(tmp_path)
     assert rows == [{"index": 0}, {"index": 1}] and problem == "results.jsonl line 2: not JSON (skipped)"
 
+
+
+# ---------------------------------------------------------------------------- what a finished job means
+
+
+def test_an_evaluation_outcome_for_the_run_on_screen_and_for_another(tmp_path):
+    run = tmp_path / "r1"
+    done = result(rows=[{"index": 0}], notes=["3 targets are longer"], saved={"results": "r1/eval/results.json"})
+    job = Job("eval", run, [])
+    outcome = evalstate.job_outcome(job, 0, "log line\n" + json.dumps(done) + "\n", None, run, 12.4)
+    assert (outcome.message, outcome.color, outcome.notify) == (
+        "evaluated 30 examples in 12s: tuned loss 0.4000, exact match 24/30", "success", None)
+    assert outcome.rows == [{"index": 0}] and "rows" not in outcome.result and outcome.result["examples"] == 30
+    assert outcome.log == [("note: 3 targets are longer", "warning"), ("saved r1/eval/results.json", "dim")]
+    elsewhere = evalstate.job_outcome(Job("eval", run, []), 0, json.dumps(done), None, tmp_path / "r2", 5)
+    assert elsewhere.message == "evaluated r1 (5s); o shows it" and elsewhere.result is None
+    silent = evalstate.job_outcome(Job("eval", run, []), 0, "no json\n", None, run, 5)
+    assert (silent.message, silent.color) == ("evaluation finished but printed no JSON result (see the log)", "error")
+
+
+def test_failed_stopped_and_merged_outcomes(tmp_path):
+    run = tmp_path / "r1"
+    failed = Job("eval", run, [])
+    failed.take_line("finetui: run r1 has no held-out split")
+    outcome = evalstate.job_outcome(failed, 1, "", None, run, 3)
+    assert (outcome.message, outcome.color) == ("eval failed: run r1 has no held-out split", "error")
+    assert outcome.notify == ("Evaluation failed", "run r1 has no held-out split")
+    assert evalstate.job_outcome(Job("merge", run, []), None, "", "cannot start: x", run, 0).notify == (
+        "Export failed", "cannot start: x")
+    stopped = Job("merge", run, [])
+    stopped.stopped = True
+    assert (evalstate.job_outcome(stopped, -15, "", None, run, 7.2).message,
+            evalstate.job_outcome(stopped, -15, "", None, run, 7.2).color) == ("merge stopped after 7s", "warning")
+    out = tmp_path / "merged"
+    empty = evalstate.job_outcome(Job("merge", run, [], out=out), 0, f"{out}\n", None, run, 2)
+    assert (empty.message, empty.color) == (f"merge finished but {out} holds no config.json (see the log)", "error")
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"0" * 2048)
+    merge = Job("merge", run, [], out=out)
+    merged = evalstate.job_outcome(merge, 0, f"{out}\n", None, run, 9)
+    assert (merged.message, merged.color, merged.notify) == (f"exported to {out} in 9s", "success",
+                                                             ("Export", f"merged model in {out}"))
+    assert merged.log[0] == (f"merged model: {out} (2 files, 1 safetensors shard, 2.0 KiB)", "bold")
+    assert merge.fraction == 1.0
+
+
+def test_the_export_offer_follows_what_the_run_saved(tmp_path):
+    import pytest
+
+    from finetui.engine.targets import NotFound
+
+    run = tmp_path / "20260101-a"
+    (run / "adapter").mkdir(parents=True)
+    title, note = evalstate.export_offer(run)
+    assert title == "Export 20260101-a: its full fine-tune as a model folder" and "linked" in note
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    assert evalstate.export_offer(run)[0] == "Export 20260101-a: merge its LoRA adapter into the base model"
+    (run / "adapter" / "adapter_config.json").unlink()
+    (run / "adapter").rmdir()
+    with pytest.raises(NotFound, match="no adapter/ in run 20260101-a yet"):
+        evalstate.export_offer(run)
+    assert evalstate.busy_problem(None) is None
+    assert evalstate.busy_problem(Job("merge", run, [])) == "a merge is running: S stops it"

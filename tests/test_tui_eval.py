@@ -233,7 +233,7 @@ async def test_faults_no_runs_no_split_no_adapter_and_stop(tui_env, finetui_cach
         shutil.rmtree(no_split / "adapter")
         await pilot.press("x")
         await pilot.pause()
-        assert isinstance(app.screen, EvalScreen) and "has no adapter/" in shown(screen, "#ev-status")
+        assert isinstance(app.screen, EvalScreen) and f"no adapter/ in run {no_split.name}" in shown(screen, "#ev-status")
 
         # S stops a running evaluation (its process group is signalled).
         app.eval_target = good.name

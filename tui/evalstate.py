@@ -1,6 +1,6 @@
 """What the Eval screen knows and decides, without Textual: a run's saved results, the
 comparison table (tuned against base, with the deltas), the ``finetui eval`` and
-``finetui merge`` subprocesses (their command lines, their progress lines, their outcome).
+``finetui merge`` subprocesses (their command lines and outcome; ``tui.jobs`` runs them).
 Plain Python (no Textual, no torch), so tests drive it without an app; the screen only
 shows it.
 """
@@ -8,23 +8,15 @@ shows it.
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetui.engine import spawn
 from finetui.engine.units import format_bytes
+from finetui.tui.jobs import Job, cli_command, last_json, run_job, signal_job
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-MERGE_STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
-BAR_LINE = re.compile(r"\d+%\|")  # a tqdm bar: the last one is kept, not every redraw
+__all__ = ["Job", "run_job", "signal_job"]  # the eval and merge jobs: tui.jobs
 MODELS = ("base", "tuned")
 
 
@@ -182,12 +174,7 @@ def eval_summary(result: dict[str, Any], took: float) -> str:
 
 def parse_eval_output(stdout: str) -> dict[str, Any] | None:
     """The JSON result ``finetui eval --json`` printed last, or None."""
-    line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("{")), "")
-    try:
-        result = json.loads(line)
-    except ValueError:
-        return None
-    return result if isinstance(result, dict) else None
+    return last_json(stdout)
 
 
 def merge_output(stdout: str, asked: Path | None) -> Path | None:
@@ -206,8 +193,7 @@ class EvalChoice(Protocol):
 
 
 def eval_command(run_dir: Path, options: EvalChoice, trust_remote_code: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "finetui.engine.cli", "eval", str(run_dir), "--json",
-               "--max-new-tokens", str(options.max_new_tokens)]
+    command = cli_command("eval", str(run_dir), "--json", "--max-new-tokens", str(options.max_new_tokens))
     if options.compare_base:
         command.append("--compare-base")
     if options.limit is not None:
@@ -216,145 +202,71 @@ def eval_command(run_dir: Path, options: EvalChoice, trust_remote_code: bool = F
 
 
 def merge_command(run_dir: Path, out: Path, shard_size: str, trust_remote_code: bool = False) -> list[str]:
-    return [sys.executable, "-m", "finetui.engine.cli", "merge", str(run_dir), "--out", str(out),
-            "--shard-size", shard_size, *(["--trust-remote-code"] if trust_remote_code else [])]
+    return cli_command("merge", str(run_dir), "--out", str(out), "--shard-size", shard_size,
+                       *(["--trust-remote-code"] if trust_remote_code else []))
+
+
+# ---------------------------------------------------------------------------- what the screen does next
+
+
+def busy_problem(job: Job | None) -> str | None:
+    """Why another evaluation or merge cannot start now, or None."""
+    return f"a {job.kind} is running: S stops it" if job is not None else None
+
+
+def export_offer(run_dir: Path) -> tuple[str, str]:
+    """The export dialog's title and note for a run: (merge its LoRA adapter | link its full
+    fine-tune). Raises ``engine.targets.NotFound`` when the run has no adapter/ yet."""
+    from finetui.engine import targets
+
+    adapter = targets.run_adapter(run_dir)
+    if (adapter / "adapter_config.json").exists():
+        return (f"Export {run_dir.name}: merge its LoRA adapter into the base model",
+                "An ordinary model folder (safetensors, tokenizer): AutoModelForCausalLM.from_pretrained loads it.")
+    return (f"Export {run_dir.name}: its full fine-tune as a model folder",
+            "A full fine-tune is already a plain model: its files are linked (or copied) into the folder.")
 
 
 @dataclass
-class Job:
-    """An evaluation or a merge running as a subprocess."""
+class Outcome:
+    """How a finished evaluation or merge ends on screen: the status message and its colour
+    (success | warning | error), a notification (title, text) for a failure or a merge,
+    lines for the log before the message ((text, colour or style)), and a fresh result with
+    its rows when the evaluated run is the one on screen."""
 
-    kind: str  # eval | merge
-    run_dir: Path
-    command: list[str]
-    out: Path | None = None
-    proc: subprocess.Popen | None = None
-    started: float = field(default_factory=time.monotonic)
-    stage: str = "starting"
-    fraction: float | None = None
-    errors: list[str] = field(default_factory=list)
-    tail: list[str] = field(default_factory=list)
-    stopped: bool = False
-    bar: str = ""  # the latest progress-bar redraw
-
-    @property
-    def shown_command(self) -> str:
-        return f"$ finetui {' '.join(self.command[3:])}"
-
-    def take_line(self, raw: str) -> tuple[str, str] | None:
-        """One line of the child's stderr: (line, kind) for the log, kind one of error |
-        stage | dim; None for what the log does not show (blank lines, progress-bar
-        redraws, which move the stage instead)."""
-        line = ANSI.sub("", raw).rstrip()
-        if not line.strip():
-            return None
-        if BAR_LINE.search(line):
-            self.bar = line
-            self.stage = line.strip()[:60]
-            return None
-        self.tail = (self.tail + [line])[-20:]
-        if line.startswith("finetui: "):
-            self.errors.append(line.removeprefix("finetui: "))
-            return line, "error"
-        if line.startswith("· "):
-            self.stage = line[2:]
-            return line, "stage"
-        if (m := MERGE_STEP.match(line)) is not None:
-            self.fraction, self.stage = int(m.group(1)) / 100, m.group(2)
-            return line, "stage"
-        return line, "dim"
-
-    def failure(self, returncode: int | None, problem: str | None) -> str | None:
-        """Why the job failed, or None when it did not."""
-        if not problem and returncode == 0:
-            return None
-        return problem or "; ".join(self.errors) or (self.tail[-1] if self.tail else "") \
-            or f"exited with status {returncode}"
-
-    def status(self, elapsed: float | None = None) -> str:
-        """``evaluating 12s · tuned: generating 27 replies`` (the bar is drawn by the screen)."""
-        elapsed = time.monotonic() - self.started if elapsed is None else elapsed
-        return f"{elapsed:.0f}s · {self.stage}"
+    message: str
+    color: str
+    notify: tuple[str, str] | None = None
+    log: list[tuple[str, str]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _open_stderr() -> tuple[int | None, int | None]:
-    """A pseudo-terminal for the child's stderr (the evaluator prints its progress only to a
-    terminal), or (None, None) where there is none."""
-    try:
-        import fcntl
-        import pty
-        import struct
-        import termios
-
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-        attrs = termios.tcgetattr(slave)
-        attrs[1] &= ~termios.ONLCR  # plain \n line ends
-        termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        return master, slave
-    except (ImportError, OSError):
-        return None, None
-
-
-def run_job(job: Job, on_line: Callable[[str, str], None]) -> tuple[int | None, str, str | None]:
-    """Run the job's subprocess to its end (call it from a thread): each stderr line the
-    log shows goes to ``on_line(line, kind)`` as it comes. Returns (returncode, stdout,
-    problem), problem set when it could not even start."""
-    master, slave = _open_stderr()
-    try:
-        job.proc = spawn.start(job.command, stderr=slave if slave is not None else subprocess.PIPE, cwd=os.getcwd())
-    except OSError as exc:
-        for fd in (master, slave):
-            if fd is not None:
-                os.close(fd)
-        return None, "", f"cannot start: {exc}"
-    if slave is not None:
-        os.close(slave)
-    out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.append(job.proc.stdout.read()), daemon=True)
-    reader.start()
-
-    def line(raw: str) -> None:
-        taken = job.take_line(raw)
-        if taken is not None:
-            on_line(*taken)
-
-    if master is not None:
-        _read_pty(master, line)
-    else:
-        for raw in job.proc.stderr:
-            line(raw.decode("utf-8", errors="replace"))
-    returncode = job.proc.wait()
-    reader.join()
-    return returncode, b"".join(out).decode("utf-8", errors="replace"), None
-
-
-def _read_pty(master: int, line: Callable[[str], None]) -> None:
-    pending = ""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            pending += chunk.decode("utf-8", errors="replace")
-            *lines, pending = re.split(r"\r\n|\r|\n", pending)
-            for one in lines:
-                line(one)
-    finally:
-        os.close(master)
-    if pending:
-        line(pending)
-
-
-def signal_job(job: Job | None, sig: int) -> None:
-    """Signal the job's process group, quietly nothing once it has ended."""
-    proc = job.proc if job is not None else None
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def job_outcome(job: Job, returncode: int | None, stdout: str, problem: str | None, shown: Path | None,
+                took: float) -> Outcome:
+    """What a finished job means; ``shown``: the run on screen now."""
+    if job.stopped:
+        return Outcome(f"{job.kind} stopped after {took:.0f}s", "warning")
+    reason = job.failure(returncode, problem)
+    if reason is not None:
+        title = "Evaluation failed" if job.kind == "eval" else "Export failed"
+        return Outcome(f"{job.kind} failed: {reason}", "error", (title, reason))
+    if job.kind == "eval":
+        result = parse_eval_output(stdout)
+        if result is None:
+            return Outcome("evaluation finished but printed no JSON result (see the log)", "error")
+        rows = result.pop("rows", [])
+        if job.run_dir != shown:
+            return Outcome(f"evaluated {job.run_dir.name} ({took:.0f}s); o shows it", "success")
+        log = [(f"note: {note}", "warning") for note in result.get("notes", [])]
+        saved = result.get("saved", {}).get("results")
+        if saved:
+            log.append((f"saved {saved}", "dim"))
+        return Outcome(eval_summary(result, took), "success", log=log, result=result, rows=rows)
+    out = merge_output(stdout, job.out)
+    if out is None or not (out / "config.json").exists():
+        return Outcome(f"merge finished but {out} holds no config.json (see the log)", "error")
+    job.fraction = 1.0
+    log = [(f"merged model: {out} ({folder_summary(out)})", "bold"),
+           (f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}); Chat (c, ctrl+o) can load it too", "dim")]
+    return Outcome(f"exported to {out} in {took:.0f}s", "success", ("Export", f"merged model in {out}"), log)

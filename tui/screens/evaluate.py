@@ -35,7 +35,7 @@ from finetui.tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialo
 from finetui.tui.widgets import evalviews
 from finetui.tui.widgets.pathinput import PathInput
 
-SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+COLORS = ("success", "warning", "error")  # theme colours an outcome's lines name
 HINT = "⏎ example · g evaluate · x export (merge) · o run · t chat · v log"
 LINE_STYLES = {"error": "bold red", "stage": "bold", "dim": "dim"}
 
@@ -139,11 +139,11 @@ class EvalScreen(FinetuiScreen):
         self._read_thread(run_dir)
 
     def _choose(self, target: str | Path) -> None:
-        from finetui.engine import runs
+        from finetui.engine import targets
 
         try:
-            run_dir = runs.resolve(str(target)).resolve()
-        except runs.RunError as exc:
+            run_dir = targets.find_run(str(target)).resolve()
+        except targets.NotFound as exc:
             self.show_problem(str(exc))
             return
         self.run_worker(lambda: self._read_thread(run_dir), thread=True, group="eval-read", exclusive=True)
@@ -182,15 +182,7 @@ class EvalScreen(FinetuiScreen):
         self.show_status()
 
     def show_run_line(self) -> None:
-        info = getattr(self, "info", None)
-        line = Text(no_wrap=True, overflow="ellipsis")
-        if self.run_dir is None:
-            line.append("no run", style="bold")
-        else:
-            line.append(self.run_dir.name, style="bold")
-            if info is not None:
-                line.append(f" · {info.status} · {info.method or '?'} · {info.model or '?'}", style="dim")
-        self.query_one("#ev-run", Static).update(line)
+        self.query_one("#ev-run", Static).update(evalviews.run_line(self.run_dir, getattr(self, "info", None)))
 
     def action_pick(self) -> None:
         self.run_worker(self._pick_thread, thread=True, group="eval-pick", exclusive=True)
@@ -280,21 +272,7 @@ class EvalScreen(FinetuiScreen):
     # ------------------------------------------------------------------ status line
 
     def show_status(self) -> None:
-        line = Text(no_wrap=True, overflow="ellipsis")
-        job = self.job
-        if job is not None:
-            spin = SPINNER[self._tick_n % len(SPINNER)]
-            line.append(f"{spin} {'evaluating' if job.kind == 'eval' else 'merging'} ", style="bold")
-            if job.fraction is not None:
-                filled = round(10 * job.fraction)
-                line.append("█" * filled + "░" * (10 - filled) + f" {job.fraction:.0%} ",
-                            style=self._color("accent"))
-            line.append(job.status())
-            line.append(" · S stops", style="dim")
-        elif self._message is not None:
-            line.append_text(self._message)
-        else:
-            line.append(HINT, style="dim")
+        line = evalviews.status_line(self.job, self._tick_n, self._message, HINT, self.app.theme_variables)
         self.query_one("#ev-status", Static).update(line)
 
     def _tick(self) -> None:
@@ -304,8 +282,8 @@ class EvalScreen(FinetuiScreen):
     # ------------------------------------------------------------------ evaluate
 
     def action_evaluate(self) -> None:
-        if self.job is not None:
-            self.show_problem(f"a {self.job.kind} is running: S stops it")
+        if (busy := evalstate.busy_problem(self.job)) is not None:
+            self.show_problem(busy)
             return
         if self.run_dir is None:
             self.show_problem("no run to evaluate: o picks one (or train one first)")
@@ -328,25 +306,21 @@ class EvalScreen(FinetuiScreen):
     # ------------------------------------------------------------------ export
 
     def action_export(self) -> None:
-        if self.job is not None:
-            self.show_problem(f"a {self.job.kind} is running: S stops it")
+        if (busy := evalstate.busy_problem(self.job)) is not None:
+            self.show_problem(busy)
             return
         run_dir = self.run_dir
         if run_dir is None:
             self.show_problem("no run to export: o picks one")
             return
-        adapter = run_dir / "adapter"
-        if not adapter.is_dir():
-            self.show_problem(f"run {run_dir.name} has no adapter/ yet (saved when training ends or is stopped)")
-            return
+        from finetui.engine.targets import NotFound
         from finetui.tui.session import display_path
 
-        if (adapter / "adapter_config.json").exists():
-            title = f"Export {run_dir.name}: merge its LoRA adapter into the base model"
-            note = "An ordinary model folder (safetensors, tokenizer): AutoModelForCausalLM.from_pretrained loads it."
-        else:
-            title = f"Export {run_dir.name}: its full fine-tune as a model folder"
-            note = "A full fine-tune is already a plain model: its files are linked (or copied) into the folder."
+        try:
+            title, note = evalstate.export_offer(run_dir)
+        except NotFound as exc:
+            self.show_problem(str(exc))
+            return
         self.app.push_screen(ExportDialog(title, display_path(run_dir / "merged"), "2GB", note),
                              self._after_export_dialog)
 
@@ -396,57 +370,24 @@ class EvalScreen(FinetuiScreen):
             self.job = None
         self._timer.pause()
         self.refresh_bindings()
-        took = time.monotonic() - job.started
-        if job.stopped:
-            self._outcome(f"{job.kind} stopped after {took:.0f}s", "warning")
-        elif (reason := job.failure(returncode, problem)) is not None:
-            self._outcome(f"{job.kind} failed: {reason}", "error")
-            self.notify(reason, title=f"{'Evaluation' if job.kind == 'eval' else 'Export'} failed",
-                        severity="error", timeout=15)
-        elif job.kind == "eval":
-            self._eval_done(job, stdout, took)
-        else:
-            self._merge_done(job, stdout, took)
+        outcome = evalstate.job_outcome(job, returncode, stdout, problem, self.run_dir, time.monotonic() - job.started)
+        if outcome.result is not None:
+            self.result, self.rows = outcome.result, outcome.rows
+            self.show_run_line()
+            self.show_metrics()
+            self.fill_table()
+        for line, style in outcome.log:
+            self.write_log(Text(line, style=self._color(style) if style in COLORS else style))
+        style = f"bold {self._color(outcome.color)}"
+        self.write_log(Text(outcome.message, style=style))
+        self._message = Text(outcome.message, style=style)
+        if outcome.notify is not None:
+            title, text = outcome.notify
+            self.notify(text, title=title, severity="error" if outcome.color == "error" else "information",
+                        timeout=15 if outcome.color == "error" else 12)
+        if outcome.result is not None:
+            self.switch_to("ev-table")
         self.show_status()
-
-    def _outcome(self, message: str, color: str) -> None:
-        style = f"bold {self._color(color)}"
-        self.write_log(Text(message, style=style))
-        self._message = Text(message, style=style)
-
-    def _eval_done(self, job: Job, stdout: str, took: float) -> None:
-        result = evalstate.parse_eval_output(stdout)
-        if result is None:
-            self._outcome("evaluation finished but printed no JSON result (see the log)", "error")
-            return
-        rows = result.pop("rows", [])
-        if job.run_dir != self.run_dir:
-            self._outcome(f"evaluated {job.run_dir.name} ({took:.0f}s); o shows it", "success")
-            return
-        self.result, self.rows = result, rows
-        self.show_run_line()
-        self.show_metrics()
-        self.fill_table()
-        summary = evalstate.eval_summary(result, took)
-        saved = result.get("saved", {}).get("results")
-        for note in result.get("notes", []):
-            self.write_log(Text(f"note: {note}", style=self._color("warning")))
-        if saved:
-            self.write_log(Text(f"saved {saved}", style="dim"))
-        self._outcome(summary, "success")
-        self.switch_to("ev-table")
-
-    def _merge_done(self, job: Job, stdout: str, took: float) -> None:
-        out = evalstate.merge_output(stdout, job.out)
-        if out is None or not (out / "config.json").exists():
-            self._outcome(f"merge finished but {out} holds no config.json (see the log)", "error")
-            return
-        job.fraction = 1.0
-        self.write_log(Text(f"merged model: {out} ({evalstate.folder_summary(out)})", style="bold"))
-        self.write_log(Text(f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}); "
-                       f"Chat (c, ctrl+o) can load it too", style="dim"))
-        self._outcome(f"exported to {out} in {took:.0f}s", "success")
-        self.notify(f"merged model in {out}", title="Export", timeout=12)
 
     def action_stop(self) -> None:
         job = self.job

@@ -10,12 +10,9 @@ to its process group, SIGKILL 5 s later).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,22 +23,36 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, RichLog, Static
 
+from finetui.tui import jobs
 from finetui.tui.widgets.dialogs import DIALOG_CSS
 from finetui.tui.widgets.pathinput import PathInput
 
-STEP = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
 REPO_ID = re.compile(r"^([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-REPO_ROOT = str(Path(__file__).resolve().parents[2])
 ROW_CSS = (".field-row { height: 1; }\n"
            ".field-row Label { width: 14; color: $text-muted; }\n"
            ".field-row Input { width: 1fr; }\n")
+LINE_STYLES = {"error": "bold red", "stage": "bold", "dim": "dim"}
 
 
 def export_command(run_dir: Path, out: Path, repo: str | None, private: bool, trust: bool) -> list[str]:
-    command = [sys.executable, "-m", "finetui.engine.cli", "export", str(run_dir), "--out", str(out), "--json"]
+    command = jobs.cli_command("export", str(run_dir), "--out", str(out), "--json")
     if repo:
         command += ["--push-to-hub", repo] + (["--private"] if private else [])
     return command + (["--trust-remote-code"] if trust else [])
+
+
+def export_problem(raw: str, repo: str) -> tuple[Path | None, str | None]:
+    """The dialog's fields -> (the output folder, absolute) or the problem with them."""
+    if not raw:
+        return None, "enter an output folder"
+    out = Path(os.path.expanduser(raw))
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    if out.exists() and not out.is_dir():
+        return None, f"{raw}: a file; the export is a folder"
+    if repo and not REPO_ID.match(repo):
+        return None, f"Hub repo {repo}: expected user/name"
+    return out, None
 
 
 class ExportScreen(ModalScreen[Path | None]):
@@ -57,12 +68,11 @@ class ExportScreen(ModalScreen[Path | None]):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.initial_out = out
-        self.proc: subprocess.Popen | None = None
+        self.job: jobs.Job | None = None
         self.running = False
         self.stopped = False
         self.result: dict | None = None
         self.folder: Path | None = None
-        self.errors: list[str] = []
         self.lines: list[str] = []  # what the log shows, for tests and copy
 
     def compose(self):
@@ -93,20 +103,11 @@ class ExportScreen(ModalScreen[Path | None]):
         event.stop()
         if self.running:
             return
-        error = self.query_one("#export-error", Static)
         raw = self.query_one("#export-out", PathInput).value.strip()
         repo = self.query_one("#export-repo", Input).value.strip()
-        if not raw:
-            error.update("enter an output folder")
-            return
-        out = Path(os.path.expanduser(raw))
-        if not out.is_absolute():
-            out = Path.cwd() / out
-        if out.exists() and not out.is_dir():
-            error.update(Text(f"{raw}: a file; the export is a folder"))
-            return
-        if repo and not REPO_ID.match(repo):
-            error.update(Text(f"Hub repo {repo}: expected user/name"))
+        out, problem = export_problem(raw, repo)
+        if out is None:
+            self.query_one("#export-error", Static).update(Text(problem or ""))
             return
         from finetui.tui.session import trusts_remote_code
 
@@ -116,31 +117,20 @@ class ExportScreen(ModalScreen[Path | None]):
     # ------------------------------------------------------------------ the subprocess
 
     def start(self, command: list[str]) -> None:
-        self.running, self.stopped, self.result, self.errors = True, False, None, []
-        self.write(f"$ finetui {' '.join(command[3:])}", "bold")
+        self.running, self.stopped, self.result = True, False, None
+        self.job = jobs.Job("export", self.run_dir, command)
+        self.write(self.job.shown_command, "bold")
         self.query_one("#export-hint", Static).update("exporting · esc stops")
-        self.started = time.monotonic()
-        threading.Thread(target=self._run, args=(command,), daemon=True, name="finetui-export").start()
+        threading.Thread(target=self._run, args=(self.job,), daemon=True, name="finetui-export").start()
 
-    def _run(self, command: list[str]) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-        try:
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, start_new_session=True, env=env, text=True,
-                                         errors="replace")
-        except OSError as exc:
-            self._ui(self.finished, None, "", f"cannot start: {exc}")
-            return
-        out: list[str] = []
-        reader = threading.Thread(target=lambda: out.append(self.proc.stdout.read()), daemon=True)
-        reader.start()
-        for line in self.proc.stderr:
-            if line.strip():
-                self._ui(self.progress, line.rstrip())
-        code = self.proc.wait()
-        reader.join()
-        self._ui(self.finished, code, "".join(out), None)
+    @property
+    def proc(self):
+        return self.job.proc if self.job is not None and self.running else None
+
+    def _run(self, job: jobs.Job) -> None:
+        returncode, stdout, problem = jobs.run_job(job, lambda line, kind: self._ui(self.progress, line, kind),
+                                                   terminal=False)
+        self._ui(self.finished, returncode, stdout, problem)
 
     def _ui(self, fn, *args) -> None:
         try:
@@ -154,32 +144,23 @@ class ExportScreen(ModalScreen[Path | None]):
         self.lines.append(line)
         self.query_one("#export-log", RichLog).write(safe(Text(line, style=style)))
 
-    def progress(self, line: str) -> None:
-        if line.startswith("finetui: "):
-            self.errors.append(line.removeprefix("finetui: "))
-            self.write(line, "bold red")
-        elif (m := STEP.match(line)) is not None:
-            self.write(f"{m.group(1):>3}% {m.group(2)}", "bold")
-        else:
-            self.write(line, "dim")
+    def progress(self, line: str, kind: str) -> None:
+        if kind == "stage" and (m := jobs.STEP.match(line)) is not None:
+            line = f"{m.group(1):>3}% {m.group(2)}"
+        self.write(line, LINE_STYLES[kind])
 
     def finished(self, code: int | None, stdout: str, problem: str | None) -> None:
         self.running = False
-        self.proc = None
-        took = time.monotonic() - self.started
+        took = time.monotonic() - self.job.started
         hint = self.query_one("#export-hint", Static)
         error = self.query_one("#export-error", Static)
         if self.stopped:
             error.update(Text(f"export stopped after {took:.0f}s"))
             hint.update("enter export again · esc close")
             return
-        line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("{")), "")
-        try:
-            self.result = json.loads(line) if code == 0 else None
-        except ValueError:
-            self.result = None
+        self.result = jobs.last_json(stdout) if code == 0 else None
         if self.result is None:
-            reason = problem or "; ".join(self.errors) or f"exited with status {code}"
+            reason = problem or "; ".join(self.job.errors) or f"exited with status {code}"
             error.update(Text(f"export failed: {reason}"))
             self.notify(reason, title="Export failed", severity="error", timeout=15)
             hint.update("enter try again · esc close")
@@ -192,22 +173,13 @@ class ExportScreen(ModalScreen[Path | None]):
         hint.update("esc close")
 
     def on_unmount(self) -> None:
-        if self.proc is not None:
-            self._signal(self.proc, signal.SIGKILL)
+        jobs.signal_process(self.proc, signal.SIGKILL)
 
     def action_close(self) -> None:
         proc = self.proc
         if self.running and proc is not None:
             self.stopped = True
-            self._signal(proc, signal.SIGTERM)
-            self.set_timer(5.0, lambda: self._signal(proc, signal.SIGKILL))
+            jobs.signal_process(proc, signal.SIGTERM)
+            self.set_timer(5.0, lambda: jobs.signal_process(proc, signal.SIGKILL))
             return
         self.dismiss(self.folder)
-
-    @staticmethod
-    def _signal(proc: subprocess.Popen, sig: int) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass

@@ -15,6 +15,7 @@ from rich.text import Text
 from finetui.tui import evalstate
 from finetui.tui.safetext import visible  # prompts, targets, model outputs: never control codes
 
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 NO_RESULT = ("g evaluates the run on its held-out split (`finetui eval`, tuned and base); "
              "x exports it as a merged model folder.")
 
@@ -97,3 +98,33 @@ def example_view(rows: list[dict[str, Any]], index: int, colors: dict[str, str])
 
 def _cell(text: str) -> Text:
     return Text(visible(" ".join(text.split())), no_wrap=True, overflow="ellipsis")
+
+
+def run_line(run_dir, info) -> Text:
+    """The run on screen: ``20260101-a · finished · lora · tiny``."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    if run_dir is None:
+        line.append("no run", style="bold")
+        return line
+    line.append(run_dir.name, style="bold")
+    if info is not None:
+        line.append(f" · {info.status} · {info.method or '?'} · {info.model or '?'}", style="dim")
+    return line
+
+
+def status_line(job: evalstate.Job | None, tick: int, message: Text | None, hint: str, colors: dict[str, str]) -> Text:
+    """The status line: a running job (spinner, bar, elapsed, stage), else the last outcome,
+    else the keys."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    if job is not None:
+        line.append(f"{SPINNER[tick % len(SPINNER)]} {'evaluating' if job.kind == 'eval' else 'merging'} ", style="bold")
+        if job.fraction is not None:
+            filled = round(10 * job.fraction)
+            line.append("█" * filled + "░" * (10 - filled) + f" {job.fraction:.0%} ", style=colors.get("accent", ""))
+        line.append(job.status())
+        line.append(" · S stops", style="dim")
+    elif message is not None:
+        line.append_text(message)
+    else:
+        line.append(hint, style="dim")
+    return line
