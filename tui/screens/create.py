@@ -20,93 +20,32 @@ Three views on one screen, keyboard only, at 80x24:
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
-from collections import Counter, deque
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
 from textual import work
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, Input, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
-from finetui.engine.data.create import documents, passages, quality
-from finetui.engine.data.create.store import side_paths
+from finetui.engine import spawn
+from finetui.engine.data.create import documents
+from finetui.tui import jobs
+from finetui.tui.createstate import (DEFAULT_MODEL, Plan, Progress, Review, answer_of, document_problem,
+                                     passage_line, passage_where, passages_summary, question_of, read_passages)
 from finetui.tui.screens.base import FinetuiScreen
-from finetui.tui.widgets.dialogs import DIALOG_CSS, PathDialog
+from finetui.tui.widgets.createdialogs import QuestionInput, WriterDialog
+from finetui.tui.widgets.dialogs import PathDialog
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = "smollm2"
+__all__ = ["CreateScreen", "QuestionInput", "WriterDialog"]  # the dialogs: tui.widgets.createdialogs
 HINTS = {
     "cr-passages": "a add document · w output & writer · g generate · v review · esc back",
     "cr-progress": "x stop · v review · esc passages (leaving the screen stops it)",
     "cr-review": "y accept · n reject · i edit · ←/→ move · ctrl+s save · b save & browse",
 }
-
-
-def reviewed_path(out: Path) -> Path:
-    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.stem
-    return out.with_name(f"{stem}.reviewed.jsonl")
-
-
-class WriterDialog(ModalScreen[dict | None]):
-    """The output file and the question writer: a local model, or an endpoint."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
-    DEFAULT_CSS = "WriterDialog { align: center middle; }\nWriterDialog Input { margin: 0; }\n" + DIALOG_CSS
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__()
-        self.values = values
-
-    def compose(self):
-        with Vertical(classes="dialog"):
-            yield Static("Output and question writer", classes="dialog-title")
-            yield Static("dataset file (.jsonl)", classes="dialog-hint")
-            yield Input(self.values.get("out", ""), id="wr-out", compact=True)
-            yield Static("endpoint URL (blank: a local model), e.g. http://127.0.0.1:8000/v1", classes="dialog-hint")
-            yield Input(self.values.get("base_url", ""), id="wr-url", compact=True)
-            yield Static("model (local: smollm2, a run, a folder; endpoint: its model name)", classes="dialog-hint")
-            yield Input(self.values.get("model", ""), id="wr-model", compact=True)
-            yield Static("", classes="dialog-error", id="wr-error")
-            yield Static("enter ok · tab next · esc cancel", classes="dialog-hint")
-
-    def on_mount(self) -> None:
-        self.query_one("#wr-out", Input).focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        out = self.query_one("#wr-out", Input).value.strip()
-        url = self.query_one("#wr-url", Input).value.strip()
-        model = self.query_one("#wr-model", Input).value.strip()
-        if not out.endswith(".jsonl"):
-            self.query_one("#wr-error", Static).update("the dataset file ends in .jsonl")
-            return
-        if url and not url.startswith(("http://", "https://")):
-            self.query_one("#wr-error", Static).update("the endpoint URL starts with http:// or https://")
-            return
-        if url and not model:
-            self.query_one("#wr-error", Static).update("an endpoint needs the model name it serves")
-            return
-        self.dismiss({"out": out, "base_url": url, "model": model or DEFAULT_MODEL})
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class QuestionInput(Input):
-    BINDINGS = [Binding("escape", "leave", "Leave the question", id="datasets.create_question_leave")]
-
-    def action_leave(self) -> None:
-        self.screen.leave_edit(keep=False)
 
 
 class CreateScreen(FinetuiScreen):
@@ -144,21 +83,32 @@ class CreateScreen(FinetuiScreen):
     def __init__(self, documents_: list[str] | None = None, out: str | None = None, model: str = DEFAULT_MODEL,
                  base_url: str = "") -> None:
         super().__init__()
-        self.docs: list[str] = list(documents_ or [])
-        self.out = out or ""
-        self.model = model
-        self.base_url = base_url
-        self.passages: list[tuple[passages.Passage, str | None]] = []  # (passage, boilerplate kind)
-        self.doc_info: dict[str, str] = {}
-        self.proc: subprocess.Popen | None = None
-        self.counts: Counter = Counter()
-        self.total = 0
-        self.last_question = ""
-        self.log_tail: deque[str] = deque(maxlen=6)
-        self.report: dict[str, Any] | None = None
-        self.pairs: list[dict[str, Any]] = []  # {"record", "status", "reason"}
-        self.pair_index = 0
+        self.plan = Plan(list(documents_ or []), out or "", model, base_url)
+        self.passages: list = []  # (passage, boilerplate kind)
+        self.proc = None  # the running `finetui data create`
+        self.progress = Progress()
+        self.review = Review()
         self.editing = False
+
+    @property
+    def out(self) -> str:
+        return self.plan.out
+
+    @property
+    def base_url(self) -> str:
+        return self.plan.base_url
+
+    @property
+    def report(self):
+        return self.progress.report
+
+    @property
+    def counts(self):
+        return self.progress.counts
+
+    @property
+    def pairs(self) -> list[dict]:
+        return self.review.pairs
 
     # ------------------------------------------------------------------ layout
 
@@ -184,12 +134,12 @@ class CreateScreen(FinetuiScreen):
         yield Static("", id="cr-status")
 
     def on_mount(self) -> None:
-        if not self.out and self.docs:
-            self.out = str(Path(self.docs[0]).with_suffix(".jsonl"))
+        if not self.plan.out and self.plan.docs:
+            self.plan.out = str(Path(self.plan.docs[0]).with_suffix(".jsonl"))
         self.show_view("cr-passages")
         self.show_head()
-        if self.docs:
-            self.read_documents(list(self.docs))
+        if self.plan.docs:
+            self.read_documents(list(self.plan.docs))
         else:
             self.status("a adds a document: .txt .md .pdf .html .epub")
 
@@ -211,66 +161,38 @@ class CreateScreen(FinetuiScreen):
         self.query_one("#cr-status", Static).update(text)
 
     def show_head(self) -> None:
-        from urllib.parse import urlsplit
-
-        writer = f"{self.model} @ {urlsplit(self.base_url).netloc}" if self.base_url else f"{self.model} (local)"
-        docs = ", ".join(self.doc_info.get(d, Path(d).name) for d in self.docs) or "no documents"
-        out = Path(self.out).name if self.out else "?"
-        self.query_one("#cr-head", Static).update(
-            Text(f"{docs} → {out} · {writer}", no_wrap=True, overflow="ellipsis"))
+        self.query_one("#cr-head", Static).update(Text(self.plan.heading(), no_wrap=True, overflow="ellipsis"))
 
     # ------------------------------------------------------------------ documents and passages
 
     def action_add(self) -> None:
         if self.proc is not None:
             return
-        self.app.push_screen(PathDialog("Add a document (.txt .md .pdf .html .epub)", "", self._check_doc),
+        self.app.push_screen(PathDialog("Add a document (.txt .md .pdf .html .epub)", "", document_problem),
                              self._doc_added)
 
-    def _check_doc(self, path: Path) -> str | None:
-        try:
-            documents.kind_of(path)
-        except documents.DocumentError as exc:
-            return str(exc)
-        if not path.is_file():
-            return f"{path}: no such file"
-        return None
-
     def _doc_added(self, path: Path | None) -> None:
-        if path is None:
-            return
-        if str(path) not in self.docs:
-            self.docs.append(str(path))
-        if not self.out:
-            self.out = str(path.with_suffix(".jsonl"))
-        self.read_documents(list(self.docs))
+        if path is not None:
+            self.plan.add(path)
+            self.read_documents(list(self.plan.docs))
 
     @work(thread=True, exclusive=True, group="create-read")
     def read_documents(self, paths: list[str]) -> None:
         self.app.call_from_thread(self.status, f"reading {len(paths)} document(s)…")
-        found, info = [], {}
-        for path in paths:
-            try:
-                doc = documents.read(path)
-                cut = passages.passages(doc)
-            except (documents.DocumentError, ValueError) as exc:
-                self.app.call_from_thread(self.status, str(exc), True)
-                return
-            pages = f", {doc.pages} pages" if doc.pages else ""
-            info[path] = f"{doc.name} ({len(cut)} passages{pages})"
-            found += [(p, quality.boilerplate(p.text, p.heading)) for p in cut]
+        try:
+            found, info = read_passages(paths)
+        except (documents.DocumentError, ValueError) as exc:
+            self.app.call_from_thread(self.status, str(exc), True)
+            return
         self.app.call_from_thread(self.show_passages, found, info)
 
     def show_passages(self, found: list, info: dict[str, str]) -> None:
         self.passages = found
-        self.doc_info = info
+        self.plan.doc_info = info
         options = []
         for p, kind in found:
-            page = f"p.{p.page} " if p.page else ""
-            head = f"{p.heading.split(' > ')[-1][:18]} " if p.heading else ""
-            words = " ".join(p.text.split())[:40]
             line = Text(f"[{kind}] " if kind else "", style="italic")
-            line.append(f"{p.document[:12]} #{p.index} {page}{head}· {len(p.text)} ch · {words}")
+            line.append(passage_line(p, kind))
             if kind:
                 line.stylize("dim")
             line.truncate(76, overflow="ellipsis")
@@ -280,9 +202,8 @@ class CreateScreen(FinetuiScreen):
         listing.add_options(options)
         if options:
             listing.highlighted = 0
-        skipped = sum(1 for _, kind in found if kind)
         self.show_head()
-        self.status(f"{len(found)} passages, {skipped} boilerplate (no question asked) · g generates")
+        self.status(passages_summary(found))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option_list.id != "cr-list" or event.option_index is None:
@@ -290,12 +211,7 @@ class CreateScreen(FinetuiScreen):
         if not 0 <= event.option_index < len(self.passages):
             return
         p, kind = self.passages[event.option_index]
-        where = [f"{p.document} passage {p.index}", f"characters {p.start:,}-{p.end:,}"]
-        if p.page:
-            where.append(f"page {p.page}" + (f"-{p.page_end}" if p.page_end and p.page_end != p.page else ""))
-        if p.heading:
-            where.append(p.heading)
-        text = Text(" · ".join(where) + "\n", style="bold")
+        text = Text(passage_where(p) + "\n", style="bold")
         if kind:
             text.append(f"boilerplate ({kind}): no question is asked of it\n", style="italic")
         text.append(p.text)
@@ -304,131 +220,72 @@ class CreateScreen(FinetuiScreen):
     def action_writer(self) -> None:
         if self.proc is not None:
             return
-        values = {"out": self.out, "base_url": self.base_url, "model": self.model}
+        values = {"out": self.plan.out, "base_url": self.plan.base_url, "model": self.plan.model}
         self.app.push_screen(WriterDialog(values), self._writer_set)
 
     def _writer_set(self, values: dict | None) -> None:
         if values:
-            self.out, self.base_url, self.model = values["out"], values["base_url"], values["model"]
+            self.plan.out, self.plan.base_url, self.plan.model = values["out"], values["base_url"], values["model"]
             self.show_head()
 
     # ------------------------------------------------------------------ generation
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "finetui.engine.cli", "data", "create", *self.docs, "--out", self.out,
-                "--progress", "jsonl", "--json"]
-        if self.base_url:
-            argv += ["--base-url", self.base_url, "--model", self.model]
-        else:
-            argv += ["--model", self.model]
-        return argv
+        return self.plan.command()
 
     def action_generate(self) -> None:
         if self.proc is not None:
             self.show_view("cr-progress")
             return
-        if not self.docs:
-            self.status("add a document first (a)", True)
+        problem = self.plan.problem()
+        if problem:
+            self.status(problem, True)
             return
-        if not self.out:
-            self.status("set the output file first (w)", True)
-            return
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         try:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                                         env=env, start_new_session=True)
+            self.proc = spawn.start(self.command(), text=True, encoding="utf-8", errors="replace")
         except OSError as exc:
             self.status(f"cannot start finetui data create: {exc}", True)
             return
-        self.counts.clear()
-        self.total = 0
-        self.report = None
-        self.log_tail.clear()
+        self.progress.reset()
         self.query_one("#cr-bar", ProgressBar).update(total=None, progress=0)
         self.show_view("cr-progress")
         self.show_progress()
-        proc = self.proc
-        threading.Thread(target=self._read_events, args=(proc,), name="create-events", daemon=True).start()
+        threading.Thread(target=self._read_events, args=(self.proc,), name="create-events", daemon=True).start()
 
-    def _read_events(self, proc: subprocess.Popen) -> None:
+    def _read_events(self, proc) -> None:
         """Thread: the subprocess's JSON lines (stderr) to the UI; its report at the end."""
         for line in proc.stderr:
-            line = line.rstrip("\n")
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            if isinstance(event, dict) and "event" in event:
-                self.app.call_from_thread(self.got_event, event)
-            elif line.strip():
-                self.app.call_from_thread(self.got_log, line)
+            self.app.call_from_thread(self.got_line, line)
         out = proc.stdout.read()
         code = proc.wait()
         self.app.call_from_thread(self.generation_done, proc, code, out)
 
-    def got_event(self, event: dict[str, Any]) -> None:
+    def got_line(self, line: str) -> None:
         if not self.is_attached:  # the screen was left; the process was stopped
             return
-        if event["event"] == "passage":
-            self.total = event["total"]
-            self.counts[event["status"]] += 1
-            if event.get("question") and event["status"] == "written":
-                self.last_question = event["question"]
-            self.query_one("#cr-bar", ProgressBar).update(total=self.total, progress=event["done"])
-        elif event["event"] == "note":
-            self.log_tail.append(event["message"])
-        self.show_progress()
-
-    def got_log(self, line: str) -> None:
-        if not self.is_attached:  # the screen was left; the process was stopped
-            return
-        self.log_tail.append(line[-200:])
+        if self.progress.take(line):
+            self.query_one("#cr-bar", ProgressBar).update(total=self.progress.total, progress=self.progress.done)
         self.show_progress()
 
     def show_progress(self) -> None:
-        counts = ", ".join(f"{k} {n}" for k, n in sorted(self.counts.items())) or "starting…"
-        self.query_one("#cr-counts", Static).update(Text(f"{sum(self.counts.values())} of {self.total or '?'}: {counts}"))
-        self.query_one("#cr-last", Static).update(Text(f"last question: {self.last_question}" if self.last_question
-                                                       else ""))
-        self.query_one("#cr-log", Static).update(Text("\n".join(self.log_tail), style="dim"))
+        self.query_one("#cr-counts", Static).update(Text(self.progress.counts_line()))
+        self.query_one("#cr-last", Static).update(Text(self.progress.last_line()))
+        self.query_one("#cr-log", Static).update(Text("\n".join(self.progress.log_tail), style="dim"))
 
-    def generation_done(self, proc: subprocess.Popen, code: int, out: str) -> None:
+    def generation_done(self, proc, code: int, out: str) -> None:
         if not self.is_attached:  # the screen was left; the process was stopped
             return
         if self.proc is proc:
             self.proc = None
         self.refresh_bindings()
-        try:
-            self.report = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
-        except ValueError:
-            self.report = None
-        failure = self.report.get("error") if isinstance(self.report, dict) and self.report.get("ok") is False else None
-        if failure is not None:  # --json failures are engine.json_errors' object on stdout
-            self.report = None
-            self.status(f"finetui data create failed: {failure.get('message')}", True)
-        elif self.report is not None:
-            rejected = sum(self.report.get("rejected", {}).values())
-            message = (f"done: {self.report['written']} pairs written, {rejected} rejected by the gates, "
-                       f"{self.report.get('failed', 0)} failed · v review")
-            self.status(message, error=code != 0)
-        elif code < 0 or code == 143:
-            self.status("stopped · g continues where it stopped · v reviews what is written")
-        else:
-            tail = self.log_tail[-1] if self.log_tail else f"exit status {code}"
-            self.status(f"finetui data create failed: {tail}", True)
+        message, error = self.progress.finish(code, out)
+        self.status(message, error)
         self.show_progress()
 
     def action_stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.status("stopping…")
+        if self.proc is not None:
+            jobs.signal_process(self.proc, signal.SIGTERM)
+            self.status("stopping…")
 
     def on_unmount(self) -> None:
         self.action_stop()
@@ -436,76 +293,49 @@ class CreateScreen(FinetuiScreen):
     # ------------------------------------------------------------------ review
 
     def action_review(self) -> None:
-        out = Path(self.out) if self.out else None
-        if out is None or not out.exists():
-            self.status("nothing written yet: g generates", True)
+        problem = self.review.load(Path(self.plan.out)) if self.plan.out else "nothing written yet: g generates"
+        if problem:
+            self.status(problem, True)
             return
-        self.pairs = []
-        for path, status in ((out, "pending"), (side_paths(out)[1], "rejected")):
-            if not path.exists():
-                continue
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line still being written
-                self.pairs.append({"record": record, "status": status, "reason": record.pop("reason", None)})
-        self.pairs.sort(key=lambda p: (str(p["record"]["source"].get("document")), p["record"]["source"].get("passage", 0)))
-        if not self.pairs:
-            self.status("no pairs yet", True)
-            return
-        self.pair_index = 0
         self.show_view("cr-review")
         self.show_pair()
 
-    def _question_message(self, record: dict[str, Any]) -> dict[str, Any]:
-        return next(m for m in record["messages"] if m["role"] == "user")
-
     def show_pair(self) -> None:
-        if not self.pairs:
+        if not self.review.pairs:
             return
-        pair = self.pairs[self.pair_index]
-        record = pair["record"]
-        source = record["source"]
-        counts = Counter(p["status"] for p in self.pairs)
-        state = pair["status"] + (f" ({pair['reason']})" if pair["reason"] and pair["status"] == "rejected" else "")
-        head = (f"pair {self.pair_index + 1}/{len(self.pairs)} · {state} · accepted {counts['accepted']} · "
-                f"rejected {counts['rejected']} · pending {counts['pending']}")
-        self.query_one("#cr-review-head", Static).update(Text(head, no_wrap=True, overflow="ellipsis"))
-        self.query_one("#cr-question", QuestionInput).value = self._question_message(record)["content"]
-        self.query_one("#cr-qtext", Static).update(Text("Q: " + self._question_message(record)["content"]))
-        answer = next(m for m in record["messages"] if m["role"] == "assistant")["content"]
-        where = f"{source.get('document')} passage {source.get('passage')}"
-        if source.get("page"):
-            where += f" · page {source['page']}"
-        text = Text(where + "\n", style="bold")
-        text.append(answer)
+        record = self.review.pair["record"]
+        self.query_one("#cr-review-head", Static).update(Text(self.review.heading(), no_wrap=True,
+                                                              overflow="ellipsis"))
+        self.query_one("#cr-question", QuestionInput).value = question_of(record)["content"]
+        self.query_one("#cr-qtext", Static).update(Text("Q: " + question_of(record)["content"]))
+        text = Text(self.review.where() + "\n", style="bold")
+        text.append(answer_of(record))
         self.query_one("#cr-pair", Static).update(text)
 
     def action_decide(self, status: str) -> None:
-        if self.view != "cr-review" or not self.pairs:
-            return
-        self.pairs[self.pair_index]["status"] = status
-        if self.pair_index < len(self.pairs) - 1:
-            self.pair_index += 1
-        self.show_pair()
+        if self.view == "cr-review" and self.review.pairs:
+            self.review.decide(status)
+            self.show_pair()
 
     def action_move(self, step: int) -> None:
-        if self.view == "cr-review" and self.pairs:
-            self.pair_index = max(0, min(len(self.pairs) - 1, self.pair_index + step))
+        if self.view == "cr-review" and self.review.pairs:
+            self.review.move(step)
             self.show_pair()
 
     def action_edit(self) -> None:
-        if self.view != "cr-review" or not self.pairs:
+        if self.view != "cr-review" or not self.review.pairs:
             return
         question = self.query_one("#cr-question", QuestionInput)
-        question.add_class("-editing")
-        self.query_one("#cr-qtext").add_class("-editing")
-        self.editing = True
-        self.refresh_bindings()
+        self._editing(True)
         question.focus()
         question.cursor_position = len(question.value)
         self.status("enter keeps the question and accepts the pair · esc leaves it as it was")
+
+    def _editing(self, on: bool) -> None:
+        self.query_one("#cr-question", QuestionInput).set_class(on, "-editing")
+        self.query_one("#cr-qtext").set_class(on, "-editing")
+        self.editing = on
+        self.refresh_bindings()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "cr-question":
@@ -513,19 +343,12 @@ class CreateScreen(FinetuiScreen):
             self.leave_edit(keep=True)
 
     def leave_edit(self, keep: bool) -> None:
-        question = self.query_one("#cr-question", QuestionInput)
-        pair = self.pairs[self.pair_index]
         if keep:
-            value = question.value.strip()
-            if not value:
-                self.status("the question is empty: write one, or esc", True)
+            problem = self.review.edit(self.query_one("#cr-question", QuestionInput).value)
+            if problem:
+                self.status(problem, True)
                 return
-            self._question_message(pair["record"])["content"] = value
-            pair["status"] = "accepted"
-        question.remove_class("-editing")
-        self.query_one("#cr-qtext").remove_class("-editing")
-        self.editing = False
-        self.refresh_bindings()
+        self._editing(False)
         self.set_focus(None)
         self.status(HINTS["cr-review"])
         self.show_pair()
@@ -543,16 +366,11 @@ class CreateScreen(FinetuiScreen):
         return True
 
     def save(self) -> Path | None:
-        if not self.pairs:
+        saved = self.review.save(Path(self.plan.out))
+        if saved is None:
             return None
-        target = reviewed_path(Path(self.out))
-        kept = [p["record"] for p in self.pairs if p["status"] != "rejected"]
-        from finetui.engine import atomic
-
-        text = "".join(json.dumps({k: v for k, v in r.items() if k not in ("reply", "duplicate_of")},
-                                  ensure_ascii=False) + "\n" for r in kept)
-        atomic.write_text(target, text)
-        self.status(f"saved {len(kept)} pairs to {target} · b opens it in the browser")
+        target, kept = saved
+        self.status(f"saved {kept} pairs to {target} · b opens it in the browser")
         return target
 
     def action_save(self) -> None:
