@@ -180,6 +180,84 @@ def test_save_as_a_training_record(tmp_path):
     assert session.append_record(tmp_path / "r.json", "main") == ("r.json: records are JSON lines, use a .jsonl file", 0)
     assert session.append_record(tmp_path / "no" / "r.jsonl", "main")[0] == f"{tmp_path / 'no'}: no such folder"
 
+class FakeClient:
+    """Stands in for a ChatClient: whether its worker process still runs."""
+
+    def __init__(self, alive: bool = True) -> None:
+        self.alive = alive
+
+
+def test_what_send_undo_and_single_turn_refuse_or_do():
+    session = ChatSession()
+    assert session.send_problem("  ") == "empty prompt: type a message first"
+    assert session.send_problem("hi") == "no model loaded: ctrl+o loads one (a run's result, tiny, or a folder)"
+    assert session.undo_problem("") == "nothing to undo"
+    loaded(session, session.main)
+    assert session.send_problem("hi") is None
+    turn = session.history.add("a?")
+    job, _ = session.ask(session.main, turn, widget=None)
+    assert session.send_problem("b?") == "a reply is still coming: esc stops it, then send"
+    assert session.undo_problem("") == "a reply is still coming: esc stops it first"
+    session.answered(session.main, job, {"text": "A.", "new_tokens": 1, "stop_reason": "eos"}, shown="")
+    assert session.undo_problem("draft").startswith("the prompt box holds a draft")
+    assert session.undo_problem("") is None
+    assert session.toggle_single_turn() == ("single-turn: each message is sent alone",
+                                            "single-turn: each message goes without the earlier ones")
+    assert session.history.single_turn
+    assert session.toggle_single_turn()[0] == "multi-turn: a new conversation" and not session.history.single_turn
+
+
+def test_what_a_failed_reply_leads_to():
+    session = ChatSession()
+    loaded(session, session.main)
+    session.main.client = FakeClient()
+    outcomes = []
+    for kind in ("error", "closed", "crashed", "input"):
+        turn = session.history.add(f"{kind}?")
+        job, _ = session.ask(session.main, turn, widget=None)
+        outcomes.append(session.reply_failed(session.main, job, kind))
+        assert session.main.job is None and session.main.last_job is job
+    assert outcomes == ["error", "closed", "died", "give_back"]  # one pane refused the last prompt: it goes back
+    session.main.client = FakeClient(alive=False)
+    job, _ = session.ask(session.main, session.history.add("x?"), widget=None)
+    assert session.reply_failed(session.main, job, "internal") == "died"  # the worker is gone
+    session.compare = True
+    loaded(session, session.base, "runs/r1")
+    turn = session.history.add("long")
+    jobs = {pane.side: session.ask(pane, turn, widget=None)[0] for pane in session.panes}
+    assert session.reply_failed(session.main, jobs["main"], "input") == "not_sent"  # the base still answers
+    assert session.reply_failed(session.base, jobs["base"], "input") == "give_back"
+
+
+def test_a_pane_that_fails_to_load_or_loses_its_worker():
+    session = ChatSession()
+    pane = session.main
+    pane.start(FakeClient(), "runs/r9", None)
+    assert pane.load_failed("no run 'r9' in runs/") == "cannot load runs/r9: no run 'r9' in runs/"
+    assert (pane.client, pane.state, pane.problem) == (None, "failed", "no run 'r9' in runs/")
+    client = FakeClient()
+    loaded(session, pane)
+    pane.client = client
+    gone, note = pane.worker_died("exit status -9")
+    assert gone is client and pane.client is None and (pane.state, pane.problem) == ("crashed", "exit status -9")
+    assert note.startswith("the chat worker stopped: exit status -9. The conversation is kept")
+
+
+def test_the_status_line_says_who_replies_or_the_settings():
+    from rich.text import Text
+
+    from finetui.tui.widgets.chatpane import status_line
+
+    session = ChatSession()
+    assert status_line(session, None, 0).plain == ("max 256 · greedy · top-p 1 · top-k off · rep 1 · system: (none)"
+                                                  "  ^t edit")
+    assert status_line(session, Text("refused"), 0).plain == "refused"
+    loaded(session, session.main)
+    session.ask(session.main, session.history.add("a?"), widget=None)
+    assert status_line(session, None, 1).plain.startswith("⠙ tiny replying 0.")
+    assert status_line(session, None, 1).plain.endswith("s · esc stops")
+
+
 
 @pytest.mark.parametrize("module", ["finetui.tui.chatstate", "finetui.tui.evalstate", "finetui.tui.chathistory", "finetui.tui.dashstate"])
 def test_no_textual_or_torch(module):

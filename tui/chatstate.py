@@ -20,6 +20,7 @@ from finetui.engine.chat_protocol import ChatClient, Generation
 from finetui.tui.chathistory import ChatHistory, Message, Side
 
 RECORD_DEFAULT = "chat_records.jsonl"
+BUSY = "a reply is still coming: esc stops it first"
 TINY = ("tiny", "tiny", "the built-in demo model (untrained)")
 
 # ---------------------------------------------------------------------------- generation settings
@@ -96,27 +97,15 @@ def params_summary(params: dict[str, Any]) -> tuple[str, str]:
 
 
 def run_dir_of(target: str) -> Path | None:
-    """The run folder a load target belongs to (a run id, ``last``, a run folder, or a
-    run's merged/ or adapter/ folder), else None. Light: engine.runs only."""
-    from finetui.engine import runs, targets
+    """The run a load target belongs to (``engine.targets.run_dir_of``; imported when asked)."""
+    from finetui.engine import targets
 
-    path = Path(target)
-    owner = targets.run_of_folder(path)
-    if owner is not None:
-        return owner
-    if (path / "config.yaml").exists():
-        return path.resolve()
-    if target == "tiny" or path.is_absolute() or path.exists():
-        return None  # a model folder
-    try:
-        return runs.resolve(target).resolve()
-    except (runs.RunError, OSError, NotImplementedError):
-        return None
+    return targets.run_dir_of(target)
 
 
 def worker_client(target: str, base: bool = False, trust_remote_code: bool = False) -> ChatClient:
     """A ChatClient for ``target``. An absolute model folder is handed to the worker as
-    ``./NAME`` from its parent folder: the worker first asks engine.runs.resolve whether the
+    ``./NAME`` from its parent folder: the worker first asks engine.targets whether the
     target names a run, and that globs ``<runs dir>/<target>*``, which pathlib refuses for
     an absolute pattern (NotImplementedError) whenever the runs folder exists.
     ``trust_remote_code``: the user's own config (Settings), never the run's or adapter's."""
@@ -304,6 +293,18 @@ class ModelPane:
             self.job.cancel()
         return client
 
+    def load_failed(self, message: str) -> str:
+        """The worker could not load the model; returns the note the pane shows."""
+        self.client, self.state, self.problem = None, "failed", message
+        return f"cannot load {self.title}: {message}"
+
+    def worker_died(self, message: str) -> tuple[ChatClient | None, str]:
+        """The worker stopped mid-reply: (its client, for the caller to end; the note)."""
+        client, self.client = self.client, None
+        self.state, self.problem = "crashed", message
+        return client, (f"the chat worker stopped: {message}. The conversation is kept: ctrl+o loads the model "
+                        f"again, then ctrl+r asks the last message again.")
+
 
 # ---------------------------------------------------------------------------- the conversation
 
@@ -360,7 +361,7 @@ class ChatSession:
     def side_by_side_problem(self) -> str | None:
         """Why the base model cannot join now, or None."""
         if self.busy:
-            return "a reply is still coming: esc stops it first"
+            return BUSY
         if self.main.state != "ready" or self.run_dir is None:
             return "side by side needs a run's model: ctrl+o loads one (base vs tuned of that run)"
         return None
@@ -402,10 +403,52 @@ class ChatSession:
             return False  # another side is still answering
         return all(p.failures.get(turn) == "input" or p.state != "ready" for p in panes)
 
+    def send_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot be sent now, or None."""
+        if not text.strip():
+            return "empty prompt: type a message first"
+        if self.busy:
+            return "a reply is still coming: esc stops it, then send"
+        return self.not_ready()
+
+    def undo_problem(self, draft: str) -> str | None:
+        """Why ctrl+z cannot take the last message back into the prompt box (holding
+        ``draft``), or None."""
+        if self.busy:
+            return BUSY
+        if not self.turns:
+            return "nothing to undo"
+        if draft.strip():
+            return "the prompt box holds a draft: ctrl+u clears it, then ctrl+z brings the last message back"
+        return None
+
+    def toggle_single_turn(self) -> tuple[str, str]:
+        """Single-turn mode on or off: (the rule each pane draws, the status line's note).
+        Either way what was said before is no longer sent."""
+        on = not self.history.single_turn
+        self.history.set_single_turn(on)
+        if on:
+            return "single-turn: each message is sent alone", "single-turn: each message goes without the earlier ones"
+        return "multi-turn: a new conversation", "multi-turn: replies build on the conversation from here on"
+
+    def reply_failed(self, pane: ModelPane, job: Job, kind: str) -> str:
+        """A reply failed (``kind`` from the worker's error): what the screen does about it.
+        ``give_back``: every pane refused the prompt as given, it goes back to the prompt box;
+        ``not_sent``: this pane refused it; ``closed``: unloaded meanwhile; ``died``: the
+        worker is gone; ``error``: the reply failed, the worker lives."""
+        self.failed(pane, job, kind)
+        if kind == "input":
+            return "give_back" if self.unanswerable(job.turn) else "not_sent"
+        if kind == "closed":
+            return "closed"
+        if kind == "crashed" or (pane.client is not None and not pane.client.alive):
+            return "died"
+        return "error"
+
     def retry_turn(self) -> tuple[int | None, str | None]:
         """The turn ctrl+r asks again, or why nothing can be."""
         if self.busy:
-            return None, "a reply is still coming: esc stops it first"
+            return None, BUSY
         if not self.turns:
             return None, "nothing to retry yet"
         problem = self.not_ready()

@@ -47,18 +47,17 @@ from textual.containers import Container
 from textual.widgets import Input, Static
 
 from finetui.engine.chat_protocol import ChatClient, ChatError
-from finetui.tui.chatstate import TINY, ChatSession, Job, load_choices, params_summary, run_dir_of, worker_client
+from finetui.tui.chatstate import BUSY, TINY, ChatSession, Job, load_choices, run_dir_of, worker_client
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
 from finetui.tui.widgets.chatlog import ChatLog
-from finetui.tui.widgets.chatpane import SPINNER, Pane, PaneView, header
+from finetui.tui.widgets.chatpane import Pane, PaneView, header, status_line
 from finetui.tui.widgets.pathinput import PathInput
 
 FLUSH_S = 0.05  # how often streamed text reaches the screen
 FLASH_S = 8.0  # how long a refusal stays in the status line
 STACK_BELOW = 70  # narrower than this, side by side stacks the panes
-BUSY = "a reply is still coming: esc stops it first"
 
 
 class ChatScreen(FinetuiScreen):
@@ -183,22 +182,8 @@ class ChatScreen(FinetuiScreen):
         self.show_status()
 
     def show_status(self) -> None:
-        line = Text(no_wrap=True, overflow="ellipsis")
-        if self._flash is not None and time.monotonic() - self._flash[1] < FLASH_S:
-            line.append_text(self._flash[0])
-        elif self.busy:
-            jobs = [p for p in self.panes if p.job is not None]
-            elapsed = max(time.monotonic() - p.job.started for p in jobs)
-            who = " + ".join(self.chat.label(p) for p in jobs)
-            line.append(f"{SPINNER[self._tick_n % len(SPINNER)]} {who} replying {elapsed:.1f}s", style="bold")
-            line.append(" · esc stops", style="dim")
-        else:
-            settings, system = params_summary(self.params)
-            line.append(settings)
-            line.append(" · system: ", style="dim")
-            line.append(system or "(none)", style="" if system else "dim")
-            line.append("  ^t edit", style="dim")
-        self.query_one("#chat-status", Static).update(safe(line))
+        flash = self._flash[0] if self._flash is not None and time.monotonic() - self._flash[1] < FLASH_S else None
+        self.query_one("#chat-status", Static).update(safe(status_line(self.chat, flash, self._tick_n)))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if self._flash is not None:
@@ -315,11 +300,10 @@ class ChatScreen(FinetuiScreen):
     def _load_failed(self, pane: Pane, client: ChatClient, exc: ChatError) -> None:
         if pane.client is not client or exc.kind == "closed":
             return
-        pane.client = None
-        pane.state, pane.problem = "failed", exc.message
+        note = pane.load_failed(exc.message)
         if pane.side == "main":
             self.chat.run_dir = None
-        pane.log.note(f"cannot load {pane.title}: {exc.message}", error=True)
+        pane.log.note(note, error=True)
         self.notify(exc.message, title=f"Load {pane.title}", severity="error", timeout=12)
         self.show_headers()
         self.show_status()
@@ -380,13 +364,7 @@ class ChatScreen(FinetuiScreen):
         self.send(event.value)
 
     def send(self, text: str) -> None:
-        if not text.strip():
-            self.flash("empty prompt: type a message first")
-            return
-        if self.busy:
-            self.flash("a reply is still coming: esc stops it, then send")
-            return
-        problem = self.chat.not_ready()
+        problem = self.chat.send_problem(text)
         if problem:
             self.flash(problem)
             return
@@ -443,19 +421,18 @@ class ChatScreen(FinetuiScreen):
         if pane.job is not job:
             return
         self._flush(job)
-        self.chat.failed(pane, job, exc.kind)
-        if exc.kind == "input":
-            # The prompt cannot be answered as given (too long for the context, ...).
+        then = self.chat.reply_failed(pane, job, exc.kind)
+        if then in ("not_sent", "give_back"):  # the prompt cannot be answered as given (too long, ...)
             job.widget.remove()
             pane.reply_widgets.pop(job.turn, None)
             pane.log.note(f"not sent: {exc.message}", error=True)
-            if self.chat.unanswerable(job.turn):
+            if then == "give_back":
                 self._give_back(job.turn, exc.message)
-        elif exc.kind == "closed":
+        elif then == "closed":
             job.widget.finish(problem="(unloaded)")
         else:
             job.widget.finish(problem=f"✖ {exc.message}")
-            if exc.kind == "crashed" or (pane.client is not None and not pane.client.alive):
+            if then == "died":
                 self._worker_died(pane, exc)
             else:
                 self.notify(exc.message, title=f"Reply from {self.chat.label(pane)}", severity="error", timeout=12)
@@ -478,12 +455,10 @@ class ChatScreen(FinetuiScreen):
         self.notify(message, title="Prompt not sent", severity="error", timeout=10)
 
     def _worker_died(self, pane: Pane, exc: ChatError) -> None:
-        client, pane.client = pane.client, None
+        client, note = pane.worker_died(exc.message)
         if client is not None:
             threading.Thread(target=client.close, kwargs={"timeout": 1}, daemon=True).start()
-        pane.state, pane.problem = "crashed", exc.message
-        pane.log.note(f"the chat worker stopped: {exc.message}. The conversation is kept: ctrl+o loads the model "
-                      f"again, then ctrl+r asks the last message again.", error=True)
+        pane.log.note(note, error=True)
         self.notify(exc.message, title="Chat worker stopped", severity="error", timeout=15)
 
     # ------------------------------------------------------------------ stop, retry, undo, clear
@@ -498,13 +473,10 @@ class ChatScreen(FinetuiScreen):
     def action_single_turn(self) -> None:
         """Single-turn mode on or off. Either way what was said before is no longer sent:
         lone prompts were never a conversation, nor is a conversation continued by them."""
-        on = not self.history.single_turn
-        self.history.set_single_turn(on)
-        rule = "single-turn: each message is sent alone" if on else "multi-turn: a new conversation"
+        rule, note = self.chat.toggle_single_turn()
         for pane in self.panes:
             pane.log.rule(rule)
-        self.flash("single-turn: each message goes without the earlier ones" if on
-                   else "multi-turn: replies build on the conversation from here on", error=False)
+        self.flash(note, error=False)
         self.show_headers()
 
     def action_stop(self) -> None:
@@ -543,14 +515,9 @@ class ChatScreen(FinetuiScreen):
             self._ask(pane, turn)
 
     def action_undo(self) -> None:
-        if self.busy:
-            self.flash(BUSY)
-            return
-        if not self.turns:
-            self.flash("nothing to undo")
-            return
-        if self.prompt.value.strip():
-            self.flash("the prompt box holds a draft: ctrl+u clears it, then ctrl+z brings the last message back")
+        problem = self.chat.undo_problem(self.prompt.value)
+        if problem:
+            self.flash(problem)
             return
         turn = len(self.turns) - 1
         text = self.history.pop()

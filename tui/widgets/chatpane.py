@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from finetui.tui.chatstate import ModelPane
+from finetui.tui.chatstate import ChatSession, ModelPane, params_summary
 from finetui.tui.chathistory import Side
 from finetui.tui.widgets.chatlog import ChatLog, ChatMessage
 
@@ -89,3 +91,24 @@ def header(pane: ModelPane, who: str, colors: dict[str, str], tick: int) -> Text
     else:
         text.append("no model · ctrl+o loads one", style="dim")
     return text
+
+
+def status_line(chat: ChatSession, flash: Text | None, tick: int) -> Text:
+    """The status line under the prompt: a refusal or hint (``flash``), else the replies
+    coming (who, how long), else the generation settings and the system prompt."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    if flash is not None:
+        line.append_text(flash)
+    elif chat.busy:
+        jobs = [p for p in chat.panes if p.job is not None]
+        elapsed = max(time.monotonic() - p.job.started for p in jobs)
+        who = " + ".join(chat.label(p) for p in jobs)
+        line.append(f"{SPINNER[tick % len(SPINNER)]} {who} replying {elapsed:.1f}s", style="bold")
+        line.append(" · esc stops", style="dim")
+    else:
+        settings, system = params_summary(chat.params)
+        line.append(settings)
+        line.append(" · system: ", style="dim")
+        line.append(system or "(none)", style="" if system else "dim")
+        line.append("  ^t edit", style="dim")
+    return line
