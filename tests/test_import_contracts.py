@@ -65,6 +65,8 @@ OFFENCES = [
     ("tui-plain-state", "tui/chatstate.py", "from textual.widgets import Static"),
     ("tui-plain-state", "tui/evalstate.py", "def _show():\n    from finetui.tui.widgets.chatlog import ChatLog"),
     ("tui-plain-state", "tui/dashstate.py", "from textual.app import App"),
+    ("tui-plain-state", "tui/createstate.py", "def _show():\n    from textual.widgets import Input"),
+    ("tui-plain-state", "tui/jobs.py", "from textual.app import App"),
     ("data-no-training", "engine/data/render.py", "from finetui.engine.perf import fused_loss"),
     ("data-no-training", "engine/data/dataset.py", "def _trainer():\n    from finetui.engine.lean_trainer import LeanTrainer"),
 ]
