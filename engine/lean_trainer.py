@@ -89,6 +89,18 @@ class RunTrainer(transformers.Trainer):
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
         return None
 
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The adapter or model a run hands over is whole under a sharded FSDP state dict too
+        (the Trainer saves nothing there: each checkpoint's DCP folders hold the shards)."""
+        sharded = self.is_fsdp_enabled and "SHARDED" in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+        if not sharded or _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self._save(output_dir or self.args.output_dir, state_dict=state)  # every rank: _save gathers on the CPU
+        return None
+
     def _save_checkpoint(self, model, trial):
         with self._quiet("saving"):
             return super()._save_checkpoint(model, trial)

@@ -303,7 +303,7 @@ def checkpoint_problem(path: str | Path, marker_required: bool = True) -> str | 
     except (OSError, ValueError, UnicodeDecodeError):
         return f"{TRAINER_STATE} is garbled"
     weights = sorted(path.glob("*.safetensors"))
-    if not weights and not any(path.glob("*.bin")):
+    if not weights and not any(path.glob("*.bin")) and not (path / "pytorch_model_fsdp_0" / ".metadata").is_file():
         return "no weight files"  # (FSDP's sharded state dict: a torch.distributed.checkpoint folder)
     for file in weights:
         problem = _safetensors_problem(file)

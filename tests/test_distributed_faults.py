@@ -58,14 +58,17 @@ def assert_continues(resumed, whole, saved_by: int, now: int) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, finetui_cache):
-    run_dir = new_run(tmp_path, "fsdp2", method={"type": "full"}, train={**TRAIN, "batch_size": 4},
-                      distributed={"strategy": "fsdp"})
+@pytest.mark.parametrize("method,state_dict", [("full", "full"), ("lora", "sharded")])
+def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, finetui_cache, method, state_dict):
+    run_dir = new_run(tmp_path, "fsdp2", method={"type": method}, train={**TRAIN, "batch_size": 4},
+                      distributed={"strategy": "fsdp", "fsdp_state_dict": state_dict})
     rc, events = finish(runs.launch(run_dir, nproc=2), timeout=400)
     assert rc == 0, stdout_log(run_dir)
+    assert (run_dir / "adapter" / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")).exists()
     whole = steps(events)
     checkpoint = run_dir / "checkpoints" / "checkpoint-2"
-    assert checkpoint_kind.kind(checkpoint) == checkpoint_kind.FSDP_FULL
+    assert checkpoint_kind.kind(checkpoint) == (checkpoint_kind.FSDP_FULL if state_dict == "full"
+                                                else checkpoint_kind.FSDP_SHARDED)
     assert checkpoint_kind.saved_world_size(checkpoint) == 2
     assert_continues(resume_with(run_dir, 1, 8, 2), whole, saved_by=2, now=1)
 
