@@ -45,6 +45,7 @@ from finetui.engine import events as ev
 HARDWARE_EVERY_S = 5.0  # each node's local rank 0 samples its GPUs and host this often
 RANK_FILE = re.compile(r"^events\.rank(\d+)\.jsonl$")
 MAX_READ = 4 << 20  # bytes per rank file per read: a long history arrives in slices
+SLOWEST_MARGIN = 0.05  # a rank is the slowest when its step time is this much above the fastest's
 
 
 # --------------------------------------------------------------------------- writing
@@ -314,11 +315,19 @@ class RankBoard:
 
     def slowest(self) -> RankInfo | None:
         """The rank the others wait for: the highest step time (:attr:`RankInfo.step_time`)
-        among ranks that reported one, when at least two did."""
+        among ranks that reported one, when at least two did and it is more than
+        :data:`SLOWEST_MARGIN` above the fastest (else the ranks keep pace: None)."""
         timed = [i for i in self.ranks.values() if i.step_time is not None]
         if len(timed) < 2:
             return None
-        return max(timed, key=lambda i: (i.step_time, -i.rank))
+        slow = max(timed, key=lambda i: (i.step_time, -i.rank))
+        fast = min(i.step_time for i in timed)
+        return slow if slow.step_time > fast * (1 + SLOWEST_MARGIN) else None
+
+    def step_times(self) -> tuple[float, float] | None:
+        """(fastest, slowest) step time over the ranks that reported one."""
+        times = [i.step_time for i in self.ranks.values() if i.step_time is not None]
+        return (min(times), max(times)) if times else None
 
     def global_tokens_per_s(self) -> float | None:
         """The run's throughput: the sum of every rank's own tokens/s at its latest logged

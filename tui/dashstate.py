@@ -138,14 +138,22 @@ def rank_summary(board: RankBoard, key: str = "w") -> Text | None:
     total = board.global_tokens_per_s()
     line.append("  Σ tok/s ", style="dim")
     line.append(fmt_rate(total) if total is not None else "…", style="bold")
-    slow = board.slowest()
-    if slow is not None:
-        fastest = min(i.step_time for i in board.ranks.values() if i.step_time is not None)
+    slow, times = board.slowest(), board.step_times()
+    if slow is not None and times is not None:
         line.append("  slowest ", style="dim")
         line.append(f"rank {slow.rank}", style="bold yellow")
-        line.append(f": {slow.step_time:.3g} s vs {fastest:.3g}", style="dim")
+        line.append(f": {secs(slow.step_time)} vs {secs(times[0])}", style="dim")
+    elif times is not None and len([i for i in board.ranks.values() if i.step_time is not None]) > 1:
+        line.append(f"  even pace: {secs(times[1])}", style="dim")
     line.append(f"  ({key})", style="dim")
     return line
+
+
+def secs(value: float | None) -> str:
+    """A step time: ``17.5ms``, ``1.32s``; ``-`` when missing."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    return f"{value * 1000:.3g}ms" if value < 1 else f"{value:.3g}s"
 
 
 def silent_text(board: RankBoard, silent: list[tuple[int, float]]) -> str:
@@ -170,7 +178,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs} s"
 
 
-RANK_HEAD = "rnk nod host       device   step s/stp own s  tok/s heard"
+RANK_HEAD = "rnk nod host       device   step s/step  own s  tok/s heard"
 
 
 def rank_lines(board: RankBoard, silent: list[tuple[int, float]], now: float | None = None,
@@ -193,8 +201,7 @@ def rank_lines(board: RankBoard, silent: list[tuple[int, float]], now: float | N
         line.append(f"{node!s:>3} {((info.host if info else None) or '?')[:10]:<10} ")
         line.append(f"{str((info.device if info else None) or '-')[:7]:<7} {step.get('step', '-')!s:>5} ")
         for key in ("step_s", "own_s"):
-            v = step.get(key)
-            line.append(f"{v:>5.3g} " if isinstance(v, (int, float)) else f"{'-':>5} ")
+            line.append(f"{secs(step.get(key)):>6} ")
         line.append(f"{fmt_rate(step.get('tokens_per_s')) if step else '-':>6} ")
         if r in quiet:
             line.append(f"silent {_duration(quiet[r])}", style=f"bold {bad}")

@@ -135,7 +135,7 @@ class GpuPanel(Widget):
         ranks = ",".join(str(i.rank) for i in row.ranks)
         line.append(f"  rank {ranks}" if ranks else "", style="dim" if not slow else "")
         if slow:
-            line.append(" ◀ slowest", style="bold yellow")
+            line.append(" ◀ slowest" + (f" {self.slowest}" if len(row.ranks) > 1 else ""), style="bold yellow")
         return line
 
     def _host_line(self, width: int) -> Text:
