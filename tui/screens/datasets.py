@@ -29,7 +29,6 @@ from typing import Any
 from rich.text import Text
 from textual import work
 from textual.binding import Binding
-from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, Input, Static
 
 from finetui.engine.data import formats
@@ -41,18 +40,12 @@ from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.screens.create import CreateScreen, QuestionInput, WriterDialog
 from finetui.tui.widgets import datasetviews
 from finetui.tui.widgets.columnmap import ColumnMapDialog
+from finetui.tui.widgets.datasetpanes import LengthsView, RecordView, SearchInput
 from finetui.tui.widgets.dialogs import PathDialog
 from finetui.tui.widgets.pathinput import PathInput
 from finetui.tui.widgets.rowtable import RowTable
 
 HINT = "⏎ view record · / search · i lengths · m columns · u use in Settings · o open"
-
-
-class SearchInput(Input):
-    BINDINGS = [Binding("escape", "close", "Close search", id="datasets.search_close")]
-
-    def action_close(self) -> None:
-        self.screen.close_search()
 
 
 class DatasetsScreen(FinetuiScreen):
@@ -108,20 +101,22 @@ class DatasetsScreen(FinetuiScreen):
         yield Static("", id="ds-columns")
         with ContentSwitcher(initial="ds-table", id="ds-switcher"):
             yield RowTable(id="ds-table")
-            with VerticalScroll(id="ds-record"):
-                # What trains comes first; the raw record under it.
-                yield Static("", id="ds-record-head", classes="ds-heading")
-                yield Static("", id="ds-rendered")
-                yield Static("raw record", id="ds-raw-head", classes="ds-heading")
-                yield Static("", id="ds-raw")
-            with VerticalScroll(id="ds-stats"):
-                yield Static("", id="ds-stats-text")
+            yield RecordView(id="ds-record")
+            yield LengthsView(id="ds-stats")
         yield SearchInput(placeholder="search the records (enter: filter, esc: close)", id="ds-search", compact=True)
         yield Static(HINT, id="ds-status")
 
     @property
     def table(self) -> RowTable:
         return self.query_one(RowTable)
+
+    @property
+    def record(self) -> RecordView:
+        return self.query_one(RecordView)
+
+    @property
+    def lengths(self) -> LengthsView:
+        return self.query_one(LengthsView)
 
     @property
     def view(self) -> str:
@@ -332,7 +327,7 @@ class DatasetsScreen(FinetuiScreen):
         if state == "failed":
             self.status(f"render worker: {message}", error=True)
             if self.view == "ds-record":
-                self.query_one("#ds-rendered", Static).update(safe(Text(message, style="bold red")))
+                self.record.rendered(Text(message, style="bold red"))
 
     # ------------------------------------------------------------------ record view
 
@@ -343,11 +338,11 @@ class DatasetsScreen(FinetuiScreen):
         self.record_index = index
         self.switch_to("ds-record")
         self.status(f"record {index + 1} · ←/→ (h/l) previous/next · ↑/↓ scroll · esc back to the table")
-        self.query_one("#ds-record").focus()
-        self.query_one("#ds-record").scroll_home(animate=False)
+        self.record.focus()
+        self.record.scroll_home(animate=False)
         row = self.table.row(index)
         if row is None:
-            self.query_one("#ds-raw", Static).update("reading…")
+            self.record.reading()
             self.read_row(index)
             return
         self.fill_record(row)
@@ -361,15 +356,11 @@ class DatasetsScreen(FinetuiScreen):
     def fill_record(self, row: datasource.Row) -> None:
         if row.index != self.record_index:
             return
-        self.query_one("#ds-record-head", Static).update(safe(datasetviews.record_head(row)))
-        self.query_one("#ds-raw", Static).update(safe(datasetviews.raw_view(row)))
-        rendered = self.query_one("#ds-rendered", Static)
-        if row.error:
-            rendered.update(Text("not rendered: the record cannot be read", style="red"))
+        if not self.record.show_row(row):
             return
         client = self.render_client()
         waiting = "rendering…" if client.state == "ready" else f"{client.message or 'starting the render worker…'}"
-        rendered.update(Text(waiting, style="dim"))
+        self.record.rendered(Text(waiting, style="dim"))
         if self._render_request is not None and self.client is not None:
             self.client.cancel(self._render_request)
             self._render_request = None
@@ -394,14 +385,13 @@ class DatasetsScreen(FinetuiScreen):
     def show_rendered(self, index: int, answer: dict[str, Any]) -> None:
         if index != self.record_index:
             return
-        widget = self.query_one("#ds-rendered", Static)
         row = self.table.row(index)
         place = row.place if row else f"record {index + 1}"
         if answer.get("type") == "error":
-            widget.update(safe(Text(f"{place}: {answer.get('message')}", style="bold red")))
+            self.record.rendered(Text(f"{place}: {answer.get('message')}", style="bold red"))
             return
         info = self.client.info if self.client else {}
-        widget.update(safe(datasetviews.rendered_view(answer, info, place, self._color)))
+        self.record.rendered(datasetviews.rendered_view(answer, info, place, self._color))
 
     def _color(self, name: str) -> str:
         return self.app.theme_variables.get(name, "green")
@@ -448,7 +438,7 @@ class DatasetsScreen(FinetuiScreen):
             self.action_back()
             return
         self.switch_to("ds-stats")
-        self.query_one("#ds-stats").focus()
+        self.lengths.focus()
         if not self.spec:
             return
         client = self.render_client()
@@ -458,21 +448,20 @@ class DatasetsScreen(FinetuiScreen):
             return
         if self._stats_request is not None:
             client.cancel(self._stats_request)
-        text = self.query_one("#ds-stats-text", Static)
-        text.update(Text(f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…",
-                         style="dim"))
+        self.lengths.say(Text(f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…",
+                              style="dim"))
 
         def answered(message: dict[str, Any]) -> None:
             kind = message.get("type")
             if kind == "progress":
-                text.update(Text(f"rendered {message['done']:,} records…", style="dim"))
+                self.lengths.say(Text(f"rendered {message['done']:,} records…", style="dim"))
                 return
             self._stats_request = None
             if kind == "lengths":
                 self.browser.stats[key] = message
                 self.show_stats(message)
             else:
-                text.update(safe(Text(str(message.get("message")), style="bold red")))
+                self.lengths.say(Text(str(message.get("message")), style="bold red"))
 
         data = self.data
         self._stats_request = client.request(
@@ -480,7 +469,7 @@ class DatasetsScreen(FinetuiScreen):
             split=data.split, subset=data.subset, limit=5000)
 
     def show_stats(self, result: dict[str, Any]) -> None:
-        self.query_one("#ds-stats-text", Static).update(safe(datasetviews.lengths_view(result, self._color)))
+        self.lengths.say(datasetviews.lengths_view(result, self._color))
 
     # ------------------------------------------------------------------ search
 
