@@ -33,23 +33,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rich.text import Text
 from textual import work
 from textual.binding import Binding
 
-from finetui.engine import runs
 from finetui.tui.dashstate import (
     Fix, HwPoller, HwSnapshot, checkpoints_text, data_text, head_text, likely_fix, log_view, problem_text,
     progress_note, rank_summary, tokens_per_s,
 )
 from finetui.tui.runfeed import RunFeed, RunState, feeds
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
-from finetui.tui.widgets.dialogs import ConfirmDialog
 from finetui.tui.widgets.gpupanel import GpuPanel
 from finetui.tui.widgets.logview import LogView
 from finetui.tui.widgets.lossplot import LossPlot, Series, theme_colors
 from finetui.tui.widgets.runcontrol import (  # noqa: F401 - the Runs screen imports them from here
-    app_key, apply_to_settings, resume_run, show_config,
+    app_key, apply_to_settings, confirm_kill, resume_run, show_config, signal_trainer,
 )
 from finetui.tui.widgets.runprogress import MetricsLine, RunProgress
 from finetui.tui.widgets.textline import TextLine
@@ -392,39 +389,12 @@ class DashboardScreen(FinetuiScreen):
         if self._status not in ("running", "starting"):
             self.notify("the run is not running", title="Kill", severity="warning")
             return
-        hw = self._hw
-        last = hw.last_checkpoint if hw else None
-        body = Text()
-        body.append(f"SIGKILL to the trainer of {self.run_id} and its children.\n\n", style="bold")
-        body.append("No checkpoint is saved and no finished event is written; ")
-        body.append(f"resume later from {last.name}." if last else "there is no checkpoint yet.")
-        body.append("\nStop (graceful: checkpoint, then exit) is ")
-        body.append(app_key(self.app, "dashboard.stop", "S"), style="bold")
-        body.append(".")
-        self.app.push_screen(ConfirmDialog(f"Kill run {self.run_id}?", body, verb="kill"),
-                             lambda ok: self._signal(kill=True) if ok else None)
+        last = self._hw.last_checkpoint if self._hw else None
+        confirm_kill(self, self.run_id, last, lambda: self._signal(kill=True))
 
     @work(thread=True, group="dashboard-control")
     def _signal(self, kill: bool) -> None:
-        feed = self.feed
-        if kill and feed is not None:  # before the signal: the feed may see the exit at once
-            with feed.lock:
-                feed.state.killed_here = True
-        try:
-            sent = runs.stop(self.run_dir, kill=kill)
-        except Exception as exc:
-            sent, problem = False, str(exc)
-        else:
-            problem = None if sent else "the trainer process is not running"
-        if kill and not sent and feed is not None:
-            with feed.lock:
-                feed.state.killed_here = False
-        if sent:
-            message = "killed" if kill else "stopping: a checkpoint is being saved, then the trainer exits"
-            self.app.call_from_thread(self.notify, message, title="Kill" if kill else "Stop")
-        else:
-            self.app.call_from_thread(self.notify, problem or "not sent", title="Kill" if kill else "Stop",
-                                      severity="error")
+        signal_trainer(self, self.run_dir, self.feed, kill)
 
     def action_resume(self) -> None:
         if self._status in ("running", "starting"):

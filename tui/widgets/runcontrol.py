@@ -92,3 +92,40 @@ def _resume_in_thread(app, run_dir: Path) -> None:
         app.call_from_thread(app.notify, f"could not resume: {exc}", title="Resume", severity="error", timeout=10)
         return
     app.call_from_thread(app.run_launched, run_dir, proc)
+
+
+def confirm_kill(screen, run_id: str, last_checkpoint: Path | None, kill) -> None:
+    """Ask before SIGKILL (no checkpoint, no finished event); ``kill()`` when confirmed."""
+    body = Text()
+    body.append(f"SIGKILL to the trainer of {run_id} and its children.\n\n", style="bold")
+    body.append("No checkpoint is saved and no finished event is written; ")
+    body.append(f"resume later from {last_checkpoint.name}." if last_checkpoint else "there is no checkpoint yet.")
+    body.append("\nStop (graceful: checkpoint, then exit) is ")
+    body.append(app_key(screen.app, "dashboard.stop", "S"), style="bold")
+    body.append(".")
+    screen.app.push_screen(ConfirmDialog(f"Kill run {run_id}?", body, verb="kill"),
+                           lambda ok: kill() if ok else None)
+
+
+def signal_trainer(screen, run_dir: Path, feed, kill: bool) -> None:
+    """Stop (SIGTERM: checkpoint, then exit) or kill the run's trainer, from a thread worker;
+    the screen tells how it went. A kill from here is marked on the feed's state first (the
+    feed may see the exit at once): the dashboard then does not take it for the OOM killer."""
+    app = screen.app
+    if kill and feed is not None:
+        with feed.lock:
+            feed.state.killed_here = True
+    try:
+        sent = runs.stop(run_dir, kill=kill)
+    except Exception as exc:
+        sent, problem = False, str(exc)
+    else:
+        problem = None if sent else "the trainer process is not running"
+    if kill and not sent and feed is not None:
+        with feed.lock:
+            feed.state.killed_here = False
+    if sent:
+        message = "killed" if kill else "stopping: a checkpoint is being saved, then the trainer exits"
+        app.call_from_thread(screen.notify, message, title="Kill" if kill else "Stop")
+    else:
+        app.call_from_thread(screen.notify, problem or "not sent", title="Kill" if kill else "Stop", severity="error")
