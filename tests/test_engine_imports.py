@@ -23,6 +23,7 @@ LIGHT_MODULES = (
     "finetui.engine.events",
     "finetui.engine.atomic",
     "finetui.engine.runs",
+    "finetui.engine.checkpoint_kind",
     "finetui.engine.data.conversation",
     "finetui.engine.data.readers",
     "finetui.engine.data.formats",
