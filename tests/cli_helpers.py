@@ -25,8 +25,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def finetui(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``finetui ARGV...`` run to its end in ``cwd``, its output captured as text."""
+def finetui(*argv: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``finetui ARGV...`` run to its end in ``cwd`` (the repository unless told), ``env`` added to
+    :func:`cli_env`, its output captured as text."""
     return subprocess.run([*CLI, *argv], cwd=cwd, env=cli_env(**(env or {})), capture_output=True, text=True,
                           timeout=timeout)
 

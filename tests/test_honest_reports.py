@@ -9,32 +9,23 @@ same line under the numbers, within 80 columns.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import finetui, inspect_runner
 from test_dashboard import open_dashboard
 from test_dashboard_helpers import SIZE, config, dash_env, screen_text, started_event, step_event, writer  # noqa: F401
-from test_train_cli import finetui, the_run, write_config
+from test_train_cli import the_run
+from train_helpers import write_config
 
 from finetui.engine import runs
 
-REPO = Path(__file__).resolve().parents[1]
 QA = {"question": "What is finetui?", "answer": "A terminal app for fine-tuning."}
 
 
 @pytest.fixture
 def inspect_cli(tiny_model_dir):
-    env = dict(os.environ, FINETUI_CACHE=str(Path(tiny_model_dir).parent), HF_HUB_OFFLINE="1")
-    env.pop("FINETUI_DEBUG", None)
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-    return call
+    return inspect_runner(tiny_model_dir)
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from cli_helpers import inspect_runner
 
 
 @pytest.fixture
-def run(tiny_model_dir, tmp_path):
-    env = dict(os.environ)
-    # the session's tiny model lives in this cache; nothing else is written by inspect
-    env["FINETUI_CACHE"] = str(Path(tiny_model_dir).parent)
-    env.pop("FINETUI_DEBUG", None)
-    env["HF_HUB_OFFLINE"] = "1"
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "finetui.engine.cli", "data", "inspect", *args],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )
-
-    return call
+def run(tiny_model_dir):
+    return inspect_runner(tiny_model_dir)
 
 
 def as_json(proc: subprocess.CompletedProcess) -> dict:

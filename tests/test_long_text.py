@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import inspect_runner
 
 from finetui.engine.data import render
 from finetui.engine.data.inspection import inspect, print_report
@@ -167,12 +166,10 @@ def test_long_text_settings_are_validated():
 
 
 def test_inspect_command_line_takes_long_text_and_overlap(tiny_model_dir):
-    env = dict(os.environ, FINETUI_CACHE=str(Path(tiny_model_dir).parent), HF_HUB_OFFLINE="1")
-    env.pop("FINETUI_DEBUG", None)
+    inspect_cli = inspect_runner(tiny_model_dir)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(WIKI), *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return inspect_cli(str(WIKI), *args)
 
     lapped = json.loads(run("--text-overlap", "64", "--json").stdout)
     assert lapped["text_overlap"] == 64 and lapped["counts"]["chunked"] == 4

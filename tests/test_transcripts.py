@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import inspect_runner
 
 from finetui.engine.data import render
 from finetui.engine.data.formats import DataError, detect
@@ -271,13 +269,7 @@ def test_data_roles_reach_training(tokenizer, tmp_path, monkeypatch):
 
 
 def test_inspect_command_line_takes_roles(tiny_model_dir):
-    env = dict(os.environ, FINETUI_CACHE=str(Path(tiny_model_dir).parent), HF_HUB_OFFLINE="1")
-    env.pop("FINETUI_DEBUG", None)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "finetui.engine.cli", "data", "inspect", *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
+    run = inspect_runner(tiny_model_dir)
     shown = run(str(PODCAST), "--roles", "Host=user,Guest=assistant", "--roles", "Producer=user", "--json")
     assert shown.returncode == 0, shown.stderr
     result = json.loads(shown.stdout)
