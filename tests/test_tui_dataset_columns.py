@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tui_helpers import SIZE, open_path, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
+from tui_helpers import SIZE, open_path, record_launches, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
 
 from finetui.tui.app import FinetuiApp
 from finetui.tui.screens.datasets import DatasetsScreen
@@ -158,20 +158,10 @@ async def test_start_asks_before_a_run_that_would_drop_records(tui_env, monkeypa
     """Start with a preset's format: qa on alpaca_en_demo: the dialog says 587 of 999 records
     would be dropped and why; esc starts nothing. After u in Datasets the same Start has
     nothing to say; and a confirmed "start anyway" starts the run as configured."""
-    import subprocess
-    import sys
-
-    from finetui.engine import runs
     from finetui.tui.screens.settings import SettingsScreen
     from finetui.tui.widgets.dialogs import ConfirmDialog
 
-    launched = []
-
-    def fake_launch(run_dir, **kwargs):
-        launched.append(run_dir)
-        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE)
-
-    monkeypatch.setattr(runs, "launch", fake_launch)
+    launched = record_launches(monkeypatch)
     shutil.copy(ALPACA, tui_env / "work" / ALPACA.name)
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
@@ -225,10 +215,7 @@ async def test_start_asks_before_a_run_that_would_drop_records(tui_env, monkeypa
         await pilot.pause()
         assert line(app, ".dialog-title").strip() == "Records would be dropped: start anyway?"
         await pilot.press("enter")
-        for _ in range(200):
-            await pilot.pause(0.05)
-            if app.run_processes:
-                break
+        await wait_until(pilot, lambda: app.run_processes, 10, "the run to start", step=0.05)
         assert len(launched) == 1
         assert cfg_of(launched[0]).data.format == "qa"
         app.run_processes[launched[0].name].wait()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
-from tui_helpers import SIZE, notifications, settle, text_of, tui_env, type_text  # noqa: F401
+from tui_helpers import SIZE, notifications, record_launches, settle, text_of, tui_env, type_text, wait_until  # noqa: F401
 
 from finetui.engine import config as cfg
 from finetui.engine import footprint
@@ -258,15 +256,7 @@ async def test_preset_picker_loads_a_preset(tui_env):
 
 
 async def test_start_launches_a_run_and_keeps_its_process(tui_env, monkeypatch):
-    from finetui.engine import runs
-
-    launched = []
-
-    def fake_launch(run_dir, **kwargs):
-        launched.append(run_dir)
-        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE)
-
-    monkeypatch.setattr(runs, "launch", fake_launch)
+    launched = record_launches(monkeypatch)
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:
         await open_settings(pilot, app)
@@ -277,10 +267,7 @@ async def test_start_launches_a_run_and_keeps_its_process(tui_env, monkeypatch):
         assert "finetui train" in body and "parameters" in body and "memory" in body
         await pilot.press("enter")
         # Not settle(): the Runs screen may keep a worker following the run.
-        for _ in range(200):
-            await pilot.pause(0.05)
-            if app.run_processes:
-                break
+        await wait_until(pilot, lambda: app.run_processes, 10, "the run to start", step=0.05)
         assert len(launched) == 1
         run_id = launched[0].name
         assert run_id in app.run_processes

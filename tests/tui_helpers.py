@@ -101,6 +101,21 @@ def train_tiny_run(tmp_path_factory, cache_dir: Path) -> Path:
     return run_dir
 
 
+def record_launches(monkeypatch) -> list[Path]:
+    """engine.runs.launch replaced, for one test, by one that records the run folder and starts a
+    process that exits at once (no training); returns the list of run folders it was given."""
+    from finetui.engine import runs
+
+    launched: list[Path] = []
+
+    def fake_launch(run_dir, **kwargs):
+        launched.append(run_dir)
+        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(runs, "launch", fake_launch)
+    return launched
+
+
 def copy_run(run_dir: Path, runs_root: Path, name: str | None = None) -> Path:
     """A private copy of a trained run (no checkpoints) in a test's runs folder."""
     target = runs_root / (name or run_dir.name)
