@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,14 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import finetui
 
 from finetui.engine import export as ex
 from finetui.engine import modeling
 from train_helpers import stdout_log, train
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- a Hub on 127.0.0.1
@@ -145,11 +142,6 @@ def exported(lora_run, tmp_path_factory) -> ex.Exported:
     return ex.export(lora_run, tmp_path_factory.mktemp("exported") / "model", shard_size="500KB")
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
@@ -241,9 +233,9 @@ def test_card_names_hub_base_datasets_and_the_base_license(lora_run, tmp_path):
 def test_dry_run_lists_every_file_with_its_size_and_no_network(lora_run, tmp_path, finetui_cache):
     out = tmp_path / "dry"
     # A Hub nobody listens on: the dry run must not try it.
-    done = cli("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out),
-               "--push-to-hub", "me/tiny-faq", "--private", "--dry-run",
-               env={"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_TOKEN": ""})
+    done = finetui("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out),
+                   "--push-to-hub", "me/tiny-faq", "--private", "--dry-run",
+                   env={"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_TOKEN": ""})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("would create private model repo me/tiny-faq") and lines[-1] == str(out)
@@ -257,9 +249,9 @@ def test_dry_run_lists_every_file_with_its_size_and_no_network(lora_run, tmp_pat
 
 def test_push_to_a_hub_uploads_the_folder(lora_run, exported, tmp_path, fake_hub, finetui_cache):
     out = tmp_path / "pushed"
-    done = cli("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out),
-               "--push-to-hub", "me/tiny-faq", "--private", "--json",
-               env={"HF_ENDPOINT": fake_hub.url, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"})
+    done = finetui("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out),
+                   "--push-to-hub", "me/tiny-faq", "--private", "--json",
+                   env={"HF_ENDPOINT": fake_hub.url, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["pushed"] == f"{fake_hub.url}/me/tiny-faq"
@@ -271,8 +263,8 @@ def test_push_to_a_hub_uploads_the_folder(lora_run, exported, tmp_path, fake_hub
     assert 'from_pretrained("me/tiny-faq")' in local["README.md"].decode()
 
     # A wrong token: the Hub's refusal, in one line.
-    again = cli("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out),
-                "--push-to-hub", "me/tiny-faq", env={"HF_ENDPOINT": fake_hub.url, "HF_TOKEN": "hf_wrong"})
+    again = finetui("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(out),
+                    "--push-to-hub", "me/tiny-faq", env={"HF_ENDPOINT": fake_hub.url, "HF_TOKEN": "hf_wrong"})
     assert again.returncode == 1
     errors = [line for line in again.stderr.splitlines() if line.startswith("finetui:")]
     assert len(errors) == 1 and "the Hub refused the push to me/tiny-faq" in errors[0] and "401" in errors[0]
@@ -288,8 +280,8 @@ def test_push_offline_unreachable_or_without_token_fails_in_one_line(lora_run, e
             ex.push(folder, "me/x")
         finally:
             os.environ.pop("HF_HOME", None)
-    done = cli("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(tmp_path / "o"),
-               "--push-to-hub", "me/x", env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_x"})
+    done = finetui("--runs-dir", str(lora_run.parent), "export", lora_run.name, "--out", str(tmp_path / "o"),
+                   "--push-to-hub", "me/x", env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_x"})
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("finetui: offline (HF_HUB_OFFLINE is set): cannot push to me/x")
     os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
@@ -337,7 +329,7 @@ def test_gguf_says_how_when_neither_llama_cpp_nor_the_built_in_writer_can(lora_r
     (run / "adapter" / "config.json").write_text(json.dumps({"model_type": "qwen3",
                                                              "architectures": ["Qwen3ForCausalLM"]}))
     out = tmp_path / "g"
-    done = cli("--runs-dir", str(run.parent), "export", run.name, "--out", str(out), "--gguf")
+    done = finetui("--runs-dir", str(run.parent), "export", run.name, "--out", str(out), "--gguf")
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "not 'qwen3'" in done.stderr and "git clone https://github.com/ggml-org/llama.cpp" in done.stderr
     assert "--llama-cpp" in done.stderr

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import finetui
 from tui_helpers import tui_env  # noqa: F401 - a fixture
 
 from finetui.engine import config as cfg
@@ -81,23 +82,18 @@ def evil(tmp_path, tiny_model_dir, monkeypatch) -> dict[str, Path]:
     return {"marker": marker, "base": base, "adapter": adapter, "run": run}
 
 
-def _finetui(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetui.engine.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
 def test_an_adapters_metadata_cannot_run_the_models_code(evil, finetui_cache, tmp_path):
     """`finetui chat ADAPTER` refuses: the adapter's finetui.json asked, the user did not;
     evil.py never runs. With --trust-remote-code it does (the user asked), which shows the
     folder really holds code that would have run."""
-    proc = _finetui("chat", str(evil["adapter"]), "--prompt", "hi", "--max-new-tokens", "2", cwd=tmp_path)
+    proc = finetui("chat", str(evil["adapter"]), "--prompt", "hi", "--max-new-tokens", "2", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert str(evil["adapter"] / "finetui.json") in line and "--trust-remote-code" in line, line
     assert not evil["marker"].exists()
 
-    trusted = _finetui("chat", str(evil["adapter"]), "--prompt", "hi", "--max-new-tokens", "2",
-                       "--trust-remote-code", cwd=tmp_path)
+    trusted = finetui("chat", str(evil["adapter"]), "--prompt", "hi", "--max-new-tokens", "2",
+                      "--trust-remote-code", cwd=tmp_path)
     assert evil["marker"].exists(), trusted.stderr
 
 
