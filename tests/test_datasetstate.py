@@ -148,3 +148,56 @@ def test_a_dataset_info_entry_keeps_its_own_columns():
     assert not browser.choose("sharegpt", browser.merged_columns(), {})  # the entry's own: nothing new
     assert browser.choose("sharegpt", {**browser.merged_columns(), "system": "tools"}, {})
     assert browser.columns == {"system": "tools"}
+
+
+class UiThread:
+    """What RenderClient needs of an app: answers handed over from its reader thread (here
+    to a queue the test drains, as the UI thread would)."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.calls = queue.Queue()
+
+    def call_from_thread(self, fn, *args, **kwargs) -> None:
+        self.calls.put((fn, args, kwargs))
+
+    def drain_until(self, done, timeout: float = 120.0) -> None:
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "the render worker did not answer"
+            try:
+                fn, args, kwargs = self.calls.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            fn(*args, **kwargs)
+
+
+def test_render_jobs_keep_one_client_per_settings_and_one_request_in_flight(finetui_cache):
+    from finetui.tui.render_client import RenderClient
+
+    ui = UiThread()
+    jobs = datasetstate.RenderJobs(lambda key: RenderClient(ui, *key))
+    key = datasetstate.render_key(quickstart())
+    try:
+        first = jobs.client_for(key)
+        assert jobs.client_for(key) is first
+        answers: dict[str, list] = {"old": [], "new": [], "lengths": []}
+        record = {"question": "What is finetui?", "answer": "A TUI."}
+        jobs.render(key, answers["old"].append, record=record, format="qa", columns={}, tags={}, group=None)
+        jobs.render(key, answers["new"].append, record=record, format="qa", columns={}, tags={}, group=None)
+        faq = str(sample_dir() / "finetui_faq.jsonl")
+        jobs.lengths(key, answers["lengths"].append, path=faq, format="qa", columns={}, limit=5000)
+        ui.drain_until(lambda: answers["new"] and answers["lengths"] and answers["lengths"][-1]["type"] != "progress")
+        assert answers["old"] == []  # the first render was cancelled by the second
+        assert answers["new"][0]["type"] == "rendered" and answers["new"][0]["format"] == "qa"
+        assert answers["lengths"][-1]["type"] == "lengths" and jobs.lengths_id is None
+        assert answers["lengths"][-1]["counts"]["ok"] > 100
+        other = datasetstate.render_key(quickstart(**{"data.max_length": 64}))
+        assert jobs.client_for(other) is not first and first.proc is None  # the old worker is closed
+    finally:
+        jobs.close()

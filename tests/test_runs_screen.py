@@ -10,9 +10,10 @@ from test_dashboard_helpers import (  # noqa: F401
 from finetui.engine import events as ev
 from finetui.engine import runs
 from finetui.tui.app import FinetuiApp
+from finetui.tui.runsstate import column_widths
 from finetui.tui.screens.compare import CompareScreen, config_diff
 from finetui.tui.screens.dashboard import DashboardScreen
-from finetui.tui.screens.runs import RunsScreen, column_widths
+from finetui.tui.screens.runs import RunsScreen
 from finetui.tui.widgets.dialogs import ConfirmDialog
 from finetui.tui.widgets.lossplot import LossPlot
 

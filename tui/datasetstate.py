@@ -198,3 +198,50 @@ class Browser:
     def is_transcript_row(self, row: datasource.Row) -> bool:
         """A row that is one turn of a transcript: it renders with its conversation."""
         return self.format == "transcript" and transcripts.is_row(row.data, self.merged_columns())
+
+
+class RenderJobs:
+    """The browser's requests to the render worker (:class:`tui.render_client.RenderClient`):
+    one client for the current render settings (:func:`render_key`; a new one, the old one
+    closed, when they change) and at most one record render and one lengths pass in flight
+    (a new one cancels the last)."""
+
+    def __init__(self, new_client: Callable[[tuple], Any]) -> None:
+        self.new_client = new_client  # render key -> a RenderClient
+        self.client: Any = None
+        self.render_id: int | None = None
+        self.lengths_id: int | None = None
+
+    def client_for(self, key: tuple) -> Any:
+        if self.client is None or self.client.key != key:
+            if self.client is not None:
+                self.client.close()
+            self.client = self.new_client(key)
+        return self.client
+
+    def cancel_render(self) -> None:
+        if self.render_id is not None and self.client is not None:
+            self.client.cancel(self.render_id)
+        self.render_id = None
+
+    def render(self, key: tuple, callback: Callable[[dict[str, Any]], None], **fields: Any) -> None:
+        """Render one record (``fields``: the worker's render request); ``callback`` gets the answer."""
+        self.cancel_render()
+        self.render_id = self.client_for(key).request("render", callback, **fields)
+
+    def lengths(self, key: tuple, callback: Callable[[dict[str, Any]], None], **fields: Any) -> None:
+        """The lengths pass over a dataset; ``callback`` gets its progress, then the answer."""
+        client = self.client_for(key)
+        if self.lengths_id is not None:
+            client.cancel(self.lengths_id)
+
+        def answered(message: dict[str, Any]) -> None:
+            if message.get("type") != "progress":
+                self.lengths_id = None
+            callback(message)
+
+        self.lengths_id = client.request("lengths", answered, **fields)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()

@@ -33,7 +33,7 @@ from textual.widgets import ContentSwitcher, Input, Static
 
 from finetui.engine.data import formats
 from finetui.tui import datasetstate, datasource
-from finetui.tui.datasetstate import Browser, Opened
+from finetui.tui.datasetstate import Browser, Opened, RenderJobs
 from finetui.tui.render_client import RenderClient
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
@@ -82,12 +82,10 @@ class DatasetsScreen(FinetuiScreen):
         self.browser = Browser()  # the open dataset and how it is read
         self._settings_seen: tuple | None = None  # (path, format, columns) of the Settings last opened
         self.follow_settings = True  # show the config's data.path until the user opens another
-        self.client: RenderClient | None = None
+        self.jobs = RenderJobs(lambda key: RenderClient(self.app, *key, on_state=self.worker_state))
         self.record_index: int | None = None
         self.search_text = ""
         self._search_stop: threading.Event | None = None
-        self._stats_request: int | None = None
-        self._render_request: int | None = None
         self._timer = None
 
     # The open dataset, under the names the screen has always had.
@@ -138,9 +136,12 @@ class DatasetsScreen(FinetuiScreen):
         elif self.spec is not None:
             self.show_columns_line()  # the Settings may have changed: does "u" still differ?
 
+    @property
+    def client(self) -> RenderClient | None:
+        return self.jobs.client
+
     def on_unmount(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        self.jobs.close()
         if self._search_stop is not None:
             self._search_stop.set()
 
@@ -312,13 +313,11 @@ class DatasetsScreen(FinetuiScreen):
 
     # ------------------------------------------------------------------ rendering worker
 
+    def render_key(self) -> tuple:
+        return datasetstate.render_key(self.app.settings_state.config)
+
     def render_client(self) -> RenderClient:
-        key = datasetstate.render_key(self.app.settings_state.config)
-        if self.client is None or self.client.key != key:
-            if self.client is not None:
-                self.client.close()
-            self.client = RenderClient(self.app, *key, on_state=self.worker_state)
-        return self.client
+        return self.jobs.client_for(self.render_key())
 
     def warm_worker(self) -> None:
         self.render_client().start()
@@ -361,9 +360,7 @@ class DatasetsScreen(FinetuiScreen):
         client = self.render_client()
         waiting = "rendering…" if client.state == "ready" else f"{client.message or 'starting the render worker…'}"
         self.record.rendered(Text(waiting, style="dim"))
-        if self._render_request is not None and self.client is not None:
-            self.client.cancel(self._render_request)
-            self._render_request = None
+        self.jobs.cancel_render()
         if self.browser.is_transcript_row(row) and self.rows is not None:
             self.read_group(self.rows, row, self.browser.merged_columns())  # its conversation: the rows with its id
             return
@@ -377,8 +374,8 @@ class DatasetsScreen(FinetuiScreen):
     def request_render(self, row: datasource.Row, group: list[Any] | None) -> None:
         if row.index != self.record_index:
             return
-        self._render_request = self.render_client().request(
-            "render", lambda answer, index=row.index: self.show_rendered(index, answer),
+        self.jobs.render(
+            self.render_key(), lambda answer, index=row.index: self.show_rendered(index, answer),
             record=row.data, format=self.format or "auto", columns=self.browser.merged_columns(),
             tags=self.browser.tags, group=group)
 
@@ -446,8 +443,6 @@ class DatasetsScreen(FinetuiScreen):
         if key in self.browser.stats:
             self.show_stats(self.browser.stats[key])
             return
-        if self._stats_request is not None:
-            client.cancel(self._stats_request)
         self.lengths.say(Text(f"rendering every record with the tokenizer of {client.key[0]} (in the render worker)…",
                               style="dim"))
 
@@ -455,17 +450,15 @@ class DatasetsScreen(FinetuiScreen):
             kind = message.get("type")
             if kind == "progress":
                 self.lengths.say(Text(f"rendered {message['done']:,} records…", style="dim"))
-                return
-            self._stats_request = None
-            if kind == "lengths":
+            elif kind == "lengths":
                 self.browser.stats[key] = message
                 self.show_stats(message)
             else:
                 self.lengths.say(Text(str(message.get("message")), style="bold red"))
 
         data = self.data
-        self._stats_request = client.request(
-            "lengths", answered, path=self.spec, format=self.format or "auto", columns=self.columns,
+        self.jobs.lengths(
+            client.key, answered, path=self.spec, format=self.format or "auto", columns=self.columns,
             split=data.split, subset=data.subset, limit=5000)
 
     def show_stats(self, result: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from textual.widgets import Static
 
 from finetui.engine import runs
 from finetui.tui.runfeed import feeds
-from finetui.tui.runsstate import RELOAD_S, RunsList, column_widths, export_problem  # noqa: F401
+from finetui.tui.runsstate import RELOAD_S, RunsList, export_problem
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.screens.compare import CompareScreen

@@ -37,9 +37,7 @@ from finetui.engine import config as cfg
 from finetui.tui import settingsstate
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.session import SettingsState, display_path, presets
-from finetui.tui.settingsstate import (  # noqa: F401 - the names this screen has always had
-    CHECK_INLINE_BYTES, YAML_SUFFIXES, Estimate, Footprint, data_path_problem, flat_values,
-)
+from finetui.tui.settingsstate import CHECK_INLINE_BYTES, YAML_SUFFIXES, Estimate, Footprint, flat_values
 from finetui.tui.widgets import settingsviews
 from finetui.tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
 from finetui.tui.widgets.fieldform import FieldRow, RowEditor, SettingsForm, show_value
@@ -226,8 +224,9 @@ class SettingsScreen(FinetuiScreen):
             self.notify(f"loaded {display_path(path)}", title="Settings")
 
     def action_save(self) -> None:
-        self.app.push_screen(PathDialog("Save settings YAML", settingsstate.default_save_path(self.state.base_path),
-                                        self._save_checked, confirm_overwrite=True, suffixes=YAML_SUFFIXES), self._after_save)
+        start = settingsstate.default_save_path(self.state.base_path)
+        self.app.push_screen(PathDialog("Save settings YAML", start, self._save_checked, confirm_overwrite=True,
+                                        suffixes=YAML_SUFFIXES), self._after_save)
 
     def _save_checked(self, path: Path) -> str | None:
         problem = settingsstate.save_problem(path)
