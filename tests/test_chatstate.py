@@ -269,3 +269,20 @@ def test_no_textual_or_torch(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_retry_asks_the_panes_of_that_turn_and_clear_cancels_what_is_in_flight():
+    session = ChatSession()
+    loaded(session, session.main, "runs/r1/adapter", run_dir=Path("runs/r1"))
+    first = exchange(session, "a?", {"main": "A."})
+    session.compare = True
+    session.history.restart("base")
+    loaded(session, session.base, "runs/r1")
+    second = exchange(session, "b?", {"main": "B.", "base": "base B."})
+    assert session.retry_panes(first) == [session.main]  # the base pane joined after it
+    assert session.retry_panes(second) == [session.base, session.main]
+    session.history.set_single_turn(True)  # a new conversation from here on
+    assert session.retry_panes(second) is None
+    job, _ = session.ask(session.main, session.history.add("c?"), widget=None)
+    session.clear()
+    assert job.cancelled and session.main.job is None and not session.busy and session.turns == []

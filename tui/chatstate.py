@@ -454,6 +454,22 @@ class ChatSession:
         problem = self.not_ready()
         return (None, problem) if problem else (len(self.turns) - 1, None)
 
+    def retry_panes(self, turn: int) -> list[ModelPane] | None:
+        """The panes that ask ``turn`` again; None when a new conversation began after it
+        (another model, single-turn toggled): then it is posted again as the first message
+        of this one."""
+        if self.main.first_turn > turn:
+            return None
+        return [p for p in self.panes if p.first_turn <= turn]
+
+    def clear(self) -> None:
+        """A new conversation with the models kept: replies in flight cancelled, history gone."""
+        for pane in (self.main, self.base):
+            if pane.job is not None:
+                pane.job.cancel()
+                pane.job = None
+        self.history.clear()
+
     # ------------------------------------------------------------------ save as a record
 
     def record_messages(self, pane: ModelPane) -> list[Message]:

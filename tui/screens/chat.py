@@ -500,14 +500,11 @@ class ChatScreen(FinetuiScreen):
         if turn is None:
             self.flash(problem or "")
             return
-        if self.main.first_turn > turn:
-            # A new conversation began after it (another model, single-turn toggled): ask it
-            # again as the first message of this one, below the separator.
+        panes = self.chat.retry_panes(turn)
+        if panes is None:  # asked again below the separator of a new conversation
             self._post(self.turns[turn])
             return
-        for pane in self.panes:
-            if pane.first_turn > turn:
-                continue
+        for pane in panes:
             old = pane.reply_widgets.pop(turn, None)
             if old is not None:
                 old.remove()
@@ -529,12 +526,9 @@ class ChatScreen(FinetuiScreen):
         self.prompt.focus()
 
     def action_clear(self) -> None:
+        self.chat.clear()
         for pane in (self.main, self.base):
-            if pane.job is not None:
-                pane.job.cancel()
-                pane.job = None
             pane.clear()
-        self.history.clear()
         self.show_headers()
         self.show_status()
 

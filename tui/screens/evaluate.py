@@ -207,19 +207,9 @@ class EvalScreen(FinetuiScreen):
         self.query_one("#ev-metrics", Static).update(evalviews.metrics_view(self.result))
 
     def fill_table(self) -> None:
-        table = self.query_one("#ev-table", DataTable)
-        table.clear(columns=True)
-        if not self.rows:
-            return
-        names = evalstate.models_in(self.result)
-        width = evalviews.column_width(max(self.query_one("#ev-switcher").size.width or self.size.width, 40),
-                                       len(names))
-        table.add_column("#", width=3, key="index")
-        for key in ("prompt", "target", *names):
-            table.add_column(key if key in ("prompt", "target") else f"{key} out", width=width, key=key)
-        colors = self.app.theme_variables
-        for i, row in enumerate(self.rows):
-            table.add_row(*evalviews.table_cells(i, row, names, colors), key=str(i))
+        width = max(self.query_one("#ev-switcher").size.width or self.size.width, 40)
+        evalviews.fill_table(self.query_one("#ev-table", DataTable), self.result, self.rows, width,
+                             self.app.theme_variables)
 
     def _color(self, name: str) -> str:
         return self.app.theme_variables.get(name, "")

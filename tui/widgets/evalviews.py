@@ -128,3 +128,19 @@ def status_line(job: evalstate.Job | None, tick: int, message: Text | None, hint
     else:
         line.append(hint, style="dim")
     return line
+
+
+def fill_table(table: Any, result: dict[str, Any] | None, rows: list[dict[str, Any]], width: int,
+               colors: dict[str, str]) -> None:
+    """The examples table (a DataTable): #, prompt, target and each model's output, columns
+    sized to ``width``."""
+    table.clear(columns=True)
+    if not rows:
+        return
+    names = evalstate.models_in(result)
+    column = column_width(width, len(names))
+    table.add_column("#", width=3, key="index")
+    for key in ("prompt", "target", *names):
+        table.add_column(key if key in ("prompt", "target") else f"{key} out", width=column, key=key)
+    for i, row in enumerate(rows):
+        table.add_row(*table_cells(i, row, names, colors), key=str(i))
