@@ -163,6 +163,24 @@ def test_a_rank_whose_stream_stops_is_named_after_hang_after_s(tmp_path, monkeyp
     assert state.silent_ranks(now=5000) == []
 
 
+def test_the_gpu_panel_keeps_the_slowest_ranks_row_when_rows_are_many():
+    from finetui.tui.dashstate import node_line, panel_rows
+
+    board = ranks.RankBoard()
+    board.new_session(8, 1.0)
+    gpus = [{"index": i, "name": "NVIDIA H100", "util_percent": 90} for i in range(8)]
+    board.apply({"type": "hardware", "time": 1.0, "rank": 0, "local_rank": 0, "node_rank": 0,
+                 "hostname": "a", "gpus": gpus, "host": {}})
+    for r in range(8):
+        board.apply({"type": "rank_step", "time": 2.0, "rank": r, "local_rank": r, "node_rank": 0, "hostname": "a",
+                     "step": 1, "step_s": 1.0, "own_s": 0.5 + (0.3 if r == 6 else 0.0), "device": f"cuda:{r}"})
+    rows = board.hw_rows()
+    assert [[i.rank for i in row.ranks] for row in rows] == [[r] for r in range(8)]
+    shown = panel_rows(rows, board.slowest().rank, 4)
+    assert [row.gpu["index"] for row in shown] == [0, 1, 2, 6]
+    assert "◀ slowest" in node_line(shown[-1], 6).plain and "◀ slowest" not in node_line(shown[0], 6).plain
+
+
 def test_rank_follower_reads_whole_lines_and_new_files_as_they_appear(tmp_path):
     follower = ranks.RankFollower(tmp_path)
     assert follower.read() == []
@@ -236,6 +254,11 @@ async def test_dashboard_shows_every_node_the_slowest_rank_and_names_a_silent_on
             table = widget_text(log, 78)
             row1 = next(line for line in table.splitlines() if line.strip().startswith("1 "))
             assert "gpu-b" in row1 and "silent 1m 3" in row1 and "◀ slowest" in row1
+            await pilot.press("w")  # then every GPU of every node
+            await pilot.pause(0.2)
+            assert log.title.startswith("every GPU of every node")
+            gpus = widget_text(log, 78).splitlines()
+            assert gpus[1].startswith("n0 gpu-a") and gpus[2].startswith("n1 gpu-b") and "◀ slowest" in gpus[2]
             await pilot.press("w")
             await pilot.pause(0.1)
             assert log.title.startswith("log")

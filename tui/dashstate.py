@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.text import Text
 
-from finetui.engine.ranks import RankBoard
+from finetui.engine.ranks import HwRow, RankBoard
 from finetui.tui.runfeed import RunState
 
 STATUS_MARK = {
@@ -121,6 +121,73 @@ def fmt_rate(value: float | None) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "N/A"
     return f"{value / 1000:,.1f}k" if value >= 10_000 else f"{value:,.0f}"
+
+
+def pct_style(value: float | None) -> str:
+    if not isinstance(value, (int, float)):
+        return "dim"
+    return "bold red" if value >= 95 else "bold yellow" if value >= 80 else "bold"
+
+
+def bar(fraction: float | None, width: int) -> Text:
+    text = Text()
+    if not isinstance(fraction, (int, float)):
+        text.append("·" * width, style="grey30")
+        return text
+    done = round(min(max(fraction, 0.0), 1.0) * width)
+    text.append("▮" * done, style="cyan")
+    text.append("▯" * (width - done), style="grey30")
+    return text
+
+
+def node_line(row: HwRow, slowest: int | None) -> Text:
+    """One row of the per-node hardware table: ``n0 host-a  0 H100  87% ▮▮▮▮▯  40.0/80.0
+    GiB 61°C  rank 0``, or CPU and RAM for a node without GPUs; the slowest rank's row stands out."""
+    from finetui.engine.units import format_bytes_pair
+
+    node, g = row.node, row.gpu
+    slow = slowest is not None and any(i.rank == slowest for i in row.ranks)
+    line = Text(no_wrap=True, overflow="ellipsis", style="bold yellow" if slow else "")
+    where = f"n{node.node_rank if node.node_rank is not None else '?'} {node.host or ''}"
+    line.append(f"{where[:11]:<11} ", style="bold")
+    if g is None:
+        h = node.host_reading or {}
+        cpu = h.get("cpu_percent")
+        line.append("cpu ", style="dim")
+        line.append(f"{cpu:>3.0f}%" if isinstance(cpu, (int, float)) else " N/A", style=pct_style(cpu))
+        line.append(" ")
+        line.append_text(bar(cpu / 100 if isinstance(cpu, (int, float)) else None, 5))
+        line.append("  ram ", style="dim")
+        line.append(format_bytes_pair(h.get("ram_used_bytes"), h.get("ram_total_bytes"), missing="N/A"))
+    else:
+        name = str(g.get("name") or "GPU").replace("NVIDIA ", "")
+        line.append(f"{g.get('index', '?')} {name[:9]:<9} ")
+        util = g.get("util_percent")
+        line.append(f"{util:>3.0f}%" if isinstance(util, (int, float)) else " N/A", style=pct_style(util))
+        line.append(" ")
+        line.append_text(bar(util / 100 if isinstance(util, (int, float)) else None, 5))
+        used, total = g.get("memory_used_bytes"), g.get("memory_total_bytes")
+        mem_pct = used / total * 100 if isinstance(used, (int, float)) and total else None
+        line.append(f" {format_bytes_pair(used, total, missing='N/A'):>15}", style=pct_style(mem_pct))
+        temp = g.get("temperature_c")
+        line.append(f" {temp:.0f}°C" if isinstance(temp, (int, float)) else " N/A°C")
+    ranks = ",".join(str(i.rank) for i in row.ranks)
+    line.append(f"  rank {ranks}" if ranks else "", style="dim" if not slow else "")
+    if slow:
+        line.append(" ◀ slowest" + (f" {slowest}" if len(row.ranks) > 1 else ""), style="bold yellow")
+    return line
+
+
+def panel_rows(rows: list[HwRow], slowest: int | None, max_rows: int) -> list[HwRow]:
+    """The rows the GPU panel has room for, in node order; the slowest rank's row is always
+    among them."""
+    if len(rows) <= max_rows:
+        return rows
+    shown = rows[:max_rows]
+    slow = next((r for r in rows if slowest is not None and any(i.rank == slowest for i in r.ranks)), None)
+    if slow is not None and slow not in shown:
+        shown = shown[:max_rows - 1] + [slow]
+    return shown
 
 
 def rank_summary(board: RankBoard, key: str = "w") -> Text | None:
@@ -376,7 +443,12 @@ def log_view(view: str, st: RunState | None, hw: HwSnapshot | None, run_dir: Pat
         lines = rank_lines(board, st.silent_ranks(), bad=colors["bad"]) if board is not None else []
         total = board.global_tokens_per_s() if board is not None else None
         head = "ranks" + (f"  Σ {total:,.0f} tok/s (every rank's own, summed)" if total is not None else "")
-        return f"{head}  ({key}: log)", lines, "no rank has reported yet"
+        return f"{head}  ({key}: GPUs)", lines, "no rank has reported yet"
+    if view == "gpus":
+        board = st.ranks if st is not None else None
+        slow = board.slowest() if board is not None else None
+        lines = [node_line(row, slow.rank if slow else None) for row in (board.hw_rows() if board else [])]
+        return f"every GPU of every node  ({key}: log)", lines, "no node has reported its hardware yet"
     existing = hw.existing_checkpoints if hw else set()
     lines = []
     for step, path in (st.checkpoints if st else []):

@@ -54,7 +54,7 @@ from finetui.tui.widgets.textline import TextLine
 TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
 HW_POLL_S = 1.0
 PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
-VIEWS = ("log", "stdout.log", "checkpoints", "ranks")  # ranks: runs of several processes only
+VIEWS = ("log", "stdout.log", "checkpoints", "ranks", "gpus")  # ranks, gpus: runs of several processes only
 
 
 class DashboardScreen(FinetuiScreen):
@@ -331,7 +331,7 @@ class DashboardScreen(FinetuiScreen):
             slow = st.ranks.slowest()
             key = app_key(self.app, "dashboard.ranks", "w")
             self.query_one(GpuPanel).show_nodes(st.ranks.hw_rows(), slow.rank if slow else None,
-                                                more_hint=f" ({key}: ranks)")
+                                                more_hint=f" ({key} {key}: every GPU)")
             return
         if hw is None:
             return
@@ -441,15 +441,16 @@ class DashboardScreen(FinetuiScreen):
 
     def action_view(self) -> None:
         self.view = (self.view + 1) % len(VIEWS)
-        if VIEWS[self.view] == "ranks" and not (self.state is not None and self.state.ranks.multi):
-            self.view = 0  # one process: no ranks view
+        if VIEWS[self.view] in ("ranks", "gpus") and not (self.state is not None and self.state.ranks.multi):
+            self.view = 0  # one process: no ranks or GPUs views
         if self.feed is not None:
             with self.feed.lock:
                 self._show_log(self.feed.state, self._hw)
 
     def action_ranks(self) -> None:
-        """The ranks view in the log area, or back to the log."""
-        self.view = VIEWS.index("ranks") - 1 if VIEWS[self.view] != "ranks" else len(VIEWS) - 1
+        """The log area: the ranks view, then every GPU of every node, then the log again."""
+        if VIEWS[self.view] not in ("ranks", "gpus"):
+            self.view = VIEWS.index("ranks") - 1
         self.action_view()
 
     def palette_commands(self) -> list[PaletteCommand]:
@@ -463,5 +464,5 @@ class DashboardScreen(FinetuiScreen):
             ("Chart: log scale", "toggle", self.action_log_scale),
             ("Chart: next plot", "loss, learning rate, grad norm, tokens/s", self.action_plot),
             ("Log: next view", "events, stdout.log, checkpoints (ranks)", self.action_view),
-            ("Ranks: every rank's pace, the slowest and the silent ones", "several processes", self.action_ranks),
+            ("Ranks: every rank's pace, then every GPU of every node", "several processes", self.action_ranks),
         ]

@@ -20,22 +20,9 @@ from rich.text import Text
 from textual.widget import Widget
 
 from finetui.engine.units import format_bytes, format_bytes_pair
+from finetui.tui.dashstate import bar, node_line, panel_rows, pct_style
 
-def _pct_style(value: float | None) -> str:
-    if not isinstance(value, (int, float)):
-        return "dim"
-    return "bold red" if value >= 95 else "bold yellow" if value >= 80 else "bold"
-
-
-def _bar(fraction: float | None, width: int) -> Text:
-    text = Text()
-    if not isinstance(fraction, (int, float)):
-        text.append("·" * width, style="grey30")
-        return text
-    done = round(min(max(fraction, 0.0), 1.0) * width)
-    text.append("▮" * done, style="cyan")
-    text.append("▯" * (width - done), style="grey30")
-    return text
+_pct_style, _bar = pct_style, bar
 
 
 class GpuPanel(Widget):
@@ -96,7 +83,7 @@ class GpuPanel(Widget):
 
     def _render_nodes(self, width: int) -> Text:
         rows = self.nodes or []
-        lines = [self._node_line(row) for row in rows[:self.max_rows]]
+        lines = [node_line(row, self.slowest) for row in panel_rows(rows, self.slowest, self.max_rows)]
         if len(rows) > self.max_rows:
             lines.append(Text(f"… {len(rows) - self.max_rows} more GPU rows{self.more_hint}", style="dim"))
         if not lines:
@@ -104,39 +91,6 @@ class GpuPanel(Widget):
         for line in lines:
             line.truncate(width, overflow="ellipsis")
         return Text("\n").join(lines)
-
-    def _node_line(self, row: Any) -> Text:
-        node, g = row.node, row.gpu
-        slow = self.slowest is not None and any(i.rank == self.slowest for i in row.ranks)
-        line = Text(no_wrap=True, overflow="ellipsis", style="bold yellow" if slow else "")
-        where = f"n{node.node_rank if node.node_rank is not None else '?'} {node.host or ''}"
-        line.append(f"{where[:11]:<11} ", style="bold")
-        if g is None:
-            h = node.host_reading or {}
-            cpu = h.get("cpu_percent")
-            line.append("cpu ", style="dim")
-            line.append(f"{cpu:>3.0f}%" if isinstance(cpu, (int, float)) else " N/A", style=_pct_style(cpu))
-            line.append(" ")
-            line.append_text(_bar(cpu / 100 if isinstance(cpu, (int, float)) else None, 5))
-            line.append("  ram ", style="dim")
-            line.append(format_bytes_pair(h.get("ram_used_bytes"), h.get("ram_total_bytes"), missing="N/A"))
-        else:
-            name = str(g.get("name") or "GPU").replace("NVIDIA ", "")
-            line.append(f"{g.get('index', '?')} {name[:9]:<9} ")
-            util = g.get("util_percent")
-            line.append(f"{util:>3.0f}%" if isinstance(util, (int, float)) else " N/A", style=_pct_style(util))
-            line.append(" ")
-            line.append_text(_bar(util / 100 if isinstance(util, (int, float)) else None, 5))
-            used, total = g.get("memory_used_bytes"), g.get("memory_total_bytes")
-            mem_pct = used / total * 100 if isinstance(used, (int, float)) and total else None
-            line.append(f" {format_bytes_pair(used, total, missing='N/A'):>15}", style=_pct_style(mem_pct))
-            temp = g.get("temperature_c")
-            line.append(f" {temp:.0f}°C" if isinstance(temp, (int, float)) else " N/A°C")
-        ranks = ",".join(str(i.rank) for i in row.ranks)
-        line.append(f"  rank {ranks}" if ranks else "", style="dim" if not slow else "")
-        if slow:
-            line.append(" ◀ slowest" + (f" {self.slowest}" if len(row.ranks) > 1 else ""), style="bold yellow")
-        return line
 
     def _host_line(self, width: int) -> Text:
         h = self.host
