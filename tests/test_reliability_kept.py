@@ -29,16 +29,9 @@ from finetui.engine import config as cfg
 from finetui.engine import events as ev
 from finetui.engine import runs
 from cli_helpers import cli_env
-from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train, write_config
+from train_helpers import file_events, finish, launch, new_run, of_type, stdout_log, train, wait_for_step, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _wait_for_step(run_dir: Path, step: int = 1, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(e["type"] == "step" and e["step"] >= step for e in ev.read_file(run_dir / "events.jsonl")):
-        assert time.monotonic() < deadline, f"no step {step} in {run_dir}"
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------- kills
@@ -94,7 +87,7 @@ def test_killing_the_cli_leaves_the_trainer_and_attach_shows_every_step(tmp_path
     cli = subprocess.Popen([sys.executable, "-m", "finetui.engine.cli", "train", str(path)], cwd=tmp_path, env=cli_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / cli.stdout.readline().decode().strip()
-    _wait_for_step(run_dir)
+    wait_for_step(run_dir)
     if sig == signal.SIGHUP:
         os.killpg(cli.pid, sig)  # the terminal closed / the SSH session dropped: the whole job hears it
     else:

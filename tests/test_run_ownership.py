@@ -21,7 +21,7 @@ from finetui.engine import config as cfg
 from finetui.engine import events as ev
 from finetui.engine import runs, trainer_pid
 from cli_helpers import finetui
-from train_helpers import file_events, launch, new_run, of_type
+from train_helpers import file_events, launch, new_run, of_type, wait_for_step
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEPER = "import time; time.sleep(120)"
@@ -61,15 +61,6 @@ def _run_with_events(root: Path, name: str, finished: str | None) -> Path:
     return run_dir
 
 
-def _wait_for_step(run_dir: Path, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if of_type(file_events(run_dir), "step"):
-            return
-        time.sleep(0.2)
-    pytest.fail(f"no step event from {run_dir.name} in {timeout} s")
-
-
 @pytest.mark.slow
 def test_stop_and_kill_never_reach_another_runs_trainer(tmp_path, finetui_cache):
     """Run B trains (a real trainer). Run A completed long ago and its trainer.pid now names
@@ -81,7 +72,7 @@ def test_stop_and_kill_never_reach_another_runs_trainer(tmp_path, finetui_cache)
     trainer = launch(b)
     trainer.stdout.close()  # nobody reads the pipe: the trainer goes on with the file
     try:
-        _wait_for_step(b)
+        wait_for_step(b, timeout=180)
         a = _run_with_events(root, "a", finished="completed")
         (a / runs.PID_FILE).write_text(str(trainer.pid))  # as finetui wrote it before: a bare pid
         c = root / (b.name + "-copy")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,15 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, list[dict
 
 def file_events(run_dir: Path) -> list[dict[str, Any]]:
     return ev.read_file(run_dir / "events.jsonl")
+
+
+def wait_for_step(run_dir: Path, step: int = 1, timeout: float = 120) -> None:
+    """Wait until ``run_dir``'s events file holds a step event of ``step`` or later (fails after
+    ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not any(e["type"] == "step" and e["step"] >= step for e in file_events(run_dir)):
+        assert time.monotonic() < deadline, f"no step {step} in {run_dir}"
+        time.sleep(0.1)
 
 
 def train(root: Path, name: str = "t", **sections: dict[str, Any]) -> tuple[Path, int, list[dict[str, Any]]]:
