@@ -172,8 +172,8 @@ class DashboardScreen(FinetuiScreen):
             self._switch_feed(registry.feed(self.run_dir))
         first = self._hw_seen is None
         self._hw_seen = hw
-        self._show_gpus(hw)  # its own 1 Hz cadence: a small widget
-        with self.feed.lock:
+        with self.feed.lock:  # the feed's worker changes the state (the ranks' too) under it
+            self._show_gpus(hw)  # its own 1 Hz cadence: a small widget
             hung = self.feed.state.hung_s()  # silence grows with no event: the banner counts it
             silent = tuple((r, int(q)) for r, q in self.feed.state.silent_ranks())
         key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]),
