@@ -30,11 +30,12 @@ from finetui.tui.runsstate import RELOAD_S, RunsList, export_problem
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.screens.compare import CompareScreen
-from finetui.tui.screens.dashboard import DashboardScreen, app_key, resume_run, show_config
+from finetui.tui.screens.dashboard import DashboardScreen
 from finetui.tui.screens.export import ExportScreen
 from finetui.tui.widgets import runslist
 from finetui.tui.widgets.dialogs import ConfirmDialog
 from finetui.tui.widgets.lossplot import theme_colors
+from finetui.tui.widgets.runcontrol import app_key, resume_run, show_config
 from finetui.tui.widgets.runslist import RunsTable
 
 
