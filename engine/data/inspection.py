@@ -263,8 +263,8 @@ def inspect(
     def each(record, conv) -> None:
         index = pipeline.records
         if index == example:
-            wanted.append((index, str(getattr(record, "place", record)), conv))
-        pipeline.add(str(getattr(record, "place", record)), conv)
+            wanted.append((index, _place(record), conv))
+        pipeline.add(record, conv)  # its place is made only if the report names it
 
     source = _source_of(readers, path, dataset_dir, split, subset)
     with _Progress(source, enabled=progress) as bar, \
@@ -369,6 +369,7 @@ def inspect(
 
 BATCH = 256
 WARMUP = 2
+GC_THRESHOLD = (100_000, 50, 1000)  # while records render (here and in workers): few collector passes
 _job: "_Job | None" = None  # the job, in forked workers
 
 
@@ -379,35 +380,43 @@ class _Job:
         self.tokenizer, self.template, self.train_on = tokenizer, template, train_on
         self.max_length, self.long_text, self.overlap, self.end_id = max_length, long_text, overlap, end_id
 
-    def summarise(self, batch: list[tuple[str, Any]]) -> list[tuple]:
-        """Per record of ``batch`` ((place, conversation) pairs): (place, error, None) or
-        (place, None, (full tokens, kept tokens, chunked, raw text, [(n_trained, n_tokens,
-        truncated, notes, trains_end) per example])). The records render together, each as
-        training renders it, and are counted (chunking.count_records: no examples built)."""
+    def summarise(self, batch: list[Any]) -> list[tuple]:
+        """Per conversation of ``batch``: (error, None) or (None, (full tokens, kept tokens,
+        chunked, raw text, [(n_trained, n_tokens, truncated, notes, trains_end) per
+        example])). The records render together, each as training renders it, and are
+        counted (chunking.count_records: no examples built). Only the conversations cross
+        to a worker and only these numbers come back; the places stay with the reader."""
         from finetui.engine.data import chunking, render
 
-        counted = chunking.count_records([conv for _, conv in batch], self.tokenizer, self.template,
+        counted = chunking.count_records(batch, self.tokenizer, self.template,
                                          train_on=self.train_on, max_length=self.max_length,
                                          long_text=self.long_text, overlap=self.overlap, end_id=self.end_id)
         out = []
-        for (place, conv), c in zip(batch, counted):
+        for conv, c in zip(batch, counted):
             if isinstance(c, render.RenderError):
-                out.append((place, clip(str(c), MESSAGE_CHARS), None))
+                out.append((clip(str(c), MESSAGE_CHARS), None))
             else:
-                out.append((place, None, (c.full_tokens, c.kept_tokens, c.chunked, conv.kind == "text", c.parts)))
+                out.append((None, (c.full_tokens, c.kept_tokens, c.chunked, conv.kind == "text", c.parts)))
         return out
 
 
-def _render_batch(batch: list[tuple[str, Any]]) -> list[tuple]:
+def _render_batch(batch: list[Any]) -> list[tuple]:
     return _job.summarise(batch)
+
+
+def _place(record: Any) -> str:
+    """A record's ``file:line`` (a RawRecord's place; a string as it is)."""
+    return str(getattr(record, "place", record))
 
 
 def _set_job(pickled: bytes) -> None:
     """A fresh worker's job (workers forked from this process inherit it instead)."""
+    import gc
     import pickle
 
     global _job
     _job = pickle.loads(pickled)
+    gc.set_threshold(*GC_THRESHOLD)  # as a forked worker inherits it
 
 
 def _main_is_guarded() -> bool:
@@ -468,14 +477,16 @@ class _Tally:
         if len(self.issues) < MAX_ISSUES:
             self.issues.append(clip(text, MESSAGE_CHARS))
 
-    def add(self, place: str, error: str | None, summary: tuple | None) -> None:
+    def add(self, place: Any, error: str | None, summary: tuple | None) -> None:
+        """One record's result; ``place``: its file:line, or its RawRecord (the place made
+        only when an issue names it)."""
         from finetui.engine.data.dataset import no_trained_reason
 
         if error is not None:
             if self.strict:
-                raise InspectError(f"{place}: {error}")
+                raise InspectError(f"{_place(place)}: {error}")
             self.render_invalid += 1
-            self.issue(f"{place}: {error}")
+            self.issue(f"{_place(place)}: {error}")
             return
         full, kept, chunked, is_text, parts = summary
         self.full_lengths.append(full)
@@ -494,7 +505,7 @@ class _Tally:
         self.text_truncated += truncated and is_text
         if n_trained == 0:
             self.no_trained += 1
-            self.issue(f"{place}: {no_trained_reason(truncated, self.max_length)}")
+            self.issue(f"{_place(place)}: {no_trained_reason(truncated, self.max_length)}")
         else:
             self.ok += 1
             self.examples += len(parts)
@@ -525,33 +536,46 @@ class _Pipeline:
         self.job, self.tally, self.workers, self.bar = job, tally, workers, bar
         self.big = big  # worth fresh workers under mimalloc (see _mimalloc_env)
         self.records = 0  # records handed in
-        self.batch: list[tuple[str, Any]] = []
+        self.places: list[Any] = []  # the batch's records (their places), kept here
+        self.batch: list[Any] = []  # its conversations, rendered here or in a worker
         self.sent = 0
         self.pool = None
         self.pending = None
+        self.gc = None
 
     def __enter__(self) -> "_Pipeline":
+        import gc
+
+        # what a batch allocates is freed by reference counting; the collector's passes
+        # over the reader's and tokenizer's long-lived objects would only cost time
+        self.gc = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLD)
         return self
 
-    def add(self, place: str, conv) -> None:
+    def add(self, place: Any, conv) -> None:
         self.records += 1
-        self.batch.append((place, conv))
+        self.places.append(place)
+        self.batch.append(conv)
         if len(self.batch) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
         if not self.batch:
             return
-        batch, self.batch = self.batch, []
+        places, batch, self.places, self.batch = self.places, self.batch, [], []
         self.sent += 1
         if self.workers <= 1 or self.sent <= WARMUP:
-            self._take(self.job.summarise(batch))
+            self._take(places, self.job.summarise(batch))
             return
         if self.pool is None:
             self._start()
-        self.pending.append(self.pool.apply_async(_render_batch, (batch,)))
+        self.pending.append((places, self.pool.apply_async(_render_batch, (batch,))))
         while len(self.pending) > 2 * self.workers:
-            self._take(self.pending.popleft().get())
+            self._take_next()
+
+    def _take_next(self) -> None:
+        places, result = self.pending.popleft()
+        self._take(places, result.get())
 
     def _start(self) -> None:
         import collections
@@ -584,9 +608,10 @@ class _Pipeline:
             self.pool = multiprocessing.get_context("fork").Pool(self.workers)
         self.pending = collections.deque()
 
-    def _take(self, results: list[tuple]) -> None:
-        for place, error, summary in results:
-            self.tally.add(place, error, summary)
+    def _take(self, places: list[Any], results: list[tuple]) -> None:
+        add = self.tally.add
+        for place, (error, summary) in zip(places, results):
+            add(place, error, summary)
         self.bar.advance(len(results))
 
     def __exit__(self, kind, *exc) -> None:
@@ -595,8 +620,12 @@ class _Pipeline:
             if kind is None:
                 self.flush()
                 while self.pending:
-                    self._take(self.pending.popleft().get())
+                    self._take_next()
         finally:
+            if self.gc is not None:
+                import gc
+
+                gc.set_threshold(*self.gc)
             if self.pool is not None:
                 if kind is None:
                     self.pool.close()
