@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from finetui.engine.units import format_bytes
-from finetui.tui.jobs import Job, cli_command, last_json, run_job, signal_job
-
-__all__ = ["Job", "run_job", "signal_job"]  # the eval and merge jobs: tui.jobs
+from finetui.tui.jobs import Job, cli_command, last_json, run_job, signal_job  # noqa: F401 - the eval and merge jobs
 MODELS = ("base", "tuned")
 
 

@@ -40,7 +40,6 @@ from finetui.tui.screens.base import FinetuiScreen
 from finetui.tui.widgets.createdialogs import QuestionInput, WriterDialog
 from finetui.tui.widgets.dialogs import PathDialog
 
-__all__ = ["CreateScreen", "QuestionInput", "WriterDialog"]  # the dialogs: tui.widgets.createdialogs
 HINTS = {
     "cr-passages": "a add document · w output & writer · g generate · v review · esc back",
     "cr-progress": "x stop · v review · esc passages (leaving the screen stops it)",
