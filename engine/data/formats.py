@@ -158,11 +158,14 @@ def _field(
     An explicit column mapping wins; otherwise the canonical name, then common aliases
     found in the record itself (``response`` for alpaca's ``output``).
     """
-    for name in (canonical, *column_aliases):
-        if name in columns:
-            key = columns[name]
-            return key, record.get(key, _MISSING)
-    for key in (canonical, *record_aliases):
+    if columns:
+        for name in (canonical, *column_aliases):
+            if name in columns:
+                key = columns[name]
+                return key, record.get(key, _MISSING)
+    if canonical in record:  # (read for every field of every record: no tuple built)
+        return canonical, record[canonical]
+    for key in record_aliases:
         if key in record:
             return key, record[key]
     return canonical, _MISSING
