@@ -201,3 +201,28 @@ def test_render_jobs_keep_one_client_per_settings_and_one_request_in_flight(fine
         assert jobs.client_for(other) is not first and first.proc is None  # the old worker is closed
     finally:
         jobs.close()
+
+
+def test_the_browser_follows_the_settings_until_another_dataset_is_opened():
+    config = quickstart()
+    following = datasetstate.Following()
+    following.saw(config.data)
+    assert following.on and not following.changed(config.data)
+    moved = quickstart(**{"data.format": "auto"})
+    assert following.changed(moved.data)  # the Settings read their data otherwise now: open it again
+    following.opened("other.jsonl", config.data)
+    assert not following.on and not following.changed(moved.data)
+    following.opened(config.data.path, config.data)  # their own data.path again
+    assert following.on
+    following.used(moved.data)
+    assert following.on and not following.changed(moved.data)
+
+
+def test_a_new_search_stops_the_last_one():
+    search = datasetstate.Search()
+    first = search.begin("lora")
+    assert search.text == "lora" and not first.is_set()
+    second = search.begin("qlora")
+    assert first.is_set() and not second.is_set() and search.text == "qlora"
+    search.end()
+    assert second.is_set()

@@ -121,6 +121,51 @@ def use_message(spec: str, values: dict[str, Any], test_size: float) -> str:
             f"template {values['template']}{cleared}")
 
 
+class Following:
+    """Whether the browser shows the Settings' data.path (until the user opens another
+    dataset) and the data settings it last read them with: when those change, the browser
+    opens the dataset again."""
+
+    def __init__(self) -> None:
+        self.on = True
+        self.seen: tuple | None = None  # settings_key of the Settings last followed
+
+    def saw(self, data: Any) -> None:
+        self.seen = settings_key(data)
+
+    def changed(self, data: Any) -> bool:
+        """Whether the Settings' data section (``data``) moved since it was last read while following."""
+        return self.on and settings_key(data) != self.seen
+
+    def opened(self, spec: str, data: Any) -> None:
+        """The user opened ``spec``: followed again when it is the Settings' data.path."""
+        self.on = spec == data.path
+
+    def used(self, data: Any) -> None:
+        """``u`` pointed the Settings at the open dataset: follow them again."""
+        self.on = True
+        self.saw(data)
+
+
+class Search:
+    """The last search: its text (the search box starts with it) and the stop of its pass
+    (a new search or leaving the screen stops the old one)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.stop: threading.Event | None = None
+
+    def begin(self, query: str) -> threading.Event:
+        self.end()
+        self.stop = threading.Event()
+        self.text = query
+        return self.stop
+
+    def end(self) -> None:
+        if self.stop is not None:
+            self.stop.set()
+
+
 class Browser:
     """The open dataset and what the browser reads it as."""
 

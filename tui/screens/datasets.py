@@ -33,7 +33,7 @@ from textual.widgets import ContentSwitcher, Input, Static
 
 from finetui.engine.data import formats
 from finetui.tui import datasetstate, datasource
-from finetui.tui.datasetstate import Browser, Opened, RenderJobs
+from finetui.tui.datasetstate import Browser, Following, Opened, RenderJobs, Search
 from finetui.tui.render_client import RenderClient
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
@@ -80,12 +80,10 @@ class DatasetsScreen(FinetuiScreen):
     def __init__(self) -> None:
         super().__init__()
         self.browser = Browser()  # the open dataset and how it is read
-        self._settings_seen: tuple | None = None  # (path, format, columns) of the Settings last opened
-        self.follow_settings = True  # show the config's data.path until the user opens another
+        self.following = Following()  # the Settings' data.path, until the user opens another
         self.jobs = RenderJobs(lambda key: RenderClient(self.app, *key, on_state=self.worker_state))
         self.record_index: int | None = None
-        self.search_text = ""
-        self._search_stop: threading.Event | None = None
+        self.search = Search()
         self._timer = None
 
     # The open dataset, under the names the screen has always had.
@@ -130,8 +128,8 @@ class DatasetsScreen(FinetuiScreen):
         self.call_after_refresh(self.open_from_settings)
 
     def on_screen_resume(self) -> None:
-        if self.follow_settings and self.spec is not None:
-            if datasetstate.settings_key(self.data) != self._settings_seen:
+        if self.following.on and self.spec is not None:
+            if self.following.changed(self.data):
                 self.open_from_settings()
         elif self.spec is not None:
             self.show_columns_line()  # the Settings may have changed: does "u" still differ?
@@ -142,8 +140,7 @@ class DatasetsScreen(FinetuiScreen):
 
     def on_unmount(self) -> None:
         self.jobs.close()
-        if self._search_stop is not None:
-            self._search_stop.set()
+        self.search.end()
 
     def status(self, message: str | Text, error: bool = False) -> None:
         text = message if isinstance(message, Text) else Text(message, style="bold red" if error else "")
@@ -155,7 +152,7 @@ class DatasetsScreen(FinetuiScreen):
     @work(thread=True, exclusive=True, group="open")
     def open_from_settings(self) -> None:
         data = self.data  # first use imports engine.config: off the UI thread
-        self._settings_seen = datasetstate.settings_key(data)
+        self.following.saw(data)
         try:
             source = datasource.resolve(data.path, data.split, data.subset)
         except formats.DataError as exc:
@@ -192,7 +189,7 @@ class DatasetsScreen(FinetuiScreen):
             threading.Thread(target=old.close, daemon=True).start()
         self.show_columns_line()
         self.record_index = None
-        self.search_text = ""
+        self.search.text = ""
         self.table.set_source(opened.rows, empty_text="no records")
         self.switch_to("ds-table")
         self.table.focus()
@@ -289,7 +286,7 @@ class DatasetsScreen(FinetuiScreen):
         if path is None:
             return
         spec, source = self._pending
-        self.follow_settings = spec == self.data.path
+        self.following.opened(spec, self.data)
         self.status(f"opening {spec}…")
         self.open_resolved(spec, source)
 
@@ -306,8 +303,7 @@ class DatasetsScreen(FinetuiScreen):
         except cfg.ConfigError as exc:
             self.notify(str(exc), title="Use dataset", severity="error")
             return
-        self.follow_settings = True
-        self._settings_seen = datasetstate.settings_key(self.data)
+        self.following.used(self.data)
         self.show_columns_line()
         self.notify(datasetstate.use_message(self.spec, values, state.config.data.test_size), title="Settings")
 
@@ -413,7 +409,7 @@ class DatasetsScreen(FinetuiScreen):
         if self.table.filter is not None:
             self.table.set_filter(None)
             self.refresh_bindings()
-            self.search_text = ""
+            self.search.text = ""
             self.status(HINT)
             self.show_source_line()
 
@@ -469,7 +465,7 @@ class DatasetsScreen(FinetuiScreen):
     def action_search(self) -> None:
         box = self.query_one(SearchInput)
         box.add_class("-open")
-        box.value = self.search_text
+        box.value = self.search.text
         box.focus()
 
     def close_search(self) -> None:
@@ -489,12 +485,9 @@ class DatasetsScreen(FinetuiScreen):
             return
         if self.rows is None:
             return
-        if self._search_stop is not None:
-            self._search_stop.set()
-        self._search_stop = threading.Event()
-        self.search_text = query
+        stop = self.search.begin(query)
         self.status(f"searching for {query!r}…")
-        self.run_search(self.rows, query, self._search_stop)
+        self.run_search(self.rows, query, stop)
 
     @work(thread=True, exclusive=True, group="search")
     def run_search(self, rows: datasource.RowSource, query: str, stop: threading.Event) -> None:
