@@ -269,6 +269,8 @@ class RankBoard:
         rank = event.get("rank")
         if not isinstance(rank, int) or isinstance(rank, bool):
             return
+        if self.world_size is not None and rank >= self.world_size:
+            return  # a rank of an earlier session on more processes (a resume on fewer)
         kind = event.get("type")
         when = event.get("time")
         info = self.ranks.get(rank)
@@ -308,10 +310,8 @@ class RankBoard:
         return (self.world_size or 0) > 1 or len(self.ranks) > 1
 
     def expected(self) -> list[int]:
-        ranks = set(self.ranks)
-        if self.world_size:
-            ranks |= set(range(self.world_size))
-        return sorted(ranks)
+        """The ranks of the session: 0 .. world size - 1 once rank 0 said it, else those heard from."""
+        return list(range(self.world_size)) if self.world_size else sorted(self.ranks)
 
     def slowest(self) -> RankInfo | None:
         """The rank the others wait for: the highest step time (:attr:`RankInfo.step_time`)
@@ -366,6 +366,8 @@ class RankBoard:
         for key in sorted(self.nodes, key=lambda k: (k[0] if isinstance(k[0], int) else -1, str(k[1]))):
             node = self.nodes[key]
             here = sorted((i for i in self.ranks.values() if (i.node_rank, i.host) == key), key=lambda i: i.rank)
+            if not here:
+                continue  # its ranks belong to an earlier session
             if not node.gpus:
                 rows.append(HwRow(node, None, here))
                 continue

@@ -181,6 +181,28 @@ def test_the_gpu_panel_keeps_the_slowest_ranks_row_when_rows_are_many():
     assert "◀ slowest" in node_line(shown[-1], 6).plain and "◀ slowest" not in node_line(shown[0], 6).plain
 
 
+def test_a_resume_on_fewer_processes_forgets_the_ranks_it_no_longer_has(tmp_path, monkeypatch):
+    clock = Clock(1000.0)
+    monkeypatch.setattr(ev, "time", clock)
+    writers = _streams(tmp_path, world=3)  # the first session: 3 ranks on 2 nodes
+    for r, w in writers.items():
+        w.sample("hardware", gpus=[], host={"cpu_percent": 1.0})
+        w.emit("finished", status="stopped", metrics={}, outputs={})
+    clock.t = 2000.0  # resumed on one node with 2 processes
+    writers[0].emit("run_started", config={"train": {"hang_after_s": 30}}, footprint={}, datasets={},
+                    devices=["cpu"] * 2, world_size=2)
+    for r in (0, 1):
+        writers[r].emit("rank_step", step=5, step_s=0.5, own_s=0.2, tokens_per_s=100.0, device="cpu")
+    feed = RunFeed(tmp_path)
+    _pump(feed)
+    state = feed.state
+    state.process_alive = True
+    assert sorted(state.ranks.ranks) == [0, 1] and state.ranks.expected() == [0, 1]
+    assert [row.node.node_rank for row in state.ranks.hw_rows()] == [0]  # node 1 ran rank 2 only
+    assert state.silent_ranks(now=2020) == []
+    assert state.ranks.global_tokens_per_s() == 200.0
+
+
 def test_rank_follower_reads_whole_lines_and_new_files_as_they_appear(tmp_path):
     follower = ranks.RankFollower(tmp_path)
     assert follower.read() == []
