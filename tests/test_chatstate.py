@@ -286,3 +286,20 @@ def test_retry_asks_the_panes_of_that_turn_and_clear_cancels_what_is_in_flight()
     job, _ = session.ask(session.main, session.history.add("c?"), widget=None)
     session.clear()
     assert job.cancelled and session.main.job is None and not session.busy and session.turns == []
+
+
+def test_the_base_joining_and_leaving_and_an_unload():
+    session = ChatSession()
+    assert session.unloaded() is None
+    loaded(session, session.main, "runs/r1/adapter", run_dir=Path("runs/r1"))
+    assert session.set_compare(True) is None and session.panes == [session.base, session.main]
+    session.set_compare(False)
+    exchange(session, "a?", {"main": "A."})
+    assert session.set_compare(True) == "the base model answers from here on; earlier turns are not in its context"
+    assert session.base.first_turn == 1  # its conversation starts at the next turn
+    loaded(session, session.base, "runs/r1")
+    session.ask(session.base, session.history.add("b?"), widget=None)
+    assert session.set_compare(False) is None
+    assert (session.base.state, session.base.job, session.panes) == ("empty", None, [session.main])
+    assert session.unloaded() == "unloaded runs/r1/adapter (its worker ended; memory freed)"
+    assert (session.main.state, session.main.info, session.run_dir) == ("empty", {}, None)

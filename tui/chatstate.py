@@ -454,6 +454,23 @@ class ChatSession:
         problem = self.not_ready()
         return (None, problem) if problem else (len(self.turns) - 1, None)
 
+    def set_compare(self, on: bool) -> str | None:
+        """The base model joins (its own conversation from the next turn on) or leaves; the
+        note its pane shows when it joins after earlier turns."""
+        self.compare = on
+        if not on:
+            self.base.state, self.base.job = "empty", None
+            return None
+        self.history.restart("base")
+        return "the base model answers from here on; earlier turns are not in its context" if self.turns else None
+
+    def unloaded(self) -> str | None:
+        """The main model was unloaded (its worker released): the note, None if nothing was loaded."""
+        title = self.main.title
+        self.main.state, self.main.info = "empty", {}
+        self.run_dir = None
+        return f"unloaded {title} (its worker ended; memory freed)" if title else None
+
     def retry_panes(self, turn: int) -> list[ModelPane] | None:
         """The panes that ask ``turn`` again; None when a new conversation began after it
         (another model, single-turn toggled): then it is posted again as the first message

@@ -311,12 +311,10 @@ class ChatScreen(FinetuiScreen):
     def unload(self) -> None:
         if self.compare:
             self._set_compare(False)
-        title = self.main.title
         self._close_client(self.main)
-        self.main.state, self.main.info = "empty", {}
-        self.chat.run_dir = None
-        if title:
-            self.main.log.note(f"unloaded {title} (its worker ended; memory freed)")
+        note = self.chat.unloaded()
+        if note:
+            self.main.log.note(note)
         self.show_headers()
         self.show_status()
 
@@ -339,18 +337,17 @@ class ChatScreen(FinetuiScreen):
         self._set_compare(True)
 
     def _set_compare(self, on: bool) -> None:
-        self.chat.compare = on
         self.query_one("#panes").set_class(on, "-compare")
         base = self.base
         if on:
             base.clear()
-            self.history.restart("base")  # its own conversation, from the next turn on
-            if self.turns:
-                base.log.note("the base model answers from here on; earlier turns are not in its context")
-            self._start_loading(base, str(self.run_dir), base=True)
         else:
             self._close_client(base)
-            base.state, base.job = "empty", None
+        note = self.chat.set_compare(on)
+        if note:
+            base.log.note(note)
+        if on:
+            self._start_loading(base, str(self.run_dir), base=True)
         self.show_headers()
         self.call_after_refresh(self.show_headers)  # once the panes have their new widths
         self.show_status()
