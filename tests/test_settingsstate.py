@@ -123,3 +123,21 @@ def test_the_start_dialog_asks_to_start_anyway_past_limits_or_drops():
         ("Start a training run", "start")
     assert settingsstate.start_question([], ["3 of 10 records dropped"], None) == \
         ("Records would be dropped: start anyway?", "start anyway")
+
+
+def test_records_a_run_would_drop_are_counted_at_once_only_for_small_data(tui_env):
+    assert settingsstate.drops_at_once(quickstart()) == []  # the sample FAQ keeps every record
+    bad = tui_env / "work" / "mostly_bad.jsonl"
+    bad.write_text("".join('{"question": "q%d", "answer": "a"}\n' % i for i in range(2))
+                   + "".join('{"question": "q%d"}\n' % i for i in range(8)))
+    config = propose(quickstart(), "data.path", str(bad))
+    config = propose(config, "data.test_path", None)
+    lines = settingsstate.drops_at_once(config)
+    assert lines and "mostly_bad.jsonl" in lines[0]
+    assert settingsstate.drops(config) == (lines, None)
+    big = tui_env / "work" / "big.jsonl"
+    record = '{"question": "%s", "answer": "a"}\n' % ("x" * 1000)
+    big.write_text(record * (settingsstate.CHECK_INLINE_BYTES // len(record) + 10))
+    config = propose(config, "data.path", str(big))
+    assert settingsstate.drops_at_once(config) is None  # too big to read before the dialog: a thread reads it
+    assert settingsstate.drops(config) == ([], None)

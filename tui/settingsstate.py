@@ -87,6 +87,28 @@ def load_preset(state: SettingsState, name: str) -> Preset | None:
     return None
 
 
+def drops_at_once(config: cfg.Config) -> list[str] | None:
+    """The lines that stop a run for the records it would drop (engine.data.dropcheck),
+    read at once when the local data is small; None when it is bigger (:func:`drops` in a
+    thread)."""
+    from finetui.engine.data import dropcheck
+
+    if dropcheck.local_bytes(config.data) <= CHECK_INLINE_BYTES:
+        return dropcheck.refusal(config.data)
+    return None
+
+
+def drops(config: cfg.Config) -> tuple[list[str], str | None]:
+    """Blocking: (the lines that stop a run for the records it would drop, why the check
+    failed). A failed check never stands between the user and Start."""
+    from finetui.engine.data import dropcheck
+
+    try:
+        return dropcheck.refusal(config.data), None
+    except Exception as exc:
+        return [], f"data check failed: {exc}"
+
+
 def start_question(limits: list[str], drops: list[str], blocking: str | None) -> tuple[str, str]:
     """The start dialog's (title, verb): a plain start, or start anyway past the limits
     ``finetui train`` refuses without --force, or past data that would be dropped."""

@@ -37,7 +37,7 @@ from finetui.engine import config as cfg
 from finetui.tui import settingsstate
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.session import SettingsState, display_path, presets
-from finetui.tui.settingsstate import CHECK_INLINE_BYTES, YAML_SUFFIXES, Estimate, Footprint, flat_values
+from finetui.tui.settingsstate import YAML_SUFFIXES, Estimate, Footprint, flat_values
 from finetui.tui.widgets import settingsviews
 from finetui.tui.widgets.dialogs import ConfirmDialog, PathDialog, PickDialog
 from finetui.tui.widgets.fieldform import FieldRow, RowEditor, SettingsForm, show_value
@@ -282,23 +282,18 @@ class SettingsScreen(FinetuiScreen):
         if blocking is not None:
             self.show_start(config, blocking, [])
             return
-        from finetui.engine.data import dropcheck
-
-        if dropcheck.local_bytes(config.data) <= CHECK_INLINE_BYTES:
-            self.show_start(config, None, dropcheck.refusal(config.data))
+        lines = settingsstate.drops_at_once(config)
+        if lines is not None:
+            self.show_start(config, None, lines)
             return
         self.notify("reading the data to count the records a run would drop…", title="Start", timeout=4)
         self.check_drops(config)
 
     @work(thread=True, exclusive=True, group="dropcheck")
     def check_drops(self, config: cfg.Config) -> None:
-        from finetui.engine.data import dropcheck
-
-        try:
-            lines = dropcheck.refusal(config.data)
-        except Exception as exc:  # the check must never stand between the user and Start
-            lines = []
-            self.app.call_from_thread(self.notify, f"data check failed: {exc}", title="Start", severity="warning")
+        lines, problem = settingsstate.drops(config)
+        if problem:
+            self.app.call_from_thread(self.notify, problem, title="Start", severity="warning")
         self.app.call_from_thread(self.show_start, config, None, lines)
 
     def show_start(self, config: cfg.Config, blocking: str | None, drops: list[str]) -> None:
