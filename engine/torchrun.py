@@ -77,12 +77,39 @@ def root_cause(failures: dict[int, Any], run_dir: Path | None) -> tuple[int, Any
     return rank, failure, error
 
 
-def describe(rank: int, failure, node_rank: int, error: dict[str, Any] | None, run: str) -> tuple[str, str]:
-    """(message, hint) for the rank that failed first."""
+def signal_name(exitcode: int) -> str:
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _waited_for(failures: dict[int, Any], run_dir: Path, rank: int) -> tuple[int, str] | None:
+    """(rank, its message) of another failed rank whose own error is a collective's timeout."""
+    for other, failure in sorted(failures.items()):
+        if other != rank and failure.exitcode > 0:
+            error = _last_error(run_dir, other)
+            message = str((error or {}).get("message") or "")
+            if "timed out" in message.lower() or "timeout" in message.lower():
+                return other, message[:200]
+    return None
+
+
+def describe(rank: int, failure, node_rank: int, error: dict[str, Any] | None, run: str,
+             waited: tuple[int, str] | None = None) -> tuple[str, str]:
+    """(message, hint) for the rank that failed first (``waited``: the rank that timed out
+    waiting for it, and what it said)."""
     from finetui.engine import errors
 
     where = f"rank {rank} (node {node_rank}, local rank {failure.local_rank}, pid {failure.pid})"
     resume = f"`finetui train --resume {run}` continues from the newest complete checkpoint"
+    if failure.exitcode < 0 and waited is not None:
+        # another rank gave up waiting for it in a collective: it hung, and torchrun's
+        # teardown killed it
+        return (f"{where} stopped answering: rank {waited[0]} gave up waiting for it after distributed.timeout_s "
+                f"({waited[1]}); torchrun ended it ({signal_name(failure.exitcode)}) and the other ranks",
+                f"a rank that hangs (a stuck data loader, a deadlock, a stopped process) holds every other "
+                f"one; see stdout.log in the run folder; {resume}")
     if failure.exitcode < 0:
         killed = errors.exit_problem(failure.exitcode, run)
         what, hint = killed if killed else (f"ended by signal {-failure.exitcode}", resume)
@@ -104,13 +131,9 @@ def report(run_dir: Path, failures: dict[int, Any], node_rank: int, stream=None)
     rank, failure, error = root_cause(failures, run_dir)
     if rank == 0 and failure.exitcode > 0 and error is not None and not _peer_error(error):
         return None  # rank 0's own error event and finished event tell it
-    message, hint = describe(rank, failure, node_rank, error, run_dir.name)
-    sig = None
-    if failure.exitcode < 0:
-        try:
-            sig = signal.Signals(-failure.exitcode).name
-        except ValueError:
-            sig = f"signal {-failure.exitcode}"
+    waited = _waited_for(failures, run_dir, rank) if failure.exitcode < 0 else None
+    message, hint = describe(rank, failure, node_rank, error, run_dir.name, waited)
+    sig = signal_name(failure.exitcode) if failure.exitcode < 0 else None
     fields = {"kind": (error or {}).get("kind") or "internal", "message": message, "hint": hint,
               "failed_rank": rank, "failed_node": node_rank, "failed_host": socket.gethostname(),
               "exit_code": failure.exitcode, "signal": sig}

@@ -691,6 +691,7 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     has_eval = data.test is not None and len(data.test) > 0
     if config.train.eval_strategy != "no" and not has_eval:
         events.emit("log", level="info", message="no test split (data.test_size: 0): evaluation is off")
+    _process_group(config, device, world_size)
     args = training_arguments(config, run_dir, device, has_eval, world_size)
     # train.kernels: what runs for speed on this device and precision (engine/perf)
     from finetui.engine import perf
@@ -824,6 +825,20 @@ def train(run_dir: Path, events: ev.EventWriter, resume: bool = False, stop: Sto
     )
     _leave_process_group()
     return status
+
+
+def _process_group(config, device: str, world_size: int) -> None:
+    """Under torchrun on the CPU: the gloo process group, opened here with
+    distributed.timeout_s (the Trainer passes its ddp_timeout to accelerate for GPU groups
+    only, leaving CPU ones at torch's 30 minutes), so a rank that stops answering ends the
+    others' collectives after that long; accelerate takes the group as it finds it."""
+    import torch.distributed as dist
+
+    if world_size <= 1 or device.startswith("cuda") or not dist.is_available() or dist.is_initialized():
+        return
+    from datetime import timedelta
+
+    dist.init_process_group(backend="gloo", timeout=timedelta(seconds=config.distributed.timeout_s))
 
 
 def _leave_process_group() -> None:

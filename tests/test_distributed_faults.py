@@ -165,6 +165,23 @@ def rank_pid(torchrun_pid: int, rank: int, timeout: float = 60) -> int:
 ALL_GONE_S = 30
 
 
+def end_job(proc) -> None:
+    """A job that outlived its bound is ended before the test fails: torchrun and its workers
+    (each worker leads a process group of its own)."""
+    import psutil
+
+    try:
+        left = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        left = []
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def killed_one_rank(proc, run_dir) -> None:
     """SIGKILL rank 1 once checkpoint-2 is complete: the whole job ends within ALL_GONE_S,
     and the run's record names rank 1 and the signal."""
@@ -206,9 +223,7 @@ def test_killing_one_rank_ends_the_job_names_the_rank_and_resume_goes_on(tmp_pat
     try:
         killed_one_rank(proc, run_dir)
     finally:
-        if proc.poll() is None:  # the job outlived the bound: end it (its own session) before failing
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_job(proc)
     # resume, on one process this time: from the newest complete checkpoint, two more steps
     last = runs.last_checkpoint(run_dir)
     step = int(last.name.split("-")[-1])
@@ -222,3 +237,37 @@ def test_killing_one_rank_ends_the_job_names_the_rank_and_resume_goes_on(tmp_pat
     session = events[events.index(started):]
     assert [s["step"] for s in of_type(session, "step")] == [step + 1, step + 2]
     assert session[-1]["type"] == "finished" and session[-1]["status"] == "completed"
+
+
+HUNG_TIMEOUT_S = 10
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_job_after_the_collective_timeout(tmp_path, finetui_cache):
+    """A rank that stops answering (SIGSTOP: alive, silent) holds the others in a gloo
+    collective only for distributed.timeout_s; then rank 0 gives up, torchrun ends the job,
+    and the run names the hung rank."""
+    import psutil
+
+    run_dir = new_run(tmp_path, "hung", method={"type": "full"}, distributed={"strategy": "ddp",
+                                                                              "timeout_s": HUNG_TIMEOUT_S},
+                      train={**TRAIN, "max_steps": 500, "batch_size": 4, "save_strategy": "no"})
+    proc = runs.launch(run_dir, nproc=2)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(e["type"] == "step" for e in ev.read_file(run_dir / "events.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, stdout_log(run_dir)
+            time.sleep(0.1)
+        workers = psutil.Process(proc.pid).children()
+        os.kill(rank_pid(proc.pid, 1), signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        # torch's default would be 30 minutes; here the timeout, then torchrun's 30 s grace to SIGKILL
+        bound = HUNG_TIMEOUT_S + 30 + 30
+        proc.communicate(timeout=bound)
+        _, alive = psutil.wait_procs(workers, timeout=max(0.1, bound - (time.monotonic() - stopped_at)))
+        assert not alive
+    finally:
+        end_job(proc)
+    error = [e for e in ev.read_file(run_dir / "events.jsonl") if e["type"] == "error"][-1]
+    assert error["failed_rank"] == 1 and "rank 1 (node 0" in error["message"], error
+    assert "stopped answering" in error["message"] and "distributed.timeout_s" in error["message"]
