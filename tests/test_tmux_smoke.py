@@ -122,6 +122,7 @@ def test_tui_in_tmux_by_keyboard(tmux):
     tmux.keys("j", "j", literal=True)
     tmux.wait_for("Examples per device per step")
     tmux.keys("Enter")
+    tmux.wait_for("Apply")  # the editor is open (keys sent before it are the form's, not the input's)
     tmux.keys("BSpace", "BSpace", "BSpace")
     tmux.keys("0", literal=True)
     tmux.keys("Enter")

@@ -155,11 +155,17 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         # Esc stops a long reply mid-way; the partial reply is kept, the UI answers.
         screen.params.update(max_new_tokens=900, min_new_tokens=900)
         await say(pilot, screen, "Tell me everything.", wait=False)
-        await wait_until(pilot, lambda: screen.main.job is not None and screen.main.job.fragments > 0, 60, "tokens")
-        # Hold the worker still so a fast machine cannot finish 900 tokens before the keys
-        # land; the cancel is queued in its stdin and read as soon as it runs again.
-        worker_pid = screen.main.client.pid
+        await wait_until(pilot, lambda: screen.main.job is not None, 60, "the request")
+        # Hold the worker still at its first token, so it cannot finish 900 tokens before the
+        # keys land (on a loaded machine the UI's loop may not run for seconds): the reader
+        # thread counts fragments, so this waits off the loop; the cancel is queued in the
+        # worker's stdin and read as soon as it runs again.
+        job, worker_pid = screen.main.job, screen.main.client.pid
+        deadline = time.monotonic() + 60
+        while job.fragments == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
         os.kill(worker_pid, signal.SIGSTOP)
+        assert job.fragments > 0, "no tokens in 60 s"
         try:
             assert "esc stops" in status(screen)
             await type_text(pilot, "abc")  # the UI takes keys while a reply streams
