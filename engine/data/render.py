@@ -689,6 +689,31 @@ class _Plain:
     def finish(self, enc: "_Encoded") -> Counts:
         job = self.job
         ids = enc["input_ids"]
+        n = len(ids)
+        runs = []  # _assistant_masks' runs of trained tokens, as [start, stop) pairs
+        for start_char, end_char in self.generation:
+            start = enc.char_to_token(start_char)
+            end = enc.char_to_token(end_char - 1)
+            if start is None:
+                break
+            stop = min(end + 1 if end else n, n)
+            if stop > start:
+                runs.append((start, stop))
+        runs.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in runs:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        if not job.end_ids or all(ids[b - 1] in job.end_ids for _, b in merged):
+            # every run ends with its end token: _untrain_after_end has nothing to untrain,
+            # and _counts' numbers are the runs' (cut at max_length)
+            cap, end_id = job.max_length, job.end_id
+            kept = [(a, min(b, cap)) for a, b in merged if a < cap]
+            return Counts(n_tokens=min(n, cap), n_trained=sum(b - a for a, b in kept), truncated=n > cap,
+                          full_tokens=n, notes=[],
+                          trains_end=end_id is not None and any(end_id in ids[a:b] for a, b in kept))
         trained = _assistant_masks(enc, len(ids), self.generation)
         trained = _untrain_after_end(job.tokenizer, ids, lambda: enc["offset_mapping"], self.text, trained,
                                      job.end_ids)
