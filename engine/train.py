@@ -550,10 +550,14 @@ def _check_world_change(checkpoint: Path, config, world_size: int, events: ev.Ev
         t = config.train
         events.emit("log", level="info",
                     message=f"resuming {checkpoint_kind.describe(checkpoint)} on {world_size} process"
-                    f"{'es' if world_size != 1 else ''} ({checkpoint_kind.setup(config.distributed.strategy, world_size)}):"
+                    f"{'es' if world_size != 1 else ''} ({_setup_name(config.distributed.strategy, world_size)}):"
                     f" step count, optimizer state and learning-rate schedule go on; the global batch is now "
                     f"{t.batch_size * t.gradient_accumulation_steps * world_size} sequences "
                     "(train.batch_size x gradient_accumulation_steps x processes)")
+
+
+def _setup_name(strategy: str, world_size: int) -> str:
+    return "one process" if world_size <= 1 else {"ddp": "DDP", "fsdp": "FSDP", "deepspeed": "DeepSpeed"}[strategy]
 
 
 def _set_aside(path: Path) -> Path:
