@@ -51,6 +51,9 @@ def saved_world_size(path: str | Path) -> int | None:
     return 1 if (path / "rng_state.pth").is_file() else None
 
 
+SETUP_NAMES = {PLAIN: "one process or DDP", "fsdp": "FSDP", DEEPSPEED: "DeepSpeed"}
+
+
 def setup(strategy: str, world_size: int) -> str:
     """How the run trains now: plain (one process or ddp), fsdp or deepspeed."""
     if world_size <= 1 or strategy == "ddp":
@@ -80,7 +83,7 @@ def refusal(path: str | Path, strategy: str, world_size: int) -> str | None:
         step = next((p.name for p in sorted(path.glob("global_step*")) if p.is_dir()), "global_stepN")
         return (f"{path} was saved by DeepSpeed ZeRO over {_processes(was)}; it loads only under "
                 f"distributed.strategy: deepspeed on {_processes(was)} (--nproc {was or 'N'}), and this resume "
-                f"has {_processes(world_size)}" + ("" if now == DEEPSPEED else f" under {now}") + ". "
+                f"has {_processes(world_size)}" + ("" if now == DEEPSPEED else f" ({SETUP_NAMES[now]})") + ". "
                 f"To change the world size, convert it with DeepSpeed's universal checkpoint "
                 f"(python -m deepspeed.checkpoint.ds_to_universal --input_folder {path / step} "
                 f"--output_folder {path / (step + '_universal')}) and resume under a DeepSpeed JSON with "
