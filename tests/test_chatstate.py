@@ -259,7 +259,8 @@ def test_the_status_line_says_who_replies_or_the_settings():
 
 
 
-@pytest.mark.parametrize("module", ["finetui.tui.chatstate", "finetui.tui.evalstate", "finetui.tui.chathistory", "finetui.tui.dashstate"])
+@pytest.mark.parametrize("module", ["finetui.tui.chatstate", "finetui.tui.chatdriver", "finetui.tui.evalstate", "finetui.tui.chathistory",
+                                    "finetui.tui.dashstate"])
 def test_no_textual_or_torch(module):
     import subprocess
     import sys

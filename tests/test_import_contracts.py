@@ -63,6 +63,7 @@ OFFENCES = [
     ("tui-light", "tui/widgets/lossplot.py", "def _load():\n    from transformers import AutoModel"),
     ("tui-light", "tui/session.py", "import peft, bitsandbytes, datasets"),
     ("tui-plain-state", "tui/chatstate.py", "from textual.widgets import Static"),
+    ("tui-plain-state", "tui/chatdriver.py", "def _show():\n    from textual.app import App"),
     ("tui-plain-state", "tui/evalstate.py", "def _show():\n    from finetui.tui.widgets.chatlog import ChatLog"),
     ("tui-plain-state", "tui/dashstate.py", "from textual.app import App"),
     ("tui-plain-state", "tui/createstate.py", "def _show():\n    from textual.widgets import Input"),

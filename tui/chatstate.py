@@ -169,7 +169,7 @@ def count(n: int) -> str:
 @dataclass
 class Job:
     """One reply being generated. The thread appends to ``pending`` (under ``lock``); the
-    UI's timer moves it into ``widget`` (whatever shows it)."""
+    UI's timer moves it into ``widget`` (whatever shows it); ``shown``: all it took so far."""
 
     turn: int
     widget: Any
@@ -179,6 +179,7 @@ class Job:
     cancelled: bool = False
     fragments: int = 0
     pending: list[str] = field(default_factory=list)
+    shown: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def put(self, text: str) -> None:
@@ -190,6 +191,7 @@ class Job:
         with self.lock:
             text = "".join(self.pending)
             self.pending.clear()
+        self.shown += text
         return text
 
     def cancel(self) -> None:

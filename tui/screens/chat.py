@@ -35,9 +35,7 @@ in ``tui.chatstate`` (settings, panes' models, requests, records) and
 
 from __future__ import annotations
 
-import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,8 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.widgets import Input, Static
 
-from finetui.engine.chat_protocol import ChatClient, ChatError
-from finetui.tui.chatstate import BUSY, TINY, ChatSession, Job, load_choices, run_dir_of, worker_client
+from finetui.tui.chatdriver import ChatDriver
+from finetui.tui.chatstate import BUSY, ChatSession, Job
 from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
@@ -95,6 +93,7 @@ class ChatScreen(FinetuiScreen):
         self.main: Pane = self.chat.main
         self.base: Pane = self.chat.base
         self.params: dict[str, Any] = self.chat.params
+        self.driver = ChatDriver(self.chat, self, post=self._ui, spawn=self._spawn)
         self._flash: tuple[Text, float] | None = None
         self._tick_n = 0
         self._timer = None
@@ -129,7 +128,7 @@ class ChatScreen(FinetuiScreen):
 
     def on_unmount(self) -> None:
         for pane in (self.main, self.base):
-            self._close_client(pane)
+            self.driver.close(pane.release())
 
     def on_resize(self) -> None:
         self.query_one("#panes").set_class(self.size.width < STACK_BELOW, "-stacked")
@@ -224,17 +223,13 @@ class ChatScreen(FinetuiScreen):
         except Exception:  # noqa: BLE001 - no app, no screen to update
             pass
 
+    def _spawn(self, fn, group: str, exclusive: bool = False) -> None:
+        self.run_worker(fn, thread=True, group=group, exclusive=exclusive)
+
     # ------------------------------------------------------------------ loading
 
     def action_load(self) -> None:
-        self.run_worker(self._gather_choices, thread=True, group="chat-choices", exclusive=True)
-
-    def _gather_choices(self) -> None:
-        try:
-            items, problem = load_choices(), ""
-        except Exception as exc:  # noqa: BLE001 - a broken runs folder still leaves tiny and paths
-            items, problem = [TINY], f"runs: {exc}"
-        self._ui(self._open_load_dialog, items, problem)
+        self.driver.choices(self._open_load_dialog)
 
     def _open_load_dialog(self, items: list[tuple[str, str, str]], problem: str) -> None:
         current = self.main.title if self.main.state in ("ready", "loading") else None
@@ -259,70 +254,35 @@ class ChatScreen(FinetuiScreen):
         """Start ``target``'s worker in a pane. Another model than the pane's last one starts
         a new conversation there: the transcript stays on screen above a separator, but
         none of it is sent. The same model again (after a crash, an unload) keeps it."""
-        self._close_client(pane)
         from finetui.tui.session import trusts_remote_code
 
-        client = worker_client(target, base=base, trust_remote_code=trusts_remote_code(self.app))
-        if pane.start(client, target, self.run_dir) and self.history.restart(pane.side) and pane.shown:
+        if self.driver.load(pane, target, base=base, trust_remote_code=trusts_remote_code(self.app)) and pane.shown:
             pane.log.rule(f"new conversation: {pane.title}")
         self.show_headers()
         self._wake()
-        self.run_worker(partial(self._load_thread, pane, client, target), thread=True, group=f"chat-load-{pane.side}")
 
-    def _load_thread(self, pane: Pane, client: ChatClient, target: str) -> None:
-        """Thread: start the worker and wait for ``ready`` (or its error)."""
-        run_dir = run_dir_of(target) if pane.side == "main" else None
-        try:
-            ready = client.start(on_loading=lambda m: self._ui(self._loading, pane, client, m))
-        except ChatError as exc:
-            self._ui(self._load_failed, pane, client, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - cannot even spawn: say so, keep the UI
-            self._ui(self._load_failed, pane, client, ChatError("internal", f"{type(exc).__name__}: {exc}"))
-            return
-        self._ui(self._loaded, pane, client, ready, run_dir)
+    def stage_changed(self, pane: Pane) -> None:
+        self.show_headers()
 
-    def _loading(self, pane: Pane, client: ChatClient, message: dict[str, Any]) -> None:
-        if pane.client is client:
-            pane.stage = str(message.get("message") or message.get("stage") or "")
-            self.show_headers()
-
-    def _loaded(self, pane: Pane, client: ChatClient, ready: dict[str, Any], run_dir: Path | None) -> None:
-        if pane.client is not client:  # unloaded or replaced meanwhile
-            threading.Thread(target=client.close, kwargs={"timeout": 2}, daemon=True).start()
-            return
-        if pane.side == "main":
-            self.chat.run_dir = run_dir
-        pane.log.note(pane.ready(ready, run_dir))
+    def model_loaded(self, pane: Pane, note: str) -> None:
+        pane.log.note(note)
         self.show_headers()
         self.show_status()
 
-    def _load_failed(self, pane: Pane, client: ChatClient, exc: ChatError) -> None:
-        if pane.client is not client or exc.kind == "closed":
-            return
-        note = pane.load_failed(exc.message)
-        if pane.side == "main":
-            self.chat.run_dir = None
+    def model_failed(self, pane: Pane, note: str, message: str) -> None:
         pane.log.note(note, error=True)
-        self.notify(exc.message, title=f"Load {pane.title}", severity="error", timeout=12)
+        self.notify(message, title=f"Load {pane.title}", severity="error", timeout=12)
         self.show_headers()
         self.show_status()
 
     def unload(self) -> None:
         if self.compare:
             self._set_compare(False)
-        self._close_client(self.main)
-        note = self.chat.unloaded()
+        note = self.driver.unload()
         if note:
             self.main.log.note(note)
         self.show_headers()
         self.show_status()
-
-    def _close_client(self, pane: Pane) -> None:
-        """End a pane's worker without blocking the UI (close waits for the process)."""
-        client = pane.release()
-        if client is not None:
-            threading.Thread(target=client.close, kwargs={"timeout": 2}, daemon=True, name="chat-close").start()
 
     # ------------------------------------------------------------------ side by side
 
@@ -342,7 +302,7 @@ class ChatScreen(FinetuiScreen):
         if on:
             base.clear()
         else:
-            self._close_client(base)
+            self.driver.close(base.release())
         note = self.chat.set_compare(on)
         if note:
             base.log.note(note)
@@ -382,65 +342,43 @@ class ChatScreen(FinetuiScreen):
             return
         widget = pane.log.add("assistant", self.chat.label(pane), streaming=True)
         pane.reply_widgets[turn] = widget
-        job, params = self.chat.ask(pane, turn, widget)
-        self.run_worker(partial(self._generate_thread, pane, pane.client, job, params), thread=True,
-                        group=f"chat-reply-{pane.side}")
+        self.driver.ask(pane, turn, widget)
         self._wake()
         self.show_headers()
         self.show_status()
 
-    def _generate_thread(self, pane: Pane, client: ChatClient, job: Job, params: dict) -> None:
-        """Thread: send the request and collect its tokens; never touches a widget."""
-        try:
-            gen = client.generate(job.messages, **params)
-            job.gen = gen
-            if job.cancelled:
-                gen.cancel()
-            for message in gen:
-                job.put(message.get("text", ""))
-            self._ui(self._reply_done, pane, job, gen.done or {})
-        except ChatError as exc:
-            self._ui(self._reply_failed, pane, job, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the reply hanging
-            self._ui(self._reply_failed, pane, job, ChatError("internal", f"{type(exc).__name__}: {exc}"))
-
-    def _reply_done(self, pane: Pane, job: Job, done: dict[str, Any]) -> None:
-        if pane.job is not job:
-            return  # cleared or unloaded meanwhile: its widget is gone
+    def flush_reply(self, job: Job) -> None:
         self._flush(job)
-        text, stats = self.chat.answered(pane, job, done, job.widget.text)
+
+    def reply_answered(self, pane: Pane, job: Job, text: str, stats: str, done: dict[str, Any]) -> None:
         job.widget.finish(text, stats)
         job.widget.done = done
         self.show_headers()
         self.show_status()
 
-    def _reply_failed(self, pane: Pane, job: Job, exc: ChatError) -> None:
-        if pane.job is not job:
-            return
-        self._flush(job)
-        then = self.chat.reply_failed(pane, job, exc.kind)
+    def reply_failed(self, pane: Pane, job: Job, then: str, message: str, note: str,
+                     given_back: tuple[str, list[Pane]] | None) -> None:
         if then in ("not_sent", "give_back"):  # the prompt cannot be answered as given (too long, ...)
             job.widget.remove()
             pane.reply_widgets.pop(job.turn, None)
-            pane.log.note(f"not sent: {exc.message}", error=True)
-            if then == "give_back":
-                self._give_back(job.turn, exc.message)
+            pane.log.note(f"not sent: {message}", error=True)
+            if given_back is not None:
+                self._give_back(job.turn, *given_back, message)
         elif then == "closed":
             job.widget.finish(problem="(unloaded)")
         else:
-            job.widget.finish(problem=f"✖ {exc.message}")
+            job.widget.finish(problem=f"✖ {message}")
             if then == "died":
-                self._worker_died(pane, exc)
+                pane.log.note(note, error=True)
+                self.notify(message, title="Chat worker stopped", severity="error", timeout=15)
             else:
-                self.notify(exc.message, title=f"Reply from {self.chat.label(pane)}", severity="error", timeout=12)
+                self.notify(message, title=f"Reply from {self.chat.label(pane)}", severity="error", timeout=12)
         self.show_headers()
         self.show_status()
 
-    def _give_back(self, turn: int, message: str) -> None:
-        """A prompt every pane refused: take it off the conversation and give it back to
+    def _give_back(self, turn: int, text: str, panes: list[Pane], message: str) -> None:
+        """A prompt every pane refused (taken off the conversation): off the panes, back in
         the prompt box, so the user can shorten it."""
-        panes = [p for p in self.panes if p.first_turn <= turn]
-        text = self.history.pop()
         for pane in panes:
             widget = pane.users.pop(turn, None)
             if widget is not None:
@@ -450,13 +388,6 @@ class ChatScreen(FinetuiScreen):
             self.prompt.cursor_position = len(text)
         self.flash(message)
         self.notify(message, title="Prompt not sent", severity="error", timeout=10)
-
-    def _worker_died(self, pane: Pane, exc: ChatError) -> None:
-        client, note = pane.worker_died(exc.message)
-        if client is not None:
-            threading.Thread(target=client.close, kwargs={"timeout": 1}, daemon=True).start()
-        pane.log.note(note, error=True)
-        self.notify(exc.message, title="Chat worker stopped", severity="error", timeout=15)
 
     # ------------------------------------------------------------------ stop, retry, undo, clear
 
