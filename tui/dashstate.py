@@ -1,11 +1,17 @@
 """What the run dashboard reads and decides, without Textual: the status marks, the
 hardware snapshot its poll thread hands over, the likely fix of a failed run, and the small
-readers (the run's config.yaml, the tail of stdout.log) and text clipping it uses. Plain
-Python, so tests drive it without an app.
+readers (the run's config.yaml, the tail of stdout.log) and text clipping it uses; and
+:class:`DashModel`, the screen's state: when to draw, what each widget shows from the feed's
+state (a :class:`Frame`), the chart's plot and the log area's view, which keys apply to the
+run's status and why an action is refused. Plain Python, so tests drive it without an app;
+the screen only hands its frames to the widgets.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,11 @@ class Fix:
     kind: str  # settings | resume | stdout
     text: str
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def note(self) -> str:
+        """What Settings says the config came with: ``fix: train.batch_size 8, …``."""
+        return "fix: " + ", ".join(f"{k} {v}" for k, v in self.overrides.items()) if self.overrides else ""
 
 
 def likely_fix(state: RunState, last_checkpoint: Path | None, config: dict[str, Any] | None = None) -> Fix | None:
@@ -515,3 +526,294 @@ class HwPoller:
             if file_pid and file_pid != feed.pid and runs.pid_alive(file_pid, self.run_dir):
                 snap.newer_session_pid = file_pid
         return snap
+
+
+# --------------------------------------------------------------------------- the screen's state
+
+TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
+PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
+VIEWS = ("log", "stdout.log", "checkpoints", "ranks", "gpus")  # ranks, gpus: runs of several processes only
+
+
+def _default_key(_binding_id: str, default: str) -> str:
+    return default
+
+
+@dataclass
+class Look:
+    """What the screen lends the lines: its width, the theme's colours (lossplot.theme_colors)
+    and the key a binding has now (``key(binding_id, default)``, the user's keymap)."""
+
+    width: int
+    colors: dict[str, str]
+    key: Callable[[str, str], str] = _default_key
+
+
+@dataclass
+class Curve:
+    """One line of the chart (the screen makes a lossplot.Series of it)."""
+
+    label: str
+    xs: list[float]
+    ys: list[float | None]
+    color: str
+    markers: bool = False
+
+
+@dataclass
+class PollParts:
+    """What the hardware poll changes too (checkpoints on disk, stdout.log, how long a
+    trainer or rank has been silent): the banner, the checkpoints line, the log area."""
+
+    problem: tuple[str | None, Text]  # (the banner's class, its text)
+    checkpoints: Text
+    log: tuple[str, list[Text], str]  # (title, lines, what it says when empty)
+
+
+@dataclass
+class Frame:
+    """Everything the dashboard shows of one state, for one draw."""
+
+    head: Text
+    progress: dict[str, Any]  # RunProgress.show's arguments
+    metrics: dict[str, Any]  # MetricsLine.show's arguments
+    ranks: Text | None  # the ranks line; None hides it (one process)
+    gpus: tuple[str, tuple, dict] | None  # a GpuPanel call (method, args, kwargs), or leave it
+    data: Text | None  # the data line; None hides it
+    chart_shown: bool
+    chart_title: str
+    curves: list[Curve]
+    poll: PollParts
+
+
+def launch_route(launched: Iterable[str], run_id: str) -> tuple[bool, str | None]:
+    """Runs launched from this UI since the last look, for the dashboard of ``run_id``:
+    (whether our own resume came first: its pipe feed takes over, the run started meanwhile
+    from Settings that the dashboard turns to, if any)."""
+    own = False
+    for launched_id in launched:
+        if launched_id != run_id:
+            return own, launched_id
+        own = True
+    return own, None
+
+
+class DashModel:
+    """The dashboard's state, without Textual. The screen's timer and poll call in; what
+    each widget shows comes back as a :class:`Frame` (or :class:`PollParts`, a GPU panel
+    call). Methods that take a state are called with the feed's lock held."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = self.run_dir.name
+        self.plot = 0  # index in PLOTS
+        self.view = 0  # index in VIEWS
+        self.version = -1  # the state's version on screen
+        self.poller = HwPoller(self.run_dir)  # the poll thread's readers
+        self.hw: HwSnapshot | None = None  # the latest poll
+        self.hw_seen: HwSnapshot | None = None  # the readings on screen
+        self.hw_key: tuple = ()
+        self.hw_parts_due = False
+        self.config: dict[str, Any] | None = None  # config.yaml, read by the poll thread
+        self.status = ""
+        self.fix: Fix | None = None
+        self.keys_for: tuple = ()
+        self.last_draw = 0.0
+        self.state: RunState | None = None  # the state last shown
+        self.draws = 0  # draws that changed something on screen (redraw-rate benchmark)
+        self.draw_times: deque[float] = deque(maxlen=1000)  # monotonic time of each such draw
+        self.shown_steps: list[tuple[int, float]] = []  # (step, wall time it reached the widgets)
+
+    # ------------------------------------------------------------------ polling
+
+    def poll(self, feed) -> None:
+        """In the poll thread: NVML, psutil, checkpoints, stdout.log and config.yaml."""
+        self.hw = self.poller.poll(feed)
+        self.config = self.poller.config
+
+    def fresh_readings(self) -> HwSnapshot | None:
+        """The latest poll when it is not on screen yet."""
+        hw = self.hw
+        return None if hw is None or hw is self.hw_seen else hw
+
+    @staticmethod
+    def newer_session(hw: HwSnapshot, feed_ended: bool) -> bool:
+        """Whether a trainer of this run started elsewhere after ours ended: follow it."""
+        return bool(hw.newer_session_pid) and feed_ended
+
+    def readings_seen(self, hw: HwSnapshot, st: RunState) -> bool:
+        """``hw`` goes on screen; True when what depends on the poll (checkpoints on disk,
+        the tail of stdout.log, how long the trainer or a rank has been silent) changed,
+        or on the first poll (it brings config.yaml: everything is drawn once more)."""
+        first = self.hw_seen is None
+        self.hw_seen = hw
+        hung = st.hung_s()  # silence grows with no event: the banner counts it
+        silent = tuple((r, int(q)) for r, q in st.silent_ranks())
+        key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]),
+               None if hung is None else int(hung), silent)
+        if first:
+            self.version = -1
+        if first or key != self.hw_key:
+            self.hw_key = key
+            self.hw_parts_due = True
+            return True
+        return False
+
+    # ------------------------------------------------------------------ when to draw
+
+    def feed_switched(self) -> None:
+        self.version = -1
+
+    def draw_wait(self, now: float) -> float:
+        """Seconds until the next draw may happen (<= 0: now)."""
+        return self.last_draw + TICK_S - now
+
+    def draw_plan(self, st: RunState, now: float) -> str | None:
+        """A draw at ``now``: "all" (the state changed), "poll" (only what the poll
+        changes), or None (nothing)."""
+        self.last_draw = now
+        parts_due, self.hw_parts_due = self.hw_parts_due, False
+        changed = st.version != self.version
+        if changed or parts_due:
+            self.draws += 1
+            self.draw_times.append(now)
+        if changed:
+            self.version = st.version
+            return "all"
+        return "poll" if parts_due and self.hw_seen is not None else None
+
+    # ------------------------------------------------------------------ what to show
+
+    def frame(self, st: RunState, look: Look) -> Frame:
+        """Everything, from ``st`` and the readings on screen."""
+        self.state = st
+        colors = look.colors
+        status = self.status = st.status
+        last = st.last_step or {}
+        cfg = st.config or self.config or {}  # config.yaml until run_started brings the real one
+        if last.get("step") is not None and (not self.shown_steps or self.shown_steps[-1][0] != last["step"]):
+            self.shown_steps.append((int(last["step"]), time.time()))
+            del self.shown_steps[:-1000]
+        ranks = rank_summary(st.ranks, look.key("dashboard.ranks", "w"))
+        chart_shown, title, curves = self.chart(st, colors)
+        return Frame(
+            head=head_text(st, self.run_id, cfg, colors),
+            progress=dict(step=last.get("step"), total=last.get("total_steps"), epoch=last.get("epoch"),
+                          elapsed=last.get("elapsed_s"), eta=last.get("eta_s") if status == "running" else None,
+                          note=progress_note(st),
+                          bar_color=colors["good"] if status == "completed" else colors["train"]),
+            metrics=dict(loss=last.get("loss"), eval_loss=(st.last_eval or {}).get("eval_loss"),
+                         best_eval=st.best_eval, learning_rate=last.get("learning_rate"),
+                         grad_norm=last.get("grad_norm"), tokens_per_s=tokens_per_s(st)),
+            ranks=ranks,
+            # every node's GPUs, as its local rank 0 reported them
+            gpus=self.gpus(self.hw_seen, look) if ranks is not None and st.ranks.nodes else None,
+            data=data_text((st.started or {}).get("data"), max(look.width - 2, 20), colors["eval"]),
+            chart_shown=chart_shown, chart_title=title, curves=curves,
+            poll=self.poll_parts(st, self.hw_seen, look),
+        )
+
+    def poll_parts(self, st: RunState, hw: HwSnapshot | None, look: Look) -> PollParts:
+        """The banner (and the fix it offers), the checkpoints line and the log area."""
+        last_ckpt = hw.last_checkpoint if hw else None
+        self.fix = likely_fix(st, last_ckpt, self.config)
+        return PollParts(
+            problem=problem_text(st, last_ckpt, self.fix, self.config, max(look.width - 2, 20), look.colors,
+                                 look.key),
+            checkpoints=checkpoints_text(st, last_ckpt, self.config),
+            log=self.log(st, hw, look))
+
+    def log(self, st: RunState | None, hw: HwSnapshot | None, look: Look) -> tuple[str, list[Text], str]:
+        """The log area in its current view."""
+        return log_view(VIEWS[self.view], st, hw, self.run_dir, look.colors, look.key("dashboard.view", "v"))
+
+    def chart(self, st: RunState, colors: dict[str, str]) -> tuple[bool, str, list[Curve]]:
+        """(whether the chart is shown, its title, its curves) for the current plot. A run
+        that failed before its first step has no curve: the room goes to the log."""
+        shown = bool(st.steps) or st.status in ("running", "starting")
+        name = PLOTS[self.plot]
+        steps = list(st.steps)
+        if name == "loss":
+            curves = [Curve("train", steps, list(st.loss), colors["train"]),
+                      Curve("eval", list(st.eval_steps), list(st.eval_loss), colors["eval"], markers=True)]
+        else:
+            values = {"learning rate": st.learning_rate, "grad norm": st.grad_norm,
+                      "tokens/s": st.tokens_per_s}[name]
+            curves = [Curve(name, steps, list(values), colors["train"])]
+        return shown, name, curves
+
+    def gpus(self, hw: HwSnapshot | None, look: Look) -> tuple[str, tuple, dict] | None:
+        """The GPU panel's call: every node's readings from the ranks' streams (several
+        processes, once a node has reported), else this machine's poll (None: no poll yet)."""
+        st = self.state
+        if st is not None and st.ranks.multi and st.ranks.nodes:
+            slow = st.ranks.slowest()
+            key = look.key("dashboard.ranks", "w")
+            return "show_nodes", (st.ranks.hw_rows(), slow.rank if slow else None), \
+                {"more_hint": f" ({key} {key}: every GPU)"}
+        if hw is None:
+            return None
+        devices = ((st.started or {}).get("devices") or []) if st else []
+        on_gpu = any(str(d).startswith("cuda") for d in devices)
+        memory = dict((st.last_step or {}).get("memory") or {}) if st else {}
+        return "show", (hw.gpus, hw.problem, hw.host, memory, st.peak_bytes if st else None, on_gpu), {}
+
+    def keys_changed(self) -> bool:
+        """Whether what :meth:`allows` answers may have changed since the last look (the
+        footer is rebuilt only then: rebuilding it restyles widgets)."""
+        key = (self.status, self.fix is not None)
+        if key == self.keys_for:
+            return False
+        self.keys_for = key
+        return True
+
+    # ------------------------------------------------------------------ keys
+
+    @property
+    def multi(self) -> bool:
+        return self.state is not None and self.state.ranks.multi
+
+    def allows(self, action: str) -> bool | None:
+        """Screen.check_action's answer: True offers the key, False hides it, None greys it."""
+        status = self.status
+        if action in ("stop", "kill"):
+            return status in ("running", "starting")
+        if action == "resume":
+            return status in ("stopped", "killed", "failed", "created")
+        if action == "fix":
+            return self.fix is not None
+        if action == "chat":
+            return status in ("completed", "stopped") or None
+        if action == "ranks":
+            return self.multi
+        return True
+
+    def refusal(self, action: str) -> str | None:
+        """Why ``action`` (stop, kill, resume, fix) does nothing now, or None."""
+        if action in ("stop", "kill") and self.status not in ("running", "starting"):
+            return "the run is not running"
+        if action == "resume" and self.status in ("running", "starting"):
+            return "the run is still running"
+        if action == "fix" and self.fix is None:
+            return "nothing to fix: the run did not fail"
+        return None
+
+    def next_plot(self) -> None:
+        self.plot = (self.plot + 1) % len(PLOTS)
+
+    def next_view(self) -> None:
+        """The log area's next view; one process has no ranks or GPUs views."""
+        self.view = (self.view + 1) % len(VIEWS)
+        if VIEWS[self.view] in ("ranks", "gpus") and not self.multi:
+            self.view = 0
+
+    def ranks_view(self) -> None:
+        """``w``: the ranks view, then every GPU of every node, then the log again."""
+        if VIEWS[self.view] not in ("ranks", "gpus"):
+            self.view = VIEWS.index("ranks") - 1
+        self.next_view()
+
+    def stdout_view(self) -> None:
+        """The fix of a run that failed for no known reason: its traceback in stdout.log."""
+        self.view = VIEWS.index("stdout.log") - 1
+        self.next_view()

@@ -7,7 +7,9 @@ Pushed on top of the Runs screen (enter on a run). Data comes from the run's fee
 Feeds apply events to a state in a thread; this screen looks at it on a 0.5 s timer and
 hands the widgets copies of what changed, so a burst of events costs one redraw and the
 screen never redraws more than twice a second (friendly to SSH). NVML, psutil, the
-checkpoints folder and stdout.log are read in a thread worker once a second.
+checkpoints folder and stdout.log are read in a thread worker once a second. What to show
+and when is decided by ``tui.dashstate.DashModel`` (plain Python, tested without an app);
+this screen composes the widgets, binds the keys and hands the model's frames over.
 
 Layout at 80x24 (22 rows between the screen bar and the footer)::
 
@@ -28,33 +30,26 @@ Layout at 80x24 (22 rows between the screen bar and the footer)::
 from __future__ import annotations
 
 import time
-from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from textual import work
 from textual.binding import Binding
 
-from finetui.tui.dashstate import (
-    Fix, HwPoller, HwSnapshot, checkpoints_text, data_text, head_text, likely_fix, log_view, problem_text,
-    progress_note, rank_summary, tokens_per_s,
-)
-from finetui.tui.runfeed import RunFeed, RunState, feeds
+from finetui.tui.dashstate import DashModel, Frame, Look, PollParts, launch_route
+from finetui.tui.dashstate import likely_fix  # noqa: F401 - tests import it from here
+from finetui.tui.runfeed import RunFeed, feeds
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.widgets.gpupanel import GpuPanel
 from finetui.tui.widgets.logview import LogView
 from finetui.tui.widgets.lossplot import LossPlot, Series, theme_colors
-from finetui.tui.widgets.runcontrol import (  # noqa: F401 - the Runs screen imports them from here
+from finetui.tui.widgets.runcontrol import (
     app_key, apply_to_settings, confirm_kill, resume_run, show_config, signal_trainer,
 )
 from finetui.tui.widgets.runprogress import MetricsLine, RunProgress
 from finetui.tui.widgets.textline import TextLine
 
-TICK_S = 0.5  # widgets redraw at most this often (2 Hz)
 HW_POLL_S = 1.0
-PLOTS = ("loss", "learning rate", "grad norm", "tokens/s")
-VIEWS = ("log", "stdout.log", "checkpoints", "ranks", "gpus")  # ranks, gpus: runs of several processes only
 
 
 class DashboardScreen(FinetuiScreen):
@@ -91,27 +86,20 @@ class DashboardScreen(FinetuiScreen):
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__()
-        self.run_dir = Path(run_dir)
-        self.run_id = self.run_dir.name
+        self.model = DashModel(run_dir)
+        self.run_dir = self.model.run_dir
+        self.run_id = self.model.run_id
         self.feed: RunFeed | None = None
-        self.plot = 0  # index in PLOTS
-        self.view = 0  # index in VIEWS
-        self._version = -1
-        self._hw: HwSnapshot | None = None
-        self._hw_seen: HwSnapshot | None = None  # the readings on screen
-        self._hw_key: tuple = ()
-        self._hw_parts_due = False
-        self._status = ""
-        self._fix: Fix | None = None
-        self._keys_for: tuple = ()
         self._draw_timer = None
-        self._last_draw = 0.0
-        self._poller = HwPoller(self.run_dir)  # the poll worker's readers
-        self._config: dict[str, Any] | None = None  # config.yaml, read by the poll worker
-        self.draws = 0  # draws that changed something on screen (redraw-rate benchmark)
-        self.draw_times: deque[float] = deque(maxlen=1000)  # monotonic time of each such draw
-        self.shown_steps: list[tuple[int, float]] = []  # (step, wall time it reached the widgets)
-        self.state: RunState | None = None  # the state last shown (tests read it)
+
+    # what tests and benchmarks read (the model's)
+    state = property(lambda self: self.model.state)  # the state last shown
+    draws = property(lambda self: self.model.draws)
+    draw_times = property(lambda self: self.model.draw_times)
+    shown_steps = property(lambda self: self.model.shown_steps)
+    _hw = property(lambda self: self.model.hw)
+    _status = property(lambda self: self.model.status)
+    _fix = property(lambda self: self.model.fix)
 
     # ------------------------------------------------------------------ layout
 
@@ -141,6 +129,9 @@ class DashboardScreen(FinetuiScreen):
         if self.feed is not None:
             registry.release(self.feed)
 
+    def _look(self) -> Look:
+        return Look(self.size.width, theme_colors(self.app), partial(app_key, self.app))
+
     # ------------------------------------------------------------------ when to draw
     #
     # Few wake-ups on purpose: on a box whose cores all train, every wake-up of the UI
@@ -159,30 +150,21 @@ class DashboardScreen(FinetuiScreen):
             return
         registry = feeds(self.app)
         if self.is_active:
-            for run_id in registry.take_new_launches():
-                if run_id == self.run_id:  # our own resume: its pipe feed takes over
-                    self._switch_feed(registry.feed(self.run_dir))
-                else:  # a run started from Settings meanwhile: show that one
-                    self.app.switch_screen(DashboardScreen(registry.feeds[run_id].run_dir))
-                    return
-        hw = self._hw
-        if hw is None or hw is self._hw_seen:
+            own, other = launch_route(registry.take_new_launches(), self.run_id)
+            if own:  # our own resume: its pipe feed takes over
+                self._switch_feed(registry.feed(self.run_dir))
+            if other is not None:  # a run started from Settings meanwhile: show that one
+                self.app.switch_screen(DashboardScreen(registry.feeds[other].run_dir))
+                return
+        hw = self.model.fresh_readings()
+        if hw is None:
             return
-        if hw.newer_session_pid and self.feed.ended:
+        if self.model.newer_session(hw, self.feed.ended):
             self._switch_feed(registry.feed(self.run_dir))
-        first = self._hw_seen is None
-        self._hw_seen = hw
         with self.feed.lock:  # the feed's worker changes the state (the ranks' too) under it
-            self._show_gpus(hw)  # its own 1 Hz cadence: a small widget
-            hung = self.feed.state.hung_s()  # silence grows with no event: the banner counts it
-            silent = tuple((r, int(q)) for r, q in self.feed.state.silent_ranks())
-        key = (hw.last_checkpoint, frozenset(hw.existing_checkpoints), tuple(hw.stdout_lines[-3:]),
-               None if hung is None else int(hung), silent)
-        if first:
-            self._version = -1  # the first poll brings config.yaml: draw everything once more
-        if first or key != self._hw_key:
-            self._hw_key = key
-            self._hw_parts_due = True
+            self._show_gpus(self.model.gpus(hw, self._look()))  # its own 1 Hz cadence: a small widget
+            due = self.model.readings_seen(hw, self.feed.state)
+        if due:
             self.request_draw()
 
     def request_draw(self) -> None:
@@ -190,7 +172,7 @@ class DashboardScreen(FinetuiScreen):
         events cost one redraw and the screen never redraws more than twice a second."""
         if self._draw_timer is not None:
             return
-        wait = self._last_draw + TICK_S - time.monotonic()
+        wait = self.model.draw_wait(time.monotonic())
         if wait <= 0:
             self.draw()
         else:  # (+5 ms: asyncio may run a timer up to a clock tick early)
@@ -205,20 +187,12 @@ class DashboardScreen(FinetuiScreen):
         feed = self.feed
         if feed is None or not self.is_attached:
             return
-        self._last_draw = time.monotonic()
-        hw = self._hw_seen
-        parts_due, self._hw_parts_due = self._hw_parts_due, False
         with feed.lock:  # the feed's worker appends to the state under this lock
-            state = feed.state
-            changed = state.version != self._version
-            if changed:
-                self._version = state.version
-                self._show_state(state, hw)
-            elif parts_due and hw is not None:
-                self._show_hw_parts(state, hw)
-        if changed or parts_due:
-            self.draws += 1
-            self.draw_times.append(self._last_draw)
+            plan = self.model.draw_plan(feed.state, time.monotonic())
+            if plan == "all":
+                self._show_frame(self.model.frame(feed.state, self._look()))
+            elif plan == "poll":
+                self._show_poll_parts(self.model.poll_parts(feed.state, self.model.hw_seen, self._look()))
 
     def _switch_feed(self, feed: RunFeed) -> None:
         if feed is self.feed:
@@ -226,135 +200,65 @@ class DashboardScreen(FinetuiScreen):
         if self.feed is not None:
             feeds(self.app).release(self.feed)
         self.feed = feed
-        self._version = -1
+        self.model.feed_switched()
         feeds(self.app).pump_soon()
 
-    # ------------------------------------------------------------------ state -> widgets
+    # ------------------------------------------------------------------ frames -> widgets
 
-    def _show_state(self, st: RunState, hw: HwSnapshot | None) -> None:
-        """Called with the feed's lock held: copy what the widgets keep."""
-        self.state = st
-        colors = theme_colors(self.app)
-        status = st.status
-        last = st.last_step or {}
-        cfg = st.config or self._config or {}  # config.yaml until run_started brings the real one
-        self._status = status
-
-        self.query_one("#dash-head", TextLine).show(head_text(st, self.run_id, cfg, colors))
-        self.query_one(RunProgress).show(
-            last.get("step"), last.get("total_steps"), last.get("epoch"), last.get("elapsed_s"),
-            last.get("eta_s") if status == "running" else None, note=progress_note(st),
-            bar_color=colors["good"] if status == "completed" else colors["train"])
-        self.query_one(MetricsLine).show(
-            loss=last.get("loss"), eval_loss=(st.last_eval or {}).get("eval_loss"), best_eval=st.best_eval,
-            learning_rate=last.get("learning_rate"), grad_norm=last.get("grad_norm"), tokens_per_s=tokens_per_s(st))
-        if last.get("step") is not None and (not self.shown_steps or self.shown_steps[-1][0] != last["step"]):
-            self.shown_steps.append((int(last["step"]), time.time()))
-            del self.shown_steps[:-1000]
-
-        self._show_ranks(st)
-        self._show_data(st)
-        self._show_chart(st)
-        self._show_problem(st, hw)
-        self._show_checkpoints(st, hw)
-        self._show_log(st, hw)
-        self._refresh_keys()
-
-    def _show_ranks(self, st: RunState) -> None:
-        """A run of several processes: the ranks line, every node's GPUs, the ranks view."""
-        widget = self.query_one("#ranks", TextLine)
-        line = rank_summary(st.ranks, app_key(self.app, "dashboard.ranks", "w"))
-        if widget.display != (line is not None):
-            widget.display = line is not None
+    def _show_frame(self, frame: Frame) -> None:
+        """Called with the feed's lock held (the frame holds copies of what widgets keep)."""
+        self.query_one("#dash-head", TextLine).show(frame.head)
+        self.query_one(RunProgress).show(**frame.progress)
+        self.query_one(MetricsLine).show(**frame.metrics)
+        ranks = self.query_one("#ranks", TextLine)
+        if ranks.display != (frame.ranks is not None):
+            ranks.display = frame.ranks is not None
             self.refresh_bindings()  # w (Ranks) is offered for such runs only
-        if line is not None:
-            widget.show(line)
-            if st.ranks.nodes:
-                self._show_gpus(self._hw_seen)
+        if frame.ranks is not None:
+            ranks.show(frame.ranks)
+            self._show_gpus(frame.gpus)
+        data = self.query_one("#data", TextLine)
+        if data.display != (frame.data is not None):
+            data.display = frame.data is not None
+        if frame.data is not None:
+            data.show(frame.data)
+        self._show_chart(frame.chart_shown, frame.chart_title, frame.curves)
+        self._show_poll_parts(frame.poll)
 
-    def _show_data(self, st: RunState) -> None:
-        """The run_started data report, one line: records read, kept, skipped and why."""
-        widget = self.query_one("#data", TextLine)
-        text = data_text((st.started or {}).get("data"), max(self.size.width - 2, 20), theme_colors(self.app)["eval"])
-        if widget.display != (text is not None):
-            widget.display = text is not None
-        if text is not None:
-            widget.show(text)
-
-    def _show_chart(self, st: RunState) -> None:
-        colors = theme_colors(self.app)
+    def _show_chart(self, shown: bool, title: str, curves) -> None:
         chart = self.query_one(LossPlot)
-        # A run that failed before its first step has no curve: give the room to the log.
-        shown = bool(st.steps) or st.status in ("running", "starting")
         if chart.display != shown:
             chart.display = shown
-        name = PLOTS[self.plot]
-        steps = list(st.steps)
-        if name == "loss":
-            series = [Series("train", steps, list(st.loss), colors["train"]),
-                      Series("eval", list(st.eval_steps), list(st.eval_loss), colors["eval"], markers=True)]
-        else:
-            values = {"learning rate": st.learning_rate, "grad norm": st.grad_norm,
-                      "tokens/s": st.tokens_per_s}[name]
-            series = [Series(name, steps, list(values), colors["train"])]
-        chart.set_series(series, title=name)
+        chart.set_series([Series(c.label, c.xs, c.ys, c.color, markers=c.markers) for c in curves], title=title)
 
-    def _show_problem(self, st: RunState, hw: HwSnapshot | None) -> None:
+    def _show_poll_parts(self, parts: PollParts) -> None:
         banner = self.query_one("#problem", TextLine)
-        last_ckpt = hw.last_checkpoint if hw else None
-        self._fix = likely_fix(st, last_ckpt, self._config)
-        kind, text = problem_text(st, last_ckpt, self._fix, self._config, max(self.size.width - 2, 20),
-                                  theme_colors(self.app), partial(app_key, self.app))
+        kind, text = parts.problem
         for name in ("-failed", "-stopped", "-hung"):  # class changes restyle the screen: only real ones
             if banner.has_class(name) != (kind == name):
                 banner.set_class(kind == name, name)
         banner.show(text)
-
-    def _show_checkpoints(self, st: RunState, hw: HwSnapshot | None) -> None:
-        last = hw.last_checkpoint if hw else None
-        self.query_one("#ckpts", TextLine).show(checkpoints_text(st, last, self._config))
-
-    def _show_log(self, st: RunState | None, hw: HwSnapshot | None) -> None:
-        key = app_key(self.app, "dashboard.view", "v")
-        self.query_one(LogView).show(*log_view(VIEWS[self.view], st, hw, self.run_dir, theme_colors(self.app), key))
-
-    def _show_hw_parts(self, st: RunState, hw: HwSnapshot) -> None:
-        """What depends on the poll (checkpoints on disk, stdout.log); lock held."""
-        self._show_problem(st, hw)
-        self._show_checkpoints(st, hw)
-        self._show_log(st, hw)
-        self._refresh_keys()
-
-    def _show_gpus(self, hw: HwSnapshot | None) -> None:
-        st = self.state
-        if st is not None and st.ranks.multi and st.ranks.nodes:  # every node, as its local rank 0 reported it
-            slow = st.ranks.slowest()
-            key = app_key(self.app, "dashboard.ranks", "w")
-            self.query_one(GpuPanel).show_nodes(st.ranks.hw_rows(), slow.rank if slow else None,
-                                                more_hint=f" ({key} {key}: every GPU)")
-            return
-        if hw is None:
-            return
-        devices = ((st.started or {}).get("devices") or []) if st else []
-        on_gpu = any(str(d).startswith("cuda") for d in devices)
-        memory = dict((st.last_step or {}).get("memory") or {}) if st else {}
-        self.query_one(GpuPanel).show(hw.gpus, hw.problem, hw.host, memory, st.peak_bytes if st else None, on_gpu)
-
-    def _refresh_keys(self) -> None:
-        """The footer shows what fits the run's status; rebuilding it restyles widgets, so
-        only when what check_action answers has changed."""
-        key = (self._status, self._fix is not None)
-        if key != self._keys_for:
-            self._keys_for = key
+        self.query_one("#ckpts", TextLine).show(parts.checkpoints)
+        self.query_one(LogView).show(*parts.log)
+        if self.model.keys_changed():  # the footer shows what fits the run's status
             self.refresh_bindings()
+
+    def _show_gpus(self, call: tuple[str, tuple, dict] | None) -> None:
+        if call is not None:
+            method, args, kwargs = call
+            getattr(self.query_one(GpuPanel), method)(*args, **kwargs)
+
+    def _show_log(self) -> None:
+        if self.feed is not None:
+            with self.feed.lock:
+                self.query_one(LogView).show(*self.model.log(self.feed.state, self.model.hw, self._look()))
 
     # ------------------------------------------------------------------ polling (thread)
 
     @work(thread=True, exclusive=True, group="dashboard-hw")
     def poll_hardware(self) -> None:
         """NVML, psutil, checkpoints and stdout.log, once a second, off the UI thread."""
-        self._hw = self._poller.poll(self.feed)
-        self._config = self._poller.config
+        self.model.poll(self.feed)
         try:
             self.app.call_from_thread(self._tick)
         except Exception:  # the app is closing
@@ -363,58 +267,45 @@ class DashboardScreen(FinetuiScreen):
     # ------------------------------------------------------------------ actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        status = self._status
-        if action in ("stop", "kill"):
-            return status in ("running", "starting")
-        if action == "resume":
-            return status in ("stopped", "killed", "failed", "created")
-        if action == "fix":
-            return self._fix is not None
-        if action == "chat":
-            return status in ("completed", "stopped") or None
-        if action == "ranks":
-            return self.state is not None and self.state.ranks.multi
-        return True
+        return self.model.allows(action)
+
+    def _refused(self, action: str, title: str, severity: str = "warning") -> bool:
+        refusal = self.model.refusal(action)
+        if refusal:
+            self.notify(refusal, title=title, severity=severity)
+        return refusal is not None
 
     def action_back(self) -> None:
         self.dismiss()
 
     def action_stop(self) -> None:
-        if self._status not in ("running", "starting"):
-            self.notify("the run is not running", title="Stop", severity="warning")
-            return
-        self._signal(kill=False)
+        if not self._refused("stop", "Stop"):
+            self._signal(kill=False)
 
     def action_kill(self) -> None:
-        if self._status not in ("running", "starting"):
-            self.notify("the run is not running", title="Kill", severity="warning")
-            return
-        last = self._hw.last_checkpoint if self._hw else None
-        confirm_kill(self, self.run_id, last, lambda: self._signal(kill=True))
+        if not self._refused("kill", "Kill"):
+            hw = self.model.hw
+            confirm_kill(self, self.run_id, hw.last_checkpoint if hw else None, lambda: self._signal(kill=True))
 
     @work(thread=True, group="dashboard-control")
     def _signal(self, kill: bool) -> None:
         signal_trainer(self, self.run_dir, self.feed, kill)
 
     def action_resume(self) -> None:
-        if self._status in ("running", "starting"):
-            self.notify("the run is still running", title="Resume", severity="warning")
-            return
-        resume_run(self, self.run_dir)
+        if not self._refused("resume", "Resume"):
+            resume_run(self, self.run_dir)
 
     def action_fix(self) -> None:
-        fix = self._fix
-        if fix is None:
-            self.notify("nothing to fix: the run did not fail", title="Fix")
+        fix = self.model.fix
+        if self._refused("fix", "Fix", severity="information") or fix is None:
             return
         if fix.kind == "resume":
             self.action_resume()
         elif fix.kind == "stdout":
-            self.view = VIEWS.index("stdout.log") - 1
-            self.action_view()
+            self.model.stdout_view()
+            self._show_log()
         else:
-            note = "fix: " + ", ".join(f"{k} {v}" for k, v in fix.overrides.items()) if fix.overrides else ""
-            problem = apply_to_settings(self.app, self.run_dir, fix.overrides, note)
+            problem = apply_to_settings(self.app, self.run_dir, fix.overrides, fix.note)
             if problem:
                 self.notify(problem, title="Fix", severity="error", timeout=10)
             else:
@@ -434,24 +325,19 @@ class DashboardScreen(FinetuiScreen):
         self.query_one(LossPlot).toggle_log_scale()
 
     def action_plot(self) -> None:
-        self.plot = (self.plot + 1) % len(PLOTS)
+        self.model.next_plot()
         if self.feed is not None:
             with self.feed.lock:
-                self._show_chart(self.feed.state)
+                self._show_chart(*self.model.chart(self.feed.state, theme_colors(self.app)))
 
     def action_view(self) -> None:
-        self.view = (self.view + 1) % len(VIEWS)
-        if VIEWS[self.view] in ("ranks", "gpus") and not (self.state is not None and self.state.ranks.multi):
-            self.view = 0  # one process: no ranks or GPUs views
-        if self.feed is not None:
-            with self.feed.lock:
-                self._show_log(self.feed.state, self._hw)
+        self.model.next_view()
+        self._show_log()
 
     def action_ranks(self) -> None:
         """The log area: the ranks view, then every GPU of every node, then the log again."""
-        if VIEWS[self.view] not in ("ranks", "gpus"):
-            self.view = VIEWS.index("ranks") - 1
-        self.action_view()
+        self.model.ranks_view()
+        self._show_log()
 
     def palette_commands(self) -> list[PaletteCommand]:
         return [
