@@ -168,7 +168,7 @@ def test_a_failed_load_a_load_let_go_of_and_the_choices(driven, tmp_path):
     assert main.first_turn == 1  # "earlier" is not in its conversation
     client = main.client
     main.release()
-    loop.until(lambda: client.proc is not None and client.proc.poll() is not None, 180, "the worker to end")
+    loop.until(lambda: client.proc is not None and client.proc.poll() is not None, 60, "the worker to end")
     assert [e for e in shown.events if e[0] == "loaded"] == []
 
     got: list = []

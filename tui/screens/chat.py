@@ -28,9 +28,11 @@ partial reply stays on screen, marked), a prompt the model cannot take (too long
 context: the text goes back into the prompt box), an empty prompt. This process never
 imports torch; everything heavy is in the workers.
 
-The screen composes and plumbs (keys, threads, widgets); what it knows and decides lives
-in ``tui.chatstate`` (settings, panes' models, requests, records) and
-``tui.chathistory`` (what each model is sent), which tests drive without Textual.
+The screen composes and plumbs (keys, widgets); what it knows and decides lives in
+``tui.chatstate`` (settings, panes' models, requests, records), ``tui.chathistory`` (what
+each model is sent) and ``tui.chatdriver`` (the workers' load and reply threads, what
+their answers change), which tests drive without Textual. The screen is the driver's
+``ChatView``: its callbacks arrive on the UI thread (``app.call_from_thread``).
 """
 
 from __future__ import annotations
