@@ -210,18 +210,10 @@ class DashboardScreen(FinetuiScreen):
         self.query_one("#dash-head", TextLine).show(frame.head)
         self.query_one(RunProgress).show(**frame.progress)
         self.query_one(MetricsLine).show(**frame.metrics)
-        ranks = self.query_one("#ranks", TextLine)
-        if ranks.display != (frame.ranks is not None):
-            ranks.display = frame.ranks is not None
-            self.refresh_bindings()  # w (Ranks) is offered for such runs only
-        if frame.ranks is not None:
-            ranks.show(frame.ranks)
-            self._show_gpus(frame.gpus)
-        data = self.query_one("#data", TextLine)
-        if data.display != (frame.data is not None):
-            data.display = frame.data is not None
-        if frame.data is not None:
-            data.show(frame.data)
+        if self.query_one("#ranks", TextLine).show_or_hide(frame.ranks):
+            self.refresh_bindings()  # w (Ranks) is offered for runs of several processes only
+        self._show_gpus(frame.gpus)
+        self.query_one("#data", TextLine).show_or_hide(frame.data)
         self._show_chart(frame.chart_shown, frame.chart_title, frame.curves)
         self._show_poll_parts(frame.poll)
 
@@ -232,12 +224,8 @@ class DashboardScreen(FinetuiScreen):
         chart.set_series([Series(c.label, c.xs, c.ys, c.color, markers=c.markers) for c in curves], title=title)
 
     def _show_poll_parts(self, parts: PollParts) -> None:
-        banner = self.query_one("#problem", TextLine)
         kind, text = parts.problem
-        for name in ("-failed", "-stopped", "-hung"):  # class changes restyle the screen: only real ones
-            if banner.has_class(name) != (kind == name):
-                banner.set_class(kind == name, name)
-        banner.show(text)
+        self.query_one("#problem", TextLine).show_classed(text, kind, ("-failed", "-stopped", "-hung"))
         self.query_one("#ckpts", TextLine).show(parts.checkpoints)
         self.query_one(LogView).show(*parts.log)
         if self.model.keys_changed():  # the footer shows what fits the run's status

@@ -31,5 +31,22 @@ class TextLine(Widget):
         self.text = text
         self.refresh(layout=relayout)
 
+    def show_or_hide(self, text: Text | str | None) -> bool:
+        """``text``, or the line hidden for None; True when it appeared or disappeared."""
+        shown = text is not None
+        changed = self.display != shown
+        if changed:
+            self.display = shown
+        if text is not None:
+            self.show(text)
+        return changed
+
+    def show_classed(self, text: Text | str, kind: str | None, kinds: tuple[str, ...]) -> None:
+        """``text`` with ``kind``, one of ``kinds`` (the CSS gives each its look), or none of them."""
+        for name in kinds:  # class changes restyle the screen: only real ones
+            if self.has_class(name) != (kind == name):
+                self.set_class(kind == name, name)
+        self.show(text)
+
     def render(self) -> Text:
         return self.text
