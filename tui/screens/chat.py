@@ -52,7 +52,7 @@ from finetui.tui.safetext import safe
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.widgets.chatdialogs import UNLOAD, LoadDialog, ParamsDialog, SaveRecordDialog
 from finetui.tui.widgets.chatlog import ChatLog
-from finetui.tui.widgets.chatpane import Pane, PaneView, header, status_line
+from finetui.tui.widgets.chatpane import Pane, PaneView, status_line
 from finetui.tui.widgets.pathinput import PathInput
 
 FLUSH_S = 0.05  # how often streamed text reaches the screen
@@ -169,11 +169,8 @@ class ChatScreen(FinetuiScreen):
         colors = self.app.theme_variables
         for pane in (self.main, self.base):
             if pane.shown:
-                who = self.chat.label(pane) if pane.state != "empty" else ""
-                pane.view.query_one(".pane-header", Static).update(safe(header(pane, who, colors, self._tick_n)))
-                narrow = pane.view.size.width < 60  # how much earlier conversation the next request carries
-                size = self.history.size(pane.side, self.params["system"])
-                pane.view.query_one(".pane-history", Static).update(Text(size.describe(narrow), no_wrap=True))
+                pane.show_top(self.chat.label(pane) if pane.state != "empty" else "", colors, self._tick_n,
+                              self.history.size(pane.side, self.params["system"]))
 
     def flash(self, message: str, error: bool = True) -> None:
         """A short message in the status line (a refusal, a hint) until the next keystroke."""
@@ -201,7 +198,7 @@ class ChatScreen(FinetuiScreen):
         """Every 50 ms while something moves: streamed text into its widget, spinners."""
         self._tick_n += 1
         for pane in (self.main, self.base):
-            self._flush(pane.job)
+            self.flush_reply(pane.job)
         loading = any(p.state == "loading" for p in (self.main, self.base))
         if self._tick_n % 2 == 0:
             if loading:
@@ -211,7 +208,8 @@ class ChatScreen(FinetuiScreen):
             self._timer.pause()
             self.show_status()
 
-    def _flush(self, job: Job | None) -> None:
+    def flush_reply(self, job: Job | None) -> None:
+        """What the reply's thread put in ``job`` since, into its widget."""
         if job is not None:
             text = job.take()
             if text and job.widget.is_attached:
@@ -342,15 +340,10 @@ class ChatScreen(FinetuiScreen):
         if pane.state != "ready" or pane.client is None:
             pane.log.note(f"not asked: {pane.title or 'no model'} is not loaded", error=True)
             return
-        widget = pane.log.add("assistant", self.chat.label(pane), streaming=True)
-        pane.reply_widgets[turn] = widget
-        self.driver.ask(pane, turn, widget)
+        self.driver.ask(pane, turn, pane.add_reply(turn, self.chat.label(pane)))
         self._wake()
         self.show_headers()
         self.show_status()
-
-    def flush_reply(self, job: Job) -> None:
-        self._flush(job)
 
     def reply_answered(self, pane: Pane, job: Job, text: str, stats: str, done: dict[str, Any]) -> None:
         job.widget.finish(text, stats)
@@ -382,9 +375,7 @@ class ChatScreen(FinetuiScreen):
         """A prompt every pane refused (taken off the conversation): off the panes, back in
         the prompt box, so the user can shorten it."""
         for pane in panes:
-            widget = pane.users.pop(turn, None)
-            if widget is not None:
-                widget.remove()
+            pane.drop(pane.users, turn)
         if not self.prompt.value:
             self.prompt.value = text
             self.prompt.cursor_position = len(text)
@@ -435,9 +426,7 @@ class ChatScreen(FinetuiScreen):
             self._post(self.turns[turn])
             return
         for pane in panes:
-            old = pane.reply_widgets.pop(turn, None)
-            if old is not None:
-                old.remove()
+            pane.drop(pane.reply_widgets, turn)
             pane.log.anchor()
             self._ask(pane, turn)
 

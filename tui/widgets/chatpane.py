@@ -12,7 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from finetui.tui.chatstate import ChatSession, ModelPane, params_summary
-from finetui.tui.chathistory import Side
+from finetui.tui.chathistory import HistorySize, Side
+from finetui.tui.safetext import safe
 from finetui.tui.widgets.chatlog import ChatLog, ChatMessage
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -58,6 +59,25 @@ class Pane(ModelPane):
     @property
     def shown(self) -> bool:
         return self.view is not None and self.view.is_mounted
+
+    def show_top(self, who: str, colors: dict[str, str], tick: int, history: HistorySize) -> None:
+        """The header line (``who`` speaks in a loaded model's replies) and how much earlier
+        conversation the next request carries (shorter in a narrow pane)."""
+        assert self.view is not None
+        self.view.query_one(".pane-header", Static).update(safe(header(self, who, colors, tick)))
+        narrow = self.view.size.width < 60
+        self.view.query_one(".pane-history", Static).update(Text(history.describe(narrow), no_wrap=True))
+
+    def add_reply(self, turn: int, who: str) -> ChatMessage:
+        """The (streaming) widget of ``turn``'s reply."""
+        self.reply_widgets[turn] = widget = self.log.add("assistant", who, streaming=True)
+        return widget
+
+    def drop(self, widgets: dict[int, ChatMessage], turn: int) -> None:
+        """Take one of ``users`` / ``reply_widgets`` off the screen."""
+        widget = widgets.pop(turn, None)
+        if widget is not None:
+            widget.remove()
 
     def forget_widgets(self, turn: int) -> None:
         """Take a turn's message and reply off the screen."""
