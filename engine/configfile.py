@@ -11,6 +11,9 @@ does both. What goes wrong is one ``ConfigFileError`` whose message names the pl
 - ``FILE:LINE: invalid YAML: PROBLEM`` (the line of the mark PyYAML gives; the file alone without one),
 - ``FILE: invalid TOML: REASON`` (tomllib's reason says the line and column).
 
+``json_object(path)`` reads a JSON file that must hold one object (``FILE:LINE: invalid
+JSON: PROBLEM``, ``FILE: expected ...``), e.g. a model's config.json or a dataset_info.json.
+
 Callers turn it into their own error type (``ConfigError``, ``ImportProblem``, ``ThemeError``)
 with ``str(exc)``; what each does with an empty file is theirs too (``parse`` gives ``None``).
 """
@@ -69,3 +72,19 @@ def read(path: str | Path, *, missing: str | None = "no such file") -> str:
 def load(path: str | Path, *, missing: str | None = "no such file") -> Any:
     """``parse(read(path), path)``."""
     return parse(read(path, missing=missing), path)
+
+
+def json_object(path: str | Path, *, missing: str | None = "no such file",
+                expected: str = "expected a JSON object") -> dict[str, Any]:
+    """The object in the JSON file at ``path``; ``ConfigFileError`` names the file (and the
+    line of a syntax error); ``expected`` is the message for valid JSON of another shape."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(read(path, missing=missing))
+    except json.JSONDecodeError as exc:
+        raise ConfigFileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: {expected}")
+    return data

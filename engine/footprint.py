@@ -58,12 +58,13 @@ term). It is an estimate: expect the real peak within roughly +-30%.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from finetui.engine import configfile
 
 ACTIVATION_BYTES_PER_TOKEN_HIDDEN = 34  # per layer, 16-bit, fused attention
 # A CPU trainer's own resident memory before any weights: Python, torch, transformers, peft,
@@ -320,14 +321,9 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> tuple[d
         return cfg, "built-in tiny model (engine.tiny.MODEL_SETTINGS)"
     cfg_path = folder / "config.json"
     try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FootprintError(f"{cfg_path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise FootprintError(f"{cfg_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise FootprintError(f"{cfg_path}: expected a JSON object")
-    return data, str(cfg_path)
+        return configfile.json_object(cfg_path, missing=None), str(cfg_path)
+    except configfile.ConfigFileError as exc:
+        raise FootprintError(str(exc)) from None
 
 
 def weight_files_size(name_or_path: str, revision: str | None = None) -> int | None:

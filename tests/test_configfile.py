@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from finetui.engine import configfile
@@ -57,3 +59,22 @@ def test_missing_and_unreadable(tmp_path):
 
 def test_error_is_a_value_error():
     assert issubclass(ConfigFileError, ValueError)
+
+
+def test_json_object_names_the_file_and_line(tmp_path):
+    from finetui.engine.configfile import ConfigFileError, json_object
+
+    good = tmp_path / "config.json"
+    good.write_text('{"hidden_size": 64}')
+    assert json_object(good) == {"hidden_size": 64}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "a": 1,\n  "b": \n}')
+    with pytest.raises(ConfigFileError, match=rf"^{re.escape(str(bad))}:4: invalid JSON: "):
+        json_object(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigFileError, match=rf"^{re.escape(str(bad))}: expected entries$"):
+        json_object(bad, expected="expected entries")
+    with pytest.raises(ConfigFileError, match=r"nope.json: no such file$"):
+        json_object(tmp_path / "nope.json")
+    with pytest.raises(ConfigFileError, match=r"nope.json: cannot read: "):
+        json_object(tmp_path / "nope.json", missing=None)

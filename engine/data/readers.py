@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from finetui.engine import hub
+from finetui.engine import configfile, hub
 from finetui.engine.data import transcripts
 from finetui.engine.data.columns import ColumnUse
 from finetui.engine.data.conversation import Conversation
@@ -401,18 +401,10 @@ def _strict(issue: Issue) -> None:
 
 
 def read_registry(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
-    path = Path(dataset_dir) / REGISTRY_FILE
     try:
-        registry = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(registry, dict):
-        raise DataError(f"{path}: expected an object of dataset entries")
-    return registry
+        return configfile.json_object(Path(dataset_dir) / REGISTRY_FILE, expected="expected an object of dataset entries")
+    except configfile.ConfigFileError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _registry_entry(dataset_dir: Path, name: str) -> RegistryEntry:
