@@ -156,7 +156,9 @@ def max_rss_kb(time_output: str) -> int | None:
 
 
 def run_timed(cmd: list[str], *, env: dict[str, str], cwd: Path, log_file: Path, timeout: float):
-    """Run ``cmd`` under ``/usr/bin/time -v``; return (start, end, exit code, max RSS kB)."""
+    """Run ``cmd`` under ``/usr/bin/time -v``; return (start, end, exit code, max RSS kB).
+    The CPU seconds (user + system, the command and the children it waited for) are in
+    ``cpu_seconds(log_file)``."""
     tfile = log_file.with_suffix(".time")
     start = time.time()
     with open(log_file, "wb") as out:
@@ -168,6 +170,20 @@ def run_timed(cmd: list[str], *, env: dict[str, str], cwd: Path, log_file: Path,
     end = time.time()
     rss = max_rss_kb(tfile.read_text()) if tfile.exists() else None
     return start, end, code, rss
+
+
+def cpu_seconds(log_file: Path) -> float | None:
+    """User + system CPU seconds of a ``run_timed`` command (a figure that another process on
+    the machine changes less than the wall time: for before/after runs on a busy machine)."""
+    tfile = log_file.with_suffix(".time")
+    if not tfile.exists():
+        return None
+    times = {}
+    for line in tfile.read_text().splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key in ("User time (seconds)", "System time (seconds)"):
+            times[key] = float(value)
+    return round(sum(times.values()), 2) if len(times) == 2 else None
 
 
 def machine() -> dict:
@@ -290,7 +306,7 @@ def run_finetui(job: Job, tag: str, sets: list[str], extra_env: dict[str, str], 
         cmd += ["--set", s]
     logf = job.work / f"{tag}.log"
     start, end, code, rss = run_timed(cmd, env=env, cwd=cwd, log_file=logf, timeout=args.timeout)
-    result = {"wall_s": round(end - start, 3), "exit_code": code, "peak_rss_kb": rss}
+    result = {"wall_s": round(end - start, 3), "exit_code": code, "peak_rss_kb": rss, "cpu_s": cpu_seconds(logf)}
     run_id = next((ln.strip() for ln in logf.read_text(errors="replace").splitlines() if ln.strip()), "")
     events_file = runs_dir / run_id / "events.jsonl"
     if not events_file.exists():

@@ -139,3 +139,15 @@ def test_a_variant_can_run_another_checkouts_finetui(peer_bench, tmp_path):
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
     shim.chmod(0o755)
     assert peer_bench.finetui_cli(str(shim), old) == [str(shim), "-m", "engine.cli"]
+
+
+def test_run_timed_records_the_cpu_seconds_of_the_command_and_its_children(peer_bench, tmp_path):
+    """cpu_s (user + system of the command and the children it waited for): the before/after
+    figure that other work on the machine changes least."""
+    busy = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.6: pass')"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}]); {busy}"
+    log = tmp_path / "run.log"
+    start, end, rc, rss = peer_bench.run_timed([sys.executable, "-c", code], env=dict(os.environ), cwd=tmp_path,
+                                               log_file=log, timeout=120)
+    assert rc == 0 and rss
+    assert 1.2 <= peer_bench.cpu_seconds(log) <= (end - start) * (os.cpu_count() or 1) + 0.5
