@@ -50,8 +50,8 @@ HINTS = {
 class CreateScreen(FinetuiScreen):
     MODE = "datasets"
     BINDINGS = [
-        Binding("a", "add", "Add document", id="datasets.create_add"),
-        Binding("w", "writer", "Output & writer", id="datasets.create_writer"),
+        Binding("a", "add", "Add", id="datasets.create_add"),
+        Binding("w", "writer", "Writer", id="datasets.create_writer"),
         Binding("g", "generate", "Generate", id="datasets.create_generate"),
         Binding("x", "stop", "Stop", id="datasets.create_stop"),
         Binding("v", "review", "Review", id="datasets.create_review"),
