@@ -400,74 +400,8 @@ class _Job:
         return out
 
 
-def _render_batch(packed: list[Any]) -> list[tuple]:
-    return _pack_results(_job.summarise(_unpack(packed)))
-
-
-# What crosses between the reader's process and a worker, made small: a plain conversation
-# (chat, no tools, text, rejected reply or repairs; each message a role and its content,
-# trained, without tool calls) goes as one tuple (system, role, content, role, content, ...)
-# instead of pickled dataclasses (a third of the bytes, a fifth of the pickling work); a
-# result of one example without notes comes back as one flat tuple. Anything else crosses
-# as it is. _unpack(_pack(batch)) is the batch; _unpack_results(_pack_results(r)) is r.
-
-def _pack(batch: list[Any]) -> list[Any]:
-    from finetui.engine.data.conversation import Conversation, Message
-
-    out = []
-    for conv in batch:
-        if (type(conv) is Conversation and conv.kind == "chat" and conv.tools is None and conv.text is None
-                and conv.rejected is None and not conv.repairs):
-            flat = [conv.system]
-            for m in conv.messages:
-                if type(m) is not Message or m.tool_calls is not None or m.train is not True \
-                        or type(m.role) is not str or type(m.content) is not str:
-                    break
-                flat.append(m.role)
-                flat.append(m.content)
-            else:
-                out.append(tuple(flat))
-                continue
-        out.append(conv)
-    return out
-
-
-def _unpack(packed: list[Any]) -> list[Any]:
-    from finetui.engine.data.conversation import Conversation, Message
-
-    out = []
-    for item in packed:
-        if type(item) is tuple:
-            out.append(Conversation(messages=[Message(item[i], item[i + 1]) for i in range(1, len(item), 2)],
-                                    system=item[0]))
-        else:
-            out.append(item)
-    return out
-
-
-def _pack_results(results: list[tuple]) -> list[tuple]:
-    out = []
-    for error, summary in results:
-        if error is None:
-            full, kept, chunked, is_text, parts = summary
-            if len(parts) == 1 and not chunked:
-                n_trained, n_tokens, truncated, notes, trains_end = parts[0]
-                if not notes:  # 7 numbers: (full, kept, is_text, n_trained, n_tokens, truncated, trains_end)
-                    out.append((full, kept, is_text, n_trained, n_tokens, truncated, trains_end))
-                    continue
-        out.append((error, summary))
-    return out
-
-
-def _unpack_results(packed: list[tuple]) -> list[tuple]:
-    out = []
-    for item in packed:
-        if len(item) == 7:
-            full, kept, is_text, n_trained, n_tokens, truncated, trains_end = item
-            out.append((None, (full, kept, False, is_text, [(n_trained, n_tokens, truncated, (), trains_end)])))
-        else:
-            out.append(item)
-    return out
+def _render_batch(batch: list[Any]) -> list[tuple]:
+    return _job.summarise(batch)
 
 
 def _place(record: Any) -> str:
@@ -635,13 +569,13 @@ class _Pipeline:
             return
         if self.pool is None:
             self._start()
-        self.pending.append((places, self.pool.apply_async(_render_batch, (_pack(batch),))))
+        self.pending.append((places, self.pool.apply_async(_render_batch, (batch,))))
         while len(self.pending) > 2 * self.workers:
             self._take_next()
 
     def _take_next(self) -> None:
         places, result = self.pending.popleft()
-        self._take(places, _unpack_results(result.get()))
+        self._take(places, result.get())
 
     def _start(self) -> None:
         import collections
