@@ -332,8 +332,12 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(smollm2_run):
     config = cfg.load(run_dir / "config.yaml")
     lengths = next(e for e in events if e["type"] == "run_started")["data"]["lengths"]
     estimate = footprint.estimate(config, gpu=False, mean_tokens=lengths.get("mean"))
-    peak = max(e["memory"]["peak_bytes"] for e in events if e["type"] == "step")
+    # What the process holds while it trains (the steps' RSS), which is what the estimate adds
+    # up. The lifetime peak (ru_maxrss, the steps' peak_bytes) also holds what loading touched
+    # on the way: the same run read 2.18 GB here and 3.18 GB in a fresh CI environment.
+    peak = max(e["memory"]["rss_bytes"] for e in events if e["type"] == "step")
     ratio = estimate.total_bytes / peak
+    print("memory estimate", estimate.total_bytes, "training rss", peak, "ratio", round(ratio, 3))
     assert 0.75 <= ratio <= 1.25, (estimate, peak, ratio)
 
 

@@ -149,6 +149,11 @@ async def test_runs_and_dashboard_screens(screen_env):
         await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.screen.state is not None
                          and app.screen.state.finished is not None and app.screen._hw is not None,
                          what="dashboard")
+        from finetui.tui.widgets.gpupanel import GpuPanel
+
+        panel = app.screen.query_one(GpuPanel)  # drawn from the poll at most twice a second
+        await wait_until(pilot, lambda: panel.host is not None and panel.gpus and panel.peak_bytes,
+                         what="the GPU panel's readings")
         await pilot.pause(0.8)
         check("dashboard", svg_of(app))
 
