@@ -8,8 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from finetui.tui import evalstate
-from finetui.tui.evalstate import Job, MetricRow
+from finetui.tui import evalstate, jobs
+from finetui.tui.evalstate import MetricRow
+from finetui.tui.jobs import Job
 
 
 def result(**extra) -> dict:
@@ -114,12 +115,12 @@ def test_a_job_runs_to_its_end(tmp_path):
               "print('finetui: bad things', file=sys.stderr); print('{\"examples\": 2}')")
     job = Job("eval", tmp_path, [sys.executable, "-c", script])
     seen: list[tuple[str, str]] = []
-    returncode, stdout, problem = evalstate.run_job(job, lambda line, kind: seen.append((line, kind)))
+    returncode, stdout, problem = jobs.run_job(job, lambda line, kind: seen.append((line, kind)))
     assert (returncode, problem) == (0, None)
     assert evalstate.parse_eval_output(stdout) == {"examples": 2}
     assert seen == [("· reading the split", "stage"), ("finetui: bad things", "error")]
     missing = Job("eval", tmp_path, [str(tmp_path / "nothing-here")])
-    returncode, _out, problem = evalstate.run_job(missing, lambda *a: None)
+    returncode, _out, problem = jobs.run_job(missing, lambda *a: None)
     assert returncode is None and problem.startswith("cannot start")
 
 

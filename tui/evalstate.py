@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from finetui.engine.units import format_bytes
-from finetui.tui.jobs import Job, cli_command, last_json, run_job, signal_job  # noqa: F401 - the eval and merge jobs
+from finetui.tui.jobs import Job, cli_command, last_json
 MODELS = ("base", "tuned")
 
 

@@ -27,8 +27,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, RichLog, Static
 
-from finetui.tui import evalstate
-from finetui.tui.evalstate import Job, default_run, read_results, run_choices
+from finetui.tui import evalstate, jobs
+from finetui.tui.evalstate import default_run, read_results, run_choices
+from finetui.tui.jobs import Job
 from finetui.tui.screens.base import FinetuiScreen, PaletteCommand
 from finetui.tui.widgets.dialogs import PickDialog
 from finetui.tui.widgets.evaldialogs import EvalDialog, EvalOptions, ExportDialog, ExportOptions
@@ -335,7 +336,7 @@ class EvalScreen(FinetuiScreen):
 
     def _job_thread(self, job: Job) -> None:
         """Thread: run the subprocess; its stderr lines go to the log as they come."""
-        returncode, stdout, problem = evalstate.run_job(job, lambda line, kind: self._ui(self.job_line, line, kind))
+        returncode, stdout, problem = jobs.run_job(job, lambda line, kind: self._ui(self.job_line, line, kind))
         self._ui(self.job_done, job, returncode, stdout, problem)
 
     def _ui(self, fn, *args) -> None:
@@ -390,7 +391,7 @@ class EvalScreen(FinetuiScreen):
         self.show_status()
 
     def _signal_job(self, sig: int, job: Job | None = None) -> None:
-        evalstate.signal_job(job or self.job, sig)
+        jobs.signal_job(job or self.job, sig)
 
     # ------------------------------------------------------------------ palette
 

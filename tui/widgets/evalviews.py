@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from finetui.tui import evalstate
+from finetui.tui import evalstate, jobs
 from finetui.tui.safetext import visible  # prompts, targets, model outputs: never control codes
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -112,7 +112,7 @@ def run_line(run_dir, info) -> Text:
     return line
 
 
-def status_line(job: evalstate.Job | None, tick: int, message: Text | None, hint: str, colors: dict[str, str]) -> Text:
+def status_line(job: jobs.Job | None, tick: int, message: Text | None, hint: str, colors: dict[str, str]) -> Text:
     """The status line: a running job (spinner, bar, elapsed, stage), else the last outcome,
     else the keys."""
     line = Text(no_wrap=True, overflow="ellipsis")
