@@ -34,6 +34,33 @@ _PARENT = (
 )
 
 
+PARTS = {"engine": "engine", "tui": "tui", "themes": "themes", "sample_data": "sample_data"}
+
+
+def import_path(repo: Path) -> str:
+    """A PYTHONPATH under which ``import finetui`` is ``repo``'s code: a folder holding a
+    ``finetui`` package laid out as installed (repo/finetui's files, and its parts linked
+    from repo/engine, repo/tui, ...: pyproject's package-dir). PYTHONPATH=repo alone is not
+    enough: ``finetui.engine`` is not under repo/finetui, and an editable install of another
+    checkout would supply it."""
+    repo = Path(repo).resolve()
+    if not (repo / "finetui" / "__init__.py").exists():
+        return str(repo)  # a checkout from before the one import name: its folders import as they are
+    import hashlib
+    import tempfile
+
+    tree = Path(tempfile.gettempdir()) / f"finetui-import-{hashlib.sha1(str(repo).encode()).hexdigest()[:12]}"
+    package = tree / "finetui"
+    package.mkdir(parents=True, exist_ok=True)
+    for item in (repo / "finetui").iterdir():
+        if item.suffix == ".py" and not (package / item.name).exists():
+            (package / item.name).symlink_to(item)
+    for name, folder in PARTS.items():
+        if (repo / folder).is_dir() and not (package / name).exists():
+            (package / name).symlink_to(repo / folder, target_is_directory=True)
+    return str(tree)
+
+
 def measure(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
     """Run ``command`` in ``cwd``: {wall_s, cpu_s, peak_rss_mb, rc, stdout, stderr (its last
     2,000 characters)}."""

@@ -75,7 +75,7 @@ def generate(path: Path, rows: int) -> int:
 
 def measure(repo: Path, path: Path, extra: list[str]) -> dict:
     """One `finetui data inspect PATH --json` in ``repo``: wall time, peak RSS, counts."""
-    env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=child_usage.import_path(repo), HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path), "--json", *extra]
     result = child_usage.measure(command, repo, env)
     if result["rc"] != 0:

@@ -77,7 +77,7 @@ def generate(runs_root: Path, steps: int) -> Path:
 
 
 def measure(repo: Path, runs_root: Path, args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(repo), FINETUI_RUNS_DIR=str(runs_root))
+    env = dict(os.environ, PYTHONPATH=child_usage.import_path(repo), FINETUI_RUNS_DIR=str(runs_root))
     command = [sys.executable, "-m", "finetui.engine.cli", "runs", *args]
     result = child_usage.measure(command, repo, env)
     if result["rc"] != 0:

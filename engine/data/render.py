@@ -580,6 +580,8 @@ def _batched(all_steps: list, tokenizer) -> list:
             waiting.append((i, steps, next(steps)))
         except RenderError as exc:
             results[i] = exc
+    if waiting and (table := _byte_spans(tokenizer)) is not None:
+        waiting = _count_plain_by_bytes(waiting, results, tokenizer, table)
     if waiting:
         batch = _encode(tokenizer, [text for _, _, text in waiting])
         for k, (i, steps, _) in enumerate(waiting):
@@ -591,6 +593,46 @@ def _batched(all_steps: list, tokenizer) -> list:
             except RenderError as exc:
                 results[i] = exc
     return results
+
+
+def _count_plain_by_bytes(waiting: list, results: list, tokenizer, table) -> list:
+    """Count the plain conversations among ``waiting`` from ids without offsets (cheaper
+    for the tokenizer: engine.data.bytespans); return the rest, and any plain one whose
+    spans the ids cannot place, for the encoding with offsets."""
+    plain = [w for w in waiting if type(w[1]) is _Plain]
+    if not plain:
+        return waiting
+    rest = [w for w in waiting if type(w[1]) is not _Plain]
+    encodings = _backend(tokenizer).encode_batch_fast([text for _, _, text in plain], add_special_tokens=False,
+                                                       is_pretokenized=False)
+    for (i, steps, text), enc in zip(plain, encodings):
+        ids = enc.ids
+        found = table.locate(text, ids, steps.generation)
+        counts = steps.counted(ids, found) if found is not None else None
+        if counts is None:
+            rest.append((i, steps, text))
+        else:
+            results[i] = counts
+    return rest
+
+
+_BYTE_SPANS: list = [None, None]  # [the Rust tokenizer's key, its ByteSpans or None]
+
+
+def _byte_spans(tokenizer):
+    """The byte-length table of ``tokenizer`` (engine.data.bytespans), or None where its
+    tokens are not the text's bytes or it is not asked directly (:func:`_backend`)."""
+    from finetui.engine.data import bytespans
+
+    if not bytespans.ENABLED:
+        return None
+    backend = _backend(tokenizer)
+    if backend is None:
+        return None
+    key = (id(backend), backend.get_vocab_size(with_added_tokens=True))
+    if _BYTE_SPANS[0] != key:
+        _BYTE_SPANS[:] = [key, bytespans.ByteSpans.of(backend)]
+    return _BYTE_SPANS[1]
 
 
 @dataclass
@@ -689,13 +731,29 @@ class _Plain:
     def finish(self, enc: "_Encoded") -> Counts:
         job = self.job
         ids = enc["input_ids"]
-        n = len(ids)
-        runs = []  # _assistant_masks' runs of trained tokens, as [start, stop) pairs
+        found = []
         for start_char, end_char in self.generation:
             start = enc.char_to_token(start_char)
-            end = enc.char_to_token(end_char - 1)
             if start is None:
                 break
+            found.append((start, enc.char_to_token(end_char - 1)))
+        counts = self.counted(ids, found)
+        if counts is not None:
+            return counts
+        trained = _assistant_masks(enc, len(ids), self.generation)
+        trained = _untrain_after_end(job.tokenizer, ids, lambda: enc["offset_mapping"], self.text, trained,
+                                     job.end_ids)
+        return _counts(ids, trained, job.max_length, [], job.end_id)
+
+    def counted(self, ids, found: list[tuple[int, int | None]]) -> Counts | None:
+        """The counts from the tokens holding each span's first and last character (as
+        _assistant_masks reads them), when every trained run ends with an end token: then
+        _untrain_after_end has nothing to untrain and _counts' numbers are the runs' (cut
+        at max_length). None otherwise (finish() masks token by token)."""
+        job = self.job
+        n = len(ids)
+        runs = []  # _assistant_masks' runs of trained tokens, as [start, stop) pairs
+        for start, end in found:
             stop = min(end + 1 if end else n, n)
             if stop > start:
                 runs.append((start, stop))
@@ -706,18 +764,13 @@ class _Plain:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], b))
             else:
                 merged.append((a, b))
-        if not job.end_ids or all(ids[b - 1] in job.end_ids for _, b in merged):
-            # every run ends with its end token: _untrain_after_end has nothing to untrain,
-            # and _counts' numbers are the runs' (cut at max_length)
-            cap, end_id = job.max_length, job.end_id
-            kept = [(a, min(b, cap)) for a, b in merged if a < cap]
-            return Counts(n_tokens=min(n, cap), n_trained=sum(b - a for a, b in kept), truncated=n > cap,
-                          full_tokens=n, notes=[],
-                          trains_end=end_id is not None and any(end_id in ids[a:b] for a, b in kept))
-        trained = _assistant_masks(enc, len(ids), self.generation)
-        trained = _untrain_after_end(job.tokenizer, ids, lambda: enc["offset_mapping"], self.text, trained,
-                                     job.end_ids)
-        return _counts(ids, trained, job.max_length, [], job.end_id)
+        if job.end_ids and not all(ids[b - 1] in job.end_ids for _, b in merged):
+            return None
+        cap, end_id = job.max_length, job.end_id
+        kept = [(a, min(b, cap)) for a, b in merged if a < cap]
+        return Counts(n_tokens=min(n, cap), n_trained=sum(b - a for a, b in kept), truncated=n > cap,
+                      full_tokens=n, notes=[],
+                      trains_end=end_id is not None and any(end_id in ids[a:b] for a, b in kept))
 
 
 def _encode(tokenizer, texts: list[str]):
