@@ -49,6 +49,25 @@ async def test_footer_shows_the_current_screens_keys(tui_env):
         assert "Preset" not in footer_keys and "Help" in footer_keys
 
 
+async def test_every_screens_footer_fits_80_columns_and_the_bar_shows_the_palette_key(tui_env):
+    """Each screen's footer keys lie whole within 80 columns (none cut at the edge); the
+    palette's key, not in the footer, is in the top bar instead."""
+    app = FinetuiApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        assert SIZE[0] == 80
+        for entry in SCREEN_TABLE:
+            app.screen.set_focus(None)
+            await pilot.press(entry.key)
+            await settle(pilot, app)
+            keys = list(app.screen.query("FooterKey"))
+            assert len(keys) >= 3, entry.mode
+            cut = [k.description for k in keys if k.region.right > SIZE[0] or k.region.width == 0]
+            assert not cut, (entry.mode, cut)
+            assert "Palette" not in {k.description for k in keys}
+            assert "^p palette" in text_of(app.screen.query_one("ScreenBar")), entry.mode
+
+
 async def test_palette_switches_screen_and_offers_screen_commands(tui_env):
     app = FinetuiApp()
     async with app.run_test(size=SIZE) as pilot:

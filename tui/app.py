@@ -81,7 +81,9 @@ class FinetuiApp(App):
           for e in SCREEN_TABLE),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("ctrl+p", "command_palette", "Palette", id="app.command_palette", priority=True),
+        # shown in the top bar (ScreenBar) where it fits, not in the footer: at 80 columns the
+        # footer needs its room for the screen's own keys
+        Binding("ctrl+p", "command_palette", "Palette", show=False, id="app.command_palette", priority=True),
     ]
 
     def __init__(self) -> None:

@@ -26,13 +26,16 @@ class ScreenBar(Widget):
         text.append(" finetui ", style=f"bold {app.theme_variables.get('primary', '')}")
         for mode, title, key in getattr(app, "screen_entries", lambda: [])():
             style = "reverse bold" if mode == self.current else ""
-            text.append(" ")
             text.append(f" {key} ", style=f"bold {app.theme_variables.get('accent', '')}")
             text.append(f"{title} ", style=style)
-        help_key = getattr(app, "key_for", lambda _id: "?")("app.help")
-        tail = f"{help_key} help "
-        pad = self.size.width - text.cell_len - len(tail)
-        if pad > 0:
-            text.append(" " * pad)
-            text.append(tail, style="dim")
+        key_for = getattr(app, "key_for", lambda _id: "?")
+        help_tail = f"{key_for('app.help')} help "
+        # the command palette's key is not in the footer (its room goes to the screen's keys)
+        palette = key_for("app.command_palette")
+        for tail in (f"{palette} palette  {help_tail}", help_tail):
+            pad = self.size.width - text.cell_len - len(tail)
+            if pad > 0:
+                text.append(" " * pad)
+                text.append(tail, style="dim")
+                break
         return text
