@@ -36,7 +36,7 @@ SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 
 
 def _texts() -> list[str]:
-    records = json.loads(ALPACA.read_text(encoding="utf-8"))[:150]
+    records = json.loads(ALPACA.read_text(encoding="utf-8"))[:60]
     pairs = [(r["instruction"] + ("\n" + r["input"] if r["input"] else ""), r["output"]) for r in records]
     return [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n" for q, a in pairs + MULTILINGUAL]
 
@@ -82,7 +82,7 @@ def assert_every_character_placed_as_offsets_place_it(tok) -> None:
         spans = [(c, len(text) - 1) for c in range(0, len(text) - 1, 7) if not (table.trims and text[c].isspace())]
         assert table.locate(text, fast.ids, spans) == [(enc.char_to_token(a), enc.char_to_token(b - 1))
                                                         for a, b in spans]
-    assert checked > 40_000
+    assert checked > 15_000
     assert split_chars > 10, "characters of several bytes cut across tokens were among them"
 
 

@@ -17,6 +17,7 @@ without the probes is shown to differ, so the comparison can tell).
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -182,9 +183,13 @@ def test_inspect_in_fresh_workers_under_mimalloc_reports_what_one_process_does(t
     assert fresh == one and one["counts"]["records"] == 999
     if allocator.mimalloc_library() is not None:  # a Linux x86_64/aarch64 install has it
         job = inspection._Job(tok, render.resolve_template(tok, "auto"), "assistant", 512, "chunk", 0, None)
-        with inspection._Pipeline(job, inspection._Tally(512, False), 2, None, big=True) as pipeline:
+        server = inspection._fork_server()
+        assert server is not None
+        with inspection._Pipeline(job, inspection._Tally(512, False), 2, None, server=server) as pipeline:
             pipeline._start()
             assert pipeline.pool.apply(allocator.mimalloc_loaded)
+            # the workers' tokenizer runs no threads of its own beside the other workers
+            assert pipeline.pool.apply(os.getenv, ("TOKENIZERS_PARALLELISM",)) == "false"
 
 
 REALISTIC = [

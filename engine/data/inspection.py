@@ -247,6 +247,12 @@ def inspect(
     if text_overlap < 0 or 2 * text_overlap >= max_length:
         raise InspectError(f"--text-overlap {text_overlap}: must be at least 0 and less than half of "
                            f"--max-length ({max_length})")
+    source = _source_of(readers, path, dataset_dir, split, subset)
+    bar = _Progress(source, enabled=progress)
+    workers = _workers(num_proc)
+    # a big source renders in fresh workers: their fork server starts now, so that its
+    # imports run on another core while this process loads the tokenizer
+    server = _fork_server() if workers > 1 and bar.total_bytes >= MIMALLOC_BYTES else None
     if tokenizer is None:
         tokenizer = load_tokenizer(model)
     try:
@@ -266,9 +272,7 @@ def inspect(
             wanted.append((index, _place(record), conv))
         pipeline.add(record, conv)  # its place is made only if the report names it
 
-    source = _source_of(readers, path, dataset_dir, split, subset)
-    with _Progress(source, enabled=progress) as bar, \
-            _Pipeline(job, tally, _workers(num_proc), bar, big=bar.total_bytes >= MIMALLOC_BYTES) as pipeline:
+    with bar, _Pipeline(job, tally, workers, bar, server=server) as pipeline:
         loaded = readers.load_records(
             path,
             format=format,
@@ -528,13 +532,48 @@ def _workers(num_proc: int | None) -> int:
     return max(1, num_proc)
 
 
+FORK_SERVER_PRELOAD = ["finetui.engine.data.inspection", "finetui.engine.data.chunking",
+                       "transformers.tokenization_utils_tokenizers"]
+
+
+def _fork_server():
+    """The ``forkserver`` multiprocessing context, its server started now under mimalloc
+    (_mimalloc_env) and importing what a worker needs while this process goes on; None
+    where workers are forked from this process instead (no mimalloc, a main script that
+    is not guarded, or no fork server here: it needs a Unix socket)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    preload = _mimalloc_env() if _main_is_guarded() else None
+    if preload is None:
+        return None
+    # the server's environment is its workers': a worker per core renders, and the
+    # tokenizer's own threads would only compete
+    preload["TOKENIZERS_PARALLELISM"] = "false"
+    saved = {name: os.environ.get(name) for name in preload}
+    os.environ.update(preload)
+    try:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(FORK_SERVER_PRELOAD)
+        forkserver.ensure_running()
+    except OSError:
+        return None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return context
+
+
 class _Pipeline:
     """Batches of records to render, in order: here, or in a pool of workers (forked, or
-    for a big source fresh ones under mimalloc: _mimalloc_env)."""
+    for a big source fresh ones under mimalloc from ``server``: _fork_server)."""
 
-    def __init__(self, job: _Job, tally: _Tally, workers: int, bar: "_Progress", big: bool = False):
+    def __init__(self, job: _Job, tally: _Tally, workers: int, bar: "_Progress", server=None):
         self.job, self.tally, self.workers, self.bar = job, tally, workers, bar
-        self.big = big  # worth fresh workers under mimalloc (see _mimalloc_env)
+        self.server = server  # the forkserver context of fresh workers, or None: forked ones
         self.records = 0  # records handed in
         self.places: list[Any] = []  # the batch's records (their places), kept here
         self.batch: list[Any] = []  # its conversations, rendered here or in a worker
@@ -584,25 +623,13 @@ class _Pipeline:
         global _job
         # a worker per core renders; the tokenizer's own threads would only compete
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        preload = _mimalloc_env() if self.big and _main_is_guarded() else None
-        if preload is not None:
+        if self.server is not None:
             import pickle
 
-            saved = {name: os.environ.get(name) for name in preload}
-            os.environ.update(preload)  # for the fork server, started now, and its children
             try:
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(["finetui.engine.data.inspection", "finetui.engine.data.chunking",
-                                                "transformers.tokenization_utils_tokenizers"])
-                self.pool = context.Pool(self.workers, initializer=_set_job, initargs=(pickle.dumps(self.job),))
-            except OSError:  # no fork server here (it needs a Unix socket): forked workers
+                self.pool = self.server.Pool(self.workers, initializer=_set_job, initargs=(pickle.dumps(self.job),))
+            except OSError:  # the server is gone: forked workers
                 self.pool = None
-            finally:
-                for name, value in saved.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
         if self.pool is None:
             _job = self.job  # inherited by the forked workers
             self.pool = multiprocessing.get_context("fork").Pool(self.workers)
