@@ -7,7 +7,10 @@ must raise DataError carrying the first issue.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -239,15 +242,43 @@ def test_bad_tools_json_names_the_field(tmp_path):
     assert str(result.issues[0]).startswith(f"{path}:1: field 'tools': not valid JSON")
 
 
+@contextlib.contextmanager
+def _files_checked_as_for_anyone():
+    """Root reads a mode-000 file: while this runs, this process's effective capabilities
+    lack CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (still permitted, so they come back), and
+    file modes hold for it as for any user."""
+    if os.geteuid() != 0:
+        yield
+        return
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    assert libc.capget(ctypes.byref(header), data) == 0, ctypes.get_errno()
+    saved = data[0].effective
+    data[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+
+
 def test_unreadable_file_is_reported(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(good() + "\n")
     path.chmod(0)
-    try:
-        with path.open("rb"):
-            pytest.skip("this user can read a mode-000 file (root)")
-    except PermissionError:
-        pass
-    result = load_records(path)
-    assert result.counts == {"ok": 0, "invalid": 1}
-    assert str(result.issues[0]).startswith(f"{path}: cannot read: ")
+    with _files_checked_as_for_anyone():
+        with pytest.raises(PermissionError):
+            path.open("rb")
+        result = load_records(path)
+    counts, issues = result.counts, [str(i) for i in result.issues]
+    assert counts == {"ok": 0, "invalid": 1}
+    assert issues[0].startswith(f"{path}: cannot read: ") and "Permission denied" in issues[0], issues
