@@ -92,8 +92,8 @@ def test_tui_in_tmux_by_keyboard(tmux):
     screen = tmux.wait_for("275 rows")  # the count comes from a worker thread, after the first rows
     lines = screen.rstrip("\n").split("\n")
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
-    assert "Datasets" in lines[0] and "sample:finetui_faq" in screen
-    assert "Search" in lines[-1] and "Help" in lines[-1] and "Palette" in lines[-1]  # this screen's keys
+    assert "Datasets" in lines[0] and "^p palette" in lines[0] and "sample:finetui_faq" in screen
+    assert "Search" in lines[-1] and "Help" in lines[-1] and "Quit" in lines[-1]  # this screen's keys, all of them
 
     tmux.keys("/", literal=True)
     tmux.keys("LoRA", literal=True)
