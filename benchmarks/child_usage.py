@@ -42,7 +42,8 @@ def import_path(repo: Path) -> str:
     ``finetui`` package laid out as installed (repo/finetui's files, and its parts linked
     from repo/engine, repo/tui, ...: pyproject's package-dir). PYTHONPATH=repo alone is not
     enough: ``finetui.engine`` is not under repo/finetui, and an editable install of another
-    checkout would supply it."""
+    checkout would supply it. ``measure`` runs the command with PYTHONSAFEPATH=1 so that
+    the working directory (a checkout) does not come first."""
     repo = Path(repo).resolve()
     if not (repo / "finetui" / "__init__.py").exists():
         return str(repo)  # a checkout from before the one import name: its folders import as they are
@@ -61,9 +62,21 @@ def import_path(repo: Path) -> str:
     return str(tree)
 
 
+def assert_runs_checkout(repo: Path, env: dict[str, str]) -> None:
+    """Stop unless ``finetui.engine`` imports from ``repo`` under ``env`` (as measure runs)."""
+    code = "import os, finetui.engine as e; print(os.path.realpath(e.__file__))"
+    found = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONSAFEPATH": "1"}, cwd=str(repo),
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not found.startswith(str(Path(repo).resolve()) + os.sep):
+        raise SystemExit(f"{repo}: finetui.engine imports from {found}, not from this checkout")
+
+
 def measure(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
     """Run ``command`` in ``cwd``: {wall_s, cpu_s, peak_rss_mb, rc, stdout, stderr (its last
     2,000 characters)}."""
+    # PYTHONSAFEPATH: `python -m` would put the working directory first on sys.path, and a
+    # checkout's own finetui/ there (without its engine/ inside) hides import_path's tree
+    env = {**env, "PYTHONSAFEPATH": "1"}
     out = subprocess.run([sys.executable, "-c", _PARENT, str(cwd), *command], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)

@@ -77,6 +77,7 @@ def measure(repo: Path, path: Path, extra: list[str]) -> dict:
     """One `finetui data inspect PATH --json` in ``repo``: wall time, peak RSS, counts."""
     env = dict(os.environ, PYTHONPATH=child_usage.import_path(repo), HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "finetui.engine.cli", "data", "inspect", str(path), "--json", *extra]
+    child_usage.assert_runs_checkout(repo, env)
     result = child_usage.measure(command, repo, env)
     if result["rc"] != 0:
         raise SystemExit(f"inspect failed ({result['rc']}): {result['stderr']}")

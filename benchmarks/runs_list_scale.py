@@ -79,6 +79,7 @@ def generate(runs_root: Path, steps: int) -> Path:
 def measure(repo: Path, runs_root: Path, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=child_usage.import_path(repo), FINETUI_RUNS_DIR=str(runs_root))
     command = [sys.executable, "-m", "finetui.engine.cli", "runs", *args]
+    child_usage.assert_runs_checkout(repo, env)
     result = child_usage.measure(command, repo, env)
     if result["rc"] != 0:
         raise SystemExit(f"`finetui runs {' '.join(args)}` failed ({result['rc']}): {result['stderr']}")
