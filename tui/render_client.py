@@ -158,7 +158,8 @@ class RenderClient:
             self._set_state("ready", f"model {message.get('model')}, template {message.get('template')}")
             return
         if kind in ("fatal", "exited"):
-            self._set_state("failed", message.get("message", "render worker failed"))
+            if not (kind == "exited" and self.state == "failed"):  # the worker's own reason stays
+                self._set_state("failed", message.get("message", "render worker failed"))
             for rid, callback in list(self._callbacks.items()):
                 callback({"type": "error", "id": rid, "message": self.message})
             self._callbacks.clear()
