@@ -155,7 +155,11 @@ async def test_load_tiny_stream_stop_retry_undo_clear(tui_env, finetui_cache):
         # Esc stops a long reply mid-way; the partial reply is kept, the UI answers.
         screen.params.update(max_new_tokens=900, min_new_tokens=900)
         await say(pilot, screen, "Tell me everything.", wait=False)
-        await wait_until(pilot, lambda: screen.main.job is not None, 60, "the request")
+        try:
+            await wait_until(pilot, lambda: screen.main.job is not None, 60, "the request")
+        except AssertionError as exc:  # say what the screen said instead (seen once on CI, not here)
+            raise AssertionError(f"{exc}: status {status(screen)!r}, pane {screen.main.state}, turns "
+                                 f"{screen.turns}, prompt {screen.prompt.value!r}, focused {app.focused}") from None
         # Hold the worker still at its first token, so it cannot finish 900 tokens before the
         # keys land (on a loaded machine the UI's loop may not run for seconds): the reader
         # thread counts fragments, so this waits off the loop; the cancel is queued in the
