@@ -581,7 +581,7 @@ def _batched(all_steps: list, tokenizer) -> list:
         except RenderError as exc:
             results[i] = exc
     if waiting and (table := _byte_spans(tokenizer)) is not None:
-        waiting = _count_plain_by_bytes(waiting, results, tokenizer, table)
+        waiting = _count_plain_by_bytes(waiting, results, *table)
     if waiting:
         batch = _encode(tokenizer, [text for _, _, text in waiting])
         for k, (i, steps, _) in enumerate(waiting):
@@ -595,7 +595,7 @@ def _batched(all_steps: list, tokenizer) -> list:
     return results
 
 
-def _count_plain_by_bytes(waiting: list, results: list, tokenizer, table) -> list:
+def _count_plain_by_bytes(waiting: list, results: list, backend, table) -> list:
     """Count the plain conversations among ``waiting`` from ids without offsets (cheaper
     for the tokenizer: engine.data.bytespans); return the rest, and any plain one whose
     spans the ids cannot place, for the encoding with offsets."""
@@ -603,7 +603,7 @@ def _count_plain_by_bytes(waiting: list, results: list, tokenizer, table) -> lis
     if not plain:
         return waiting
     rest = [w for w in waiting if type(w[1]) is not _Plain]
-    encodings = _backend(tokenizer).encode_batch_fast([text for _, _, text in plain], add_special_tokens=False,
+    encodings = backend.encode_batch_fast([text for _, _, text in plain], add_special_tokens=False,
                                                        is_pretokenized=False)
     for (i, steps, text), enc in zip(plain, encodings):
         ids = enc.ids
@@ -620,8 +620,9 @@ _BYTE_SPANS: list = [None, None]  # [the Rust tokenizer's key, its ByteSpans or 
 
 
 def _byte_spans(tokenizer):
-    """The byte-length table of ``tokenizer`` (engine.data.bytespans), or None where its
-    tokens are not the text's bytes or it is not asked directly (:func:`_backend`)."""
+    """(the Rust tokenizer as :func:`_backend` sets it up, its byte-length table:
+    engine.data.bytespans), or None where its tokens are not the text's bytes or it is not
+    asked directly."""
     from finetui.engine.data import bytespans
 
     if not bytespans.ENABLED:
@@ -632,7 +633,7 @@ def _byte_spans(tokenizer):
     key = (id(backend), backend.get_vocab_size(with_added_tokens=True))
     if _BYTE_SPANS[0] != key:
         _BYTE_SPANS[:] = [key, bytespans.ByteSpans.of(backend)]
-    return _BYTE_SPANS[1]
+    return None if _BYTE_SPANS[1] is None else (backend, _BYTE_SPANS[1])
 
 
 @dataclass
